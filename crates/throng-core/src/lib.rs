@@ -1,0 +1,15 @@
+//! Sans-io core of Throng.
+//!
+//! Every decision Throng makes — where a key lives, whether a supervisor must restart a child or give
+//! up, what a node's view of the cluster is — is taken here, by plain state machines that receive their
+//! inputs (including **the current time**) as arguments and return their decisions as values. Nothing in
+//! this crate performs I/O, reads a clock, spawns a task or draws from a global random number generator,
+//! so the same code runs under tokio in production and under the seeded simulator in tests.
+
+pub mod node;
+pub mod placement;
+pub mod restart;
+
+pub use node::{Incarnation, NodeId};
+pub use placement::{PlacementError, Ring, RingConfig};
+pub use restart::{Intensity, IntensityError, RestartDecision, RestartPolicy, RestartWindow};

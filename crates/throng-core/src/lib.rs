@@ -12,4 +12,6 @@ pub mod restart;
 
 pub use node::{Incarnation, NodeId};
 pub use placement::{PlacementError, Ring, RingConfig};
-pub use restart::{Intensity, IntensityError, RestartDecision, RestartPolicy, RestartWindow};
+pub use restart::{
+    ExitClass, Intensity, IntensityError, RestartDecision, RestartPolicy, RestartWindow,
+};

@@ -1,0 +1,485 @@
+//! The actor trait, the per-actor [`Context`], and the run loop that drives an actor.
+//!
+//! The runtime — not the actor — owns the mailbox: an actor only ever sees one message at a time,
+//! handed to it by the run loop. That is what lets Throng later pause an actor, export its state and
+//! move its queued messages to another node during a handoff, without the actor's cooperation beyond
+//! (de)serialising its state.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::actor_ref::{ActorHandle, ActorRef, Envelope};
+use crate::cell::{Cell, Signal};
+use crate::{ActorId, ExitReason};
+
+/// The error an actor's handler returns to stop the actor: the actor exits with
+/// [`ExitReason::Error`] carrying this message.
+///
+/// Any `std::error::Error` converts into it, so `?` works inside handlers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActorError(Arc<str>);
+
+impl ActorError {
+    /// An error with a plain message.
+    pub fn msg(message: impl Into<String>) -> Self {
+        ActorError(Arc::from(message.into()))
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ActorError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for ActorError {
+    fn from(e: E) -> Self {
+        ActorError::msg(e.to_string())
+    }
+}
+
+/// What a handler returns.
+pub type ActorResult<T> = Result<T, ActorError>;
+
+/// A stateful actor: it owns its state and handles one message at a time.
+///
+/// There is one message type, [`Actor::Msg`], and one reply type, [`Actor::Reply`]: a *call*
+/// ([`ActorRef::call`]) waits for the reply, a *cast* ([`ActorRef::cast`]) drops it. One message type
+/// keeps the wire format of a remote actor a single serde type and lets the runtime move queued
+/// messages, calls and casts alike, from one node to another.
+///
+/// ```
+/// use throng::prelude::*;
+///
+/// struct Counter(u64);
+///
+/// enum Msg { Add(u64), Get }
+///
+/// impl Actor for Counter {
+///     type Msg = Msg;
+///     type Reply = u64;
+///
+///     async fn handle(&mut self, msg: Msg, _ctx: &mut Context<Self>) -> ActorResult<u64> {
+///         if let Msg::Add(n) = msg {
+///             self.0 += n;
+///         }
+///         Ok(self.0)
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let counter = throng::spawn(Counter(0));
+/// counter.cast(Msg::Add(2)).await.unwrap();
+/// assert_eq!(counter.call(Msg::Get).await.unwrap(), 2);
+/// # }
+/// ```
+pub trait Actor: Send + Sized + 'static {
+    /// The messages this actor handles (casts and calls alike).
+    type Msg: Send + 'static;
+    /// What a call returns.
+    type Reply: Send + 'static;
+
+    /// Runs once, before the first message. An error stops the actor with [`ExitReason::Error`]
+    /// (and `stopped` is not called, as nothing was started).
+    fn started(&mut self, ctx: &mut Context<Self>) -> impl Future<Output = ActorResult<()>> + Send {
+        let _ = ctx;
+        async { Ok(()) }
+    }
+
+    /// Handles one message. An error stops the actor with [`ExitReason::Error`]; a caller waiting
+    /// for the reply gets [`crate::CallError::Failed`].
+    fn handle(
+        &mut self,
+        msg: Self::Msg,
+        ctx: &mut Context<Self>,
+    ) -> impl Future<Output = ActorResult<Self::Reply>> + Send;
+
+    /// A linked actor exited. Called only while this actor traps exits ([`Context::trap_exit`]);
+    /// otherwise an abnormal exit of a linked actor stops this one with [`ExitReason::Linked`].
+    fn handle_exit(
+        &mut self,
+        from: ActorId,
+        reason: ExitReason,
+        ctx: &mut Context<Self>,
+    ) -> impl Future<Output = ActorResult<()>> + Send {
+        let _ = (from, reason, ctx);
+        async { Ok(()) }
+    }
+
+    /// An actor this one monitors ([`Context::monitor`]) exited.
+    fn handle_down(
+        &mut self,
+        id: ActorId,
+        reason: ExitReason,
+        ctx: &mut Context<Self>,
+    ) -> impl Future<Output = ActorResult<()>> + Send {
+        let _ = (id, reason, ctx);
+        async { Ok(()) }
+    }
+
+    /// Runs once when the actor stops for any reason but a kill (and a failed `started`).
+    fn stopped(
+        &mut self,
+        reason: &ExitReason,
+        ctx: &mut Context<Self>,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = (reason, ctx);
+        async {}
+    }
+}
+
+/// The actor's view of the runtime, passed to every callback.
+pub struct Context<A: Actor> {
+    myself: ActorRef<A>,
+    stop: Option<ExitReason>,
+    timers: Option<CancellationToken>,
+}
+
+impl<A: Actor> Context<A> {
+    /// A reference to this actor (to hand to others, or to send itself messages).
+    pub fn myself(&self) -> &ActorRef<A> {
+        &self.myself
+    }
+
+    /// This actor's id.
+    pub fn id(&self) -> ActorId {
+        self.myself.id()
+    }
+
+    /// Stop normally once the current callback returns.
+    pub fn stop(&mut self) {
+        self.stop_with(ExitReason::Normal);
+    }
+
+    /// Stop with `reason` once the current callback returns.
+    pub fn stop_with(&mut self, reason: ExitReason) {
+        self.stop.get_or_insert(reason);
+    }
+
+    /// While `true`, exits of linked actors arrive at [`Actor::handle_exit`] instead of stopping this
+    /// actor.
+    pub fn trap_exit(&self, trap: bool) {
+        self.myself.handle().cell.set_trap_exit(trap);
+    }
+
+    /// Link this actor with `other`: when either exits abnormally, the other is stopped (or told, if it
+    /// traps exits). Linking to an actor that has already exited delivers its exit at once.
+    pub fn link(&self, other: impl AsRef<ActorHandle>) {
+        Cell::link(&self.myself.handle().cell, &other.as_ref().cell);
+    }
+
+    /// Remove a link made with [`Context::link`].
+    pub fn unlink(&self, other: impl AsRef<ActorHandle>) {
+        Cell::unlink(&self.myself.handle().cell, &other.as_ref().cell);
+    }
+
+    /// Like [`Context::unlink`], returning whether an exit signal from `other` may still arrive.
+    pub(crate) fn unlink_pending(&self, other: &ActorHandle) -> bool {
+        !Cell::unlink(&self.myself.handle().cell, &other.cell)
+    }
+
+    /// Be told through [`Actor::handle_down`] when `other` exits (at once if it has already).
+    pub fn monitor(&self, other: impl AsRef<ActorHandle>) {
+        let me = Arc::downgrade(&self.myself.handle().cell);
+        let other = &other.as_ref().cell;
+        let deliver = move |id, reason: &ExitReason| {
+            if let Some(me) = me.upgrade() {
+                me.deliver(Signal::Down {
+                    id,
+                    reason: reason.clone(),
+                });
+            }
+        };
+        if let Err(reason) = other.on_exit(deliver.clone()) {
+            deliver(other.id(), &reason);
+        }
+    }
+
+    fn timer_token(&mut self) -> CancellationToken {
+        self.timers
+            .get_or_insert_with(CancellationToken::new)
+            .child_token()
+    }
+
+    /// Send `msg` to this actor after `delay`. The timer is cancelled when the actor stops or when
+    /// [`TimerRef::cancel`] is called; dropping the `TimerRef` does not cancel it.
+    pub fn send_after(&mut self, delay: Duration, msg: A::Msg) -> TimerRef {
+        let token = self.timer_token();
+        let cancelled = token.clone();
+        let target = self.myself.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = cancelled.cancelled() => {}
+                _ = tokio::time::sleep(delay) => {
+                    tokio::select! {
+                        _ = cancelled.cancelled() => {}
+                        _ = target.cast(msg) => {}
+                    }
+                }
+            }
+        });
+        TimerRef { token }
+    }
+
+    /// Send `make()` to this actor every `period`, the first time one `period` from now. A tick that
+    /// finds the mailbox full waits for room (the timer never queues more than one message), and ticks
+    /// missed meanwhile are skipped, not bunched.
+    pub fn interval(
+        &mut self,
+        period: Duration,
+        mut make: impl FnMut() -> A::Msg + Send + 'static,
+    ) -> TimerRef {
+        let token = self.timer_token();
+        let cancelled = token.clone();
+        let target = self.myself.clone();
+        tokio::spawn(async move {
+            let start = tokio::time::Instant::now() + period;
+            let mut ticks = tokio::time::interval_at(start, period.max(Duration::from_millis(1)));
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = cancelled.cancelled() => break,
+                    _ = ticks.tick() => {
+                        tokio::select! {
+                            _ = cancelled.cancelled() => break,
+                            r = target.cast(make()) => if r.is_err() { break },
+                        }
+                    }
+                }
+            }
+        });
+        TimerRef { token }
+    }
+}
+
+/// A timer started with [`Context::send_after`] or [`Context::interval`].
+#[derive(Debug, Clone)]
+pub struct TimerRef {
+    token: CancellationToken,
+}
+
+impl TimerRef {
+    /// Cancel the timer; a message it has not sent yet is never sent.
+    pub fn cancel(&self) {
+        self.token.cancel();
+    }
+
+    /// Whether the timer was cancelled (explicitly, or because its actor stopped).
+    pub fn is_cancelled(&self) -> bool {
+        self.token.is_cancelled()
+    }
+}
+
+/// Default mailbox capacity: enough to absorb bursts, small enough that a stuck actor pushes back on
+/// its senders quickly.
+pub const DEFAULT_MAILBOX: usize = 1024;
+
+/// Largest mailbox capacity accepted by [`SpawnOptions::mailbox`].
+pub const MAX_MAILBOX: usize = 1 << 20;
+
+/// Options for [`spawn_with`] and [`start_with`].
+#[derive(Debug, Clone, Copy)]
+pub struct SpawnOptions {
+    mailbox: usize,
+}
+
+impl Default for SpawnOptions {
+    fn default() -> Self {
+        SpawnOptions {
+            mailbox: DEFAULT_MAILBOX,
+        }
+    }
+}
+
+impl SpawnOptions {
+    /// Mailbox capacity: senders wait ([`ActorRef::cast`]) or get [`crate::TrySendError::Full`]
+    /// ([`ActorRef::try_cast`]) when it is full. Clamped to `1..=MAX_MAILBOX`.
+    pub fn mailbox(mut self, capacity: usize) -> Self {
+        self.mailbox = capacity.clamp(1, MAX_MAILBOX);
+        self
+    }
+}
+
+/// Spawn `actor` on the current tokio runtime with default options and return at once; `started`
+/// runs in the actor's task before the first message.
+///
+/// # Panics
+/// Outside a tokio runtime, like `tokio::spawn`.
+pub fn spawn<A: Actor>(actor: A) -> ActorRef<A> {
+    spawn_with(actor, SpawnOptions::default())
+}
+
+/// [`spawn`] with options.
+pub fn spawn_with<A: Actor>(actor: A, opts: SpawnOptions) -> ActorRef<A> {
+    spawn_inner(actor, opts, None)
+}
+
+/// Spawn `actor` and wait until its `started` hook has run; its failure is returned as the exit
+/// reason.
+pub async fn start<A: Actor>(actor: A) -> Result<ActorRef<A>, ExitReason> {
+    start_with(actor, SpawnOptions::default()).await
+}
+
+/// [`start`] with options.
+pub async fn start_with<A: Actor>(actor: A, opts: SpawnOptions) -> Result<ActorRef<A>, ExitReason> {
+    let (tx, rx) = oneshot::channel();
+    let actor_ref = spawn_inner(actor, opts, Some(tx));
+    match rx.await {
+        Ok(Ok(())) => Ok(actor_ref),
+        Ok(Err(reason)) => Err(reason),
+        // The task was aborted before `started` finished.
+        Err(_) => Err(actor_ref.exit_reason().unwrap_or(ExitReason::Killed)),
+    }
+}
+
+type Ready = oneshot::Sender<Result<(), ExitReason>>;
+
+fn spawn_inner<A: Actor>(actor: A, opts: SpawnOptions, ready: Option<Ready>) -> ActorRef<A> {
+    let (tx, rx) = flume::bounded(opts.mailbox);
+    let actor_ref = ActorRef::new(tx, Cell::new());
+    let guard = ExitGuard {
+        cell: actor_ref.handle().cell.clone(),
+        rx,
+        reason: None,
+        ctx: Context {
+            myself: actor_ref.clone(),
+            stop: None,
+            timers: None,
+        },
+    };
+    let task = tokio::spawn(run(actor, guard, ready));
+    actor_ref.handle().cell.set_abort(task.abort_handle());
+    actor_ref
+}
+
+/// Owns everything the run loop needs besides the actor, and records the exit when the actor's task
+/// ends by any path — including an abort, which drops the future mid-await. It cancels the actor's
+/// timers and drains the mailbox so callers waiting on queued calls learn of the exit at once.
+struct ExitGuard<A: Actor> {
+    cell: Arc<Cell>,
+    rx: flume::Receiver<Envelope<A>>,
+    reason: Option<ExitReason>,
+    ctx: Context<A>,
+}
+
+impl<A: Actor> Drop for ExitGuard<A> {
+    fn drop(&mut self) {
+        if let Some(t) = &self.ctx.timers {
+            t.cancel();
+        }
+        self.cell
+            .finish(self.reason.take().unwrap_or(ExitReason::Killed));
+        self.rx.drain().for_each(|env| env.reject(self.cell.id()));
+    }
+}
+
+async fn catch<T>(f: impl Future<Output = ActorResult<T>>) -> Result<T, ExitReason> {
+    match AssertUnwindSafe(f).catch_unwind().await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(ExitReason::Error(e.0)),
+        Err(panic) => Err(ExitReason::from_panic(panic)),
+    }
+}
+
+async fn run<A: Actor>(mut actor: A, mut guard: ExitGuard<A>, ready: Option<Ready>) {
+    let g = &mut guard;
+    let cell = g.cell.clone();
+    if let Err(reason) = catch(actor.started(&mut g.ctx)).await {
+        if let Some(r) = ready {
+            let _ = r.send(Err(reason.clone()));
+        }
+        g.reason = Some(reason);
+        return;
+    }
+    if let Some(r) = ready {
+        let _ = r.send(Ok(()));
+    }
+    let reason = loop {
+        if let Some(r) = g.ctx.stop.take() {
+            break r;
+        }
+        if cell.has_signal() {
+            if let Err(r) = handle_signals(&mut actor, &mut g.ctx, &cell).await {
+                break r;
+            }
+            continue;
+        }
+        let env = match g.rx.try_recv() {
+            Ok(env) => env,
+            Err(flume::TryRecvError::Empty) => {
+                tokio::select! {
+                    biased;
+                    _ = cell.signalled() => continue,
+                    r = g.rx.recv_async() => match r {
+                        Ok(env) => env,
+                        // Unreachable while `ctx` holds a sender; stop cleanly anyway.
+                        Err(_) => break ExitReason::Normal,
+                    },
+                }
+            }
+            Err(flume::TryRecvError::Disconnected) => break ExitReason::Normal,
+        };
+        let (msg, reply) = env.into_parts();
+        match catch(actor.handle(msg, &mut g.ctx)).await {
+            Ok(value) => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(value));
+                }
+            }
+            Err(reason) => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(reason.clone()));
+                }
+                break reason;
+            }
+        }
+    };
+    // `stopped` may itself panic; an abnormal reason already recorded is the one reported.
+    let reason = match AssertUnwindSafe(actor.stopped(&reason, &mut g.ctx))
+        .catch_unwind()
+        .await
+    {
+        Ok(()) => reason,
+        Err(panic) if !reason.is_abnormal() => ExitReason::from_panic(panic),
+        Err(_) => reason,
+    };
+    g.reason = Some(reason);
+}
+
+async fn handle_signals<A: Actor>(
+    actor: &mut A,
+    ctx: &mut Context<A>,
+    cell: &Cell,
+) -> Result<(), ExitReason> {
+    for signal in cell.take_signals() {
+        match signal {
+            Signal::Stop(reason) => return Err(reason),
+            Signal::Exit { from, reason } => {
+                if cell.traps_exit() {
+                    catch(actor.handle_exit(from, reason, ctx)).await?;
+                } else if reason.is_abnormal() {
+                    return Err(ExitReason::Linked {
+                        from,
+                        reason: Arc::new(reason),
+                    });
+                }
+            }
+            Signal::Down { id, reason } => catch(actor.handle_down(id, reason, ctx)).await?,
+        }
+        if let Some(r) = ctx.stop.take() {
+            return Err(r);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,341 @@
+//! Addresses of actors: the typed [`ActorRef`] and the type-erased [`ActorHandle`].
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use crate::cell::{Cell, Signal};
+use crate::{Actor, ActorId, ExitReason};
+
+/// How long [`ActorRef::call`] waits by default (as `GenServer.call/2`).
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+type ReplyTx<A> = oneshot::Sender<Result<<A as Actor>::Reply, ExitReason>>;
+
+/// A message in a mailbox: the message and, for a call, where the reply goes.
+pub(crate) struct Envelope<A: Actor> {
+    msg: A::Msg,
+    reply: Option<ReplyTx<A>>,
+}
+
+impl<A: Actor> Envelope<A> {
+    pub(crate) fn into_parts(self) -> (A::Msg, Option<ReplyTx<A>>) {
+        (self.msg, self.reply)
+    }
+
+    /// The actor exited with this envelope still queued: a waiting caller is told now rather than at
+    /// its timeout.
+    pub(crate) fn reject(self, _id: ActorId) {
+        drop(self.reply);
+    }
+}
+
+/// A cast could not be delivered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The actor has exited; nothing was delivered.
+    #[error("actor {0} has exited")]
+    Exited(ActorId),
+}
+
+/// A non-waiting cast could not be delivered; the message is handed back so nothing is lost.
+#[derive(PartialEq, Eq, thiserror::Error)]
+pub enum TrySendError<M> {
+    /// The mailbox is at capacity: back off or use [`ActorRef::cast`], which waits for room.
+    #[error("mailbox full")]
+    Full(M),
+    /// The actor has exited.
+    #[error("actor has exited")]
+    Exited(M),
+}
+
+impl<M> TrySendError<M> {
+    /// The message that was not delivered.
+    pub fn into_inner(self) -> M {
+        match self {
+            TrySendError::Full(m) | TrySendError::Exited(m) => m,
+        }
+    }
+}
+
+impl<M> fmt::Debug for TrySendError<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrySendError::Full(_) => f.write_str("Full(..)"),
+            TrySendError::Exited(_) => f.write_str("Exited(..)"),
+        }
+    }
+}
+
+/// A call got no reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// No reply within the timeout (including time spent waiting for mailbox room). The message
+    /// may still be handled later.
+    #[error("call timed out after {0:?}")]
+    Timeout(Duration),
+    /// The actor had exited, or exited before handling the message.
+    #[error("actor {0} exited before replying")]
+    Exited(ActorId),
+    /// The handler failed on this message; the actor stopped with this reason.
+    #[error("actor failed handling the call: {0}")]
+    Failed(ExitReason),
+}
+
+/// A type-erased handle to an actor: enough to identify, monitor, link, stop or kill it without
+/// knowing its message type. Obtained from [`ActorRef::handle`].
+#[derive(Clone)]
+pub struct ActorHandle {
+    pub(crate) cell: Arc<Cell>,
+}
+
+impl fmt::Debug for ActorHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ActorHandle({})", self.cell.id())
+    }
+}
+
+impl PartialEq for ActorHandle {
+    fn eq(&self, other: &Self) -> bool {
+        self.cell.id() == other.cell.id()
+    }
+}
+
+impl Eq for ActorHandle {}
+
+impl AsRef<ActorHandle> for ActorHandle {
+    fn as_ref(&self) -> &ActorHandle {
+        self
+    }
+}
+
+impl ActorHandle {
+    /// The actor's id.
+    pub fn id(&self) -> ActorId {
+        self.cell.id()
+    }
+
+    /// Whether the actor has not exited yet.
+    pub fn is_alive(&self) -> bool {
+        self.cell.is_alive()
+    }
+
+    /// Why the actor exited, once it has.
+    pub fn exit_reason(&self) -> Option<ExitReason> {
+        self.cell.exit_reason()
+    }
+
+    /// Ask the actor to stop with `reason` after its current callback; `stopped` runs. Returns at
+    /// once: await [`ActorHandle::monitor`] to know when it is done.
+    pub fn stop(&self, reason: ExitReason) {
+        self.cell.deliver(Signal::Stop(reason));
+    }
+
+    /// Stop the actor now, at its next await point, without running `stopped`. It exits with
+    /// [`ExitReason::Killed`].
+    pub fn kill(&self) {
+        self.cell.kill();
+    }
+
+    /// A future that resolves with the exit reason once the actor exits (at once if it has already).
+    pub fn monitor(&self) -> Monitor {
+        let (tx, rx) = oneshot::channel();
+        match self.cell.on_exit(move |_, reason| {
+            let _ = tx.send(reason.clone());
+        }) {
+            Ok(()) => Monitor {
+                inner: MonitorInner::Waiting(rx),
+            },
+            Err(reason) => Monitor {
+                inner: MonitorInner::Done(Some(reason)),
+            },
+        }
+    }
+
+    /// Run `f` with the exit reason when the actor exits — or at once, on this thread, if it already
+    /// has. `f` runs on the exiting actor's task: keep it short and non-blocking.
+    pub fn on_exit(&self, f: impl FnOnce(ActorId, &ExitReason) + Send + 'static) {
+        let id = self.id();
+        let f = std::sync::Mutex::new(Some(f));
+        let call = move |id: ActorId, reason: &ExitReason| {
+            if let Some(f) = f.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                f(id, reason);
+            }
+        };
+        let call = Arc::new(call);
+        let c2 = call.clone();
+        if let Err(reason) = self.cell.on_exit(move |id, r| c2(id, r)) {
+            call(id, &reason);
+        }
+    }
+}
+
+/// Resolves with an actor's exit reason. Created by [`ActorHandle::monitor`].
+#[derive(Debug)]
+pub struct Monitor {
+    inner: MonitorInner,
+}
+
+#[derive(Debug)]
+enum MonitorInner {
+    Waiting(oneshot::Receiver<ExitReason>),
+    Done(Option<ExitReason>),
+}
+
+impl Future for Monitor {
+    type Output = ExitReason;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<ExitReason> {
+        match &mut self.inner {
+            MonitorInner::Done(r) => Poll::Ready(r.take().unwrap_or(ExitReason::Killed)),
+            // The watcher is dropped without sending only if the cell itself is dropped unfinished,
+            // which happens when its runtime is torn down: report that as a kill.
+            MonitorInner::Waiting(rx) => Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.unwrap_or(ExitReason::Killed)),
+        }
+    }
+}
+
+/// A typed address of a live (or exited) actor. Cheap to clone; sending to an exited actor is an
+/// error, never a panic.
+pub struct ActorRef<A: Actor> {
+    tx: flume::Sender<Envelope<A>>,
+    handle: ActorHandle,
+}
+
+impl<A: Actor> Clone for ActorRef<A> {
+    fn clone(&self) -> Self {
+        ActorRef {
+            tx: self.tx.clone(),
+            handle: self.handle.clone(),
+        }
+    }
+}
+
+impl<A: Actor> fmt::Debug for ActorRef<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ActorRef<{}>({})", std::any::type_name::<A>(), self.id())
+    }
+}
+
+impl<A: Actor> PartialEq for ActorRef<A> {
+    fn eq(&self, other: &Self) -> bool {
+        self.handle == other.handle
+    }
+}
+
+impl<A: Actor> Eq for ActorRef<A> {}
+
+impl<A: Actor> AsRef<ActorHandle> for ActorRef<A> {
+    fn as_ref(&self) -> &ActorHandle {
+        &self.handle
+    }
+}
+
+impl<A: Actor> ActorRef<A> {
+    pub(crate) fn new(tx: flume::Sender<Envelope<A>>, cell: Arc<Cell>) -> Self {
+        ActorRef {
+            tx,
+            handle: ActorHandle { cell },
+        }
+    }
+
+    /// The type-erased handle (monitor, link, stop, kill).
+    pub fn handle(&self) -> &ActorHandle {
+        &self.handle
+    }
+
+    /// The actor's id.
+    pub fn id(&self) -> ActorId {
+        self.handle.id()
+    }
+
+    /// Whether the actor has not exited yet.
+    pub fn is_alive(&self) -> bool {
+        self.handle.is_alive()
+    }
+
+    /// Why the actor exited, once it has.
+    pub fn exit_reason(&self) -> Option<ExitReason> {
+        self.handle.exit_reason()
+    }
+
+    /// See [`ActorHandle::stop`].
+    pub fn stop(&self, reason: ExitReason) {
+        self.handle.stop(reason)
+    }
+
+    /// See [`ActorHandle::kill`].
+    pub fn kill(&self) {
+        self.handle.kill()
+    }
+
+    /// See [`ActorHandle::monitor`].
+    pub fn monitor(&self) -> Monitor {
+        self.handle.monitor()
+    }
+
+    /// Messages waiting in the mailbox.
+    pub fn queued(&self) -> usize {
+        self.tx.len()
+    }
+
+    /// Send `msg` without waiting for a reply, waiting for mailbox room if it is full (backpressure).
+    pub async fn cast(&self, msg: A::Msg) -> Result<(), SendError> {
+        self.tx
+            .send_async(Envelope { msg, reply: None })
+            .await
+            .map_err(|_| SendError::Exited(self.id()))
+    }
+
+    /// Send `msg` only if the mailbox has room now; otherwise hand it back.
+    pub fn try_cast(&self, msg: A::Msg) -> Result<(), TrySendError<A::Msg>> {
+        self.tx
+            .try_send(Envelope { msg, reply: None })
+            .map_err(|e| match e {
+                flume::TrySendError::Full(env) => TrySendError::Full(env.msg),
+                flume::TrySendError::Disconnected(env) => TrySendError::Exited(env.msg),
+            })
+    }
+
+    /// Send `msg` and wait for the reply, at most [`DEFAULT_CALL_TIMEOUT`].
+    pub async fn call(&self, msg: A::Msg) -> Result<A::Reply, CallError> {
+        self.call_timeout(msg, DEFAULT_CALL_TIMEOUT).await
+    }
+
+    /// Send `msg` and wait for the reply, at most `timeout` in all (mailbox room included).
+    pub async fn call_timeout(
+        &self,
+        msg: A::Msg,
+        timeout: Duration,
+    ) -> Result<A::Reply, CallError> {
+        let (tx, rx) = oneshot::channel();
+        let id = self.id();
+        let exchange = async {
+            self.tx
+                .send_async(Envelope {
+                    msg,
+                    reply: Some(tx),
+                })
+                .await
+                .map_err(|_| CallError::Exited(id))?;
+            match rx.await {
+                Ok(Ok(reply)) => Ok(reply),
+                Ok(Err(reason)) => Err(CallError::Failed(reason)),
+                Err(_) => Err(CallError::Exited(id)),
+            }
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(CallError::Timeout(timeout)),
+        }
+    }
+}

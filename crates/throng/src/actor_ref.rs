@@ -193,14 +193,18 @@ impl Future for Monitor {
     type Output = ExitReason;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<ExitReason> {
-        match &mut self.inner {
-            MonitorInner::Done(r) => Poll::Ready(r.take().unwrap_or(ExitReason::Killed)),
+        let reason = match &mut self.inner {
+            MonitorInner::Done(r) => return Poll::Ready(r.clone().unwrap_or(ExitReason::Killed)),
             // The watcher is dropped without sending only if the cell itself is dropped unfinished,
             // which happens when its runtime is torn down: report that as a kill.
-            MonitorInner::Waiting(rx) => Pin::new(rx)
-                .poll(cx)
-                .map(|r| r.unwrap_or(ExitReason::Killed)),
-        }
+            MonitorInner::Waiting(rx) => match Pin::new(rx).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(r) => r.unwrap_or(ExitReason::Killed),
+            },
+        };
+        // Polling again after completion yields the same reason instead of panicking.
+        self.inner = MonitorInner::Done(Some(reason.clone()));
+        Poll::Ready(reason)
     }
 }
 

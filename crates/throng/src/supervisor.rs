@@ -294,8 +294,8 @@ impl SupervisorActor {
                 if tokio::time::timeout(t, &mut down).await.is_err() {
                     tracing::warn!(child = %child.handle.id(), timeout = ?t, "child ignored shutdown; killing it");
                     child.handle.kill();
+                    down.await;
                 }
-                down.await;
                 return;
             }
         }

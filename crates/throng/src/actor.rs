@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::actor_ref::{ActorHandle, ActorRef, Envelope};
 use crate::cell::{Cell, Signal};
+use crate::mailbox::{Mailbox, Recv};
 use crate::{ActorId, ExitReason};
 
 /// The error an actor's handler returns to stop the actor: the actor exits with
@@ -346,31 +347,31 @@ pub async fn start_with<A: Actor>(actor: A, opts: SpawnOptions) -> Result<ActorR
 type Ready = oneshot::Sender<Result<(), ExitReason>>;
 
 fn spawn_inner<A: Actor>(actor: A, opts: SpawnOptions, ready: Option<Ready>) -> ActorRef<A> {
-    let (tx, rx) = flume::bounded(opts.mailbox);
-    let actor_ref = ActorRef::new(tx, Cell::new());
+    let actor_ref = ActorRef::new(Arc::new(Mailbox::new(opts.mailbox)), Cell::new());
+    let signal: Arc<dyn crate::mailbox::Signal> = actor_ref.mailbox().clone();
+    actor_ref.handle().cell.set_wake(Arc::downgrade(&signal));
     let guard = ExitGuard {
-        cell: actor_ref.handle().cell.clone(),
-        rx,
-        reason: None,
         ctx: Context {
             myself: actor_ref.clone(),
             stop: None,
             timers: None,
         },
+        done: false,
     };
     let task = tokio::spawn(run(actor, guard, ready));
     actor_ref.handle().cell.set_abort(task.abort_handle());
     actor_ref
 }
 
-/// Owns everything the run loop needs besides the actor, and records the exit when the actor's task
-/// ends by any path — including an abort, which drops the future mid-await. It cancels the actor's
-/// timers and drains the mailbox so callers waiting on queued calls learn of the exit at once.
+/// Owns the actor's context and records the exit when the actor's task ends by any path — including
+/// an abort, which drops the future mid-await. It cancels the actor's timers and closes the mailbox,
+/// so callers waiting on queued calls learn of the exit at once.
+///
+/// Its size matters: it lives in every idle actor's task, so the final exit reason reuses
+/// `ctx.stop` (valid once `done` is set) rather than taking a field of its own.
 struct ExitGuard<A: Actor> {
-    cell: Arc<Cell>,
-    rx: flume::Receiver<Envelope<A>>,
-    reason: Option<ExitReason>,
     ctx: Context<A>,
+    done: bool,
 }
 
 impl<A: Actor> Drop for ExitGuard<A> {
@@ -378,14 +379,20 @@ impl<A: Actor> Drop for ExitGuard<A> {
         if let Some(t) = &self.ctx.timers {
             t.cancel();
         }
-        self.cell
-            .finish(self.reason.take().unwrap_or(ExitReason::Killed));
-        self.rx.drain().for_each(|env| env.reject(self.cell.id()));
+        let reason = match (self.done, self.ctx.stop.take()) {
+            (true, Some(r)) => r,
+            (true, None) => ExitReason::Normal,
+            (false, _) => ExitReason::Killed,
+        };
+        let queued = self.ctx.myself.mailbox().close();
+        self.ctx.myself.handle().cell.finish(reason);
+        // Dropping a queued call's reply sender tells its caller now rather than at its timeout.
+        drop(queued);
     }
 }
 
-async fn catch<T>(f: impl Future<Output = ActorResult<T>>) -> Result<T, ExitReason> {
-    match AssertUnwindSafe(f).catch_unwind().await {
+fn caught<T>(r: std::thread::Result<ActorResult<T>>) -> Result<T, ExitReason> {
+    match r {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(ExitReason::Error(e.0)),
         Err(panic) => Err(ExitReason::from_panic(panic)),
@@ -393,45 +400,54 @@ async fn catch<T>(f: impl Future<Output = ActorResult<T>>) -> Result<T, ExitReas
 }
 
 async fn run<A: Actor>(mut actor: A, mut guard: ExitGuard<A>, ready: Option<Ready>) {
-    let g = &mut guard;
-    let cell = g.cell.clone();
-    if let Err(reason) = catch(actor.started(&mut g.ctx)).await {
+    // Cold phases are boxed so that their futures do not enlarge every idle actor's task.
+    let started = Box::pin(AssertUnwindSafe(actor.started(&mut guard.ctx)).catch_unwind()).await;
+    if let Err(reason) = caught(started) {
         if let Some(r) = ready {
             let _ = r.send(Err(reason.clone()));
         }
-        g.reason = Some(reason);
+        guard.ctx.stop = Some(reason);
+        guard.done = true;
         return;
     }
     if let Some(r) = ready {
         let _ = r.send(Ok(()));
     }
-    let reason = loop {
-        if let Some(r) = g.ctx.stop.take() {
-            break r;
+    let reason = serve(&mut actor, &mut guard.ctx).await;
+    // `stopped` may itself panic; an abnormal reason already recorded is the one reported.
+    let stopped = Box::pin(AssertUnwindSafe(actor.stopped(&reason, &mut guard.ctx)).catch_unwind());
+    let reason = match stopped.await {
+        Ok(()) => reason,
+        Err(panic) if !reason.is_abnormal() => ExitReason::from_panic(panic),
+        Err(_) => reason,
+    };
+    guard.ctx.stop = Some(reason);
+    guard.done = true;
+}
+
+/// The message loop: returns why the actor stops.
+async fn serve<A: Actor>(actor: &mut A, ctx: &mut Context<A>) -> ExitReason {
+    loop {
+        if let Some(r) = ctx.stop.take() {
+            return r;
         }
-        if cell.has_signal() {
-            if let Err(r) = handle_signals(&mut actor, &mut g.ctx, &cell).await {
-                break r;
+        if ctx.myself.handle().cell.has_signal() {
+            if let Err(r) = Box::pin(handle_signals(actor, ctx)).await {
+                return r;
             }
             continue;
         }
-        let env = match g.rx.try_recv() {
-            Ok(env) => env,
-            Err(flume::TryRecvError::Empty) => {
-                tokio::select! {
-                    biased;
-                    _ = cell.signalled() => continue,
-                    r = g.rx.recv_async() => match r {
-                        Ok(env) => env,
-                        // Unreachable while `ctx` holds a sender; stop cleanly anyway.
-                        Err(_) => break ExitReason::Normal,
-                    },
-                }
-            }
-            Err(flume::TryRecvError::Disconnected) => break ExitReason::Normal,
+        let Envelope { msg, reply } = match ctx.myself.mailbox().recv().await {
+            Recv::Msg(env) => env,
+            Recv::Signal => continue,
+            // Only the exit guard closes the mailbox; stop cleanly anyway.
+            Recv::Closed => return ExitReason::Normal,
         };
-        let (msg, reply) = env.into_parts();
-        match catch(actor.handle(msg, &mut g.ctx)).await {
+        match caught(
+            AssertUnwindSafe(actor.handle(msg, ctx))
+                .catch_unwind()
+                .await,
+        ) {
             Ok(value) => {
                 if let Some(reply) = reply {
                     let _ = reply.send(Ok(value));
@@ -441,33 +457,24 @@ async fn run<A: Actor>(mut actor: A, mut guard: ExitGuard<A>, ready: Option<Read
                 if let Some(reply) = reply {
                     let _ = reply.send(Err(reason.clone()));
                 }
-                break reason;
+                return reason;
             }
         }
-    };
-    // `stopped` may itself panic; an abnormal reason already recorded is the one reported.
-    let reason = match AssertUnwindSafe(actor.stopped(&reason, &mut g.ctx))
-        .catch_unwind()
-        .await
-    {
-        Ok(()) => reason,
-        Err(panic) if !reason.is_abnormal() => ExitReason::from_panic(panic),
-        Err(_) => reason,
-    };
-    g.reason = Some(reason);
+    }
 }
 
-async fn handle_signals<A: Actor>(
-    actor: &mut A,
-    ctx: &mut Context<A>,
-    cell: &Cell,
-) -> Result<(), ExitReason> {
+async fn handle_signals<A: Actor>(actor: &mut A, ctx: &mut Context<A>) -> Result<(), ExitReason> {
+    let cell = ctx.myself.handle().cell.clone();
     for signal in cell.take_signals() {
         match signal {
             Signal::Stop(reason) => return Err(reason),
             Signal::Exit { from, reason } => {
                 if cell.traps_exit() {
-                    catch(actor.handle_exit(from, reason, ctx)).await?;
+                    caught(
+                        AssertUnwindSafe(actor.handle_exit(from, reason, ctx))
+                            .catch_unwind()
+                            .await,
+                    )?;
                 } else if reason.is_abnormal() {
                     return Err(ExitReason::Linked {
                         from,
@@ -475,7 +482,11 @@ async fn handle_signals<A: Actor>(
                     });
                 }
             }
-            Signal::Down { id, reason } => catch(actor.handle_down(id, reason, ctx)).await?,
+            Signal::Down { id, reason } => caught(
+                AssertUnwindSafe(actor.handle_down(id, reason, ctx))
+                    .catch_unwind()
+                    .await,
+            )?,
         }
         if let Some(r) = ctx.stop.take() {
             return Err(r);

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use crate::cell::{Cell, Signal};
+use crate::mailbox::{Mailbox, SendFailure};
 use crate::{Actor, ActorId, ExitReason};
 
 /// How long [`ActorRef::call`] waits by default (as `GenServer.call/2`).
@@ -17,22 +18,10 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 type ReplyTx<A> = oneshot::Sender<Result<<A as Actor>::Reply, ExitReason>>;
 
-/// A message in a mailbox: the message and, for a call, where the reply goes.
+/// A message in a mailbox and, for a call, where the reply goes.
 pub(crate) struct Envelope<A: Actor> {
-    msg: A::Msg,
-    reply: Option<ReplyTx<A>>,
-}
-
-impl<A: Actor> Envelope<A> {
-    pub(crate) fn into_parts(self) -> (A::Msg, Option<ReplyTx<A>>) {
-        (self.msg, self.reply)
-    }
-
-    /// The actor exited with this envelope still queued: a waiting caller is told now rather than at
-    /// its timeout.
-    pub(crate) fn reject(self, _id: ActorId) {
-        drop(self.reply);
-    }
+    pub(crate) msg: A::Msg,
+    pub(crate) reply: Option<ReplyTx<A>>,
 }
 
 /// A cast could not be delivered.
@@ -211,7 +200,7 @@ impl Future for Monitor {
 /// A typed address of a live (or exited) actor. Cheap to clone; sending to an exited actor is an
 /// error, never a panic.
 pub struct ActorRef<A: Actor> {
-    tx: flume::Sender<Envelope<A>>,
+    tx: Arc<Mailbox<Envelope<A>>>,
     handle: ActorHandle,
 }
 
@@ -245,11 +234,15 @@ impl<A: Actor> AsRef<ActorHandle> for ActorRef<A> {
 }
 
 impl<A: Actor> ActorRef<A> {
-    pub(crate) fn new(tx: flume::Sender<Envelope<A>>, cell: Arc<Cell>) -> Self {
+    pub(crate) fn new(tx: Arc<Mailbox<Envelope<A>>>, cell: Arc<Cell>) -> Self {
         ActorRef {
             tx,
             handle: ActorHandle { cell },
         }
+    }
+
+    pub(crate) fn mailbox(&self) -> &Arc<Mailbox<Envelope<A>>> {
+        &self.tx
     }
 
     /// The type-erased handle (monitor, link, stop, kill).
@@ -295,7 +288,7 @@ impl<A: Actor> ActorRef<A> {
     /// Send `msg` without waiting for a reply, waiting for mailbox room if it is full (backpressure).
     pub async fn cast(&self, msg: A::Msg) -> Result<(), SendError> {
         self.tx
-            .send_async(Envelope { msg, reply: None })
+            .send(Envelope { msg, reply: None })
             .await
             .map_err(|_| SendError::Exited(self.id()))
     }
@@ -305,8 +298,8 @@ impl<A: Actor> ActorRef<A> {
         self.tx
             .try_send(Envelope { msg, reply: None })
             .map_err(|e| match e {
-                flume::TrySendError::Full(env) => TrySendError::Full(env.msg),
-                flume::TrySendError::Disconnected(env) => TrySendError::Exited(env.msg),
+                SendFailure::Full(env) => TrySendError::Full(env.msg),
+                SendFailure::Closed(env) => TrySendError::Exited(env.msg),
             })
     }
 
@@ -325,7 +318,7 @@ impl<A: Actor> ActorRef<A> {
         let id = self.id();
         let exchange = async {
             self.tx
-                .send_async(Envelope {
+                .send(Envelope {
                     msg,
                     reply: Some(tx),
                 })

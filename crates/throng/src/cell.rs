@@ -8,9 +8,9 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use tokio::sync::Notify;
+use std::sync::OnceLock;
 use tokio::task::AbortHandle;
 
 use crate::ExitReason;
@@ -63,7 +63,9 @@ struct State {
 pub(crate) struct Cell {
     id: ActorId,
     has_signal: AtomicBool,
-    notify: Notify,
+    /// Wakes the run loop when it waits on an empty mailbox (set once at spawn). Signals wake the
+    /// actor through its own mailbox, so an idle actor waits on exactly one thing.
+    wake: OnceLock<Weak<dyn crate::mailbox::Signal>>,
     state: Mutex<State>,
 }
 
@@ -80,7 +82,7 @@ impl Cell {
         Arc::new(Cell {
             id: ActorId::next(),
             has_signal: AtomicBool::new(false),
-            notify: Notify::new(),
+            wake: OnceLock::new(),
             state: Mutex::new(State::default()),
         })
     }
@@ -127,16 +129,20 @@ impl Cell {
             }
             st.signals.push_back(signal);
         }
-        self.has_signal.store(true, Ordering::Release);
-        self.notify.notify_one();
+        // Only the first pending signal needs a wake-up; the run loop drains them all at once.
+        if !self.has_signal.swap(true, Ordering::AcqRel) {
+            if let Some(mailbox) = self.wake.get().and_then(Weak::upgrade) {
+                mailbox.signal();
+            }
+        }
+    }
+
+    pub(crate) fn set_wake(&self, wake: Weak<dyn crate::mailbox::Signal>) {
+        let _ = self.wake.set(wake);
     }
 
     pub(crate) fn has_signal(&self) -> bool {
         self.has_signal.load(Ordering::Acquire)
-    }
-
-    pub(crate) async fn signalled(&self) {
-        self.notify.notified().await
     }
 
     pub(crate) fn take_signals(&self) -> VecDeque<Signal> {

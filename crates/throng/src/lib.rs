@@ -33,6 +33,7 @@ mod actor;
 mod actor_ref;
 mod cell;
 mod exit;
+mod mailbox;
 pub mod registry;
 pub mod supervisor;
 

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, Cmd, Log, Probe};
+use common::{Cmd, Log, Probe};
 use throng::prelude::*;
 use throng::supervisor::SupervisorError;
 

@@ -98,7 +98,11 @@ fn measure(side: &str, n: usize) -> (f64, f64, f64) {
         .unwrap();
     // Spawn from a task on a worker thread, as an application does (spawning from `block_on`'s
     // thread goes through the runtime's global queue instead of the worker's local one).
-    rt.block_on(async { tokio::spawn(measure_in_runtime(side.to_owned(), n)).await.unwrap() })
+    rt.block_on(async {
+        tokio::spawn(measure_in_runtime(side.to_owned(), n))
+            .await
+            .unwrap()
+    })
 }
 
 async fn measure_in_runtime(side: String, n: usize) -> (f64, f64, f64) {

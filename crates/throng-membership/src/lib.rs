@@ -1,0 +1,1 @@
+//! Placeholder: cluster membership (being written).

@@ -73,7 +73,7 @@ impl fmt::Debug for ClusterSecret {
 #[derive(Debug, Clone)]
 pub enum DetectionProfile {
     /// foca's LAN preset ([`foca::Config::new_lan`], sized for [`LAN_CLUSTER_SIZE_HINT`] nodes):
-    /// probes every second, a crashed node is declared down after roughly 6–10 s. For production
+    /// probes every second, a crashed node is declared down after about 7–9 s. For production
     /// on a data-centre network.
     Lan,
     /// Aggressive timings for demos and tests: probes every 250 ms with a 100 ms round trip and a

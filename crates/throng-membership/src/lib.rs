@@ -70,6 +70,8 @@ mod identity;
 mod machine;
 mod membership;
 mod seal;
+#[cfg(test)]
+mod sim;
 mod timers;
 
 pub use config::{

@@ -372,9 +372,6 @@ impl Machine {
         }
         self.phase = Phase::Left;
         self.flush_foca();
-        // A node that left knows nothing about the cluster any more.
-        self.view.clear();
-        self.view_changed = true;
         info!("left the cluster");
     }
 

@@ -453,11 +453,13 @@ impl Task {
                 Some(addrs) = seed_rx.recv() => self.machine.announce_to(&addrs),
             }
 
+            // Publish before sending: whatever a peer learns from our replies (a `LeavingAck`, say)
+            // is then already visible to this node's own subscribers.
+            self.publish();
             self.machine.take_outputs(&mut outputs);
             for output in outputs.drain(..) {
                 self.carry_out(output).await;
             }
-            self.publish();
             let completed = self.machine.completed_round();
             let (finished, pending) = std::mem::take(&mut waiters)
                 .into_iter()

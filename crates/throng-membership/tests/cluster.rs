@@ -385,20 +385,23 @@ async fn restarted_node_replaces_its_previous_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_stops_without_leaving() {
     let (a, b, c) = three_node_cluster().await;
-    let rec_a = Recorder::new(&a);
+    let (rec_a, rec_b) = (Recorder::new(&a), Recorder::new(&b));
     c.shutdown().await;
     assert!(c.members().is_empty());
     assert!(matches!(
         c.announce_leaving().await,
         Err(MembershipError::Stopped)
     ));
-    eventually(Duration::from_secs(5), "a to see c down", || {
-        rec_a.saw_down("c")
+    eventually(Duration::from_secs(5), "a and b to see c down", || {
+        rec_a.saw_down("c") && rec_b.saw_down("c")
     })
     .await;
-    assert!(rec_a
-        .position(|e| matches!(e, MembershipEvent::NodeLeaving(_)))
-        .is_none());
+    for rec in [&rec_a, &rec_b] {
+        assert!(rec
+            .position(|e| matches!(e, MembershipEvent::NodeLeaving(_)))
+            .is_none());
+    }
+    assert_eq!(names(&a.members()), ["b"]);
     assert_eq!(names(&b.members()), ["a"]);
 }
 

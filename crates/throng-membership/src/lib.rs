@@ -110,7 +110,9 @@ impl MemberInfo {
 ///
 /// For a given run of a node, events come in the order `NodeUp`, optionally `NodeLeaving`, then
 /// `NodeDown`. A restarted node's previous run is reported `NodeDown` before its new run is reported
-/// `NodeUp`.
+/// `NodeUp`, so two runs of a node are never up together. A run that was declared down wrongly
+/// (a pause, a partition) and rejoins is reported `NodeUp` again, with the same incarnation; that
+/// node itself receives [`MembershipEvent::Rejoined`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum MembershipEvent {

@@ -108,7 +108,7 @@ async fn main() {
             won: 0,
             lost: 0,
             registry: registry.clone(),
-            rng: 0x9E37_79B9_7F4A_7C15 ^ (i as u64 + 1) * 0x1000_0001,
+            rng: 0x9E37_79B9_7F4A_7C15 ^ ((i as u64 + 1) * 0x1000_0001),
         })
         .restart(RestartPolicy::Transient);
         sup.start_child(spec).await.expect("hero starts");

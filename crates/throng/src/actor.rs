@@ -347,8 +347,9 @@ pub async fn start_with<A: Actor>(actor: A, opts: SpawnOptions) -> Result<ActorR
 type Ready = oneshot::Sender<Result<(), ExitReason>>;
 
 fn spawn_inner<A: Actor>(actor: A, opts: SpawnOptions, ready: Option<Ready>) -> ActorRef<A> {
-    let actor_ref = ActorRef::new(Arc::new(Mailbox::new(opts.mailbox)), Cell::new());
-    let signal: Arc<dyn crate::mailbox::Signal> = actor_ref.mailbox().clone();
+    let mailbox = Arc::new(Mailbox::new(opts.mailbox));
+    let actor_ref = ActorRef::new(mailbox.clone(), Cell::new());
+    let signal: Arc<dyn crate::mailbox::Signal> = mailbox;
     actor_ref.handle().cell.set_wake(Arc::downgrade(&signal));
     let guard = ExitGuard {
         ctx: Context {
@@ -384,7 +385,7 @@ impl<A: Actor> Drop for ExitGuard<A> {
             (true, None) => ExitReason::Normal,
             (false, _) => ExitReason::Killed,
         };
-        let queued = self.ctx.myself.mailbox().close();
+        let queued = self.ctx.myself.mailbox().map(|m| m.close());
         self.ctx.myself.handle().cell.finish(reason);
         // Dropping a queued call's reply sender tells its caller now rather than at its timeout.
         drop(queued);
@@ -437,7 +438,11 @@ async fn serve<A: Actor>(actor: &mut A, ctx: &mut Context<A>) -> ExitReason {
             }
             continue;
         }
-        let Envelope { msg, reply } = match ctx.myself.mailbox().recv().await {
+        // An actor's own reference is always local.
+        let Some(mailbox) = ctx.myself.mailbox() else {
+            return ExitReason::Normal;
+        };
+        let Envelope { msg, reply } = match mailbox.recv().await {
             Recv::Msg(env) => env,
             Recv::Signal => continue,
             // Only the exit guard closes the mailbox; stop cleanly anyway.

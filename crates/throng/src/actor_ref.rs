@@ -31,6 +31,12 @@ pub enum SendError {
     /// The actor has exited; nothing was delivered.
     #[error("actor {0} has exited")]
     Exited(ActorId),
+    /// The remote actor's node is down or unknown; nothing was sent.
+    #[error("node {0} is down or unreachable")]
+    NodeDown(String),
+    /// The message could not be encoded, or is over the frame limit; nothing was sent.
+    #[error("cannot send: {0}")]
+    Codec(String),
 }
 
 /// A non-waiting cast could not be delivered; the message is handed back so nothing is lost.
@@ -76,6 +82,32 @@ pub enum CallError {
     /// The handler failed on this message; the actor stopped with this reason.
     #[error("actor failed handling the call: {0}")]
     Failed(ExitReason),
+    /// The actor's node is down, unknown, or the connection to it was lost with the call in flight
+    /// (the call may or may not have been handled).
+    #[error("node {0} is down or unreachable")]
+    NodeDown(String),
+    /// The remote node exports no actor under this name.
+    #[error("no actor {0:?} on the remote node")]
+    NoSuchActor(String),
+    /// The remote name is held by an actor of another type.
+    #[error("remote actor is a {found}, not a {expected}")]
+    UnknownActorType {
+        /// The type the caller addressed.
+        expected: String,
+        /// The type exported there.
+        found: String,
+    },
+    /// The message or reply could not be encoded or decoded.
+    #[error("codec error: {0}")]
+    Codec(String),
+    /// The encoded message exceeds the frame limit; nothing was sent.
+    #[error("message of {size} bytes exceeds the {max}-byte frame limit")]
+    TooLarge {
+        /// Encoded size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// A type-erased handle to an actor: enough to identify, monitor, link, stop or kill it without
@@ -199,15 +231,26 @@ impl Future for Monitor {
 
 /// A typed address of a live (or exited) actor. Cheap to clone; sending to an exited actor is an
 /// error, never a panic.
+///
+/// The same type addresses a local actor or one on another node ([`crate::cluster::Node::remote`]):
+/// `call` and `cast` look the same, and remote failures are further [`CallError`] variants.
 pub struct ActorRef<A: Actor> {
-    tx: Arc<Mailbox<Envelope<A>>>,
+    route: Route<A>,
     handle: ActorHandle,
+}
+
+enum Route<A: Actor> {
+    Local(Arc<Mailbox<Envelope<A>>>),
+    Remote(Arc<crate::cluster::RemoteRoute<A>>),
 }
 
 impl<A: Actor> Clone for ActorRef<A> {
     fn clone(&self) -> Self {
         ActorRef {
-            tx: self.tx.clone(),
+            route: match &self.route {
+                Route::Local(m) => Route::Local(m.clone()),
+                Route::Remote(r) => Route::Remote(r.clone()),
+            },
             handle: self.handle.clone(),
         }
     }
@@ -236,13 +279,31 @@ impl<A: Actor> AsRef<ActorHandle> for ActorRef<A> {
 impl<A: Actor> ActorRef<A> {
     pub(crate) fn new(tx: Arc<Mailbox<Envelope<A>>>, cell: Arc<Cell>) -> Self {
         ActorRef {
-            tx,
+            route: Route::Local(tx),
             handle: ActorHandle { cell },
         }
     }
 
-    pub(crate) fn mailbox(&self) -> &Arc<Mailbox<Envelope<A>>> {
-        &self.tx
+    /// A reference to a remote actor; `proxy` is the local cell that stands for it (finished when
+    /// the remote actor exits or its node goes down).
+    pub(crate) fn remote(route: Arc<crate::cluster::RemoteRoute<A>>, proxy: Arc<Cell>) -> Self {
+        ActorRef {
+            route: Route::Remote(route),
+            handle: ActorHandle { cell: proxy },
+        }
+    }
+
+    /// The mailbox of a local actor (`None` for a remote one).
+    pub(crate) fn mailbox(&self) -> Option<&Arc<Mailbox<Envelope<A>>>> {
+        match &self.route {
+            Route::Local(m) => Some(m),
+            Route::Remote(_) => None,
+        }
+    }
+
+    /// Whether the actor lives on this node.
+    pub fn is_local(&self) -> bool {
+        matches!(self.route, Route::Local(_))
     }
 
     /// The type-erased handle (monitor, link, stop, kill).
@@ -280,27 +341,54 @@ impl<A: Actor> ActorRef<A> {
         self.handle.monitor()
     }
 
-    /// Messages waiting in the mailbox.
+    /// Messages waiting in the mailbox (0 for a remote actor: its queue is on its node).
     pub fn queued(&self) -> usize {
-        self.tx.len()
+        self.mailbox().map_or(0, |m| m.len())
     }
 
     /// Send `msg` without waiting for a reply, waiting for mailbox room if it is full (backpressure).
+    /// For a remote actor, waits for room in the send queue to its node; delivery is then in order
+    /// per sender but not confirmed.
     pub async fn cast(&self, msg: A::Msg) -> Result<(), SendError> {
-        self.tx
-            .send(Envelope { msg, reply: None })
+        let tx = match &self.route {
+            Route::Local(tx) => tx,
+            Route::Remote(r) => return r.cast(msg).await,
+        };
+        tx.send(Envelope { msg, reply: None })
             .await
             .map_err(|_| SendError::Exited(self.id()))
     }
 
-    /// Send `msg` only if the mailbox has room now; otherwise hand it back.
+    /// Send `msg` only if the mailbox (or, for a remote actor, the send queue to its node) has room
+    /// now; otherwise hand it back.
     pub fn try_cast(&self, msg: A::Msg) -> Result<(), TrySendError<A::Msg>> {
-        self.tx
-            .try_send(Envelope { msg, reply: None })
+        let tx = match &self.route {
+            Route::Local(tx) => tx,
+            Route::Remote(r) => return r.try_cast(msg),
+        };
+        tx.try_send(Envelope { msg, reply: None })
             .map_err(|e| match e {
                 SendFailure::Full(env) => TrySendError::Full(env.msg),
                 SendFailure::Closed(env) => TrySendError::Exited(env.msg),
             })
+    }
+
+    /// Enqueue a call on a local actor and return where its reply will arrive, so that a caller can
+    /// keep the order of enqueueing while waiting for replies concurrently (the remote dispatcher).
+    pub(crate) async fn enqueue_call(
+        &self,
+        msg: A::Msg,
+    ) -> Result<oneshot::Receiver<Result<A::Reply, ExitReason>>, CallError> {
+        let mailbox = self.mailbox().ok_or(CallError::Exited(self.id()))?;
+        let (tx, rx) = oneshot::channel();
+        mailbox
+            .send(Envelope {
+                msg,
+                reply: Some(tx),
+            })
+            .await
+            .map_err(|_| CallError::Exited(self.id()))?;
+        Ok(rx)
     }
 
     /// Send `msg` and wait for the reply, at most [`DEFAULT_CALL_TIMEOUT`].
@@ -314,10 +402,14 @@ impl<A: Actor> ActorRef<A> {
         msg: A::Msg,
         timeout: Duration,
     ) -> Result<A::Reply, CallError> {
+        let mailbox = match &self.route {
+            Route::Local(tx) => tx,
+            Route::Remote(r) => return r.call(msg, timeout).await,
+        };
         let (tx, rx) = oneshot::channel();
         let id = self.id();
         let exchange = async {
-            self.tx
+            mailbox
                 .send(Envelope {
                     msg,
                     reply: Some(tx),

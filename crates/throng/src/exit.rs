@@ -32,6 +32,10 @@ pub enum ExitReason {
         /// Why it exited.
         reason: Arc<ExitReason>,
     },
+    /// The actor lives on another node, and that node is down (or the connection to it was lost).
+    NodeDown(Arc<str>),
+    /// There was no such actor to begin with (Erlang's `noproc`): a remote name nobody exports.
+    NoProc,
     /// A supervisor gave up: its children needed more restarts than its intensity allows.
     RestartIntensity {
         /// Restarts counted within the window, including the one that exceeded it.
@@ -81,6 +85,8 @@ impl fmt::Display for ExitReason {
             ExitReason::Panic(m) => write!(f, "panic: {m}"),
             ExitReason::Error(m) => write!(f, "error: {m}"),
             ExitReason::Killed => f.write_str("killed"),
+            ExitReason::NodeDown(n) => write!(f, "node {n} is down"),
+            ExitReason::NoProc => f.write_str("no such actor"),
             ExitReason::Linked { from, reason } => {
                 write!(f, "linked actor {from} exited: {reason}")
             }

@@ -32,6 +32,7 @@
 mod actor;
 mod actor_ref;
 mod cell;
+pub mod cluster;
 mod exit;
 mod mailbox;
 pub mod registry;

@@ -1,0 +1,11 @@
+//! Throng across machines: nodes, the authenticated transport between them, and actors addressed
+//! on other nodes.
+//!
+//! - [`wire`]: handshake, per-frame seal, frames; total decoders.
+//! - [`node`]: a [`Node`] listens for peers, keeps one connection per peer pair, exports local
+//!   actors under names, and hands out [`crate::ActorRef`]s to actors on other nodes.
+
+pub mod node;
+pub mod wire;
+
+pub use node::{ExportError, Node, NodeError, NodeOptions, RemoteActor, RemoteRoute};

@@ -1,0 +1,1062 @@
+//! A Throng node: the transport between nodes and actors addressed across them.
+//!
+//! Connections: exactly one TCP connection per pair of nodes, dialed by the node whose name sorts
+//! first and accepted by the other, so two nodes never race to open duplicate connections and the
+//! order of frames between them is the order they were queued. The dialer reconnects with capped
+//! exponential backoff. Each connection starts with the authenticated handshake of [`super::wire`]
+//! and then seals every frame.
+//!
+//! Queues: each peer has a bounded *control* queue (replies, monitors) and a bounded *data* queue
+//! (requests). The writer always drains control first, so bulk requests never delay a reply or a
+//! down notice; a full data queue makes senders wait (backpressure) or, for `try_cast`, hands the
+//! message back. Incoming requests are delivered in order: a cast waits for mailbox room before the
+//! next frame is read, which pushes back through TCP to the sender.
+//!
+//! Calls: a call is a `Request` frame with an id; the reply completes the pending entry. A lost
+//! connection fails every call in flight to that peer with `NodeDown` (it may or may not have been
+//! handled — the caller decides whether to retry).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use rand::{RngExt, SeedableRng};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use throng_core::{Incarnation, NodeId};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
+
+use super::wire::{
+    self, Auth, ClusterKey, Frame, Hello, HelloAck, Opener, RemoteFailure, Role, Sealer, WireError,
+    WireExit,
+};
+use crate::cell::Cell;
+use crate::{Actor, ActorHandle, ActorRef, CallError, ExitReason, SendError, TrySendError};
+
+/// An actor that can be addressed from other nodes: its messages and replies are serde types, and it
+/// has a stable type name (checked on every remote request, since Rust type names are not stable
+/// across builds).
+pub trait RemoteActor:
+    Actor<Msg: Serialize + DeserializeOwned, Reply: Serialize + DeserializeOwned>
+{
+    /// The actor type's name, the same on every node.
+    const TYPE: &'static str;
+}
+
+/// Limits and timings of a node's transport.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// Largest frame accepted or sent, in bytes (default 8 MiB).
+    pub max_frame: usize,
+    /// Frames queued per peer for requests (default 4096); senders wait beyond it.
+    pub data_queue: usize,
+    /// Frames queued per peer for replies and control (default 1024).
+    pub control_queue: usize,
+    /// How long a handshake may take (default 5 s).
+    pub handshake_timeout: Duration,
+    /// Reconnect backoff: first and maximum delay (defaults 50 ms, 2 s).
+    pub backoff: (Duration, Duration),
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions {
+            max_frame: 8 << 20,
+            data_queue: 4096,
+            control_queue: 1024,
+            handshake_timeout: Duration::from_secs(5),
+            backoff: (Duration::from_millis(50), Duration::from_secs(2)),
+        }
+    }
+}
+
+/// Starting a node failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The RPC listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A limit is out of range.
+    #[error("invalid node option: {0}")]
+    Config(String),
+}
+
+/// Exporting an actor failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExportError {
+    /// Another live actor is exported under this name.
+    #[error("name {0:?} is already exported")]
+    Taken(String),
+    /// The actor has exited.
+    #[error("actor has exited")]
+    NotAlive,
+}
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+type ReplyFuture = BoxFuture<'static, Result<Vec<u8>, RemoteFailure>>;
+
+/// A locally exported actor, type-erased so that frames can reach it by name.
+trait Export: Send + Sync {
+    fn any(&self) -> &dyn std::any::Any;
+    fn actor_type(&self) -> &'static str;
+    fn handle(&self) -> &ActorHandle;
+    fn deliver<'a>(
+        &'a self,
+        body: &'a [u8],
+        call: bool,
+    ) -> BoxFuture<'a, Result<Option<ReplyFuture>, RemoteFailure>>;
+}
+
+struct TypedExport<A: RemoteActor>(ActorRef<A>);
+
+impl<A: RemoteActor> Export for TypedExport<A> {
+    fn any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn actor_type(&self) -> &'static str {
+        A::TYPE
+    }
+    fn handle(&self) -> &ActorHandle {
+        self.0.handle()
+    }
+    fn deliver<'a>(
+        &'a self,
+        body: &'a [u8],
+        call: bool,
+    ) -> BoxFuture<'a, Result<Option<ReplyFuture>, RemoteFailure>> {
+        Box::pin(async move {
+            let msg: A::Msg =
+                postcard::from_bytes(body).map_err(|e| RemoteFailure::Decode(e.to_string()))?;
+            if !call {
+                self.0.cast(msg).await.map_err(|_| RemoteFailure::Exited)?;
+                return Ok(None);
+            }
+            let rx = self
+                .0
+                .enqueue_call(msg)
+                .await
+                .map_err(|_| RemoteFailure::Exited)?;
+            let reply: ReplyFuture = Box::pin(async move {
+                match rx.await {
+                    Ok(Ok(reply)) => postcard::to_allocvec(&reply)
+                        .map_err(|e| RemoteFailure::Decode(e.to_string())),
+                    Ok(Err(reason)) => Err(RemoteFailure::Failed(reason.to_string())),
+                    Err(_) => Err(RemoteFailure::Exited),
+                }
+            });
+            Ok(Some(reply))
+        })
+    }
+}
+
+/// An authenticated, sealed connection to one peer.
+struct Conn {
+    reader: FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
+    writer: FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
+    sealer: Sealer,
+    opener: Opener,
+    incarnation: u64,
+}
+
+struct Peer {
+    id: NodeId,
+    control: mpsc::Sender<Frame>,
+    data: mpsc::Sender<Frame>,
+    inbound: mpsc::Sender<Conn>,
+    addr: Mutex<Option<SocketAddr>>,
+    connected: std::sync::atomic::AtomicBool,
+    stop: CancellationToken,
+}
+
+struct Pending {
+    peer: NodeId,
+    tx: oneshot::Sender<Result<Vec<u8>, RemoteFailure>>,
+}
+
+pub(crate) struct Shared {
+    id: NodeId,
+    incarnation: Incarnation,
+    key: ClusterKey,
+    opts: NodeOptions,
+    rpc_addr: SocketAddr,
+    exports: RwLock<HashMap<String, Arc<dyn Export>>>,
+    pending: Mutex<HashMap<u64, Pending>>,
+    next_id: AtomicU64,
+    peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
+    /// Proxy cells standing for remote actors, by (peer, monitor id).
+    proxies: Mutex<HashMap<(NodeId, u64), Weak<Cell>>>,
+    stop: CancellationToken,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Critical sections are plain map updates; a poisoned lock still guards a consistent map.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Sends to one remote actor: the route behind a remote [`ActorRef`].
+pub struct RemoteRoute<A: Actor> {
+    shared: Weak<Shared>,
+    peer: NodeId,
+    name: String,
+    actor_type: &'static str,
+    encode: fn(&A::Msg) -> Result<Vec<u8>, String>,
+    decode: fn(&[u8]) -> Result<A::Reply, String>,
+}
+
+impl<A: Actor> RemoteRoute<A> {
+    fn shared(&self) -> Result<Arc<Shared>, String> {
+        self.shared.upgrade().ok_or_else(|| self.peer.to_string())
+    }
+
+    fn request(&self, msg: &A::Msg, id: u64, timeout: Duration) -> Result<Frame, SendError> {
+        let body = (self.encode)(msg).map_err(SendError::Codec)?;
+        Ok(Frame::Request {
+            id,
+            to: self.name.clone(),
+            actor_type: self.actor_type.to_string(),
+            body,
+            timeout_ms: timeout.as_millis().min(u64::MAX as u128) as u64,
+        })
+    }
+
+    fn check_size(shared: &Shared, frame: &Frame) -> Result<(), (usize, usize)> {
+        let size = match frame {
+            Frame::Request { body, to, .. } => body.len() + to.len() + 64,
+            _ => 0,
+        };
+        if size + wire::SEAL_OVERHEAD > shared.opts.max_frame {
+            return Err((size, shared.opts.max_frame));
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn cast(&self, msg: A::Msg) -> Result<(), SendError> {
+        let shared = self.shared().map_err(SendError::NodeDown)?;
+        let frame = self.request(&msg, 0, Duration::ZERO)?;
+        if self.peer == shared.id {
+            // Addressed to this node by name: deliver locally (failures of a cast are not reported).
+            let _ = shared.local_request(&frame).await;
+            return Ok(());
+        }
+        Self::check_size(&shared, &frame).map_err(|(size, max)| {
+            SendError::Codec(format!("{size} bytes exceeds the {max}-byte frame limit"))
+        })?;
+        let peer = shared
+            .peer(&self.peer)
+            .ok_or_else(|| SendError::NodeDown(self.peer.to_string()))?;
+        peer.data
+            .send(frame)
+            .await
+            .map_err(|_| SendError::NodeDown(self.peer.to_string()))
+    }
+
+    pub(crate) fn try_cast(&self, msg: A::Msg) -> Result<(), TrySendError<A::Msg>> {
+        let Ok(shared) = self.shared() else {
+            return Err(TrySendError::Exited(msg));
+        };
+        let Ok(frame) = self.request(&msg, 0, Duration::ZERO) else {
+            return Err(TrySendError::Exited(msg));
+        };
+        if Self::check_size(&shared, &frame).is_err() {
+            return Err(TrySendError::Exited(msg));
+        }
+        let Some(peer) = shared.peer(&self.peer) else {
+            return Err(TrySendError::Exited(msg));
+        };
+        match peer.data.try_send(frame) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(TrySendError::Full(msg)),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(TrySendError::Exited(msg)),
+        }
+    }
+
+    pub(crate) async fn call(&self, msg: A::Msg, timeout: Duration) -> Result<A::Reply, CallError> {
+        let down = || CallError::NodeDown(self.peer.to_string());
+        let shared = self.shared().map_err(|_| down())?;
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = self.request(&msg, id, timeout).map_err(|e| match e {
+            SendError::Codec(m) => CallError::Codec(m),
+            _ => down(),
+        })?;
+        Self::check_size(&shared, &frame)
+            .map_err(|(size, max)| CallError::TooLarge { size, max })?;
+        if self.peer == shared.id {
+            let outcome = async {
+                match shared.local_request(&frame).await? {
+                    Some(reply) => reply.await,
+                    None => Err(RemoteFailure::Exited),
+                }
+            };
+            let result = tokio::time::timeout(timeout, outcome)
+                .await
+                .unwrap_or(Err(RemoteFailure::Timeout));
+            return self.finish_call(result.map_err(Ok), timeout);
+        }
+        let peer = shared.peer(&self.peer).ok_or_else(down)?;
+        let (tx, rx) = oneshot::channel();
+        lock(&shared.pending).insert(
+            id,
+            Pending {
+                peer: self.peer.clone(),
+                tx,
+            },
+        );
+        let exchange = async {
+            peer.data.send(frame).await.map_err(|_| down())?;
+            rx.await.map_err(|_| down())
+        };
+        let outcome = tokio::time::timeout(timeout, exchange).await;
+        let result = match outcome {
+            Ok(r) => r,
+            Err(_) => {
+                lock(&shared.pending).remove(&id);
+                return Err(CallError::Timeout(timeout));
+            }
+        };
+        match result {
+            Err(e) => {
+                lock(&shared.pending).remove(&id);
+                Err(e)
+            }
+            Ok(r) => self.finish_call(r.map_err(Ok), timeout),
+        }
+    }
+
+    /// Turn a reply (or a failure, `Ok` = reported by the remote side) into the caller's result.
+    fn finish_call(
+        &self,
+        result: Result<Vec<u8>, Result<RemoteFailure, CallError>>,
+        timeout: Duration,
+    ) -> Result<A::Reply, CallError> {
+        match result {
+            Err(Err(e)) => Err(e),
+            Ok(bytes) => (self.decode)(&bytes).map_err(CallError::Codec),
+            Err(Ok(failure)) => Err(match failure {
+                RemoteFailure::NoSuchActor(n) => CallError::NoSuchActor(n),
+                RemoteFailure::UnknownActorType { expected, found } => {
+                    CallError::UnknownActorType { expected, found }
+                }
+                RemoteFailure::Decode(m) => CallError::Codec(m),
+                RemoteFailure::Exited => CallError::NodeDown(self.peer.to_string()),
+                RemoteFailure::Failed(m) => CallError::Failed(ExitReason::Error(m.into())),
+                RemoteFailure::Timeout => CallError::Timeout(timeout),
+            }),
+        }
+    }
+}
+
+/// A running node. Dropping it (or [`Node::shutdown`]) closes its listener and connections.
+pub struct Node {
+    shared: Arc<Shared>,
+}
+
+impl Node {
+    /// Start a node named `id` listening for peers on `rpc_bind`, authenticating them with `secret`.
+    pub async fn start(
+        id: NodeId,
+        incarnation: Incarnation,
+        rpc_bind: SocketAddr,
+        secret: &[u8],
+        opts: NodeOptions,
+    ) -> Result<Node, NodeError> {
+        if opts.max_frame < 1024 || opts.max_frame > (1 << 30) {
+            return Err(NodeError::Config(format!(
+                "max_frame {} must be within 1 KiB..=1 GiB",
+                opts.max_frame
+            )));
+        }
+        if opts.data_queue == 0 || opts.control_queue == 0 {
+            return Err(NodeError::Config(
+                "queues must hold at least one frame".into(),
+            ));
+        }
+        let listener = TcpListener::bind(rpc_bind)
+            .await
+            .map_err(|source| NodeError::Bind {
+                addr: rpc_bind,
+                source,
+            })?;
+        let rpc_addr = listener.local_addr().map_err(|source| NodeError::Bind {
+            addr: rpc_bind,
+            source,
+        })?;
+        let shared = Arc::new(Shared {
+            id,
+            incarnation,
+            key: ClusterKey::from_secret(secret),
+            opts,
+            rpc_addr,
+            exports: RwLock::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            peers: Mutex::new(HashMap::new()),
+            proxies: Mutex::new(HashMap::new()),
+            stop: CancellationToken::new(),
+        });
+        tokio::spawn(accept_loop(
+            Arc::downgrade(&shared),
+            listener,
+            shared.stop.clone(),
+        ));
+        Ok(Node { shared })
+    }
+
+    /// This node's name.
+    pub fn id(&self) -> &NodeId {
+        &self.shared.id
+    }
+
+    /// This node's incarnation.
+    pub fn incarnation(&self) -> Incarnation {
+        self.shared.incarnation
+    }
+
+    /// The address peers connect to.
+    pub fn rpc_addr(&self) -> SocketAddr {
+        self.shared.rpc_addr
+    }
+
+    /// Make `peer` reachable at `addr`. The node whose name sorts first dials; the other waits for
+    /// the connection. Membership calls this for every node that comes up.
+    pub fn add_peer(&self, peer: NodeId, addr: SocketAddr) {
+        if peer == self.shared.id {
+            return;
+        }
+        let link = self.shared.link(&peer);
+        *lock(&link.addr) = Some(addr);
+    }
+
+    /// Forget `peer` (its node is down): calls in flight to it fail with `NodeDown`, proxies of its
+    /// actors exit with [`ExitReason::NodeDown`], and its connection is closed.
+    pub fn remove_peer(&self, peer: &NodeId) {
+        let removed = lock(&self.shared.peers).remove(peer);
+        if let Some(p) = removed {
+            p.stop.cancel();
+        }
+        self.shared.peer_lost(peer);
+    }
+
+    /// Whether an authenticated connection to `peer` is up right now.
+    pub fn is_connected(&self, peer: &NodeId) -> bool {
+        self.shared
+            .peer(peer)
+            .is_some_and(|p| p.connected.load(Ordering::Acquire))
+    }
+
+    /// The peers this node has a link to (connected or connecting).
+    pub fn peers(&self) -> Vec<NodeId> {
+        let mut v: Vec<NodeId> = lock(&self.shared.peers).keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Make `actor` reachable from other nodes as `name`. The export disappears when the actor exits.
+    pub fn export<A: RemoteActor>(
+        &self,
+        name: &str,
+        actor: &ActorRef<A>,
+    ) -> Result<(), ExportError> {
+        {
+            let mut exports = self
+                .shared
+                .exports
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            if exports.get(name).is_some_and(|e| e.handle().is_alive()) {
+                return Err(ExportError::Taken(name.to_owned()));
+            }
+            exports.insert(name.to_owned(), Arc::new(TypedExport(actor.clone())));
+        }
+        let weak = Arc::downgrade(&self.shared);
+        let owned = name.to_owned();
+        let id = actor.id();
+        actor.handle().on_exit(move |_, _| {
+            if let Some(shared) = weak.upgrade() {
+                let mut exports = shared.exports.write().unwrap_or_else(|p| p.into_inner());
+                if exports.get(&owned).is_some_and(|e| e.handle().id() == id) {
+                    exports.remove(&owned);
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// An [`ActorRef`] to the actor exported as `name` on node `peer`. On this node itself, the local
+    /// actor (if exported with that type). The reference is lazy: errors surface on `call`/`cast`;
+    /// its handle exits when the remote actor exits or its node goes down.
+    pub fn remote<A: RemoteActor>(&self, peer: &NodeId, name: &str) -> ActorRef<A> {
+        if *peer == self.shared.id {
+            if let Some(local) = self.shared.export(name).and_then(|e| {
+                e.any()
+                    .downcast_ref::<TypedExport<A>>()
+                    .map(|t| t.0.clone())
+            }) {
+                return local;
+            }
+        }
+        let proxy = Cell::new();
+        let route = Arc::new(RemoteRoute {
+            shared: Arc::downgrade(&self.shared),
+            peer: peer.clone(),
+            name: name.to_owned(),
+            actor_type: A::TYPE,
+            encode: |m| postcard::to_allocvec(m).map_err(|e| e.to_string()),
+            decode: |b| postcard::from_bytes(b).map_err(|e| e.to_string()),
+        });
+        if *peer != self.shared.id {
+            let mid = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+            lock(&self.shared.proxies).insert((peer.clone(), mid), Arc::downgrade(&proxy));
+            match self.shared.peer(peer) {
+                Some(p) => {
+                    let _ = p.control.try_send(Frame::Monitor {
+                        mid,
+                        name: name.to_owned(),
+                    });
+                }
+                None => proxy.finish(ExitReason::NodeDown(peer.as_str().into())),
+            }
+        } else {
+            self.shared.monitor_local(name, Arc::downgrade(&proxy));
+        }
+        ActorRef::remote(route, proxy)
+    }
+
+    /// Close the listener and every connection; calls in flight fail with `NodeDown`.
+    pub fn shutdown(&self) {
+        self.shared.stop.cancel();
+        let peers: Vec<NodeId> = lock(&self.shared.peers).keys().cloned().collect();
+        for p in peers {
+            self.remove_peer(&p);
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl Shared {
+    fn peer(&self, id: &NodeId) -> Option<Arc<Peer>> {
+        lock(&self.peers).get(id).cloned()
+    }
+
+    /// The link to `id`, created (with its task) on first use.
+    fn link(self: &Arc<Self>, id: &NodeId) -> Arc<Peer> {
+        let mut peers = lock(&self.peers);
+        if let Some(p) = peers.get(id) {
+            return p.clone();
+        }
+        let (control, control_rx) = mpsc::channel(self.opts.control_queue);
+        let (data, data_rx) = mpsc::channel(self.opts.data_queue);
+        let (inbound, inbound_rx) = mpsc::channel(2);
+        let peer = Arc::new(Peer {
+            id: id.clone(),
+            control,
+            data,
+            inbound,
+            addr: Mutex::new(None),
+            connected: std::sync::atomic::AtomicBool::new(false),
+            stop: self.stop.child_token(),
+        });
+        peers.insert(id.clone(), peer.clone());
+        tokio::spawn(link_task(
+            Arc::downgrade(self),
+            peer.clone(),
+            control_rx,
+            data_rx,
+            inbound_rx,
+        ));
+        peer
+    }
+
+    /// The connection to `peer` is gone: fail its calls in flight and its proxies.
+    fn peer_lost(&self, peer: &NodeId) {
+        lock(&self.pending).retain(|_, p| p.peer != *peer);
+        let proxies: Vec<Weak<Cell>> = {
+            let mut map = lock(&self.proxies);
+            let keys: Vec<(NodeId, u64)> = map.keys().filter(|(n, _)| n == peer).cloned().collect();
+            keys.into_iter().filter_map(|k| map.remove(&k)).collect()
+        };
+        for p in proxies.into_iter().filter_map(|w| w.upgrade()) {
+            p.finish(ExitReason::NodeDown(peer.as_str().into()));
+        }
+    }
+
+    fn monitor_local(&self, name: &str, proxy: Weak<Cell>) {
+        let export = self
+            .exports
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned();
+        match export {
+            Some(e) => e.handle().on_exit(move |_, reason| {
+                if let Some(p) = proxy.upgrade() {
+                    p.finish(reason.clone());
+                }
+            }),
+            None => {
+                if let Some(p) = proxy.upgrade() {
+                    p.finish(ExitReason::NoProc);
+                }
+            }
+        }
+    }
+
+    fn export(&self, name: &str) -> Option<Arc<dyn Export>> {
+        self.exports
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Deliver a request frame to a local export.
+    async fn local_request(&self, frame: &Frame) -> Result<Option<ReplyFuture>, RemoteFailure> {
+        let Frame::Request {
+            id,
+            to,
+            actor_type,
+            body,
+            ..
+        } = frame
+        else {
+            return Err(RemoteFailure::Decode("not a request".into()));
+        };
+        match self.export(to) {
+            None => Err(RemoteFailure::NoSuchActor(to.clone())),
+            Some(e) if e.actor_type() != actor_type => Err(RemoteFailure::UnknownActorType {
+                expected: actor_type.clone(),
+                found: e.actor_type().to_string(),
+            }),
+            Some(e) => e.deliver(body, *id != 0).await,
+        }
+    }
+
+    /// Handle one frame from `peer`, in arrival order.
+    async fn on_frame(self: &Arc<Self>, peer: &Arc<Peer>, frame: Frame) {
+        match frame {
+            Frame::Request { id, timeout_ms, .. } => {
+                let outcome = self.local_request(&frame).await;
+                match (id, outcome) {
+                    (0, Ok(_)) => {}
+                    (0, Err(failure)) => {
+                        tracing::debug!(peer = %peer.id, ?failure, "remote cast not delivered");
+                    }
+                    (id, Err(failure)) => {
+                        let _ = peer
+                            .control
+                            .send(Frame::Reply {
+                                id,
+                                result: Err(failure),
+                            })
+                            .await;
+                    }
+                    (id, Ok(Some(reply))) => {
+                        let control = peer.control.clone();
+                        let wait = Duration::from_millis(timeout_ms.max(1));
+                        tokio::spawn(async move {
+                            let result = tokio::time::timeout(wait, reply)
+                                .await
+                                .unwrap_or(Err(RemoteFailure::Timeout));
+                            let _ = control.send(Frame::Reply { id, result }).await;
+                        });
+                    }
+                    (_, Ok(None)) => {}
+                }
+            }
+            Frame::Reply { id, result } => {
+                let pending = lock(&self.pending).remove(&id);
+                if let Some(p) = pending {
+                    let _ = p.tx.send(result);
+                }
+            }
+            Frame::Monitor { mid, name } => {
+                let control = peer.control.clone();
+                match self.export(&name) {
+                    Some(e) => e.handle().on_exit(move |_, reason| {
+                        let down = Frame::Down {
+                            mid,
+                            reason: WireExit::from(reason),
+                        };
+                        if let Err(mpsc::error::TrySendError::Full(down)) = control.try_send(down) {
+                            // Runs on the exiting actor's task: never block it.
+                            tokio::spawn(async move {
+                                let _ = control.send(down).await;
+                            });
+                        }
+                    }),
+                    None => {
+                        let _ = control
+                            .send(Frame::Down {
+                                mid,
+                                reason: WireExit::NoProc,
+                            })
+                            .await;
+                    }
+                }
+            }
+            Frame::Down { mid, reason } => {
+                let proxy = lock(&self.proxies).remove(&(peer.id.clone(), mid));
+                if let Some(p) = proxy.and_then(|w| w.upgrade()) {
+                    p.finish(reason.into());
+                }
+            }
+        }
+    }
+}
+
+fn codec(max_frame: usize) -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(max_frame)
+        .new_codec()
+}
+
+async fn read_plain<T: DeserializeOwned>(
+    reader: &mut FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
+) -> Result<T, WireError> {
+    match reader.next().await {
+        Some(Ok(bytes)) => wire::decode(&bytes),
+        Some(Err(e)) => Err(WireError::Malformed(e.to_string())),
+        None => Err(WireError::Malformed(
+            "connection closed during handshake".into(),
+        )),
+    }
+}
+
+async fn write_plain<T: Serialize>(
+    writer: &mut FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
+    value: &T,
+) -> Result<(), WireError> {
+    writer
+        .send(Bytes::from(wire::encode(value)))
+        .await
+        .map_err(|e| WireError::Malformed(e.to_string()))
+}
+
+fn split(
+    stream: TcpStream,
+    max_frame: usize,
+) -> (
+    FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
+    FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
+) {
+    let _ = stream.set_nodelay(true);
+    let (r, w) = stream.into_split();
+    (
+        FramedRead::new(r, codec(max_frame)),
+        FramedWrite::new(w, codec(max_frame)),
+    )
+}
+
+fn nonce() -> [u8; 32] {
+    // Handshakes are rare: a fresh OS-seeded generator each time keeps no global RNG state.
+    let mut n = [0u8; 32];
+    match rand::rngs::StdRng::try_from_rng(&mut rand::rngs::SysRng) {
+        Ok(mut rng) => rng.fill(&mut n),
+        // No OS entropy: the handshake still authenticates (MACs), only nonce freshness suffers.
+        Err(_) => n = *blake3::hash(&std::process::id().to_le_bytes()).as_bytes(),
+    }
+    n
+}
+
+async fn dial(shared: &Shared, expected: &NodeId, addr: SocketAddr) -> Result<Conn, WireError> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| WireError::Malformed(format!("connect {addr}: {e}")))?;
+    let (mut reader, mut writer) = split(stream, shared.opts.max_frame);
+    let hello = Hello {
+        magic: wire::MAGIC,
+        version: wire::PROTOCOL_VERSION,
+        node: shared.id.to_string(),
+        incarnation: shared.incarnation.get(),
+        nonce: nonce(),
+    };
+    write_plain(&mut writer, &hello).await?;
+    let ack: HelloAck = read_plain(&mut reader).await?;
+    let auth = wire::verify_ack(&shared.key, &hello, &ack)?;
+    if ack.node != expected.as_str() {
+        return Err(WireError::Malformed(format!(
+            "dialed {expected} at {addr} but {} answered",
+            ack.node
+        )));
+    }
+    write_plain(&mut writer, &auth).await?;
+    let (sealer, opener) = wire::session(&shared.key, Role::Dialer, &hello, &ack);
+    Ok(Conn {
+        reader,
+        writer,
+        sealer,
+        opener,
+        incarnation: ack.incarnation,
+    })
+}
+
+async fn accept(shared: &Shared, stream: TcpStream) -> Result<(NodeId, Conn), WireError> {
+    let (mut reader, mut writer) = split(stream, shared.opts.max_frame);
+    let hello: Hello = read_plain(&mut reader).await?;
+    wire::check_hello(&hello)?;
+    let peer = NodeId::new(&hello.node).map_err(|e| WireError::Malformed(e.to_string()))?;
+    let mut ack = HelloAck {
+        version: wire::PROTOCOL_VERSION,
+        node: shared.id.to_string(),
+        incarnation: shared.incarnation.get(),
+        nonce: nonce(),
+        mac: [0; 32],
+    };
+    wire::sign_ack(&shared.key, &hello, &mut ack);
+    write_plain(&mut writer, &ack).await?;
+    let auth: Auth = read_plain(&mut reader).await?;
+    wire::verify_auth(&shared.key, &hello, &ack, &auth)?;
+    let (sealer, opener) = wire::session(&shared.key, Role::Acceptor, &hello, &ack);
+    Ok((
+        peer,
+        Conn {
+            reader,
+            writer,
+            sealer,
+            opener,
+            incarnation: hello.incarnation,
+        },
+    ))
+}
+
+async fn accept_loop(shared: Weak<Shared>, listener: TcpListener, stop: CancellationToken) {
+    loop {
+        let (stream, addr) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let timeout = shared.opts.handshake_timeout;
+            match tokio::time::timeout(timeout, accept(&shared, stream)).await {
+                Ok(Ok((peer, conn))) if peer != shared.id => {
+                    let link = shared.link(&peer);
+                    let _ = link.inbound.send(conn).await;
+                }
+                Ok(Ok((peer, _))) => {
+                    tracing::warn!(%addr, %peer, "refused connection: peer claims our own name");
+                }
+                Ok(Err(e)) => tracing::warn!(%addr, error = %e, "refused connection"),
+                Err(_) => tracing::warn!(%addr, "refused connection: handshake timed out"),
+            }
+        });
+    }
+}
+
+enum Ended {
+    Lost(String),
+    Replaced(Box<Conn>),
+    Stopped,
+}
+
+async fn link_task(
+    shared: Weak<Shared>,
+    peer: Arc<Peer>,
+    mut control_rx: mpsc::Receiver<Frame>,
+    mut data_rx: mpsc::Receiver<Frame>,
+    mut inbound_rx: mpsc::Receiver<Conn>,
+) {
+    let Some(me) = shared.upgrade().map(|s| s.id.clone()) else {
+        return;
+    };
+    let dialer = me < peer.id;
+    let (first, max) = shared
+        .upgrade()
+        .map(|s| s.opts.backoff)
+        .unwrap_or((Duration::from_millis(50), Duration::from_secs(2)));
+    let mut backoff = first;
+    let mut next: Option<Conn> = None;
+    loop {
+        let conn = match next.take() {
+            Some(c) => c,
+            None if dialer => {
+                let addr = *lock(&peer.addr);
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                let attempt = async {
+                    match addr {
+                        Some(addr) => tokio::time::timeout(
+                            shared.opts.handshake_timeout,
+                            dial(&shared, &peer.id, addr),
+                        )
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(WireError::Malformed("handshake timed out".into()))
+                        }),
+                        None => {
+                            std::future::pending::<()>().await;
+                            unreachable!()
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = peer.stop.cancelled() => return,
+                    c = inbound_rx.recv() => match c { Some(c) => c, None => return },
+                    r = attempt, if addr.is_some() => match r {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::debug!(peer = %peer.id, error = %e, "connect failed; retrying");
+                            drop(shared);
+                            tokio::select! {
+                                _ = peer.stop.cancelled() => return,
+                                _ = tokio::time::sleep(backoff) => {}
+                            }
+                            backoff = (backoff * 2).min(max);
+                            continue;
+                        }
+                    },
+                    _ = tokio::time::sleep(first), if addr.is_none() => continue,
+                }
+            }
+            None => tokio::select! {
+                _ = peer.stop.cancelled() => return,
+                c = inbound_rx.recv() => match c { Some(c) => c, None => return },
+            },
+        };
+        backoff = first;
+        tracing::info!(peer = %peer.id, incarnation = conn.incarnation, "connected");
+        peer.connected.store(true, Ordering::Release);
+        let ended = run_conn(
+            &shared,
+            &peer,
+            conn,
+            &mut control_rx,
+            &mut data_rx,
+            &mut inbound_rx,
+        )
+        .await;
+        peer.connected.store(false, Ordering::Release);
+        if let Some(s) = shared.upgrade() {
+            s.peer_lost(&peer.id);
+        }
+        match ended {
+            Ended::Stopped => return,
+            Ended::Replaced(c) => {
+                tracing::info!(peer = %peer.id, "connection replaced by a new one from the peer");
+                next = Some(*c);
+            }
+            Ended::Lost(why) => tracing::warn!(peer = %peer.id, %why, "connection lost"),
+        }
+    }
+}
+
+/// Carry frames over one connection until it fails, is replaced, or the link stops.
+async fn run_conn(
+    shared: &Weak<Shared>,
+    peer: &Arc<Peer>,
+    conn: Conn,
+    control_rx: &mut mpsc::Receiver<Frame>,
+    data_rx: &mut mpsc::Receiver<Frame>,
+    inbound_rx: &mut mpsc::Receiver<Conn>,
+) -> Ended {
+    let Conn {
+        mut reader,
+        mut writer,
+        mut sealer,
+        mut opener,
+        ..
+    } = conn;
+    let (lost_tx, mut lost_rx) = oneshot::channel::<String>();
+    let reader_shared = shared.clone();
+    let reader_peer = peer.clone();
+    let reader = tokio::spawn(async move {
+        let why = loop {
+            let mut bytes: BytesMut = match reader.next().await {
+                Some(Ok(b)) => b,
+                Some(Err(e)) => break format!("read: {e}"),
+                None => break "closed by peer".to_string(),
+            };
+            let mut buf = std::mem::take(&mut bytes).to_vec();
+            if let Err(e) = opener.open(&mut buf) {
+                break format!("refused frame: {e}");
+            }
+            let frame: Frame = match wire::decode(&buf) {
+                Ok(f) => f,
+                Err(e) => break format!("refused frame: {e}"),
+            };
+            let Some(shared) = reader_shared.upgrade() else {
+                break "node stopped".into();
+            };
+            shared.on_frame(&reader_peer, frame).await;
+        };
+        let _ = lost_tx.send(why);
+    });
+    let stop = peer.stop.clone();
+    let ended = loop {
+        let frame = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break Ended::Stopped,
+            why = &mut lost_rx => break Ended::Lost(why.unwrap_or_else(|_| "reader ended".into())),
+            c = inbound_rx.recv() => match c {
+                Some(c) => break Ended::Replaced(Box::new(c)),
+                None => break Ended::Stopped,
+            },
+            f = control_rx.recv() => f,
+            f = data_rx.recv() => f,
+        };
+        let Some(first) = frame else {
+            break Ended::Stopped;
+        };
+        // Batch whatever else is queued (control first) into one flush.
+        let mut batch = vec![first];
+        while batch.len() < 256 {
+            match control_rx.try_recv().or_else(|_| data_rx.try_recv()) {
+                Ok(f) => batch.push(f),
+                Err(_) => break,
+            }
+        }
+        let mut failed = None;
+        for f in batch {
+            let mut bytes = wire::encode(&f);
+            if let Err(e) = sealer.seal(&mut bytes) {
+                failed = Some(e.to_string());
+                break;
+            }
+            if let Err(e) = writer.feed(Bytes::from(bytes)).await {
+                failed = Some(format!("write: {e}"));
+                break;
+            }
+        }
+        if failed.is_none() {
+            if let Err(e) = SinkExt::<Bytes>::flush(&mut writer).await {
+                failed = Some(format!("write: {e}"));
+            }
+        }
+        if let Some(why) = failed {
+            break Ended::Lost(why);
+        }
+    };
+    reader.abort();
+    ended
+}

@@ -1,0 +1,281 @@
+//! Nodes in one process over real loopback TCP: remote call/cast, typed errors, remote monitors,
+//! authentication.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::eventually;
+use serde::{Deserialize, Serialize};
+use throng::cluster::{Node, NodeOptions, RemoteActor};
+use throng::prelude::*;
+use throng_core::{Incarnation, NodeId};
+
+struct Account {
+    balance: i64,
+    seen: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum AccountMsg {
+    Deposit(i64),
+    Seq(u32),
+    Balance,
+    History,
+    Crash,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum AccountReply {
+    Balance(i64),
+    History(Vec<u32>),
+    Ok,
+}
+
+impl Actor for Account {
+    type Msg = AccountMsg;
+    type Reply = AccountReply;
+    async fn handle(
+        &mut self,
+        msg: AccountMsg,
+        _ctx: &mut Context<Self>,
+    ) -> ActorResult<AccountReply> {
+        Ok(match msg {
+            AccountMsg::Deposit(n) => {
+                self.balance += n;
+                AccountReply::Balance(self.balance)
+            }
+            AccountMsg::Seq(i) => {
+                self.seen.push(i);
+                AccountReply::Ok
+            }
+            AccountMsg::Balance => AccountReply::Balance(self.balance),
+            AccountMsg::History => AccountReply::History(self.seen.clone()),
+            AccountMsg::Crash => return Err(ActorError::msg("overdrawn")),
+        })
+    }
+}
+
+impl RemoteActor for Account {
+    const TYPE: &'static str = "test.Account";
+}
+
+struct Other;
+
+impl Actor for Other {
+    type Msg = u8;
+    type Reply = u8;
+    async fn handle(&mut self, m: u8, _ctx: &mut Context<Self>) -> ActorResult<u8> {
+        Ok(m)
+    }
+}
+
+impl RemoteActor for Other {
+    const TYPE: &'static str = "test.Other";
+}
+
+fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+async fn node(name: &str, secret: &[u8]) -> Node {
+    Node::start(
+        NodeId::new(name).unwrap(),
+        Incarnation(1),
+        any_port(),
+        secret,
+        NodeOptions::default(),
+    )
+    .await
+    .unwrap()
+}
+
+fn meet(a: &Node, b: &Node) {
+    a.add_peer(b.id().clone(), b.rpc_addr());
+    b.add_peer(a.id().clone(), a.rpc_addr());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_call_and_cast_look_like_local_ones() {
+    let n1 = node("n1", b"secret").await;
+    let n2 = node("n2", b"secret").await;
+    meet(&n1, &n2);
+    let acct = throng::spawn(Account {
+        balance: 0,
+        seen: vec![],
+    });
+    n2.export("alice", &acct).unwrap();
+
+    let remote: ActorRef<Account> = n1.remote(n2.id(), "alice");
+    assert!(!remote.is_local());
+    assert_eq!(
+        remote.call(AccountMsg::Deposit(5)).await.unwrap(),
+        AccountReply::Balance(5)
+    );
+    // Casts from one sender arrive in order.
+    for i in 0..500 {
+        remote.cast(AccountMsg::Seq(i)).await.unwrap();
+    }
+    match remote.call(AccountMsg::History).await.unwrap() {
+        AccountReply::History(seen) => assert_eq!(seen, (0..500).collect::<Vec<_>>()),
+        other => panic!("{other:?}"),
+    }
+    // The same reference type from the owning node itself resolves locally.
+    let local: ActorRef<Account> = n2.remote(n2.id(), "alice");
+    assert_eq!(
+        local.call(AccountMsg::Balance).await.unwrap(),
+        AccountReply::Balance(5)
+    );
+    assert!(n1.is_connected(n2.id()) && n2.is_connected(n1.id()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_errors_are_typed() {
+    let n1 = node("a1", b"secret").await;
+    let n2 = node("a2", b"secret").await;
+    meet(&n1, &n2);
+    n2.export("other", &throng::spawn(Other)).unwrap();
+    let acct = throng::spawn(Account {
+        balance: 0,
+        seen: vec![],
+    });
+    n2.export("bob", &acct).unwrap();
+
+    let missing: ActorRef<Account> = n1.remote(n2.id(), "nobody");
+    assert_eq!(
+        missing.call(AccountMsg::Balance).await.unwrap_err(),
+        CallError::NoSuchActor("nobody".into())
+    );
+    let wrong: ActorRef<Account> = n1.remote(n2.id(), "other");
+    assert_eq!(
+        wrong.call(AccountMsg::Balance).await.unwrap_err(),
+        CallError::UnknownActorType {
+            expected: "test.Account".into(),
+            found: "test.Other".into()
+        }
+    );
+    let unknown_node: ActorRef<Account> = n1.remote(&NodeId::new("ghost").unwrap(), "bob");
+    assert_eq!(
+        unknown_node.call(AccountMsg::Balance).await.unwrap_err(),
+        CallError::NodeDown("ghost".into())
+    );
+    let bob: ActorRef<Account> = n1.remote(n2.id(), "bob");
+    assert!(matches!(
+        bob.call(AccountMsg::Crash).await.unwrap_err(),
+        CallError::Failed(ExitReason::Error(m)) if m.contains("overdrawn")
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_monitors_see_exits_and_node_loss() {
+    let n1 = node("m1", b"secret").await;
+    let n2 = node("m2", b"secret").await;
+    meet(&n1, &n2);
+    let a = throng::spawn(Account {
+        balance: 0,
+        seen: vec![],
+    });
+    let b = throng::spawn(Account {
+        balance: 0,
+        seen: vec![],
+    });
+    n2.export("a", &a).unwrap();
+    n2.export("b", &b).unwrap();
+    let ra: ActorRef<Account> = n1.remote(n2.id(), "a");
+    let rb: ActorRef<Account> = n1.remote(n2.id(), "b");
+    let missing: ActorRef<Account> = n1.remote(n2.id(), "nobody");
+    assert_eq!(missing.monitor().await, ExitReason::NoProc);
+
+    // Make sure the monitors are in place before the exit.
+    ra.call(AccountMsg::Balance).await.unwrap();
+    a.stop(ExitReason::Shutdown);
+    assert_eq!(ra.monitor().await, ExitReason::Shutdown);
+
+    rb.call(AccountMsg::Balance).await.unwrap();
+    n1.remove_peer(n2.id());
+    assert_eq!(rb.monitor().await, ExitReason::NodeDown("m2".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_the_wrong_secret_cannot_connect_or_call() {
+    let good = node("g1", b"right").await;
+    let good2 = node("g2", b"right").await;
+    let intruder = node("g0", b"wrong").await;
+    good.export(
+        "acct",
+        &throng::spawn(Account {
+            balance: 7,
+            seen: vec![],
+        }),
+    )
+    .unwrap();
+    meet(&good, &good2);
+    meet(&good, &intruder);
+    // Positive control: the right secret connects.
+    eventually("good nodes connected", Duration::from_secs(5), || {
+        good.is_connected(good2.id())
+    })
+    .await;
+    let r: ActorRef<Account> = intruder.remote(good.id(), "acct");
+    let err = r
+        .call_timeout(AccountMsg::Balance, Duration::from_millis(500))
+        .await
+        .unwrap_err();
+    assert_eq!(err, CallError::Timeout(Duration::from_millis(500)));
+    assert!(!intruder.is_connected(good.id()));
+    assert!(!good.is_connected(intruder.id()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_peer_is_reconnected() {
+    let n1 = node("r1", b"secret").await;
+    let n2 = node("r2", b"secret").await;
+    meet(&n1, &n2);
+    n2.export(
+        "acct",
+        &throng::spawn(Account {
+            balance: 1,
+            seen: vec![],
+        }),
+    )
+    .unwrap();
+    let r: ActorRef<Account> = n1.remote(n2.id(), "acct");
+    assert_eq!(
+        r.call(AccountMsg::Balance).await.unwrap(),
+        AccountReply::Balance(1)
+    );
+    let addr = n2.rpc_addr();
+    drop(n2);
+    eventually("connection lost", Duration::from_secs(5), || {
+        !n1.is_connected(&NodeId::new("r2").unwrap())
+    })
+    .await;
+    // The same name comes back on the same address, as a new incarnation.
+    let n2b = Node::start(
+        NodeId::new("r2").unwrap(),
+        Incarnation(2),
+        addr,
+        b"secret",
+        NodeOptions::default(),
+    )
+    .await
+    .unwrap();
+    n2b.export(
+        "acct",
+        &throng::spawn(Account {
+            balance: 2,
+            seen: vec![],
+        }),
+    )
+    .unwrap();
+    n2b.add_peer(n1.id().clone(), n1.rpc_addr());
+    eventually("reconnected", Duration::from_secs(5), || {
+        n1.is_connected(n2b.id())
+    })
+    .await;
+    assert_eq!(
+        r.call(AccountMsg::Balance).await.unwrap(),
+        AccountReply::Balance(2)
+    );
+}

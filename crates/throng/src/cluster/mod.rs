@@ -5,7 +5,10 @@
 //! - [`node`]: a [`Node`] listens for peers, keeps one connection per peer pair, exports local
 //!   actors under names, and hands out [`crate::ActorRef`]s to actors on other nodes.
 
+pub mod config;
 pub mod node;
 pub mod wire;
 
-pub use node::{ExportError, Node, NodeError, NodeOptions, RemoteActor, RemoteRoute};
+pub use config::{ConfigError, NodeConfig};
+pub use node::{ClusterEvent, ExportError, Node, NodeError, NodeOptions, RemoteActor, RemoteRoute};
+pub use throng_membership::{ClusterSecret, DetectionProfile, MemberInfo};

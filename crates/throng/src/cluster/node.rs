@@ -30,9 +30,10 @@ use rand::{RngExt, SeedableRng};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use throng_core::{Incarnation, NodeId};
+use throng_membership::{MemberInfo, Membership, MembershipEvent};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +41,7 @@ use super::wire::{
     self, Auth, ClusterKey, Frame, Hello, HelloAck, Opener, RemoteFailure, Role, Sealer, WireError,
     WireExit,
 };
+use super::NodeConfig;
 use crate::cell::Cell;
 use crate::{Actor, ActorHandle, ActorRef, CallError, ExitReason, SendError, TrySendError};
 
@@ -95,6 +97,9 @@ pub enum NodeError {
     /// A limit is out of range.
     #[error("invalid node option: {0}")]
     Config(String),
+    /// Membership could not start.
+    #[error("membership: {0}")]
+    Membership(#[from] throng_membership::MembershipError),
 }
 
 /// Exporting an actor failed.
@@ -362,9 +367,29 @@ impl<A: Actor> RemoteRoute<A> {
     }
 }
 
+/// What listeners hear about the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClusterEvent {
+    /// A node joined (or came back as a new incarnation).
+    NodeUp(MemberInfo),
+    /// A node announced that it is shutting down gracefully; `NodeDown` follows.
+    NodeLeaving(MemberInfo),
+    /// A node left or was declared failed.
+    NodeDown(MemberInfo),
+    /// This node had been declared down by the others and rejoined: work they took over from it
+    /// may now run twice.
+    Rejoined(MemberInfo),
+}
+
+/// Bound on buffered cluster events per listener; a slower listener sees `Lagged`.
+pub const EVENT_CAPACITY: usize = 1024;
+
 /// A running node. Dropping it (or [`Node::shutdown`]) closes its listener and connections.
 pub struct Node {
     shared: Arc<Shared>,
+    membership: Option<Arc<Membership>>,
+    events: broadcast::Sender<ClusterEvent>,
 }
 
 impl Node {
@@ -415,7 +440,83 @@ impl Node {
             listener,
             shared.stop.clone(),
         ));
-        Ok(Node { shared })
+        Ok(Node {
+            shared,
+            membership: None,
+            events: broadcast::channel(EVENT_CAPACITY).0,
+        })
+    }
+
+    /// Start a node from `config` and join the cluster: the transport, then membership (seeds,
+    /// failure detection), whose events connect and disconnect peers and reach [`Node::events`].
+    /// The incarnation is the wall-clock time in milliseconds, so a restarted node is a new one.
+    pub async fn join(config: NodeConfig) -> Result<Node, NodeError> {
+        let incarnation = Incarnation(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(1),
+        );
+        let mut node = Node::start(
+            config.name.clone(),
+            incarnation,
+            config.rpc_bind,
+            config.membership.secret.as_bytes(),
+            config.transport.clone(),
+        )
+        .await?;
+        let membership =
+            Membership::start(config.name, incarnation, node.rpc_addr(), config.membership).await?;
+        let membership = Arc::new(membership);
+        tokio::spawn(membership_glue(
+            Arc::downgrade(&node.shared),
+            Arc::downgrade(&membership),
+            node.events.clone(),
+            node.shared.stop.clone(),
+        ));
+        node.membership = Some(membership);
+        Ok(node)
+    }
+
+    /// Subscribe to node up / leaving / down events.
+    pub fn events(&self) -> broadcast::Receiver<ClusterEvent> {
+        self.events.subscribe()
+    }
+
+    /// The nodes of the cluster as this node sees them, itself included, sorted by name.
+    pub fn nodes(&self) -> Vec<NodeId> {
+        let mut v: Vec<NodeId> = self
+            .membership
+            .as_ref()
+            .map(|m| m.members().into_iter().map(|i| i.id).collect())
+            .unwrap_or_default();
+        v.push(self.shared.id.clone());
+        v.sort();
+        v
+    }
+
+    /// The other live members with their addresses (leaving ones included).
+    pub fn members(&self) -> Vec<MemberInfo> {
+        self.membership
+            .as_ref()
+            .map(|m| m.members())
+            .unwrap_or_default()
+    }
+
+    /// The gossip address of this node, if it joined a cluster.
+    pub fn gossip_addr(&self) -> Option<SocketAddr> {
+        self.membership.as_ref().map(|m| m.local().gossip_addr)
+    }
+
+    /// Leave gracefully: announce `leaving` (others see [`ClusterEvent::NodeLeaving`] then
+    /// [`ClusterEvent::NodeDown`]), leave the membership, and close every connection.
+    pub async fn leave(&self) {
+        if let Some(m) = &self.membership {
+            if let Err(e) = m.leave().await {
+                tracing::warn!(error = %e, "leaving the membership failed");
+            }
+        }
+        self.shutdown();
     }
 
     /// This node's name.
@@ -436,21 +537,13 @@ impl Node {
     /// Make `peer` reachable at `addr`. The node whose name sorts first dials; the other waits for
     /// the connection. Membership calls this for every node that comes up.
     pub fn add_peer(&self, peer: NodeId, addr: SocketAddr) {
-        if peer == self.shared.id {
-            return;
-        }
-        let link = self.shared.link(&peer);
-        *lock(&link.addr) = Some(addr);
+        self.shared.add_peer(peer, addr);
     }
 
     /// Forget `peer` (its node is down): calls in flight to it fail with `NodeDown`, proxies of its
     /// actors exit with [`ExitReason::NodeDown`], and its connection is closed.
     pub fn remove_peer(&self, peer: &NodeId) {
-        let removed = lock(&self.shared.peers).remove(peer);
-        if let Some(p) = removed {
-            p.stop.cancel();
-        }
-        self.shared.peer_lost(peer);
+        self.shared.remove_peer(peer);
     }
 
     /// Whether an authenticated connection to `peer` is up right now.
@@ -555,6 +648,22 @@ impl Drop for Node {
 }
 
 impl Shared {
+    fn add_peer(self: &Arc<Self>, peer: NodeId, addr: SocketAddr) {
+        if peer == self.id {
+            return;
+        }
+        let link = self.link(&peer);
+        *lock(&link.addr) = Some(addr);
+    }
+
+    fn remove_peer(&self, peer: &NodeId) {
+        let removed = lock(&self.peers).remove(peer);
+        if let Some(p) = removed {
+            p.stop.cancel();
+        }
+        self.peer_lost(peer);
+    }
+
     fn peer(&self, id: &NodeId) -> Option<Arc<Peer>> {
         lock(&self.peers).get(id).cloned()
     }
@@ -721,6 +830,66 @@ impl Shared {
                     p.finish(reason.into());
                 }
             }
+        }
+    }
+}
+
+/// Carry membership into the transport and to listeners: connect to members that come up, drop
+/// those that go down, re-sync the whole view if the event stream lagged.
+async fn membership_glue(
+    shared: Weak<Shared>,
+    membership: Weak<Membership>,
+    events: broadcast::Sender<ClusterEvent>,
+    stop: CancellationToken,
+) {
+    let Some(m) = membership.upgrade() else {
+        return;
+    };
+    let (members, mut rx) = m.subscribe_with_members();
+    drop(m);
+    if let Some(s) = shared.upgrade() {
+        for info in members {
+            s.add_peer(info.id.clone(), info.rpc_addr);
+        }
+    }
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => return,
+            e = rx.recv() => e,
+        };
+        let Some(s) = shared.upgrade() else { return };
+        match event {
+            Ok(MembershipEvent::NodeUp(info)) => {
+                tracing::info!(node = %info.id, incarnation = %info.incarnation, "node up");
+                s.add_peer(info.id.clone(), info.rpc_addr);
+                let _ = events.send(ClusterEvent::NodeUp(info));
+            }
+            Ok(MembershipEvent::NodeLeaving(info)) => {
+                tracing::info!(node = %info.id, "node leaving");
+                let _ = events.send(ClusterEvent::NodeLeaving(info));
+            }
+            Ok(MembershipEvent::NodeDown(info)) => {
+                tracing::warn!(node = %info.id, incarnation = %info.incarnation, "node down");
+                s.remove_peer(&info.id);
+                let _ = events.send(ClusterEvent::NodeDown(info));
+            }
+            Ok(MembershipEvent::Rejoined(info)) => {
+                tracing::warn!(node = %info.id, "this node was declared down and rejoined");
+                let _ = events.send(ClusterEvent::Rejoined(info));
+            }
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "membership events lagged; re-syncing");
+                let Some(m) = membership.upgrade() else {
+                    return;
+                };
+                let (members, fresh) = m.subscribe_with_members();
+                rx = fresh;
+                for info in members {
+                    s.add_peer(info.id.clone(), info.rpc_addr);
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
         }
     }
 }

@@ -1,0 +1,81 @@
+//! Nodes that join through membership (seeds, failure detection) in one process.
+
+mod common;
+
+use std::time::Duration;
+
+use common::eventually;
+use serde::{Deserialize, Serialize};
+use throng::cluster::{ClusterEvent, Node, NodeConfig, RemoteActor};
+use throng::prelude::*;
+
+struct Echo;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Ping(u32);
+
+impl Actor for Echo {
+    type Msg = Ping;
+    type Reply = u32;
+    async fn handle(&mut self, Ping(n): Ping, _ctx: &mut Context<Self>) -> ActorResult<u32> {
+        Ok(n + 1)
+    }
+}
+
+impl RemoteActor for Echo {
+    const TYPE: &'static str = "test.Echo";
+}
+
+const SECRET: &[u8] = b"join-test-secret-0123456789";
+
+async fn join(name: &str, seed: Option<std::net::SocketAddr>) -> Node {
+    let mut config = NodeConfig::local(name, SECRET).unwrap();
+    if let Some(s) = seed {
+        config.membership.seeds = vec![s.to_string()];
+    }
+    Node::join(config).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_found_by_seed_talk_and_see_each_other_leave() {
+    let n1 = join("j1", None).await;
+    let seed = n1.gossip_addr();
+    let n2 = join("j2", seed).await;
+    let n3 = join("j3", seed).await;
+    let mut events1 = n1.events();
+    for n in [&n1, &n2, &n3] {
+        eventually("all three see each other", Duration::from_secs(10), || {
+            n.nodes().len() == 3
+        })
+        .await;
+    }
+    assert_eq!(
+        n2.nodes().iter().map(|n| n.as_str()).collect::<Vec<_>>(),
+        vec!["j1", "j2", "j3"]
+    );
+    n3.export("echo", &throng::spawn(Echo)).unwrap();
+    let echo: ActorRef<Echo> = n1.remote(n3.id(), "echo");
+    assert_eq!(echo.call(Ping(41)).await.unwrap(), 42);
+
+    n3.leave().await;
+    let mut leaving_seen = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let e = tokio::time::timeout_at(deadline, events1.recv())
+            .await
+            .expect("events in time")
+            .unwrap();
+        match e {
+            ClusterEvent::NodeLeaving(m) if m.id.as_str() == "j3" => leaving_seen = true,
+            ClusterEvent::NodeDown(m) if m.id.as_str() == "j3" => break,
+            _ => {}
+        }
+    }
+    assert!(leaving_seen, "leaving is announced before down");
+    // Calls to a node that left fail fast with a typed error.
+    assert_eq!(
+        echo.call(Ping(1)).await.unwrap_err(),
+        CallError::NodeDown("j3".into())
+    );
+    assert_eq!(echo.monitor().await, ExitReason::NodeDown("j3".into()));
+}

@@ -1140,6 +1140,19 @@ async fn link_task(
     }
 }
 
+/// Seal one record and queue it on the writer (flushed by the caller).
+async fn send_record(
+    writer: &mut FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
+    sealer: &mut Sealer,
+    mut record: Vec<u8>,
+) -> Result<(), String> {
+    sealer.seal(&mut record).map_err(|e| e.to_string())?;
+    writer
+        .feed(Bytes::from(record))
+        .await
+        .map_err(|e| format!("write: {e}"))
+}
+
 /// Carry frames over one connection until it fails, is replaced, or the link stops.
 async fn run_conn(
     shared: &Weak<Shared>,
@@ -1168,20 +1181,29 @@ async fn run_conn(
             };
             let mut buf = std::mem::take(&mut bytes).to_vec();
             if let Err(e) = opener.open(&mut buf) {
-                break format!("refused frame: {e}");
+                break format!("refused record: {e}");
             }
-            let frame: Frame = match wire::decode(&buf) {
-                Ok(f) => f,
-                Err(e) => break format!("refused frame: {e}"),
-            };
             let Some(shared) = reader_shared.upgrade() else {
                 break "node stopped".into();
             };
-            shared.on_frame(&reader_peer, frame).await;
+            let mut bad = None;
+            for frame in wire::frames(&buf) {
+                match frame {
+                    Ok(f) => shared.on_frame(&reader_peer, f).await,
+                    Err(e) => {
+                        bad = Some(format!("refused frame: {e}"));
+                        break;
+                    }
+                }
+            }
+            if let Some(why) = bad {
+                break why;
+            }
         };
         let _ = lost_tx.send(why);
     });
     let stop = peer.stop.clone();
+    let max_frame = shared.upgrade().map_or(1 << 20, |s| s.opts.max_frame);
     let ended = loop {
         let frame = tokio::select! {
             biased;
@@ -1197,25 +1219,36 @@ async fn run_conn(
         let Some(first) = frame else {
             break Ended::Stopped;
         };
-        // Batch whatever else is queued (control first) into one flush.
-        let mut batch = vec![first];
-        while batch.len() < 256 {
-            match control_rx.try_recv().or_else(|_| data_rx.try_recv()) {
-                Ok(f) => batch.push(f),
-                Err(_) => break,
+        // Pack whatever else is queued (control first) into sealed records, then flush once.
+        let limit = max_frame - wire::SEAL_OVERHEAD;
+        let mut record = Vec::with_capacity(4096);
+        let mut next = Some(first);
+        let mut taken = 0;
+        let mut failed = None;
+        while let Some(f) = next.take() {
+            let before = record.len();
+            wire::push_frame(&mut record, &f);
+            if record.len() > limit {
+                let tail = record.split_off(before);
+                if tail.len() > limit {
+                    tracing::error!(peer = %peer.id, size = tail.len(), "frame over the limit dropped");
+                } else if !record.is_empty() {
+                    if let Err(e) =
+                        send_record(&mut writer, &mut sealer, std::mem::take(&mut record)).await
+                    {
+                        failed = Some(e);
+                        break;
+                    }
+                    record = tail;
+                }
+            }
+            taken += 1;
+            if taken < 1024 {
+                next = control_rx.try_recv().or_else(|_| data_rx.try_recv()).ok();
             }
         }
-        let mut failed = None;
-        for f in batch {
-            let mut bytes = wire::encode(&f);
-            if let Err(e) = sealer.seal(&mut bytes) {
-                failed = Some(e.to_string());
-                break;
-            }
-            if let Err(e) = writer.feed(Bytes::from(bytes)).await {
-                failed = Some(format!("write: {e}"));
-                break;
-            }
+        if failed.is_none() && !record.is_empty() {
+            failed = send_record(&mut writer, &mut sealer, record).await.err();
         }
         if failed.is_none() {
             if let Err(e) = SinkExt::<Bytes>::flush(&mut writer).await {

@@ -31,7 +31,6 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use throng_core::{Incarnation, NodeId};
 use throng_membership::{MemberInfo, Membership, MembershipEvent};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
@@ -173,8 +172,8 @@ impl<A: RemoteActor> Export for TypedExport<A> {
 
 /// An authenticated, sealed connection to one peer.
 struct Conn {
-    reader: FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
-    writer: FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
+    reader: FramedRead<ReadHalf, LengthDelimitedCodec>,
+    writer: FramedWrite<WriteHalf, LengthDelimitedCodec>,
     sealer: Sealer,
     opener: Opener,
     incarnation: u64,
@@ -901,7 +900,7 @@ fn codec(max_frame: usize) -> LengthDelimitedCodec {
 }
 
 async fn read_plain<T: DeserializeOwned>(
-    reader: &mut FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
+    reader: &mut FramedRead<ReadHalf, LengthDelimitedCodec>,
 ) -> Result<T, WireError> {
     match reader.next().await {
         Some(Ok(bytes)) => wire::decode(&bytes),
@@ -913,7 +912,7 @@ async fn read_plain<T: DeserializeOwned>(
 }
 
 async fn write_plain<T: Serialize>(
-    writer: &mut FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
+    writer: &mut FramedWrite<WriteHalf, LengthDelimitedCodec>,
     value: &T,
 ) -> Result<(), WireError> {
     writer
@@ -922,15 +921,25 @@ async fn write_plain<T: Serialize>(
         .map_err(|e| WireError::Malformed(e.to_string()))
 }
 
+/// The byte stream under a connection: plain TCP, or TLS over TCP.
+pub(crate) trait Stream:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static
+{
+}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Stream for T {}
+
+type ReadHalf = tokio::io::ReadHalf<Box<dyn Stream>>;
+type WriteHalf = tokio::io::WriteHalf<Box<dyn Stream>>;
+
 fn split(
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
     max_frame: usize,
 ) -> (
-    FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
-    FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
+    FramedRead<ReadHalf, LengthDelimitedCodec>,
+    FramedWrite<WriteHalf, LengthDelimitedCodec>,
 ) {
-    let _ = stream.set_nodelay(true);
-    let (r, w) = stream.into_split();
+    let (r, w) = tokio::io::split(stream);
     (
         FramedRead::new(r, codec(max_frame)),
         FramedWrite::new(w, codec(max_frame)),
@@ -952,7 +961,8 @@ async fn dial(shared: &Shared, expected: &NodeId, addr: SocketAddr) -> Result<Co
     let stream = TcpStream::connect(addr)
         .await
         .map_err(|e| WireError::Malformed(format!("connect {addr}: {e}")))?;
-    let (mut reader, mut writer) = split(stream, shared.opts.max_frame);
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = split(Box::new(stream), shared.opts.max_frame);
     let hello = Hello {
         magic: wire::MAGIC,
         version: wire::PROTOCOL_VERSION,
@@ -981,7 +991,8 @@ async fn dial(shared: &Shared, expected: &NodeId, addr: SocketAddr) -> Result<Co
 }
 
 async fn accept(shared: &Shared, stream: TcpStream) -> Result<(NodeId, Conn), WireError> {
-    let (mut reader, mut writer) = split(stream, shared.opts.max_frame);
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = split(Box::new(stream), shared.opts.max_frame);
     let hello: Hello = read_plain(&mut reader).await?;
     wire::check_hello(&hello)?;
     let peer = NodeId::new(&hello.node).map_err(|e| WireError::Malformed(e.to_string()))?;
@@ -1142,7 +1153,7 @@ async fn link_task(
 
 /// Seal one record and queue it on the writer (flushed by the caller).
 async fn send_record(
-    writer: &mut FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
+    writer: &mut FramedWrite<WriteHalf, LengthDelimitedCodec>,
     sealer: &mut Sealer,
     mut record: Vec<u8>,
 ) -> Result<(), String> {

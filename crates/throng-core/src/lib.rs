@@ -10,8 +10,8 @@ pub mod node;
 pub mod placement;
 pub mod restart;
 
-pub use node::{Incarnation, NodeId};
-pub use placement::{PlacementError, Ring, RingConfig};
+pub use node::{Incarnation, Member, NodeId, NodeIdError};
+pub use placement::{PlacementError, Ring, RingConfig, Successors};
 pub use restart::{
     ExitClass, Intensity, IntensityError, RestartDecision, RestartPolicy, RestartWindow,
 };

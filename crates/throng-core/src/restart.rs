@@ -49,7 +49,10 @@ impl RestartPolicy {
 pub const MAX_RESTARTS_LIMIT: u32 = 10_000;
 
 /// A restart intensity: at most `max_restarts` restarts within `period`.
+///
+/// Deserializing validates like [`Intensity::new`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "RawIntensity")]
 pub struct Intensity {
     max_restarts: u32,
     period: Duration,
@@ -64,6 +67,19 @@ pub enum IntensityError {
     /// The period is zero while restarts are allowed, which would make the window meaningless.
     #[error("restart period must be positive")]
     ZeroPeriod,
+}
+
+#[derive(Deserialize)]
+struct RawIntensity {
+    max_restarts: u32,
+    period: Duration,
+}
+
+impl TryFrom<RawIntensity> for Intensity {
+    type Error = IntensityError;
+    fn try_from(raw: RawIntensity) -> Result<Self, IntensityError> {
+        Intensity::new(raw.max_restarts, raw.period)
+    }
 }
 
 impl Intensity {

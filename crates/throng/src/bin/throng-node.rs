@@ -7,12 +7,18 @@
 //! Prints one JSON line per cluster event on stdout (`ready`, `node_up`, `node_leaving`,
 //! `node_down`) for scripts and tests; logs go to stderr. SIGTERM or Ctrl-C leaves the cluster
 //! gracefully. Exports a `counter` actor (type `throng.Counter`) so that peers can call it.
+//!
+//! `throng-node gen-certs --out DIR --nodes a,b,c` writes a development CA and one certificate per
+//! node, so that a cluster can run with mutual TLS (`THRONG_TLS_CA`, `THRONG_TLS_CERT`,
+//! `THRONG_TLS_KEY`) in one command.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use serde::{Deserialize, Serialize};
-use throng::cluster::{ClusterEvent, Node, NodeConfig, RemoteActor};
+use throng::cluster::{tls, ClusterEvent, Node, NodeConfig, RemoteActor};
 use throng::prelude::*;
+use throng_core::NodeId;
 
 /// A tiny remotely callable actor, so a cluster of bare nodes has something to talk to.
 struct Counter(i64);
@@ -38,32 +44,115 @@ impl RemoteActor for Counter {
     const TYPE: &'static str = "throng.Counter";
 }
 
+const USAGE: &str = "\
+usage:
+  throng-node [--config FILE]
+      Run a node. Settings come from FILE (TOML) and THRONG_* variables (which win):
+        name / THRONG_NAME                  node name, unique in the cluster
+        secret / THRONG_SECRET              cluster secret (or secret_file / THRONG_SECRET_FILE)
+        rpc_bind / THRONG_RPC_BIND          node-to-node address (default 127.0.0.1:0)
+        gossip_bind / THRONG_GOSSIP_BIND    membership address (default 127.0.0.1:0)
+        seeds / THRONG_SEEDS                gossip addresses of nodes to join (comma separated)
+        detection / THRONG_DETECTION        lan (default) or fast
+        tls_ca / THRONG_TLS_CA              cluster CA certificate (PEM)   } all three: mutual TLS
+        tls_cert / THRONG_TLS_CERT          this node's certificate (PEM)  } between nodes; the
+        tls_key / THRONG_TLS_KEY            this node's private key (PEM)  } name must be the cert's
+      Without the tls_* settings, connections are authenticated with the secret (development).
+
+  throng-node gen-certs --out DIR --nodes a,b,c [--days N]
+      Write a development CA (DIR/ca.pem, DIR/ca-key.pem) and, for each node, DIR/<node>.pem and
+      DIR/<node>-key.pem: a certificate whose only name (DNS SAN) is the node name, valid N days
+      (default 365). Never overwrites; keys are written mode 0600. Then run each node with
+        THRONG_NAME=a THRONG_TLS_CA=DIR/ca.pem THRONG_TLS_CERT=DIR/a.pem THRONG_TLS_KEY=DIR/a-key.pem
+      Keep ca-key.pem off the nodes.";
+
+/// `gen-certs`: write a development CA and node certificates.
+fn gen_certs(mut args: impl Iterator<Item = String>) -> ExitCode {
+    let mut out: Option<PathBuf> = None;
+    let mut nodes: Option<String> = None;
+    let mut days: u64 = tls::DEV_CERT_VALIDITY.as_secs() / 86_400;
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--out" => out = args.next().map(PathBuf::from),
+            "--nodes" => nodes = args.next(),
+            "--days" => match args.next().and_then(|d| d.parse().ok()).filter(|&d| d > 0) {
+                Some(d) => days = d,
+                None => {
+                    eprintln!("--days takes a positive number of days");
+                    return ExitCode::from(2);
+                }
+            },
+            "-h" | "--help" => {
+                eprintln!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            other => {
+                eprintln!("unknown gen-certs argument {other:?}; see --help");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let (Some(out), Some(nodes)) = (out, nodes) else {
+        eprintln!("gen-certs needs --out DIR and --nodes a,b,c; see --help");
+        return ExitCode::from(2);
+    };
+    let mut ids = Vec::new();
+    for n in nodes.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        match NodeId::new(n) {
+            Ok(id) => ids.push(id),
+            Err(e) => {
+                eprintln!("bad node name {n:?}: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if ids.is_empty() {
+        eprintln!("--nodes lists no node");
+        return ExitCode::from(2);
+    }
+    let valid_for = std::time::Duration::from_secs(days.saturating_mul(86_400));
+    match tls::write_dev_certs(&out, &ids, valid_for) {
+        Ok(files) => {
+            for f in files {
+                println!("{}", f.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cannot generate certificates: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn line(event: &str, node: &str, extra: &str) {
     println!("{{\"event\":\"{event}\",\"node\":\"{node}\"{extra}}}");
 }
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("gen-certs") {
+        args.next();
+        return gen_certs(args);
+    }
     let mut config_path: Option<PathBuf> = None;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--config" => config_path = args.next().map(PathBuf::from),
             "-h" | "--help" => {
-                eprintln!(
-                    "usage: throng-node [--config FILE]   (settings also from THRONG_* variables)"
-                );
-                return std::process::ExitCode::SUCCESS;
+                eprintln!("{USAGE}");
+                return ExitCode::SUCCESS;
             }
             other => {
                 eprintln!("unknown argument {other:?}; see --help");
-                return std::process::ExitCode::from(2);
+                return ExitCode::from(2);
             }
         }
     }
@@ -71,20 +160,20 @@ async fn main() -> std::process::ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("bad configuration: {e}");
-            return std::process::ExitCode::from(2);
+            return ExitCode::from(2);
         }
     };
     let node = match Node::join(config).await {
         Ok(n) => n,
         Err(e) => {
             eprintln!("cannot start node: {e}");
-            return std::process::ExitCode::from(1);
+            return ExitCode::from(1);
         }
     };
     let counter = throng::spawn(Counter(0));
     if let Err(e) = node.export("counter", &counter) {
         eprintln!("cannot export counter: {e}");
-        return std::process::ExitCode::from(1);
+        return ExitCode::from(1);
     }
     let me = node.id().to_string();
     line(
@@ -103,7 +192,7 @@ async fn main() -> std::process::ExitCode {
         Ok(s) => s,
         Err(e) => {
             eprintln!("cannot install SIGTERM handler: {e}");
-            return std::process::ExitCode::from(1);
+            return ExitCode::from(1);
         }
     };
     loop {
@@ -124,5 +213,5 @@ async fn main() -> std::process::ExitCode {
     tracing::info!(node = %me, "leaving the cluster");
     node.leave().await;
     line("stopped", &me, "");
-    std::process::ExitCode::SUCCESS
+    ExitCode::SUCCESS
 }

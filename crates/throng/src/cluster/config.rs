@@ -1,6 +1,13 @@
 //! Node configuration from a TOML file and `THRONG_*` environment variables (the environment wins),
 //! as the reference deployment configures its cluster: node name, seeds, secret, ring size,
-//! detection timings. Every bad value is a [`ConfigError`] that names the setting.
+//! detection timings, and transport security. Every bad value is a [`ConfigError`] that names the
+//! setting.
+//!
+//! Transport security: with `tls_ca`, `tls_cert` and `tls_key` (PEM files; `THRONG_TLS_CA`,
+//! `THRONG_TLS_CERT`, `THRONG_TLS_KEY`) the node uses mutual TLS ([`Security::Tls`]) and its name
+//! must be the DNS name its certificate is issued for; with none of them it uses the shared secret
+//! ([`Security::SharedSecret`], for development). The secret is required in both modes: it seals
+//! membership gossip.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,6 +16,7 @@ use serde::Deserialize;
 use throng_core::{NodeId, RingConfig};
 use throng_membership::{ClusterSecret, DetectionProfile, MembershipConfig};
 
+use super::tls::{PemFile, Security, TlsConfig, TlsError};
 use super::NodeOptions;
 
 /// Smallest accepted secret, in bytes: shorter secrets are guessable.
@@ -32,6 +40,22 @@ pub enum ConfigError {
     /// A required setting is missing.
     #[error("missing setting `{0}` (TOML key, or THRONG_{1} in the environment)")]
     Missing(&'static str, &'static str),
+    /// Some but not all of the TLS settings are given.
+    #[error("incomplete TLS settings: `tls_ca`, `tls_cert` and `tls_key` go together, and `{missing}` (THRONG_{env}) is missing")]
+    IncompleteTls {
+        /// The missing setting.
+        missing: &'static str,
+        /// Its environment variable, without the `THRONG_` prefix.
+        env: &'static str,
+    },
+    /// The TLS files cannot be read or used.
+    #[error("invalid `{key}`: {source}")]
+    Tls {
+        /// The setting the failure is about.
+        key: &'static str,
+        /// Why.
+        source: TlsError,
+    },
     /// A setting has a bad value.
     #[error("invalid `{key}`: {why}")]
     Invalid {
@@ -56,6 +80,9 @@ struct Raw {
     detection: Option<String>,
     ring_vnodes: Option<u32>,
     max_frame_bytes: Option<usize>,
+    tls_ca: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 /// Everything a node needs to join a cluster.
@@ -69,7 +96,7 @@ pub struct NodeConfig {
     pub membership: MembershipConfig,
     /// Placement ring settings.
     pub ring: RingConfig,
-    /// Transport limits.
+    /// Transport limits and security (`transport.security`: shared secret or mutual TLS).
     pub transport: NodeOptions,
 }
 
@@ -129,6 +156,15 @@ impl NodeConfig {
         }
         if let Some(v) = env("THRONG_SECRET_FILE") {
             raw.secret_file = Some(v.into());
+        }
+        for (slot, var) in [
+            (&mut raw.tls_ca, "THRONG_TLS_CA"),
+            (&mut raw.tls_cert, "THRONG_TLS_CERT"),
+            (&mut raw.tls_key, "THRONG_TLS_KEY"),
+        ] {
+            if let Some(v) = env(var) {
+                *slot = Some(v.into());
+            }
         }
         if let Some(v) = env("THRONG_RING_VNODES") {
             raw.ring_vnodes = Some(v.parse().map_err(|e| invalid("ring_vnodes", e))?);
@@ -213,6 +249,7 @@ impl NodeConfig {
             }
             transport.max_frame = m;
         }
+        transport.security = security(&name, raw.tls_ca, raw.tls_cert, raw.tls_key)?;
         Ok(NodeConfig {
             name,
             rpc_bind,
@@ -221,6 +258,41 @@ impl NodeConfig {
             transport,
         })
     }
+}
+
+/// Shared secret with no TLS setting, TLS with all three; anything between is an error.
+fn security(
+    name: &NodeId,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<Security, ConfigError> {
+    let (ca, cert, key) = match (ca, cert, key) {
+        (None, None, None) => return Ok(Security::SharedSecret),
+        (Some(ca), Some(cert), Some(key)) => (ca, cert, key),
+        (ca, cert, _) => {
+            let (missing, env) = if ca.is_none() {
+                ("tls_ca", "TLS_CA")
+            } else if cert.is_none() {
+                ("tls_cert", "TLS_CERT")
+            } else {
+                ("tls_key", "TLS_KEY")
+            };
+            return Err(ConfigError::IncompleteTls { missing, env });
+        }
+    };
+    let tls_error = |source: TlsError| ConfigError::Tls {
+        key: match source.file() {
+            Some(PemFile::Ca) => "tls_ca",
+            Some(PemFile::Key) => "tls_key",
+            _ => "tls_cert",
+        },
+        source,
+    };
+    let tls = TlsConfig::from_files(&ca, &cert, &key).map_err(tls_error)?;
+    // Peers would refuse a certificate that does not name this node: fail now, not at every dial.
+    tls.check_identity(name).map_err(tls_error)?;
+    Ok(Security::Tls(tls))
 }
 
 fn loopback() -> SocketAddr {
@@ -302,5 +374,125 @@ mod tests {
             "name = \"x\"\nsecret = \"{SECRET}\"\nmax_frame_bytes = 1"
         ))
         .contains("`max_frame_bytes`"));
+    }
+
+    fn with(text: String, var: &str, val: &str) -> Result<NodeConfig, ConfigError> {
+        NodeConfig::from_sources(&text, |k| (k == var).then(|| val.to_string()))
+    }
+
+    /// A temporary directory with a CA and certificates for `n1` and `n2`.
+    fn certs(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("throng-config-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let nodes = [NodeId::new("n1").unwrap(), NodeId::new("n2").unwrap()];
+        crate::cluster::tls::write_dev_certs(&dir, &nodes, crate::cluster::tls::DEV_CERT_VALIDITY)
+            .unwrap();
+        dir
+    }
+
+    fn tls_toml(dir: &Path, name: &str, cert: &str, key: &str) -> String {
+        format!(
+            "name = \"{name}\"\nsecret = \"{SECRET}\"\ntls_ca = {:?}\ntls_cert = {:?}\ntls_key = {:?}\n",
+            dir.join("ca.pem"),
+            dir.join(cert),
+            dir.join(key),
+        )
+    }
+
+    #[test]
+    fn no_tls_settings_means_shared_secret() {
+        let c =
+            NodeConfig::from_sources(&format!("name = \"n1\"\nsecret = \"{SECRET}\""), |_| None)
+                .unwrap();
+        assert!(matches!(c.transport.security, Security::SharedSecret));
+    }
+
+    #[test]
+    fn tls_from_toml_and_env() {
+        let dir = certs("ok");
+        let c = NodeConfig::from_sources(&tls_toml(&dir, "n1", "n1.pem", "n1-key.pem"), |_| None)
+            .unwrap();
+        assert!(c.transport.security.is_tls());
+        let env = |k: &str| {
+            let f = match k {
+                "THRONG_NAME" => return Some("n2".to_string()),
+                "THRONG_SECRET" => return Some(SECRET.to_string()),
+                "THRONG_TLS_CA" => "ca.pem",
+                "THRONG_TLS_CERT" => "n2.pem",
+                "THRONG_TLS_KEY" => "n2-key.pem",
+                _ => return None,
+            };
+            Some(dir.join(f).display().to_string())
+        };
+        assert!(NodeConfig::from_sources("", env)
+            .unwrap()
+            .transport
+            .security
+            .is_tls());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn tls_errors_name_the_setting() {
+        let dir = certs("bad");
+        let base = format!("name = \"n1\"\nsecret = \"{SECRET}\"\n");
+        let err = |r: Result<NodeConfig, ConfigError>| r.unwrap_err().to_string();
+        // Partial presence names the first missing setting.
+        let ca = format!("{base}tls_ca = {:?}\n", dir.join("ca.pem"));
+        let e = err(NodeConfig::from_sources(&ca, |_| None));
+        assert!(
+            e.contains("incomplete TLS")
+                && e.contains("`tls_cert`")
+                && e.contains("THRONG_TLS_CERT"),
+            "{e}"
+        );
+        let e = err(with(
+            ca.clone(),
+            "THRONG_TLS_CERT",
+            &dir.join("n1.pem").display().to_string(),
+        ));
+        assert!(
+            e.contains("`tls_key`") && e.contains("THRONG_TLS_KEY"),
+            "{e}"
+        );
+        let e = err(with(base.clone(), "THRONG_TLS_KEY", "k.pem"));
+        assert!(e.contains("`tls_ca`"), "{e}");
+        // Unreadable files.
+        let e = err(NodeConfig::from_sources(
+            &tls_toml(&dir, "n1", "nope.pem", "n1-key.pem"),
+            |_| None,
+        ));
+        assert!(
+            e.contains("invalid `tls_cert`") && e.contains("cannot read"),
+            "{e}"
+        );
+        // Not PEM, or the wrong kind of PEM.
+        std::fs::write(dir.join("junk.pem"), "not pem").unwrap();
+        let e = err(NodeConfig::from_sources(
+            &tls_toml(&dir, "n1", "n1.pem", "junk.pem"),
+            |_| None,
+        ));
+        assert!(e.contains("invalid `tls_key`"), "{e}");
+        let e = err(NodeConfig::from_sources(
+            &tls_toml(&dir, "n1", "n1-key.pem", "n1-key.pem"),
+            |_| None,
+        ));
+        assert!(e.contains("invalid `tls_cert`"), "{e}");
+        // A key that is not the certificate's.
+        let e = err(NodeConfig::from_sources(
+            &tls_toml(&dir, "n1", "n1.pem", "n2-key.pem"),
+            |_| None,
+        ));
+        assert!(e.contains("TLS setup failed"), "{e}");
+        // A certificate issued for another node.
+        let e = err(NodeConfig::from_sources(
+            &tls_toml(&dir, "n1", "n2.pem", "n2-key.pem"),
+            |_| None,
+        ));
+        assert!(
+            e.contains("invalid `tls_cert`") && e.contains("\"n2\""),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

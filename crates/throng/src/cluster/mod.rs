@@ -2,13 +2,16 @@
 //! on other nodes.
 //!
 //! - [`wire`]: handshake, per-frame seal, frames; total decoders.
+//! - [`tls`]: mutual TLS (the production security mode) and a development certificate generator.
 //! - [`node`]: a [`Node`] listens for peers, keeps one connection per peer pair, exports local
 //!   actors under names, and hands out [`crate::ActorRef`]s to actors on other nodes.
 
 pub mod config;
 pub mod node;
+pub mod tls;
 pub mod wire;
 
 pub use config::{ConfigError, NodeConfig};
 pub use node::{ClusterEvent, ExportError, Node, NodeError, NodeOptions, RemoteActor, RemoteRoute};
 pub use throng_membership::{ClusterSecret, DetectionProfile, MemberInfo};
+pub use tls::{Security, TlsConfig, TlsError};

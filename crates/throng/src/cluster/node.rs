@@ -4,7 +4,8 @@
 //! first and accepted by the other, so two nodes never race to open duplicate connections and the
 //! order of frames between them is the order they were queued. The dialer reconnects with capped
 //! exponential backoff. Each connection starts with the authenticated handshake of [`super::wire`]
-//! and then seals every frame.
+//! and then seals every frame — or, in TLS mode ([`Security::Tls`]), runs inside mutual TLS where
+//! each side's certificate must come from the cluster CA and name the node it claims to be.
 //!
 //! Queues: each peer has a bounded *control* queue (replies, monitors) and a bounded *data* queue
 //! (requests). The writer always drains control first, so bulk requests never delay a reply or a
@@ -36,6 +37,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
+use super::tls::{self, Security};
 use super::wire::{
     self, Auth, ClusterKey, Frame, Hello, HelloAck, Opener, RemoteFailure, Role, Sealer, WireError,
     WireExit,
@@ -67,6 +69,8 @@ pub struct NodeOptions {
     pub handshake_timeout: Duration,
     /// Reconnect backoff: first and maximum delay (defaults 50 ms, 2 s).
     pub backoff: (Duration, Duration),
+    /// How connections are authenticated and encrypted (default: the shared secret).
+    pub security: Security,
 }
 
 impl Default for NodeOptions {
@@ -77,6 +81,7 @@ impl Default for NodeOptions {
             control_queue: 1024,
             handshake_timeout: Duration::from_secs(5),
             backoff: (Duration::from_millis(50), Duration::from_secs(2)),
+            security: Security::SharedSecret,
         }
     }
 }
@@ -206,8 +211,17 @@ pub(crate) struct Shared {
     peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
     /// Proxy cells standing for remote actors, by (peer, monitor id).
     proxies: Mutex<HashMap<(NodeId, u64), Weak<Cell>>>,
+    /// When each (address, reason) refusal was last logged at warn, so that a peer retrying
+    /// every few seconds (or an attacker) cannot flood the log.
+    refusals: Mutex<HashMap<(std::net::IpAddr, String), tokio::time::Instant>>,
     stop: CancellationToken,
 }
+
+/// A refusal from the same address for the same reason is logged at warn at most this often.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Bound on remembered refusals; beyond it the memory is cleared (and the next ones logged).
+const REFUSAL_LOG_KEYS: usize = 1024;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Critical sections are plain map updates; a poisoned lock still guards a consistent map.
@@ -392,7 +406,9 @@ pub struct Node {
 }
 
 impl Node {
-    /// Start a node named `id` listening for peers on `rpc_bind`, authenticating them with `secret`.
+    /// Start a node named `id` listening for peers on `rpc_bind`, authenticating them with `secret`
+    /// or, if `opts.security` is [`Security::Tls`], with mutual TLS (the handshake inside TLS still
+    /// proves the secret).
     pub async fn start(
         id: NodeId,
         incarnation: Incarnation,
@@ -410,6 +426,12 @@ impl Node {
             return Err(NodeError::Config(
                 "queues must hold at least one frame".into(),
             ));
+        }
+        if let Security::Tls(t) = &opts.security {
+            // Peers will refuse this node; say why here rather than only in their logs.
+            if let Err(e) = t.check_identity(&id) {
+                tracing::warn!(node = %id, error = %e, "TLS certificate does not identify this node");
+            }
         }
         let listener = TcpListener::bind(rpc_bind)
             .await
@@ -432,6 +454,7 @@ impl Node {
             next_id: AtomicU64::new(1),
             peers: Mutex::new(HashMap::new()),
             proxies: Mutex::new(HashMap::new()),
+            refusals: Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
         });
         tokio::spawn(accept_loop(
@@ -647,6 +670,36 @@ impl Drop for Node {
 }
 
 impl Shared {
+    /// Log an incoming connection refused: at warn the first time per address and reason in
+    /// [`REFUSAL_LOG_INTERVAL`], at debug otherwise.
+    fn log_refusal(&self, addr: SocketAddr, why: String) {
+        let now = tokio::time::Instant::now();
+        let fresh = {
+            let mut seen = lock(&self.refusals);
+            if seen.len() >= REFUSAL_LOG_KEYS {
+                seen.clear();
+            }
+            match seen.entry((addr.ip(), why.clone())) {
+                std::collections::hash_map::Entry::Occupied(mut e) => {
+                    let stale = now.duration_since(*e.get()) >= REFUSAL_LOG_INTERVAL;
+                    if stale {
+                        e.insert(now);
+                    }
+                    stale
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(now);
+                    true
+                }
+            }
+        };
+        if fresh {
+            tracing::warn!(%addr, error = %why, "refused connection");
+        } else {
+            tracing::debug!(%addr, error = %why, "refused connection");
+        }
+    }
+
     fn add_peer(self: &Arc<Self>, peer: NodeId, addr: SocketAddr) {
         if peer == self.id {
             return;
@@ -904,7 +957,7 @@ async fn read_plain<T: DeserializeOwned>(
 ) -> Result<T, WireError> {
     match reader.next().await {
         Some(Ok(bytes)) => wire::decode(&bytes),
-        Some(Err(e)) => Err(WireError::Malformed(e.to_string())),
+        Some(Err(e)) => Err(io_error(e)),
         None => Err(WireError::Malformed(
             "connection closed during handshake".into(),
         )),
@@ -918,7 +971,16 @@ async fn write_plain<T: Serialize>(
     writer
         .send(Bytes::from(wire::encode(value)))
         .await
-        .map_err(|e| WireError::Malformed(e.to_string()))
+        .map_err(io_error)
+}
+
+/// A read or write failure during the handshake; TLS refusals (an alert from the peer, a
+/// certificate we reject) keep their TLS meaning.
+fn io_error(e: std::io::Error) -> WireError {
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(t) => WireError::Tls(t.to_string()),
+        None => WireError::Malformed(e.to_string()),
+    }
 }
 
 /// The byte stream under a connection: plain TCP, or TLS over TCP.
@@ -962,7 +1024,21 @@ async fn dial(shared: &Shared, expected: &NodeId, addr: SocketAddr) -> Result<Co
         .await
         .map_err(|e| WireError::Malformed(format!("connect {addr}: {e}")))?;
     let _ = stream.set_nodelay(true);
-    let (mut reader, mut writer) = split(Box::new(stream), shared.opts.max_frame);
+    let stream: Box<dyn Stream> = match &shared.opts.security {
+        Security::SharedSecret => Box::new(stream),
+        Security::Tls(t) => {
+            // The acceptor's certificate must chain to the CA and carry the name we dial.
+            let name =
+                tls::server_name(expected.as_str()).map_err(|e| WireError::Tls(e.to_string()))?;
+            Box::new(
+                t.connector()
+                    .connect(name, stream)
+                    .await
+                    .map_err(io_error)?,
+            )
+        }
+    };
+    let (mut reader, mut writer) = split(stream, shared.opts.max_frame);
     let hello = Hello {
         magic: wire::MAGIC,
         version: wire::PROTOCOL_VERSION,
@@ -980,7 +1056,10 @@ async fn dial(shared: &Shared, expected: &NodeId, addr: SocketAddr) -> Result<Co
         )));
     }
     write_plain(&mut writer, &auth).await?;
-    let (sealer, opener) = wire::session(&shared.key, Role::Dialer, &hello, &ack);
+    let (sealer, opener) = match shared.opts.security {
+        Security::SharedSecret => wire::session(&shared.key, Role::Dialer, &hello, &ack),
+        Security::Tls(_) => (Sealer::unsealed(), Opener::unsealed()),
+    };
     Ok(Conn {
         reader,
         writer,
@@ -990,12 +1069,60 @@ async fn dial(shared: &Shared, expected: &NodeId, addr: SocketAddr) -> Result<Co
     })
 }
 
+/// First byte of a TLS connection (the content type of a handshake record). A shared-secret hello
+/// starts with its 4-byte big-endian length, whose first byte is 0 for any frame under 16 MiB.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
 async fn accept(shared: &Shared, stream: TcpStream) -> Result<(NodeId, Conn), WireError> {
     let _ = stream.set_nodelay(true);
-    let (mut reader, mut writer) = split(Box::new(stream), shared.opts.max_frame);
+    // A peer in the other security mode would otherwise fail with a puzzling decode error.
+    let mut first = [0u8; 1];
+    let peeked = stream.peek(&mut first).await.map_err(io_error)?;
+    let speaks_tls = peeked == 1 && first[0] == TLS_HANDSHAKE_RECORD;
+    match (&shared.opts.security, speaks_tls) {
+        (Security::SharedSecret, true) => {
+            return Err(WireError::Tls(
+                "peer speaks TLS but this node is in shared-secret mode (set tls_ca, tls_cert, tls_key)"
+                    .into(),
+            ))
+        }
+        (Security::Tls(_), false) if peeked > 0 => {
+            return Err(WireError::Tls(
+                "peer does not speak TLS; is it in shared-secret mode?".into(),
+            ))
+        }
+        _ => {}
+    }
+    // In TLS mode, the client certificate the CA vouched for (the handshake requires one).
+    let mut certified = None;
+    let stream: Box<dyn Stream> = match &shared.opts.security {
+        Security::SharedSecret => Box::new(stream),
+        Security::Tls(t) => {
+            let tls = t.acceptor().accept(stream).await.map_err(io_error)?;
+            let cert = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .cloned()
+                .ok_or_else(|| WireError::Tls("peer presented no certificate".into()))?;
+            certified = Some(cert);
+            Box::new(tls)
+        }
+    };
+    let (mut reader, mut writer) = split(stream, shared.opts.max_frame);
     let hello: Hello = read_plain(&mut reader).await?;
     wire::check_hello(&hello)?;
     let peer = NodeId::new(&hello.node).map_err(|e| WireError::Malformed(e.to_string()))?;
+    if let Some(cert) = &certified {
+        // A node speaks only as the name it was issued.
+        if !tls::certified_as(cert, peer.as_str()) {
+            return Err(WireError::NotCertified {
+                claimed: hello.node,
+                certified: tls::cert_names(cert),
+            });
+        }
+    }
     let mut ack = HelloAck {
         version: wire::PROTOCOL_VERSION,
         node: shared.id.to_string(),
@@ -1007,7 +1134,10 @@ async fn accept(shared: &Shared, stream: TcpStream) -> Result<(NodeId, Conn), Wi
     write_plain(&mut writer, &ack).await?;
     let auth: Auth = read_plain(&mut reader).await?;
     wire::verify_auth(&shared.key, &hello, &ack, &auth)?;
-    let (sealer, opener) = wire::session(&shared.key, Role::Acceptor, &hello, &ack);
+    let (sealer, opener) = match shared.opts.security {
+        Security::SharedSecret => wire::session(&shared.key, Role::Acceptor, &hello, &ack),
+        Security::Tls(_) => (Sealer::unsealed(), Opener::unsealed()),
+    };
     Ok((
         peer,
         Conn {
@@ -1046,11 +1176,23 @@ async fn accept_loop(shared: Weak<Shared>, listener: TcpListener, stop: Cancella
                 Ok(Ok((peer, _))) => {
                     tracing::warn!(%addr, %peer, "refused connection: peer claims our own name");
                 }
-                Ok(Err(e)) => tracing::warn!(%addr, error = %e, "refused connection"),
-                Err(_) => tracing::warn!(%addr, "refused connection: handshake timed out"),
+                Ok(Err(e)) => shared.log_refusal(addr, e.to_string()),
+                Err(_) => shared.log_refusal(addr, "handshake timed out".into()),
             }
         });
     }
+}
+
+/// Whether a failed dial was the peer (or we) refusing the other's identity, as opposed to the
+/// network failing: refusals are logged at warn.
+fn is_refusal(e: &WireError) -> bool {
+    matches!(
+        e,
+        WireError::Tls(_)
+            | WireError::NotCertified { .. }
+            | WireError::Unauthenticated
+            | WireError::Version { .. }
+    )
 }
 
 enum Ended {
@@ -1076,6 +1218,8 @@ async fn link_task(
         .unwrap_or((Duration::from_millis(50), Duration::from_secs(2)));
     let mut backoff = first;
     let mut next: Option<Conn> = None;
+    // The last refusal logged at warn, so a peer that keeps refusing us is logged once per cause.
+    let mut refused: Option<String> = None;
     loop {
         let conn = match next.take() {
             Some(c) => c,
@@ -1106,7 +1250,13 @@ async fn link_task(
                     r = attempt, if addr.is_some() => match r {
                         Ok(c) => c,
                         Err(e) => {
-                            tracing::debug!(peer = %peer.id, error = %e, "connect failed; retrying");
+                            let why = e.to_string();
+                            if !is_refusal(&e) {
+                                tracing::debug!(peer = %peer.id, error = %why, "connect failed; retrying");
+                            } else if refused.as_deref() != Some(why.as_str()) {
+                                tracing::warn!(peer = %peer.id, error = %why, "handshake refused; retrying");
+                                refused = Some(why);
+                            }
                             drop(shared);
                             tokio::select! {
                                 _ = peer.stop.cancelled() => return,
@@ -1125,6 +1275,7 @@ async fn link_task(
             },
         };
         backoff = first;
+        refused = None;
         tracing::info!(peer = %peer.id, incarnation = conn.incarnation, "connected");
         peer.connected.store(true, Ordering::Release);
         let ended = run_conn(

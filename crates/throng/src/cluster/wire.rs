@@ -8,6 +8,9 @@
 //! open to takeover), frames cannot be replayed into another connection or reordered within one, and
 //! nothing is readable without the secret.
 //!
+//! In TLS mode ([`super::tls`]) the same handshake runs inside TLS (for the version and the
+//! incarnations) and records are not sealed again: see [`Sealer::unsealed`].
+//!
 //! Decoding is total: any byte string yields a value or a typed [`WireError`], never a panic (see the
 //! property tests).
 
@@ -39,6 +42,17 @@ pub enum WireError {
     /// The peer does not hold the cluster secret (bad MAC or bad seal).
     #[error("peer is not authenticated with this cluster's secret")]
     Unauthenticated,
+    /// The TLS layer refused the peer or failed (TLS mode).
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The peer's hello claims a node name its TLS certificate is not issued for (TLS mode).
+    #[error("peer claims node name {claimed:?} but its certificate is for {certified:?}")]
+    NotCertified {
+        /// The name in the hello.
+        claimed: String,
+        /// The DNS names on the peer's certificate.
+        certified: Vec<String>,
+    },
     /// The message is too large to send.
     #[error("message of {size} bytes exceeds the {max}-byte frame limit")]
     TooLarge {
@@ -347,16 +361,46 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     blake3::Hash::from_bytes(*a) == blake3::Hash::from_bytes(*b)
 }
 
-/// Seals outgoing frames of one connection direction.
+/// Seals outgoing records of one connection direction.
 pub struct Sealer {
-    cipher: ChaCha20Poly1305,
+    cipher: Protection,
     counter: u64,
 }
 
-/// Opens incoming frames of one connection direction.
+/// Opens incoming records of one connection direction.
 pub struct Opener {
-    cipher: ChaCha20Poly1305,
+    cipher: Protection,
     counter: u64,
+}
+
+/// How records of one direction are protected.
+enum Protection {
+    /// ChaCha20-Poly1305 under a session key (shared-secret mode).
+    Sealed(ChaCha20Poly1305),
+    /// Records travel as they are: the stream under them (TLS) encrypts and authenticates every
+    /// byte, in order, so a second seal would add cost and no protection.
+    ByTransport,
+}
+
+impl Sealer {
+    /// A sealer for a connection whose stream already encrypts and authenticates (TLS): records
+    /// pass unchanged.
+    pub fn unsealed() -> Self {
+        Sealer {
+            cipher: Protection::ByTransport,
+            counter: 0,
+        }
+    }
+}
+
+impl Opener {
+    /// The counterpart of [`Sealer::unsealed`].
+    pub fn unsealed() -> Self {
+        Opener {
+            cipher: Protection::ByTransport,
+            counter: 0,
+        }
+    }
 }
 
 /// Session keys for both directions, from our point of view.
@@ -370,11 +414,11 @@ pub fn session(key: &ClusterKey, role: Role, hello: &Hello, ack: &HelloAck) -> (
     };
     (
         Sealer {
-            cipher: ChaCha20Poly1305::new(Key::from_slice(&send)),
+            cipher: Protection::Sealed(ChaCha20Poly1305::new(Key::from_slice(&send))),
             counter: 0,
         },
         Opener {
-            cipher: ChaCha20Poly1305::new(Key::from_slice(&recv)),
+            cipher: Protection::Sealed(ChaCha20Poly1305::new(Key::from_slice(&recv))),
             counter: 0,
         },
     )
@@ -391,10 +435,14 @@ pub const SEAL_OVERHEAD: usize = 16;
 
 impl Sealer {
     /// Seal `plain` in place (it grows by [`SEAL_OVERHEAD`]).
+    /// Unsealed ([`Sealer::unsealed`]): unchanged.
     pub fn seal(&mut self, plain: &mut Vec<u8>) -> Result<(), WireError> {
+        let Protection::Sealed(cipher) = &self.cipher else {
+            return Ok(());
+        };
         let n = nonce(self.counter);
         self.counter += 1;
-        self.cipher
+        cipher
             .encrypt_in_place(&n, b"", plain)
             .map_err(|_| WireError::Malformed("frame too large to seal".into()))
     }
@@ -402,12 +450,16 @@ impl Sealer {
 
 impl Opener {
     /// Open a sealed frame in place. Any tampering, replay or reordering fails authentication.
+    /// Unsealed ([`Opener::unsealed`]): unchanged.
     pub fn open(&mut self, sealed: &mut Vec<u8>) -> Result<(), WireError> {
+        let Protection::Sealed(cipher) = &self.cipher else {
+            return Ok(());
+        };
         if sealed.len() < SEAL_OVERHEAD {
             return Err(WireError::Unauthenticated);
         }
         let n = nonce(self.counter);
-        self.cipher
+        cipher
             .decrypt_in_place(&n, b"", sealed)
             .map_err(|_| WireError::Unauthenticated)?;
         self.counter += 1;
@@ -509,6 +561,16 @@ mod tests {
         open.open(&mut first).unwrap();
         assert_eq!(open.open(&mut replay), Err(WireError::Unauthenticated));
         open.open(&mut second).unwrap();
+    }
+
+    #[test]
+    fn unsealed_records_pass_unchanged() {
+        let (mut seal, mut open) = (Sealer::unsealed(), Opener::unsealed());
+        let mut r = b"record".to_vec();
+        seal.seal(&mut r).unwrap();
+        assert_eq!(r, b"record");
+        open.open(&mut r).unwrap();
+        assert_eq!(r, b"record");
     }
 
     #[test]

@@ -455,12 +455,12 @@ async fn serve<A: Actor>(actor: &mut A, ctx: &mut Context<A>) -> ExitReason {
         ) {
             Ok(value) => {
                 if let Some(reply) = reply {
-                    let _ = reply.send(Ok(value));
+                    reply.send(Ok(value));
                 }
             }
             Err(reason) => {
                 if let Some(reply) = reply {
-                    let _ = reply.send(Err(reason.clone()));
+                    reply.send(Err(reason.clone()));
                 }
                 return reason;
             }

@@ -16,12 +16,33 @@ use crate::{Actor, ActorId, ExitReason};
 /// How long [`ActorRef::call`] waits by default (as `GenServer.call/2`).
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-type ReplyTx<A> = oneshot::Sender<Result<<A as Actor>::Reply, ExitReason>>;
+type ReplyResult<A> = Result<<A as Actor>::Reply, ExitReason>;
+type ReplyFn<A> = Box<dyn FnOnce(ReplyResult<A>) + Send>;
 
-/// A message in a mailbox and, for a call, where the reply goes.
+/// Where a call's reply goes: a waiting local caller, or a function the actor's task runs itself
+/// (the remote dispatcher encodes and queues the reply frame there, with no task in between).
+pub(crate) enum ReplyTo<A: Actor> {
+    Local(oneshot::Sender<ReplyResult<A>>),
+    Call(Box<ReplyFn<A>>),
+}
+
+impl<A: Actor> ReplyTo<A> {
+    pub(crate) fn send(self, result: ReplyResult<A>) {
+        match self {
+            ReplyTo::Local(tx) => {
+                let _ = tx.send(result);
+            }
+            ReplyTo::Call(f) => (*f)(result),
+        }
+    }
+}
+
+/// A message in a mailbox and, for a call, where the reply goes. A reply target dropped unused
+/// (the actor exited with the call queued) tells a local caller through its closed channel; a
+/// remote one through the drop guard the dispatcher puts in its function.
 pub(crate) struct Envelope<A: Actor> {
     pub(crate) msg: A::Msg,
-    pub(crate) reply: Option<ReplyTx<A>>,
+    pub(crate) reply: Option<ReplyTo<A>>,
 }
 
 /// A cast could not be delivered.
@@ -373,22 +394,21 @@ impl<A: Actor> ActorRef<A> {
             })
     }
 
-    /// Enqueue a call on a local actor and return where its reply will arrive, so that a caller can
-    /// keep the order of enqueueing while waiting for replies concurrently (the remote dispatcher).
+    /// Enqueue a call on a local actor whose reply is handed to `reply`, run on the actor's task.
+    /// The remote dispatcher uses it to keep frames in order without a waiting task per call.
     pub(crate) async fn enqueue_call(
         &self,
         msg: A::Msg,
-    ) -> Result<oneshot::Receiver<Result<A::Reply, ExitReason>>, CallError> {
+        reply: ReplyFn<A>,
+    ) -> Result<(), CallError> {
         let mailbox = self.mailbox().ok_or(CallError::Exited(self.id()))?;
-        let (tx, rx) = oneshot::channel();
         mailbox
             .send(Envelope {
                 msg,
-                reply: Some(tx),
+                reply: Some(ReplyTo::Call(Box::new(reply))),
             })
             .await
-            .map_err(|_| CallError::Exited(self.id()))?;
-        Ok(rx)
+            .map_err(|_| CallError::Exited(self.id()))
     }
 
     /// Send `msg` and wait for the reply, at most [`DEFAULT_CALL_TIMEOUT`].
@@ -412,7 +432,7 @@ impl<A: Actor> ActorRef<A> {
             mailbox
                 .send(Envelope {
                     msg,
-                    reply: Some(tx),
+                    reply: Some(ReplyTo::Local(tx)),
                 })
                 .await
                 .map_err(|_| CallError::Exited(id))?;

@@ -119,18 +119,42 @@ pub enum ExportError {
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-type ReplyFuture = BoxFuture<'static, Result<Vec<u8>, RemoteFailure>>;
+
+/// Where the encoded outcome of a call goes; called exactly once — by the actor's task with the
+/// reply, or on drop with `Exited` if the call is dropped unhandled (its actor exited first).
+struct ReplyOnce(Option<Box<dyn FnOnce(Result<Vec<u8>, RemoteFailure>) + Send>>);
+
+impl ReplyOnce {
+    fn new(f: impl FnOnce(Result<Vec<u8>, RemoteFailure>) + Send + 'static) -> Self {
+        ReplyOnce(Some(Box::new(f)))
+    }
+
+    fn send(mut self, result: Result<Vec<u8>, RemoteFailure>) {
+        if let Some(f) = self.0.take() {
+            f(result);
+        }
+    }
+}
+
+impl Drop for ReplyOnce {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f(Err(RemoteFailure::Exited));
+        }
+    }
+}
 
 /// A locally exported actor, type-erased so that frames can reach it by name.
 trait Export: Send + Sync {
     fn any(&self) -> &dyn std::any::Any;
     fn actor_type(&self) -> &'static str;
     fn handle(&self) -> &ActorHandle;
+    /// Decode `body` and enqueue it, in order; a call's outcome goes to `reply`.
     fn deliver<'a>(
         &'a self,
         body: &'a [u8],
-        call: bool,
-    ) -> BoxFuture<'a, Result<Option<ReplyFuture>, RemoteFailure>>;
+        reply: Option<ReplyOnce>,
+    ) -> BoxFuture<'a, Result<(), RemoteFailure>>;
 }
 
 struct TypedExport<A: RemoteActor>(ActorRef<A>);
@@ -148,29 +172,36 @@ impl<A: RemoteActor> Export for TypedExport<A> {
     fn deliver<'a>(
         &'a self,
         body: &'a [u8],
-        call: bool,
-    ) -> BoxFuture<'a, Result<Option<ReplyFuture>, RemoteFailure>> {
+        reply: Option<ReplyOnce>,
+    ) -> BoxFuture<'a, Result<(), RemoteFailure>> {
         Box::pin(async move {
-            let msg: A::Msg =
-                postcard::from_bytes(body).map_err(|e| RemoteFailure::Decode(e.to_string()))?;
-            if !call {
-                self.0.cast(msg).await.map_err(|_| RemoteFailure::Exited)?;
-                return Ok(None);
-            }
-            let rx = self
-                .0
-                .enqueue_call(msg)
-                .await
-                .map_err(|_| RemoteFailure::Exited)?;
-            let reply: ReplyFuture = Box::pin(async move {
-                match rx.await {
-                    Ok(Ok(reply)) => postcard::to_allocvec(&reply)
-                        .map_err(|e| RemoteFailure::Decode(e.to_string())),
-                    Ok(Err(reason)) => Err(RemoteFailure::Failed(reason.to_string())),
-                    Err(_) => Err(RemoteFailure::Exited),
+            let msg: A::Msg = match postcard::from_bytes(body) {
+                Ok(m) => m,
+                Err(e) => {
+                    let failure = RemoteFailure::Decode(e.to_string());
+                    if let Some(r) = reply {
+                        r.send(Err(failure.clone()));
+                    }
+                    return Err(failure);
                 }
+            };
+            let Some(reply) = reply else {
+                return self.0.cast(msg).await.map_err(|_| RemoteFailure::Exited);
+            };
+            // Runs on the actor's task: encode and hand the reply on, no task in between. If the
+            // call is dropped unhandled, `ReplyOnce`'s drop reports `Exited`.
+            let encode_and_send = Box::new(move |result: Result<A::Reply, ExitReason>| {
+                reply.send(match result {
+                    Ok(value) => postcard::to_allocvec(&value)
+                        .map_err(|e| RemoteFailure::Decode(e.to_string())),
+                    Err(reason) => Err(RemoteFailure::Failed(reason.to_string())),
+                })
             });
-            Ok(Some(reply))
+            // On failure the closure (and the `ReplyOnce` in it) is dropped, which reports `Exited`.
+            self.0
+                .enqueue_call(msg, encode_and_send)
+                .await
+                .map_err(|_| RemoteFailure::Exited)
         })
     }
 }
@@ -270,7 +301,7 @@ impl<A: Actor> RemoteRoute<A> {
         let frame = self.request(&msg, 0, Duration::ZERO)?;
         if self.peer == shared.id {
             // Addressed to this node by name: deliver locally (failures of a cast are not reported).
-            let _ = shared.local_request(&frame).await;
+            let _ = shared.local_request(&frame, None).await;
             return Ok(());
         }
         Self::check_size(&shared, &frame).map_err(|(size, max)| {
@@ -316,11 +347,13 @@ impl<A: Actor> RemoteRoute<A> {
         Self::check_size(&shared, &frame)
             .map_err(|(size, max)| CallError::TooLarge { size, max })?;
         if self.peer == shared.id {
+            let (tx, rx) = oneshot::channel();
+            let reply = ReplyOnce::new(move |r| {
+                let _ = tx.send(r);
+            });
             let outcome = async {
-                match shared.local_request(&frame).await? {
-                    Some(reply) => reply.await,
-                    None => Err(RemoteFailure::Exited),
-                }
+                let _ = shared.local_request(&frame, Some(reply)).await;
+                rx.await.unwrap_or(Err(RemoteFailure::Exited))
             };
             let result = tokio::time::timeout(timeout, outcome)
                 .await
@@ -791,10 +824,14 @@ impl Shared {
             .cloned()
     }
 
-    /// Deliver a request frame to a local export.
-    async fn local_request(&self, frame: &Frame) -> Result<Option<ReplyFuture>, RemoteFailure> {
+    /// Deliver a request frame to a local export; a call's outcome goes to `reply` (also when the
+    /// export is missing or of another type).
+    async fn local_request(
+        &self,
+        frame: &Frame,
+        reply: Option<ReplyOnce>,
+    ) -> Result<(), RemoteFailure> {
         let Frame::Request {
-            id,
             to,
             actor_type,
             body,
@@ -803,46 +840,41 @@ impl Shared {
         else {
             return Err(RemoteFailure::Decode("not a request".into()));
         };
-        match self.export(to) {
-            None => Err(RemoteFailure::NoSuchActor(to.clone())),
-            Some(e) if e.actor_type() != actor_type => Err(RemoteFailure::UnknownActorType {
+        let failure = match self.export(to) {
+            None => RemoteFailure::NoSuchActor(to.clone()),
+            Some(e) if e.actor_type() != actor_type => RemoteFailure::UnknownActorType {
                 expected: actor_type.clone(),
                 found: e.actor_type().to_string(),
-            }),
-            Some(e) => e.deliver(body, *id != 0).await,
+            },
+            Some(e) => return e.deliver(body, reply).await,
+        };
+        if let Some(r) = reply {
+            r.send(Err(failure.clone()));
         }
+        Err(failure)
     }
 
     /// Handle one frame from `peer`, in arrival order.
     async fn on_frame(self: &Arc<Self>, peer: &Arc<Peer>, frame: Frame) {
         match frame {
-            Frame::Request { id, timeout_ms, .. } => {
-                let outcome = self.local_request(&frame).await;
-                match (id, outcome) {
-                    (0, Ok(_)) => {}
-                    (0, Err(failure)) => {
+            Frame::Request { id, .. } => {
+                let reply = (id != 0).then(|| {
+                    let control = peer.control.clone();
+                    ReplyOnce::new(move |result| {
+                        let frame = Frame::Reply { id, result };
+                        if let Err(mpsc::error::TrySendError::Full(frame)) = control.try_send(frame)
+                        {
+                            // Runs on the actor's task: never block it on a full queue.
+                            tokio::spawn(async move {
+                                let _ = control.send(frame).await;
+                            });
+                        }
+                    })
+                });
+                if let Err(failure) = self.local_request(&frame, reply).await {
+                    if id == 0 {
                         tracing::debug!(peer = %peer.id, ?failure, "remote cast not delivered");
                     }
-                    (id, Err(failure)) => {
-                        let _ = peer
-                            .control
-                            .send(Frame::Reply {
-                                id,
-                                result: Err(failure),
-                            })
-                            .await;
-                    }
-                    (id, Ok(Some(reply))) => {
-                        let control = peer.control.clone();
-                        let wait = Duration::from_millis(timeout_ms.max(1));
-                        tokio::spawn(async move {
-                            let result = tokio::time::timeout(wait, reply)
-                                .await
-                                .unwrap_or(Err(RemoteFailure::Timeout));
-                            let _ = control.send(Frame::Reply { id, result }).await;
-                        });
-                    }
-                    (_, Ok(None)) => {}
                 }
             }
             Frame::Reply { id, result } => {

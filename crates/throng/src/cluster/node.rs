@@ -122,7 +122,9 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Where the encoded outcome of a call goes; called exactly once — by the actor's task with the
 /// reply, or on drop with `Exited` if the call is dropped unhandled (its actor exited first).
-struct ReplyOnce(Option<Box<dyn FnOnce(Result<Vec<u8>, RemoteFailure>) + Send>>);
+struct ReplyOnce(Option<BytesReplyFn>);
+
+type BytesReplyFn = Box<dyn FnOnce(Result<Vec<u8>, RemoteFailure>) + Send>;
 
 impl ReplyOnce {
     fn new(f: impl FnOnce(Result<Vec<u8>, RemoteFailure>) + Send + 'static) -> Self {

@@ -53,6 +53,33 @@ async fn nodes_found_by_seed_talk_and_see_each_other_leave() {
         n2.nodes().iter().map(|n| n.as_str()).collect::<Vec<_>>(),
         vec!["j1", "j2", "j3"]
     );
+    // Placement: every node answers node_for the same way, and each owns a share of the keys.
+    for n in [&n1, &n2, &n3] {
+        eventually("all three own keys", Duration::from_secs(10), || {
+            n.owners().len() == 3
+        })
+        .await;
+    }
+    let keys: Vec<String> = (0..1000).map(|i| format!("hero-{i}")).collect();
+    let before: Vec<_> = keys
+        .iter()
+        .map(|k| n1.node_for(k.as_bytes()).unwrap())
+        .collect();
+    for n in [&n2, &n3] {
+        let theirs: Vec<_> = keys
+            .iter()
+            .map(|k| n.node_for(k.as_bytes()).unwrap())
+            .collect();
+        assert_eq!(theirs, before);
+    }
+    for n in [&n1, &n2, &n3] {
+        let mine = keys.iter().filter(|k| n.mine(k.as_bytes())).count();
+        assert!(
+            (200..=470).contains(&mine),
+            "{} owns {mine} of 1000",
+            n.id()
+        );
+    }
     n3.export("echo", &throng::spawn(Echo)).unwrap();
     let echo: ActorRef<Echo> = n1.remote(n3.id(), "echo");
     assert_eq!(echo.call(Ping(41)).await.unwrap(), 42);
@@ -72,6 +99,22 @@ async fn nodes_found_by_seed_talk_and_see_each_other_leave() {
         }
     }
     assert!(leaving_seen, "leaving is announced before down");
+    // Only the keys of the node that left move; the survivors agree on the new owners.
+    for n in [&n1, &n2] {
+        eventually("j3 off the ring", Duration::from_secs(10), || {
+            n.owners().len() == 2
+        })
+        .await;
+    }
+    for (k, old) in keys.iter().zip(&before) {
+        let now = n1.node_for(k.as_bytes()).unwrap();
+        assert_eq!(now, n2.node_for(k.as_bytes()).unwrap());
+        if old.as_str() != "j3" {
+            assert_eq!(&now, old, "key {k} moved although its owner stayed");
+        } else {
+            assert_ne!(now.as_str(), "j3");
+        }
+    }
     // Calls to a node that left fail fast with a typed error.
     assert_eq!(
         echo.call(Ping(1)).await.unwrap_err(),

@@ -30,7 +30,7 @@ use futures_util::{SinkExt, StreamExt};
 use rand::{RngExt, SeedableRng};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use throng_core::{Incarnation, NodeId};
+use throng_core::{Incarnation, NodeId, Ring, RingConfig};
 use throng_membership::{MemberInfo, Membership, MembershipEvent};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -244,6 +244,8 @@ pub(crate) struct Shared {
     peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
     /// Proxy cells standing for remote actors, by (peer, monitor id).
     proxies: Mutex<HashMap<(NodeId, u64), Weak<Cell>>>,
+    /// Placement ring over the members that may own keys: up and not leaving, this node included.
+    ring: RwLock<Ring>,
     /// When each (address, reason) refusal was last logged at warn, so that a peer retrying
     /// every few seconds (or an attacker) cannot flood the log.
     refusals: Mutex<HashMap<(std::net::IpAddr, String), tokio::time::Instant>>,
@@ -479,7 +481,7 @@ impl Node {
             source,
         })?;
         let shared = Arc::new(Shared {
-            id,
+            id: id.clone(),
             incarnation,
             key: ClusterKey::from_secret(secret),
             opts,
@@ -489,8 +491,12 @@ impl Node {
             next_id: AtomicU64::new(1),
             peers: Mutex::new(HashMap::new()),
             proxies: Mutex::new(HashMap::new()),
+            ring: RwLock::new(Ring::new(RingConfig::default())),
             refusals: Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
+        });
+        shared.ring_edit(|r| {
+            let _ = r.insert(id);
         });
         tokio::spawn(accept_loop(
             Arc::downgrade(&shared),
@@ -522,6 +528,9 @@ impl Node {
             config.transport.clone(),
         )
         .await?;
+        *node.shared.ring.write().unwrap_or_else(|p| p.into_inner()) =
+            Ring::from_nodes(config.ring, [config.name.clone()])
+                .map_err(|e| NodeError::Config(e.to_string()))?;
         let membership =
             Membership::start(config.name, incarnation, node.rpc_addr(), config.membership).await?;
         let membership = Arc::new(membership);
@@ -550,6 +559,32 @@ impl Node {
         v.push(self.shared.id.clone());
         v.sort();
         v
+    }
+
+    /// The node that owns `key` by consistent hashing over the members that are up and not leaving
+    /// (this node included). Every node with the same membership view answers the same.
+    pub fn node_for(&self, key: &[u8]) -> Option<NodeId> {
+        self.shared
+            .ring
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .node_for(key)
+            .cloned()
+    }
+
+    /// Whether this node owns `key`.
+    pub fn mine(&self, key: &[u8]) -> bool {
+        self.node_for(key).as_ref() == Some(&self.shared.id)
+    }
+
+    /// The nodes that currently own keys (up and not leaving), sorted.
+    pub fn owners(&self) -> Vec<NodeId> {
+        self.shared
+            .ring
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .nodes()
+            .to_vec()
     }
 
     /// The other live members with their addresses (leaving ones included).
@@ -705,6 +740,26 @@ impl Drop for Node {
 }
 
 impl Shared {
+    fn ring_edit(&self, f: impl FnOnce(&mut Ring)) {
+        f(&mut self.ring.write().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// Rebuild the ring from a full view: this node plus `members` that are not `leaving`.
+    fn ring_reset(&self, members: &[MemberInfo], leaving: &[MemberInfo]) {
+        self.ring_edit(|r| {
+            let config = r.config();
+            let owners = members
+                .iter()
+                .filter(|m| !leaving.iter().any(|l| l.id == m.id))
+                .map(|m| m.id.clone())
+                .chain([self.id.clone()]);
+            match Ring::from_nodes(config, owners) {
+                Ok(ring) => *r = ring,
+                Err(e) => tracing::error!(error = %e, "placement ring not rebuilt"),
+            }
+        });
+    }
+
     /// Log an incoming connection refused: at warn the first time per address and reason in
     /// [`REFUSAL_LOG_INTERVAL`], at debug otherwise.
     fn log_refusal(&self, addr: SocketAddr, why: String) {
@@ -932,8 +987,10 @@ async fn membership_glue(
         return;
     };
     let (members, mut rx) = m.subscribe_with_members();
+    let leaving = m.leaving();
     drop(m);
     if let Some(s) = shared.upgrade() {
+        s.ring_reset(&members, &leaving);
         for info in members {
             s.add_peer(info.id.clone(), info.rpc_addr);
         }
@@ -948,15 +1005,26 @@ async fn membership_glue(
             Ok(MembershipEvent::NodeUp(info)) => {
                 tracing::info!(node = %info.id, incarnation = %info.incarnation, "node up");
                 s.add_peer(info.id.clone(), info.rpc_addr);
+                s.ring_edit(|r| {
+                    if let Err(e) = r.insert(info.id.clone()) {
+                        tracing::error!(node = %info.id, error = %e, "node not placed on the ring");
+                    }
+                });
                 let _ = events.send(ClusterEvent::NodeUp(info));
             }
             Ok(MembershipEvent::NodeLeaving(info)) => {
                 tracing::info!(node = %info.id, "node leaving");
+                s.ring_edit(|r| {
+                    r.remove(&info.id);
+                });
                 let _ = events.send(ClusterEvent::NodeLeaving(info));
             }
             Ok(MembershipEvent::NodeDown(info)) => {
                 tracing::warn!(node = %info.id, incarnation = %info.incarnation, "node down");
                 s.remove_peer(&info.id);
+                s.ring_edit(|r| {
+                    r.remove(&info.id);
+                });
                 let _ = events.send(ClusterEvent::NodeDown(info));
             }
             Ok(MembershipEvent::Rejoined(info)) => {
@@ -971,6 +1039,7 @@ async fn membership_glue(
                 };
                 let (members, fresh) = m.subscribe_with_members();
                 rx = fresh;
+                s.ring_reset(&members, &m.leaving());
                 for info in members {
                     s.add_peer(info.id.clone(), info.rpc_addr);
                 }

@@ -279,3 +279,73 @@ async fn a_restarted_peer_is_reconnected() {
         AccountReply::Balance(2)
     );
 }
+
+struct Blob(Vec<u8>);
+
+#[derive(Debug, Serialize, Deserialize)]
+enum BlobMsg {
+    Store(Vec<u8>),
+    Len,
+    Get,
+}
+
+impl Actor for Blob {
+    type Msg = BlobMsg;
+    type Reply = Vec<u8>;
+    async fn handle(&mut self, msg: BlobMsg, _ctx: &mut Context<Self>) -> ActorResult<Vec<u8>> {
+        Ok(match msg {
+            BlobMsg::Store(b) => {
+                self.0 = b;
+                vec![]
+            }
+            BlobMsg::Len => (self.0.len() as u64).to_le_bytes().to_vec(),
+            BlobMsg::Get => self.0.clone(),
+        })
+    }
+}
+
+impl RemoteActor for Blob {
+    const TYPE: &'static str = "test.Blob";
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_messages_travel_in_chunks_beside_small_ones() {
+    let n1 = node("b1", b"secret").await;
+    let n2 = node("b2", b"secret").await;
+    meet(&n1, &n2);
+    n2.export("blob", &throng::spawn(Blob(vec![]))).unwrap();
+    n2.export(
+        "acct",
+        &throng::spawn(Account {
+            balance: 3,
+            seen: vec![],
+        }),
+    )
+    .unwrap();
+    let blob: ActorRef<Blob> = n1.remote(n2.id(), "blob");
+    let acct: ActorRef<Account> = n1.remote(n2.id(), "acct");
+    let big: Vec<u8> = (0..6 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    // A large cast and small calls in flight together: all arrive, intact and in order.
+    let (sent, small) = tokio::join!(blob.cast(BlobMsg::Store(big.clone())), async {
+        let mut balances = Vec::new();
+        for _ in 0..20 {
+            balances.push(acct.call(AccountMsg::Balance).await.unwrap());
+        }
+        balances
+    });
+    sent.unwrap();
+    assert!(small.iter().all(|b| *b == AccountReply::Balance(3)));
+    let len = blob.call(BlobMsg::Len).await.unwrap();
+    assert_eq!(
+        u64::from_le_bytes(len.try_into().unwrap()),
+        big.len() as u64
+    );
+    // A large reply comes back in chunks too.
+    assert_eq!(blob.call(BlobMsg::Get).await.unwrap(), big);
+    // Over the frame limit: refused before sending, typed.
+    let huge = vec![0u8; 9 * 1024 * 1024];
+    assert!(matches!(
+        blob.call(BlobMsg::Store(huge)).await.unwrap_err(),
+        CallError::TooLarge { .. }
+    ));
+}

@@ -965,6 +965,8 @@ impl Shared {
                     }
                 }
             }
+            // Reassembled by the reader before frames get here.
+            Frame::Chunk { .. } => {}
             Frame::Down { mid, reason } => {
                 let proxy = lock(&self.proxies).remove(&(peer.id.clone(), mid));
                 if let Some(p) = proxy.and_then(|w| w.upgrade()) {
@@ -1418,6 +1420,50 @@ async fn send_record(
         .map_err(|e| format!("write: {e}"))
 }
 
+/// Send `pending` (a record in progress, possibly empty), then the frame encoded as `encoded` in
+/// [`wire::CHUNK_SIZE`] pieces, each in its own record after whatever control frames are queued,
+/// flushing after each so that replies and monitors overtake a long transfer.
+async fn send_chunked(
+    writer: &mut FramedWrite<WriteHalf, LengthDelimitedCodec>,
+    sealer: &mut Sealer,
+    pending: Vec<u8>,
+    encoded: &[u8],
+    control_rx: &mut mpsc::Receiver<Frame>,
+    limit: usize,
+) -> Result<(), String> {
+    if encoded.len() > limit {
+        // Senders check sizes before queueing; a frame this large is a bug, not input.
+        tracing::error!(size = encoded.len(), limit, "frame over the limit dropped");
+        return Ok(());
+    }
+    if !pending.is_empty() {
+        send_record(writer, sealer, pending).await?;
+    }
+    let mut pieces = encoded.chunks(wire::CHUNK_SIZE).peekable();
+    while let Some(piece) = pieces.next() {
+        let mut record = Vec::with_capacity(piece.len() + 64);
+        while record.len() < wire::CHUNK_SIZE {
+            match control_rx.try_recv() {
+                Ok(c) => wire::push_frame(&mut record, &c),
+                Err(_) => break,
+            }
+        }
+        if record.len() + piece.len() + 64 > limit {
+            send_record(writer, sealer, std::mem::take(&mut record)).await?;
+        }
+        let chunk = Frame::Chunk {
+            last: pieces.peek().is_none(),
+            bytes: piece.to_vec(),
+        };
+        wire::push_frame(&mut record, &chunk);
+        send_record(writer, sealer, record).await?;
+        SinkExt::<Bytes>::flush(writer)
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Carry frames over one connection until it fails, is replaced, or the link stops.
 async fn run_conn(
     shared: &Weak<Shared>,
@@ -1437,7 +1483,10 @@ async fn run_conn(
     let (lost_tx, mut lost_rx) = oneshot::channel::<String>();
     let reader_shared = shared.clone();
     let reader_peer = peer.clone();
+    let max_frame = shared.upgrade().map_or(1 << 20, |s| s.opts.max_frame);
     let reader = tokio::spawn(async move {
+        // A frame being reassembled from chunks; bounded by the frame limit.
+        let mut partial: Vec<u8> = Vec::new();
         let why = loop {
             let mut bytes: BytesMut = match reader.next().await {
                 Some(Ok(b)) => b,
@@ -1454,6 +1503,28 @@ async fn run_conn(
             let mut bad = None;
             for frame in wire::frames(&buf) {
                 match frame {
+                    Ok(Frame::Chunk { last, bytes }) => {
+                        if partial.len() + bytes.len() > max_frame {
+                            bad = Some(format!("refused chunked frame over {max_frame} bytes"));
+                            break;
+                        }
+                        partial.extend_from_slice(&bytes);
+                        if last {
+                            match wire::decode::<Frame>(&partial) {
+                                Ok(Frame::Chunk { .. }) => {
+                                    bad = Some("refused nested chunk".into());
+                                    break;
+                                }
+                                Ok(f) => shared.on_frame(&reader_peer, f).await,
+                                Err(e) => {
+                                    bad = Some(format!("refused frame: {e}"));
+                                    break;
+                                }
+                            }
+                            partial.clear();
+                            partial.shrink_to(wire::CHUNK_SIZE);
+                        }
+                    }
                     Ok(f) => shared.on_frame(&reader_peer, f).await,
                     Err(e) => {
                         bad = Some(format!("refused frame: {e}"));
@@ -1493,19 +1564,30 @@ async fn run_conn(
         while let Some(f) = next.take() {
             let before = record.len();
             wire::push_frame(&mut record, &f);
-            if record.len() > limit {
-                let tail = record.split_off(before);
-                if tail.len() > limit {
-                    tracing::error!(peer = %peer.id, size = tail.len(), "frame over the limit dropped");
-                } else if !record.is_empty() {
-                    if let Err(e) =
-                        send_record(&mut writer, &mut sealer, std::mem::take(&mut record)).await
-                    {
-                        failed = Some(e);
-                        break;
-                    }
-                    record = tail;
+            if record.len() - before > wire::CHUNK_SIZE + wire::FRAME_PREFIX {
+                let big = record.split_off(before);
+                if let Err(e) = send_chunked(
+                    &mut writer,
+                    &mut sealer,
+                    std::mem::take(&mut record),
+                    &big[wire::FRAME_PREFIX..],
+                    control_rx,
+                    limit,
+                )
+                .await
+                {
+                    failed = Some(e);
+                    break;
                 }
+            } else if record.len() > limit {
+                let tail = record.split_off(before);
+                if let Err(e) =
+                    send_record(&mut writer, &mut sealer, std::mem::take(&mut record)).await
+                {
+                    failed = Some(e);
+                    break;
+                }
+                record = tail;
             }
             taken += 1;
             if taken < 1024 {

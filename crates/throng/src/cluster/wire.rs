@@ -225,6 +225,15 @@ pub enum Frame {
         /// Why.
         reason: WireExit,
     },
+    /// A piece of a frame too large to send at once (see [`CHUNK_SIZE`]): its encoding split in
+    /// order; `last` completes it. Whole frames (control traffic) may travel between the pieces,
+    /// which is why large messages never hold up small ones for longer than one chunk.
+    Chunk {
+        /// Whether this piece completes the frame.
+        last: bool,
+        /// The piece.
+        bytes: Vec<u8>,
+    },
     /// The outcome of a call.
     Reply {
         /// The request's id.
@@ -233,6 +242,9 @@ pub enum Frame {
         result: Result<Vec<u8>, RemoteFailure>,
     },
 }
+
+/// Frames whose encoding exceeds this are sent as [`Frame::Chunk`] pieces of this size.
+pub const CHUNK_SIZE: usize = 64 * 1024;
 
 /// Bytes a frame adds to a record besides its encoding (its length prefix).
 pub const FRAME_PREFIX: usize = 4;

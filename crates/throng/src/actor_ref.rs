@@ -394,21 +394,21 @@ impl<A: Actor> ActorRef<A> {
             })
     }
 
-    /// Enqueue a call on a local actor whose reply is handed to `reply`, run on the actor's task.
-    /// The remote dispatcher uses it to keep frames in order without a waiting task per call.
-    pub(crate) async fn enqueue_call(
-        &self,
-        msg: A::Msg,
-        reply: ReplyFn<A>,
-    ) -> Result<(), CallError> {
-        let mailbox = self.mailbox().ok_or(CallError::Exited(self.id()))?;
-        mailbox
-            .send(Envelope {
-                msg,
-                reply: Some(ReplyTo::Call(Box::new(reply))),
-            })
-            .await
-            .map_err(|_| CallError::Exited(self.id()))
+    /// Put an envelope in a local actor's mailbox if it has room now (the remote dispatcher's fast
+    /// path); hands it back otherwise.
+    pub(crate) fn try_enqueue(&self, env: Envelope<A>) -> Result<(), SendFailure<Envelope<A>>> {
+        match self.mailbox() {
+            Some(m) => m.try_send(env),
+            None => Err(SendFailure::Closed(env)),
+        }
+    }
+
+    /// Put an envelope in a local actor's mailbox, waiting for room.
+    pub(crate) async fn enqueue(&self, env: Envelope<A>) -> Result<(), Envelope<A>> {
+        match self.mailbox() {
+            Some(m) => m.send(env).await,
+            None => Err(env),
+        }
     }
 
     /// Send `msg` and wait for the reply, at most [`DEFAULT_CALL_TIMEOUT`].

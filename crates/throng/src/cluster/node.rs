@@ -39,11 +39,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::tls::{self, Security};
 use super::wire::{
-    self, Auth, ClusterKey, Frame, Hello, HelloAck, Opener, RemoteFailure, Role, Sealer, WireError,
-    WireExit,
+    self, Auth, ClusterKey, Frame, FrameRef, Hello, HelloAck, Opener, RemoteFailure, Role, Sealer,
+    WireError, WireExit,
 };
 use super::NodeConfig;
+use crate::actor_ref::{Envelope, ReplyTo};
 use crate::cell::Cell;
+use crate::mailbox::SendFailure;
 use crate::{Actor, ActorHandle, ActorRef, CallError, ExitReason, SendError, TrySendError};
 
 /// An actor that can be addressed from other nodes: its messages and replies are serde types, and it
@@ -151,12 +153,9 @@ trait Export: Send + Sync {
     fn any(&self) -> &dyn std::any::Any;
     fn actor_type(&self) -> &'static str;
     fn handle(&self) -> &ActorHandle;
-    /// Decode `body` and enqueue it, in order; a call's outcome goes to `reply`.
-    fn deliver<'a>(
-        &'a self,
-        body: &'a [u8],
-        reply: Option<ReplyOnce>,
-    ) -> BoxFuture<'a, Result<(), RemoteFailure>>;
+    /// Decode `body` and enqueue it, in order; a call's outcome goes to `reply`. Delivered at once
+    /// when the mailbox has room; otherwise a future that waits for room.
+    fn deliver(&self, body: &[u8], reply: Option<ReplyOnce>) -> Delivery;
 }
 
 struct TypedExport<A: RemoteActor>(ActorRef<A>);
@@ -171,41 +170,47 @@ impl<A: RemoteActor> Export for TypedExport<A> {
     fn handle(&self) -> &ActorHandle {
         self.0.handle()
     }
-    fn deliver<'a>(
-        &'a self,
-        body: &'a [u8],
-        reply: Option<ReplyOnce>,
-    ) -> BoxFuture<'a, Result<(), RemoteFailure>> {
-        Box::pin(async move {
-            let msg: A::Msg = match postcard::from_bytes(body) {
-                Ok(m) => m,
-                Err(e) => {
-                    let failure = RemoteFailure::Decode(e.to_string());
-                    if let Some(r) = reply {
-                        r.send(Err(failure.clone()));
-                    }
-                    return Err(failure);
+    fn deliver(&self, body: &[u8], reply: Option<ReplyOnce>) -> Delivery {
+        let msg: A::Msg = match postcard::from_bytes(body) {
+            Ok(m) => m,
+            Err(e) => {
+                let failure = RemoteFailure::Decode(e.to_string());
+                if let Some(r) = reply {
+                    r.send(Err(failure.clone()));
                 }
-            };
-            let Some(reply) = reply else {
-                return self.0.cast(msg).await.map_err(|_| RemoteFailure::Exited);
-            };
-            // Runs on the actor's task: encode and hand the reply on, no task in between. If the
-            // call is dropped unhandled, `ReplyOnce`'s drop reports `Exited`.
-            let encode_and_send = Box::new(move |result: Result<A::Reply, ExitReason>| {
+                return Delivery::Done(Err(failure));
+            }
+        };
+        // For a call, the actor's task encodes and hands the reply on, with no task in between; a
+        // call dropped unhandled reports `Exited` through `ReplyOnce`'s drop.
+        let reply = reply.map(|reply| {
+            let encode_and_send = move |result: Result<A::Reply, ExitReason>| {
                 reply.send(match result {
                     Ok(value) => postcard::to_allocvec(&value)
                         .map_err(|e| RemoteFailure::Decode(e.to_string())),
                     Err(reason) => Err(RemoteFailure::Failed(reason.to_string())),
                 })
-            });
-            // On failure the closure (and the `ReplyOnce` in it) is dropped, which reports `Exited`.
-            self.0
-                .enqueue_call(msg, encode_and_send)
-                .await
-                .map_err(|_| RemoteFailure::Exited)
-        })
+            };
+            ReplyTo::Call(Box::new(Box::new(encode_and_send)))
+        });
+        match self.0.try_enqueue(Envelope { msg, reply }) {
+            Ok(()) => Delivery::Done(Ok(())),
+            Err(SendFailure::Closed(_)) => Delivery::Done(Err(RemoteFailure::Exited)),
+            Err(SendFailure::Full(env)) => {
+                let actor = self.0.clone();
+                Delivery::Wait(Box::pin(async move {
+                    actor.enqueue(env).await.map_err(|_| RemoteFailure::Exited)
+                }))
+            }
+        }
     }
+}
+
+/// The outcome of handing a frame to an export.
+enum Delivery {
+    Done(Result<(), RemoteFailure>),
+    /// The mailbox is full: wait for room (backpressure on the connection).
+    Wait(BoxFuture<'static, Result<(), RemoteFailure>>),
 }
 
 /// An authenticated, sealed connection to one peer.
@@ -305,7 +310,15 @@ impl<A: Actor> RemoteRoute<A> {
         let frame = self.request(&msg, 0, Duration::ZERO)?;
         if self.peer == shared.id {
             // Addressed to this node by name: deliver locally (failures of a cast are not reported).
-            let _ = shared.local_request(&frame, None).await;
+            if let Frame::Request {
+                to,
+                actor_type,
+                body,
+                ..
+            } = &frame
+            {
+                let _ = shared.local_request(to, actor_type, body, None).await;
+            }
             return Ok(());
         }
         Self::check_size(&shared, &frame).map_err(|(size, max)| {
@@ -356,7 +369,17 @@ impl<A: Actor> RemoteRoute<A> {
                 let _ = tx.send(r);
             });
             let outcome = async {
-                let _ = shared.local_request(&frame, Some(reply)).await;
+                if let Frame::Request {
+                    to,
+                    actor_type,
+                    body,
+                    ..
+                } = &frame
+                {
+                    let _ = shared
+                        .local_request(to, actor_type, body, Some(reply))
+                        .await;
+                }
                 rx.await.unwrap_or(Err(RemoteFailure::Exited))
             };
             let result = tokio::time::timeout(timeout, outcome)
@@ -885,25 +908,23 @@ impl Shared {
     /// export is missing or of another type).
     async fn local_request(
         &self,
-        frame: &Frame,
+        to: &str,
+        actor_type: &str,
+        body: &[u8],
         reply: Option<ReplyOnce>,
     ) -> Result<(), RemoteFailure> {
-        let Frame::Request {
-            to,
-            actor_type,
-            body,
-            ..
-        } = frame
-        else {
-            return Err(RemoteFailure::Decode("not a request".into()));
-        };
         let failure = match self.export(to) {
-            None => RemoteFailure::NoSuchActor(to.clone()),
+            None => RemoteFailure::NoSuchActor(to.to_owned()),
             Some(e) if e.actor_type() != actor_type => RemoteFailure::UnknownActorType {
-                expected: actor_type.clone(),
+                expected: actor_type.to_owned(),
                 found: e.actor_type().to_string(),
             },
-            Some(e) => return e.deliver(body, reply).await,
+            Some(e) => {
+                return match e.deliver(body, reply) {
+                    Delivery::Done(r) => r,
+                    Delivery::Wait(f) => f.await,
+                }
+            }
         };
         if let Some(r) = reply {
             r.send(Err(failure.clone()));
@@ -912,9 +933,15 @@ impl Shared {
     }
 
     /// Handle one frame from `peer`, in arrival order.
-    async fn on_frame(self: &Arc<Self>, peer: &Arc<Peer>, frame: Frame) {
+    async fn on_frame(self: &Arc<Self>, peer: &Arc<Peer>, frame: FrameRef<'_>) {
         match frame {
-            Frame::Request { id, .. } => {
+            FrameRef::Request {
+                id,
+                to,
+                actor_type,
+                body,
+                ..
+            } => {
                 let reply = (id != 0).then(|| {
                     let control = peer.control.clone();
                     ReplyOnce::new(move |result| {
@@ -928,19 +955,19 @@ impl Shared {
                         }
                     })
                 });
-                if let Err(failure) = self.local_request(&frame, reply).await {
+                if let Err(failure) = self.local_request(to, actor_type, body, reply).await {
                     if id == 0 {
                         tracing::debug!(peer = %peer.id, ?failure, "remote cast not delivered");
                     }
                 }
             }
-            Frame::Reply { id, result } => {
+            FrameRef::Reply { id, result } => {
                 let pending = lock(&self.pending).remove(&id);
                 if let Some(p) = pending {
                     let _ = p.tx.send(result);
                 }
             }
-            Frame::Monitor { mid, name } => {
+            FrameRef::Monitor { mid, name } => {
                 let control = peer.control.clone();
                 match self.export(&name) {
                     Some(e) => e.handle().on_exit(move |_, reason| {
@@ -966,8 +993,8 @@ impl Shared {
                 }
             }
             // Reassembled by the reader before frames get here.
-            Frame::Chunk { .. } => {}
-            Frame::Down { mid, reason } => {
+            FrameRef::Chunk { .. } => {}
+            FrameRef::Down { mid, reason } => {
                 let proxy = lock(&self.proxies).remove(&(peer.id.clone(), mid));
                 if let Some(p) = proxy.and_then(|w| w.upgrade()) {
                     p.finish(reason.into());
@@ -1503,15 +1530,15 @@ async fn run_conn(
             let mut bad = None;
             for frame in wire::frames(&buf) {
                 match frame {
-                    Ok(Frame::Chunk { last, bytes }) => {
+                    Ok(FrameRef::Chunk { last, bytes }) => {
                         if partial.len() + bytes.len() > max_frame {
                             bad = Some(format!("refused chunked frame over {max_frame} bytes"));
                             break;
                         }
-                        partial.extend_from_slice(&bytes);
+                        partial.extend_from_slice(bytes);
                         if last {
-                            match wire::decode::<Frame>(&partial) {
-                                Ok(Frame::Chunk { .. }) => {
+                            match wire::decode::<FrameRef>(&partial) {
+                                Ok(FrameRef::Chunk { .. }) => {
                                     bad = Some("refused nested chunk".into());
                                     break;
                                 }

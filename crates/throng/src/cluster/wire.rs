@@ -243,6 +243,81 @@ pub enum Frame {
     },
 }
 
+/// A frame decoded in place: the hot variants borrow their strings and bytes from the record
+/// instead of allocating (same encoding as [`Frame`], variant for variant).
+#[derive(Debug, Deserialize)]
+pub enum FrameRef<'a> {
+    /// See [`Frame::Request`].
+    Request {
+        /// Correlates the reply; 0 for a cast.
+        id: u64,
+        /// Export name.
+        to: &'a str,
+        /// The actor type the caller expects.
+        actor_type: &'a str,
+        /// The serialized message.
+        body: &'a [u8],
+        /// Milliseconds the caller waits; 0 for a cast.
+        timeout_ms: u64,
+    },
+    /// See [`Frame::Monitor`].
+    Monitor {
+        /// Monitor id.
+        mid: u64,
+        /// Export name.
+        name: String,
+    },
+    /// See [`Frame::Down`].
+    Down {
+        /// Monitor id.
+        mid: u64,
+        /// Why.
+        reason: WireExit,
+    },
+    /// See [`Frame::Chunk`].
+    Chunk {
+        /// Whether this piece completes the frame.
+        last: bool,
+        /// The piece.
+        bytes: &'a [u8],
+    },
+    /// See [`Frame::Reply`].
+    Reply {
+        /// The request's id.
+        id: u64,
+        /// The reply or the failure.
+        result: Result<Vec<u8>, RemoteFailure>,
+    },
+}
+
+impl FrameRef<'_> {
+    /// An owned copy.
+    pub fn into_owned(self) -> Frame {
+        match self {
+            FrameRef::Request {
+                id,
+                to,
+                actor_type,
+                body,
+                timeout_ms,
+            } => Frame::Request {
+                id,
+                to: to.to_owned(),
+                actor_type: actor_type.to_owned(),
+                body: body.to_vec(),
+                timeout_ms,
+            },
+            FrameRef::Monitor { mid, name } => Frame::Monitor { mid, name },
+            FrameRef::Down { mid, reason } => Frame::Down { mid, reason },
+            FrameRef::Chunk { last, bytes } => Frame::Chunk {
+                last,
+                bytes: bytes.to_vec(),
+            },
+            FrameRef::Reply { id, result } => Frame::Reply { id, result },
+        }
+    }
+}
+
 /// Frames whose encoding exceeds this are sent as [`Frame::Chunk`] pieces of this size.
 pub const CHUNK_SIZE: usize = 64 * 1024;
 
@@ -261,7 +336,7 @@ pub fn push_frame(record: &mut Vec<u8>, frame: &Frame) {
 }
 
 /// The frames of an opened record, in order; a malformed one ends the iteration with an error.
-pub fn frames(record: &[u8]) -> impl Iterator<Item = Result<Frame, WireError>> + '_ {
+pub fn frames(record: &[u8]) -> impl Iterator<Item = Result<FrameRef<'_>, WireError>> + '_ {
     let mut rest = record;
     std::iter::from_fn(move || {
         if rest.is_empty() {
@@ -603,6 +678,7 @@ mod tests {
         #[test]
         fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode::<Frame>(&bytes);
+            let _ = decode::<FrameRef>(&bytes);
             let _ = decode::<Hello>(&bytes);
             let _ = decode::<HelloAck>(&bytes);
             let _ = decode::<Auth>(&bytes);
@@ -630,7 +706,7 @@ mod tests {
             for f in &sent {
                 push_frame(&mut record, f);
             }
-            let got: Vec<Frame> = frames(&record).collect::<Result<_, _>>().unwrap();
+            let got: Vec<Frame> = frames(&record).map(|f| f.unwrap().into_owned()).collect();
             prop_assert_eq!(got, sent);
         }
 
@@ -646,7 +722,8 @@ mod tests {
             let mut bytes = encode(&frame);
             seal.seal(&mut bytes).unwrap();
             open.open(&mut bytes).unwrap();
-            prop_assert_eq!(decode::<Frame>(&bytes).unwrap(), frame);
+            prop_assert_eq!(decode::<Frame>(&bytes).unwrap(), frame.clone());
+            prop_assert_eq!(decode::<FrameRef>(&bytes).unwrap().into_owned(), frame);
         }
     }
 }

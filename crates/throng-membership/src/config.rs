@@ -6,7 +6,7 @@
 //! durations: the two presets are known to work together, and `Custom` is there for the rest.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::num::{NonZeroU32, NonZeroU8, NonZeroUsize};
 use std::time::Duration;
 
@@ -39,6 +39,23 @@ pub const MAX_EVENT_CAPACITY: usize = 65_536;
 pub const DEFAULT_EVENT_CAPACITY: usize = 1024;
 /// Upper bound of [`MembershipConfig::announce_interval`] and [`MembershipConfig::leave_timeout`].
 pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+/// Shortest accepted [`MulticastConfig::interval`]: a LAN is shared, so discovery chatter is kept
+/// to a few datagrams per node per second at most.
+pub const MIN_MULTICAST_INTERVAL: Duration = Duration::from_millis(100);
+/// Largest accepted [`MulticastConfig::ttl`] (the IP header's field is one byte).
+pub const MAX_MULTICAST_TTL: u32 = 255;
+/// Default [`MulticastConfig::group`]: `239.255.47.32:45892`.
+///
+/// The address is in `239.255.0.0/16`, the *IPv4 Local Scope* of the administratively scoped
+/// block (RFC 2365 §6.1): it is meant for exactly this kind of site-local use without an IANA
+/// assignment, and routers at a site's boundary do not forward it. (libcluster's Gossip strategy
+/// defaults to `233.252.1.32`, which lies in IANA's AD-HOC Block III, handed out by assignment;
+/// the documentation range `233.252.0.0/24` is for examples, not for real traffic.) The port is
+/// libcluster's.
+pub const DEFAULT_MULTICAST_GROUP: SocketAddrV4 =
+    SocketAddrV4::new(Ipv4Addr::new(239, 255, 47, 32), 45892);
+/// Default [`MulticastConfig::interval`].
+pub const DEFAULT_MULTICAST_INTERVAL: Duration = Duration::from_secs(5);
 /// Cluster size the [`DetectionProfile::Lan`] preset is tuned for (foca scales its suspicion time
 /// and retransmissions with the logarithm of this).
 pub const LAN_CLUSTER_SIZE_HINT: u32 = 32;
@@ -120,6 +137,74 @@ fn fast() -> foca::Config {
     }
 }
 
+/// Discovery of the other nodes on the local network by UDP multicast (like libcluster's Gossip
+/// strategy); see [`MembershipConfig::multicast`].
+///
+/// Every `interval` (with ±20 % jitter) the node sends a sealed `Hello` — the same hand-shake it
+/// sends to seeds — from its gossip socket to `group`; it also listens on `group` with a second
+/// socket (`SO_REUSEADDR` and, where available, `SO_REUSEPORT`, so several nodes on one host share
+/// the group). A `Hello` from a node that is not yet a member is answered like a seed's, which
+/// makes the sender announce itself to the answering node. Nodes with another cluster secret
+/// cannot read, send or answer these datagrams. IPv4 only: `bind_addr` must be IPv4.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MulticastConfig {
+    /// The multicast group and port. Must be an IPv4 multicast address (`224.0.0.0/4`), with a
+    /// port other than `bind_addr`'s. Default [`DEFAULT_MULTICAST_GROUP`].
+    pub group: SocketAddrV4,
+    /// Local interface (by its IPv4 address) on which to join the group and send to it.
+    /// `0.0.0.0` (the default) lets the kernel choose (the interface of the route to the group,
+    /// usually the default route's). Set it to the address of the interface the gossip socket
+    /// uses — `127.0.0.1` for a cluster on loopback.
+    pub interface: Ipv4Addr,
+    /// IP time-to-live of the multicast `Hello`s: `1` (the default) keeps them on the local
+    /// link, `0` on this host. At most [`MAX_MULTICAST_TTL`].
+    pub ttl: u32,
+    /// How often a `Hello` is sent to the group, also the period over which answers to `Hello`s
+    /// are rate-limited. [`MIN_MULTICAST_INTERVAL`]..=[`MAX_INTERVAL`]; default
+    /// [`DEFAULT_MULTICAST_INTERVAL`].
+    pub interval: Duration,
+}
+
+impl Default for MulticastConfig {
+    fn default() -> Self {
+        Self {
+            group: DEFAULT_MULTICAST_GROUP,
+            interface: Ipv4Addr::UNSPECIFIED,
+            ttl: 1,
+            interval: DEFAULT_MULTICAST_INTERVAL,
+        }
+    }
+}
+
+impl MulticastConfig {
+    fn validate(&self, bind_addr: SocketAddr) -> Result<(), ConfigError> {
+        if !self.group.ip().is_multicast() || self.group.port() == 0 {
+            return Err(ConfigError::MulticastGroup { group: self.group });
+        }
+        if self.group.port() == bind_addr.port() {
+            return Err(ConfigError::MulticastPortClash {
+                port: self.group.port(),
+            });
+        }
+        if !bind_addr.is_ipv4() {
+            return Err(ConfigError::MulticastNeedsIpv4 { bind_addr });
+        }
+        let interface = self.interface;
+        if interface.is_multicast() || interface.is_broadcast() {
+            return Err(ConfigError::MulticastInterface { interface });
+        }
+        if self.ttl > MAX_MULTICAST_TTL {
+            return Err(ConfigError::MulticastTtl { ttl: self.ttl });
+        }
+        if self.interval < MIN_MULTICAST_INTERVAL || self.interval > MAX_INTERVAL {
+            return Err(ConfigError::MulticastInterval {
+                interval: self.interval,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Everything a node needs to take part in cluster membership.
 ///
 /// Start from [`MembershipConfig::new`] and set the public fields; [`crate::Membership::start`]
@@ -156,12 +241,15 @@ pub struct MembershipConfig {
     /// How long a graceful leave waits for the other members to acknowledge that this node is
     /// leaving, before leaving anyway.
     pub leave_timeout: Duration,
+    /// Discovery on the local network by UDP multicast, in addition to (or instead of) `seeds`.
+    /// `None` (the default) disables it.
+    pub multicast: Option<MulticastConfig>,
 }
 
 impl MembershipConfig {
     /// A configuration binding `bind_addr` with `secret`, no seeds, the [`DetectionProfile::Lan`]
     /// profile, a 1 s announce interval, [`DEFAULT_DATAGRAM_SIZE`], [`DEFAULT_MAX_MEMBERS`],
-    /// [`DEFAULT_EVENT_CAPACITY`] and a 1 s leave timeout.
+    /// [`DEFAULT_EVENT_CAPACITY`], a 1 s leave timeout and no multicast discovery.
     pub fn new(bind_addr: SocketAddr, secret: ClusterSecret) -> Self {
         Self {
             bind_addr,
@@ -174,6 +262,7 @@ impl MembershipConfig {
             max_members: DEFAULT_MAX_MEMBERS,
             event_capacity: DEFAULT_EVENT_CAPACITY,
             leave_timeout: Duration::from_secs(1),
+            multicast: None,
         }
     }
 
@@ -218,6 +307,9 @@ impl MembershipConfig {
         }
         check_interval("announce_interval", self.announce_interval)?;
         check_interval("leave_timeout", self.leave_timeout)?;
+        if let Some(multicast) = &self.multicast {
+            multicast.validate(self.bind_addr)?;
+        }
         check_detection(&self.profile.foca_config())
     }
 
@@ -332,6 +424,44 @@ pub enum ConfigError {
         field: &'static str,
         /// The rejected value.
         value: Duration,
+    },
+    /// [`MulticastConfig::group`] is not an IPv4 multicast address, or its port is 0.
+    #[error("multicast group {group} must be an IPv4 multicast address (224.0.0.0/4) with a non-zero port")]
+    MulticastGroup {
+        /// The rejected group.
+        group: SocketAddrV4,
+    },
+    /// [`MulticastConfig::group`] uses the gossip socket's port.
+    #[error("multicast group port {port} is also the gossip port; use another port")]
+    MulticastPortClash {
+        /// The port both use.
+        port: u16,
+    },
+    /// Multicast discovery is IPv4-only, but `bind_addr` is IPv6.
+    #[error("multicast discovery is IPv4-only; bind address {bind_addr} is not")]
+    MulticastNeedsIpv4 {
+        /// The configured bind address.
+        bind_addr: SocketAddr,
+    },
+    /// [`MulticastConfig::interface`] is a multicast or broadcast address.
+    #[error("multicast interface {interface} must be an interface's unicast address or 0.0.0.0")]
+    MulticastInterface {
+        /// The rejected interface address.
+        interface: Ipv4Addr,
+    },
+    /// [`MulticastConfig::ttl`] is above [`MAX_MULTICAST_TTL`].
+    #[error("multicast ttl {ttl} is above {MAX_MULTICAST_TTL}")]
+    MulticastTtl {
+        /// The rejected TTL.
+        ttl: u32,
+    },
+    /// [`MulticastConfig::interval`] is outside [`MIN_MULTICAST_INTERVAL`]..=[`MAX_INTERVAL`].
+    #[error(
+        "multicast interval {interval:?} is outside {MIN_MULTICAST_INTERVAL:?}..={MAX_INTERVAL:?}"
+    )]
+    MulticastInterval {
+        /// The rejected interval.
+        interval: Duration,
     },
     /// The detection profile's foca configuration is inconsistent.
     #[error("invalid detection profile: {reason}")]
@@ -504,6 +634,104 @@ mod tests {
             ..valid()
         };
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn multicast_defaults_are_valid_and_local() {
+        let config = MembershipConfig {
+            multicast: Some(MulticastConfig::default()),
+            ..valid()
+        };
+        config.validate().unwrap();
+        let group = DEFAULT_MULTICAST_GROUP.ip().octets();
+        assert_eq!(&group[..2], &[239, 255], "IPv4 Local Scope (RFC 2365)");
+        assert_eq!(MulticastConfig::default().ttl, 1);
+        assert_eq!(MulticastConfig::default().interface, Ipv4Addr::UNSPECIFIED);
+    }
+
+    #[test]
+    fn multicast_is_checked() {
+        let with = |multicast: MulticastConfig| MembershipConfig {
+            multicast: Some(multicast),
+            ..valid()
+        };
+        let base = MulticastConfig::default();
+        let unicast: SocketAddrV4 = "10.0.0.1:45892".parse().unwrap();
+        assert_eq!(
+            with(MulticastConfig {
+                group: unicast,
+                ..base.clone()
+            })
+            .validate(),
+            Err(ConfigError::MulticastGroup { group: unicast })
+        );
+        let port0: SocketAddrV4 = "239.255.47.32:0".parse().unwrap();
+        assert_eq!(
+            with(MulticastConfig {
+                group: port0,
+                ..base.clone()
+            })
+            .validate(),
+            Err(ConfigError::MulticastGroup { group: port0 })
+        );
+        let mut clash = with(base.clone());
+        clash.bind_addr = "127.0.0.1:45892".parse().unwrap();
+        assert_eq!(
+            clash.validate(),
+            Err(ConfigError::MulticastPortClash { port: 45892 })
+        );
+        let mut v6 = with(base.clone());
+        v6.bind_addr = "[::1]:7000".parse().unwrap();
+        assert!(matches!(
+            v6.validate(),
+            Err(ConfigError::MulticastNeedsIpv4 { .. })
+        ));
+        for interface in [Ipv4Addr::BROADCAST, Ipv4Addr::new(224, 0, 0, 1)] {
+            assert_eq!(
+                with(MulticastConfig {
+                    interface,
+                    ..base.clone()
+                })
+                .validate(),
+                Err(ConfigError::MulticastInterface { interface })
+            );
+        }
+        assert_eq!(
+            with(MulticastConfig {
+                ttl: 256,
+                ..base.clone()
+            })
+            .validate(),
+            Err(ConfigError::MulticastTtl { ttl: 256 })
+        );
+        for ttl in [0, 1, MAX_MULTICAST_TTL] {
+            with(MulticastConfig {
+                ttl,
+                ..base.clone()
+            })
+            .validate()
+            .unwrap();
+        }
+        for interval in [
+            Duration::ZERO,
+            MIN_MULTICAST_INTERVAL - Duration::from_millis(1),
+            MAX_INTERVAL + Duration::from_secs(1),
+        ] {
+            assert_eq!(
+                with(MulticastConfig {
+                    interval,
+                    ..base.clone()
+                })
+                .validate(),
+                Err(ConfigError::MulticastInterval { interval })
+            );
+        }
+        let loopback = MulticastConfig {
+            interface: Ipv4Addr::LOCALHOST,
+            interval: MIN_MULTICAST_INTERVAL,
+            ..base
+        };
+        with(loopback).validate().unwrap();
     }
 
     #[test]

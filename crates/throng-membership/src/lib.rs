@@ -22,6 +22,10 @@
 //!   already knows, so a small sealed hand-shake (`Hello` → `Welcome` carrying the seed's identity)
 //!   turns a seed address into a foca announce. Seeds are resolved again at every round, so a DNS
 //!   name behind which nodes come and go keeps working.
+//! - **Or by multicast on the local network.** With [`MembershipConfig::multicast`] set, a node
+//!   also sends the same sealed `Hello` to a multicast group at intervals and answers `Hello`s
+//!   heard there from nodes it does not know yet (rate-limited), so nodes on one LAN find each
+//!   other with no seed list, like libcluster's Gossip strategy. See [`MulticastConfig`].
 //! - **Leaving is announced.** A leaving node first tells every member it is leaving and waits
 //!   (bounded) for their acknowledgements, so they report [`MembershipEvent::NodeLeaving`] before
 //!   [`MembershipEvent::NodeDown`] and can tell a hand-off from a crash.
@@ -75,10 +79,11 @@ mod sim;
 mod timers;
 
 pub use config::{
-    ClusterSecret, ConfigError, DetectionProfile, MembershipConfig, DEFAULT_DATAGRAM_SIZE,
-    DEFAULT_EVENT_CAPACITY, DEFAULT_MAX_MEMBERS, LAN_CLUSTER_SIZE_HINT, MAX_DATAGRAM_SIZE,
-    MAX_EVENT_CAPACITY, MAX_INTERVAL, MAX_MEMBERS_LIMIT, MAX_SECRET_LEN, MAX_SEEDS, MAX_SEED_ADDRS,
-    MIN_DATAGRAM_SIZE, MIN_SECRET_LEN,
+    ClusterSecret, ConfigError, DetectionProfile, MembershipConfig, MulticastConfig,
+    DEFAULT_DATAGRAM_SIZE, DEFAULT_EVENT_CAPACITY, DEFAULT_MAX_MEMBERS, DEFAULT_MULTICAST_GROUP,
+    DEFAULT_MULTICAST_INTERVAL, LAN_CLUSTER_SIZE_HINT, MAX_DATAGRAM_SIZE, MAX_EVENT_CAPACITY,
+    MAX_INTERVAL, MAX_MEMBERS_LIMIT, MAX_MULTICAST_TTL, MAX_SECRET_LEN, MAX_SEEDS, MAX_SEED_ADDRS,
+    MIN_DATAGRAM_SIZE, MIN_MULTICAST_INTERVAL, MIN_SECRET_LEN,
 };
 pub use foca::{Config as FocaConfig, PeriodicParams};
 pub use membership::{Membership, MembershipError, MembershipStats};

@@ -12,6 +12,10 @@
 //!   knows, but a seed is just an address; a node sends `Hello` to every seed address that is not a
 //!   known member, and on `Welcome` (which carries the seed's identity) asks foca to announce to it.
 //!   The seed answers foca's announce with its whole member list.
+//!   With multicast discovery on, the same `Hello` also goes to the multicast group every interval
+//!   (jittered); a `Hello` heard on the group from a node that is not a member is answered with
+//!   `Welcome` as a seed would, at most [`MAX_MULTICAST_WELCOMES`] times per interval. Only `Hello`
+//!   is accepted from the group socket.
 //! - `Leaving(id)` → `LeavingAck(id)`: a graceful leave. The leaving node tells each member it is
 //!   leaving, re-sends until each has acknowledged or `leave_timeout` passes, and only then tells
 //!   foca to leave; so a member that acknowledged has reported `NodeLeaving` before it can learn
@@ -27,7 +31,7 @@ use std::time::Duration;
 
 use foca::{AccumulatingRuntime, Foca, NoCustomBroadcast, OwnedNotification, PostcardCodec};
 use rand::rngs::StdRng;
-use rand::Rng;
+use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 use throng_core::NodeId;
 use tracing::{debug, error, info, warn};
@@ -45,6 +49,11 @@ const KIND_FOCA: u8 = 0;
 const KIND_CONTROL: u8 = 1;
 /// Longest pause between re-sends of `Leaving` to members that have not acknowledged it.
 const MAX_LEAVE_RETRY: Duration = Duration::from_millis(200);
+/// Most `Welcome`s sent in answer to multicast `Hello`s per multicast interval; the rest of the
+/// senders are answered in later intervals (they keep saying `Hello`), or learn of this node
+/// through foca's gossip meanwhile. Bounds what a flood of (replayed) multicast `Hello`s can
+/// make this node send.
+pub(crate) const MAX_MULTICAST_WELCOMES: u32 = 16;
 /// Extra foca gossip rounds after leaving, so the `Down` update reaches more than foca's first
 /// few random members directly (the rest learn it through gossip anyway).
 const EXTRA_LEAVE_GOSSIP: usize = 2;
@@ -67,6 +76,8 @@ pub(crate) enum Tick {
     LeaveRetry(u32),
     /// Stop waiting for acknowledgements of this leave round.
     LeaveDeadline(u32),
+    /// Say `Hello` to the multicast group, and refill the budget of answers to multicast `Hello`s.
+    Multicast,
 }
 
 /// An effect for the shell to carry out.
@@ -79,6 +90,12 @@ pub(crate) enum Output {
         /// The sealed bytes.
         datagram: Vec<u8>,
     },
+    /// Send this sealed datagram to the multicast group (from the gossip socket, so that answers
+    /// come back to it).
+    Multicast {
+        /// The sealed bytes.
+        datagram: Vec<u8>,
+    },
     /// Call [`Machine::handle_tick`] with `tick` after `after`.
     Schedule {
         /// Delay from now.
@@ -86,6 +103,15 @@ pub(crate) enum Output {
         /// What to deliver.
         tick: Tick,
     },
+}
+
+/// Which socket a datagram came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Via {
+    /// The gossip socket.
+    Unicast,
+    /// The multicast group's socket.
+    Multicast,
 }
 
 /// What became of a received datagram.
@@ -108,6 +134,8 @@ pub(crate) struct Settings {
     pub(crate) max_members: usize,
     /// How long a leave round waits for acknowledgements.
     pub(crate) leave_timeout: Duration,
+    /// Multicast discovery's interval, if it is on.
+    pub(crate) multicast_interval: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -146,6 +174,10 @@ pub(crate) struct Machine {
     /// Last leave round started, and last one finished.
     round: u32,
     completed_round: u32,
+    /// `Welcome`s that may still be sent in answer to multicast `Hello`s in this interval.
+    multicast_budget: u32,
+    /// Multicast `Hello`s left unanswered because the budget was spent.
+    multicast_unanswered: u64,
     outputs: Vec<Output>,
     events: Vec<MembershipEvent>,
     view_changed: bool,
@@ -179,10 +211,25 @@ impl Machine {
             phase: Phase::Running,
             round: 0,
             completed_round: 0,
+            multicast_budget: MAX_MULTICAST_WELCOMES,
+            multicast_unanswered: 0,
             outputs: Vec::new(),
             events: Vec::new(),
             view_changed: false,
         }
+    }
+
+    /// Starts the machine's own periodic work: with multicast discovery on, says `Hello` to the
+    /// group now and schedules the next one. Call once, before anything else.
+    pub(crate) fn start(&mut self) {
+        if self.settings.multicast_interval.is_some() {
+            self.multicast_round();
+        }
+    }
+
+    /// Multicast `Hello`s left unanswered so far because of the rate limit.
+    pub(crate) fn multicast_unanswered(&self) -> u64 {
+        self.multicast_unanswered
     }
 
     /// The live members other than this node, with whether each announced it is leaving.
@@ -220,8 +267,13 @@ impl Machine {
         matches!(self.phase, Phase::Left)
     }
 
-    /// Processes a datagram received from `from`; it is decrypted in place.
-    pub(crate) fn handle_datagram(&mut self, from: SocketAddr, datagram: &mut [u8]) -> Received {
+    /// Processes a datagram received from `from` on the socket `via`; it is decrypted in place.
+    pub(crate) fn handle_datagram(
+        &mut self,
+        from: SocketAddr,
+        via: Via,
+        datagram: &mut [u8],
+    ) -> Received {
         let plaintext = match self.sealer.unseal(datagram) {
             Ok(plaintext) => plaintext,
             Err(err) => return Received::Refused(err),
@@ -230,6 +282,10 @@ impl Machine {
             return Received::Accepted;
         }
         let accepted = match plaintext.split_first() {
+            Some((&KIND_FOCA, _)) if via == Via::Multicast => {
+                debug!(%from, "foca message on the multicast group");
+                false
+            }
             Some((&KIND_FOCA, body)) => match self.foca.handle_data(body, &mut self.runtime) {
                 Ok(()) => true,
                 Err(err) => {
@@ -238,6 +294,14 @@ impl Machine {
                 }
             },
             Some((&KIND_CONTROL, body)) => match postcard::from_bytes::<Control>(body) {
+                Ok(Control::Hello(peer)) if via == Via::Multicast => {
+                    self.handle_multicast_hello(from, peer);
+                    true
+                }
+                Ok(control) if via == Via::Multicast => {
+                    debug!(%from, ?control, "only Hello is expected on the multicast group");
+                    false
+                }
                 Ok(control) => {
                     self.handle_control(from, control);
                     true
@@ -286,7 +350,58 @@ impl Machine {
                     }
                 }
             }
+            Tick::Multicast => self.multicast_round(),
         }
+    }
+
+    /// One multicast round: refill the answer budget, say `Hello` to the group, schedule the next
+    /// round after the interval ±20 % (drawn from the seeded RNG, so that nodes started together
+    /// drift apart). Stops for good once this node is leaving.
+    fn multicast_round(&mut self) {
+        let Some(interval) = self.settings.multicast_interval else {
+            return;
+        };
+        if !matches!(self.phase, Phase::Running) {
+            return;
+        }
+        self.multicast_budget = MAX_MULTICAST_WELCOMES;
+        let hello = Control::Hello(self.foca.identity().clone());
+        match postcard::to_allocvec(&hello) {
+            Ok(body) => {
+                if let Some(datagram) = self.seal(KIND_CONTROL, &body) {
+                    self.outputs.push(Output::Multicast { datagram });
+                }
+            }
+            Err(err) => error!(%err, "cannot encode a control frame"),
+        }
+        let after = jittered(interval, self.nonces.next_u64());
+        self.schedule(after, Tick::Multicast);
+    }
+
+    /// A `Hello` heard on the multicast group: answered like a seed's `Hello` if the sender is
+    /// not a member yet (a member's `Hello` needs no answer) and the budget allows.
+    fn handle_multicast_hello(&mut self, from: SocketAddr, peer: GossipId) {
+        if peer.info.id == self.local.id {
+            // Our own `Hello`, looped back, unless another node uses this name.
+            if peer.info != self.local {
+                warn!(%from, other = ?peer.info, "another node uses this node's name");
+            }
+            return;
+        }
+        if !matches!(self.phase, Phase::Running)
+            || self.foca.iter_members().any(|m| m.id().info == peer.info)
+        {
+            return;
+        }
+        if self.multicast_budget == 0 {
+            self.multicast_unanswered += 1;
+            debug!(%from, node = %peer.info.id, "multicast Hello left unanswered: rate limit");
+            return;
+        }
+        self.multicast_budget -= 1;
+        debug!(%from, node = %peer.info.id, "answering a multicast Hello");
+        let welcome = Control::Welcome(self.foca.identity().clone());
+        self.send_control(from, &welcome);
     }
 
     /// Says `Hello` to each of `addrs` (resolved seeds) that is neither this node nor a known member.
@@ -531,13 +646,30 @@ impl Machine {
     }
 
     fn seal_and_send(&mut self, to: SocketAddr, kind: u8, body: &[u8]) {
+        if let Some(datagram) = self.seal(kind, body) {
+            self.outputs.push(Output::Send { to, datagram });
+        }
+    }
+
+    fn seal(&mut self, kind: u8, body: &[u8]) -> Option<Vec<u8>> {
         let mut nonce = [0; NONCE_LEN];
         self.nonces.fill_bytes(&mut nonce);
         match self.sealer.seal(nonce, &[&[kind], body]) {
-            Ok(datagram) => self.outputs.push(Output::Send { to, datagram }),
-            Err(err) => error!(%err, "cannot seal a datagram"),
+            Ok(datagram) => Some(datagram),
+            Err(err) => {
+                error!(%err, "cannot seal a datagram");
+                None
+            }
         }
     }
+}
+
+/// `interval` ±20 %, placed by `random` (uniform over `u64`).
+fn jittered(interval: Duration, random: u64) -> Duration {
+    let fifth = interval / 5;
+    let span = u64::try_from(fifth.as_nanos() * 2).unwrap_or(u64::MAX);
+    let offset = if span == 0 { 0 } else { random % (span + 1) };
+    interval - fifth + Duration::from_nanos(offset)
 }
 
 /// Encoded size of `info`'s identity: it travels twice in every foca header, so it must fit the
@@ -548,4 +680,231 @@ pub(crate) fn identity_len(info: &MemberInfo) -> usize {
         bump: u32::MAX,
     })
     .map_or(usize::MAX, |v| v.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroUsize;
+
+    use rand::SeedableRng;
+    use throng_core::Incarnation;
+
+    use super::*;
+    use crate::config::DetectionProfile;
+    use crate::seal;
+
+    const SECRET: &[u8] = b"machine unit-test secret";
+    const INTERVAL: Duration = Duration::from_millis(1000);
+
+    fn info(name: &str, port: u16) -> MemberInfo {
+        MemberInfo {
+            id: NodeId::new(name).unwrap(),
+            incarnation: Incarnation(1),
+            gossip_addr: SocketAddr::from(([10, 0, 0, 1], port)),
+            rpc_addr: SocketAddr::from(([10, 0, 0, 1], port + 1000)),
+        }
+    }
+
+    fn machine(multicast: Option<Duration>, seed: u64) -> Machine {
+        let mut foca = DetectionProfile::Fast.foca_config();
+        foca.max_packet_size = NonZeroUsize::new(1400 - seal::OVERHEAD - 1).unwrap();
+        let settings = Settings {
+            foca,
+            max_members: 16,
+            leave_timeout: Duration::from_secs(1),
+            multicast_interval: multicast,
+        };
+        Machine::new(
+            info("local", 1),
+            settings,
+            Sealer::new(SECRET),
+            StdRng::seed_from_u64(seed),
+            StdRng::seed_from_u64(seed + 1),
+        )
+    }
+
+    fn sealed(secret: &[u8], kind: u8, body: &[u8]) -> Vec<u8> {
+        Sealer::new(secret)
+            .seal([7; NONCE_LEN], &[&[kind], body])
+            .unwrap()
+    }
+
+    fn hello(secret: &[u8], from: &MemberInfo) -> Vec<u8> {
+        let body = postcard::to_allocvec(&Control::Hello(GossipId::new(from.clone()))).unwrap();
+        sealed(secret, KIND_CONTROL, &body)
+    }
+
+    fn outputs(machine: &mut Machine) -> Vec<Output> {
+        let mut out = Vec::new();
+        machine.take_outputs(&mut out);
+        out
+    }
+
+    fn welcomes_to(outputs: &[Output]) -> Vec<SocketAddr> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Send { to, .. } => Some(*to),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Whether `outputs` hold a multicast `Hello` from `local` and the next round's timer.
+    fn is_multicast_round(outputs: &[Output]) -> Option<Duration> {
+        let [Output::Multicast { datagram }, Output::Schedule {
+            after,
+            tick: Tick::Multicast,
+        }] = outputs
+        else {
+            return None;
+        };
+        let mut datagram = datagram.clone();
+        let plain = Sealer::new(SECRET).unseal(&mut datagram).ok()?;
+        let (&KIND_CONTROL, body) = plain.split_first()? else {
+            return None;
+        };
+        match postcard::from_bytes::<Control>(body).ok()? {
+            Control::Hello(id) if id.info == info("local", 1) => Some(*after),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn without_multicast_start_does_nothing() {
+        let mut m = machine(None, 1);
+        m.start();
+        assert!(outputs(&mut m).is_empty());
+        m.handle_tick(Tick::Multicast);
+        assert!(outputs(&mut m).is_empty());
+    }
+
+    #[test]
+    fn multicast_hello_at_start_and_every_jittered_interval() {
+        let mut m = machine(Some(INTERVAL), 2);
+        m.start();
+        let mut delays = Vec::new();
+        delays.push(is_multicast_round(&outputs(&mut m)).expect("hello at start"));
+        for _ in 0..50 {
+            m.handle_tick(Tick::Multicast);
+            delays.push(is_multicast_round(&outputs(&mut m)).expect("hello every round"));
+        }
+        let (low, high) = (INTERVAL * 4 / 5, INTERVAL * 6 / 5);
+        assert!(
+            delays.iter().all(|d| (low..=high).contains(d)),
+            "{delays:?}"
+        );
+        let distinct: HashSet<_> = delays.iter().collect();
+        assert!(distinct.len() > 40, "jittered: {delays:?}");
+        // Same seed, same delays: randomness is an input.
+        let mut again = machine(Some(INTERVAL), 2);
+        again.start();
+        assert_eq!(is_multicast_round(&outputs(&mut again)), Some(delays[0]));
+    }
+
+    #[test]
+    fn jitter_bounds() {
+        assert_eq!(jittered(INTERVAL, 0), INTERVAL * 4 / 5);
+        assert_eq!(
+            jittered(INTERVAL, u64::MAX),
+            INTERVAL - INTERVAL / 5 + Duration::from_nanos(u64::MAX % 400_000_001)
+        );
+        assert_eq!(
+            jittered(Duration::from_nanos(3), 12345),
+            Duration::from_nanos(3)
+        );
+    }
+
+    #[test]
+    fn multicast_stops_once_leaving() {
+        let mut m = machine(Some(INTERVAL), 3);
+        m.start();
+        outputs(&mut m);
+        m.begin_leaving(false);
+        outputs(&mut m);
+        m.handle_tick(Tick::Multicast);
+        assert!(outputs(&mut m).is_empty());
+    }
+
+    #[test]
+    fn multicast_hellos_are_answered_within_budget() {
+        let mut m = machine(Some(INTERVAL), 4);
+        m.start();
+        outputs(&mut m);
+        let peers: Vec<MemberInfo> = (0..MAX_MULTICAST_WELCOMES + 4)
+            .map(|i| info(&format!("peer{i}"), 100 + i as u16))
+            .collect();
+        for peer in &peers {
+            let mut d = hello(SECRET, peer);
+            assert_eq!(
+                m.handle_datagram(peer.gossip_addr, Via::Multicast, &mut d),
+                Received::Accepted
+            );
+        }
+        let answered = welcomes_to(&outputs(&mut m));
+        let expected: Vec<SocketAddr> = peers
+            .iter()
+            .take(MAX_MULTICAST_WELCOMES as usize)
+            .map(|p| p.gossip_addr)
+            .collect();
+        assert_eq!(answered, expected);
+        assert_eq!(m.multicast_unanswered(), 4);
+
+        // The next round refills the budget.
+        m.handle_tick(Tick::Multicast);
+        outputs(&mut m);
+        let last = peers.last().unwrap();
+        let mut d = hello(SECRET, last);
+        m.handle_datagram(last.gossip_addr, Via::Multicast, &mut d);
+        assert_eq!(welcomes_to(&outputs(&mut m)), [last.gossip_addr]);
+    }
+
+    #[test]
+    fn own_and_foreign_multicast_hellos_are_not_answered() {
+        let mut m = machine(Some(INTERVAL), 5);
+        m.start();
+        outputs(&mut m);
+        // Our own Hello, looped back.
+        let mut d = hello(SECRET, &info("local", 1));
+        assert_eq!(
+            m.handle_datagram(info("local", 1).gossip_addr, Via::Multicast, &mut d),
+            Received::Accepted
+        );
+        // Another cluster's Hello.
+        let stranger = info("stranger", 9);
+        let mut d = hello(b"some other cluster secret", &stranger);
+        assert!(matches!(
+            m.handle_datagram(stranger.gossip_addr, Via::Multicast, &mut d),
+            Received::Refused(_)
+        ));
+        assert!(welcomes_to(&outputs(&mut m)).is_empty());
+    }
+
+    #[test]
+    fn only_hello_is_taken_from_the_group() {
+        let mut m = machine(Some(INTERVAL), 6);
+        m.start();
+        outputs(&mut m);
+        let peer = info("peer", 2);
+        let welcome =
+            postcard::to_allocvec(&Control::Welcome(GossipId::new(peer.clone()))).unwrap();
+        let mut d = sealed(SECRET, KIND_CONTROL, &welcome);
+        assert_eq!(
+            m.handle_datagram(peer.gossip_addr, Via::Multicast, &mut d),
+            Received::Rejected
+        );
+        let mut d = sealed(SECRET, KIND_FOCA, b"whatever");
+        assert_eq!(
+            m.handle_datagram(peer.gossip_addr, Via::Multicast, &mut d),
+            Received::Rejected
+        );
+        assert!(
+            outputs(&mut m).is_empty(),
+            "no announce from a multicast Welcome"
+        );
+        // The same Welcome on the gossip socket makes foca announce.
+        let mut d = sealed(SECRET, KIND_CONTROL, &welcome);
+        m.handle_datagram(peer.gossip_addr, Via::Unicast, &mut d);
+        assert_eq!(welcomes_to(&outputs(&mut m)), [peer.gossip_addr]);
+    }
 }

@@ -7,11 +7,16 @@
 //! the events are published under one lock, so [`Membership::subscribe_with_members`] can hand out
 //! a snapshot and a receiver that continues exactly where the snapshot ends.
 //!
+//! With multicast discovery on, the task owns a second socket, bound to the group's port with
+//! `SO_REUSEADDR`/`SO_REUSEPORT` and joined to the group; the machine's multicast `Hello`s leave
+//! from the gossip socket (set up with the multicast TTL, interface and loop-back), so that the
+//! answers come to the gossip socket.
+//!
 //! Seeds are resolved by a small helper task (DNS can take seconds, and the membership task must
 //! keep answering probes meanwhile) that hands each round's addresses over a one-slot channel.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -25,8 +30,8 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, error, info, warn, Instrument};
 
-use crate::config::{ConfigError, MembershipConfig, MAX_SEED_ADDRS};
-use crate::machine::{self, Machine, Output, Received, Settings};
+use crate::config::{ConfigError, MembershipConfig, MulticastConfig, MAX_SEED_ADDRS};
+use crate::machine::{self, Machine, Output, Received, Settings, Via};
 use crate::seal::{Sealer, UnsealError};
 use crate::timers::Timers;
 use crate::{MemberInfo, MembershipEvent};
@@ -53,6 +58,17 @@ pub enum MembershipError {
     Bind {
         /// The address that could not be bound.
         addr: SocketAddr,
+        /// The operating system's reason.
+        source: io::Error,
+    },
+    /// Multicast discovery could not be set up: the group's socket could not be bound or could
+    /// not join the group, or the gossip socket refused a multicast option.
+    #[error("cannot set up multicast discovery on {group} (interface {interface}): {source}")]
+    Multicast {
+        /// The configured group.
+        group: SocketAddrV4,
+        /// The configured interface.
+        interface: Ipv4Addr,
         /// The operating system's reason.
         source: io::Error,
     },
@@ -94,6 +110,13 @@ pub struct MembershipStats {
     pub members_over_limit: u64,
     /// Timers dropped because the timer queue was full (should stay 0).
     pub timers_dropped: u64,
+    /// Datagrams received on the multicast group's socket (also counted in `datagrams_in`).
+    pub multicast_in: u64,
+    /// Datagrams on the multicast group not sealed with this cluster's secret — e.g. from another
+    /// cluster sharing the group — (also counted in `refused`; logged at debug level only).
+    pub multicast_refused: u64,
+    /// Multicast `Hello`s left unanswered because of the rate limit on answers.
+    pub multicast_unanswered: u64,
 }
 
 #[derive(Debug, Default)]
@@ -105,6 +128,9 @@ struct Counters {
     io_errors: AtomicU64,
     members_over_limit: AtomicU64,
     timers_dropped: AtomicU64,
+    multicast_in: AtomicU64,
+    multicast_refused: AtomicU64,
+    multicast_unanswered: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -173,6 +199,16 @@ impl Membership {
                     source,
                 })?;
         let bound = socket.local_addr().map_err(MembershipError::LocalAddr)?;
+        let multicast = match &config.multicast {
+            Some(multicast) => Some(setup_multicast(&socket, multicast).map_err(|source| {
+                MembershipError::Multicast {
+                    group: multicast.group,
+                    interface: multicast.interface,
+                    source,
+                }
+            })?),
+            None => None,
+        };
         let local = MemberInfo {
             id,
             incarnation,
@@ -192,6 +228,7 @@ impl Membership {
             foca,
             max_members: config.max_members,
             leave_timeout: config.leave_timeout,
+            multicast_interval: config.multicast.as_ref().map(|m| m.interval),
         };
         let machine = Machine::new(
             local.clone(),
@@ -210,10 +247,11 @@ impl Membership {
         let (commands, command_rx) = mpsc::channel(COMMAND_CAPACITY);
         let span =
             tracing::info_span!("membership", node = %local.id, incarnation = %local.incarnation);
-        info!(parent: &span, gossip_addr = %local.gossip_addr, bound = %bound, seeds = ?config.seeds, "membership starting");
+        info!(parent: &span, gossip_addr = %local.gossip_addr, bound = %bound, seeds = ?config.seeds, multicast = ?config.multicast.as_ref().map(|m| m.group), "membership starting");
         let task = Task {
             machine,
             socket,
+            multicast,
             commands: command_rx,
             shared: Arc::clone(&shared),
             timers: Timers::new(config.max_members * TIMERS_PER_MEMBER + TIMER_SLACK),
@@ -289,6 +327,9 @@ impl Membership {
             io_errors: c.io_errors.load(Relaxed),
             members_over_limit: c.members_over_limit.load(Relaxed),
             timers_dropped: c.timers_dropped.load(Relaxed),
+            multicast_in: c.multicast_in.load(Relaxed),
+            multicast_refused: c.multicast_refused.load(Relaxed),
+            multicast_unanswered: c.multicast_unanswered.load(Relaxed),
         }
     }
 
@@ -396,10 +437,68 @@ enum RefusalReason {
     Oversized(usize),
 }
 
+/// The multicast group's socket, and where the machine's multicast `Hello`s go.
+struct Multicast {
+    socket: UdpSocket,
+    group: SocketAddr,
+}
+
+/// Sets the gossip socket up to send to the group, and opens the group's own socket.
+fn setup_multicast(gossip: &UdpSocket, config: &MulticastConfig) -> io::Result<Multicast> {
+    use socket2::{Domain, Protocol, SockRef, Socket, Type};
+
+    let group_ip = *config.group.ip();
+    gossip.set_multicast_loop_v4(true)?;
+    gossip.set_multicast_ttl_v4(config.ttl)?;
+    if !config.interface.is_unspecified() {
+        SockRef::from(gossip).set_multicast_if_v4(&config.interface)?;
+    }
+
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_address(true)?;
+    #[cfg(all(
+        unix,
+        not(any(
+            target_os = "solaris",
+            target_os = "illumos",
+            target_os = "cygwin",
+            target_os = "nuttx",
+            target_os = "wasi"
+        ))
+    ))]
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    // Bound to the group's address where the OS allows it, so unicast datagrams to the port (and
+    // other groups on it) are not delivered here.
+    #[cfg(unix)]
+    let bind = SocketAddrV4::new(group_ip, config.group.port());
+    #[cfg(not(unix))]
+    let bind = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, config.group.port());
+    socket.bind(&SocketAddr::V4(bind).into())?;
+    socket.join_multicast_v4(&group_ip, &config.interface)?;
+    let socket = UdpSocket::from_std(socket.into())?;
+    Ok(Multicast {
+        socket,
+        group: SocketAddr::V4(config.group),
+    })
+}
+
+/// Receives from the multicast group's socket, or never if there is none.
+async fn recv_multicast(
+    multicast: Option<&Multicast>,
+    buf: &mut [u8],
+) -> io::Result<(usize, SocketAddr)> {
+    match multicast {
+        Some(m) => m.socket.recv_from(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The membership task's state.
 struct Task {
     machine: Machine,
     socket: UdpSocket,
+    multicast: Option<Multicast>,
     commands: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
     timers: Timers,
@@ -419,8 +518,18 @@ impl Task {
         };
         // One byte more than accepted, to tell an oversized datagram from one that just fits.
         let mut buf = vec![0; self.max_datagram + 1];
-        let mut waiters: Vec<(u32, oneshot::Sender<()>)> = Vec::new();
+        let mut group_buf = if self.multicast.is_some() {
+            vec![0; self.max_datagram + 1]
+        } else {
+            Vec::new()
+        };
         let mut outputs = Vec::new();
+        self.machine.start();
+        self.machine.take_outputs(&mut outputs);
+        for output in outputs.drain(..) {
+            self.carry_out(output).await;
+        }
+        let mut waiters: Vec<(u32, oneshot::Sender<()>)> = Vec::new();
         let sleep = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(sleep);
 
@@ -438,10 +547,17 @@ impl Task {
                     }
                 },
                 received = self.socket.recv_from(&mut buf) => match received {
-                    Ok((len, from)) => self.received(from, &mut buf, len),
+                    Ok((len, from)) => self.received(from, Via::Unicast, &mut buf, len),
                     Err(err) => {
                         bump(&self.shared.counters.io_errors);
                         debug!(%err, "receive error");
+                    }
+                },
+                received = recv_multicast(self.multicast.as_ref(), &mut group_buf) => match received {
+                    Ok((len, from)) => self.received(from, Via::Multicast, &mut group_buf, len),
+                    Err(err) => {
+                        bump(&self.shared.counters.io_errors);
+                        debug!(%err, "receive error on the multicast group");
                     }
                 },
                 () = &mut sleep, if deadline.is_some() => {
@@ -480,13 +596,16 @@ impl Task {
         drop(waiters);
     }
 
-    fn received(&mut self, from: SocketAddr, buf: &mut [u8], len: usize) {
+    fn received(&mut self, from: SocketAddr, via: Via, buf: &mut [u8], len: usize) {
         let counters = &self.shared.counters;
         bump(&counters.datagrams_in);
+        if via == Via::Multicast {
+            bump(&counters.multicast_in);
+        }
         let outcome = if len > self.max_datagram {
             Err(RefusalReason::Oversized(self.max_datagram))
         } else {
-            match self.machine.handle_datagram(from, &mut buf[..len]) {
+            match self.machine.handle_datagram(from, via, &mut buf[..len]) {
                 Received::Accepted => Ok(()),
                 Received::Rejected => {
                     bump(&counters.rejected);
@@ -495,9 +614,18 @@ impl Task {
                 Received::Refused(err) => Err(RefusalReason::Unseal(err)),
             }
         };
+        counters
+            .multicast_unanswered
+            .store(self.machine.multicast_unanswered(), Relaxed);
         if let Err(reason) = outcome {
             bump(&counters.refused);
-            self.refusals.refused(Instant::now(), from, reason);
+            if via == Via::Multicast {
+                // Another cluster may share the group: expected, so not worth a warning.
+                bump(&counters.multicast_refused);
+                debug!(%from, %reason, "refused datagram on the multicast group");
+            } else {
+                self.refusals.refused(Instant::now(), from, reason);
+            }
         }
     }
 
@@ -511,6 +639,18 @@ impl Task {
                     debug!(%to, %err, "send error");
                 }
             },
+            Output::Multicast { datagram } => {
+                let Some(group) = self.multicast.as_ref().map(|m| m.group) else {
+                    return;
+                };
+                match self.socket.send_to(&datagram, group).await {
+                    Ok(_) => bump(&counters.datagrams_out),
+                    Err(err) => {
+                        bump(&counters.io_errors);
+                        debug!(%group, %err, "multicast send error");
+                    }
+                }
+            }
             Output::Schedule { after, tick } => {
                 if !self.timers.schedule(Instant::now(), after, tick) {
                     bump(&counters.timers_dropped);

@@ -16,7 +16,7 @@ use throng_core::{Incarnation, NodeId};
 use tokio::time::Instant;
 
 use crate::config::DetectionProfile;
-use crate::machine::{Machine, Output, Settings};
+use crate::machine::{Machine, Output, Settings, Via};
 use crate::seal::{self, Sealer};
 use crate::timers::Timers;
 use crate::{MemberInfo, MembershipEvent};
@@ -37,6 +37,7 @@ struct Packet {
     at: Duration,
     from: SocketAddr,
     to: SocketAddr,
+    via: Via,
     datagram: Vec<u8>,
 }
 
@@ -49,6 +50,10 @@ struct Sim {
     isolated: BTreeSet<SocketAddr>,
     next_announce: Duration,
     max_members: usize,
+    /// Multicast interval of the nodes started from now on (`None`: off).
+    multicast: Option<Duration>,
+    /// Secret of the nodes started from now on.
+    secret: &'static [u8],
 }
 
 fn addr(port: u16) -> SocketAddr {
@@ -66,6 +71,8 @@ impl Sim {
             isolated: BTreeSet::new(),
             next_announce: Duration::ZERO,
             max_members: 1024,
+            multicast: None,
+            secret: SECRET,
         }
     }
 
@@ -82,15 +89,18 @@ impl Sim {
             foca,
             max_members: self.max_members,
             leave_timeout: Duration::from_secs(1),
+            multicast_interval: self.multicast,
         };
         let seed = self.seed ^ (u64::from(port) << 32);
         let machine = Machine::new(
             info,
             settings,
-            Sealer::new(SECRET),
+            Sealer::new(self.secret),
             StdRng::seed_from_u64(seed),
             StdRng::seed_from_u64(seed + 1),
         );
+        let mut machine = machine;
+        machine.start();
         let node = Node {
             machine,
             timers: Timers::new(1024),
@@ -148,7 +158,7 @@ impl Sim {
         for mut packet in due {
             if let Some(node) = self.nodes.get_mut(&packet.to).filter(|n| !n.crashed) {
                 node.machine
-                    .handle_datagram(packet.from, &mut packet.datagram);
+                    .handle_datagram(packet.from, packet.via, &mut packet.datagram);
             }
         }
         for node in self.nodes.values_mut().filter(|n| !n.crashed) {
@@ -163,6 +173,7 @@ impl Sim {
             }
             self.next_announce = now + ANNOUNCE_INTERVAL;
         }
+        let group: Vec<SocketAddr> = self.nodes.keys().copied().collect();
         for (&from, node) in &mut self.nodes {
             let mut outputs = Vec::new();
             node.machine.take_outputs(&mut outputs);
@@ -176,8 +187,24 @@ impl Sim {
                                 at: now + LATENCY,
                                 from,
                                 to,
+                                via: Via::Unicast,
                                 datagram,
                             });
+                        }
+                    }
+                    // Every node listens on the group, the sender included (loop-back on).
+                    Output::Multicast { datagram } => {
+                        for &to in &group {
+                            let cut = self.isolated.contains(&from) || self.isolated.contains(&to);
+                            if !cut && !node.crashed {
+                                self.wire.push(Packet {
+                                    at: now + LATENCY,
+                                    from,
+                                    to,
+                                    via: Via::Multicast,
+                                    datagram: datagram.clone(),
+                                });
+                            }
                         }
                     }
                     Output::Schedule { after, tick } => {
@@ -326,5 +353,54 @@ fn partitions_heal_whatever_the_seed() {
         for port in 1..=3 {
             assert_eq!(sim.members(port).len(), 2, "seed {seed}, node {port}");
         }
+    }
+}
+
+#[test]
+fn multicast_alone_finds_everyone() {
+    for seed in 200..216 {
+        let mut sim = Sim::new(seed);
+        sim.multicast = Some(Duration::from_millis(500));
+        for port in 1..=3 {
+            sim.start(&format!("n{port}"), 1, port, &[]);
+        }
+        sim.run(Duration::from_secs(1));
+        assert_eq!(sim.members(1), ["n2#1", "n3#1"], "seed {seed}");
+        assert_eq!(sim.members(2), ["n1#1", "n3#1"], "seed {seed}");
+        assert_eq!(sim.members(3), ["n1#1", "n2#1"], "seed {seed}");
+    }
+}
+
+#[test]
+fn multicast_joins_late_nodes_and_ignores_other_secrets() {
+    let mut sim = Sim::new(9);
+    sim.multicast = Some(Duration::from_millis(500));
+    sim.start("a", 1, 1, &[]);
+    sim.run(Duration::from_secs(2));
+    sim.secret = b"another cluster's secret!";
+    sim.start("stranger", 1, 9, &[]);
+    sim.secret = SECRET;
+    sim.start("b", 1, 2, &[]);
+    sim.run(Duration::from_secs(3));
+    assert_eq!(sim.members(1), ["b#1"]);
+    assert_eq!(sim.members(2), ["a#1"]);
+    assert!(sim.members(9).is_empty());
+}
+
+#[test]
+fn partitions_heal_by_multicast_alone() {
+    let mut sim = Sim::new(10);
+    sim.multicast = Some(Duration::from_millis(500));
+    for port in 1..=3 {
+        sim.start(&format!("n{port}"), 1, port, &[]);
+    }
+    sim.run(Duration::from_secs(1));
+    sim.isolated.insert(addr(3));
+    sim.run(Duration::from_secs(3));
+    assert!(sim.members(3).is_empty());
+    sim.isolated.clear();
+    sim.run(Duration::from_secs(10));
+    for port in 1..=3 {
+        assert_eq!(sim.members(port).len(), 2, "node {port}");
     }
 }

@@ -54,6 +54,9 @@ usage:
         gossip_bind / THRONG_GOSSIP_BIND    membership address (default 127.0.0.1:0)
         seeds / THRONG_SEEDS                gossip addresses of nodes to join (comma separated)
         detection / THRONG_DETECTION        lan (default) or fast
+        multicast / THRONG_MULTICAST        on, off (default) or group:port: find nodes on the LAN
+                                            by sealed multicast hellos (default 239.255.47.32:45892)
+        multicast_interface / THRONG_MULTICAST_INTERFACE   IPv4 of the interface to multicast on
         tls_ca / THRONG_TLS_CA              cluster CA certificate (PEM)   } all three: mutual TLS
         tls_cert / THRONG_TLS_CERT          this node's certificate (PEM)  } between nodes; the
         tls_key / THRONG_TLS_KEY            this node's private key (PEM)  } name must be the cert's

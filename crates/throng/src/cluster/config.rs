@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use throng_core::{NodeId, RingConfig};
-use throng_membership::{ClusterSecret, DetectionProfile, MembershipConfig};
+use throng_membership::{ClusterSecret, DetectionProfile, MembershipConfig, MulticastConfig};
 
 use super::tls::{PemFile, Security, TlsConfig, TlsError};
 use super::NodeOptions;
@@ -83,6 +83,8 @@ struct Raw {
     tls_ca: Option<PathBuf>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    multicast: Option<String>,
+    multicast_interface: Option<String>,
 }
 
 /// Everything a node needs to join a cluster.
@@ -145,6 +147,8 @@ impl NodeConfig {
         set(&mut raw.gossip_advertise, "THRONG_GOSSIP_ADVERTISE");
         set(&mut raw.secret, "THRONG_SECRET");
         set(&mut raw.detection, "THRONG_DETECTION");
+        set(&mut raw.multicast, "THRONG_MULTICAST");
+        set(&mut raw.multicast_interface, "THRONG_MULTICAST_INTERFACE");
         if let Some(v) = env("THRONG_SEEDS") {
             raw.seeds = Some(
                 v.split(',')
@@ -221,6 +225,31 @@ impl NodeConfig {
             );
         }
         membership.seeds = raw.seeds.unwrap_or_default();
+        membership.multicast = match raw.multicast.as_deref() {
+            None | Some("off") => None,
+            Some(group) => {
+                let mut m = MulticastConfig::default();
+                if group != "on" {
+                    m.group = group.parse().map_err(|e| {
+                        invalid(
+                            "multicast",
+                            format!(
+                                "{group:?}: {e} (expected \"on\", \"off\" or an IPv4 group:port)"
+                            ),
+                        )
+                    })?;
+                }
+                if let Some(i) = raw.multicast_interface.as_deref() {
+                    m.interface = i
+                        .parse()
+                        .map_err(|e| invalid("multicast_interface", format!("{i:?}: {e}")))?;
+                } else if gossip_bind.ip().is_loopback() {
+                    // A cluster on loopback multicasts over loopback.
+                    m.interface = std::net::Ipv4Addr::LOCALHOST;
+                }
+                Some(m)
+            }
+        };
         membership.profile = match raw.detection.as_deref() {
             None | Some("lan") => DetectionProfile::Lan,
             Some("fast") => DetectionProfile::Fast,
@@ -336,6 +365,36 @@ mod tests {
         assert_eq!(c.membership.seeds, vec!["b:2", "c:3"]);
         assert!(matches!(c.membership.profile, DetectionProfile::Fast));
         assert_eq!(c.ring.vnodes_per_node(), 64);
+    }
+
+    #[test]
+    fn multicast_discovery_settings() {
+        let base = format!("name = \"x\"\nsecret = \"{SECRET}\"\n");
+        let c = NodeConfig::from_sources(&base, env(&[("THRONG_MULTICAST", "on")])).unwrap();
+        let m = c.membership.multicast.expect("multicast on");
+        assert_eq!(m.group, throng_membership::DEFAULT_MULTICAST_GROUP);
+        assert_eq!(m.interface, std::net::Ipv4Addr::LOCALHOST);
+        let c = NodeConfig::from_sources(
+            &format!("{base}multicast = \"239.255.1.2:4000\"\nmulticast_interface = \"0.0.0.0\"\n"),
+            |_| None,
+        )
+        .unwrap();
+        assert_eq!(
+            c.membership.multicast.unwrap().group,
+            "239.255.1.2:4000".parse().unwrap()
+        );
+        assert!(NodeConfig::from_sources(&base, |_| None)
+            .unwrap()
+            .membership
+            .multicast
+            .is_none());
+        let err = NodeConfig::from_sources(&format!("{base}multicast = \"nowhere\"\n"), |_| None)
+            .unwrap_err();
+        assert!(err.to_string().contains("`multicast`"), "{err}");
+        let err =
+            NodeConfig::from_sources(&format!("{base}multicast = \"10.0.0.1:4000\"\n"), |_| None)
+                .unwrap_err();
+        assert!(err.to_string().contains("membership"), "{err}");
     }
 
     #[test]

@@ -53,7 +53,10 @@ pub struct ChildSpec<A: Actor> {
     shutdown: Shutdown,
     spawn: SpawnOptions,
     supervisor: bool,
+    on_start: Option<OnStart<A>>,
 }
+
+type OnStart<A> = Arc<dyn Fn(&ActorRef<A>) + Send + Sync>;
 
 impl<A: Actor> Clone for ChildSpec<A> {
     fn clone(&self) -> Self {
@@ -63,6 +66,7 @@ impl<A: Actor> Clone for ChildSpec<A> {
             shutdown: self.shutdown,
             spawn: self.spawn,
             supervisor: self.supervisor,
+            on_start: self.on_start.clone(),
         }
     }
 }
@@ -77,7 +81,16 @@ impl<A: Actor> ChildSpec<A> {
             shutdown: Shutdown::default(),
             spawn: SpawnOptions::default(),
             supervisor: false,
+            on_start: None,
         }
+    }
+
+    /// Run `f` with the child's new reference every time the supervisor starts it — first start
+    /// and every restart — before the supervisor handles anything else. Use it to publish the
+    /// current incarnation under a stable name (as OTP's `{via, ...}` names do).
+    pub fn on_start(mut self, f: impl Fn(&ActorRef<A>) + Send + Sync + 'static) -> Self {
+        self.on_start = Some(Arc::new(f));
+        self
     }
 
     /// Set the restart policy.
@@ -112,11 +125,15 @@ impl<A: Actor> ErasedSpec for ChildSpec<A> {
     fn start(&self) -> BoxFuture<Result<Started, ExitReason>> {
         let factory = self.factory.clone();
         let opts = self.spawn;
+        let on_start = self.on_start.clone();
         Box::pin(async move {
             // A factory that panics is a failed start, not a crashed supervisor.
             let actor = std::panic::catch_unwind(AssertUnwindSafe(|| factory()))
                 .map_err(ExitReason::from_panic)?;
             let actor_ref = start_with(actor, opts).await?;
+            if let Some(f) = on_start {
+                f(&actor_ref);
+            }
             let handle = actor_ref.handle().clone();
             Ok((handle, Box::new(actor_ref) as Box<dyn Any + Send>))
         })

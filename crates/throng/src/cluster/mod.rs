@@ -7,11 +7,13 @@
 //!   actors under names, and hands out [`crate::ActorRef`]s to actors on other nodes.
 
 pub mod config;
+pub mod keyed;
 pub mod node;
 pub mod tls;
 pub mod wire;
 
 pub use config::{ConfigError, NodeConfig};
+pub use keyed::{Keyed, StartError};
 pub use node::{ClusterEvent, ExportError, Node, NodeError, NodeOptions, RemoteActor, RemoteRoute};
 pub use throng_membership::{ClusterSecret, DetectionProfile, MemberInfo};
 pub use tls::{Security, TlsConfig, TlsError};

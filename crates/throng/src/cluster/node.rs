@@ -222,30 +222,34 @@ struct Conn {
     incarnation: u64,
 }
 
-struct Peer {
+pub(super) struct Peer {
     id: NodeId,
-    control: mpsc::Sender<Frame>,
-    data: mpsc::Sender<Frame>,
+    pub(super) control: mpsc::Sender<Frame>,
+    pub(super) data: mpsc::Sender<Frame>,
     inbound: mpsc::Sender<Conn>,
     addr: Mutex<Option<SocketAddr>>,
     connected: std::sync::atomic::AtomicBool,
     stop: CancellationToken,
 }
 
-struct Pending {
-    peer: NodeId,
-    tx: oneshot::Sender<Result<Vec<u8>, RemoteFailure>>,
+pub(super) struct Pending {
+    pub(super) peer: NodeId,
+    pub(super) tx: oneshot::Sender<Result<Vec<u8>, RemoteFailure>>,
 }
 
 pub(crate) struct Shared {
-    id: NodeId,
+    pub(super) id: NodeId,
     incarnation: Incarnation,
     key: ClusterKey,
     opts: NodeOptions,
     rpc_addr: SocketAddr,
     exports: RwLock<HashMap<String, Arc<dyn Export>>>,
-    pending: Mutex<HashMap<u64, Pending>>,
-    next_id: AtomicU64,
+    pub(super) pending: Mutex<HashMap<u64, Pending>>,
+    pub(super) next_id: AtomicU64,
+    /// Actor types this node can host as keyed children, by type name.
+    pub(super) types: RwLock<HashMap<&'static str, Arc<dyn super::keyed::HostType>>>,
+    /// The local supervisor of keyed children hosted here.
+    pub(super) children: std::sync::OnceLock<crate::supervisor::DynamicSupervisor>,
     peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
     /// Proxy cells standing for remote actors, by (peer, monitor id).
     proxies: Mutex<HashMap<(NodeId, u64), Weak<Cell>>>,
@@ -435,6 +439,9 @@ impl<A: Actor> RemoteRoute<A> {
                 RemoteFailure::Exited => CallError::NodeDown(self.peer.to_string()),
                 RemoteFailure::Failed(m) => CallError::Failed(ExitReason::Error(m.into())),
                 RemoteFailure::Timeout => CallError::Timeout(timeout),
+                RemoteFailure::UnknownType(m)
+                | RemoteFailure::AlreadyStarted(m)
+                | RemoteFailure::StartFailed(m) => CallError::Failed(ExitReason::Error(m.into())),
             }),
         }
     }
@@ -460,7 +467,7 @@ pub const EVENT_CAPACITY: usize = 1024;
 
 /// A running node. Dropping it (or [`Node::shutdown`]) closes its listener and connections.
 pub struct Node {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     membership: Option<Arc<Membership>>,
     events: broadcast::Sender<ClusterEvent>,
 }
@@ -514,6 +521,8 @@ impl Node {
             next_id: AtomicU64::new(1),
             peers: Mutex::new(HashMap::new()),
             proxies: Mutex::new(HashMap::new()),
+            types: RwLock::new(HashMap::new()),
+            children: std::sync::OnceLock::new(),
             ring: RwLock::new(Ring::new(RingConfig::default())),
             refusals: Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
@@ -521,6 +530,10 @@ impl Node {
         shared.ring_edit(|r| {
             let _ = r.insert(id);
         });
+        let children = crate::supervisor::DynamicSupervisor::start(Default::default())
+            .await
+            .map_err(|e| NodeError::Config(format!("keyed-children supervisor: {e}")))?;
+        let _ = shared.children.set(children);
         tokio::spawn(accept_loop(
             Arc::downgrade(&shared),
             listener,
@@ -681,29 +694,7 @@ impl Node {
         name: &str,
         actor: &ActorRef<A>,
     ) -> Result<(), ExportError> {
-        {
-            let mut exports = self
-                .shared
-                .exports
-                .write()
-                .unwrap_or_else(|p| p.into_inner());
-            if exports.get(name).is_some_and(|e| e.handle().is_alive()) {
-                return Err(ExportError::Taken(name.to_owned()));
-            }
-            exports.insert(name.to_owned(), Arc::new(TypedExport(actor.clone())));
-        }
-        let weak = Arc::downgrade(&self.shared);
-        let owned = name.to_owned();
-        let id = actor.id();
-        actor.handle().on_exit(move |_, _| {
-            if let Some(shared) = weak.upgrade() {
-                let mut exports = shared.exports.write().unwrap_or_else(|p| p.into_inner());
-                if exports.get(&owned).is_some_and(|e| e.handle().id() == id) {
-                    exports.remove(&owned);
-                }
-            }
-        });
-        Ok(())
+        self.shared.export_typed(name, actor, false)
     }
 
     /// An [`ActorRef`] to the actor exported as `name` on node `peer`. On this node itself, the local
@@ -749,6 +740,10 @@ impl Node {
     /// Close the listener and every connection; calls in flight fail with `NodeDown`.
     pub fn shutdown(&self) {
         self.shared.stop.cancel();
+        // Keyed children hosted here stop with the node (handoff to new owners is issue 6).
+        if let Some(children) = self.shared.children.get() {
+            children.actor().stop(ExitReason::Shutdown);
+        }
         let peers: Vec<NodeId> = lock(&self.shared.peers).keys().cloned().collect();
         for p in peers {
             self.remove_peer(&p);
@@ -763,6 +758,44 @@ impl Drop for Node {
 }
 
 impl Shared {
+    /// Export `actor` as `name`; with `replace`, a live holder is replaced (a restarted keyed child
+    /// taking over its name), otherwise it is an error. The export disappears when the actor exits.
+    pub(super) fn export_typed<A: RemoteActor>(
+        self: &Arc<Self>,
+        name: &str,
+        actor: &ActorRef<A>,
+        replace: bool,
+    ) -> Result<(), ExportError> {
+        {
+            let mut exports = self.exports.write().unwrap_or_else(|p| p.into_inner());
+            if !replace && exports.get(name).is_some_and(|e| e.handle().is_alive()) {
+                return Err(ExportError::Taken(name.to_owned()));
+            }
+            exports.insert(name.to_owned(), Arc::new(TypedExport(actor.clone())));
+        }
+        let weak = Arc::downgrade(self);
+        let owned = name.to_owned();
+        let id = actor.id();
+        actor.handle().on_exit(move |_, _| {
+            if let Some(shared) = weak.upgrade() {
+                let mut exports = shared.exports.write().unwrap_or_else(|p| p.into_inner());
+                if exports.get(&owned).is_some_and(|e| e.handle().id() == id) {
+                    exports.remove(&owned);
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Whether a live actor is exported as `name`.
+    pub(super) fn is_exported(&self, name: &str) -> bool {
+        self.export(name).is_some_and(|e| e.handle().is_alive())
+    }
+
+    pub(super) fn peer_handle(&self, id: &NodeId) -> Option<Arc<Peer>> {
+        self.peer(id)
+    }
+
     fn ring_edit(&self, f: impl FnOnce(&mut Ring)) {
         f(&mut self.ring.write().unwrap_or_else(|p| p.into_inner()));
     }
@@ -994,6 +1027,27 @@ impl Shared {
             }
             // Reassembled by the reader before frames get here.
             FrameRef::Chunk { .. } => {}
+            FrameRef::Start {
+                id,
+                actor_type,
+                key,
+                args,
+            } => {
+                // Starting runs the child's `started` hook: do it off the reader so one slow start
+                // does not hold up the connection. The caller waits for this reply before using
+                // the child, so its own later frames cannot overtake the start.
+                let shared = self.clone();
+                let control = peer.control.clone();
+                let (actor_type, key, args) =
+                    (actor_type.to_owned(), key.to_owned(), args.to_vec());
+                tokio::spawn(async move {
+                    let result = shared
+                        .host_start(&actor_type, &key, &args)
+                        .await
+                        .map(|()| Vec::new());
+                    let _ = control.send(Frame::Reply { id, result }).await;
+                });
+            }
             FrameRef::Down { mid, reason } => {
                 let proxy = lock(&self.proxies).remove(&(peer.id.clone(), mid));
                 if let Some(p) = proxy.and_then(|w| w.upgrade()) {

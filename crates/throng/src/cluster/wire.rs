@@ -144,6 +144,12 @@ pub enum RemoteFailure {
     Failed(String),
     /// The actor did not reply in time on its node.
     Timeout,
+    /// The node has no actor type registered under this name.
+    UnknownType(String),
+    /// A child with this key already runs there.
+    AlreadyStarted(String),
+    /// The child failed to start there (its `started` hook or args).
+    StartFailed(String),
 }
 
 /// An exit reason as it crosses the wire.
@@ -241,6 +247,18 @@ pub enum Frame {
         /// The serialized reply, or why there is none.
         result: Result<Vec<u8>, RemoteFailure>,
     },
+    /// Start a keyed child of a registered actor type on the receiving node (its owner); answered
+    /// with a [`Frame::Reply`] (empty on success).
+    Start {
+        /// Correlates the reply.
+        id: u64,
+        /// The registered actor type.
+        actor_type: String,
+        /// The child's key.
+        key: String,
+        /// The serialized start arguments.
+        args: Vec<u8>,
+    },
 }
 
 /// A frame decoded in place: the hot variants borrow their strings and bytes from the record
@@ -288,6 +306,17 @@ pub enum FrameRef<'a> {
         /// The reply or the failure.
         result: Result<Vec<u8>, RemoteFailure>,
     },
+    /// See [`Frame::Start`].
+    Start {
+        /// Correlates the reply.
+        id: u64,
+        /// The registered actor type.
+        actor_type: &'a str,
+        /// The child's key.
+        key: &'a str,
+        /// The serialized start arguments.
+        args: &'a [u8],
+    },
 }
 
 impl FrameRef<'_> {
@@ -314,6 +343,17 @@ impl FrameRef<'_> {
                 bytes: bytes.to_vec(),
             },
             FrameRef::Reply { id, result } => Frame::Reply { id, result },
+            FrameRef::Start {
+                id,
+                actor_type,
+                key,
+                args,
+            } => Frame::Start {
+                id,
+                actor_type: actor_type.to_owned(),
+                key: key.to_owned(),
+                args: args.to_vec(),
+            },
         }
     }
 }

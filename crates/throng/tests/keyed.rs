@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::eventually;
 use serde::{Deserialize, Serialize};
-use throng::cluster::{Keyed, Node, NodeConfig, RemoteActor, StartError};
+use throng::cluster::{ChildError, Keyed, Node, NodeConfig, RemoteActor};
 use throng::prelude::*;
 
 struct Hero {
@@ -140,13 +140,31 @@ async fn children_start_on_their_owner_and_answer_by_key_from_anywhere() {
             .unwrap();
         assert_eq!((key.as_str(), health, fights), (k.as_str(), 99, 1));
     }
+    // The cluster-wide list has every child once, on its owner.
+    let listed = nodes[2].children().await.unwrap();
+    assert_eq!(listed.len(), 300);
+    for (node, ty, key) in &listed {
+        assert_eq!(ty, "test.Hero");
+        assert_eq!(node, &nodes[0].node_for(key.as_bytes()).unwrap());
+    }
+    // Terminating from any node stops it for good (a permanent child is not restarted).
+    nodes[1].terminate_child::<Hero>(&keys[5]).await.unwrap();
+    assert!(nodes.iter().all(|n| !n.hosts::<Hero>(&keys[5])));
+    assert_eq!(
+        nodes[0]
+            .terminate_child::<Hero>(&keys[5])
+            .await
+            .unwrap_err(),
+        ChildError::NoSuchChild(keys[5].clone())
+    );
+    assert_eq!(nodes[0].children().await.unwrap().len(), 299);
     // Starting the same key twice is refused.
     assert_eq!(
         nodes[1]
             .start_child::<Hero>(&keys[0], 100)
             .await
             .unwrap_err(),
-        StartError::AlreadyStarted(keys[0].clone())
+        ChildError::AlreadyStarted(keys[0].clone())
     );
 }
 
@@ -164,7 +182,7 @@ async fn unknown_types_are_refused_and_crashed_children_restart_behind_their_key
         .await
         .unwrap_err()
     {
-        StartError::UnknownType { actor_type, .. } => assert_eq!(actor_type, "test.Rare"),
+        ChildError::UnknownType { actor_type, .. } => assert_eq!(actor_type, "test.Rare"),
         other => panic!("unexpected {other:?}"),
     }
 

@@ -8,7 +8,7 @@
 //! registered answers a typed error.
 //!
 //! Not yet here (issue 5): replication of specs and snapshots to ring successors, failover when the
-//! owner dies, cluster-wide `children`, `terminate_child`, and the sans-io directory state machine
+//! owner dies, distribution strategies other than the ring, and the sans-io directory state machine
 //! that those decisions belong in.
 
 use std::future::Future;
@@ -43,10 +43,10 @@ pub trait Keyed: RemoteActor {
     }
 }
 
-/// Starting a keyed child failed.
+/// A keyed-child operation (start, terminate, list) failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum StartError {
+pub enum ChildError {
     /// The owner node has not registered this actor type.
     #[error("node {node} does not host actor type {actor_type}")]
     UnknownType {
@@ -64,13 +64,16 @@ pub enum StartError {
     /// The owner is down, unreachable, or did not answer in time.
     #[error("owner node {0} is down or unreachable")]
     NodeDown(String),
-    /// The arguments could not be encoded.
-    #[error("cannot encode start arguments: {0}")]
+    /// The arguments (or an answer) could not be encoded or decoded.
+    #[error("codec error: {0}")]
     Codec(String),
+    /// No child with this key runs on its owner.
+    #[error("no child {0:?}")]
+    NoSuchChild(String),
 }
 
-/// How long [`Node::start_child`] waits for the owner to confirm the start.
-pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long keyed-child operations wait for the owner to answer.
+pub const CHILD_OP_TIMEOUT: Duration = Duration::from_secs(10);
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -127,6 +130,33 @@ impl<A: Keyed> HostType for Host<A> {
 }
 
 impl Shared {
+    /// Stop a keyed child hosted here through its supervisor.
+    pub(super) async fn host_stop(&self, actor_type: &str, key: &str) -> Result<(), RemoteFailure> {
+        let name = format!("{actor_type}/{key}");
+        let handle = self
+            .exported_handle(&name)
+            .ok_or_else(|| RemoteFailure::NoSuchActor(key.to_owned()))?;
+        let sup = self
+            .children
+            .get()
+            .ok_or_else(|| RemoteFailure::StartFailed("node is not running".into()))?;
+        sup.terminate_child(&handle)
+            .await
+            .map_err(|e| RemoteFailure::Failed(e.to_string()))
+    }
+
+    /// The keyed children hosted here, as `(type, key)`.
+    pub(super) fn host_list(&self) -> Vec<(String, String)> {
+        let types = self.types.read().unwrap_or_else(|p| p.into_inner());
+        self.export_names()
+            .into_iter()
+            .filter_map(|name| {
+                let (t, k) = name.split_once('/')?;
+                types.contains_key(t).then(|| (t.to_owned(), k.to_owned()))
+            })
+            .collect()
+    }
+
     /// Start a keyed child of a registered type here.
     pub(super) async fn host_start(
         self: &Arc<Self>,
@@ -162,62 +192,116 @@ impl Node {
         &self,
         key: &str,
         args: A::Args,
-    ) -> Result<ActorRef<A>, StartError> {
+    ) -> Result<ActorRef<A>, ChildError> {
         let owner = self
             .node_for(key.as_bytes())
-            .ok_or_else(|| StartError::NodeDown("(no node owns keys)".into()))?;
-        let bytes = postcard::to_allocvec(&args).map_err(|e| StartError::Codec(e.to_string()))?;
-        let shared = &self.shared;
-        let result = if owner == shared.id {
-            shared.host_start(A::TYPE, key, &bytes).await
+            .ok_or_else(|| ChildError::NodeDown("(no node owns keys)".into()))?;
+        let bytes = postcard::to_allocvec(&args).map_err(|e| ChildError::Codec(e.to_string()))?;
+        let result = if owner == self.shared.id {
+            self.shared.host_start(A::TYPE, key, &bytes).await
         } else {
-            let down = || StartError::NodeDown(owner.to_string());
-            let peer = shared.peer_handle(&owner).ok_or_else(down)?;
-            let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-            let (tx, rx) = oneshot::channel();
-            shared
-                .pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(
-                    id,
-                    Pending {
-                        peer: owner.clone(),
-                        tx,
-                    },
-                );
-            let frame = Frame::Start {
+            let (actor_type, key) = (A::TYPE.to_owned(), key.to_owned());
+            self.ask(&owner, |id| Frame::Start {
                 id,
-                actor_type: A::TYPE.to_owned(),
-                key: key.to_owned(),
+                actor_type,
+                key,
                 args: bytes,
-            };
-            let exchange = async {
-                peer.data.send(frame).await.map_err(|_| down())?;
-                rx.await.map_err(|_| down())
-            };
-            match tokio::time::timeout(START_TIMEOUT, exchange).await {
-                Ok(Ok(r)) => r.map(|_| ()),
-                Ok(Err(_)) | Err(_) => {
-                    shared
-                        .pending
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&id);
-                    return Err(down());
-                }
-            }
+            })
+            .await?
+            .map(|_| ())
         };
         match result {
             Ok(()) => Ok(self.remote::<A>(&owner, &child_name::<A>(key))),
-            Err(RemoteFailure::UnknownType(t)) => Err(StartError::UnknownType {
+            Err(RemoteFailure::UnknownType(t)) => Err(ChildError::UnknownType {
                 node: owner.to_string(),
                 actor_type: t,
             }),
-            Err(RemoteFailure::AlreadyStarted(k)) => Err(StartError::AlreadyStarted(k)),
-            Err(RemoteFailure::Exited) => Err(StartError::NodeDown(owner.to_string())),
-            Err(other) => Err(StartError::Failed(format!("{other:?}"))),
+            Err(RemoteFailure::AlreadyStarted(k)) => Err(ChildError::AlreadyStarted(k)),
+            Err(RemoteFailure::Exited) => Err(ChildError::NodeDown(owner.to_string())),
+            Err(other) => Err(ChildError::Failed(format!("{other:?}"))),
         }
+    }
+
+    /// Send `frame` (built with a fresh request id) to `peer` and wait for its `Reply`.
+    async fn ask(
+        &self,
+        peer_id: &throng_core::NodeId,
+        frame: impl FnOnce(u64) -> Frame,
+    ) -> Result<Result<Vec<u8>, RemoteFailure>, ChildError> {
+        let shared = &self.shared;
+        let down = || ChildError::NodeDown(peer_id.to_string());
+        let peer = shared.peer_handle(peer_id).ok_or_else(down)?;
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        shared
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                id,
+                Pending {
+                    peer: peer_id.clone(),
+                    tx,
+                },
+            );
+        let exchange = async {
+            peer.data.send(frame(id)).await.map_err(|_| down())?;
+            rx.await.map_err(|_| down())
+        };
+        match tokio::time::timeout(CHILD_OP_TIMEOUT, exchange).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(_)) | Err(_) => {
+                shared
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+                Err(down())
+            }
+        }
+    }
+
+    /// Stop the child of type `A` with `key` on its owner (it is not restarted).
+    pub async fn terminate_child<A: Keyed>(&self, key: &str) -> Result<(), ChildError> {
+        let owner = self
+            .node_for(key.as_bytes())
+            .ok_or_else(|| ChildError::NodeDown("(no node owns keys)".into()))?;
+        let result = if owner == self.shared.id {
+            self.shared.host_stop(A::TYPE, key).await
+        } else {
+            let (actor_type, key) = (A::TYPE.to_owned(), key.to_owned());
+            self.ask(&owner, |id| Frame::Stop {
+                id,
+                actor_type,
+                key,
+            })
+            .await?
+            .map(|_| ())
+        };
+        result.map_err(|f| match f {
+            RemoteFailure::NoSuchActor(k) => ChildError::NoSuchChild(k),
+            other => ChildError::Failed(format!("{other:?}")),
+        })
+    }
+
+    /// Every keyed child in the cluster as `(node, type, key)`, asking each owner (sorted).
+    pub async fn children(&self) -> Result<Vec<(throng_core::NodeId, String, String)>, ChildError> {
+        let mut all = Vec::new();
+        for owner in self.owners() {
+            let list = if owner == self.shared.id {
+                self.shared.host_list()
+            } else {
+                let bytes = self
+                    .ask(&owner, |id| Frame::List { id })
+                    .await?
+                    .map_err(|f| ChildError::Failed(format!("{f:?}")))?;
+                postcard::from_bytes::<Vec<(String, String)>>(&bytes)
+                    .map_err(|e| ChildError::Codec(e.to_string()))?
+            };
+            all.extend(list.into_iter().map(|(t, k)| (owner.clone(), t, k)));
+        }
+        all.sort();
+        Ok(all)
     }
 
     /// Whether the child of type `A` with `key` runs on this node.

@@ -13,7 +13,7 @@ pub mod tls;
 pub mod wire;
 
 pub use config::{ConfigError, NodeConfig};
-pub use keyed::{Keyed, StartError};
+pub use keyed::{ChildError, Keyed};
 pub use node::{ClusterEvent, ExportError, Node, NodeError, NodeOptions, RemoteActor, RemoteRoute};
 pub use throng_membership::{ClusterSecret, DetectionProfile, MemberInfo};
 pub use tls::{Security, TlsConfig, TlsError};

@@ -787,6 +787,24 @@ impl Shared {
         Ok(())
     }
 
+    /// The handle of the live actor exported as `name`.
+    pub(super) fn exported_handle(&self, name: &str) -> Option<ActorHandle> {
+        self.export(name)
+            .map(|e| e.handle().clone())
+            .filter(|h| h.is_alive())
+    }
+
+    /// Names of the live exports.
+    pub(super) fn export_names(&self) -> Vec<String> {
+        self.exports
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, e)| e.handle().is_alive())
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
     /// Whether a live actor is exported as `name`.
     pub(super) fn is_exported(&self, name: &str) -> bool {
         self.export(name).is_some_and(|e| e.handle().is_alive())
@@ -1047,6 +1065,26 @@ impl Shared {
                         .map(|()| Vec::new());
                     let _ = control.send(Frame::Reply { id, result }).await;
                 });
+            }
+            FrameRef::Stop {
+                id,
+                actor_type,
+                key,
+            } => {
+                let shared = self.clone();
+                let control = peer.control.clone();
+                let (actor_type, key) = (actor_type.to_owned(), key.to_owned());
+                tokio::spawn(async move {
+                    let result = shared
+                        .host_stop(&actor_type, &key)
+                        .await
+                        .map(|()| Vec::new());
+                    let _ = control.send(Frame::Reply { id, result }).await;
+                });
+            }
+            FrameRef::List { id } => {
+                let result = Ok(wire::encode(&self.host_list()));
+                let _ = peer.control.send(Frame::Reply { id, result }).await;
             }
             FrameRef::Down { mid, reason } => {
                 let proxy = lock(&self.proxies).remove(&(peer.id.clone(), mid));

@@ -259,6 +259,21 @@ pub enum Frame {
         /// The serialized start arguments.
         args: Vec<u8>,
     },
+    /// Stop (terminate, not restart) the keyed child `key` of `actor_type` on its owner; answered
+    /// with a [`Frame::Reply`].
+    Stop {
+        /// Correlates the reply.
+        id: u64,
+        /// The registered actor type.
+        actor_type: String,
+        /// The child's key.
+        key: String,
+    },
+    /// List the keyed children running on the receiver; the reply carries `Vec<(type, key)>`.
+    List {
+        /// Correlates the reply.
+        id: u64,
+    },
 }
 
 /// A frame decoded in place: the hot variants borrow their strings and bytes from the record
@@ -317,6 +332,20 @@ pub enum FrameRef<'a> {
         /// The serialized start arguments.
         args: &'a [u8],
     },
+    /// See [`Frame::Stop`].
+    Stop {
+        /// Correlates the reply.
+        id: u64,
+        /// The registered actor type.
+        actor_type: &'a str,
+        /// The child's key.
+        key: &'a str,
+    },
+    /// See [`Frame::List`].
+    List {
+        /// Correlates the reply.
+        id: u64,
+    },
 }
 
 impl FrameRef<'_> {
@@ -354,6 +383,16 @@ impl FrameRef<'_> {
                 key: key.to_owned(),
                 args: args.to_vec(),
             },
+            FrameRef::Stop {
+                id,
+                actor_type,
+                key,
+            } => Frame::Stop {
+                id,
+                actor_type: actor_type.to_owned(),
+                key: key.to_owned(),
+            },
+            FrameRef::List { id } => Frame::List { id },
         }
     }
 }

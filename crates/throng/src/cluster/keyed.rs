@@ -9,7 +9,10 @@
 //!
 //! Not yet here (issue 5): replication of specs and snapshots to ring successors, failover when the
 //! owner dies, distribution strategies other than the ring, and the sans-io directory state machine
-//! that those decisions belong in.
+//! that those decisions belong in. Known gap until rebalancing (issue 6): when the ring changes (a
+//! node joins, leaves or dies), the children whose key changed owner keep running where they were
+//! started, or are gone with a dead node, so `child(key)` for those keys answers `NoSuchActor` from
+//! the new owner.
 
 use std::future::Future;
 use std::marker::PhantomData;

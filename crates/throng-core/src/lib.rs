@@ -6,10 +6,19 @@
 //! this crate performs I/O, reads a clock, spawns a task or draws from a global random number generator,
 //! so the same code runs under tokio in production and under the seeded simulator in tests.
 
+pub mod directory;
+pub mod names;
 pub mod node;
 pub mod placement;
 pub mod restart;
 
+pub use directory::{
+    Action, ChildEvent, DirConfig, DirMsg, Directory, Distribution, Record, StartError, Uniform,
+};
+pub use names::{
+    Delta, Entry, FullState, GroupMember, GroupMemberRef, NameError, NameEvent, NameTable,
+    NamesConfig, Op, Outgoing,
+};
 pub use node::{Incarnation, Member, NodeId, NodeIdError};
 pub use placement::{PlacementError, Ring, RingConfig, Successors};
 pub use restart::{

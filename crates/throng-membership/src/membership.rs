@@ -385,6 +385,11 @@ impl Membership {
         }
     }
 
+    /// Stops the task at once, from synchronous code, without telling anyone (like a crash).
+    pub fn kill(&self) {
+        self.abort();
+    }
+
     fn abort(&self) {
         if let Some(task) = self
             .task

@@ -145,6 +145,17 @@ pub struct Context<A: Actor> {
     myself: ActorRef<A>,
     stop: Option<ExitReason>,
     timers: Option<CancellationToken>,
+    /// Runtime hook that watches the actor's state (snapshots of distributed children).
+    observer: Option<Box<dyn Observer<A>>>,
+}
+
+/// Watches an actor from inside its task: after each handled message and once when it stops.
+/// Used by the runtime (not by users) to snapshot the state of distributed children.
+pub(crate) trait Observer<A>: Send + Sync {
+    /// A message was handled successfully.
+    fn after_message(&mut self, actor: &A);
+    /// The actor stopped (after `stopped` ran) with `reason`.
+    fn on_stop(&mut self, actor: &A, reason: &ExitReason);
 }
 
 impl<A: Actor> Context<A> {
@@ -323,7 +334,7 @@ pub fn spawn<A: Actor>(actor: A) -> ActorRef<A> {
 
 /// [`spawn`] with options.
 pub fn spawn_with<A: Actor>(actor: A, opts: SpawnOptions) -> ActorRef<A> {
-    spawn_inner(actor, opts, None)
+    spawn_inner(actor, opts, None, None)
 }
 
 /// Spawn `actor` and wait until its `started` hook has run; its failure is returned as the exit
@@ -335,7 +346,7 @@ pub async fn start<A: Actor>(actor: A) -> Result<ActorRef<A>, ExitReason> {
 /// [`start`] with options.
 pub async fn start_with<A: Actor>(actor: A, opts: SpawnOptions) -> Result<ActorRef<A>, ExitReason> {
     let (tx, rx) = oneshot::channel();
-    let actor_ref = spawn_inner(actor, opts, Some(tx));
+    let actor_ref = spawn_inner(actor, opts, Some(tx), None);
     match rx.await {
         Ok(Ok(())) => Ok(actor_ref),
         Ok(Err(reason)) => Err(reason),
@@ -346,7 +357,27 @@ pub async fn start_with<A: Actor>(actor: A, opts: SpawnOptions) -> Result<ActorR
 
 type Ready = oneshot::Sender<Result<(), ExitReason>>;
 
-fn spawn_inner<A: Actor>(actor: A, opts: SpawnOptions, ready: Option<Ready>) -> ActorRef<A> {
+/// [`start_with`] with a runtime observer of the actor's state.
+pub(crate) async fn start_observed<A: Actor>(
+    actor: A,
+    opts: SpawnOptions,
+    observer: Box<dyn Observer<A>>,
+) -> Result<ActorRef<A>, ExitReason> {
+    let (tx, rx) = oneshot::channel();
+    let actor_ref = spawn_inner(actor, opts, Some(tx), Some(observer));
+    match rx.await {
+        Ok(Ok(())) => Ok(actor_ref),
+        Ok(Err(reason)) => Err(reason),
+        Err(_) => Err(actor_ref.exit_reason().unwrap_or(ExitReason::Killed)),
+    }
+}
+
+fn spawn_inner<A: Actor>(
+    actor: A,
+    opts: SpawnOptions,
+    ready: Option<Ready>,
+    observer: Option<Box<dyn Observer<A>>>,
+) -> ActorRef<A> {
     let mailbox = Arc::new(Mailbox::new(opts.mailbox));
     let actor_ref = ActorRef::new(mailbox.clone(), Cell::new());
     let signal: Arc<dyn crate::mailbox::Signal> = mailbox;
@@ -356,6 +387,7 @@ fn spawn_inner<A: Actor>(actor: A, opts: SpawnOptions, ready: Option<Ready>) -> 
             myself: actor_ref.clone(),
             stop: None,
             timers: None,
+            observer,
         },
         done: false,
     };
@@ -422,6 +454,9 @@ async fn run<A: Actor>(mut actor: A, mut guard: ExitGuard<A>, ready: Option<Read
         Err(panic) if !reason.is_abnormal() => ExitReason::from_panic(panic),
         Err(_) => reason,
     };
+    if let Some(o) = guard.ctx.observer.as_mut() {
+        o.on_stop(&actor, &reason);
+    }
     guard.ctx.stop = Some(reason);
     guard.done = true;
 }
@@ -456,6 +491,9 @@ async fn serve<A: Actor>(actor: &mut A, ctx: &mut Context<A>) -> ExitReason {
             Ok(value) => {
                 if let Some(reply) = reply {
                     reply.send(Ok(value));
+                }
+                if let Some(o) = ctx.observer.as_mut() {
+                    o.after_message(actor);
                 }
             }
             Err(reason) => {

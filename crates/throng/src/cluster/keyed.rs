@@ -1,52 +1,119 @@
-//! Keyed children placed by consistent hashing — the first slice of the distributed supervisor.
+//! Actor types that run as distributed children: the [`Keyed`] trait, snapshots, and the erased
+//! host that starts a child of a registered type from its record.
 //!
-//! An actor type implements [`Keyed`] and is registered on every node that may host it
-//! ([`Node::register`]). [`Node::start_child`] from any node starts the child on the owner of its
-//! key (`node_for(key)`), under that node's local supervisor, with the child's restart policy; the
-//! owner exports it as `"<TYPE>/<key>"` and re-exports every restarted incarnation, so
-//! [`Node::child`] reaches it in one hop from anywhere. A node asked to host a type it has not
-//! registered answers a typed error.
-//!
-//! Not yet here (issue 5): replication of specs and snapshots to ring successors, failover when the
-//! owner dies, distribution strategies other than the ring, and the sans-io directory state machine
-//! that those decisions belong in. Known gap until rebalancing (issue 6): when the ring changes (a
-//! node joins, leaves or dies), the children whose key changed owner keep running where they were
-//! started, or are gone with a dead node, so `child(key)` for those keys answers `NoSuchActor` from
-//! the new owner.
+//! Closures cannot cross nodes, so a distributed child is `(actor type, key, serde args)`: every
+//! node registers the types it can host ([`super::Node::register`]); a node asked to host a type it
+//! has not registered answers [`ChildError::UnknownType`]. An actor that opts in to state transfer
+//! exports its state with [`Keyed::snapshot`] and is rebuilt from it with [`Keyed::restore`] — after
+//! a crash, on the node that takes over when its node dies, and when it moves.
 
-use std::future::Future;
 use std::marker::PhantomData;
-use std::pin::Pin;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use throng_core::directory::Record;
 use throng_core::RestartPolicy;
-use tokio::sync::oneshot;
+use tokio::sync::mpsc;
 
-use super::node::{Pending, Shared};
-use super::wire::{Frame, RemoteFailure};
-use super::{Node, RemoteActor};
-use crate::supervisor::ChildSpec;
-use crate::ActorRef;
+use super::node::Shared;
+use super::RemoteActor;
+use crate::actor::Observer;
+use crate::{ActorHandle, ExitReason, SpawnOptions};
 
-/// An actor type that can run as a keyed child anywhere in the cluster.
+/// An actor type that can run as a distributed child anywhere in the cluster.
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// use throng::cluster::{Keyed, RemoteActor};
+/// use throng::prelude::*;
+///
+/// struct Account { balance: i64 }
+///
+/// #[derive(Serialize, Deserialize)]
+/// enum Msg { Deposit(i64), Balance }
+///
+/// impl Actor for Account {
+///     type Msg = Msg;
+///     type Reply = i64;
+///     async fn handle(&mut self, msg: Msg, _ctx: &mut Context<Self>) -> ActorResult<i64> {
+///         if let Msg::Deposit(n) = msg { self.balance += n; }
+///         Ok(self.balance)
+///     }
+/// }
+///
+/// impl RemoteActor for Account { const TYPE: &'static str = "bank.Account"; }
+///
+/// impl Keyed for Account {
+///     type Args = i64;          // opening balance
+///     type State = i64;         // what survives a crash, a failover or a move
+///     fn start(_key: &str, opening: i64) -> Self { Account { balance: opening } }
+///     fn snapshot(&self) -> Option<i64> { Some(self.balance) }
+///     fn restore(_key: &str, _args: i64, balance: i64) -> Self { Account { balance } }
+/// }
+/// ```
 pub trait Keyed: RemoteActor {
     /// What a child is started from; travels to the owner node, so it is serde.
     type Args: Serialize + DeserializeOwned + Clone + Send + Sync + 'static;
 
-    /// Build the child for `key` (again at every restart, from the same args).
+    /// The state the child exports in snapshots (`()` for children that keep none).
+    type State: Serialize + DeserializeOwned + Send + 'static;
+
+    /// Build the child for `key` from its args (first start, and restarts with no snapshot).
     fn start(key: &str, args: Self::Args) -> Self;
 
     /// Restart policy of the children (default: permanent).
     fn restart() -> RestartPolicy {
         RestartPolicy::Permanent
     }
+
+    /// The state to keep, or `None` (the default) if this type takes no snapshots. Called on the
+    /// child's own task, after messages as [`Keyed::snapshot_policy`] says, and once when it stops
+    /// cleanly (the state it moves with).
+    fn snapshot(&self) -> Option<Self::State> {
+        None
+    }
+
+    /// Rebuild the child from its last snapshot (default: ignore it and [`Keyed::start`]).
+    fn restore(key: &str, args: Self::Args, state: Self::State) -> Self {
+        let _ = state;
+        Self::start(key, args)
+    }
+
+    /// When snapshots are taken (default: after every message).
+    fn snapshot_policy() -> SnapshotPolicy {
+        SnapshotPolicy::default()
+    }
+
+    /// Asked after every message: `true` takes a snapshot now, whatever the policy (on demand).
+    fn snapshot_due(&self) -> bool {
+        false
+    }
 }
 
-/// A keyed-child operation (start, terminate, list) failed.
+/// When a child's state is snapshotted and replicated to its backup node. Snapshots are coalesced:
+/// a child never has more than one snapshot waiting to be replicated, so a busy child costs at most
+/// one replication in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotPolicy {
+    /// Snapshot after this many handled messages (0: never by count).
+    pub every_messages: u32,
+    /// Snapshot after a message when at least this long has passed since the last one.
+    pub every: Option<Duration>,
+}
+
+impl Default for SnapshotPolicy {
+    /// After every message.
+    fn default() -> Self {
+        SnapshotPolicy {
+            every_messages: 1,
+            every: None,
+        }
+    }
+}
+
+/// A distributed-child operation (start, terminate, list) failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ChildError {
@@ -73,249 +140,142 @@ pub enum ChildError {
     /// No child with this key runs on its owner.
     #[error("no child {0:?}")]
     NoSuchChild(String),
+    /// No distributed supervisor with this name runs on the node asked.
+    #[error("no distributed supervisor {0:?} there")]
+    NoSupervisor(String),
+    /// The supervisor is in quorum mode and the owner side does not see a quorum.
+    #[error("no quorum: {0}")]
+    NoQuorum(String),
+    /// The views of the nodes kept disagreeing on the owner (retry once membership settles).
+    #[error("owner of {0:?} unsettled: views disagree")]
+    Unsettled(String),
 }
 
-/// How long keyed-child operations wait for the owner to answer.
-pub const CHILD_OP_TIMEOUT: Duration = Duration::from_secs(10);
-
-type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// A registered type, erased: starts a child from serialized args on this node.
-pub(crate) trait HostType: Send + Sync {
-    fn start<'a>(
-        &'a self,
-        shared: &'a Arc<Shared>,
-        key: &'a str,
-        args: &'a [u8],
-    ) -> BoxFuture<'a, Result<(), RemoteFailure>>;
+/// Where a child's snapshots go: the latest pending one (coalesced) and the final one taken when
+/// the child stops cleanly.
+#[derive(Default)]
+pub(crate) struct Slot {
+    pub(crate) pending: Mutex<Option<Vec<u8>>>,
+    pub(crate) last: Mutex<Option<Vec<u8>>>,
 }
 
-struct Host<A>(PhantomData<fn() -> A>);
-
-/// The export name of the child of type `A` with `key`.
-pub fn child_name<A: RemoteActor>(key: &str) -> String {
-    format!("{}/{key}", A::TYPE)
+/// What a running child tells its supervisor's driver.
+pub(crate) enum ChildNote {
+    /// A snapshot is waiting in the child's slot.
+    Snapshot { key: Arc<str>, slot: Arc<Slot> },
 }
 
-impl<A: Keyed> HostType for Host<A> {
-    fn start<'a>(
-        &'a self,
-        shared: &'a Arc<Shared>,
-        key: &'a str,
-        args: &'a [u8],
-    ) -> BoxFuture<'a, Result<(), RemoteFailure>> {
-        Box::pin(async move {
-            let args: A::Args =
-                postcard::from_bytes(args).map_err(|e| RemoteFailure::Decode(e.to_string()))?;
-            let name = child_name::<A>(key);
-            if shared.is_exported(&name) {
-                return Err(RemoteFailure::AlreadyStarted(key.to_owned()));
-            }
-            let sup = shared
-                .children
-                .get()
-                .ok_or_else(|| RemoteFailure::StartFailed("node is not running".into()))?;
-            let owned_key = key.to_owned();
-            let weak = Arc::downgrade(shared);
-            let spec = ChildSpec::new(move || A::start(&owned_key, args.clone()))
-                .restart(A::restart())
-                .on_start(move |child: &ActorRef<A>| {
-                    if let Some(shared) = weak.upgrade() {
-                        let _ = shared.export_typed(&name, child, true);
-                    }
-                });
-            sup.start_child(spec)
-                .await
-                .map(|_| ())
-                .map_err(|e| RemoteFailure::StartFailed(e.to_string()))
-        })
-    }
+struct SnapObserver<A> {
+    key: Arc<str>,
+    slot: Arc<Slot>,
+    notes: mpsc::UnboundedSender<super::dist::Internal>,
+    policy: SnapshotPolicy,
+    since: u32,
+    last: Instant,
+    _a: PhantomData<fn() -> A>,
 }
 
-impl Shared {
-    /// Stop a keyed child hosted here through its supervisor.
-    pub(super) async fn host_stop(&self, actor_type: &str, key: &str) -> Result<(), RemoteFailure> {
-        let name = format!("{actor_type}/{key}");
-        let handle = self
-            .exported_handle(&name)
-            .ok_or_else(|| RemoteFailure::NoSuchActor(key.to_owned()))?;
-        let sup = self
-            .children
-            .get()
-            .ok_or_else(|| RemoteFailure::StartFailed("node is not running".into()))?;
-        sup.terminate_child(&handle)
-            .await
-            .map_err(|e| RemoteFailure::Failed(e.to_string()))
-    }
-
-    /// The keyed children hosted here, as `(type, key)`.
-    pub(super) fn host_list(&self) -> Vec<(String, String)> {
-        let types = self.types.read().unwrap_or_else(|p| p.into_inner());
-        self.export_names()
-            .into_iter()
-            .filter_map(|name| {
-                let (t, k) = name.split_once('/')?;
-                types.contains_key(t).then(|| (t.to_owned(), k.to_owned()))
-            })
-            .collect()
-    }
-
-    /// Start a keyed child of a registered type here.
-    pub(super) async fn host_start(
-        self: &Arc<Self>,
-        actor_type: &str,
-        key: &str,
-        args: &[u8],
-    ) -> Result<(), RemoteFailure> {
-        let host = self
-            .types
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(actor_type)
-            .cloned()
-            .ok_or_else(|| RemoteFailure::UnknownType(actor_type.to_owned()))?;
-        host.start(self, key, args).await
-    }
-}
-
-impl Node {
-    /// Allow this node to host keyed children of type `A`. Register the same types on every node
-    /// that may own keys.
-    pub fn register<A: Keyed>(&self) {
-        self.shared
-            .types
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(A::TYPE, Arc::new(Host::<A>(PhantomData)));
-    }
-
-    /// Start the child of type `A` with `key` on the node that owns the key, from `args`, and
-    /// return a reference to it (valid from any node, across its restarts).
-    pub async fn start_child<A: Keyed>(
-        &self,
-        key: &str,
-        args: A::Args,
-    ) -> Result<ActorRef<A>, ChildError> {
-        let owner = self
-            .node_for(key.as_bytes())
-            .ok_or_else(|| ChildError::NodeDown("(no node owns keys)".into()))?;
-        let bytes = postcard::to_allocvec(&args).map_err(|e| ChildError::Codec(e.to_string()))?;
-        let result = if owner == self.shared.id {
-            self.shared.host_start(A::TYPE, key, &bytes).await
-        } else {
-            let (actor_type, key) = (A::TYPE.to_owned(), key.to_owned());
-            self.ask(&owner, |id| Frame::Start {
-                id,
-                actor_type,
-                key,
-                args: bytes,
-            })
-            .await?
-            .map(|_| ())
-        };
-        match result {
-            Ok(()) => Ok(self.remote::<A>(&owner, &child_name::<A>(key))),
-            Err(RemoteFailure::UnknownType(t)) => Err(ChildError::UnknownType {
-                node: owner.to_string(),
-                actor_type: t,
-            }),
-            Err(RemoteFailure::AlreadyStarted(k)) => Err(ChildError::AlreadyStarted(k)),
-            Err(RemoteFailure::Exited) => Err(ChildError::NodeDown(owner.to_string())),
-            Err(other) => Err(ChildError::Failed(format!("{other:?}"))),
+impl<A: Keyed> Observer<A> for SnapObserver<A> {
+    fn after_message(&mut self, actor: &A) {
+        self.since += 1;
+        let by_count = self.policy.every_messages != 0 && self.since >= self.policy.every_messages;
+        let by_time = self.policy.every.is_some_and(|t| self.last.elapsed() >= t);
+        if !(by_count || by_time || actor.snapshot_due()) {
+            return;
         }
-    }
-
-    /// Send `frame` (built with a fresh request id) to `peer` and wait for its `Reply`.
-    async fn ask(
-        &self,
-        peer_id: &throng_core::NodeId,
-        frame: impl FnOnce(u64) -> Frame,
-    ) -> Result<Result<Vec<u8>, RemoteFailure>, ChildError> {
-        let shared = &self.shared;
-        let down = || ChildError::NodeDown(peer_id.to_string());
-        let peer = shared.peer_handle(peer_id).ok_or_else(down)?;
-        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        shared
+        self.since = 0;
+        self.last = Instant::now();
+        let Some(state) = actor.snapshot() else {
+            return;
+        };
+        let Ok(bytes) = postcard::to_allocvec(&state) else {
+            tracing::warn!(key = %self.key, "snapshot could not be encoded");
+            return;
+        };
+        let first = self
+            .slot
             .pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                id,
-                Pending {
-                    peer: peer_id.clone(),
-                    tx,
+            .replace(bytes)
+            .is_none();
+        if first {
+            let _ = self
+                .notes
+                .send(super::dist::Internal::Note(ChildNote::Snapshot {
+                    key: self.key.clone(),
+                    slot: self.slot.clone(),
+                }));
+        }
+    }
+
+    fn on_stop(&mut self, actor: &A, reason: &ExitReason) {
+        if reason.is_abnormal() {
+            return;
+        }
+        if let Some(bytes) = actor
+            .snapshot()
+            .and_then(|s| postcard::to_allocvec(&s).ok())
+        {
+            *self.slot.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(bytes);
+        }
+    }
+}
+
+/// A registered type, erased: starts a child from its record on this node.
+pub(crate) trait HostType: Send + Sync {
+    /// Start the child of `record` (restoring its snapshot if any), export it as `export`, and
+    /// return its handle.
+    fn spawn<'a>(
+        &'a self,
+        shared: &'a Arc<Shared>,
+        export: &'a str,
+        record: &'a Record,
+        slot: Arc<Slot>,
+        notes: mpsc::UnboundedSender<super::dist::Internal>,
+    ) -> super::dist::BoxFuture<'a, Result<ActorHandle, String>>;
+}
+
+pub(crate) struct Host<A>(pub(crate) PhantomData<fn() -> A>);
+
+impl<A: Keyed> HostType for Host<A> {
+    fn spawn<'a>(
+        &'a self,
+        shared: &'a Arc<Shared>,
+        export: &'a str,
+        record: &'a Record,
+        slot: Arc<Slot>,
+        notes: mpsc::UnboundedSender<super::dist::Internal>,
+    ) -> super::dist::BoxFuture<'a, Result<ActorHandle, String>> {
+        Box::pin(async move {
+            let args: A::Args =
+                postcard::from_bytes(&record.args).map_err(|e| format!("bad args: {e}"))?;
+            let actor = match &record.snapshot {
+                Some(bytes) => match postcard::from_bytes::<A::State>(bytes) {
+                    Ok(state) => A::restore(&record.key, args, state),
+                    Err(e) => {
+                        tracing::warn!(key = %record.key, error = %e,
+                            "snapshot does not decode; starting from args");
+                        A::start(&record.key, args)
+                    }
                 },
-            );
-        let exchange = async {
-            peer.data.send(frame(id)).await.map_err(|_| down())?;
-            rx.await.map_err(|_| down())
-        };
-        match tokio::time::timeout(CHILD_OP_TIMEOUT, exchange).await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(_)) | Err(_) => {
-                shared
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
-                Err(down())
-            }
-        }
-    }
-
-    /// Stop the child of type `A` with `key` on its owner (it is not restarted).
-    pub async fn terminate_child<A: Keyed>(&self, key: &str) -> Result<(), ChildError> {
-        let owner = self
-            .node_for(key.as_bytes())
-            .ok_or_else(|| ChildError::NodeDown("(no node owns keys)".into()))?;
-        let result = if owner == self.shared.id {
-            self.shared.host_stop(A::TYPE, key).await
-        } else {
-            let (actor_type, key) = (A::TYPE.to_owned(), key.to_owned());
-            self.ask(&owner, |id| Frame::Stop {
-                id,
-                actor_type,
-                key,
-            })
-            .await?
-            .map(|_| ())
-        };
-        result.map_err(|f| match f {
-            RemoteFailure::NoSuchActor(k) => ChildError::NoSuchChild(k),
-            other => ChildError::Failed(format!("{other:?}")),
-        })
-    }
-
-    /// Every keyed child in the cluster as `(node, type, key)`, asking each owner (sorted).
-    pub async fn children(&self) -> Result<Vec<(throng_core::NodeId, String, String)>, ChildError> {
-        let mut all = Vec::new();
-        for owner in self.owners() {
-            let list = if owner == self.shared.id {
-                self.shared.host_list()
-            } else {
-                let bytes = self
-                    .ask(&owner, |id| Frame::List { id })
-                    .await?
-                    .map_err(|f| ChildError::Failed(format!("{f:?}")))?;
-                postcard::from_bytes::<Vec<(String, String)>>(&bytes)
-                    .map_err(|e| ChildError::Codec(e.to_string()))?
+                None => A::start(&record.key, args),
             };
-            all.extend(list.into_iter().map(|(t, k)| (owner.clone(), t, k)));
-        }
-        all.sort();
-        Ok(all)
-    }
-
-    /// Whether the child of type `A` with `key` runs on this node.
-    pub fn hosts<A: Keyed>(&self, key: &str) -> bool {
-        self.shared.is_exported(&child_name::<A>(key))
-    }
-
-    /// A reference to the child of type `A` with `key`, wherever the ring places it now (one hop;
-    /// errors surface on `call`/`cast`). `None` while no node owns keys.
-    pub fn child<A: Keyed>(&self, key: &str) -> Option<ActorRef<A>> {
-        let owner = self.node_for(key.as_bytes())?;
-        Some(self.remote::<A>(&owner, &child_name::<A>(key)))
+            let observer = SnapObserver::<A> {
+                key: Arc::from(record.key.as_str()),
+                slot,
+                notes,
+                policy: A::snapshot_policy(),
+                since: 0,
+                last: Instant::now(),
+                _a: PhantomData,
+            };
+            let child =
+                crate::actor::start_observed(actor, SpawnOptions::default(), Box::new(observer))
+                    .await
+                    .map_err(|r| r.to_string())?;
+            let _ = shared.export_typed(export, &child, true);
+            Ok(child.handle().clone())
+        })
     }
 }

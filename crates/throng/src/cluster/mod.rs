@@ -7,13 +7,16 @@
 //!   actors under names, and hands out [`crate::ActorRef`]s to actors on other nodes.
 
 pub mod config;
+pub mod dist;
 pub mod keyed;
 pub mod node;
 pub mod tls;
 pub mod wire;
 
 pub use config::{ConfigError, NodeConfig};
-pub use keyed::{ChildError, Keyed};
+pub use dist::{ChildInfo, DistEvent, DistOptions, DistStats, DistSupervisor, DEFAULT_SUPERVISOR};
+pub use keyed::{ChildError, Keyed, SnapshotPolicy};
 pub use node::{ClusterEvent, ExportError, Node, NodeError, NodeOptions, RemoteActor, RemoteRoute};
+pub use throng_core::directory::{ChildEvent, Distribution, Uniform};
 pub use throng_membership::{ClusterSecret, DetectionProfile, MemberInfo};
 pub use tls::{Security, TlsConfig, TlsError};

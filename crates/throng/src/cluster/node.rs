@@ -246,10 +246,10 @@ pub(crate) struct Shared {
     exports: RwLock<HashMap<String, Arc<dyn Export>>>,
     pub(super) pending: Mutex<HashMap<u64, Pending>>,
     pub(super) next_id: AtomicU64,
-    /// Actor types this node can host as keyed children, by type name.
+    /// Actor types this node can host as distributed children, by type name.
     pub(super) types: RwLock<HashMap<&'static str, Arc<dyn super::keyed::HostType>>>,
-    /// The local supervisor of keyed children hosted here.
-    pub(super) children: std::sync::OnceLock<crate::supervisor::DynamicSupervisor>,
+    /// The distributed supervisors running on this node, by name.
+    pub(super) dists: RwLock<HashMap<String, Arc<super::dist::Dist>>>,
     peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
     /// Proxy cells standing for remote actors, by (peer, monitor id).
     proxies: Mutex<HashMap<(NodeId, u64), Weak<Cell>>>,
@@ -522,7 +522,7 @@ impl Node {
             peers: Mutex::new(HashMap::new()),
             proxies: Mutex::new(HashMap::new()),
             types: RwLock::new(HashMap::new()),
-            children: std::sync::OnceLock::new(),
+            dists: RwLock::new(HashMap::new()),
             ring: RwLock::new(Ring::new(RingConfig::default())),
             refusals: Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
@@ -530,10 +530,10 @@ impl Node {
         shared.ring_edit(|r| {
             let _ = r.insert(id);
         });
-        let children = crate::supervisor::DynamicSupervisor::start(Default::default())
-            .await
-            .map_err(|e| NodeError::Config(format!("keyed-children supervisor: {e}")))?;
-        let _ = shared.children.set(children);
+        shared.dist(
+            super::dist::DEFAULT_SUPERVISOR,
+            super::dist::DistOptions::default(),
+        );
         tokio::spawn(accept_loop(
             Arc::downgrade(&shared),
             listener,
@@ -567,6 +567,7 @@ impl Node {
         *node.shared.ring.write().unwrap_or_else(|p| p.into_inner()) =
             Ring::from_nodes(config.ring, [config.name.clone()])
                 .map_err(|e| NodeError::Config(e.to_string()))?;
+        node.shared.dists_view();
         let membership =
             Membership::start(config.name, incarnation, node.rpc_addr(), config.membership).await?;
         let membership = Arc::new(membership);
@@ -701,49 +702,20 @@ impl Node {
     /// actor (if exported with that type). The reference is lazy: errors surface on `call`/`cast`;
     /// its handle exits when the remote actor exits or its node goes down.
     pub fn remote<A: RemoteActor>(&self, peer: &NodeId, name: &str) -> ActorRef<A> {
-        if *peer == self.shared.id {
-            if let Some(local) = self.shared.export(name).and_then(|e| {
-                e.any()
-                    .downcast_ref::<TypedExport<A>>()
-                    .map(|t| t.0.clone())
-            }) {
-                return local;
-            }
-        }
-        let proxy = Cell::new();
-        let route = Arc::new(RemoteRoute {
-            shared: Arc::downgrade(&self.shared),
-            peer: peer.clone(),
-            name: name.to_owned(),
-            actor_type: A::TYPE,
-            encode: |m| postcard::to_allocvec(m).map_err(|e| e.to_string()),
-            decode: |b| postcard::from_bytes(b).map_err(|e| e.to_string()),
-        });
-        if *peer != self.shared.id {
-            let mid = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-            lock(&self.shared.proxies).insert((peer.clone(), mid), Arc::downgrade(&proxy));
-            match self.shared.peer(peer) {
-                Some(p) => {
-                    let _ = p.control.try_send(Frame::Monitor {
-                        mid,
-                        name: name.to_owned(),
-                    });
-                }
-                None => proxy.finish(ExitReason::NodeDown(peer.as_str().into())),
-            }
-        } else {
-            self.shared.monitor_local(name, Arc::downgrade(&proxy));
-        }
-        ActorRef::remote(route, proxy)
+        self.shared.remote(peer, name)
     }
 
-    /// Close the listener and every connection; calls in flight fail with `NodeDown`.
+    /// Stop the node at once, like a crash: membership stops without a leave (the others detect
+    /// the node as failed), the listener and every connection close, calls in flight fail with
+    /// `NodeDown`, and the distributed children hosted here stop.
     pub fn shutdown(&self) {
         self.shared.stop.cancel();
-        // Keyed children hosted here stop with the node (handoff to new owners is issue 6).
-        if let Some(children) = self.shared.children.get() {
-            children.actor().stop(ExitReason::Shutdown);
+        // Without a leave announced first, the others detect this node as failed.
+        if let Some(m) = &self.membership {
+            m.kill();
         }
+        // Distributed children hosted here stop with the node (their drivers stop them; handoff
+        // to new owners is issue 6).
         let peers: Vec<NodeId> = lock(&self.shared.peers).keys().cloned().collect();
         for p in peers {
             self.remove_peer(&p);
@@ -758,6 +730,67 @@ impl Drop for Node {
 }
 
 impl Shared {
+    /// See [`Node::remote`].
+    pub(super) fn remote<A: RemoteActor>(
+        self: &Arc<Self>,
+        peer: &NodeId,
+        name: &str,
+    ) -> ActorRef<A> {
+        if *peer == self.id {
+            if let Some(local) = self.export(name).and_then(|e| {
+                e.any()
+                    .downcast_ref::<TypedExport<A>>()
+                    .map(|t| t.0.clone())
+            }) {
+                return local;
+            }
+        }
+        let proxy = Cell::new();
+        let route = Arc::new(RemoteRoute {
+            shared: Arc::downgrade(self),
+            peer: peer.clone(),
+            name: name.to_owned(),
+            actor_type: A::TYPE,
+            encode: |m| postcard::to_allocvec(m).map_err(|e| e.to_string()),
+            decode: |b| postcard::from_bytes(b).map_err(|e| e.to_string()),
+        });
+        if *peer != self.id {
+            let mid = self.next_id.fetch_add(1, Ordering::Relaxed);
+            lock(&self.proxies).insert((peer.clone(), mid), Arc::downgrade(&proxy));
+            match self.peer(peer) {
+                Some(p) => {
+                    let _ = p.control.try_send(Frame::Monitor {
+                        mid,
+                        name: name.to_owned(),
+                    });
+                }
+                None => proxy.finish(ExitReason::NodeDown(peer.as_str().into())),
+            }
+        } else {
+            self.monitor_local(name, Arc::downgrade(&proxy));
+        }
+        ActorRef::remote(route, proxy)
+    }
+
+    /// The ring parameters of this node.
+    pub(super) fn ring_config(&self) -> RingConfig {
+        self.ring.read().unwrap_or_else(|p| p.into_inner()).config()
+    }
+
+    /// The nodes that may own keys now (up and not leaving), this one included.
+    pub(super) fn owner_nodes(&self) -> Vec<NodeId> {
+        self.ring
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .nodes()
+            .to_vec()
+    }
+
+    /// Cancelled when the node shuts down.
+    pub(super) fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
     /// Export `actor` as `name`; with `replace`, a live holder is replaced (a restarted keyed child
     /// taking over its name), otherwise it is an error. The export disappears when the actor exits.
     pub(super) fn export_typed<A: RemoteActor>(
@@ -787,24 +820,6 @@ impl Shared {
         Ok(())
     }
 
-    /// The handle of the live actor exported as `name`.
-    pub(super) fn exported_handle(&self, name: &str) -> Option<ActorHandle> {
-        self.export(name)
-            .map(|e| e.handle().clone())
-            .filter(|h| h.is_alive())
-    }
-
-    /// Names of the live exports.
-    pub(super) fn export_names(&self) -> Vec<String> {
-        self.exports
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter(|(_, e)| e.handle().is_alive())
-            .map(|(n, _)| n.clone())
-            .collect()
-    }
-
     /// Whether a live actor is exported as `name`.
     pub(super) fn is_exported(&self, name: &str) -> bool {
         self.export(name).is_some_and(|e| e.handle().is_alive())
@@ -832,6 +847,7 @@ impl Shared {
                 Err(e) => tracing::error!(error = %e, "placement ring not rebuilt"),
             }
         });
+        self.dists_view();
     }
 
     /// Log an incoming connection refused: at warn the first time per address and reason in
@@ -1045,47 +1061,51 @@ impl Shared {
             }
             // Reassembled by the reader before frames get here.
             FrameRef::Chunk { .. } => {}
-            FrameRef::Start {
-                id,
-                actor_type,
-                key,
-                args,
-            } => {
+            FrameRef::Start { id, sup, record } => {
                 // Starting runs the child's `started` hook: do it off the reader so one slow start
                 // does not hold up the connection. The caller waits for this reply before using
                 // the child, so its own later frames cannot overtake the start.
-                let shared = self.clone();
+                let dist = self.find_dist(sup);
                 let control = peer.control.clone();
-                let (actor_type, key, args) =
-                    (actor_type.to_owned(), key.to_owned(), args.to_vec());
+                let record = record.to_vec();
+                let sup = sup.to_owned();
                 tokio::spawn(async move {
-                    let result = shared
-                        .host_start(&actor_type, &key, &args)
-                        .await
-                        .map(|()| Vec::new());
+                    let result = match dist {
+                        Some(d) => Ok(wire::encode(&d.request_start(&record).await)),
+                        None => Err(RemoteFailure::NoSuchActor(sup)),
+                    };
                     let _ = control.send(Frame::Reply { id, result }).await;
                 });
             }
-            FrameRef::Stop {
-                id,
-                actor_type,
-                key,
-            } => {
-                let shared = self.clone();
+            FrameRef::Stop { id, sup, key } => {
+                let dist = self.find_dist(sup);
                 let control = peer.control.clone();
-                let (actor_type, key) = (actor_type.to_owned(), key.to_owned());
+                let (sup, key) = (sup.to_owned(), key.to_owned());
                 tokio::spawn(async move {
-                    let result = shared
-                        .host_stop(&actor_type, &key)
-                        .await
-                        .map(|()| Vec::new());
+                    let result = match dist {
+                        Some(d) => Ok(wire::encode(&d.request_stop(&key).await)),
+                        None => Err(RemoteFailure::NoSuchActor(sup)),
+                    };
                     let _ = control.send(Frame::Reply { id, result }).await;
                 });
             }
-            FrameRef::List { id } => {
-                let result = Ok(wire::encode(&self.host_list()));
-                let _ = peer.control.send(Frame::Reply { id, result }).await;
+            FrameRef::List { id, sup } => {
+                let dist = self.find_dist(sup);
+                let control = peer.control.clone();
+                let sup = sup.to_owned();
+                tokio::spawn(async move {
+                    let result = match dist {
+                        Some(d) => Ok(wire::encode(&d.request_list().await)),
+                        None => Err(RemoteFailure::NoSuchActor(sup)),
+                    };
+                    let _ = control.send(Frame::Reply { id, result }).await;
+                });
             }
+            FrameRef::Dir { sup, msg } => match self.find_dist(sup) {
+                Some(d) => d.deliver(peer.id.clone(), msg),
+                None => tracing::debug!(peer = %peer.id, supervisor = sup,
+                    "directory message for an unknown supervisor dropped"),
+            },
             FrameRef::Down { mid, reason } => {
                 let proxy = lock(&self.proxies).remove(&(peer.id.clone(), mid));
                 if let Some(p) = proxy.and_then(|w| w.upgrade()) {
@@ -1131,6 +1151,7 @@ async fn membership_glue(
                         tracing::error!(node = %info.id, error = %e, "node not placed on the ring");
                     }
                 });
+                s.dists_view();
                 let _ = events.send(ClusterEvent::NodeUp(info));
             }
             Ok(MembershipEvent::NodeLeaving(info)) => {
@@ -1138,6 +1159,7 @@ async fn membership_glue(
                 s.ring_edit(|r| {
                     r.remove(&info.id);
                 });
+                s.dists_view();
                 let _ = events.send(ClusterEvent::NodeLeaving(info));
             }
             Ok(MembershipEvent::NodeDown(info)) => {
@@ -1146,6 +1168,7 @@ async fn membership_glue(
                 s.ring_edit(|r| {
                     r.remove(&info.id);
                 });
+                s.dists_view();
                 let _ = events.send(ClusterEvent::NodeDown(info));
             }
             Ok(MembershipEvent::Rejoined(info)) => {

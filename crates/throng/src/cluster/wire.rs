@@ -19,7 +19,7 @@ use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use serde::{Deserialize, Serialize};
 
 /// Version of the node-to-node protocol, checked in the handshake.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// First bytes of every handshake hello.
 pub const MAGIC: [u8; 4] = *b"THRG";
@@ -247,32 +247,40 @@ pub enum Frame {
         /// The serialized reply, or why there is none.
         result: Result<Vec<u8>, RemoteFailure>,
     },
-    /// Start a keyed child of a registered actor type on the receiving node (its owner); answered
-    /// with a [`Frame::Reply`] (empty on success).
+    /// Start a distributed child on the receiving node (its owner in the sender's view); answered
+    /// with a [`Frame::Reply`] carrying `Result<(), StartError>`.
     Start {
         /// Correlates the reply.
         id: u64,
-        /// The registered actor type.
-        actor_type: String,
-        /// The child's key.
-        key: String,
-        /// The serialized start arguments.
-        args: Vec<u8>,
+        /// The distributed supervisor's name.
+        sup: String,
+        /// The child's record (`throng_core::directory::Record`), encoded.
+        record: Vec<u8>,
     },
-    /// Stop (terminate, not restart) the keyed child `key` of `actor_type` on its owner; answered
-    /// with a [`Frame::Reply`].
+    /// Terminate (stop for good) the distributed child `key` on its owner; answered with a
+    /// [`Frame::Reply`] carrying `Result<(), StartError>`.
     Stop {
         /// Correlates the reply.
         id: u64,
-        /// The registered actor type.
-        actor_type: String,
+        /// The distributed supervisor's name.
+        sup: String,
         /// The child's key.
         key: String,
     },
-    /// List the keyed children running on the receiver; the reply carries `Vec<(type, key)>`.
+    /// List the distributed children of `sup` running on the receiver; the reply carries
+    /// `Vec<(key, actor type)>`.
     List {
         /// Correlates the reply.
         id: u64,
+        /// The distributed supervisor's name.
+        sup: String,
+    },
+    /// A message between the directories of supervisor `sup` (`throng_core::directory::DirMsg`).
+    Dir {
+        /// The distributed supervisor's name.
+        sup: String,
+        /// The encoded message.
+        msg: Vec<u8>,
     },
 }
 
@@ -325,19 +333,17 @@ pub enum FrameRef<'a> {
     Start {
         /// Correlates the reply.
         id: u64,
-        /// The registered actor type.
-        actor_type: &'a str,
-        /// The child's key.
-        key: &'a str,
-        /// The serialized start arguments.
-        args: &'a [u8],
+        /// The supervisor.
+        sup: &'a str,
+        /// The encoded record.
+        record: &'a [u8],
     },
     /// See [`Frame::Stop`].
     Stop {
         /// Correlates the reply.
         id: u64,
-        /// The registered actor type.
-        actor_type: &'a str,
+        /// The supervisor.
+        sup: &'a str,
         /// The child's key.
         key: &'a str,
     },
@@ -345,6 +351,15 @@ pub enum FrameRef<'a> {
     List {
         /// Correlates the reply.
         id: u64,
+        /// The supervisor.
+        sup: &'a str,
+    },
+    /// See [`Frame::Dir`].
+    Dir {
+        /// The supervisor.
+        sup: &'a str,
+        /// The encoded message.
+        msg: &'a [u8],
     },
 }
 
@@ -372,27 +387,24 @@ impl FrameRef<'_> {
                 bytes: bytes.to_vec(),
             },
             FrameRef::Reply { id, result } => Frame::Reply { id, result },
-            FrameRef::Start {
+            FrameRef::Start { id, sup, record } => Frame::Start {
                 id,
-                actor_type,
-                key,
-                args,
-            } => Frame::Start {
-                id,
-                actor_type: actor_type.to_owned(),
-                key: key.to_owned(),
-                args: args.to_vec(),
+                sup: sup.to_owned(),
+                record: record.to_vec(),
             },
-            FrameRef::Stop {
+            FrameRef::Stop { id, sup, key } => Frame::Stop {
                 id,
-                actor_type,
-                key,
-            } => Frame::Stop {
-                id,
-                actor_type: actor_type.to_owned(),
+                sup: sup.to_owned(),
                 key: key.to_owned(),
             },
-            FrameRef::List { id } => Frame::List { id },
+            FrameRef::List { id, sup } => Frame::List {
+                id,
+                sup: sup.to_owned(),
+            },
+            FrameRef::Dir { sup, msg } => Frame::Dir {
+                sup: sup.to_owned(),
+                msg: msg.to_vec(),
+            },
         }
     }
 }

@@ -1,0 +1,403 @@
+//! Distributed supervisors: registered types, placement on the key's owner, addressing by key from
+//! any node, typed start errors, restarts from snapshots behind a stable name, failover with state
+//! when a node dies, several supervisors on node subsets, quorum mode, listeners.
+
+mod common;
+
+use std::time::Duration;
+
+use common::eventually;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+use throng::cluster::{ChildError, ChildEvent, DistOptions, Keyed, Node, NodeConfig, RemoteActor};
+use throng::prelude::*;
+
+struct Hero {
+    key: String,
+    health: u32,
+    fights: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum HeroMsg {
+    Fight,
+    Status,
+    Crash,
+}
+
+impl Actor for Hero {
+    type Msg = HeroMsg;
+    type Reply = (String, u32, u32);
+    async fn handle(&mut self, msg: HeroMsg, _ctx: &mut Context<Self>) -> ActorResult<Self::Reply> {
+        match msg {
+            HeroMsg::Fight => {
+                self.fights += 1;
+                self.health = self.health.saturating_sub(1);
+            }
+            HeroMsg::Status => {}
+            HeroMsg::Crash => panic!("{} was bombed", self.key),
+        }
+        Ok((self.key.clone(), self.health, self.fights))
+    }
+}
+
+impl RemoteActor for Hero {
+    const TYPE: &'static str = "test.Hero";
+}
+
+impl Keyed for Hero {
+    type Args = u32;
+    type State = (u32, u32);
+    fn start(key: &str, health: u32) -> Self {
+        Hero {
+            key: key.to_owned(),
+            health,
+            fights: 0,
+        }
+    }
+    fn snapshot(&self) -> Option<(u32, u32)> {
+        Some((self.health, self.fights))
+    }
+    fn restore(key: &str, _health: u32, (health, fights): (u32, u32)) -> Self {
+        Hero {
+            key: key.to_owned(),
+            health,
+            fights,
+        }
+    }
+}
+
+/// A type only some nodes register.
+struct Rare;
+
+impl Actor for Rare {
+    type Msg = ();
+    type Reply = ();
+    async fn handle(&mut self, _: (), _ctx: &mut Context<Self>) -> ActorResult<()> {
+        Ok(())
+    }
+}
+
+impl RemoteActor for Rare {
+    const TYPE: &'static str = "test.Rare";
+}
+
+impl Keyed for Rare {
+    type Args = ();
+    type State = ();
+    fn start(_: &str, _: ()) -> Self {
+        Rare
+    }
+}
+
+const SECRET: &[u8] = b"keyed-test-secret-0123456789";
+
+async fn cluster() -> Vec<Node> {
+    cluster_of(&["k1", "k2", "k3"]).await
+}
+
+async fn cluster_of(names: &[&str]) -> Vec<Node> {
+    let first = Node::join(NodeConfig::local(names[0], SECRET).unwrap())
+        .await
+        .unwrap();
+    let seed = first.gossip_addr().unwrap().to_string();
+    let mut nodes = vec![first];
+    for name in &names[1..] {
+        let mut c = NodeConfig::local(name, SECRET).unwrap();
+        c.membership.seeds = vec![seed.clone()];
+        nodes.push(Node::join(c).await.unwrap());
+    }
+    for n in &nodes {
+        eventually("full ring", Duration::from_secs(10), || {
+            n.owners().len() == names.len()
+        })
+        .await;
+        n.register::<Hero>();
+    }
+    for n in &nodes {
+        for other in &nodes {
+            if other.id() != n.id() {
+                eventually("connected", Duration::from_secs(10), || {
+                    n.is_connected(other.id())
+                })
+                .await;
+            }
+        }
+    }
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_start_on_their_owner_and_answer_by_key_from_anywhere() {
+    let nodes = cluster().await;
+    let keys: Vec<String> = (0..300).map(|i| format!("hero-{i}")).collect();
+    for k in &keys {
+        nodes[0].start_child::<Hero>(k, 100).await.unwrap();
+    }
+    // Each child runs exactly once, on the node that owns its key.
+    for k in &keys {
+        let owner = nodes[0].node_for(k.as_bytes()).unwrap();
+        let hosting: Vec<&Node> = nodes.iter().filter(|n| n.hosts::<Hero>(k)).collect();
+        assert_eq!(hosting.len(), 1, "{k} runs on {} nodes", hosting.len());
+        assert_eq!(hosting[0].id(), &owner);
+    }
+    for n in &nodes {
+        let here = keys.iter().filter(|k| n.hosts::<Hero>(k)).count();
+        assert!(here > 30, "{} hosts only {here} of 300", n.id());
+    }
+    // Any node reaches any child by key, and state is kept between calls.
+    for (i, k) in keys.iter().enumerate().take(60) {
+        let via = &nodes[i % 3];
+        let hero = via.child::<Hero>(k).unwrap();
+        hero.call(HeroMsg::Fight).await.unwrap();
+        let (key, health, fights) = nodes[(i + 1) % 3]
+            .child::<Hero>(k)
+            .unwrap()
+            .call(HeroMsg::Status)
+            .await
+            .unwrap();
+        assert_eq!((key.as_str(), health, fights), (k.as_str(), 99, 1));
+    }
+    // The cluster-wide list has every child once, on its owner.
+    let listed = nodes[2].children().await.unwrap();
+    assert_eq!(listed.len(), 300);
+    for c in &listed {
+        assert_eq!(c.actor_type, "test.Hero");
+        assert_eq!(c.node, nodes[0].node_for(c.key.as_bytes()).unwrap());
+    }
+    // Terminating from any node stops it for good (a permanent child is not restarted).
+    nodes[1].terminate_child::<Hero>(&keys[5]).await.unwrap();
+    assert!(nodes.iter().all(|n| !n.hosts::<Hero>(&keys[5])));
+    assert_eq!(
+        nodes[0]
+            .terminate_child::<Hero>(&keys[5])
+            .await
+            .unwrap_err(),
+        ChildError::NoSuchChild(keys[5].clone())
+    );
+    assert_eq!(nodes[0].children().await.unwrap().len(), 299);
+    // Starting the same key twice is refused.
+    assert_eq!(
+        nodes[1]
+            .start_child::<Hero>(&keys[0], 100)
+            .await
+            .unwrap_err(),
+        ChildError::AlreadyStarted(keys[0].clone())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_types_are_refused_and_crashed_children_restart_behind_their_key() {
+    let nodes = cluster().await;
+    // Only k1 hosts `Rare`: a key owned by another node cannot start there.
+    nodes[0].register::<Rare>();
+    let foreign = (0..)
+        .map(|i| format!("rare-{i}"))
+        .find(|k| nodes[0].node_for(k.as_bytes()).unwrap() != *nodes[0].id())
+        .unwrap();
+    match nodes[0]
+        .start_child::<Rare>(&foreign, ())
+        .await
+        .unwrap_err()
+    {
+        ChildError::UnknownType { actor_type, .. } => assert_eq!(actor_type, "test.Rare"),
+        other => panic!("unexpected {other:?}"),
+    }
+
+    let hero = nodes[2].start_child::<Hero>("batman", 100).await.unwrap();
+    hero.call(HeroMsg::Fight).await.unwrap();
+    assert!(hero.call(HeroMsg::Crash).await.is_err());
+    // The owner restarts it from its last snapshot and re-exports it under its key.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let by_key = nodes[1].child::<Hero>("batman").unwrap();
+        match by_key.call(HeroMsg::Status).await {
+            Ok(status) => {
+                assert_eq!(
+                    status,
+                    ("batman".to_string(), 99, 1),
+                    "restarted from its snapshot"
+                );
+                break;
+            }
+            Err(_) => {
+                assert!(tokio::time::Instant::now() < deadline, "batman not back");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Wait until `key` answers `Status` through `via` and return the answer.
+async fn status(via: &Node, key: &str, within: Duration) -> (String, u32, u32) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(c) = via.child::<Hero>(key) {
+            if let Ok(s) = c
+                .call_timeout(HeroMsg::Status, Duration::from_secs(1))
+                .await
+            {
+                return s;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{key} not callable from {}",
+            via.id()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_of_a_dead_node_fail_over_with_their_last_snapshot() {
+    let mut nodes = cluster().await;
+    let mut events = nodes[1].default_supervisor().events();
+    let keys: Vec<String> = (0..200).map(|i| format!("f-{i}")).collect();
+    for k in &keys {
+        nodes[0].start_child::<Hero>(k, 100).await.unwrap();
+    }
+    // Give every child a distinct state: key i fought i % 7 + 1 times.
+    for (i, k) in keys.iter().enumerate() {
+        let hero = nodes[i % 3].child::<Hero>(k).unwrap();
+        for _ in 0..(i % 7 + 1) {
+            hero.call(HeroMsg::Fight).await.unwrap();
+        }
+    }
+    let victim = nodes.remove(2);
+    let victim_keys: Vec<&String> = keys
+        .iter()
+        .filter(|k| victim.hosts::<Hero>(k.as_str()))
+        .collect();
+    assert!(!victim_keys.is_empty());
+    // Snapshots are replicated asynchronously (a call is answered before the snapshot it caused
+    // reaches the backup): wait until every backup holds the latest one.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for n in nodes.iter().chain([&victim]) {
+        while n.default_supervisor().stats().await.unreplicated != 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "replication stalled"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    victim.shutdown(); // a crash: no leave announced
+    drop(victim);
+    for (i, k) in keys.iter().enumerate() {
+        for via in &nodes {
+            let (_, health, fights) = status(via, k, Duration::from_secs(15)).await;
+            let n = (i % 7 + 1) as u32;
+            assert_eq!((health, fights), (100 - n, n), "{k} state via {}", via.id());
+        }
+    }
+    // Every child runs exactly once, on its owner in the survivors' view.
+    for k in &keys {
+        let hosting = nodes.iter().filter(|n| n.hosts::<Hero>(k)).count();
+        assert_eq!(hosting, 1, "{k}");
+    }
+    // Listeners on the survivors heard of the failovers.
+    let mut failed_over = 0;
+    while let Ok(e) = events.try_recv() {
+        if let ChildEvent::FailedOver { from_snapshot, .. } = e.event {
+            assert!(from_snapshot);
+            failed_over += 1;
+        }
+    }
+    assert!(failed_over > 0, "no failover event on k2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supervisors_limited_to_a_subset_of_nodes_place_only_there() {
+    let nodes = cluster().await;
+    let only: BTreeSet<_> = [nodes[0].id().clone(), nodes[1].id().clone()].into();
+    let opts = DistOptions {
+        nodes: Some(only.clone()),
+        ..DistOptions::default()
+    };
+    let sups: Vec<_> = nodes
+        .iter()
+        .map(|n| n.supervisor("pair", opts.clone()))
+        .collect();
+    for s in &sups {
+        eventually("pair view", Duration::from_secs(10), || {
+            s.nodes().len() == 2
+        })
+        .await;
+    }
+    for i in 0..60 {
+        let key = format!("p-{i}");
+        // Started from the node outside the subset: forwarded to an owner inside it.
+        sups[2].start_child::<Hero>(&key, 50).await.unwrap();
+        assert!(only.contains(&sups[2].node_for(&key).unwrap()));
+    }
+    let listed = sups[2].children().await.unwrap();
+    assert_eq!(listed.len(), 60);
+    assert!(listed.iter().all(|c| only.contains(&c.node)));
+    // The same key in another supervisor is another child.
+    nodes[2].start_child::<Hero>("p-0", 10).await.unwrap();
+    assert_eq!(
+        sups[0]
+            .call::<Hero>("p-0", HeroMsg::Status)
+            .await
+            .unwrap()
+            .1,
+        50
+    );
+    assert_eq!(
+        nodes[0]
+            .child::<Hero>("p-0")
+            .unwrap()
+            .call(HeroMsg::Status)
+            .await
+            .unwrap()
+            .1,
+        10
+    );
+    assert_eq!(sups[1].count_children().await.unwrap(), 60);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_quorum_stops_its_children_and_refuses_new_ones() {
+    let mut nodes = cluster().await;
+    let opts = DistOptions {
+        quorum: Some(3),
+        ..DistOptions::default()
+    };
+    let sups: Vec<_> = nodes
+        .iter()
+        .map(|n| n.supervisor("q", opts.clone()))
+        .collect();
+    for s in &sups {
+        eventually("q view", Duration::from_secs(10), || s.nodes().len() == 3).await;
+    }
+    let keys: Vec<String> = (0..30).map(|i| format!("q-{i}")).collect();
+    for k in &keys {
+        sups[0].start_child::<Hero>(k, 100).await.unwrap();
+    }
+    let last = sups[2].clone();
+    let hosted_by_last = keys.iter().filter(|k| last.hosts(k)).count();
+    assert!(hosted_by_last > 0);
+    // Two of three nodes die: the last one sees 1 of 3, fewer than half, and stops.
+    let a = nodes.remove(0);
+    let b = nodes.remove(0);
+    a.shutdown();
+    b.shutdown();
+    eventually(
+        "minority sees itself alone",
+        Duration::from_secs(15),
+        || last.nodes().len() == 1,
+    )
+    .await;
+    eventually(
+        "minority stops its children",
+        Duration::from_secs(15),
+        || keys.iter().all(|k| !last.hosts(k)),
+    )
+    .await;
+    match last.start_child::<Hero>("q-new", 1).await.unwrap_err() {
+        ChildError::NoQuorum(_) => {}
+        other => panic!("unexpected {other:?}"),
+    }
+}

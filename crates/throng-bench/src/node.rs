@@ -1,0 +1,351 @@
+//! A bench node: a Throng node with the bench child type, driven by JSON lines on stdin.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{self, StreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use throng::cluster::{Keyed, Node, NodeConfig, RemoteActor};
+use throng::prelude::*;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::Mutex;
+
+/// The cluster secret of bench runs (loopback only).
+pub const SECRET: &[u8] = b"throng-bench-secret-not-for-production";
+
+/// How many requests a node keeps in flight when it sweeps many keys.
+const CONCURRENCY: usize = 256;
+
+/// The bench child: a counter whose value is its state.
+pub struct Child(u64);
+
+/// Its messages.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Msg {
+    /// Add to the counter.
+    Add(u64),
+    /// Read the counter.
+    Get,
+}
+
+impl Actor for Child {
+    type Msg = Msg;
+    type Reply = u64;
+    async fn handle(&mut self, msg: Msg, _ctx: &mut Context<Self>) -> ActorResult<u64> {
+        if let Msg::Add(n) = msg {
+            self.0 += n;
+        }
+        Ok(self.0)
+    }
+}
+
+impl RemoteActor for Child {
+    const TYPE: &'static str = "bench.Child";
+}
+
+impl Keyed for Child {
+    type Args = u64;
+    type State = u64;
+    fn start(_key: &str, initial: u64) -> Self {
+        Child(initial)
+    }
+    fn snapshot(&self) -> Option<u64> {
+        Some(self.0)
+    }
+    fn restore(_key: &str, _args: u64, state: u64) -> Self {
+        Child(state)
+    }
+}
+
+/// The key of child `i`.
+pub fn key(i: u64) -> String {
+    format!("c-{i}")
+}
+
+#[derive(Debug, Deserialize)]
+struct Command {
+    id: u64,
+    cmd: String,
+    #[serde(default)]
+    n: u64,
+    #[serde(default)]
+    calls: u64,
+    /// For `resolve`: the value every child `i` must hold (`i + add`).
+    #[serde(default)]
+    add: u64,
+    #[serde(default)]
+    timeout_ms: u64,
+}
+
+struct State {
+    node: Node,
+    out: Mutex<tokio::io::Stdout>,
+    caller_stop: AtomicBool,
+    caller_calls: AtomicU64,
+    caller_failed: AtomicU64,
+}
+
+async fn answer(state: &State, id: u64, mut body: Value) {
+    body["id"] = json!(id);
+    let mut line = body.to_string();
+    line.push('\n');
+    let mut out = state.out.lock().await;
+    let _ = out.write_all(line.as_bytes()).await;
+    let _ = out.flush().await;
+}
+
+/// `throng-bench node NAME [SEED]`.
+pub async fn run(args: &[String]) -> ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let Some(name) = args.first() else {
+        eprintln!("node: missing NAME");
+        return ExitCode::from(2);
+    };
+    let mut config = match NodeConfig::local(name, SECRET) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("node: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(seed) = args.get(1) {
+        config.membership.seeds = vec![seed.clone()];
+    }
+    let node = match Node::join(config).await {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("node: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    node.register::<Child>();
+    let gossip = node
+        .gossip_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let state = Arc::new(State {
+        node,
+        out: Mutex::new(tokio::io::stdout()),
+        caller_stop: AtomicBool::new(false),
+        caller_calls: AtomicU64::new(0),
+        caller_failed: AtomicU64::new(0),
+    });
+    answer(
+        &state,
+        0,
+        json!({"ready": gossip, "pid": std::process::id()}),
+    )
+    .await;
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let cmd: Command = match serde_json::from_str(&line) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("node: bad command {line:?}: {e}");
+                continue;
+            }
+        };
+        if cmd.cmd == "leave" {
+            let t = Instant::now();
+            state.node.leave().await;
+            answer(&state, cmd.id, json!({"ms": ms(t)})).await;
+            return ExitCode::SUCCESS;
+        }
+        let state = state.clone();
+        tokio::spawn(async move {
+            let id = cmd.id;
+            let body = handle(&state, cmd).await;
+            answer(&state, id, body).await;
+        });
+    }
+    ExitCode::SUCCESS
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+async fn handle(state: &Arc<State>, cmd: Command) -> Value {
+    let node = &state.node;
+    let sup = node.default_supervisor();
+    match cmd.cmd.as_str() {
+        "members" => json!({"owners": node.owners().len()}),
+        "start" => {
+            let t = Instant::now();
+            let errors = AtomicU64::new(0);
+            stream::iter(0..cmd.n)
+                .for_each_concurrent(CONCURRENCY, |i| {
+                    let sup = &sup;
+                    let errors = &errors;
+                    async move {
+                        if sup.start_child::<Child>(&key(i), i).await.is_err() {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+                .await;
+            json!({"ms": ms(t), "errors": errors.load(Ordering::Relaxed)})
+        }
+        "bump" => {
+            // Every child i goes from i to i + 1: a state that differs from its args.
+            let t = Instant::now();
+            let errors = AtomicU64::new(0);
+            stream::iter(0..cmd.n)
+                .for_each_concurrent(CONCURRENCY, |i| {
+                    let sup = &sup;
+                    let errors = &errors;
+                    async move {
+                        if sup.call::<Child>(&key(i), Msg::Add(1)).await.is_err() {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+                .await;
+            json!({"ms": ms(t), "errors": errors.load(Ordering::Relaxed)})
+        }
+        "replicated" => {
+            // Wait until every snapshot taken here is held by its backup.
+            let t = Instant::now();
+            while sup.stats().await.unreplicated != 0 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            json!({"ms": ms(t)})
+        }
+        "stats" => {
+            let s = sup.stats().await;
+            json!({"owned": s.owned, "running": s.running, "backups": s.backups})
+        }
+        "resolve" => resolve(state, cmd.n, cmd.add, cmd.timeout_ms).await,
+        "latency" => latency(state, cmd.n, cmd.calls).await,
+        "caller_start" => {
+            state.caller_stop.store(false, Ordering::SeqCst);
+            state.caller_calls.store(0, Ordering::SeqCst);
+            state.caller_failed.store(0, Ordering::SeqCst);
+            let s = state.clone();
+            let n = cmd.n.max(1);
+            tokio::spawn(async move {
+                let sup = s.node.default_supervisor();
+                let mut i = 0u64;
+                while !s.caller_stop.load(Ordering::SeqCst) {
+                    i = (i + 7919) % n;
+                    let result = match sup.child::<Child>(&key(i)) {
+                        Some(c) => c.call_timeout(Msg::Get, Duration::from_secs(5)).await.ok(),
+                        None => None,
+                    };
+                    s.caller_calls.fetch_add(1, Ordering::Relaxed);
+                    if result != Some(i + 1) {
+                        s.caller_failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+            json!({"ok": true})
+        }
+        "caller_stop" => {
+            state.caller_stop.store(true, Ordering::SeqCst);
+            json!({
+                "calls": state.caller_calls.load(Ordering::SeqCst),
+                "failed": state.caller_failed.load(Ordering::SeqCst),
+            })
+        }
+        other => json!({"error": format!("unknown command {other}")}),
+    }
+}
+
+/// Call every child until each answers with its expected state `i + add` (or the timeout passes):
+/// the time it took, and how many answered with the expected state, another state, or not at all.
+async fn resolve(state: &State, n: u64, add: u64, timeout_ms: u64) -> Value {
+    let sup = state.node.default_supervisor();
+    let t = Instant::now();
+    let deadline = t + Duration::from_millis(timeout_ms.max(1));
+    let mut pending: Vec<u64> = (0..n).collect();
+    let mut wrong = 0u64;
+    let mut rounds = 0u64;
+    loop {
+        rounds += 1;
+        let results: Vec<(u64, Option<u64>)> = stream::iter(pending.iter().copied())
+            .map(|i| {
+                let sup = &sup;
+                async move {
+                    let r = match sup.child::<Child>(&key(i)) {
+                        Some(c) => c.call_timeout(Msg::Get, Duration::from_secs(2)).await.ok(),
+                        None => None,
+                    };
+                    (i, r)
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        pending.clear();
+        for (i, r) in results {
+            match r {
+                Some(v) if v == i + add => {}
+                Some(_) => wrong += 1,
+                None => pending.push(i),
+            }
+        }
+        if pending.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    json!({
+        "ms": ms(t),
+        "ok": n - pending.len() as u64 - wrong,
+        "wrong_state": wrong,
+        "unreachable": pending.len(),
+        "rounds": rounds,
+    })
+}
+
+/// Sequential calls by key to children hosted elsewhere (p50, p99, calls/s), then pipelined
+/// casts to them (casts/s).
+async fn latency(state: &State, n: u64, calls: u64) -> Value {
+    let sup = state.node.default_supervisor();
+    let remote: Vec<u64> = (0..n).filter(|i| !sup.hosts(&key(*i))).take(1000).collect();
+    if remote.is_empty() {
+        return json!({"error": "no remote children"});
+    }
+    let mut lat = Vec::with_capacity(calls as usize);
+    let t = Instant::now();
+    for c in 0..calls {
+        let i = remote[(c as usize) % remote.len()];
+        let one = Instant::now();
+        let Some(child) = sup.child::<Child>(&key(i)) else {
+            continue;
+        };
+        if child.call(Msg::Get).await.is_ok() {
+            lat.push(one.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    // Pipelined casts to one remote child (Add(0) keeps its state), then one call to drain.
+    let target = sup.child::<Child>(&key(remote[0]));
+    let casts = 100_000u64;
+    let t = Instant::now();
+    if let Some(c) = &target {
+        for _ in 0..casts {
+            let _ = c.cast(Msg::Add(0)).await;
+        }
+        let _ = c.call(Msg::Get).await;
+    }
+    let cast_rate = casts as f64 / t.elapsed().as_secs_f64();
+    json!({
+        "p50_us": pct(0.5),
+        "p99_us": pct(0.99),
+        "calls_per_s": lat.len() as f64 / secs,
+        "casts_per_s": cast_rate,
+    })
+}

@@ -291,6 +291,8 @@ pub struct Owned {
     /// Where its backup is kept, and whether that backup acknowledged the current version.
     pub backup: Option<NodeId>,
     acked: bool,
+    /// Former backups, dropped once the current backup acknowledged (make before break).
+    old_backups: Vec<NodeId>,
     /// Start requests waiting for the child to run and its backup to hold it.
     waiting: Vec<u64>,
     /// Terminate request waiting for the child to stop.
@@ -318,6 +320,10 @@ pub struct Directory {
     backups: BTreeMap<String, Backup>,
     /// Nodes that left the view (and have not come back): backups from them are orphans.
     departed: BTreeSet<NodeId>,
+    /// Keys handed off ([`DirMsg::Adopt`]) whose copy is held in `backups` until the receiver
+    /// confirms, with the child's former backups, dropped at the confirmation (checked lazily
+    /// against `backups`).
+    handoffs: BTreeMap<String, Vec<NodeId>>,
     quorum_lost: bool,
 }
 
@@ -332,6 +338,7 @@ impl Directory {
             owned: BTreeMap::new(),
             backups: BTreeMap::new(),
             departed: BTreeSet::new(),
+            handoffs: BTreeMap::new(),
             quorum_lost: false,
         };
         d.quorum_lost = !d.has_quorum();
@@ -437,6 +444,9 @@ impl Directory {
         let key = record.key.clone();
         self.backups.remove(&key);
         let backup = self.backup_of(&key);
+        // A copy handed off from here came back: its former backups are this copy's.
+        let mut old_backups = self.handoffs.remove(&key).unwrap_or_default();
+        old_backups.retain(|n| Some(n) != backup.as_ref() && *n != self.config.me);
         out.push(Action::Spawn(record.clone()));
         if let Some(b) = &backup {
             out.push(send(b, DirMsg::Replicate(record.clone())));
@@ -445,6 +455,7 @@ impl Directory {
             key,
             Owned {
                 acked: backup.is_none(),
+                old_backups,
                 record,
                 phase: Phase::Starting,
                 backup,
@@ -494,9 +505,9 @@ impl Directory {
                 if let Some(req) = o.stopping_req {
                     out.push(reply(req, Ok(())));
                 }
-                if let Some(b) = o.backup {
+                for b in o.backup.iter().chain(&o.old_backups) {
                     out.push(send(
-                        &b,
+                        b,
                         DirMsg::Drop {
                             key: key.to_owned(),
                         },
@@ -571,27 +582,22 @@ impl Directory {
                 // Send the record to whoever owns the key now (the view may have moved on).
                 match self.owner(key) {
                     Some(to) if to != self.config.me => {
-                        if let Some(b) = &o.backup {
-                            if *b != to {
-                                out.push(send(
-                                    b,
-                                    DirMsg::Drop {
-                                        key: key.to_owned(),
-                                    },
-                                ));
-                            }
+                        // Start requests still waiting are retried at the new owner.
+                        for req in o.waiting {
+                            out.push(reply(
+                                req,
+                                Err(StartError::NotOwner {
+                                    owner: Some(to.clone()),
+                                }),
+                            ));
                         }
+                        // The backups keep their copies until `to` confirms it took the child.
+                        let olds = o.backup.into_iter().chain(o.old_backups).collect();
                         out.push(Action::Event(ChildEvent::Migrated {
                             key: key.to_owned(),
                             to: to.clone(),
                         }));
-                        out.push(send(
-                            &to,
-                            DirMsg::Adopt {
-                                record: o.record,
-                                hops: 0,
-                            },
-                        ));
+                        self.hand_off(&to, o.record, 0, olds, &mut out);
                     }
                     _ => {
                         // The key came back to this node (or no owner): run it again here.
@@ -642,9 +648,9 @@ impl Directory {
         if let Some(req) = o.stopping_req {
             out.push(reply(req, Ok(())));
         }
-        if let Some(b) = o.backup {
+        for b in o.backup.iter().chain(&o.old_backups) {
             out.push(send(
-                &b,
+                b,
                 DirMsg::Drop {
                     key: key.to_owned(),
                 },
@@ -719,11 +725,15 @@ impl Directory {
                 continue;
             }
             if o.backup != backup {
-                if let Some(old) = &o.backup {
-                    if self.ring.contains(old) {
-                        out.push(send(old, DirMsg::Drop { key: key.clone() }));
+                // The former backup keeps its copy until the new one acknowledged (it is
+                // dropped then, even if it left the view: it may be alive behind a partition or
+                // a false suspicion, and a stale backup would fail over later).
+                if let Some(old) = o.backup.take() {
+                    if !o.old_backups.contains(&old) {
+                        o.old_backups.push(old);
                     }
                 }
+                o.old_backups.retain(|n| Some(n) != backup.as_ref());
                 o.backup = backup.clone();
                 match &backup {
                     Some(b) => {
@@ -752,6 +762,7 @@ impl Directory {
             let Some(b) = self.backups.remove(&key) else {
                 continue;
             };
+            let olds = self.handoffs.remove(&key).unwrap_or_default();
             match self.owner(&key) {
                 Some(o) if o == me => {
                     if self.owned.contains_key(&key) {
@@ -762,18 +773,56 @@ impl Directory {
                         from: b.from.clone(),
                         from_snapshot: b.record.snapshot.is_some(),
                     };
+                    self.handoffs.insert(key.clone(), olds);
                     self.insert_owned(b.record, Vec::new(), first, out);
                 }
-                Some(o) => out.push(send(
-                    &o,
-                    DirMsg::Adopt {
-                        record: b.record,
-                        hops: 0,
-                    },
-                )),
+                Some(o) => self.hand_off(&o, b.record, 0, olds, out),
                 None => {}
             }
         }
+    }
+
+    /// The membership declared `node` dead while it was not in this node's view (it died before
+    /// this node learned of it, e.g. while this node was joining). Backups it replicated here are
+    /// orphans: they are failed over as if `node` had left the view.
+    pub fn node_down(&mut self, node: &NodeId) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.ring.contains(node) || *node == self.config.me || self.quorum_lost {
+            return out;
+        }
+        if self.backups.values().any(|b| b.from == *node) {
+            self.departed.insert(node.clone());
+            self.rebalance(&mut out);
+        }
+        out
+    }
+
+    /// The connection to `peer` was lost and re-established while `peer` stayed in this node's
+    /// view, so messages to it may have been lost: send again what it must hold (the records it
+    /// backs up for this node, and the hand-offs it has not confirmed).
+    pub fn reconnected(&mut self, peer: &NodeId) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.quorum_lost || !self.ring.contains(peer) {
+            return out;
+        }
+        for o in self.owned.values_mut() {
+            if o.backup.as_ref() == Some(peer)
+                && matches!(o.phase, Phase::Starting | Phase::Running)
+            {
+                o.acked = false;
+                out.push(send(peer, DirMsg::Replicate(o.record.clone())));
+            }
+        }
+        let backups = &self.backups;
+        self.handoffs.retain(|k, _| backups.contains_key(k));
+        for key in self.handoffs.keys() {
+            let b = &self.backups[key];
+            if b.from == *peer {
+                let record = b.record.clone();
+                out.push(send(peer, DirMsg::Adopt { record, hops: 0 }));
+            }
+        }
+        out
     }
 
     /// A message from the directory on `from`.
@@ -805,19 +854,21 @@ impl Directory {
                     // here once its view converges, and is dropped in favour of this one.
                     return out;
                 }
-                let keep = match self.backups.get(&key) {
-                    Some(b) if b.from == *from => b.record.version <= version,
-                    _ => true,
-                };
-                if keep {
-                    self.backups.insert(
-                        key.clone(),
-                        Backup {
-                            from: from.clone(),
-                            record,
-                        },
-                    );
+                // Messages between two nodes arrive in order, so the latest record from an owner
+                // is its current one. (Versions of different copies are not comparable: a copy
+                // held for a hand-off may carry a higher version than the copy the owner kept.)
+                if self.handoffs.contains_key(&key) {
+                    // A copy handed off from here runs at `from` now (the receiver of the
+                    // hand-off, or the node it was passed on to): it replaces the held copy.
+                    self.confirm_handoff(&key, from, &mut out);
                 }
+                self.backups.insert(
+                    key.clone(),
+                    Backup {
+                        from: from.clone(),
+                        record,
+                    },
+                );
                 out.push(send(from, DirMsg::Ack { key, version }));
                 // The origin may already have left the view (the message was overtaken by it).
                 if self.departed.contains(from) {
@@ -828,6 +879,9 @@ impl Directory {
                 if let Some(o) = self.owned.get_mut(&key) {
                     if o.backup.as_ref() == Some(from) && o.record.version == version {
                         o.acked = true;
+                        for old in o.old_backups.drain(..) {
+                            out.push(send(&old, DirMsg::Drop { key: key.clone() }));
+                        }
                         if o.phase == Phase::Running {
                             for req in o.waiting.drain(..) {
                                 out.push(reply(req, Ok(())));
@@ -839,27 +893,37 @@ impl Directory {
             DirMsg::Drop { key } => {
                 if self.backups.get(&key).is_some_and(|b| b.from == *from) {
                     self.backups.remove(&key);
+                    // A hand-off to `from` is confirmed.
+                    self.confirm_handoff(&key, from, &mut out);
                 }
             }
             DirMsg::Adopt { record, hops } => {
                 let key = record.key.clone();
                 let owner = self.owner(&key);
-                if let Some(o) = self.owned.get(&key) {
+                if let Some(o) = self.owned.get_mut(&key) {
                     if matches!(o.phase, Phase::Stopping | Phase::Moving) {
-                        // The copy here is on its way out: this record goes where it goes.
-                        if let Some(to) = owner.filter(|n| *n != self.config.me) {
-                            if hops < MAX_HOPS {
-                                out.push(send(
-                                    &to,
-                                    DirMsg::Adopt {
-                                        record,
-                                        hops: hops + 1,
-                                    },
-                                ));
+                        // The copy here is on its way out: this record goes where it goes (the
+                        // sender keeps its copy until the next node confirms).
+                        match owner.filter(|n| *n != self.config.me) {
+                            Some(to) if hops < MAX_HOPS => {
+                                let olds = vec![from.clone()];
+                                self.hand_off(&to, record, hops + 1, olds, &mut out);
                             }
+                            _ => out.push(send(from, DirMsg::Drop { key: key.clone() })),
                         }
                     } else {
-                        // The sender's copy has stopped; the one running here stays.
+                        // Taken: the sender forgets its copy once this copy's backup holds it
+                        // (the sender may be that backup: the replication below refreshes it).
+                        if o.backup.as_ref() != Some(from) && !o.old_backups.contains(from) {
+                            o.old_backups.push(from.clone());
+                        }
+                        // The sender's copy has stopped; the one running here stays. The sender
+                        // may have been this copy's backup and consumed it to run its own copy:
+                        // replicate again.
+                        if let Some(b) = &o.backup {
+                            o.acked = false;
+                            out.push(send(b, DirMsg::Replicate(o.record.clone())));
+                        }
                         out.push(Action::Event(ChildEvent::Conflict {
                             key,
                             other: from.clone(),
@@ -870,14 +934,9 @@ impl Directory {
                 }
                 match owner {
                     Some(o) if o != self.config.me && hops < MAX_HOPS => {
-                        // Views disagree: pass it on to the owner in this node's view.
-                        out.push(send(
-                            &o,
-                            DirMsg::Adopt {
-                                record,
-                                hops: hops + 1,
-                            },
-                        ));
+                        // Views disagree: pass it on to the owner in this node's view (the sender
+                        // keeps its copy until that node confirms).
+                        self.hand_off(&o, record, hops + 1, vec![from.clone()], &mut out);
                     }
                     _ => {
                         // Ours, or passed around too often while views settle: run it here; the
@@ -888,11 +947,59 @@ impl Directory {
                             from_snapshot: record.snapshot.is_some(),
                         };
                         self.insert_owned(record, Vec::new(), first, &mut out);
+                        // Taken: the sender forgets its copy once the backup here holds it (the
+                        // sender may be that backup: the replication just sent refreshes it).
+                        let o = self.owned.get_mut(&key).expect("inserted");
+                        if o.backup.as_ref() != Some(from) && !o.old_backups.contains(from) {
+                            o.old_backups.push(from.clone());
+                        }
                     }
                 }
             }
         }
         out
+    }
+
+    /// `to` confirmed it took the child `key` handed off to it: the former backups may forget it.
+    fn confirm_handoff(&mut self, key: &str, to: &NodeId, out: &mut Vec<Action>) {
+        for old in self.handoffs.remove(key).unwrap_or_default() {
+            if old != *to && old != self.config.me {
+                out.push(send(
+                    &old,
+                    DirMsg::Drop {
+                        key: key.to_owned(),
+                    },
+                ));
+            }
+        }
+    }
+
+    /// Send `record` to `to` to run, and hold a copy until `to` confirms it took it (with a
+    /// [`DirMsg::Drop`], or by replicating to this node): the copy is kept as a backup *from*
+    /// `to`, so if `to` leaves the view first, the usual failover of orphaned backups re-sends or
+    /// runs it instead of losing the child with the message.
+    fn hand_off(
+        &mut self,
+        to: &NodeId,
+        record: Record,
+        hops: u8,
+        old_backups: Vec<NodeId>,
+        out: &mut Vec<Action>,
+    ) {
+        let olds = self.handoffs.entry(record.key.clone()).or_default();
+        for n in old_backups {
+            if !olds.contains(&n) {
+                olds.push(n);
+            }
+        }
+        self.backups.insert(
+            record.key.clone(),
+            Backup {
+                from: to.clone(),
+                record: record.clone(),
+            },
+        );
+        out.push(send(to, DirMsg::Adopt { record, hops }));
     }
 }
 

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod dist;
 pub mod keyed;
+pub mod names;
 pub mod node;
 pub mod tls;
 pub mod wire;
@@ -16,6 +17,7 @@ pub mod wire;
 pub use config::{ConfigError, NodeConfig};
 pub use dist::{ChildInfo, DistEvent, DistOptions, DistStats, DistSupervisor, DEFAULT_SUPERVISOR};
 pub use keyed::{ChildError, Keyed, SnapshotPolicy};
+pub use names::{NameError, Names, NamesConfig, NamesError, NamesEvent};
 pub use node::{ClusterEvent, ExportError, Node, NodeError, NodeOptions, RemoteActor, RemoteRoute};
 pub use throng_core::directory::{ChildEvent, Distribution, Uniform};
 pub use throng_membership::{ClusterSecret, DetectionProfile, MemberInfo};

@@ -73,6 +73,8 @@ pub struct NodeOptions {
     pub backoff: (Duration, Duration),
     /// How connections are authenticated and encrypted (default: the shared secret).
     pub security: Security,
+    /// Limits on this node's entries in the cluster-wide name registry ([`Node::names`]).
+    pub names: super::names::NamesConfig,
 }
 
 impl Default for NodeOptions {
@@ -84,6 +86,7 @@ impl Default for NodeOptions {
             handshake_timeout: Duration::from_secs(5),
             backoff: (Duration::from_millis(50), Duration::from_secs(2)),
             security: Security::SharedSecret,
+            names: super::names::NamesConfig::default(),
         }
     }
 }
@@ -250,6 +253,8 @@ pub(crate) struct Shared {
     pub(super) types: RwLock<HashMap<&'static str, Arc<dyn super::keyed::HostType>>>,
     /// The distributed supervisors running on this node, by name.
     pub(super) dists: RwLock<HashMap<String, Arc<super::dist::Dist>>>,
+    /// This node's replica of the cluster-wide name registry.
+    pub(super) names: super::names::NamesState,
     peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
     /// Proxy cells standing for remote actors, by (peer, monitor id).
     proxies: Mutex<HashMap<(NodeId, u64), Weak<Cell>>>,
@@ -494,6 +499,8 @@ impl Node {
                 "queues must hold at least one frame".into(),
             ));
         }
+        let names_config = super::names::effective_config(&opts.names, opts.max_frame)
+            .map_err(NodeError::Config)?;
         if let Security::Tls(t) = &opts.security {
             // Peers will refuse this node; say why here rather than only in their logs.
             if let Err(e) = t.check_identity(&id) {
@@ -510,6 +517,11 @@ impl Node {
             addr: rpc_bind,
             source,
         })?;
+        let names = super::names::NamesState::new(
+            throng_core::Member::new(id.clone(), incarnation),
+            names_config,
+            opts.max_frame,
+        );
         let shared = Arc::new(Shared {
             id: id.clone(),
             incarnation,
@@ -523,6 +535,7 @@ impl Node {
             proxies: Mutex::new(HashMap::new()),
             types: RwLock::new(HashMap::new()),
             dists: RwLock::new(HashMap::new()),
+            names,
             ring: RwLock::new(Ring::new(RingConfig::default())),
             refusals: Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
@@ -537,6 +550,10 @@ impl Node {
         tokio::spawn(accept_loop(
             Arc::downgrade(&shared),
             listener,
+            shared.stop.clone(),
+        ));
+        tokio::spawn(super::names::flusher(
+            Arc::downgrade(&shared),
             shared.stop.clone(),
         ));
         Ok(Node {
@@ -705,6 +722,11 @@ impl Node {
         self.shared.remote(peer, name)
     }
 
+    /// The cluster-wide name registry, as seen from this node (see [`super::names`]).
+    pub fn names(&self) -> super::names::Names {
+        super::names::Names::new(Arc::downgrade(&self.shared))
+    }
+
     /// Stop the node at once, like a crash: membership stops without a leave (the others detect
     /// the node as failed), the listener and every connection close, calls in flight fail with
     /// `NodeDown`, and the distributed children hosted here stop.
@@ -827,6 +849,22 @@ impl Shared {
 
     pub(super) fn peer_handle(&self, id: &NodeId) -> Option<Arc<Peer>> {
         self.peer(id)
+    }
+
+    /// Every peer this node has a link to (connected or connecting).
+    pub(super) fn peer_list(&self) -> Vec<(NodeId, Arc<Peer>)> {
+        lock(&self.peers)
+            .iter()
+            .map(|(id, p)| (id.clone(), p.clone()))
+            .collect()
+    }
+
+    /// Remove the export `name` if actor `id` holds it.
+    pub(super) fn unexport(&self, name: &str, id: crate::ActorId) {
+        let mut exports = self.exports.write().unwrap_or_else(|p| p.into_inner());
+        if exports.get(name).is_some_and(|e| e.handle().id() == id) {
+            exports.remove(name);
+        }
     }
 
     fn ring_edit(&self, f: impl FnOnce(&mut Ring)) {
@@ -1106,6 +1144,7 @@ impl Shared {
                 None => tracing::debug!(peer = %peer.id, supervisor = sup,
                     "directory message for an unknown supervisor dropped"),
             },
+            FrameRef::Names { msg } => self.names.receive(self, &peer.id, msg),
             FrameRef::Down { mid, reason } => {
                 let proxy = lock(&self.proxies).remove(&(peer.id.clone(), mid));
                 if let Some(p) = proxy.and_then(|w| w.upgrade()) {
@@ -1132,6 +1171,7 @@ async fn membership_glue(
     drop(m);
     if let Some(s) = shared.upgrade() {
         s.ring_reset(&members, &leaving);
+        s.names.members_view(&members);
         for info in members {
             s.add_peer(info.id.clone(), info.rpc_addr);
         }
@@ -1146,6 +1186,7 @@ async fn membership_glue(
             Ok(MembershipEvent::NodeUp(info)) => {
                 tracing::info!(node = %info.id, incarnation = %info.incarnation, "node up");
                 s.add_peer(info.id.clone(), info.rpc_addr);
+                s.names.node_up(&info.member());
                 s.ring_edit(|r| {
                     if let Err(e) = r.insert(info.id.clone()) {
                         tracing::error!(node = %info.id, error = %e, "node not placed on the ring");
@@ -1165,6 +1206,7 @@ async fn membership_glue(
             Ok(MembershipEvent::NodeDown(info)) => {
                 tracing::warn!(node = %info.id, incarnation = %info.incarnation, "node down");
                 s.remove_peer(&info.id);
+                s.names.node_down(&info.id);
                 s.ring_edit(|r| {
                     r.remove(&info.id);
                 });
@@ -1184,6 +1226,7 @@ async fn membership_glue(
                 let (members, fresh) = m.subscribe_with_members();
                 rx = fresh;
                 s.ring_reset(&members, &m.leaving());
+                s.names.members_view(&members);
                 for info in members {
                     s.add_peer(info.id.clone(), info.rpc_addr);
                 }

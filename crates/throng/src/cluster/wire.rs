@@ -282,6 +282,11 @@ pub enum Frame {
         /// The encoded message.
         msg: Vec<u8>,
     },
+    /// A message between the name registries of two nodes (see [`crate::cluster::names`]).
+    Names {
+        /// The encoded message.
+        msg: Vec<u8>,
+    },
 }
 
 /// A frame decoded in place: the hot variants borrow their strings and bytes from the record
@@ -361,6 +366,11 @@ pub enum FrameRef<'a> {
         /// The encoded message.
         msg: &'a [u8],
     },
+    /// See [`Frame::Names`].
+    Names {
+        /// The encoded message.
+        msg: &'a [u8],
+    },
 }
 
 impl FrameRef<'_> {
@@ -405,6 +415,7 @@ impl FrameRef<'_> {
                 sup: sup.to_owned(),
                 msg: msg.to_vec(),
             },
+            FrameRef::Names { msg } => Frame::Names { msg: msg.to_vec() },
         }
     }
 }

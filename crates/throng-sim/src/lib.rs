@@ -1,0 +1,1624 @@
+//! Seeded deterministic simulator for the distributed supervisor's directory
+//! ([`throng_core::directory::Directory`]).
+//!
+//! One seed is one run: `nodes` nodes, each with a `Directory` and a simulated runtime that executes
+//! its [`Action`]s (spawning and stopping children, sending [`DirMsg`]s, answering requests), driven
+//! for `steps` ticks of virtual time. Every tick, due events are delivered (messages, spawn and stop
+//! completions, membership-view updates, client requests) and random operations are injected:
+//! client starts and terminates, child state updates and snapshots, child crashes and normal exits,
+//! node crashes and restarts (a restarted node is a fresh `Directory`), partitions and heals, and
+//! false suspicions (one node drops a live peer from its view for a while).
+//!
+//! - **Network.** One connection per pair, FIFO like the TCP transport, with random delays (and
+//!   occasional long ones), so messages between different pairs reorder. Across a partition
+//!   messages are held (TCP retransmits) until the heal. A connection is closed — its messages in
+//!   flight both ways are lost — when either end drops the other from its view or restarts; a
+//!   message to a node that is down is lost; a sender that merely crashed still has its messages
+//!   in flight delivered until the receiver notices.
+//! - **Membership.** Every node has its own view, updated pair by pair after random delays, so
+//!   views disagree for a while after every fault. A node that restarted before an observer noticed
+//!   its crash is removed and re-added (what a runtime must do on a new incarnation).
+//! - **Convergence.** Every `converge_every` steps and at the end, faults stop, partitions heal, the
+//!   views converge to the live set and every event is delivered until the system is quiet; then
+//!   the [`Invariant`]s are checked.
+//!
+//! Randomness comes only from the seed, and every map iterated is ordered, so a seed replays
+//! exactly; [`SimConfig::trace`] prints the steps of a replay to stderr.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use throng_core::directory::{
+    Action, ChildEvent, DirConfig, DirMsg, Directory, Record, StartError,
+};
+use throng_core::{ExitClass, NodeId, RestartPolicy};
+
+/// Parameters of a run.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Number of nodes (at least 1).
+    pub nodes: usize,
+    /// Ticks of virtual time per seed (one tick is one millisecond of the directories' clock).
+    pub steps: u64,
+    /// Converge and check the invariants every this many steps (and always at the end).
+    pub converge_every: u64,
+    /// At most this many nodes are down at once (at least one node always stays up).
+    pub max_down: usize,
+    /// Inject partitions and false suspicions (views that disagree about live nodes). Without
+    /// them, the faults are crashes, restarts and message delays.
+    pub partitions: bool,
+    /// Print a trace of the steps to stderr.
+    pub trace: bool,
+}
+
+impl SimConfig {
+    /// `nodes` nodes for `steps` steps, converging every 500 steps, at most `(nodes - 1) / 2`
+    /// nodes down at once, no trace.
+    pub fn new(nodes: usize, steps: u64) -> Self {
+        SimConfig {
+            nodes: nodes.max(1),
+            steps,
+            converge_every: 500,
+            max_down: (nodes.max(1) - 1) / 2,
+            partitions: true,
+            trace: false,
+        }
+    }
+}
+
+/// What is checked after every convergence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Invariant {
+    /// A child whose start was acknowledged, and that was not terminated or removed by its policy,
+    /// runs somewhere.
+    Lost,
+    /// No child runs on more than one node.
+    Duplicate,
+    /// A child that was terminated or removed by its policy runs nowhere.
+    Resurrected,
+    /// A running child runs on the owner of its key, and every node agrees on that owner.
+    Placement,
+    /// A running child's backup node holds its current record.
+    Replicated,
+    /// No node holds a backup that no live owner replicated to it (a stale backup would fail the
+    /// child over again on a later crash, or resurrect a removed one).
+    StaleBackup,
+    /// A running child's state is at least the latest state its backup acknowledged.
+    StateKept,
+    /// Every request sent to a node that is still up was answered.
+    Replies,
+    /// The runtime contract: no double spawn, no stop of a child that is not running, and the
+    /// runtime and the directory agree on which children run.
+    Runtime,
+    /// The system becomes quiet once faults stop (no message storm or livelock).
+    Quiescence,
+}
+
+impl Invariant {
+    /// Every invariant, in report order.
+    pub const ALL: [Invariant; 10] = [
+        Invariant::Lost,
+        Invariant::Duplicate,
+        Invariant::Resurrected,
+        Invariant::Placement,
+        Invariant::Replicated,
+        Invariant::StaleBackup,
+        Invariant::StateKept,
+        Invariant::Replies,
+        Invariant::Runtime,
+        Invariant::Quiescence,
+    ];
+
+    /// A short name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Invariant::Lost => "exactly-once: lost",
+            Invariant::Duplicate => "exactly-once: duplicated",
+            Invariant::Resurrected => "gone stays gone",
+            Invariant::Placement => "placement agrees",
+            Invariant::Replicated => "replicated",
+            Invariant::StaleBackup => "no stale backups",
+            Invariant::StateKept => "state kept",
+            Invariant::Replies => "requests answered",
+            Invariant::Runtime => "runtime contract",
+            Invariant::Quiescence => "quiescence",
+        }
+    }
+}
+
+/// Counters of one seed or of many.
+#[derive(Debug, Clone, Default)]
+pub struct Tally {
+    /// Checks performed, per invariant (indexed like [`Invariant::ALL`]).
+    pub checks: [u64; 10],
+    /// Violations found, per invariant.
+    pub violations: [u64; 10],
+    /// Checks skipped because the fault model allows the failure, by reason.
+    pub excused: BTreeMap<&'static str, u64>,
+    /// What happened: faults injected, messages, directory events, by kind.
+    pub events: BTreeMap<&'static str, u64>,
+}
+
+impl Tally {
+    /// Adds `other` into `self`.
+    pub fn merge(&mut self, other: &Tally) {
+        for i in 0..self.checks.len() {
+            self.checks[i] += other.checks[i];
+            self.violations[i] += other.violations[i];
+        }
+        for (k, v) in &other.excused {
+            *self.excused.entry(k).or_default() += v;
+        }
+        for (k, v) in &other.events {
+            *self.events.entry(k).or_default() += v;
+        }
+    }
+
+    /// Total violations.
+    pub fn total_violations(&self) -> u64 {
+        self.violations.iter().sum()
+    }
+
+    fn event(&mut self, kind: &'static str) {
+        *self.events.entry(kind).or_default() += 1;
+    }
+
+    fn excuse(&mut self, why: &'static str) {
+        *self.excused.entry(why).or_default() += 1;
+    }
+}
+
+/// The outcome of one seed.
+#[derive(Debug, Clone)]
+pub struct SeedReport {
+    /// The seed.
+    pub seed: u64,
+    /// Its counters.
+    pub tally: Tally,
+    /// The first violations found (at most a few), with the step they were found at.
+    pub failures: Vec<String>,
+}
+
+impl SeedReport {
+    /// Total violations of this seed.
+    pub fn violations(&self) -> u64 {
+        self.tally.total_violations()
+    }
+}
+
+/// Runs one seed.
+pub fn run_seed(seed: u64, config: &SimConfig) -> SeedReport {
+    let mut sim = Sim::new(seed, config.clone());
+    sim.run();
+    SeedReport {
+        seed,
+        tally: sim.tally,
+        failures: sim.failures,
+    }
+}
+
+/// Runs seeds `first..first + count` and merges their counters; returns the merged counters and
+/// the reports of the seeds that had violations.
+pub fn run_seeds(first: u64, count: u64, config: &SimConfig) -> (Tally, Vec<SeedReport>) {
+    let mut total = Tally::default();
+    let mut failing = Vec::new();
+    for seed in first..first + count {
+        let report = run_seed(seed, config);
+        total.merge(&report.tally);
+        if report.violations() > 0 {
+            failing.push(report);
+        }
+    }
+    (total, failing)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model.
+
+/// Steps between client retries of a request refused with `NotOwner`/`NoSuchChild`.
+const RETRY_DELAY: (u64, u64) = (5, 30);
+/// A client gives up after this many attempts.
+const MAX_ATTEMPTS: u32 = 40;
+/// Events processed while converging before the run is declared not quiet.
+const QUIESCENCE_BUDGET: u64 = 500_000;
+/// Failure descriptions kept per seed.
+const MAX_FAILURES: usize = 8;
+
+#[derive(Debug)]
+enum Ev {
+    /// Deliver the messages at the head of the link `from -> to` that are due.
+    Pump {
+        from: usize,
+        to: usize,
+    },
+    SpawnDone {
+        node: usize,
+        inc: u64,
+        key: String,
+        instance: u64,
+    },
+    StopDone {
+        node: usize,
+        inc: u64,
+        key: String,
+        instance: u64,
+    },
+    /// `observer` re-evaluates whether `subject` belongs in its view.
+    View {
+        observer: usize,
+        subject: usize,
+    },
+    ClientStart {
+        key: String,
+        attempt: u32,
+    },
+    StartArrive {
+        node: usize,
+        inc: u64,
+        req: u64,
+    },
+    ClientTerm {
+        key: String,
+        attempt: u32,
+    },
+    TermArrive {
+        node: usize,
+        inc: u64,
+        req: u64,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Packet {
+    ready: u64,
+    from_inc: u64,
+    to_inc: u64,
+    msg: DirMsg,
+}
+
+struct Scheduled {
+    time: u64,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.time, self.seq) == (other.time, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    // Reversed: the heap pops the earliest event, ties in scheduling order.
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.time, other.seq).cmp(&(self.time, self.seq))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChildPhase {
+    Starting,
+    Running,
+    Stopping,
+}
+
+#[derive(Debug, Clone)]
+struct Child {
+    /// The actor's state: a counter, bumped by updates.
+    state: u64,
+    phase: ChildPhase,
+    instance: u64,
+}
+
+struct Node {
+    alive: bool,
+    inc: u64,
+    side: u8,
+    dir: Directory,
+    /// Who this node believes is up, with the incarnation it knows (itself included).
+    view: BTreeMap<usize, u64>,
+    children: BTreeMap<String, Child>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Unknown,
+    Running,
+    Gone,
+}
+
+#[derive(Debug, Clone)]
+struct KeyTrack {
+    record: Record,
+    expect: Expect,
+    /// A terminate was issued, or an exit that the policy does not restart happened, or the
+    /// directory gave up: a `Stopped` event for this key is legitimate.
+    removal_ok: bool,
+    /// The latest state a backup acknowledged.
+    floor: u64,
+    /// Nodes that crashed while holding a copy (run or backup) since the key was last fully
+    /// replicated.
+    crashed_holders: BTreeSet<usize>,
+    /// A crash took the last copy (no other node ran it, held its backup or had it in flight).
+    sole_copy_lost: bool,
+    /// Two copies ran at once since the last convergence (views disagreed).
+    split: bool,
+    /// The child takes snapshots.
+    snapshots: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReqKind {
+    Start,
+    Terminate,
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    kind: ReqKind,
+    key: String,
+    node: usize,
+    inc: u64,
+    attempt: u32,
+    /// Delivered to the directory (otherwise still on the network).
+    arrived: bool,
+}
+
+struct Sim {
+    seed: u64,
+    config: SimConfig,
+    rng: StdRng,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Scheduled>,
+    ids: Vec<NodeId>,
+    nodes: Vec<Node>,
+    /// Per (receiver, sender): the latest incarnation of the sender heard from (the transport
+    /// knows its peer's incarnation from the handshake).
+    heard: Vec<Vec<Option<u64>>>,
+    /// Per (from, to): the connection's messages in flight, in order.
+    links: Vec<Vec<VecDeque<Packet>>>,
+    keys: BTreeMap<String, KeyTrack>,
+    key_list: Vec<String>,
+    next_key: u64,
+    next_req: u64,
+    next_instance: u64,
+    pending: BTreeMap<u64, Pending>,
+    partitioned: bool,
+    /// A partition or false suspicion happened since the last convergence.
+    views_split: bool,
+    tally: Tally,
+    failures: Vec<String>,
+}
+
+fn state_of(record: &Record) -> Option<u64> {
+    let s = record.snapshot.as_ref()?;
+    let bytes: [u8; 8] = s.as_slice().try_into().ok()?;
+    Some(u64::from_le_bytes(bytes))
+}
+
+fn encode(state: u64) -> Vec<u8> {
+    state.to_le_bytes().to_vec()
+}
+
+fn event_kind(e: &ChildEvent) -> &'static str {
+    match e {
+        ChildEvent::Started { .. } => "event: started",
+        ChildEvent::Restarted { .. } => "event: restarted",
+        ChildEvent::Stopped { .. } => "event: stopped",
+        ChildEvent::FailedOver { .. } => "event: failed over",
+        ChildEvent::Migrated { .. } => "event: migrated",
+        ChildEvent::Conflict { .. } => "event: conflict",
+        ChildEvent::GaveUp { .. } => "event: gave up",
+    }
+}
+
+fn msg_kind(m: &DirMsg) -> &'static str {
+    match m {
+        DirMsg::Replicate(_) => "replicate",
+        DirMsg::Ack { .. } => "ack",
+        DirMsg::Drop { .. } => "drop",
+        DirMsg::Adopt { .. } => "adopt",
+    }
+}
+
+/// A random operation the loop may inject.
+type Op = fn(&mut Sim);
+
+macro_rules! trace {
+    ($sim:expr, $($arg:tt)*) => {
+        if $sim.config.trace {
+            eprintln!("[{:>6}] {}", $sim.now, format_args!($($arg)*));
+        }
+    };
+}
+
+impl Sim {
+    fn new(seed: u64, config: SimConfig) -> Self {
+        let n = config.nodes;
+        let ids: Vec<NodeId> = (0..n)
+            .map(|i| NodeId::new(&format!("n{i}")).expect("valid node id"))
+            .collect();
+        let mut sim = Sim {
+            seed,
+            rng: StdRng::seed_from_u64(seed),
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            nodes: Vec::with_capacity(n),
+            links: vec![vec![VecDeque::new(); n]; n],
+            heard: vec![vec![None; n]; n],
+            keys: BTreeMap::new(),
+            key_list: Vec::new(),
+            next_key: 0,
+            next_req: 0,
+            next_instance: 0,
+            pending: BTreeMap::new(),
+            partitioned: false,
+            views_split: false,
+            tally: Tally::default(),
+            failures: Vec::new(),
+            ids,
+            config,
+        };
+        // Start converged: every node sees every node.
+        let all: Vec<NodeId> = sim.ids.clone();
+        for i in 0..n {
+            let mut dir = Directory::new(DirConfig::new(sim.ids[i].clone()));
+            let actions = dir.set_view(all.iter());
+            debug_assert!(actions.is_empty());
+            sim.nodes.push(Node {
+                alive: true,
+                inc: 0,
+                side: 0,
+                dir,
+                view: (0..n).map(|j| (j, 0)).collect(),
+                children: BTreeMap::new(),
+            });
+        }
+        sim
+    }
+
+    fn index(&self, id: &NodeId) -> usize {
+        id.as_str()[1..].parse().expect("simulated node id")
+    }
+
+    fn schedule(&mut self, delay: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Scheduled {
+            time: self.now + delay,
+            seq: self.seq,
+            ev,
+        });
+    }
+
+    fn delay(&mut self, range: (u64, u64)) -> u64 {
+        self.rng.random_range(range.0..=range.1)
+    }
+
+    fn fail(&mut self, inv: Invariant, what: String) {
+        self.tally.violations[inv as usize] += 1;
+        if self.failures.len() < MAX_FAILURES {
+            self.failures
+                .push(format!("step {}: {}: {}", self.now, inv.name(), what));
+        }
+        trace!(self, "VIOLATION {}: {}", inv.name(), what);
+    }
+
+    fn check(&mut self, inv: Invariant) {
+        self.tally.checks[inv as usize] += 1;
+    }
+
+    fn alive_nodes(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].alive)
+            .collect()
+    }
+
+    fn reachable(&self, a: usize, b: usize) -> bool {
+        self.nodes[a].alive && self.nodes[b].alive && self.nodes[a].side == self.nodes[b].side
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // The loop.
+
+    fn run(&mut self) {
+        trace!(
+            self,
+            "seed {} nodes {} steps {}",
+            self.seed,
+            self.config.nodes,
+            self.config.steps
+        );
+        for step in 1..=self.config.steps {
+            self.now += 1;
+            self.deliver_due();
+            self.inject();
+            if step % self.config.converge_every == 0 && step != self.config.steps {
+                self.converge_and_check();
+            }
+        }
+        self.converge_and_check();
+    }
+
+    fn deliver_due(&mut self) {
+        while self.queue.peek().is_some_and(|s| s.time <= self.now) {
+            let s = self.queue.pop().expect("peeked");
+            self.handle(s.ev);
+        }
+    }
+
+    fn inject(&mut self) {
+        let r: f64 = self.rng.random();
+        // One operation at most per step, by weight.
+        let ops: [(f64, Op); 10] = [
+            (0.08, Sim::op_start),
+            (0.01, Sim::op_terminate),
+            (0.15, Sim::op_update),
+            (0.01, Sim::op_child_crash),
+            (0.004, Sim::op_child_exit_normal),
+            (0.004, Sim::op_node_crash),
+            (0.01, Sim::op_node_restart),
+            (0.003, Sim::op_partition),
+            (0.01, Sim::op_heal),
+            (0.003, Sim::op_suspect),
+        ];
+        let mut acc = 0.0;
+        for (p, op) in ops {
+            acc += p;
+            if r < acc {
+                op(self);
+                return;
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Operations.
+
+    fn op_start(&mut self) {
+        let id = self.next_key;
+        self.next_key += 1;
+        let key = format!("k{id}");
+        let policy = match self.rng.random_range(0..20) {
+            0..16 => RestartPolicy::Permanent,
+            16..19 => RestartPolicy::Transient,
+            _ => RestartPolicy::Temporary,
+        };
+        let record = Record {
+            key: key.clone(),
+            actor_type: "counter".into(),
+            args: Vec::new(),
+            policy,
+            snapshot: None,
+            version: 0,
+        };
+        self.keys.insert(
+            key.clone(),
+            KeyTrack {
+                record,
+                expect: Expect::Unknown,
+                removal_ok: false,
+                floor: 0,
+                crashed_holders: BTreeSet::new(),
+                sole_copy_lost: false,
+                split: false,
+                snapshots: id % 4 != 0,
+            },
+        );
+        self.key_list.push(key.clone());
+        self.tally.event("op: start");
+        trace!(self, "client start {key} ({policy:?})");
+        self.handle(Ev::ClientStart { key, attempt: 0 });
+    }
+
+    fn op_terminate(&mut self) {
+        if self.key_list.is_empty() {
+            return;
+        }
+        let key = self.key_list[self.rng.random_range(0..self.key_list.len())].clone();
+        if self.keys[&key].expect != Expect::Running {
+            return;
+        }
+        self.tally.event("op: terminate");
+        trace!(self, "client terminate {key}");
+        self.handle(Ev::ClientTerm { key, attempt: 0 });
+    }
+
+    /// A random running child on a random live node.
+    fn pick_child(&mut self) -> Option<(usize, String)> {
+        let alive = self.alive_nodes();
+        let node = alive[self.rng.random_range(0..alive.len())];
+        let running: Vec<&String> = self.nodes[node]
+            .children
+            .iter()
+            .filter(|(_, c)| c.phase == ChildPhase::Running)
+            .map(|(k, _)| k)
+            .collect();
+        if running.is_empty() {
+            return None;
+        }
+        let key = running[self.rng.random_range(0..running.len())].clone();
+        Some((node, key))
+    }
+
+    fn op_update(&mut self) {
+        let Some((node, key)) = self.pick_child() else {
+            return;
+        };
+        let child = self.nodes[node].children.get_mut(&key).expect("picked");
+        child.state += 1;
+        let state = child.state;
+        self.tally.event("op: update");
+        if self.keys[&key].snapshots && self.rng.random_bool(0.5) {
+            trace!(self, "n{node}: {key} state {state}, snapshot");
+            let actions = self.nodes[node].dir.snapshot(&key, encode(state));
+            self.apply(node, actions);
+        }
+    }
+
+    fn op_child_crash(&mut self) {
+        let Some((node, key)) = self.pick_child() else {
+            return;
+        };
+        self.nodes[node].children.remove(&key);
+        self.tally.event("op: child crash");
+        trace!(self, "n{node}: {key} crashes");
+        if !self.keys[&key]
+            .record
+            .policy
+            .restarts_after(ExitClass::Abnormal)
+        {
+            self.keys.get_mut(&key).expect("tracked").removal_ok = true;
+        }
+        let now = Duration::from_millis(self.now);
+        let actions = self.nodes[node]
+            .dir
+            .exited(&key, ExitClass::Abnormal, None, now);
+        self.apply(node, actions);
+    }
+
+    fn op_child_exit_normal(&mut self) {
+        let Some((node, key)) = self.pick_child() else {
+            return;
+        };
+        let child = self.nodes[node].children.remove(&key).expect("picked");
+        self.tally.event("op: child exits normally");
+        trace!(self, "n{node}: {key} exits normally");
+        let track = self.keys.get_mut(&key).expect("tracked");
+        if !track.record.policy.restarts_after(ExitClass::Normal) {
+            track.removal_ok = true;
+        }
+        let snapshot = track.snapshots.then(|| encode(child.state));
+        let now = Duration::from_millis(self.now);
+        let actions = self.nodes[node]
+            .dir
+            .exited(&key, ExitClass::Normal, snapshot, now);
+        self.apply(node, actions);
+    }
+
+    fn op_node_crash(&mut self) {
+        let alive = self.alive_nodes();
+        let down = self.nodes.len() - alive.len();
+        if alive.len() <= 1 || down >= self.config.max_down {
+            return;
+        }
+        let j = alive[self.rng.random_range(0..alive.len())];
+        self.crash(j);
+    }
+
+    fn crash(&mut self, j: usize) {
+        self.tally.event("fault: node crash");
+        trace!(self, "CRASH n{j}");
+        let held: BTreeSet<String> = {
+            let d = &self.nodes[j].dir;
+            d.owned()
+                .keys()
+                .chain(d.backups().keys())
+                .cloned()
+                .collect()
+        };
+        self.nodes[j].alive = false;
+        self.nodes[j].children.clear();
+        // Copies that survive: run or backed up on a live node, or in flight to one.
+        let mut elsewhere: BTreeSet<&str> = BTreeSet::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if i != j && n.alive {
+                elsewhere.extend(n.dir.owned().keys().map(String::as_str));
+                elsewhere.extend(n.dir.backups().keys().map(String::as_str));
+            }
+        }
+        for (from, links) in self.links.iter().enumerate() {
+            for (to, link) in links.iter().enumerate() {
+                if to == j || !self.nodes[to].alive {
+                    continue;
+                }
+                for p in link {
+                    if let DirMsg::Replicate(record) | DirMsg::Adopt { record, .. } = &p.msg {
+                        if self.nodes[to].inc == p.to_inc && self.nodes[from].inc == p.from_inc {
+                            elsewhere.insert(record.key.as_str());
+                        }
+                    }
+                }
+            }
+        }
+        let lost: Vec<String> = held
+            .iter()
+            .filter(|k| !elsewhere.contains(k.as_str()))
+            .cloned()
+            .collect();
+        for key in &held {
+            if let Some(t) = self.keys.get_mut(key) {
+                t.crashed_holders.insert(j);
+            }
+        }
+        for key in lost {
+            if let Some(t) = self.keys.get_mut(&key) {
+                t.sole_copy_lost = true;
+            }
+        }
+        // Requests that reached it are lost with it (the client times out).
+        self.pending.retain(|_, p| !(p.node == j && p.arrived));
+        for i in 0..self.nodes.len() {
+            if i != j && self.nodes[i].alive {
+                let d = self.delay((5, 60));
+                self.schedule(
+                    d,
+                    Ev::View {
+                        observer: i,
+                        subject: j,
+                    },
+                );
+            }
+        }
+    }
+
+    fn op_node_restart(&mut self) {
+        let down: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| !self.nodes[i].alive)
+            .collect();
+        if down.is_empty() {
+            return;
+        }
+        let j = down[self.rng.random_range(0..down.len())];
+        self.tally.event("fault: node restart");
+        let node = &mut self.nodes[j];
+        node.alive = true;
+        node.inc += 1;
+        node.dir = Directory::new(DirConfig::new(self.ids[j].clone()));
+        self.heard[j] = vec![None; self.nodes.len()];
+        let node = &mut self.nodes[j];
+        node.view = BTreeMap::from([(j, node.inc)]);
+        node.children.clear();
+        trace!(self, "RESTART n{j} (incarnation {})", self.nodes[j].inc);
+        for i in 0..self.nodes.len() {
+            self.reset_connection(i, j);
+        }
+        for i in 0..self.nodes.len() {
+            if i != j && self.nodes[i].alive {
+                let d = self.delay((5, 60));
+                self.schedule(
+                    d,
+                    Ev::View {
+                        observer: i,
+                        subject: j,
+                    },
+                );
+                let d = self.delay((5, 60));
+                self.schedule(
+                    d,
+                    Ev::View {
+                        observer: j,
+                        subject: i,
+                    },
+                );
+            }
+        }
+    }
+
+    fn all_views_refresh(&mut self, delay: (u64, u64)) {
+        let n = self.nodes.len();
+        for i in 0..n {
+            for j in 0..n {
+                if i != j && self.nodes[i].alive {
+                    let d = self.delay(delay);
+                    self.schedule(
+                        d,
+                        Ev::View {
+                            observer: i,
+                            subject: j,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    fn op_partition(&mut self) {
+        let n = self.nodes.len();
+        if self.partitioned || n < 2 || !self.config.partitions {
+            return;
+        }
+        // A random non-trivial split.
+        let mask = self.rng.random_range(1..(1u64 << n.min(63)) - 1);
+        for i in 0..n {
+            self.nodes[i].side = ((mask >> i) & 1) as u8;
+        }
+        self.partitioned = true;
+        self.views_split = true;
+        self.tally.event("fault: partition");
+        trace!(
+            self,
+            "PARTITION {:?} | {:?}",
+            (0..n)
+                .filter(|&i| self.nodes[i].side == 0)
+                .collect::<Vec<_>>(),
+            (0..n)
+                .filter(|&i| self.nodes[i].side == 1)
+                .collect::<Vec<_>>()
+        );
+        self.all_views_refresh((5, 60));
+    }
+
+    fn op_heal(&mut self) {
+        if !self.partitioned {
+            return;
+        }
+        self.heal();
+        self.all_views_refresh((5, 60));
+    }
+
+    fn heal(&mut self) {
+        if self.partitioned {
+            self.tally.event("fault: heal");
+            trace!(self, "HEAL");
+        }
+        for n in &mut self.nodes {
+            n.side = 0;
+        }
+        self.partitioned = false;
+        // Held messages flow again (TCP retransmits across a partition that no view noticed).
+        let n = self.nodes.len();
+        for from in 0..n {
+            for to in 0..n {
+                if !self.links[from][to].is_empty() {
+                    self.schedule(1, Ev::Pump { from, to });
+                }
+            }
+        }
+    }
+
+    /// The connection between `a` and `b` closes: messages in flight both ways are lost. An end
+    /// that still has the other in its view reconnects and is told, so it re-sends what the
+    /// other must hold ([`Directory::reconnected`]).
+    fn reset_connection(&mut self, a: usize, b: usize) {
+        if a == b {
+            return;
+        }
+        for (x, y) in [(a, b), (b, a)] {
+            let lost = std::mem::take(&mut self.links[x][y]);
+            for p in lost {
+                self.tally.event("message lost (connection reset)");
+                trace!(self, "lost n{x}->n{y} {}", msg_kind(&p.msg));
+            }
+        }
+        for (x, y) in [(a, b), (b, a)] {
+            if self.nodes[x].alive && self.nodes[x].view.contains_key(&y) {
+                trace!(self, "n{x}: reconnected to n{y}");
+                let actions = self.nodes[x].dir.reconnected(&self.ids[y]);
+                self.apply(x, actions);
+            }
+        }
+    }
+
+    /// A false suspicion: a live node drops a live peer from its view for a while.
+    fn op_suspect(&mut self) {
+        let alive = self.alive_nodes();
+        if alive.len() < 2 || !self.config.partitions {
+            return;
+        }
+        let i = alive[self.rng.random_range(0..alive.len())];
+        let j = alive[self.rng.random_range(0..alive.len())];
+        if i == j || !self.nodes[i].view.contains_key(&j) {
+            return;
+        }
+        self.tally.event("fault: false suspicion");
+        self.views_split = true;
+        trace!(self, "n{i} falsely suspects n{j}");
+        self.nodes[i].view.remove(&j);
+        self.reset_connection(i, j);
+        self.push_view(i);
+        let d = self.delay((10, 80));
+        self.schedule(
+            d,
+            Ev::View {
+                observer: i,
+                subject: j,
+            },
+        );
+    }
+
+    fn push_view(&mut self, i: usize) {
+        let ids: Vec<NodeId> = self.nodes[i]
+            .view
+            .keys()
+            .map(|&j| self.ids[j].clone())
+            .collect();
+        trace!(self, "n{i}: view {:?}", self.nodes[i].view.keys());
+        self.tally.event("view change");
+        let actions = self.nodes[i].dir.set_view(ids.iter());
+        self.apply(i, actions);
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Events.
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Pump { from, to } => self.pump(from, to),
+            Ev::SpawnDone {
+                node,
+                inc,
+                key,
+                instance,
+            } => {
+                let n = &mut self.nodes[node];
+                if !n.alive || n.inc != inc {
+                    return;
+                }
+                match n.children.get_mut(&key) {
+                    Some(c) if c.instance == instance && c.phase == ChildPhase::Starting => {
+                        c.phase = ChildPhase::Running;
+                    }
+                    _ => return,
+                }
+                trace!(self, "n{node}: {key} spawned");
+                let actions = self.nodes[node].dir.spawned(&key, Ok(()));
+                self.apply(node, actions);
+            }
+            Ev::StopDone {
+                node,
+                inc,
+                key,
+                instance,
+            } => {
+                let n = &mut self.nodes[node];
+                if !n.alive || n.inc != inc {
+                    return;
+                }
+                match n.children.get(&key) {
+                    Some(c) if c.instance == instance && c.phase == ChildPhase::Stopping => {}
+                    _ => return,
+                }
+                let child = n.children.remove(&key).expect("present");
+                let snapshot = self.keys[&key].snapshots.then(|| encode(child.state));
+                trace!(self, "n{node}: {key} stopped (state {})", child.state);
+                let now = Duration::from_millis(self.now);
+                let actions = self.nodes[node]
+                    .dir
+                    .exited(&key, ExitClass::Shutdown, snapshot, now);
+                self.apply(node, actions);
+            }
+            Ev::View { observer, subject } => self.view_event(observer, subject),
+            Ev::ClientStart { key, attempt } => self.client_start(key, attempt),
+            Ev::StartArrive { node, inc, req } => {
+                let Some(p) = self.pending.get_mut(&req) else {
+                    return;
+                };
+                if !self.nodes[node].alive || self.nodes[node].inc != inc {
+                    // Lost with the node: the client times out.
+                    self.pending.remove(&req);
+                    return;
+                }
+                p.arrived = true;
+                let key = p.key.clone();
+                let record = self.keys[&key].record.clone();
+                trace!(self, "n{node}: start {key} (req {req})");
+                let actions = self.nodes[node].dir.start(req, record);
+                self.apply(node, actions);
+            }
+            Ev::ClientTerm { key, attempt } => self.client_term(key, attempt),
+            Ev::TermArrive { node, inc, req } => {
+                let Some(p) = self.pending.get_mut(&req) else {
+                    return;
+                };
+                if !self.nodes[node].alive || self.nodes[node].inc != inc {
+                    self.pending.remove(&req);
+                    return;
+                }
+                p.arrived = true;
+                let key = p.key.clone();
+                self.keys.get_mut(&key).expect("tracked").removal_ok = true;
+                trace!(self, "n{node}: terminate {key} (req {req})");
+                let actions = self.nodes[node].dir.terminate(req, &key);
+                self.apply(node, actions);
+            }
+        }
+    }
+
+    /// A client on a random live node sends the request to the owner in that node's view.
+    fn route(&mut self, key: &str) -> Option<usize> {
+        let alive = self.alive_nodes();
+        let client = alive[self.rng.random_range(0..alive.len())];
+        let owner = self.nodes[client].dir.owner(key)?;
+        let owner = self.index(&owner);
+        self.reachable(client, owner).then_some(owner)
+    }
+
+    fn retry(&mut self, kind: ReqKind, key: String, attempt: u32) {
+        if attempt + 1 >= MAX_ATTEMPTS {
+            self.tally.event("client gave up");
+            return;
+        }
+        let d = self.delay(RETRY_DELAY);
+        let ev = match kind {
+            ReqKind::Start => Ev::ClientStart {
+                key,
+                attempt: attempt + 1,
+            },
+            ReqKind::Terminate => Ev::ClientTerm {
+                key,
+                attempt: attempt + 1,
+            },
+        };
+        self.schedule(d, ev);
+    }
+
+    fn send_request(&mut self, kind: ReqKind, key: String, attempt: u32) {
+        let Some(node) = self.route(&key) else {
+            self.retry(kind, key, attempt);
+            return;
+        };
+        self.next_req += 1;
+        let req = self.next_req;
+        let inc = self.nodes[node].inc;
+        self.pending.insert(
+            req,
+            Pending {
+                kind,
+                key,
+                node,
+                inc,
+                attempt,
+                arrived: false,
+            },
+        );
+        let d = self.delay((1, 8));
+        let ev = match kind {
+            ReqKind::Start => Ev::StartArrive { node, inc, req },
+            ReqKind::Terminate => Ev::TermArrive { node, inc, req },
+        };
+        self.schedule(d, ev);
+    }
+
+    fn client_start(&mut self, key: String, attempt: u32) {
+        self.send_request(ReqKind::Start, key, attempt);
+    }
+
+    fn client_term(&mut self, key: String, attempt: u32) {
+        if self.keys[&key].expect == Expect::Gone {
+            return;
+        }
+        self.send_request(ReqKind::Terminate, key, attempt);
+    }
+
+    fn view_event(&mut self, observer: usize, subject: usize) {
+        if !self.nodes[observer].alive || observer == subject {
+            return;
+        }
+        let target = self
+            .reachable(observer, subject)
+            .then_some(self.nodes[subject].inc);
+        let current = self.nodes[observer].view.get(&subject).copied();
+        let heard = self.heard[observer][subject];
+        if current.is_none() && heard.is_some() && (!self.nodes[subject].alive || heard < target) {
+            // The membership reports a node this one never had in its view as dead, or back as
+            // a new incarnation: the runtime reports the incarnation it heard from as down.
+            let actions = self.nodes[observer].dir.node_down(&self.ids[subject]);
+            self.apply(observer, actions);
+        }
+        if current == target {
+            return;
+        }
+        if current.is_some() {
+            // Gone, or back as a new incarnation: it leaves the view first, and the runtime
+            // closes the connection to it.
+            self.nodes[observer].view.remove(&subject);
+            self.reset_connection(observer, subject);
+            self.push_view(observer);
+        }
+        if let Some(inc) = target {
+            self.nodes[observer].view.insert(subject, inc);
+            self.push_view(observer);
+        }
+    }
+
+    fn pump(&mut self, from: usize, to: usize) {
+        while self.links[from][to]
+            .front()
+            .is_some_and(|p| p.ready <= self.now)
+        {
+            if self.nodes[from].side != self.nodes[to].side {
+                // Partitioned: held until the heal (or lost if a view change closes the link).
+                return;
+            }
+            let p = self.links[from][to].pop_front().expect("front");
+            self.deliver(from, p.from_inc, to, p.to_inc, p.msg);
+        }
+    }
+
+    fn deliver(&mut self, from: usize, from_inc: u64, to: usize, to_inc: u64, msg: DirMsg) {
+        let ok = self.nodes[to].alive
+            && self.nodes[to].inc == to_inc
+            && self.nodes[from].inc == from_inc;
+        if !ok {
+            self.tally.event("message lost (node down)");
+            trace!(self, "drop n{from}->n{to} {}", msg_kind(&msg));
+            return;
+        }
+        trace!(self, "n{from}->n{to} {msg:?}");
+        self.heard[to][from] = Some(from_inc);
+        let replicated = match &msg {
+            DirMsg::Replicate(r) => Some((r.key.clone(), state_of(r))),
+            _ => None,
+        };
+        let acked = match &msg {
+            DirMsg::Ack { key, version } => Some((key.clone(), *version)),
+            _ => None,
+        };
+        let actions = self.nodes[to].dir.receive(&self.ids[from], msg);
+        if let Some((key, state)) = replicated {
+            let was_acked = actions.iter().any(
+                |a| matches!(a, Action::Send { msg: DirMsg::Ack { key: k, .. }, .. } if *k == key),
+            );
+            if was_acked {
+                if let (Some(t), Some(s)) = (self.keys.get_mut(&key), state) {
+                    t.floor = t.floor.max(s);
+                }
+            }
+        }
+        if let Some((key, version)) = acked {
+            // The owner's current version is held by its backup, which is still up: the key is
+            // fully replicated again, earlier crashes of its holders no longer matter.
+            let full = self.nodes[to].dir.owned().get(&key).is_some_and(|o| {
+                o.record.version == version && o.backup.as_ref() == Some(&self.ids[from])
+            }) && self.nodes[from].alive;
+            if full {
+                if let Some(t) = self.keys.get_mut(&key) {
+                    t.crashed_holders.clear();
+                    t.sole_copy_lost = false;
+                }
+            }
+        }
+        self.apply(to, actions);
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // The runtime: executing actions.
+
+    fn apply(&mut self, node: usize, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Spawn(record) => self.spawn(node, record),
+                Action::Stop { key } => {
+                    let inc = self.nodes[node].inc;
+                    match self.nodes[node].children.get_mut(&key) {
+                        Some(c) if c.phase == ChildPhase::Running => {
+                            c.phase = ChildPhase::Stopping;
+                            let instance = c.instance;
+                            trace!(self, "n{node}: stop {key}");
+                            let d = self.delay((1, 5));
+                            self.schedule(
+                                d,
+                                Ev::StopDone {
+                                    node,
+                                    inc,
+                                    key,
+                                    instance,
+                                },
+                            );
+                        }
+                        other => {
+                            let what = format!(
+                                "n{node} asked to stop {key}, which is {:?}",
+                                other.map(|c| c.phase)
+                            );
+                            self.fail(Invariant::Runtime, what);
+                        }
+                    }
+                }
+                Action::Send { to, msg } => {
+                    let to = self.index(&to);
+                    self.tally.event(match &msg {
+                        DirMsg::Replicate(_) => "message: replicate",
+                        DirMsg::Ack { .. } => "message: ack",
+                        DirMsg::Drop { .. } => "message: drop",
+                        DirMsg::Adopt { .. } => "message: adopt",
+                    });
+                    if to == node {
+                        self.fail(
+                            Invariant::Runtime,
+                            format!("n{node} sent {} to itself", msg_kind(&msg)),
+                        );
+                        continue;
+                    }
+                    let base = if self.rng.random_bool(0.05) {
+                        self.delay((20, 80))
+                    } else {
+                        self.delay((1, 8))
+                    };
+                    let link = &mut self.links[node][to];
+                    let ready = (self.now + base).max(link.back().map_or(0, |p| p.ready));
+                    link.push_back(Packet {
+                        ready,
+                        from_inc: self.nodes[node].inc,
+                        to_inc: self.nodes[to].inc,
+                        msg,
+                    });
+                    self.schedule(ready - self.now, Ev::Pump { from: node, to });
+                }
+                Action::Reply { req, result } => self.reply(node, req, result),
+                Action::Event(e) => {
+                    self.tally.event(event_kind(&e));
+                    trace!(self, "n{node}: {e:?}");
+                    match e {
+                        ChildEvent::GaveUp { key, .. } => {
+                            if let Some(t) = self.keys.get_mut(&key) {
+                                t.removal_ok = true;
+                            }
+                        }
+                        ChildEvent::FailedOver { key, .. } if self.views_split => {
+                            // A backup on the other side of a partition (or of a false
+                            // suspicion) failed over a child removed on this side.
+                            if let Some(t) = self.keys.get_mut(&key) {
+                                if t.expect == Expect::Gone || t.removal_ok {
+                                    t.split = true;
+                                }
+                            }
+                        }
+                        ChildEvent::Stopped { key } => {
+                            if let Some(t) = self.keys.get_mut(&key) {
+                                if t.removal_ok {
+                                    t.expect = Expect::Gone;
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn spawn(&mut self, node: usize, record: Record) {
+        let key = record.key.clone();
+        if let Some(c) = self.nodes[node].children.get(&key) {
+            let what = format!("n{node} spawned {key} twice (already {:?})", c.phase);
+            self.fail(Invariant::Runtime, what);
+            return;
+        }
+        // Another live copy: views disagreed.
+        let elsewhere = (0..self.nodes.len())
+            .any(|i| i != node && self.nodes[i].alive && self.nodes[i].children.contains_key(&key));
+        if let Some(t) = self.keys.get_mut(&key) {
+            if elsewhere {
+                t.split = true;
+            }
+        }
+        let state = state_of(&record).unwrap_or(0);
+        self.next_instance += 1;
+        let instance = self.next_instance;
+        trace!(self, "n{node}: spawn {key} from state {state}");
+        self.nodes[node].children.insert(
+            key.clone(),
+            Child {
+                state,
+                phase: ChildPhase::Starting,
+                instance,
+            },
+        );
+        let inc = self.nodes[node].inc;
+        let d = self.delay((1, 5));
+        self.schedule(
+            d,
+            Ev::SpawnDone {
+                node,
+                inc,
+                key,
+                instance,
+            },
+        );
+    }
+
+    fn reply(&mut self, node: usize, req: u64, result: Result<(), StartError>) {
+        let Some(p) = self.pending.remove(&req) else {
+            self.fail(
+                Invariant::Replies,
+                format!("n{node} answered request {req} twice or unasked"),
+            );
+            return;
+        };
+        self.check(Invariant::Replies);
+        trace!(
+            self,
+            "n{node}: reply {req} ({:?} {}): {result:?}",
+            p.kind,
+            p.key
+        );
+        let t = self.keys.get_mut(&p.key).expect("tracked");
+        match (p.kind, result) {
+            (ReqKind::Start, Ok(())) => {
+                self.tally.event("reply: start ok");
+                if t.expect != Expect::Gone {
+                    t.expect = Expect::Running;
+                }
+            }
+            (ReqKind::Start, Err(StartError::NotOwner { .. })) => {
+                self.tally.event("reply: not owner");
+                self.retry(ReqKind::Start, p.key, p.attempt);
+            }
+            (ReqKind::Start, Err(StartError::AlreadyStarted(_))) if p.attempt > 0 => {
+                // An earlier attempt started it, and it moved before the answer: it exists.
+                self.tally.event("reply: already started (retry)");
+                if t.expect != Expect::Gone {
+                    t.expect = Expect::Running;
+                }
+            }
+            (ReqKind::Start, Err(_)) => self.tally.event("reply: start failed"),
+            (ReqKind::Terminate, Ok(())) => {
+                self.tally.event("reply: terminate ok");
+                t.expect = Expect::Gone;
+            }
+            (ReqKind::Terminate, Err(StartError::NoSuchChild(_))) => {
+                self.tally.event("reply: no such child");
+                self.retry(ReqKind::Terminate, p.key, p.attempt);
+            }
+            (ReqKind::Terminate, Err(_)) => self.tally.event("reply: terminate failed"),
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Convergence and invariants.
+
+    fn converge_and_check(&mut self) {
+        trace!(self, "CONVERGE");
+        self.tally.event("convergence");
+        self.heal();
+        self.all_views_refresh((1, 20));
+        let mut budget = QUIESCENCE_BUDGET;
+        while let Some(s) = self.queue.pop() {
+            self.now = self.now.max(s.time);
+            self.handle(s.ev);
+            budget -= 1;
+            if budget == 0 {
+                self.check(Invariant::Quiescence);
+                self.fail(
+                    Invariant::Quiescence,
+                    format!("still busy after {QUIESCENCE_BUDGET} events"),
+                );
+                self.queue.clear();
+                return;
+            }
+        }
+        self.check(Invariant::Quiescence);
+        self.check_invariants();
+        self.views_split = self.partitioned;
+    }
+
+    fn check_invariants(&mut self) {
+        let alive = self.alive_nodes();
+        // Views converged to the live set.
+        for &i in &alive {
+            let view: Vec<usize> = self.nodes[i].view.keys().copied().collect();
+            let ring: Vec<usize> = self.nodes[i]
+                .dir
+                .ring()
+                .nodes()
+                .iter()
+                .map(|n| self.index(n))
+                .collect();
+            if view != alive || ring != alive {
+                let what = format!("n{i} view {view:?} ring {ring:?}, live {alive:?}");
+                self.fail(Invariant::Quiescence, what);
+            }
+        }
+        // Where each key runs (runtime children).
+        let mut running: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for &i in &alive {
+            for (key, c) in &self.nodes[i].children {
+                running.entry(key.clone()).or_default().push(i);
+                if c.phase != ChildPhase::Running {
+                    let what = format!("n{i}: {key} still {:?} when quiet", c.phase);
+                    self.tally.violations[Invariant::Runtime as usize] += 1;
+                    if self.failures.len() < MAX_FAILURES {
+                        self.failures.push(format!("step {}: {what}", self.now));
+                    }
+                }
+            }
+        }
+        // The runtime and the directory agree.
+        for &i in &alive {
+            self.check(Invariant::Runtime);
+            let mut bad = Vec::new();
+            for (key, o) in self.nodes[i].dir.owned() {
+                let child = self.nodes[i].children.get(key);
+                if o.phase != throng_core::directory::Phase::Running || child.is_none() {
+                    bad.push(format!("{key}: directory {:?}, runtime {child:?}", o.phase));
+                }
+            }
+            for key in self.nodes[i].children.keys() {
+                if !self.nodes[i].dir.owned().contains_key(key) {
+                    bad.push(format!("{key}: runs but the directory does not know it"));
+                }
+            }
+            for b in bad {
+                self.fail(Invariant::Runtime, format!("n{i}: {b}"));
+            }
+        }
+        // Unanswered requests.
+        let pending: Vec<(u64, Pending)> = std::mem::take(&mut self.pending).into_iter().collect();
+        for (req, p) in pending {
+            if self.nodes[p.node].alive && self.nodes[p.node].inc == p.inc {
+                self.check(Invariant::Replies);
+                self.fail(
+                    Invariant::Replies,
+                    format!(
+                        "request {req} ({:?} {}) to n{} never answered",
+                        p.kind, p.key, p.node
+                    ),
+                );
+            }
+        }
+
+        // Per key.
+        let keys: Vec<String> = self.keys.keys().cloned().collect();
+        for key in keys {
+            let nodes = running.get(&key).cloned().unwrap_or_default();
+            let t = self.keys[&key].clone();
+            let excuse = if t.split {
+                Some("split brain (two copies, or a removal and a failover, on two sides)")
+            } else if t.crashed_holders.len() >= 2 {
+                Some("double fault (owner and backup crashed)")
+            } else if t.sole_copy_lost {
+                Some("sole copy crashed (no backup held it yet)")
+            } else {
+                None
+            };
+            // Exactly once.
+            self.check(Invariant::Duplicate);
+            if nodes.len() > 1 {
+                self.fail(Invariant::Duplicate, format!("{key} runs on {nodes:?}"));
+            }
+            match t.expect {
+                Expect::Running => {
+                    self.check(Invariant::Lost);
+                    if nodes.is_empty() {
+                        match excuse {
+                            Some(why) => self.tally.excuse(why),
+                            None => {
+                                let what = format!(
+                                    "{key} ({:?}) acknowledged but runs nowhere",
+                                    t.record.policy
+                                );
+                                self.fail(Invariant::Lost, what);
+                            }
+                        }
+                    }
+                }
+                Expect::Gone => {
+                    self.check(Invariant::Resurrected);
+                    if !nodes.is_empty() {
+                        match excuse {
+                            Some(why) => self.tally.excuse(why),
+                            None => {
+                                let what = format!("{key} was removed but runs on {nodes:?}");
+                                self.fail(Invariant::Resurrected, what);
+                            }
+                        }
+                    }
+                }
+                Expect::Unknown => {}
+            }
+            if let [x] = nodes[..] {
+                // Placement: everyone agrees the runner owns it.
+                self.check(Invariant::Placement);
+                let owners: BTreeSet<Option<NodeId>> = alive
+                    .iter()
+                    .map(|&i| self.nodes[i].dir.owner(&key))
+                    .collect();
+                if owners.len() != 1 || owners.first() != Some(&Some(self.ids[x].clone())) {
+                    self.fail(
+                        Invariant::Placement,
+                        format!("{key} runs on n{x}, owners {owners:?}"),
+                    );
+                }
+                // Replicated.
+                self.check(Invariant::Replicated);
+                let dir = &self.nodes[x].dir;
+                let o = &dir.owned()[&key];
+                let want = dir.backup_of(&key);
+                let version = o.record.version;
+                let ok =
+                    o.backup == want
+                        && want.as_ref().is_none_or(|b| {
+                            let b = self.index(b);
+                            self.nodes[b].dir.backups().get(&key).is_some_and(|h| {
+                                h.from == self.ids[x] && h.record.version == version
+                            })
+                        });
+                if !ok {
+                    let what = format!(
+                        "{key} on n{x} (v{version}): backup {:?}, should be {want:?}",
+                        o.backup
+                    );
+                    self.fail(Invariant::Replicated, what);
+                }
+                // State kept.
+                if t.expect == Expect::Running {
+                    self.check(Invariant::StateKept);
+                    let state = self.nodes[x].children[&key].state;
+                    if state < t.floor {
+                        match excuse {
+                            Some(why) => self.tally.excuse(why),
+                            None => {
+                                let what = format!(
+                                    "{key} on n{x} has state {state}, a backup acknowledged {}",
+                                    t.floor
+                                );
+                                self.fail(Invariant::StateKept, what);
+                            }
+                        }
+                    }
+                }
+            }
+            // New epoch.
+            let durable = match nodes[..] {
+                [x] => self.nodes[x]
+                    .dir
+                    .owned()
+                    .get(&key)
+                    .and_then(|o| state_of(&o.record)),
+                _ => None,
+            };
+            let t = self.keys.get_mut(&key).expect("tracked");
+            t.split = false;
+            t.crashed_holders.clear();
+            t.sole_copy_lost = false;
+            t.floor = durable.unwrap_or(0);
+            t.expect = match (t.expect, nodes.len()) {
+                (Expect::Gone, 0) => Expect::Gone,
+                (_, 1) => Expect::Running,
+                _ => Expect::Unknown,
+            };
+        }
+        // Stale backups: held for a node that does not run the key or has its backup elsewhere.
+        let mut bad = Vec::new();
+        for &b in &alive {
+            for (key, h) in self.nodes[b].dir.backups() {
+                self.tally.checks[Invariant::StaleBackup as usize] += 1;
+                let from = self.index(&h.from);
+                let valid = self.nodes[from].alive
+                    && self.nodes[from]
+                        .dir
+                        .owned()
+                        .get(key)
+                        .is_some_and(|o| o.backup.as_ref() == Some(&self.ids[b]));
+                if !valid {
+                    let what = format!("n{b} holds a stale backup of {key} from {}", h.from);
+                    bad.push(what);
+                }
+            }
+        }
+        for what in bad {
+            self.fail(Invariant::StaleBackup, what);
+        }
+    }
+}

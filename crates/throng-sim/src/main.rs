@@ -1,0 +1,164 @@
+//! `throng-sim`: runs the directory simulator over many seeds, or replays one with a trace.
+//!
+//! ```text
+//! throng-sim [--seeds N] [--first S] [--nodes N] [--steps N] [--converge-every N] [--max-down N]
+//!            [--partitions 0|1]
+//! throng-sim --seed S [--nodes N] [--steps N] ...     # replay one seed, trace on stderr
+//! ```
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use throng_sim::{run_seed, run_seeds, Invariant, SimConfig, Tally};
+
+const USAGE: &str = "usage: throng-sim [--seeds N] [--first S] [--nodes N] [--steps N] \
+[--converge-every N] [--max-down N] [--partitions 0|1] | --seed S [same options]";
+
+struct Args {
+    seeds: u64,
+    first: u64,
+    seed: Option<u64>,
+    config: SimConfig,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut seeds = 100;
+    let mut first = 0;
+    let mut seed = None;
+    let mut nodes = 5;
+    let mut steps = 2000;
+    let mut converge_every = None;
+    let mut max_down = None;
+    let mut partitions = true;
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "-h" || flag == "--help" {
+            return Err(USAGE.into());
+        }
+        let value = it
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+        let n: u64 = value
+            .parse()
+            .map_err(|_| format!("{flag}: not a number: {value}\n{USAGE}"))?;
+        match flag.as_str() {
+            "--seeds" => seeds = n,
+            "--first" => first = n,
+            "--seed" => seed = Some(n),
+            "--nodes" => nodes = n as usize,
+            "--steps" => steps = n,
+            "--converge-every" => converge_every = Some(n.max(1)),
+            "--max-down" => max_down = Some(n as usize),
+            "--partitions" => partitions = n != 0,
+            _ => return Err(format!("unknown option {flag}\n{USAGE}")),
+        }
+    }
+    if nodes == 0 || nodes > 64 {
+        return Err("--nodes must be between 1 and 64".into());
+    }
+    let mut config = SimConfig::new(nodes, steps);
+    if let Some(c) = converge_every {
+        config.converge_every = c;
+    }
+    if let Some(m) = max_down {
+        config.max_down = m;
+    }
+    config.partitions = partitions;
+    Ok(Args {
+        seeds,
+        first,
+        seed,
+        config,
+    })
+}
+
+fn replay_command(seed: u64, config: &SimConfig) -> String {
+    format!(
+        "cargo run --release -p throng-sim -- --seed {seed} --nodes {} --steps {} \
+         --converge-every {} --max-down {} --partitions {}",
+        config.nodes,
+        config.steps,
+        config.converge_every,
+        config.max_down,
+        u8::from(config.partitions)
+    )
+}
+
+fn print_tally(tally: &Tally) {
+    println!("invariant                      checks  violations");
+    for inv in Invariant::ALL {
+        println!(
+            "  {:<26} {:>10}  {:>10}",
+            inv.name(),
+            tally.checks[inv as usize],
+            tally.violations[inv as usize]
+        );
+    }
+    if !tally.excused.is_empty() {
+        println!("excused (allowed by the fault model):");
+        for (why, n) in &tally.excused {
+            println!("  {why:<60} {n:>8}");
+        }
+    }
+    println!("events:");
+    for (kind, n) in &tally.events {
+        println!("  {kind:<40} {n:>10}");
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let started = Instant::now();
+    let (tally, failing, seeds) = match args.seed {
+        Some(seed) => {
+            let mut config = args.config.clone();
+            config.trace = true;
+            let report = run_seed(seed, &config);
+            for f in &report.failures {
+                println!("seed {seed}: {f}");
+            }
+            let failing = if report.violations() > 0 {
+                vec![report.clone()]
+            } else {
+                Vec::new()
+            };
+            (report.tally, failing, 1)
+        }
+        None => {
+            let (tally, failing) = run_seeds(args.first, args.seeds, &args.config);
+            (tally, failing, args.seeds)
+        }
+    };
+    print_tally(&tally);
+    if let Some(first) = failing.first() {
+        println!(
+            "failing seeds: {} (the first ten: {})",
+            failing.len(),
+            failing
+                .iter()
+                .take(10)
+                .map(|r| r.seed.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        println!("first failing seed {}:", first.seed);
+        for f in &first.failures {
+            println!("  {f}");
+        }
+        println!("replay: {}", replay_command(first.seed, &args.config));
+    }
+    println!("elapsed: {:.2?}", started.elapsed());
+    let violations = tally.total_violations();
+    println!("seeds: {seeds}, violations: {violations}");
+    if violations > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,1223 @@
+//! The cluster-wide name registry: unique names and duplicate-key groups of actors, visible on
+//! every node — Horde's `Horde.Registry` (or Elixir's `Registry` across a cluster).
+//!
+//! Use it for actors that are not placed by key: children started on an explicit node, local actors
+//! that need a cluster-wide name. Keyed children of a distributed supervisor are addressed by key
+//! instead (see [`super::dist`]).
+//!
+//! # Model
+//!
+//! The state machine is [`throng_core::names::NameTable`]: every node is the only writer of its own
+//! entries and keeps a full replica of everybody else's, so **lookups are local** — a read lock on an
+//! in-memory table, no message, no task hop. A registration is applied locally at once (the
+//! registering process sees it immediately), and its delta is queued for the node's *flusher* task,
+//! which sends it to every peer as a [`Frame::Names`]. The flusher sends as soon as it is woken
+//! (nothing is delayed while the node is idle) and batches whatever accumulated while it was sending
+//! (under load, one frame carries many registrations).
+//!
+//! Peers apply each origin's deltas in sequence order. A gap — a frame lost with a connection, or
+//! dropped because a peer's queue stayed full — is repaired with the origin's full state, requested
+//! by the peer. Every second the flusher also sends its sequence number, so that a peer notices a
+//! lost *last* delta too. When a node comes up, every node sends it its full state; when it goes
+//! down, its entries are dropped everywhere.
+//!
+//! # Addresses
+//!
+//! Registering exports the actor on its node under a reserved export name (`reg:<name>` for a
+//! unique name, `grp:<actor id>` for group memberships); the registry entry stores that export name
+//! and the actor type. [`Names::lookup`] turns it into an [`ActorRef`] — the local actor itself on
+//! its own node, a remote reference elsewhere. Do not use the `reg:` and `grp:` prefixes for
+//! [`Node::export`](super::Node::export) names.
+//!
+//! # Lifetime and conflicts
+//!
+//! An actor's names and group memberships are removed, on every node, when it exits.
+//!
+//! Two nodes may register the same name concurrently (before either has seen the other's
+//! registration). Every node resolves the conflict the same way: the earliest registration wins (see
+//! the [conflict rule](throng_core::names)). On the losing node the name is taken away from the
+//! losing actor, its `reg:<name>` export is removed (remote references obtained through the name stop
+//! reaching it), and a [`NamesEvent::Conflict`] is published on [`Names::events`]. **The losing actor
+//! keeps running**: unlike Horde, which kills the loser, Throng leaves that decision to the
+//! application (stop it on the event if it must not run without its name).
+//!
+//! # Limits
+//!
+//! Local writes are bounded by [`NamesConfig`] (set in
+//! [`NodeOptions::names`](super::NodeOptions::names)); replication uses the peers' bounded data
+//! queues, waiting at most [`SEND_TIMEOUT`] per frame before dropping it (the gap is then repaired).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use throng_core::names::{Delta, Entry, FullState, GroupMember, NameTable, Outgoing};
+use throng_core::{Member, NodeId};
+use throng_membership::MemberInfo;
+use tokio::sync::{broadcast, Notify};
+use tokio_util::sync::CancellationToken;
+
+pub use throng_core::names::{NameError, NameEvent, NamesConfig};
+
+use super::node::{Peer, RemoteActor, Shared};
+use super::wire::Frame;
+use crate::{ActorId, ActorRef};
+
+/// How often each node sends its sequence number to every peer, so that lost deltas are noticed.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// How long the flusher waits for room in a peer's data queue before dropping a frame for it (the
+/// peer repairs the gap with a full-state sync).
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Bound on buffered registry events per listener; a slower listener sees `Lagged`.
+pub const EVENT_CAPACITY: usize = 1024;
+
+/// Largest registry frame the flusher builds (batches and full states are split to fit), capped
+/// further at half the transport's frame limit.
+const FRAME_BUDGET: usize = 1 << 20;
+
+/// Bytes added to each entry's estimated encoding (lengths, sequence numbers, stamps).
+const ENTRY_OVERHEAD: usize = 40;
+
+/// Export-name prefix of actors registered under a unique name.
+const REG_PREFIX: &str = "reg:";
+
+/// Export-name prefix of actors that are members of groups.
+const GRP_PREFIX: &str = "grp:";
+
+/// A registry operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NamesError {
+    /// The registry refused the write (name taken, not registered, a limit exceeded, ...).
+    #[error(transparent)]
+    Table(#[from] NameError),
+    /// Only actors running on this node can be registered by it.
+    #[error("only actors running on this node can be registered here")]
+    NotLocal,
+    /// The actor has exited; nothing was registered.
+    #[error("actor {0} has exited")]
+    NotAlive(ActorId),
+    /// The metadata could not be encoded.
+    #[error("cannot encode metadata: {0}")]
+    Encode(String),
+    /// The stored metadata is not a value of the requested type.
+    #[error("cannot decode metadata: {0}")]
+    Decode(String),
+    /// The node has been dropped.
+    #[error("the node has stopped")]
+    Stopped,
+}
+
+/// Something that happened to this node's registrations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NamesEvent {
+    /// A local actor lost its name to a concurrent registration on another node. The name was
+    /// removed from the actor (which keeps running) and from the cluster; it now refers to the
+    /// winner's actor.
+    Conflict {
+        /// The contested name.
+        name: String,
+        /// The node whose registration won.
+        winner: NodeId,
+        /// The local actor that lost the name.
+        actor: ActorId,
+    },
+}
+
+/// What a registry entry's value holds: how to reach the actor on its (owner) node.
+#[derive(Debug, Serialize, Deserialize)]
+struct Addr {
+    /// [`RemoteActor::TYPE`] of the actor.
+    actor_type: String,
+    /// For a group member, the actor's id on its node (exported as `grp:<id>`); `None` for a
+    /// unique name (exported as `reg:<name>`).
+    member: Option<u64>,
+}
+
+impl Addr {
+    /// The export name on the owner node of the actor registered as `name` (or a group member).
+    fn export(&self, name: &str) -> String {
+        match self.member {
+            Some(id) => format!("{GRP_PREFIX}{id}"),
+            None => format!("{REG_PREFIX}{name}"),
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Addr> {
+        postcard::from_bytes(bytes).ok()
+    }
+}
+
+/// What travels in a [`Frame::Names`]. `from` is the origin; receivers check it against the
+/// authenticated peer that sent the frame.
+#[derive(Debug, Serialize, Deserialize)]
+enum Msg {
+    /// Local writes of `from`.
+    Delta { from: Member, delta: Delta },
+    /// Part `index` (from 0) of `from`'s full state at `seq` (parts travel in order on one
+    /// connection; a missing part voids the transfer).
+    Full {
+        from: Member,
+        seq: u64,
+        index: u32,
+        last: bool,
+        names: Vec<(String, Entry)>,
+        groups: Vec<(String, Vec<GroupMember>)>,
+    },
+    /// `from` asks for the receiver's full state.
+    SyncRequest { from: Member },
+    /// `from` has written up to `seq`.
+    Seq { from: Member, seq: u64 },
+}
+
+/// The registrations one local actor holds.
+#[derive(Default)]
+struct LocalActor {
+    names: HashSet<String>,
+    groups: HashSet<String>,
+    /// The actor's group member value (its `grp:` address), once it joined a group.
+    group_value: Option<Vec<u8>>,
+}
+
+/// A full state being received in parts.
+struct Assembly {
+    from: Member,
+    state: FullState,
+    /// Index of the next part expected.
+    next: u32,
+}
+
+struct Inner {
+    table: NameTable,
+    /// Local writes not yet handed to the flusher's peers, in sequence order.
+    batch: Delta,
+    /// Peers owed this node's full state.
+    full_to: BTreeSet<NodeId>,
+    /// Peers whose full state this node asks for.
+    sync_to: BTreeSet<NodeId>,
+    assembling: HashMap<NodeId, Assembly>,
+    /// Local actors with registrations (and an exit hook), by id.
+    actors: HashMap<ActorId, LocalActor>,
+    /// Holder of each local unique name.
+    holders: HashMap<String, ActorId>,
+}
+
+impl Inner {
+    fn queue(&mut self, delta: Delta) {
+        if let Err(delta) = self.batch.append(delta) {
+            // Local writes are consecutive under the lock; should this ever fail, peers see a gap
+            // and sync instead.
+            tracing::error!(
+                first_seq = delta.first_seq,
+                "registry delta out of order dropped"
+            );
+        }
+    }
+
+    /// Drops the local bookkeeping of `name` (unregistered or lost); returns its former holder.
+    fn forget_name(&mut self, name: &str) -> Option<ActorId> {
+        let id = self.holders.remove(name)?;
+        if let Some(a) = self.actors.get_mut(&id) {
+            a.names.remove(name);
+        }
+        Some(id)
+    }
+}
+
+/// The registry state of one node, owned by its `Shared`.
+pub(crate) struct NamesState {
+    me: Member,
+    inner: RwLock<Inner>,
+    /// Wakes the flusher.
+    notify: Arc<Notify>,
+    events: broadcast::Sender<NamesEvent>,
+    /// Largest frame the flusher builds.
+    budget: usize,
+}
+
+/// The limits to use with frames of `max_frame` bytes: `config` if its largest entry fits in a
+/// registry frame; the default limits shrunk to fit (smaller metadata first) if `config` is the
+/// default; otherwise an error.
+pub(crate) fn effective_config(
+    config: &NamesConfig,
+    max_frame: usize,
+) -> Result<NamesConfig, String> {
+    let budget = frame_budget(max_frame);
+    let largest = config
+        .max_name_len
+        .saturating_add(config.max_value_len)
+        .saturating_add(config.max_meta_len)
+        .saturating_add(ENTRY_OVERHEAD + 64);
+    if largest <= budget {
+        return Ok(config.clone());
+    }
+    if *config == NamesConfig::default() {
+        let room = budget.saturating_sub(ENTRY_OVERHEAD + 64);
+        let max_name_len = config.max_name_len.min(room / 4);
+        let max_value_len = config.max_value_len.min(room / 4);
+        return Ok(NamesConfig {
+            max_name_len,
+            max_value_len,
+            max_meta_len: room - max_name_len - max_value_len,
+            ..config.clone()
+        });
+    }
+    Err(format!(
+        "a registry entry (name {} + value {} + metadata {} bytes) must fit in {budget} bytes \
+         (half of max_frame)",
+        config.max_name_len, config.max_value_len, config.max_meta_len
+    ))
+}
+
+fn frame_budget(max_frame: usize) -> usize {
+    FRAME_BUDGET.min(max_frame / 2)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn encode_meta(meta: &impl Serialize) -> Result<Vec<u8>, NamesError> {
+    postcard::to_allocvec(meta).map_err(|e| NamesError::Encode(e.to_string()))
+}
+
+fn decode_meta<M: DeserializeOwned>(bytes: &[u8]) -> Result<M, NamesError> {
+    postcard::from_bytes(bytes).map_err(|e| NamesError::Decode(e.to_string()))
+}
+
+impl NamesState {
+    /// The registry of the local node `me`.
+    pub(crate) fn new(me: Member, config: NamesConfig, max_frame: usize) -> Self {
+        NamesState {
+            inner: RwLock::new(Inner {
+                table: NameTable::new(me.clone(), config),
+                batch: Delta::default(),
+                full_to: BTreeSet::new(),
+                sync_to: BTreeSet::new(),
+                assembling: HashMap::new(),
+                actors: HashMap::new(),
+                holders: HashMap::new(),
+            }),
+            me,
+            notify: Arc::new(Notify::new()),
+            events: broadcast::channel(EVENT_CAPACITY).0,
+            budget: frame_budget(max_frame),
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+        // Critical sections leave the table consistent before anything can panic.
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    // ---- membership hooks ----
+
+    /// `member` came up: forget an older incarnation's entries and send it our full state.
+    pub(crate) fn node_up(&self, member: &Member) {
+        if member.id == self.me.id {
+            return;
+        }
+        let mut inner = self.write();
+        inner.table.node_up(member);
+        inner.full_to.insert(member.id.clone());
+        drop(inner);
+        self.notify.notify_one();
+    }
+
+    /// `id` went down: drop everything it registered.
+    pub(crate) fn node_down(&self, id: &NodeId) {
+        let mut inner = self.write();
+        let dropped = inner.table.node_down(id);
+        inner.assembling.remove(id);
+        inner.full_to.remove(id);
+        inner.sync_to.remove(id);
+        drop(inner);
+        if dropped > 0 {
+            tracing::debug!(node = %id, dropped, "registry entries of a down node dropped");
+        }
+    }
+
+    /// A full membership view (at start, or after missed events): `members` are up, every other
+    /// node the table knows is down.
+    pub(crate) fn members_view(&self, members: &[MemberInfo]) {
+        let known: Vec<NodeId> = self
+            .read()
+            .table
+            .nodes()
+            .map(|(id, _)| id.clone())
+            .filter(|id| *id != self.me.id && !members.iter().any(|m| m.id == *id))
+            .collect();
+        for id in known {
+            self.node_down(&id);
+        }
+        for m in members {
+            self.node_up(&m.member());
+        }
+    }
+
+    // ---- remote input ----
+
+    /// A [`Frame::Names`] from the authenticated peer `peer`. Runs on the connection's reader: it
+    /// only updates the table and queues work for the flusher, never waits.
+    pub(crate) fn receive(&self, shared: &Arc<Shared>, peer: &NodeId, bytes: &[u8]) {
+        let msg: Msg = match postcard::from_bytes(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "undecodable registry message dropped");
+                return;
+            }
+        };
+        let from = match &msg {
+            Msg::Delta { from, .. }
+            | Msg::Full { from, .. }
+            | Msg::SyncRequest { from }
+            | Msg::Seq { from, .. } => from,
+        };
+        if from.id != *peer {
+            tracing::warn!(%peer, claimed = %from.id, "registry message for another node dropped");
+            return;
+        }
+        let mut inner = self.write();
+        let out = match msg {
+            Msg::Delta { from, delta } => inner.table.apply(&from, delta),
+            Msg::Full {
+                from,
+                seq,
+                index,
+                last,
+                names,
+                groups,
+            } => {
+                if index == 0 {
+                    let state = FullState {
+                        seq,
+                        ..FullState::default()
+                    };
+                    let assembly = Assembly {
+                        from: from.clone(),
+                        state,
+                        next: 0,
+                    };
+                    inner.assembling.insert(from.id.clone(), assembly);
+                }
+                let Some(a) = inner.assembling.get_mut(&from.id) else {
+                    return;
+                };
+                if a.from != from || a.state.seq != seq || a.next != index {
+                    // A part was dropped: void the transfer; the heartbeat brings a re-sync.
+                    inner.assembling.remove(&from.id);
+                    return;
+                }
+                a.next = a.next.saturating_add(1);
+                a.state.names.extend(names);
+                a.state.groups.extend(groups);
+                if !last {
+                    return;
+                }
+                match inner.assembling.remove(&from.id) {
+                    Some(a) => inner.table.apply_full(&a.from, a.state),
+                    None => return,
+                }
+            }
+            Msg::SyncRequest { from } => {
+                inner.full_to.insert(from.id);
+                drop(inner);
+                self.notify.notify_one();
+                return;
+            }
+            Msg::Seq { from, seq } => inner.table.observe_seq(&from, seq).into_iter().collect(),
+        };
+        let lost = self.handle(&mut inner, out);
+        drop(inner);
+        self.notify.notify_one();
+        self.report(shared, lost);
+    }
+
+    /// Carries out the table's requests; returns the conflicts lost (to report outside the lock).
+    fn handle(&self, inner: &mut Inner, out: Vec<Outgoing>) -> Vec<(String, NodeId, ActorId)> {
+        let mut lost = Vec::new();
+        for o in out {
+            match o {
+                Outgoing::Broadcast(delta) => inner.queue(delta),
+                Outgoing::SyncRequest { to } => {
+                    inner.sync_to.insert(to);
+                }
+                Outgoing::Event(NameEvent::Conflict { name, winner, .. }) => {
+                    if let Some(actor) = inner.forget_name(&name) {
+                        lost.push((name, winner, actor));
+                    }
+                }
+            }
+        }
+        lost
+    }
+
+    /// Takes lost names away from their actors' exports and tells listeners.
+    fn report(&self, shared: &Arc<Shared>, lost: Vec<(String, NodeId, ActorId)>) {
+        for (name, winner, actor) in lost {
+            shared.unexport(&format!("{REG_PREFIX}{name}"), actor);
+            tracing::info!(%name, %winner, actor = %actor.get(), "registered name lost to a concurrent registration");
+            let _ = self.events.send(NamesEvent::Conflict {
+                name,
+                winner,
+                actor,
+            });
+        }
+    }
+
+    /// A local actor exited: drop its names and memberships (its exports go with it).
+    fn actor_exited(&self, id: ActorId) {
+        let mut inner = self.write();
+        let Some(actor) = inner.actors.remove(&id) else {
+            return;
+        };
+        for name in actor.names {
+            if inner.holders.get(&name) == Some(&id) {
+                inner.holders.remove(&name);
+                if let Ok(d) = inner.table.unregister(&name) {
+                    inner.queue(d);
+                }
+            }
+        }
+        if let Some(value) = &actor.group_value {
+            for group in actor.groups {
+                if let Ok(d) = inner.table.leave_group(&group, value) {
+                    inner.queue(d);
+                }
+            }
+        }
+        drop(inner);
+        self.notify.notify_one();
+    }
+}
+
+/// Work the flusher took from the registry in one go.
+struct Work {
+    deltas: Vec<Vec<u8>>,
+    /// Encoded full-state parts, per peer owed them.
+    full: Vec<(NodeId, Vec<Vec<u8>>)>,
+    sync: Vec<(NodeId, Vec<u8>)>,
+    seq: Option<Vec<u8>>,
+}
+
+fn encode(msg: &Msg) -> Vec<u8> {
+    // Only plain data: encoding cannot fail short of running out of memory.
+    postcard::to_allocvec(msg).unwrap_or_default()
+}
+
+fn op_size(op: &throng_core::names::Op) -> usize {
+    use throng_core::names::Op;
+    ENTRY_OVERHEAD
+        + match op {
+            Op::Register {
+                name, value, meta, ..
+            } => name.len() + value.len() + meta.len(),
+            Op::Unregister { name } => name.len(),
+            Op::UpdateMeta { name, meta } => name.len() + meta.len(),
+            Op::Join { group, member } => group.len() + member.value.len() + member.meta.len(),
+            Op::Leave { group, value } => group.len() + value.len(),
+        }
+}
+
+/// Splits `delta` into encoded frames of at most about `budget` bytes each.
+fn delta_frames(from: &Member, delta: Delta, budget: usize) -> Vec<Vec<u8>> {
+    let mut frames = Vec::new();
+    let mut part = Delta {
+        first_seq: delta.first_seq,
+        ops: Vec::new(),
+    };
+    let mut size = 0;
+    let mut next_seq = delta.first_seq;
+    for op in delta.ops {
+        let s = op_size(&op);
+        if size + s > budget && !part.ops.is_empty() {
+            let full = std::mem::replace(
+                &mut part,
+                Delta {
+                    first_seq: next_seq,
+                    ops: Vec::new(),
+                },
+            );
+            frames.push(encode(&Msg::Delta {
+                from: from.clone(),
+                delta: full,
+            }));
+            size = 0;
+        }
+        size += s;
+        part.ops.push(op);
+        next_seq = next_seq.saturating_add(1);
+    }
+    if !part.ops.is_empty() {
+        frames.push(encode(&Msg::Delta {
+            from: from.clone(),
+            delta: part,
+        }));
+    }
+    frames
+}
+
+/// Splits `state` into encoded [`Msg::Full`] parts of at most about `budget` bytes each.
+fn full_frames(from: &Member, state: FullState, budget: usize) -> Vec<Vec<u8>> {
+    struct Part {
+        names: Vec<(String, Entry)>,
+        groups: Vec<(String, Vec<GroupMember>)>,
+    }
+    let mut parts = vec![];
+    let mut cur = Part {
+        names: vec![],
+        groups: vec![],
+    };
+    let mut size = 0;
+    let take = |cur: &mut Part| {
+        std::mem::replace(
+            cur,
+            Part {
+                names: vec![],
+                groups: vec![],
+            },
+        )
+    };
+    for (name, entry) in state.names {
+        let s = ENTRY_OVERHEAD + name.len() + entry.value.len() + entry.meta.len();
+        if size + s > budget && size > 0 {
+            parts.push(take(&mut cur));
+            size = 0;
+        }
+        size += s;
+        cur.names.push((name, entry));
+    }
+    for (group, members) in state.groups {
+        let mut chunk: Vec<GroupMember> = Vec::new();
+        for m in members {
+            let s = ENTRY_OVERHEAD + group.len() + m.value.len() + m.meta.len();
+            if size + s > budget && size > 0 {
+                if !chunk.is_empty() {
+                    cur.groups.push((group.clone(), std::mem::take(&mut chunk)));
+                }
+                parts.push(take(&mut cur));
+                size = 0;
+            }
+            size += s;
+            chunk.push(m);
+        }
+        if !chunk.is_empty() {
+            cur.groups.push((group, chunk));
+        }
+    }
+    parts.push(take(&mut cur));
+    let n = parts.len();
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            encode(&Msg::Full {
+                from: from.clone(),
+                seq: state.seq,
+                index: u32::try_from(i).unwrap_or(u32::MAX),
+                last: i + 1 == n,
+                names: p.names,
+                groups: p.groups,
+            })
+        })
+        .collect()
+}
+
+impl NamesState {
+    /// Takes everything queued for peers (holding the lock only to copy the table's output).
+    fn take_work(&self, heartbeat: bool, linked: &HashSet<NodeId>) -> Work {
+        let mut inner = self.write();
+        let batch = std::mem::take(&mut inner.batch);
+        // Full states are only built for peers with a link; others stay owed (a link appears
+        // right after the membership event that queued them).
+        let owed: Vec<NodeId> = inner
+            .full_to
+            .iter()
+            .filter(|p| linked.contains(*p))
+            .cloned()
+            .collect();
+        let full_state = (!owed.is_empty()).then(|| inner.table.full_state());
+        for p in &owed {
+            inner.full_to.remove(p);
+        }
+        let sync: Vec<NodeId> = std::mem::take(&mut inner.sync_to).into_iter().collect();
+        let seq = inner.table.seq();
+        drop(inner);
+        let me = &self.me;
+        let full = match full_state {
+            Some(state) => {
+                let parts = full_frames(me, state, self.budget);
+                owed.into_iter().map(|p| (p, parts.clone())).collect()
+            }
+            None => Vec::new(),
+        };
+        Work {
+            deltas: delta_frames(me, batch, self.budget),
+            full,
+            sync: sync
+                .into_iter()
+                .map(|p| (p, encode(&Msg::SyncRequest { from: me.clone() })))
+                .collect(),
+            seq: (heartbeat && seq > 0).then(|| {
+                encode(&Msg::Seq {
+                    from: me.clone(),
+                    seq,
+                })
+            }),
+        }
+    }
+}
+
+/// Sends `frames` to `peer` in order, each waiting at most [`SEND_TIMEOUT`] for queue room.
+async fn send_all(peer: Arc<Peer>, frames: Vec<Vec<u8>>) {
+    for msg in frames {
+        let sent = tokio::time::timeout(SEND_TIMEOUT, peer.data.send(Frame::Names { msg })).await;
+        match sent {
+            Ok(Ok(())) => {}
+            // The link is gone (node down or stopping).
+            Ok(Err(_)) => return,
+            Err(_) => tracing::debug!("registry frame dropped: peer queue stayed full"),
+        }
+    }
+}
+
+/// The node's registry flusher: sends queued deltas, full states, sync requests and heartbeats to
+/// peers. Runs until the node stops.
+pub(crate) async fn flusher(shared: Weak<Shared>, stop: CancellationToken) {
+    let Some(notify) = shared.upgrade().map(|s| s.names.notify.clone()) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let heartbeat = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = notify.notified() => false,
+            _ = tick.tick() => true,
+        };
+        let Some(s) = shared.upgrade() else { return };
+        let peers = s.peer_list();
+        let linked: HashSet<NodeId> = peers.iter().map(|(id, _)| id.clone()).collect();
+        let work = s.names.take_work(heartbeat, &linked);
+        drop(s);
+        let Work {
+            deltas,
+            mut full,
+            mut sync,
+            seq,
+        } = work;
+        if deltas.is_empty() && full.is_empty() && sync.is_empty() && seq.is_none() {
+            continue;
+        }
+        let sends = peers.into_iter().map(|(id, peer)| {
+            // A peer getting the full state needs none of the deltas it covers.
+            let mut frames = match full.iter().position(|(p, _)| *p == id) {
+                Some(i) => full.swap_remove(i).1,
+                None => deltas.clone(),
+            };
+            if let Some(i) = sync.iter().position(|(p, _)| *p == id) {
+                frames.push(sync.swap_remove(i).1);
+            }
+            frames.extend(seq.clone());
+            send_all(peer, frames)
+        });
+        futures_util::future::join_all(sends).await;
+    }
+}
+
+/// The cluster-wide name registry of a node: see the [module docs](self). Cheap to clone; obtained
+/// from [`Node::names`](super::Node::names).
+#[derive(Clone)]
+pub struct Names {
+    shared: Weak<Shared>,
+}
+
+impl std::fmt::Debug for Names {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Names").finish_non_exhaustive()
+    }
+}
+
+impl Names {
+    pub(crate) fn new(shared: Weak<Shared>) -> Self {
+        Names { shared }
+    }
+
+    fn shared(&self) -> Result<Arc<Shared>, NamesError> {
+        self.shared.upgrade().ok_or(NamesError::Stopped)
+    }
+
+    /// Runs `f` on the table (read-locked); `None` once the node is gone.
+    fn with<T>(&self, f: impl FnOnce(&NameTable) -> T) -> Option<T> {
+        let shared = self.shared.upgrade()?;
+        let inner = shared.names.read();
+        Some(f(&inner.table))
+    }
+
+    /// Checks that `actor` runs here and is alive.
+    fn check_local<A: RemoteActor>(actor: &ActorRef<A>) -> Result<(), NamesError> {
+        if !actor.is_local() {
+            return Err(NamesError::NotLocal);
+        }
+        if !actor.is_alive() {
+            return Err(NamesError::NotAlive(actor.id()));
+        }
+        Ok(())
+    }
+
+    /// Hooks the actor's exit (once per actor) to drop its registrations.
+    fn hook_exit<A: RemoteActor>(shared: &Arc<Shared>, actor: &ActorRef<A>) {
+        let weak = Arc::downgrade(shared);
+        actor.handle().on_exit(move |id, _| {
+            if let Some(s) = weak.upgrade() {
+                s.names.actor_exited(id);
+            }
+        });
+    }
+
+    /// Registers the local `actor` as `name`, cluster-wide, with metadata `meta` (any serde value;
+    /// `()` for none). Visible on this node at once and on the others as soon as the delta arrives.
+    /// The name is dropped when the actor exits or when [`unregister`](Self::unregister)ed.
+    ///
+    /// Fails with [`NameError::Taken`] if this node already sees a registration of `name`
+    /// (on any node), with [`NamesError::NotLocal`] for an actor on another node.
+    pub fn register<A: RemoteActor>(
+        &self,
+        name: &str,
+        actor: &ActorRef<A>,
+        meta: impl Serialize,
+    ) -> Result<(), NamesError> {
+        Self::check_local(actor)?;
+        let meta = encode_meta(&meta)?;
+        let shared = self.shared()?;
+        let export = format!("{REG_PREFIX}{name}");
+        let value = Addr {
+            actor_type: A::TYPE.to_owned(),
+            member: None,
+        }
+        .encode();
+        let id = actor.id();
+        let fresh = {
+            let mut inner = shared.names.write();
+            let delta = inner.table.register(name, value, meta, now_ms())?;
+            inner.queue(delta);
+            // Exported under the lock, so that a concurrent conflict or unregistration cannot
+            // interleave; the name is ours, so any previous `reg:` export is stale.
+            if shared.export_typed(&export, actor, true).is_err() {
+                if let Ok(d) = inner.table.unregister(name) {
+                    inner.queue(d);
+                }
+                drop(inner);
+                shared.names.notify.notify_one();
+                return Err(NamesError::NotAlive(id));
+            }
+            inner.holders.insert(name.to_owned(), id);
+            let fresh = !inner.actors.contains_key(&id);
+            inner
+                .actors
+                .entry(id)
+                .or_default()
+                .names
+                .insert(name.to_owned());
+            fresh
+        };
+        shared.names.notify.notify_one();
+        if fresh {
+            Self::hook_exit(&shared, actor);
+        }
+        Ok(())
+    }
+
+    /// Drops this node's registration of `name` (the actor keeps running). Fails with
+    /// [`NameError::NotRegistered`] if this node holds no such name (another node's registration
+    /// can only be dropped by that node).
+    pub fn unregister(&self, name: &str) -> Result<(), NamesError> {
+        let shared = self.shared()?;
+        let holder = {
+            let mut inner = shared.names.write();
+            let delta = inner.table.unregister(name)?;
+            inner.queue(delta);
+            inner.forget_name(name)
+        };
+        shared.names.notify.notify_one();
+        if let Some(id) = holder {
+            shared.unexport(&format!("{REG_PREFIX}{name}"), id);
+        }
+        Ok(())
+    }
+
+    /// Replaces the metadata of this node's registration of `name`.
+    pub fn update_meta(&self, name: &str, meta: impl Serialize) -> Result<(), NamesError> {
+        let meta = encode_meta(&meta)?;
+        let shared = self.shared()?;
+        {
+            let mut inner = shared.names.write();
+            let delta = inner.table.update_meta(name, meta)?;
+            inner.queue(delta);
+        }
+        shared.names.notify.notify_one();
+        Ok(())
+    }
+
+    /// The actor registered as `name`, anywhere in the cluster, as this node sees it: the actor
+    /// itself if it runs here, a remote reference otherwise. `None` if the name is not registered or
+    /// its actor is not an `A`. Never waits for the network.
+    pub fn lookup<A: RemoteActor>(&self, name: &str) -> Option<ActorRef<A>> {
+        let shared = self.shared.upgrade()?;
+        let (node, addr) = {
+            let inner = shared.names.read();
+            let (node, entry) = inner.table.lookup(name)?;
+            (node.clone(), Addr::decode(&entry.value)?)
+        };
+        (addr.actor_type == A::TYPE).then(|| shared.remote::<A>(&node, &addr.export(name)))
+    }
+
+    /// The node holding `name`, if it is registered.
+    pub fn whereis(&self, name: &str) -> Option<NodeId> {
+        self.with(|t| t.lookup(name).map(|(n, _)| n.clone()))
+            .flatten()
+    }
+
+    /// The metadata of `name`, decoded as an `M`; `Ok(None)` if the name is not registered.
+    pub fn meta<M: DeserializeOwned>(&self, name: &str) -> Result<Option<M>, NamesError> {
+        let shared = self.shared()?;
+        let inner = shared.names.read();
+        inner
+            .table
+            .lookup(name)
+            .map(|(_, e)| decode_meta(&e.meta))
+            .transpose()
+    }
+
+    /// Every registration whose metadata decodes as an `M` and satisfies `pred(name, node, meta)`,
+    /// as `(name, node, meta)`, in no particular order.
+    pub fn select<M: DeserializeOwned>(
+        &self,
+        mut pred: impl FnMut(&str, &NodeId, &M) -> bool,
+    ) -> Vec<(String, NodeId, M)> {
+        self.with(|t| {
+            t.iter()
+                .filter_map(|(name, node, e)| {
+                    let meta: M = postcard::from_bytes(&e.meta).ok()?;
+                    pred(name, node, &meta).then(|| (name.to_owned(), node.clone(), meta))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+
+    /// Every registered name, in no particular order.
+    pub fn keys(&self) -> Vec<String> {
+        self.with(|t| t.keys().map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+
+    /// Number of registered names in the cluster (as this node sees it).
+    pub fn count(&self) -> usize {
+        self.with(NameTable::count).unwrap_or(0)
+    }
+
+    /// Adds the local `actor` to `group` with metadata `meta`; joining again replaces the
+    /// metadata. A group has any number of members on any number of nodes; memberships are dropped
+    /// when the actor exits.
+    pub fn join<A: RemoteActor>(
+        &self,
+        group: &str,
+        actor: &ActorRef<A>,
+        meta: impl Serialize,
+    ) -> Result<(), NamesError> {
+        Self::check_local(actor)?;
+        let meta = encode_meta(&meta)?;
+        let shared = self.shared()?;
+        let id = actor.id();
+        let addr = Addr {
+            actor_type: A::TYPE.to_owned(),
+            member: Some(id.get()),
+        };
+        let export = addr.export(group);
+        let value = addr.encode();
+        let fresh = {
+            let mut inner = shared.names.write();
+            let delta = inner.table.join_group(group, value.clone(), meta)?;
+            inner.queue(delta);
+            if shared.export_typed(&export, actor, true).is_err() {
+                if let Ok(d) = inner.table.leave_group(group, &value) {
+                    inner.queue(d);
+                }
+                drop(inner);
+                shared.names.notify.notify_one();
+                return Err(NamesError::NotAlive(id));
+            }
+            let fresh = !inner.actors.contains_key(&id);
+            let a = inner.actors.entry(id).or_default();
+            a.groups.insert(group.to_owned());
+            a.group_value = Some(value);
+            fresh
+        };
+        shared.names.notify.notify_one();
+        if fresh {
+            Self::hook_exit(&shared, actor);
+        }
+        Ok(())
+    }
+
+    /// Removes the local `actor` from `group`.
+    pub fn leave<A: RemoteActor>(
+        &self,
+        group: &str,
+        actor: &ActorRef<A>,
+    ) -> Result<(), NamesError> {
+        if !actor.is_local() {
+            return Err(NamesError::NotLocal);
+        }
+        let shared = self.shared()?;
+        let id = actor.id();
+        let addr = Addr {
+            actor_type: A::TYPE.to_owned(),
+            member: Some(id.get()),
+        };
+        let export = addr.export(group);
+        let value = addr.encode();
+        let unexport = {
+            let mut inner = shared.names.write();
+            let delta = inner.table.leave_group(group, &value)?;
+            inner.queue(delta);
+            match inner.actors.get_mut(&id) {
+                Some(a) => {
+                    a.groups.remove(group);
+                    a.groups.is_empty()
+                }
+                None => true,
+            }
+        };
+        shared.names.notify.notify_one();
+        if unexport {
+            shared.unexport(&export, id);
+        }
+        Ok(())
+    }
+
+    /// The members of `group` that are `A`s, on every node, with their metadata decoded as `M`
+    /// (members whose metadata is not an `M` are left out).
+    pub fn members_meta<A: RemoteActor, M: DeserializeOwned>(
+        &self,
+        group: &str,
+    ) -> Vec<(ActorRef<A>, M)> {
+        let Some(shared) = self.shared.upgrade() else {
+            return Vec::new();
+        };
+        let found: Vec<(NodeId, Addr, M)> = {
+            let inner = shared.names.read();
+            inner
+                .table
+                .members(group)
+                .filter_map(|(node, m)| {
+                    let addr = Addr::decode(m.value)?;
+                    let meta = postcard::from_bytes(m.meta).ok()?;
+                    (addr.actor_type == A::TYPE).then(|| (node.clone(), addr, meta))
+                })
+                .collect()
+        };
+        found
+            .into_iter()
+            .map(|(node, addr, meta)| (shared.remote::<A>(&node, &addr.export(group)), meta))
+            .collect()
+    }
+
+    /// The members of `group` that are `A`s, on every node.
+    pub fn members<A: RemoteActor>(&self, group: &str) -> Vec<ActorRef<A>> {
+        let Some(shared) = self.shared.upgrade() else {
+            return Vec::new();
+        };
+        let found: Vec<(NodeId, Addr)> = {
+            let inner = shared.names.read();
+            inner
+                .table
+                .members(group)
+                .filter_map(|(node, m)| {
+                    let addr = Addr::decode(m.value)?;
+                    (addr.actor_type == A::TYPE).then(|| (node.clone(), addr))
+                })
+                .collect()
+        };
+        found
+            .into_iter()
+            .map(|(node, addr)| shared.remote::<A>(&node, &addr.export(group)))
+            .collect()
+    }
+
+    /// Number of members of `group` (of any actor type), on every node.
+    pub fn count_members(&self, group: &str) -> usize {
+        self.with(|t| t.members(group).count()).unwrap_or(0)
+    }
+
+    /// The nodes with members in `group`, with how many each has.
+    pub fn member_nodes(&self, group: &str) -> Vec<(NodeId, usize)> {
+        self.with(|t| {
+            let mut v: Vec<(NodeId, usize)> = Vec::new();
+            for (node, _) in t.members(group) {
+                match v.last_mut() {
+                    Some((n, c)) if n == node => *c += 1,
+                    _ => v.push((node.clone(), 1)),
+                }
+            }
+            v
+        })
+        .unwrap_or_default()
+    }
+
+    /// Every group with at least one member.
+    pub fn groups(&self) -> Vec<String> {
+        self.with(|t| t.groups().map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+
+    /// Conflicts lost by this node's actors (see [`NamesEvent`]).
+    pub fn events(&self) -> broadcast::Receiver<NamesEvent> {
+        match self.shared.upgrade() {
+            Some(s) => s.names.events.subscribe(),
+            // A receiver that reports `Closed` at once.
+            None => broadcast::channel(1).1,
+        }
+    }
+
+    /// The limits on this node's registrations.
+    pub fn config(&self) -> NamesConfig {
+        self.with(|t| t.config().clone()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use throng_core::names::Op;
+    use throng_core::Incarnation;
+
+    fn me() -> Member {
+        Member::new(NodeId::new("a").unwrap(), Incarnation(1))
+    }
+
+    fn decode(bytes: &[u8]) -> Msg {
+        postcard::from_bytes(bytes).unwrap()
+    }
+
+    #[test]
+    fn batches_split_into_consecutive_deltas_within_the_budget() {
+        let ops: Vec<Op> = (0..1000)
+            .map(|i| Op::Register {
+                name: format!("name-{i}"),
+                value: vec![0; 20],
+                meta: vec![1; 30],
+                stamp: 1,
+            })
+            .collect();
+        let frames = delta_frames(
+            &me(),
+            Delta {
+                first_seq: 7,
+                ops: ops.clone(),
+            },
+            4096,
+        );
+        assert!(frames.len() > 10);
+        let mut joined = Delta::default();
+        for f in &frames {
+            assert!(f.len() <= 4096, "{}", f.len());
+            let Msg::Delta { from, delta } = decode(f) else {
+                panic!("not a delta")
+            };
+            assert_eq!(from, me());
+            joined.append(delta).unwrap();
+        }
+        assert_eq!(joined, Delta { first_seq: 7, ops });
+        assert!(delta_frames(&me(), Delta::default(), 4096).is_empty());
+    }
+
+    #[test]
+    fn full_states_split_into_numbered_parts_within_the_budget() {
+        let entry = |i: u64| Entry {
+            value: vec![0; 20],
+            meta: vec![1; 30],
+            seq: i,
+            stamp: 1,
+        };
+        let state = FullState {
+            seq: 99,
+            names: (0..500).map(|i| (format!("n{i}"), entry(i))).collect(),
+            groups: vec![(
+                "g".into(),
+                (0..500u32)
+                    .map(|i| GroupMember {
+                        value: i.to_le_bytes().to_vec(),
+                        meta: vec![],
+                    })
+                    .collect(),
+            )],
+        };
+        let parts = full_frames(&me(), state.clone(), 2048);
+        assert!(parts.len() > 5);
+        let mut names = Vec::new();
+        let mut members = 0;
+        for (i, p) in parts.iter().enumerate() {
+            assert!(p.len() <= 2048, "{}", p.len());
+            let Msg::Full {
+                seq,
+                index,
+                last,
+                names: n,
+                groups,
+                ..
+            } = decode(p)
+            else {
+                panic!("not a full part")
+            };
+            assert_eq!((seq, index as usize, last), (99, i, i + 1 == parts.len()));
+            names.extend(n);
+            members += groups.iter().map(|(_, m)| m.len()).sum::<usize>();
+        }
+        assert_eq!(names, state.names);
+        assert_eq!(members, 500);
+        // An empty state is one (last) part.
+        let empty = full_frames(&me(), FullState::default(), 2048);
+        assert!(matches!(
+            decode(&empty[0]),
+            Msg::Full {
+                index: 0,
+                last: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn limits_must_fit_in_frames() {
+        let default = NamesConfig::default();
+        assert_eq!(effective_config(&default, 8 << 20).unwrap(), default);
+        // The defaults shrink to fit small frames.
+        let small = effective_config(&default, 16 * 1024).unwrap();
+        assert!(small.max_name_len + small.max_value_len + small.max_meta_len <= 8 * 1024);
+        assert_eq!(small.max_names, default.max_names);
+        // Explicit limits that do not fit are refused.
+        let big = NamesConfig {
+            max_meta_len: 1 << 30,
+            ..NamesConfig::default()
+        };
+        assert!(effective_config(&big, 8 << 20).is_err());
+    }
+}

@@ -480,8 +480,8 @@ async fn serve<A: Actor>(actor: &mut A, ctx: &mut Context<A>) -> ExitReason {
         let Envelope { msg, reply } = match mailbox.recv().await {
             Recv::Msg(env) => env,
             Recv::Signal => continue,
-            // Only the exit guard closes the mailbox; stop cleanly anyway.
-            Recv::Closed => return ExitReason::Normal,
+            // Sealed by `drain_stop` and drained: a requested stop.
+            Recv::Closed => return ExitReason::Shutdown,
         };
         match caught(
             AssertUnwindSafe(actor.handle(msg, ctx))

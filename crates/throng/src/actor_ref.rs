@@ -180,6 +180,13 @@ impl ActorHandle {
         self.cell.deliver(Signal::Stop(reason));
     }
 
+    /// Drain the actor and stop it: it handles every message already in its mailbox, refuses new
+    /// ones (senders get `Exited`: nothing delivered), then stops with [`ExitReason::Shutdown`]
+    /// (`stopped` runs). Used to move an actor without losing or duplicating a message.
+    pub fn drain_stop(&self) {
+        self.cell.seal();
+    }
+
     /// Stop the actor now, at its next await point, without running `stopped`. It exits with
     /// [`ExitReason::Killed`].
     pub fn kill(&self) {

@@ -151,6 +151,13 @@ impl Cell {
         std::mem::take(&mut st.signals)
     }
 
+    /// Seal the actor's mailbox: it handles what is queued, refuses anything new, then stops.
+    pub(crate) fn seal(&self) {
+        if let Some(m) = self.wake.get().and_then(Weak::upgrade) {
+            m.seal();
+        }
+    }
+
     /// Abort the actor's task: it stops at its next await point without running `stopped`.
     pub(crate) fn kill(&self) {
         let abort = self.lock().abort.take();

@@ -151,6 +151,20 @@ impl<T> Mailbox<T> {
 
     /// Close the mailbox and take what was queued. Later sends fail; waiting senders are woken to
     /// learn it.
+    /// Refuse new items but keep the queued ones: the receiver gets them, then `Closed`. This is
+    /// how an actor is drained before it moves: everything accepted is handled, nothing after.
+    pub(crate) fn seal(&self) {
+        let mut inner = self.lock();
+        inner.closed = true;
+        let senders = std::mem::take(&mut inner.senders);
+        let waker = inner.receiver.take();
+        drop(inner);
+        senders.into_iter().for_each(Waker::wake);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
     pub(crate) fn close(&self) -> VecDeque<T> {
         let mut inner = self.lock();
         inner.closed = true;
@@ -165,11 +179,16 @@ impl<T> Mailbox<T> {
 /// The type-erased part of a mailbox that the actor's cell needs: waking it for a signal.
 pub(crate) trait Signal: Send + Sync {
     fn signal(&self);
+    /// See [`Mailbox::seal`].
+    fn seal(&self);
 }
 
 impl<T: Send> Signal for Mailbox<T> {
     fn signal(&self) {
         Mailbox::signal(self)
+    }
+    fn seal(&self) {
+        Mailbox::seal(self)
     }
 }
 
@@ -200,6 +219,19 @@ mod tests {
         assert!(matches!(mb.recv().await, Recv::Closed));
         assert!(matches!(mb.try_send(5), Err(SendFailure::Closed(5))));
         assert_eq!(mb.send(6).await, Err(6));
+    }
+
+    #[tokio::test]
+    async fn a_sealed_mailbox_hands_out_what_it_holds_then_closes() {
+        let mb = Mailbox::new(4);
+        mb.try_send(1).ok().unwrap();
+        mb.try_send(2).ok().unwrap();
+        mb.seal();
+        assert!(matches!(mb.try_send(3), Err(SendFailure::Closed(3))));
+        assert_eq!(mb.send(4).await, Err(4));
+        assert!(matches!(mb.recv().await, Recv::Msg(1)));
+        assert!(matches!(mb.recv().await, Recv::Msg(2)));
+        assert!(matches!(mb.recv().await, Recv::Closed));
     }
 
     #[tokio::test]

@@ -113,7 +113,6 @@ pub(crate) enum Cmd {
     List {
         reply: oneshot::Sender<Vec<(String, String)>>,
     },
-    View(Vec<NodeId>),
     Stats {
         reply: oneshot::Sender<DistStats>,
     },
@@ -147,6 +146,12 @@ pub(crate) enum Internal {
         from: NodeId,
         msg: DirMsg,
     },
+    /// The connection to this peer was lost and re-established.
+    Reconnected(NodeId),
+    /// The eligible nodes changed.
+    View(Vec<NodeId>),
+    /// Membership declared this node down.
+    NodeDown(NodeId),
 }
 
 /// The per-node state of one distributed supervisor.
@@ -232,13 +237,9 @@ impl Dist {
             }
         }
         if self.member {
-            if let Err(mpsc::error::TrySendError::Full(cmd)) = self.cmds.try_send(Cmd::View(nodes))
-            {
-                let cmds = self.cmds.clone();
-                tokio::spawn(async move {
-                    let _ = cmds.send(cmd).await;
-                });
-            }
+            // On the same queue as peers' directory messages, so that a message sent after a
+            // peer saw a view change is handled after this node's own view change is.
+            let _ = self.internal.send(Internal::View(nodes));
         }
     }
 
@@ -326,7 +327,6 @@ impl Driver {
                 let _ = reply.send(list);
                 Vec::new()
             }
-            Cmd::View(nodes) => self.dir.set_view(nodes.iter()),
             Cmd::Stats { reply } => {
                 let _ = reply.send(DistStats {
                     owned: self.dir.owned().len(),
@@ -418,6 +418,9 @@ impl Driver {
                 out
             }
             Internal::Msg { from, msg } => self.dir.receive(&from, msg),
+            Internal::Reconnected(peer) => self.dir.reconnected(&peer),
+            Internal::View(nodes) => self.dir.set_view(nodes.iter()),
+            Internal::NodeDown(node) => self.dir.node_down(&node),
         }
     }
 
@@ -439,7 +442,9 @@ impl Driver {
                 Action::Stop { key } => {
                     if let Some(r) = self.running.get(&key) {
                         let handle = r.handle.clone();
-                        handle.stop(ExitReason::Shutdown);
+                        // Drained: what it accepted is handled (and in its final snapshot);
+                        // what comes after is refused, so callers send it to the new owner.
+                        handle.drain_stop();
                         tokio::spawn(async move {
                             if tokio::time::timeout(CHILD_SHUTDOWN, handle.monitor())
                                 .await
@@ -612,6 +617,14 @@ impl Shared {
             .cloned()
     }
 
+    /// Queue `note()` to every supervisor's driver.
+    pub(crate) fn dists_notify(&self, note: impl Fn() -> Internal) {
+        let dists = self.dists.read().unwrap_or_else(|p| p.into_inner());
+        for d in dists.values() {
+            let _ = d.internal.send(note());
+        }
+    }
+
     /// Tell every supervisor the placement view changed.
     pub(crate) fn dists_view(&self) {
         let owners = self.owner_nodes();
@@ -740,20 +753,87 @@ impl DistSupervisor {
         self.shared.remote::<A>(owner, &self.dist.export_name(key))
     }
 
-    /// Call the child `key` and wait for its reply (one hop to its owner).
+    /// Call the child `key` and wait for its reply, at most [`crate::DEFAULT_CALL_TIMEOUT`]: one
+    /// hop to its owner. See [`DistSupervisor::call_timeout`].
     pub async fn call<A: Keyed>(&self, key: &str, msg: A::Msg) -> Result<A::Reply, CallError> {
-        match self.child::<A>(key) {
-            Some(c) => c.call(msg).await,
-            None => Err(CallError::NodeDown("(no node owns keys)".into())),
+        self.call_timeout::<A>(key, msg, crate::DEFAULT_CALL_TIMEOUT)
+            .await
+    }
+
+    /// Call the child `key` and wait for its reply, at most `timeout` in all.
+    ///
+    /// While the child moves (its node leaves, a node joins, or it fails over), a call that
+    /// reaches a copy that no longer accepts messages — or a node that does not run the child
+    /// yet — was not delivered; it is sent again to the owner of the moment until it is handled
+    /// or `timeout` passes. A call is therefore handled at most once, and not lost to a move. A
+    /// call whose connection is lost in flight fails with [`CallError::NodeDown`] (it may or may
+    /// not have been handled).
+    pub async fn call_timeout<A: Keyed>(
+        &self,
+        key: &str,
+        msg: A::Msg,
+        timeout: Duration,
+    ) -> Result<A::Reply, CallError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let name = self.dist.export_name(key);
+        let mut first = Some(msg);
+        let mut again: Option<Vec<u8>> = None;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let owner = self
+                .node_for(key)
+                .ok_or_else(|| CallError::NodeDown("(no node owns keys)".into()))?;
+            let msg = match first.take() {
+                Some(m) => {
+                    // Kept encoded in case the call must be sent again.
+                    again = Some(
+                        postcard::to_allocvec(&m).map_err(|e| CallError::Codec(e.to_string()))?,
+                    );
+                    m
+                }
+                None => postcard::from_bytes(again.as_deref().unwrap_or_default())
+                    .map_err(|e| CallError::Codec(e.to_string()))?,
+            };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let result = if owner == self.shared.id {
+                match self.shared.local_export::<A>(&name) {
+                    Some(child) => child.call_timeout(msg, left).await,
+                    None => Err(CallError::NoSuchActor(name.clone())),
+                }
+            } else {
+                self.shared
+                    .remote_ref::<A>(&owner, &name, false)
+                    .call_timeout(msg, left)
+                    .await
+            };
+            match result {
+                Err(CallError::Exited(_) | CallError::NoSuchActor(_))
+                    if tokio::time::Instant::now() + pause < deadline =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(20));
+                }
+                other => return other,
+            }
         }
     }
 
-    /// Send to the child `key` without waiting for a reply.
+    /// Send to the child `key` without waiting for a reply (one hop to its owner; a cast refused
+    /// locally by a moving child is sent again, a remote one cannot be).
     pub async fn cast<A: Keyed>(&self, key: &str, msg: A::Msg) -> Result<(), SendError> {
-        match self.child::<A>(key) {
-            Some(c) => c.cast(msg).await,
-            None => Err(SendError::NodeDown("(no node owns keys)".into())),
+        let owner = self
+            .node_for(key)
+            .ok_or_else(|| SendError::NodeDown("(no node owns keys)".into()))?;
+        let name = self.dist.export_name(key);
+        if owner == self.shared.id {
+            if let Some(child) = self.shared.local_export::<A>(&name) {
+                return child.cast(msg).await;
+            }
         }
+        self.shared
+            .remote_ref::<A>(&owner, &name, false)
+            .cast(msg)
+            .await
     }
 
     /// Start the child of type `A` with `key` on the node that owns the key, from `args`. Returns

@@ -191,18 +191,30 @@ impl<A: RemoteActor> Export for TypedExport<A> {
                 reply.send(match result {
                     Ok(value) => postcard::to_allocvec(&value)
                         .map_err(|e| RemoteFailure::Decode(e.to_string())),
+                    // Refused at the mailbox (see `refuse` below): never handled.
+                    Err(ExitReason::NoProc) => Err(RemoteFailure::NotDelivered),
                     Err(reason) => Err(RemoteFailure::Failed(reason.to_string())),
                 })
             };
             ReplyTo::Call(Box::new(Box::new(encode_and_send)))
         });
+        // A sealed or closed mailbox hands the envelope back: tell a caller it was not delivered.
+        fn refuse<A: RemoteActor>(env: Envelope<A>) -> Result<(), RemoteFailure> {
+            if let Some(r) = env.reply {
+                r.send(Err(ExitReason::NoProc));
+            }
+            Err(RemoteFailure::NotDelivered)
+        }
         match self.0.try_enqueue(Envelope { msg, reply }) {
             Ok(()) => Delivery::Done(Ok(())),
-            Err(SendFailure::Closed(_)) => Delivery::Done(Err(RemoteFailure::Exited)),
+            Err(SendFailure::Closed(env)) => Delivery::Done(refuse(env)),
             Err(SendFailure::Full(env)) => {
                 let actor = self.0.clone();
                 Delivery::Wait(Box::pin(async move {
-                    actor.enqueue(env).await.map_err(|_| RemoteFailure::Exited)
+                    match actor.enqueue(env).await {
+                        Ok(()) => Ok(()),
+                        Err(env) => refuse(env),
+                    }
                 }))
             }
         }
@@ -437,6 +449,7 @@ impl<A: Actor> RemoteRoute<A> {
             Ok(bytes) => (self.decode)(&bytes).map_err(CallError::Codec),
             Err(Ok(failure)) => Err(match failure {
                 RemoteFailure::NoSuchActor(n) => CallError::NoSuchActor(n),
+                RemoteFailure::NotDelivered => CallError::NoSuchActor(self.name.clone()),
                 RemoteFailure::UnknownActorType { expected, found } => {
                     CallError::UnknownActorType { expected, found }
                 }
@@ -758,6 +771,26 @@ impl Shared {
         peer: &NodeId,
         name: &str,
     ) -> ActorRef<A> {
+        self.remote_ref(peer, name, true)
+    }
+
+    /// The local actor exported as `name` with type `A`, if any.
+    pub(super) fn local_export<A: RemoteActor>(&self, name: &str) -> Option<ActorRef<A>> {
+        self.export(name).and_then(|e| {
+            e.any()
+                .downcast_ref::<TypedExport<A>>()
+                .map(|t| t.0.clone())
+        })
+    }
+
+    /// [`Shared::remote`]; without `monitor`, a transient reference for one request: no monitor
+    /// is set up, so its handle does not follow the remote actor's exit.
+    pub(super) fn remote_ref<A: RemoteActor>(
+        self: &Arc<Self>,
+        peer: &NodeId,
+        name: &str,
+        monitor: bool,
+    ) -> ActorRef<A> {
         if *peer == self.id {
             if let Some(local) = self.export(name).and_then(|e| {
                 e.any()
@@ -776,7 +809,10 @@ impl Shared {
             encode: |m| postcard::to_allocvec(m).map_err(|e| e.to_string()),
             decode: |b| postcard::from_bytes(b).map_err(|e| e.to_string()),
         });
-        if *peer != self.id {
+        if !monitor {
+            // Nothing watches the remote actor: the handle stays "alive"; requests still fail
+            // with typed errors.
+        } else if *peer != self.id {
             let mid = self.next_id.fetch_add(1, Ordering::Relaxed);
             lock(&self.proxies).insert((peer.clone(), mid), Arc::downgrade(&proxy));
             match self.peer(peer) {
@@ -1211,6 +1247,8 @@ async fn membership_glue(
                     r.remove(&info.id);
                 });
                 s.dists_view();
+                let down = info.id.clone();
+                s.dists_notify(|| super::dist::Internal::NodeDown(down.clone()));
                 let _ = events.send(ClusterEvent::NodeDown(info));
             }
             Ok(MembershipEvent::Rejoined(info)) => {
@@ -1498,6 +1536,7 @@ async fn link_task(
     mut data_rx: mpsc::Receiver<Frame>,
     mut inbound_rx: mpsc::Receiver<Conn>,
 ) {
+    let mut connections = 0u64;
     let Some(me) = shared.upgrade().map(|s| s.id.clone()) else {
         return;
     };
@@ -1568,6 +1607,13 @@ async fn link_task(
         refused = None;
         tracing::info!(peer = %peer.id, incarnation = conn.incarnation, "connected");
         peer.connected.store(true, Ordering::Release);
+        connections += 1;
+        if connections > 1 {
+            // Frames in flight on the lost connection may be gone: directories re-send.
+            if let Some(s) = shared.upgrade() {
+                s.dists_notify(|| super::dist::Internal::Reconnected(peer.id.clone()));
+            }
+        }
         let ended = run_conn(
             &shared,
             &peer,

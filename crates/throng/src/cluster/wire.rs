@@ -150,6 +150,9 @@ pub enum RemoteFailure {
     AlreadyStarted(String),
     /// The child failed to start there (its `started` hook or args).
     StartFailed(String),
+    /// The actor refused the message (it is stopping or moving): nothing was delivered, so the
+    /// caller may safely send it again (to the key's new owner).
+    NotDelivered,
 }
 
 /// An exit reason as it crosses the wire.

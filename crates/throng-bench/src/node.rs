@@ -234,10 +234,10 @@ async fn handle(state: &Arc<State>, cmd: Command) -> Value {
                 let mut i = 0u64;
                 while !s.caller_stop.load(Ordering::SeqCst) {
                     i = (i + 7919) % n;
-                    let result = match sup.child::<Child>(&key(i)) {
-                        Some(c) => c.call_timeout(Msg::Get, Duration::from_secs(5)).await.ok(),
-                        None => None,
-                    };
+                    let result = sup
+                        .call_timeout::<Child>(&key(i), Msg::Get, Duration::from_secs(5))
+                        .await
+                        .ok();
                     s.caller_calls.fetch_add(1, Ordering::Relaxed);
                     if result != Some(i + 1) {
                         s.caller_failed.fetch_add(1, Ordering::Relaxed);
@@ -272,10 +272,10 @@ async fn resolve(state: &State, n: u64, add: u64, timeout_ms: u64) -> Value {
             .map(|i| {
                 let sup = &sup;
                 async move {
-                    let r = match sup.child::<Child>(&key(i)) {
-                        Some(c) => c.call_timeout(Msg::Get, Duration::from_secs(2)).await.ok(),
-                        None => None,
-                    };
+                    let r = sup
+                        .call_timeout::<Child>(&key(i), Msg::Get, Duration::from_secs(2))
+                        .await
+                        .ok();
                     (i, r)
                 }
             })
@@ -317,10 +317,7 @@ async fn latency(state: &State, n: u64, calls: u64) -> Value {
     for c in 0..calls {
         let i = remote[(c as usize) % remote.len()];
         let one = Instant::now();
-        let Some(child) = sup.child::<Child>(&key(i)) else {
-            continue;
-        };
-        if child.call(Msg::Get).await.is_ok() {
+        if sup.call::<Child>(&key(i), Msg::Get).await.is_ok() {
             lat.push(one.elapsed().as_secs_f64() * 1e6);
         }
     }

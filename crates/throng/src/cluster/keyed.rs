@@ -92,9 +92,9 @@ pub trait Keyed: RemoteActor {
     }
 }
 
-/// When a child's state is snapshotted and replicated to its backup node. Snapshots are coalesced:
-/// a child never has more than one snapshot waiting to be replicated, so a busy child costs at most
-/// one replication in flight.
+/// When a child's state is snapshotted and replicated to its backup node. Snapshots are coalesced
+/// (a child never has more than one snapshot waiting to be replicated, so a busy child costs at most
+/// one replication in flight) and deduplicated (a snapshot equal to the last one is not sent).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SnapshotPolicy {
     /// Snapshot after this many handled messages (0: never by count).
@@ -172,6 +172,8 @@ struct SnapObserver<A> {
     policy: SnapshotPolicy,
     since: u32,
     last: Instant,
+    /// Hash of the last snapshot sent: an unchanged state is not replicated again.
+    last_hash: u64,
     _a: PhantomData<fn() -> A>,
 }
 
@@ -192,6 +194,11 @@ impl<A: Keyed> Observer<A> for SnapObserver<A> {
             tracing::warn!(key = %self.key, "snapshot could not be encoded");
             return;
         };
+        let hash = xxhash_rust::xxh3::xxh3_64(&bytes);
+        if hash == self.last_hash {
+            return;
+        }
+        self.last_hash = hash;
         let first = self
             .slot
             .pending
@@ -268,6 +275,12 @@ impl<A: Keyed> HostType for Host<A> {
                 policy: A::snapshot_policy(),
                 since: 0,
                 last: Instant::now(),
+                // The state it starts from is the one the directory already holds.
+                last_hash: record
+                    .snapshot
+                    .as_deref()
+                    .map(xxhash_rust::xxh3::xxh3_64)
+                    .unwrap_or(0),
                 _a: PhantomData,
             };
             let child =

@@ -401,3 +401,89 @@ async fn a_node_without_quorum_stops_its_children_and_refuses_new_ones() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_takes_its_keys_with_their_state_and_no_call_is_lost_or_doubled() {
+    let nodes = cluster_of(&["j1", "j2"]).await;
+    let keys: Vec<String> = (0..120).map(|i| format!("j-{i}")).collect();
+    for k in &keys {
+        nodes[0].start_child::<Hero>(k, 1000).await.unwrap();
+    }
+    // Callers keep fighting through the move; each acknowledged fight must be counted once.
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let calls = std::sync::Arc::new(AtomicU64::new(0));
+    let mut callers = Vec::new();
+    for c in 0..4usize {
+        let sup = nodes[c % 2].default_supervisor();
+        let keys = keys.clone();
+        let stop = stop.clone();
+        let calls = calls.clone();
+        callers.push(tokio::spawn(async move {
+            let mut acked = vec![0u32; keys.len()];
+            let mut failed = 0u32;
+            let mut i = c;
+            while !stop.load(Relaxed) {
+                i = (i + 7) % keys.len();
+                calls.fetch_add(1, Relaxed);
+                match sup.call::<Hero>(&keys[i], HeroMsg::Fight).await {
+                    Ok(_) => acked[i] += 1,
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("call to {} failed: {e}", keys[i]);
+                    }
+                }
+            }
+            (acked, failed)
+        }));
+    }
+    eventually("callers under way", Duration::from_secs(10), || {
+        calls.load(Relaxed) > 500
+    })
+    .await;
+    let mut c = NodeConfig::local("j3", SECRET).unwrap();
+    c.membership.seeds = vec![nodes[0].gossip_addr().unwrap().to_string()];
+    let newcomer = Node::join(c).await.unwrap();
+    newcomer.register::<Hero>();
+    eventually(
+        "the newcomer hosts its keys",
+        Duration::from_secs(15),
+        || {
+            keys.iter()
+                .filter(|k| newcomer.node_for(k.as_bytes()).as_ref() == Some(newcomer.id()))
+                .all(|k| newcomer.hosts::<Hero>(k))
+        },
+    )
+    .await;
+    let after = calls.load(Relaxed) + 500;
+    eventually(
+        "callers carry on after the move",
+        Duration::from_secs(10),
+        || calls.load(Relaxed) > after,
+    )
+    .await;
+    stop.store(true, Relaxed);
+    let mut acked = vec![0u32; keys.len()];
+    let mut failed = 0;
+    for c in callers {
+        let (a, f) = c.await.unwrap();
+        failed += f;
+        for (t, x) in acked.iter_mut().zip(a) {
+            *t += x;
+        }
+    }
+    assert_eq!(failed, 0, "calls failed during the move");
+    let moved = keys.iter().filter(|k| newcomer.hosts::<Hero>(k)).count();
+    assert!(moved > 10, "only {moved} keys moved to the newcomer");
+    for (i, k) in keys.iter().enumerate() {
+        let (_, health, fights) = status(&nodes[1], k, Duration::from_secs(5)).await;
+        assert_eq!(fights, acked[i], "{k}: fights counted vs acknowledged");
+        assert_eq!(health, 1000 - acked[i]);
+        let hosting = nodes
+            .iter()
+            .chain([&newcomer])
+            .filter(|n| n.hosts::<Hero>(k))
+            .count();
+        assert_eq!(hosting, 1, "{k} runs once");
+    }
+}

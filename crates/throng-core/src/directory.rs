@@ -16,17 +16,35 @@
 //!   node that would own the key if the owner disappeared (`successors(key, 2)[1]` on the ring). On
 //!   every view change, the owner re-replicates the keys whose backup changed and tells the old
 //!   backup to drop them.
-//! - **Failover.** When the view loses a node, every backup whose origin left the view and whose
-//!   key this node now owns is promoted: the child is spawned from its latest snapshot (or its
-//!   args) and replicated to its new backup. A backup whose key is now owned by a third node (two
-//!   nodes lost at once, or views that disagree) is sent there as [`DirMsg::Adopt`].
-//! - **Moves.** A running child whose key now belongs to another node (a node joined, views
-//!   converged) is stopped, its final snapshot taken, and handed to the new owner as
-//!   [`DirMsg::Adopt`]. (Pausing and forwarding in-flight messages belongs to the handoff layer.)
-//! - **Conflicts.** If a node is offered (by adoption or replication) a key it already runs, the
-//!   copy on `owner(key)` wins; between two copies both claiming ownership, the higher snapshot
-//!   version wins, ties broken by the smaller node name. The loser is stopped and listeners see
-//!   [`ChildEvent::Conflict`].
+//! - **Failover.** When the view loses a node (it is in neither the owners nor the leaving
+//!   nodes: *down*), every backup whose origin left the view and whose key this node now owns is
+//!   promoted: the child is spawned from its latest snapshot (or its args) and replicated to its
+//!   new backup. A backup whose key is now owned by a third node (two nodes lost at once, or views
+//!   that disagree) is sent there as [`DirMsg::Adopt`].
+//! - **Leaving.** [`Directory::set_members`] takes the owners (the ring) and the *leaving* nodes
+//!   (alive, announced a graceful leave): a leaving node owns nothing and is nobody's backup, but
+//!   what it runs or holds is not failed over — it hands its children off itself. On the leaving
+//!   node, [`Directory::leave`] moves every child to its new owner (drain-stop, final snapshot,
+//!   [`DirMsg::Adopt`]); [`Directory::handed_off`] says when it may exit.
+//! - **Moves.** A running child whose key now belongs to another node (a node joined or leaves,
+//!   views converged) is drain-stopped, its final snapshot taken, and handed to the new owner as
+//!   [`DirMsg::Adopt`]; at most [`DirConfig::max_moves`] children move at once.
+//! - **Make before break.** A node that hands a copy off (or stops being a key's backup) keeps
+//!   its copy until the receiver's copy is safe (replicated to the receiver's backup) and the
+//!   receiver confirms with a tagged [`DirMsg::Drop`]. Every [`DirMsg::Drop`] is acknowledged
+//!   ([`DirMsg::Dropped`]): a terminate is answered, and `Stopped` emitted, only once every node
+//!   that held a copy dropped it (or left the view), so a terminated child does not come back.
+//! - **Reconciliation.** When a peer (re)joins the view or its connection is re-established,
+//!   each side lists the copies it holds for the other ([`DirMsg::Held`]); the other answers
+//!   with drops for the copies it no longer needs and with replications for the ones missing.
+//!   An acknowledgement of a replication the owner no longer needs is answered with a drop.
+//! - **Conflicts.** Two copies of one key meet when an adoption (or an orphaned backup) reaches a
+//!   node that runs the key: the running copy wins (after views converge it is the copy on
+//!   `owner(key)`, as every other copy moves there), and when the other copy has a snapshot its
+//!   state is merged into the winner: [`Action::Merge`] drain-stops the winner and the runtime
+//!   reports `resolve_conflict(ours, theirs)` with [`Directory::merged`]; the winner restarts from
+//!   the merged state with a version above both. Both sides see [`ChildEvent::Conflict`]
+//!   (`here_lost: true` on the node whose copy was merged away, told by [`DirMsg::Conflict`]).
 //! - **Restarts.** A child that exits is restarted or removed by its [`RestartPolicy`]; a child that
 //!   restarts more than the supervisor's [`Intensity`] allows within its window is removed with
 //!   [`ChildEvent::GaveUp`] (intensity is counted per child, so one crashing child cannot take its
@@ -104,8 +122,20 @@ pub enum DirMsg {
         /// The version held.
         version: u64,
     },
-    /// From an owner to a former backup: forget the key.
+    /// Forget the copy of `key` held for the sender (a backup it no longer needs, or a hand-off
+    /// it confirms). Always answered with [`DirMsg::Dropped`].
     Drop {
+        /// The key.
+        key: String,
+        /// The node the copy is held for: its owner (for a backup), or the receiver of the
+        /// hand-off (for a hand-off copy). Usually the sender.
+        origin: NodeId,
+        /// `None`: a backup. `Some(tag)`: the copy the receiver handed off with
+        /// [`DirMsg::Adopt`] `tag` (the hand-off is confirmed).
+        tag: Option<u64>,
+    },
+    /// Answer to [`DirMsg::Drop`]: the receiver holds no copy of `key` for the sender any more.
+    Dropped {
         /// The key.
         key: String,
     },
@@ -115,7 +145,66 @@ pub enum DirMsg {
         record: Record,
         /// How many nodes passed it on already (bounded by [`MAX_HOPS`]).
         hops: u8,
+        /// Names the copy the sender keeps until the receiver confirms (a [`DirMsg::Drop`] with
+        /// this tag).
+        tag: u64,
+        /// Other nodes that still hold a copy (the child's former backups, earlier senders),
+        /// dropped once the receiver's copy is safe; a removal waits for them too.
+        holders: Vec<Holder>,
     },
+    /// Backup reconciliation, from a node to a peer it (re)connected to or that (re)joined its
+    /// view: these are all the keys whose copy the sender holds for the receiver (hand-offs
+    /// excepted: they are sent again as [`DirMsg::Adopt`]). The receiver answers
+    /// [`DirMsg::Drop`] for every key it no longer needs there, and [`DirMsg::Replicate`] for
+    /// every key the sender should hold and does not.
+    Held {
+        /// The keys.
+        keys: Vec<String>,
+    },
+    /// From the node that took an adopted copy of `key` while running its own: the receiver's
+    /// copy lost the conflict; its state was handed to the running copy's merge.
+    Conflict {
+        /// The key.
+        key: String,
+    },
+}
+
+/// A node holding a copy of a child that must be dropped once another copy is safe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    /// The node.
+    pub node: NodeId,
+    /// The node its copy is held for ([`Backup::from`]).
+    pub origin: NodeId,
+    /// `None`: a backup; `Some(tag)`: a hand-off copy (see [`DirMsg::Adopt`]).
+    pub tag: Option<u64>,
+}
+
+impl Holder {
+    fn backup(node: NodeId, origin: &NodeId) -> Self {
+        Holder {
+            node,
+            origin: origin.clone(),
+            tag: None,
+        }
+    }
+
+    fn drop_msg(&self, key: &str) -> Action {
+        send(
+            &self.node,
+            DirMsg::Drop {
+                key: key.to_owned(),
+                origin: self.origin.clone(),
+                tag: self.tag,
+            },
+        )
+    }
+}
+
+fn add_holder(list: &mut Vec<Holder>, h: Holder) {
+    if !list.contains(&h) {
+        list.push(h);
+    }
 }
 
 /// Why a start request failed on the owner.
@@ -124,7 +213,8 @@ pub enum StartError {
     /// A child with this key already runs here.
     #[error("child {0:?} already started")]
     AlreadyStarted(String),
-    /// This node does not own the key in its current view; the caller should retry at `owner`.
+    /// This node does not own the key in its current view (or it is leaving); the caller should
+    /// retry at `owner`.
     #[error("not the owner of the key; owner is {owner:?}")]
     NotOwner {
         /// The owner in this node's view, if any.
@@ -159,28 +249,32 @@ pub enum ChildEvent {
         /// The key.
         key: String,
     },
-    /// A child running here stopped for good (policy, terminate, or intensity).
+    /// A child running here stopped for good (policy, terminate, or intensity), and its backups
+    /// confirmed they dropped their copies.
     Stopped {
         /// The key.
         key: String,
     },
-    /// A child was restarted here after its owner left the view.
+    /// A child was started here from a copy sent by `from`: its backup after its owner left the
+    /// view, or its former owner handing it off.
     FailedOver {
         /// The key.
         key: String,
-        /// The node it ran on.
+        /// The node it came from.
         from: NodeId,
         /// Whether a state snapshot was restored (otherwise it restarted from its args).
         from_snapshot: bool,
     },
-    /// A child moved from this node to `to` (its key changed owner).
+    /// A child moved from this node to `to` (its key changed owner, or this node leaves).
     Migrated {
         /// The key.
         key: String,
         /// The new owner.
         to: NodeId,
     },
-    /// Two copies of a child met; the one here lost and was stopped (`here_lost`) or won.
+    /// Two copies of a child met. `here_lost: false`: the copy here is the winner; the other
+    /// copy's state is merged into it ([`Action::Merge`]) when it has one. `here_lost: true`: the
+    /// copy this node had sent to `other` met a copy running there and was merged into it.
     Conflict {
         /// The key.
         key: String,
@@ -198,17 +292,47 @@ pub enum ChildEvent {
     },
 }
 
+/// Why the directory asks the runtime to stop a child ([`Action::Stop`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StopReason {
+    /// Terminated by a request, or removed by its policy: stop it for good.
+    Terminate,
+    /// Moving to another node (its key changed owner, or this node leaves): drain-stop it (what
+    /// its mailbox accepted is processed, later messages are refused so callers retry at the new
+    /// owner) and report its final snapshot.
+    Move,
+    /// This node lost its quorum: stop it; the majority side runs it.
+    Quorum,
+}
+
 /// What the runtime must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Spawn the child of `record` here, from `record.snapshot` if present (else from its args);
     /// then report [`Directory::spawned`].
     Spawn(Record),
-    /// Stop the local child `key` (it was terminated, moved or lost a conflict); report its exit
-    /// (with a final snapshot when it has one) through [`Directory::exited`].
+    /// Stop the local child `key` (see [`StopReason`]); report its exit (with a final snapshot
+    /// when it has one) through [`Directory::exited`].
     Stop {
         /// The key.
         key: String,
+        /// Why.
+        reason: StopReason,
+    },
+    /// A copy of the local child `key` met another copy, `theirs`, and the copy here wins: drain-
+    /// stop the local child (as for [`StopReason::Move`]); with its final snapshot `ours` (or, if
+    /// it exported none, the latest snapshot of [`Directory::owned`]), compute
+    /// `resolve_conflict(key, ours, theirs.snapshot)` and report it with [`Directory::merged`].
+    /// The directory then spawns the child again from the merged state. Every exit of the child
+    /// after this action is reported through `merged`, not `exited` (if `exited` is called
+    /// instead, the child restarts unmerged and the merge is asked again). `theirs` may be an
+    /// older state of the same child (a backup promoted while views disagreed), so a resolver
+    /// should be idempotent (union, max) or keep `ours` when `theirs` is older.
+    Merge {
+        /// The key.
+        key: String,
+        /// The other copy (its `snapshot` is always present).
+        theirs: Record,
     },
     /// Send `msg` to the directory of the same supervisor on `to`.
     Send {
@@ -228,6 +352,9 @@ pub enum Action {
     Event(ChildEvent),
 }
 
+/// Default for [`DirConfig::max_moves`].
+pub const DEFAULT_MAX_MOVES: usize = 512;
+
 /// Configuration of one directory.
 #[derive(Clone)]
 pub struct DirConfig {
@@ -242,6 +369,9 @@ pub struct DirConfig {
     /// Uniform-quorum: the configured cluster size; a node seeing fewer than `size / 2 + 1` nodes
     /// (itself included) stops its children and refuses starts.
     pub quorum: Option<usize>,
+    /// At most this many children of this node are moving (stopping to be handed off) at once;
+    /// the others keep running until earlier moves complete. At least 1.
+    pub max_moves: usize,
 }
 
 impl std::fmt::Debug for DirConfig {
@@ -251,12 +381,13 @@ impl std::fmt::Debug for DirConfig {
             .field("ring", &self.ring)
             .field("intensity", &self.intensity)
             .field("quorum", &self.quorum)
+            .field("max_moves", &self.max_moves)
             .finish_non_exhaustive()
     }
 }
 
 impl DirConfig {
-    /// Uniform placement, default ring and intensity, no quorum.
+    /// Uniform placement, default ring and intensity, no quorum, [`DEFAULT_MAX_MOVES`].
     pub fn new(me: NodeId) -> Self {
         DirConfig {
             me,
@@ -264,6 +395,7 @@ impl DirConfig {
             distribution: Arc::new(Uniform),
             intensity: Intensity::default(),
             quorum: None,
+            max_moves: DEFAULT_MAX_MOVES,
         }
     }
 }
@@ -275,10 +407,12 @@ pub enum Phase {
     Starting,
     /// Running.
     Running,
-    /// Asked to stop for good (terminate, policy, conflict loss).
+    /// Asked to stop for good (terminate, policy, quorum loss).
     Stopping,
     /// Asked to stop in order to move to another node.
     Moving,
+    /// Asked to stop in order to merge another copy's state into it ([`Action::Merge`]).
+    Merging,
 }
 
 /// A child this node runs.
@@ -291,39 +425,82 @@ pub struct Owned {
     /// Where its backup is kept, and whether that backup acknowledged the current version.
     pub backup: Option<NodeId>,
     acked: bool,
-    /// Former backups, dropped once the current backup acknowledged (make before break).
-    old_backups: Vec<NodeId>,
+    /// Nodes holding a copy that must be dropped once the current backup acknowledged (make
+    /// before break): former backups, and senders of copies this one took.
+    old_backups: Vec<Holder>,
     /// Start requests waiting for the child to run and its backup to hold it.
     waiting: Vec<u64>,
-    /// Terminate request waiting for the child to stop.
-    stopping_req: Option<u64>,
+    /// Terminate requests waiting for the child to stop.
+    stopping_reqs: Vec<u64>,
     window: RestartWindow,
     /// Whether a `Started`/`FailedOver` event is still due (first successful spawn).
     first: Option<ChildEvent>,
+    /// Other copies' records to merge into this one, one [`Action::Merge`] at a time.
+    merges: Vec<Record>,
+    /// The merge in progress ([`Phase::Merging`]).
+    merging: Option<Record>,
 }
 
 /// A backup this node holds for another node's child.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backup {
-    /// The node that replicated it (the owner at the time).
+    /// The node that replicated it (the owner at the time), or the node a hand-off from here
+    /// went to (the copy is kept until it confirms).
     pub from: NodeId,
     /// The record.
     pub record: Record,
+    /// `Some(tag)`: a copy of a child handed off from here (see [`DirMsg::Adopt`]).
+    pub handoff: Option<u64>,
+}
+
+/// A hand-off from here not yet confirmed by its receiver.
+#[derive(Debug, Clone)]
+struct HandOff {
+    to: NodeId,
+    tag: u64,
+    /// Copies to drop once it is confirmed.
+    olds: Vec<Holder>,
+}
+
+/// A child removed here whose former backups have not all confirmed they dropped their copies;
+/// its terminate requests and `Stopped` event wait for them.
+#[derive(Debug, Clone)]
+struct Removal {
+    waiting_on: BTreeSet<NodeId>,
+    reqs: Vec<u64>,
+    /// Whether a `Stopped` event is due at the end.
+    event: bool,
+    /// Start requests for the same key, handled once the removal is complete.
+    starts: Vec<(u64, Record)>,
 }
 
 /// The directory of one distributed supervisor on one node. See the module docs.
 #[derive(Debug)]
 pub struct Directory {
     config: DirConfig,
+    /// The owners: nodes up and not leaving (this node unless it leaves).
     ring: Ring,
+    /// Every node believed alive: the owners and the leaving nodes (and this node).
+    view: BTreeSet<NodeId>,
+    /// Nodes that are alive but leaving (not on the ring).
+    leaving: BTreeSet<NodeId>,
+    /// Whether this node leaves ([`Directory::leave`]).
+    me_leaving: bool,
     owned: BTreeMap<String, Owned>,
     backups: BTreeMap<String, Backup>,
     /// Nodes that left the view (and have not come back): backups from them are orphans.
     departed: BTreeSet<NodeId>,
     /// Keys handed off ([`DirMsg::Adopt`]) whose copy is held in `backups` until the receiver
-    /// confirms, with the child's former backups, dropped at the confirmation (checked lazily
-    /// against `backups`).
-    handoffs: BTreeMap<String, Vec<NodeId>>,
+    /// confirms, with the copies to drop at the confirmation.
+    handoffs: BTreeMap<String, HandOff>,
+    /// Tags of hand-off copies.
+    next_tag: u64,
+    /// Removed children waiting for their backups to confirm the drop.
+    removing: BTreeMap<String, Removal>,
+    /// Running children whose key belongs to another node, waiting for a move slot.
+    move_queue: BTreeSet<String>,
+    /// Children in [`Phase::Moving`].
+    moving: BTreeSet<String>,
     quorum_lost: bool,
 }
 
@@ -332,13 +509,21 @@ impl Directory {
     pub fn new(config: DirConfig) -> Self {
         let ring = Ring::from_nodes(config.ring, [config.me.clone()])
             .unwrap_or_else(|_| Ring::new(config.ring));
+        let view = BTreeSet::from([config.me.clone()]);
         let mut d = Directory {
             config,
             ring,
+            view,
+            leaving: BTreeSet::new(),
+            me_leaving: false,
             owned: BTreeMap::new(),
             backups: BTreeMap::new(),
             departed: BTreeSet::new(),
             handoffs: BTreeMap::new(),
+            next_tag: 0,
+            removing: BTreeMap::new(),
+            move_queue: BTreeSet::new(),
+            moving: BTreeSet::new(),
             quorum_lost: false,
         };
         d.quorum_lost = !d.has_quorum();
@@ -350,9 +535,14 @@ impl Directory {
         &self.config.me
     }
 
-    /// The current view.
+    /// The current placement ring: the nodes up and not leaving.
     pub fn ring(&self) -> &Ring {
         &self.ring
+    }
+
+    /// Every node this directory believes alive: the ring's nodes, the leaving ones, itself.
+    pub fn view(&self) -> &BTreeSet<NodeId> {
+        &self.view
     }
 
     /// The owner of `key` in this node's view.
@@ -385,7 +575,8 @@ impl Directory {
             .map(|(k, _)| k.as_str())
     }
 
-    /// The backups held here, by key.
+    /// The backups held here, by key (including copies of children handed off from here and not
+    /// yet confirmed by their receiver).
     pub fn backups(&self) -> &BTreeMap<String, Backup> {
         &self.backups
     }
@@ -396,42 +587,69 @@ impl Directory {
         self.owned.values().filter(|o| !o.acked).count()
     }
 
+    /// How many children are moving away from this node, and how many wait for a move slot.
+    pub fn moves(&self) -> (usize, usize) {
+        (self.moving.len(), self.move_queue.len())
+    }
+
     /// Whether this node sees a quorum (always true without [`DirConfig::quorum`]).
     pub fn has_quorum(&self) -> bool {
         match self.config.quorum {
             None => true,
-            Some(size) => self.ring.len() > size / 2,
+            Some(size) => self.view.len() > size / 2,
         }
     }
 
-    fn quorum_error(&self) -> StartError {
-        let needed = self.config.quorum.map(|s| s / 2 + 1).unwrap_or(0);
-        StartError::NoQuorum {
-            seen: self.ring.len(),
-            needed,
+    /// Whether this node leaves ([`Directory::leave`]).
+    pub fn is_leaving(&self) -> bool {
+        self.me_leaving
+    }
+
+    /// After [`Directory::leave`]: whether this node runs nothing any more, every child it handed
+    /// off was confirmed by its receiver, every removal was confirmed by the backups, and it holds
+    /// no backups for other nodes (their owners re-replicated elsewhere once they saw it leaving).
+    /// The runtime can then leave the membership and exit. Also true when there is nowhere to hand
+    /// off to (this node is the last one): its children stop with it.
+    pub fn handed_off(&self) -> bool {
+        if self.ring.is_empty() {
+            return true;
         }
+        self.owned.is_empty() && self.backups.is_empty() && self.removing.is_empty()
+    }
+
+    fn quorum_error(&self) -> StartError {
+        self_quorum(self.view.len(), self.config.quorum)
     }
 
     /// A start request for `record` arrived here (request id `req`, answered by an
     /// [`Action::Reply`] once the child runs and its backup holds it).
     pub fn start(&mut self, req: u64, record: Record) -> Vec<Action> {
         let mut out = Vec::new();
+        self.start_into(req, record, &mut out);
+        out
+    }
+
+    fn start_into(&mut self, req: u64, record: Record, out: &mut Vec<Action>) {
         if self.quorum_lost {
             out.push(reply(req, Err(self.quorum_error())));
-            return out;
+            return;
+        }
+        if let Some(r) = self.removing.get_mut(&record.key) {
+            // The previous child of this key is still being removed: start after it.
+            r.starts.push((req, record));
+            return;
         }
         let owner = self.owner(&record.key);
         if owner.as_ref() != Some(&self.config.me) {
             out.push(reply(req, Err(StartError::NotOwner { owner })));
-            return out;
+            return;
         }
         if self.owned.contains_key(&record.key) {
             out.push(reply(req, Err(StartError::AlreadyStarted(record.key))));
-            return out;
+            return;
         }
         let key = record.key.clone();
-        self.insert_owned(record, vec![req], ChildEvent::Started { key }, &mut out);
-        out
+        self.insert_owned(record, vec![req], ChildEvent::Started { key }, out);
     }
 
     fn insert_owned(
@@ -442,17 +660,27 @@ impl Directory {
         out: &mut Vec<Action>,
     ) {
         let key = record.key.clone();
-        self.backups.remove(&key);
-        let backup = self.backup_of(&key);
+        // A backup held here of another copy: merged into this one once it runs.
+        let other = self
+            .backups
+            .remove(&key)
+            .filter(|b| b.record.snapshot.is_some() && b.record != record);
+        let backup = self.backup_of(&key).filter(|b| *b != self.config.me);
         // A copy handed off from here came back: its former backups are this copy's.
-        let mut old_backups = self.handoffs.remove(&key).unwrap_or_default();
-        old_backups.retain(|n| Some(n) != backup.as_ref() && *n != self.config.me);
+        let mut old_backups = self
+            .handoffs
+            .remove(&key)
+            .map(|h| h.olds)
+            .unwrap_or_default();
+        old_backups.retain(|h| {
+            !(h.tag.is_none() && Some(&h.node) == backup.as_ref()) && h.node != self.config.me
+        });
         out.push(Action::Spawn(record.clone()));
         if let Some(b) = &backup {
             out.push(send(b, DirMsg::Replicate(record.clone())));
         }
         self.owned.insert(
-            key,
+            key.clone(),
             Owned {
                 acked: backup.is_none(),
                 old_backups,
@@ -460,11 +688,35 @@ impl Directory {
                 phase: Phase::Starting,
                 backup,
                 waiting,
-                stopping_req: None,
+                stopping_reqs: Vec::new(),
                 window: RestartWindow::new(self.config.intensity),
                 first: Some(first),
+                merges: other.map(|b| b.record).into_iter().collect(),
+                merging: None,
             },
         );
+        self.settle(&key, out);
+    }
+
+    /// Without a backup to wait for, the copies to drop are dropped at once.
+    fn settle(&mut self, key: &str, out: &mut Vec<Action>) {
+        if let Some(o) = self.owned.get_mut(key) {
+            if o.backup.is_none() {
+                o.acked = true;
+                if !o.merges.is_empty() || o.merging.is_some() {
+                    // The other copies' senders keep them until the merge is replicated.
+                    return;
+                }
+                for old in o.old_backups.drain(..) {
+                    out.push(old.drop_msg(key));
+                }
+                if o.phase == Phase::Running {
+                    for req in o.waiting.drain(..) {
+                        out.push(reply(req, Ok(())));
+                    }
+                }
+            }
+        }
     }
 
     /// The runtime spawned (`Ok`) or failed to spawn (`Err`) the child `key`.
@@ -477,10 +729,20 @@ impl Directory {
             Ok(()) => {
                 match o.phase {
                     Phase::Starting => o.phase = Phase::Running,
-                    // Asked to stop while starting: the Stop action was deferred until now.
-                    Phase::Stopping | Phase::Moving => {
-                        out.push(Action::Stop {
+                    // Asked to stop while starting: the action was deferred until now.
+                    Phase::Stopping => {
+                        out.push(stop(key, StopReason::Terminate));
+                        return out;
+                    }
+                    Phase::Moving => {
+                        out.push(stop(key, StopReason::Move));
+                        return out;
+                    }
+                    Phase::Merging => {
+                        let theirs = o.merging.clone().expect("merging has a record");
+                        out.push(Action::Merge {
                             key: key.to_owned(),
+                            theirs,
                         });
                         return out;
                     }
@@ -494,33 +756,34 @@ impl Directory {
                         out.push(reply(req, Ok(())));
                     }
                 }
+                self.next_merge(key, &mut out);
             }
             Err(why) => {
-                let Some(o) = self.owned.remove(key) else {
-                    return out;
-                };
-                for req in o.waiting {
+                let never_ran = matches!(o.first, Some(ChildEvent::Started { .. }));
+                for req in o.waiting.drain(..) {
                     out.push(reply(req, Err(StartError::Failed(why.clone()))));
                 }
-                if let Some(req) = o.stopping_req {
-                    out.push(reply(req, Ok(())));
-                }
-                for b in o.backup.iter().chain(&o.old_backups) {
-                    out.push(send(
-                        b,
-                        DirMsg::Drop {
-                            key: key.to_owned(),
-                        },
-                    ));
-                }
-                if o.first.is_none() {
-                    out.push(Action::Event(ChildEvent::Stopped {
-                        key: key.to_owned(),
-                    }));
-                }
+                self.remove(key, !never_ran, &mut out);
             }
         }
         out
+    }
+
+    /// Start the next pending merge of a running child, if any.
+    fn next_merge(&mut self, key: &str, out: &mut Vec<Action>) {
+        let Some(o) = self.owned.get_mut(key) else {
+            return;
+        };
+        if o.phase != Phase::Running || o.merges.is_empty() {
+            return;
+        }
+        let theirs = o.merges.remove(0);
+        o.phase = Phase::Merging;
+        o.merging = Some(theirs.clone());
+        out.push(Action::Merge {
+            key: key.to_owned(),
+            theirs,
+        });
     }
 
     /// A new state snapshot of the local child `key` (ignored for unknown keys).
@@ -537,21 +800,25 @@ impl Directory {
         out
     }
 
-    /// Request `req` to terminate the child `key` for good (answered when it has stopped).
+    /// Request `req` to terminate the child `key` for good (answered when it has stopped and its
+    /// backups dropped their copies).
     pub fn terminate(&mut self, req: u64, key: &str) -> Vec<Action> {
         let mut out = Vec::new();
+        if let Some(r) = self.removing.get_mut(key) {
+            r.reqs.push(req);
+            return out;
+        }
         match self.owned.get_mut(key) {
             None => out.push(reply(req, Err(StartError::NoSuchChild(key.to_owned())))),
             Some(o) => {
-                if let Some(prev) = o.stopping_req.replace(req) {
-                    out.push(reply(prev, Ok(())));
-                }
+                o.stopping_reqs.push(req);
                 let was = o.phase;
                 o.phase = Phase::Stopping;
                 if was == Phase::Running {
-                    out.push(Action::Stop {
-                        key: key.to_owned(),
-                    });
+                    out.push(stop(key, StopReason::Terminate));
+                }
+                if self.moving.remove(key) {
+                    self.pump_moves(&mut out);
                 }
             }
         }
@@ -577,60 +844,30 @@ impl Directory {
             o.record.version += 1;
         }
         match o.phase {
-            Phase::Moving => {
-                let o = self.owned.remove(key).expect("present");
-                // Send the record to whoever owns the key now (the view may have moved on).
-                match self.owner(key) {
-                    Some(to) if to != self.config.me => {
-                        // Start requests still waiting are retried at the new owner.
-                        for req in o.waiting {
-                            out.push(reply(
-                                req,
-                                Err(StartError::NotOwner {
-                                    owner: Some(to.clone()),
-                                }),
-                            ));
-                        }
-                        // The backups keep their copies until `to` confirms it took the child.
-                        let olds = o.backup.into_iter().chain(o.old_backups).collect();
-                        out.push(Action::Event(ChildEvent::Migrated {
-                            key: key.to_owned(),
-                            to: to.clone(),
-                        }));
-                        self.hand_off(&to, o.record, 0, olds, &mut out);
-                    }
-                    _ => {
-                        // The key came back to this node (or no owner): run it again here.
-                        let first = ChildEvent::Restarted {
-                            key: key.to_owned(),
-                        };
-                        self.insert_owned(o.record, o.waiting, first, &mut out);
-                    }
-                }
+            Phase::Moving => self.moved(key, &mut out),
+            Phase::Stopping => self.remove(key, true, &mut out),
+            Phase::Merging => {
+                // Reported through `exited` instead of `merged`: the merge did not happen. Run
+                // this copy again and merge the other one after it (nothing is lost).
+                let theirs = o.merging.take().expect("merging has a record");
+                o.merges.insert(0, theirs);
+                self.respawn(key, bumped, &mut out);
             }
-            Phase::Stopping => self.remove(key, &mut out),
             Phase::Starting | Phase::Running => {
                 match o.window.on_exit(o.record.policy, class, now) {
                     RestartDecision::Restart => {
-                        o.phase = Phase::Starting;
                         o.first = Some(ChildEvent::Restarted {
                             key: key.to_owned(),
                         });
-                        out.push(Action::Spawn(o.record.clone()));
-                        if let Some(b) = &o.backup {
-                            if bumped {
-                                o.acked = false;
-                                out.push(send(b, DirMsg::Replicate(o.record.clone())));
-                            }
-                        }
+                        self.respawn(key, bumped, &mut out);
                     }
-                    RestartDecision::Remove => self.remove(key, &mut out),
+                    RestartDecision::Remove => self.remove(key, true, &mut out),
                     RestartDecision::GiveUp { restarts } => {
                         out.push(Action::Event(ChildEvent::GaveUp {
                             key: key.to_owned(),
                             restarts,
                         }));
-                        self.remove(key, &mut out);
+                        self.remove(key, true, &mut out);
                     }
                 }
             }
@@ -638,90 +875,290 @@ impl Directory {
         out
     }
 
-    fn remove(&mut self, key: &str, out: &mut Vec<Action>) {
+    /// The runtime completed an [`Action::Merge`]: the local child `key` stopped and `merged` is
+    /// `resolve_conflict(ours, theirs)` (`None`: keep the record's latest snapshot).
+    pub fn merged(&mut self, key: &str, merged: Option<Vec<u8>>) -> Vec<Action> {
+        let mut out = Vec::new();
+        let Some(o) = self.owned.get_mut(key) else {
+            return out;
+        };
+        let theirs_version = o.merging.take().map_or(0, |r| r.version);
+        if let Some(s) = merged {
+            o.record.snapshot = Some(s);
+        }
+        o.record.version = o.record.version.max(theirs_version) + 1;
+        match o.phase {
+            Phase::Merging => {
+                if self.owner(key).is_some_and(|n| n != self.config.me) {
+                    // The view moved on while merging: hand the merged child off.
+                    self.moved(key, &mut out);
+                } else {
+                    self.respawn(key, true, &mut out);
+                }
+            }
+            Phase::Stopping => self.remove(key, true, &mut out),
+            Phase::Moving => self.moved(key, &mut out),
+            Phase::Starting | Phase::Running => {}
+        }
+        self.settle(key, &mut out);
+        out
+    }
+
+    /// Spawn the child of an owned entry again (restart, or after a merge); replicate the record
+    /// if it changed.
+    fn respawn(&mut self, key: &str, changed: bool, out: &mut Vec<Action>) {
+        let Some(o) = self.owned.get_mut(key) else {
+            return;
+        };
+        o.phase = Phase::Starting;
+        out.push(Action::Spawn(o.record.clone()));
+        if changed {
+            if let Some(b) = &o.backup {
+                o.acked = false;
+                out.push(send(b, DirMsg::Replicate(o.record.clone())));
+            }
+        }
+    }
+
+    /// The child `key` stopped in order to move: hand it to whoever owns the key now.
+    fn moved(&mut self, key: &str, out: &mut Vec<Action>) {
+        self.moving.remove(key);
+        let o = self.owned.remove(key).expect("present");
+        match self.owner(key) {
+            Some(to) if to != self.config.me && o.merges.is_empty() => {
+                // Start requests still waiting are retried at the new owner.
+                for req in o.waiting {
+                    out.push(reply(
+                        req,
+                        Err(StartError::NotOwner {
+                            owner: Some(to.clone()),
+                        }),
+                    ));
+                }
+                for req in o.stopping_reqs {
+                    out.push(reply(req, Err(StartError::NoSuchChild(key.to_owned()))));
+                }
+                // The backups keep their copies until `to` confirms it took the child.
+                let olds = o
+                    .backup
+                    .map(|n| Holder::backup(n, &self.config.me))
+                    .into_iter()
+                    .chain(o.old_backups)
+                    .collect();
+                out.push(Action::Event(ChildEvent::Migrated {
+                    key: key.to_owned(),
+                    to: to.clone(),
+                }));
+                self.hand_off(&to, o.record, 0, olds, out);
+            }
+            _ => {
+                // The key came back to this node (or no owner), or other copies wait to be
+                // merged into it first (it moves after the merge): run it again here.
+                let first = ChildEvent::Restarted {
+                    key: key.to_owned(),
+                };
+                let merges = o.merges;
+                let carried: Vec<Holder> = o
+                    .backup
+                    .map(|n| Holder::backup(n, &self.config.me))
+                    .into_iter()
+                    .chain(o.old_backups)
+                    .collect();
+                self.hold_olds(key, carried);
+                self.insert_owned(o.record, o.waiting, first, out);
+                if let Some(n) = self.owned.get_mut(key) {
+                    n.merges.extend(merges);
+                    n.stopping_reqs = o.stopping_reqs;
+                }
+            }
+        }
+        self.pump_moves(out);
+    }
+
+    /// Remove the child `key` for good: its backups are told to drop their copies, and the
+    /// terminate requests and the `Stopped` event (if `event`) wait for their confirmations.
+    fn remove(&mut self, key: &str, event: bool, out: &mut Vec<Action>) {
+        self.moving.remove(key);
         let Some(o) = self.owned.remove(key) else {
             return;
         };
         for req in o.waiting {
             out.push(reply(req, Err(StartError::Failed("child exited".into()))));
         }
-        if let Some(req) = o.stopping_req {
+        let mut waiting_on = BTreeSet::new();
+        for h in o
+            .backup
+            .map(|n| Holder::backup(n, &self.config.me))
+            .iter()
+            .chain(&o.old_backups)
+        {
+            if h.node != self.config.me {
+                waiting_on.insert(h.node.clone());
+                out.push(h.drop_msg(key));
+            }
+        }
+        waiting_on.retain(|n| self.view.contains(n));
+        let removal = self.removing.entry(key.to_owned()).or_insert(Removal {
+            waiting_on: BTreeSet::new(),
+            reqs: Vec::new(),
+            event: false,
+            starts: Vec::new(),
+        });
+        removal.waiting_on.extend(waiting_on);
+        removal.reqs.extend(o.stopping_reqs);
+        removal.event |= event;
+        self.finish_removal(key, out);
+    }
+
+    /// Completes the removal of `key` if no backup is still waited for.
+    fn finish_removal(&mut self, key: &str, out: &mut Vec<Action>) {
+        let done = self
+            .removing
+            .get(key)
+            .is_some_and(|r| r.waiting_on.is_empty());
+        if !done {
+            return;
+        }
+        let r = self.removing.remove(key).expect("present");
+        for req in r.reqs {
             out.push(reply(req, Ok(())));
         }
-        for b in o.backup.iter().chain(&o.old_backups) {
-            out.push(send(
-                b,
-                DirMsg::Drop {
-                    key: key.to_owned(),
-                },
-            ));
+        if r.event {
+            out.push(Action::Event(ChildEvent::Stopped {
+                key: key.to_owned(),
+            }));
         }
-        out.push(Action::Event(ChildEvent::Stopped {
-            key: key.to_owned(),
-        }));
+        for (req, record) in r.starts {
+            self.start_into(req, record, out);
+        }
     }
 
     /// The eligible nodes changed: `nodes` is the full new view (this node is always included).
+    /// Same as [`Directory::set_members`] with no leaving node.
     pub fn set_view<'a>(&mut self, nodes: impl IntoIterator<Item = &'a NodeId>) -> Vec<Action> {
+        self.set_members(nodes, std::iter::empty())
+    }
+
+    /// The membership changed: `owners` are the nodes up and not leaving (the placement ring;
+    /// this node is included unless it leaves), `leaving` the nodes that announced a graceful
+    /// leave and are still alive. A leaving node owns nothing, but what it holds is not failed
+    /// over: it hands its children off itself. A node in neither set is down: backups from it are
+    /// failed over. If this node is in `leaving`, it is as if [`Directory::leave`] was called.
+    pub fn set_members<'a, 'b>(
+        &mut self,
+        owners: impl IntoIterator<Item = &'a NodeId>,
+        leaving: impl IntoIterator<Item = &'b NodeId>,
+    ) -> Vec<Action> {
         let mut out = Vec::new();
-        let mut set: BTreeSet<NodeId> = nodes.into_iter().cloned().collect();
-        set.insert(self.config.me.clone());
-        let ring = match Ring::from_nodes(self.config.ring, set.iter().cloned()) {
-            Ok(r) => r,
-            Err(_) => return out,
+        let leaving: BTreeSet<NodeId> = leaving.into_iter().cloned().collect();
+        if leaving.contains(&self.config.me) {
+            self.me_leaving = true;
+        }
+        let mut owners: BTreeSet<NodeId> = owners
+            .into_iter()
+            .filter(|n| !leaving.contains(*n))
+            .cloned()
+            .collect();
+        if self.me_leaving {
+            owners.remove(&self.config.me);
+        } else {
+            owners.insert(self.config.me.clone());
+        }
+        let Ok(ring) = Ring::from_nodes(self.config.ring, owners.iter().cloned()) else {
+            return out;
         };
-        for gone in self.ring.nodes() {
-            if !set.contains(gone) && self.departed.len() < crate::placement::MAX_NODES {
+        let mut view = owners;
+        view.extend(leaving.iter().cloned());
+        view.insert(self.config.me.clone());
+        for gone in &self.view {
+            if !view.contains(gone) && self.departed.len() < crate::placement::MAX_NODES {
                 self.departed.insert(gone.clone());
             }
         }
-        for n in &set {
+        for n in &view {
             self.departed.remove(n);
         }
+        let added: Vec<NodeId> = view.difference(&self.view).cloned().collect();
         self.ring = ring;
+        self.view = view;
+        self.leaving = leaving;
+        self.leaving.remove(&self.config.me);
+        // Removals no longer wait for nodes that went away.
+        let keys: Vec<String> = self.removing.keys().cloned().collect();
+        for key in keys {
+            let view = &self.view;
+            if let Some(r) = self.removing.get_mut(&key) {
+                r.waiting_on.retain(|n| view.contains(n));
+            }
+            self.finish_removal(&key, &mut out);
+        }
         let had_quorum = !self.quorum_lost;
         self.quorum_lost = !self.has_quorum();
         if self.quorum_lost {
             if had_quorum {
                 // Minority: stop everything; the majority side fails these children over.
                 let keys: Vec<String> = self.owned.keys().cloned().collect();
+                let err = self.quorum_error();
                 for key in keys {
                     let o = self.owned.get_mut(&key).expect("present");
                     let was = o.phase;
                     o.phase = Phase::Stopping;
                     for req in o.waiting.drain(..) {
-                        out.push(reply(req, Err(self_quorum(&self.ring, self.config.quorum))));
+                        out.push(reply(req, Err(err.clone())));
                     }
                     if was == Phase::Running {
-                        out.push(Action::Stop { key });
+                        out.push(stop(&key, StopReason::Quorum));
                     }
                 }
+                self.moving.clear();
+                self.move_queue.clear();
                 self.backups.clear();
+                self.handoffs.clear();
             }
             return out;
+        }
+        for peer in added {
+            self.resync(&peer, &mut out);
         }
         self.rebalance(&mut out);
         out
     }
 
-    /// Re-derive every local decision from the current view.
+    /// This node leaves gracefully: it owns nothing from now on, and every child it runs moves
+    /// to its new owner (drain-stop, final snapshot, [`DirMsg::Adopt`]), at most
+    /// [`DirConfig::max_moves`] at a time. Start requests are answered `NotOwner`. Poll
+    /// [`Directory::handed_off`] to know when the node may exit.
+    pub fn leave(&mut self) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.me_leaving {
+            return out;
+        }
+        self.me_leaving = true;
+        self.ring.remove(&self.config.me);
+        self.quorum_lost = !self.has_quorum();
+        if !self.quorum_lost {
+            self.rebalance(&mut out);
+        }
+        out
+    }
+
+    /// Re-derive every local decision from the current view. Costs O(owned + backups) ring
+    /// lookups.
     fn rebalance(&mut self, out: &mut Vec<Action>) {
         let me = self.config.me.clone();
         // Children running here.
         let keys: Vec<String> = self.owned.keys().cloned().collect();
         for key in keys {
             let owner = self.owner(&key);
-            let backup = self.backup_of(&key);
+            let backup = self.backup_of(&key).filter(|b| *b != self.config.me);
             let o = self.owned.get_mut(&key).expect("present");
-            if matches!(o.phase, Phase::Stopping | Phase::Moving) {
+            if owner.as_ref().is_some_and(|n| *n != me) {
+                if matches!(o.phase, Phase::Starting | Phase::Running) {
+                    self.move_queue.insert(key);
+                }
                 continue;
             }
-            if owner.as_ref().is_some_and(|n| *n != me) {
-                let was = o.phase;
-                o.phase = Phase::Moving;
-                if was == Phase::Running {
-                    out.push(Action::Stop { key });
-                }
+            if matches!(o.phase, Phase::Stopping | Phase::Moving) {
                 continue;
             }
             if o.backup != backup {
@@ -729,26 +1166,16 @@ impl Directory {
                 // dropped then, even if it left the view: it may be alive behind a partition or
                 // a false suspicion, and a stale backup would fail over later).
                 if let Some(old) = o.backup.take() {
-                    if !o.old_backups.contains(&old) {
-                        o.old_backups.push(old);
-                    }
+                    add_holder(&mut o.old_backups, Holder::backup(old, &me));
                 }
-                o.old_backups.retain(|n| Some(n) != backup.as_ref());
+                o.old_backups
+                    .retain(|h| !(h.tag.is_none() && Some(&h.node) == backup.as_ref()));
                 o.backup = backup.clone();
-                match &backup {
-                    Some(b) => {
-                        o.acked = false;
-                        out.push(send(b, DirMsg::Replicate(o.record.clone())));
-                    }
-                    None => {
-                        o.acked = true;
-                        if o.phase == Phase::Running {
-                            for req in o.waiting.drain(..) {
-                                out.push(reply(req, Ok(())));
-                            }
-                        }
-                    }
+                if let Some(b) = &backup {
+                    o.acked = false;
+                    out.push(send(b, DirMsg::Replicate(o.record.clone())));
                 }
+                self.settle(&key, out);
             }
         }
         // Backups whose origin left the view.
@@ -762,10 +1189,17 @@ impl Directory {
             let Some(b) = self.backups.remove(&key) else {
                 continue;
             };
-            let olds = self.handoffs.remove(&key).unwrap_or_default();
+            // A hand-off to the departed node is over: its copies to drop go with this copy.
+            let olds = match self.handoffs.get(&key) {
+                Some(h) if h.to == b.from => self.handoffs.remove(&key).map(|h| h.olds),
+                _ => None,
+            }
+            .unwrap_or_default();
             match self.owner(&key) {
                 Some(o) if o == me => {
                     if self.owned.contains_key(&key) {
+                        // A copy runs here already: two copies met (views disagreed).
+                        self.take_copy(&key, b.record, None, olds, out);
                         continue;
                     }
                     let first = ChildEvent::FailedOver {
@@ -773,13 +1207,93 @@ impl Directory {
                         from: b.from.clone(),
                         from_snapshot: b.record.snapshot.is_some(),
                     };
-                    self.handoffs.insert(key.clone(), olds);
+                    self.hold_olds(&key, olds);
                     self.insert_owned(b.record, Vec::new(), first, out);
                 }
                 Some(o) => self.hand_off(&o, b.record, 0, olds, out),
                 None => {}
             }
         }
+        self.pump_moves(out);
+    }
+
+    /// Starts moves from the queue while fewer than [`DirConfig::max_moves`] are in progress.
+    fn pump_moves(&mut self, out: &mut Vec<Action>) {
+        let max = self.config.max_moves.max(1);
+        while self.moving.len() < max {
+            let Some(key) = self.move_queue.pop_first() else {
+                break;
+            };
+            let owner = self.owner(&key);
+            let Some(o) = self.owned.get_mut(&key) else {
+                continue;
+            };
+            if owner.is_none_or(|n| n == self.config.me)
+                || !matches!(o.phase, Phase::Starting | Phase::Running)
+                || !o.merges.is_empty()
+            {
+                // No longer to move, or merges first (`merged` moves it afterwards).
+                continue;
+            }
+            let was = o.phase;
+            o.phase = Phase::Moving;
+            self.moving.insert(key.clone());
+            if was == Phase::Running {
+                out.push(stop(&key, StopReason::Move));
+            }
+        }
+    }
+
+    /// A copy of the running child `key` arrived from `from` (an adoption, or an orphaned backup
+    /// found while a copy runs here): the copy here wins; the other copy's state is merged into it
+    /// and `from` forgets its copy once this copy's backup holds the result.
+    fn take_copy(
+        &mut self,
+        key: &str,
+        theirs: Record,
+        sender: Option<Holder>,
+        olds: Vec<Holder>,
+        out: &mut Vec<Action>,
+    ) {
+        let me = self.config.me.clone();
+        let Some(o) = self.owned.get_mut(key) else {
+            return;
+        };
+        for h in olds.into_iter().chain(sender.clone()) {
+            if h.node != me && !(h.tag.is_none() && o.backup.as_ref() == Some(&h.node)) {
+                add_holder(&mut o.old_backups, h);
+            }
+        }
+        if let Some(s) = sender.filter(|s| s.node != me) {
+            out.push(Action::Event(ChildEvent::Conflict {
+                key: key.to_owned(),
+                other: s.node.clone(),
+                here_lost: false,
+            }));
+            out.push(send(
+                &s.node,
+                DirMsg::Conflict {
+                    key: key.to_owned(),
+                },
+            ));
+        }
+        let merge = theirs.snapshot.is_some();
+        if merge {
+            o.merges.push(theirs);
+        }
+        if o.phase == Phase::Running && merge {
+            self.next_merge(key, out);
+        } else if !merge {
+            // Nothing to merge: refresh the backup so the confirmation to `from` follows (the
+            // sender may have been this copy's backup and consumed it).
+            if let Some(b) = &o.backup {
+                o.acked = false;
+                out.push(send(b, DirMsg::Replicate(o.record.clone())));
+            }
+        }
+        // A merge in progress (or deferred until the child runs) replicates its result, and
+        // that acknowledgement drops the copies to drop.
+        self.settle(key, out);
     }
 
     /// The membership declared `node` dead while it was not in this node's view (it died before
@@ -787,7 +1301,7 @@ impl Directory {
     /// orphans: they are failed over as if `node` had left the view.
     pub fn node_down(&mut self, node: &NodeId) -> Vec<Action> {
         let mut out = Vec::new();
-        if self.ring.contains(node) || *node == self.config.me || self.quorum_lost {
+        if self.view.contains(node) || *node == self.config.me || self.quorum_lost {
             return out;
         }
         if self.backups.values().any(|b| b.from == *node) {
@@ -799,30 +1313,60 @@ impl Directory {
 
     /// The connection to `peer` was lost and re-established while `peer` stayed in this node's
     /// view, so messages to it may have been lost: send again what it must hold (the records it
-    /// backs up for this node, and the hand-offs it has not confirmed).
+    /// backs up for this node, the hand-offs it has not confirmed, the drops it has not
+    /// confirmed) and tell it which copies this node holds for it ([`DirMsg::Held`]).
     pub fn reconnected(&mut self, peer: &NodeId) -> Vec<Action> {
         let mut out = Vec::new();
-        if self.quorum_lost || !self.ring.contains(peer) {
+        if self.quorum_lost || !self.view.contains(peer) {
             return out;
         }
         for o in self.owned.values_mut() {
-            if o.backup.as_ref() == Some(peer)
-                && matches!(o.phase, Phase::Starting | Phase::Running)
-            {
+            if o.backup.as_ref() == Some(peer) {
                 o.acked = false;
                 out.push(send(peer, DirMsg::Replicate(o.record.clone())));
             }
         }
-        let backups = &self.backups;
-        self.handoffs.retain(|k, _| backups.contains_key(k));
-        for key in self.handoffs.keys() {
-            let b = &self.backups[key];
-            if b.from == *peer {
-                let record = b.record.clone();
-                out.push(send(peer, DirMsg::Adopt { record, hops: 0 }));
+        self.resync(peer, &mut out);
+        out
+    }
+
+    /// Re-send to `peer` the hand-offs and drops it has not confirmed, and reconcile the backups
+    /// held for it.
+    fn resync(&mut self, peer: &NodeId, out: &mut Vec<Action>) {
+        for (key, h) in &self.handoffs {
+            if h.to == *peer {
+                if let Some(b) = self.backups.get(key) {
+                    out.push(send(
+                        peer,
+                        DirMsg::Adopt {
+                            record: b.record.clone(),
+                            hops: 0,
+                            tag: h.tag,
+                            holders: h.olds.clone(),
+                        },
+                    ));
+                }
             }
         }
-        out
+        for (key, r) in &self.removing {
+            if r.waiting_on.contains(peer) {
+                out.push(send(
+                    peer,
+                    DirMsg::Drop {
+                        key: key.clone(),
+                        origin: self.config.me.clone(),
+                        tag: None,
+                    },
+                ));
+            }
+        }
+        let keys: Vec<String> = self
+            .backups
+            .iter()
+            .filter(|(_, b)| b.from == *peer && b.handoff.is_none())
+            .map(|(k, _)| k.clone())
+            .collect();
+        out.push(send(peer, DirMsg::Held { keys }));
     }
 
     /// A message from the directory on `from`.
@@ -830,16 +1374,25 @@ impl Directory {
         let mut out = Vec::new();
         if self.quorum_lost {
             // Nothing is kept or run on the minority side; an adoption goes back to its sender.
-            if let DirMsg::Adopt { record, hops } = msg {
-                if hops < MAX_HOPS {
+            match msg {
+                DirMsg::Adopt {
+                    record,
+                    hops,
+                    tag,
+                    holders,
+                } if hops < MAX_HOPS => {
                     out.push(send(
                         from,
                         DirMsg::Adopt {
                             record,
                             hops: hops + 1,
+                            tag,
+                            holders,
                         },
                     ));
                 }
+                DirMsg::Drop { key, .. } => out.push(send(from, DirMsg::Dropped { key })),
+                _ => {}
             }
             return out;
         }
@@ -847,13 +1400,10 @@ impl Directory {
             DirMsg::Replicate(record) => {
                 let key = record.key.clone();
                 let version = record.version;
-                if self.owned.contains_key(&key)
-                    && self.owner(&key).as_ref() == Some(&self.config.me)
-                {
-                    // Two live copies while views disagree: the owner's stays; the sender's moves
-                    // here once its view converges, and is dropped in favour of this one.
-                    return out;
-                }
+                // If a copy runs here too, views disagree: it is kept as the sender's backup all
+                // the same (the sender waits for the acknowledgement); whichever copy is not on
+                // the owner once views converge moves to it and is merged there, and if the
+                // sender leaves the view first, this backup is merged into the copy here.
                 // Messages between two nodes arrive in order, so the latest record from an owner
                 // is its current one. (Versions of different copies are not comparable: a copy
                 // held for a hand-off may carry a higher version than the copy the owner kept.)
@@ -867,6 +1417,7 @@ impl Directory {
                     Backup {
                         from: from.clone(),
                         record,
+                        handoff: None,
                     },
                 );
                 out.push(send(from, DirMsg::Ack { key, version }));
@@ -876,11 +1427,24 @@ impl Directory {
                 }
             }
             DirMsg::Ack { key, version } => {
+                let h = Holder::backup(from.clone(), &self.config.me);
+                let wanted =
+                    self.owned.get(&key).is_some_and(|o| {
+                        o.backup.as_ref() == Some(from) || o.old_backups.contains(&h)
+                    }) || self.handoffs.contains_key(&key);
+                if !wanted {
+                    // A late replication (held by a partition, or sent before a move): the
+                    // copy it left at `from` is not needed.
+                    out.push(h.drop_msg(&key));
+                    return out;
+                }
                 if let Some(o) = self.owned.get_mut(&key) {
                     if o.backup.as_ref() == Some(from) && o.record.version == version {
                         o.acked = true;
-                        for old in o.old_backups.drain(..) {
-                            out.push(send(&old, DirMsg::Drop { key: key.clone() }));
+                        if o.merges.is_empty() && o.merging.is_none() {
+                            for old in o.old_backups.drain(..) {
+                                out.push(old.drop_msg(&key));
+                            }
                         }
                         if o.phase == Phase::Running {
                             for req in o.waiting.drain(..) {
@@ -890,45 +1454,124 @@ impl Directory {
                     }
                 }
             }
-            DirMsg::Drop { key } => {
-                if self.backups.get(&key).is_some_and(|b| b.from == *from) {
+            DirMsg::Drop { key, origin, tag } => {
+                if self
+                    .backups
+                    .get(&key)
+                    .is_some_and(|b| b.from == origin && b.handoff == tag)
+                {
                     self.backups.remove(&key);
-                    // A hand-off to `from` is confirmed.
-                    self.confirm_handoff(&key, from, &mut out);
+                }
+                if tag.is_some()
+                    && self
+                        .handoffs
+                        .get(&key)
+                        .is_some_and(|h| h.to == origin && Some(h.tag) == tag)
+                {
+                    // The hand-off to `origin` is confirmed.
+                    if self.backups.get(&key).is_some_and(|b| b.handoff.is_some()) {
+                        self.backups.remove(&key);
+                    }
+                    self.confirm_handoff(&key, &origin, &mut out);
+                }
+                out.push(send(from, DirMsg::Dropped { key }));
+            }
+            DirMsg::Dropped { key } => {
+                if let Some(r) = self.removing.get_mut(&key) {
+                    r.waiting_on.remove(from);
+                    self.finish_removal(&key, &mut out);
                 }
             }
-            DirMsg::Adopt { record, hops } => {
+            DirMsg::Held { keys } => {
+                // The records `from` should hold for this node and does not: send them again.
+                let held: BTreeSet<&String> = keys.iter().collect();
+                for o in self.owned.values_mut() {
+                    if o.backup.as_ref() == Some(from) && !held.contains(&o.record.key) {
+                        o.acked = false;
+                        out.push(send(from, DirMsg::Replicate(o.record.clone())));
+                    }
+                }
+                for key in keys {
+                    let h = Holder::backup(from.clone(), &self.config.me);
+                    let needed = self.owned.get(&key).is_some_and(|o| {
+                        o.backup.as_ref() == Some(from) || o.old_backups.contains(&h)
+                    }) || self
+                        .handoffs
+                        .get(&key)
+                        .is_some_and(|ho| ho.olds.contains(&h));
+                    if !needed {
+                        out.push(h.drop_msg(&key));
+                    }
+                }
+            }
+            DirMsg::Conflict { key } => {
+                out.push(Action::Event(ChildEvent::Conflict {
+                    key,
+                    other: from.clone(),
+                    here_lost: true,
+                }));
+            }
+            DirMsg::Adopt {
+                record,
+                hops,
+                tag,
+                holders,
+            } => {
                 let key = record.key.clone();
                 let owner = self.owner(&key);
-                if let Some(o) = self.owned.get_mut(&key) {
-                    if matches!(o.phase, Phase::Stopping | Phase::Moving) {
-                        // The copy here is on its way out: this record goes where it goes (the
-                        // sender keeps its copy until the next node confirms).
-                        match owner.filter(|n| *n != self.config.me) {
-                            Some(to) if hops < MAX_HOPS => {
-                                let olds = vec![from.clone()];
-                                self.hand_off(&to, record, hops + 1, olds, &mut out);
+                let me = self.config.me.clone();
+                let sender = Holder {
+                    node: from.clone(),
+                    origin: me.clone(),
+                    tag: Some(tag),
+                };
+                let mut copies = vec![sender.clone()];
+                for h in holders.iter() {
+                    if h.node != me {
+                        add_holder(&mut copies, h.clone());
+                    }
+                }
+                if !self.owned.contains_key(&key) {
+                    if let Some(r) = self.removing.get_mut(&key) {
+                        // Removed here, confirmations pending: this copy goes too, and the
+                        // removal waits until its holders dropped it.
+                        for h in copies {
+                            if self.view.contains(&h.node) {
+                                r.waiting_on.insert(h.node.clone());
                             }
-                            _ => out.push(send(from, DirMsg::Drop { key: key.clone() })),
+                            out.push(h.drop_msg(&key));
                         }
-                    } else {
-                        // Taken: the sender forgets its copy once this copy's backup holds it
-                        // (the sender may be that backup: the replication below refreshes it).
-                        if o.backup.as_ref() != Some(from) && !o.old_backups.contains(from) {
-                            o.old_backups.push(from.clone());
+                        self.finish_removal(&key, &mut out);
+                        return out;
+                    }
+                }
+                if let Some(o) = self.owned.get_mut(&key) {
+                    match o.phase {
+                        Phase::Stopping => {
+                            // Terminated here: the other copy goes too (its holders are told when
+                            // the child has stopped, and the removal waits for them).
+                            for h in copies {
+                                add_holder(&mut o.old_backups, h);
+                            }
                         }
-                        // The sender's copy has stopped; the one running here stays. The sender
-                        // may have been this copy's backup and consumed it to run its own copy:
-                        // replicate again.
-                        if let Some(b) = &o.backup {
-                            o.acked = false;
-                            out.push(send(b, DirMsg::Replicate(o.record.clone())));
+                        Phase::Moving => match owner.filter(|n| *n != me) {
+                            Some(to) if hops < MAX_HOPS => {
+                                // The copy here is on its way out: this record goes where it
+                                // goes (the sender keeps its copy until the next node confirms).
+                                self.hand_off(&to, record, hops + 1, copies, &mut out);
+                            }
+                            _ => {
+                                if record.snapshot.is_some() {
+                                    o.merges.push(record);
+                                }
+                                for h in copies {
+                                    add_holder(&mut o.old_backups, h);
+                                }
+                            }
+                        },
+                        Phase::Starting | Phase::Running | Phase::Merging => {
+                            self.take_copy(&key, record, Some(sender), holders, &mut out);
                         }
-                        out.push(Action::Event(ChildEvent::Conflict {
-                            key,
-                            other: from.clone(),
-                            here_lost: false,
-                        }));
                     }
                     return out;
                 }
@@ -936,7 +1579,7 @@ impl Directory {
                     Some(o) if o != self.config.me && hops < MAX_HOPS => {
                         // Views disagree: pass it on to the owner in this node's view (the sender
                         // keeps its copy until that node confirms).
-                        self.hand_off(&o, record, hops + 1, vec![from.clone()], &mut out);
+                        self.hand_off(&o, record, hops + 1, copies, &mut out);
                     }
                     _ => {
                         // Ours, or passed around too often while views settle: run it here; the
@@ -946,13 +1589,8 @@ impl Directory {
                             from: from.clone(),
                             from_snapshot: record.snapshot.is_some(),
                         };
+                        self.hold_olds(&key, copies);
                         self.insert_owned(record, Vec::new(), first, &mut out);
-                        // Taken: the sender forgets its copy once the backup here holds it (the
-                        // sender may be that backup: the replication just sent refreshes it).
-                        let o = self.owned.get_mut(&key).expect("inserted");
-                        if o.backup.as_ref() != Some(from) && !o.old_backups.contains(from) {
-                            o.old_backups.push(from.clone());
-                        }
                     }
                 }
             }
@@ -962,14 +1600,27 @@ impl Directory {
 
     /// `to` confirmed it took the child `key` handed off to it: the former backups may forget it.
     fn confirm_handoff(&mut self, key: &str, to: &NodeId, out: &mut Vec<Action>) {
-        for old in self.handoffs.remove(key).unwrap_or_default() {
-            if old != *to && old != self.config.me {
-                out.push(send(
-                    &old,
-                    DirMsg::Drop {
-                        key: key.to_owned(),
-                    },
-                ));
+        let Some(h) = self.handoffs.remove(key) else {
+            return;
+        };
+        for old in h.olds {
+            if old.node != *to && old.node != self.config.me {
+                out.push(old.drop_msg(key));
+            }
+        }
+    }
+
+    /// Copies to drop once the copy of `key` about to be run or handed off from here is safe.
+    fn hold_olds(&mut self, key: &str, olds: Vec<Holder>) {
+        let me = self.config.me.clone();
+        let h = self.handoffs.entry(key.to_owned()).or_insert(HandOff {
+            to: me.clone(),
+            tag: 0,
+            olds: Vec::new(),
+        });
+        for o in olds {
+            if o.node != me {
+                add_holder(&mut h.olds, o);
             }
         }
     }
@@ -983,23 +1634,34 @@ impl Directory {
         to: &NodeId,
         record: Record,
         hops: u8,
-        old_backups: Vec<NodeId>,
+        old_backups: Vec<Holder>,
         out: &mut Vec<Action>,
     ) {
-        let olds = self.handoffs.entry(record.key.clone()).or_default();
-        for n in old_backups {
-            if !olds.contains(&n) {
-                olds.push(n);
-            }
-        }
-        self.backups.insert(
-            record.key.clone(),
-            Backup {
-                from: to.clone(),
-                record: record.clone(),
+        let key = record.key.clone();
+        self.hold_olds(&key, old_backups);
+        self.next_tag += 1;
+        let tag = self.next_tag;
+        let h = self.handoffs.get_mut(&key).expect("held");
+        h.to = to.clone();
+        h.tag = tag;
+        // The receiver is told to drop its own backup copy itself only if it ends up elsewhere.
+        let holders: Vec<Holder> = h.olds.iter().filter(|o| o.node != *to).cloned().collect();
+        // A copy held here already (the backup of the copy `to` runs, typically) is kept: it
+        // stands for this one until `to` confirms.
+        self.backups.entry(key).or_insert_with(|| Backup {
+            from: to.clone(),
+            record: record.clone(),
+            handoff: Some(tag),
+        });
+        out.push(send(
+            to,
+            DirMsg::Adopt {
+                record,
+                hops,
+                tag,
+                holders,
             },
-        );
-        out.push(send(to, DirMsg::Adopt { record, hops }));
+        ));
     }
 }
 
@@ -1007,9 +1669,9 @@ impl Directory {
 /// it anyway (bounds the traffic until views converge).
 pub const MAX_HOPS: u8 = 8;
 
-fn self_quorum(ring: &Ring, quorum: Option<usize>) -> StartError {
+fn self_quorum(seen: usize, quorum: Option<usize>) -> StartError {
     StartError::NoQuorum {
-        seen: ring.len(),
+        seen,
         needed: quorum.map(|s| s / 2 + 1).unwrap_or(0),
     }
 }
@@ -1018,9 +1680,308 @@ fn reply(req: u64, result: Result<(), StartError>) -> Action {
     Action::Reply { req, result }
 }
 
+fn stop(key: &str, reason: StopReason) -> Action {
+    Action::Stop {
+        key: key.to_owned(),
+        reason,
+    }
+}
+
 fn send(to: &NodeId, msg: DirMsg) -> Action {
     Action::Send {
         to: to.clone(),
         msg,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+
+    fn id(n: &str) -> NodeId {
+        NodeId::new(n).expect("valid")
+    }
+
+    fn record(key: &str) -> Record {
+        Record {
+            key: key.to_owned(),
+            actor_type: "t".into(),
+            args: Vec::new(),
+            policy: RestartPolicy::Permanent,
+            snapshot: None,
+            version: 0,
+        }
+    }
+
+    /// Directories wired together, with a runtime that spawns and stops at once and merges
+    /// states by concatenation.
+    struct Net {
+        dirs: BTreeMap<NodeId, Directory>,
+        queue: VecDeque<(NodeId, NodeId, DirMsg)>,
+        /// Running children: state per (node, key).
+        running: BTreeMap<(NodeId, String), Vec<u8>>,
+        merging: BTreeMap<(NodeId, String), Record>,
+        log: Vec<(NodeId, Action)>,
+    }
+
+    impl Net {
+        fn new(nodes: &[&str], max_moves: usize) -> Self {
+            let ids: Vec<NodeId> = nodes.iter().map(|n| id(n)).collect();
+            let mut net = Net {
+                dirs: BTreeMap::new(),
+                queue: VecDeque::new(),
+                running: BTreeMap::new(),
+                merging: BTreeMap::new(),
+                log: Vec::new(),
+            };
+            for n in &ids {
+                let mut config = DirConfig::new(n.clone());
+                config.max_moves = max_moves;
+                let mut d = Directory::new(config);
+                let actions = d.set_view(ids.iter());
+                net.dirs.insert(n.clone(), d);
+                net.apply(n, actions);
+            }
+            net.settle();
+            net
+        }
+
+        fn dir(&mut self, n: &str) -> &mut Directory {
+            self.dirs.get_mut(&id(n)).expect("node")
+        }
+
+        fn call(&mut self, n: &str, f: impl FnOnce(&mut Directory) -> Vec<Action>) {
+            let actions = f(self.dir(n));
+            self.apply(&id(n), actions);
+        }
+
+        fn apply(&mut self, node: &NodeId, actions: Vec<Action>) {
+            for a in actions {
+                self.log.push((node.clone(), a.clone()));
+                match a {
+                    Action::Spawn(r) => {
+                        let state = r.snapshot.clone().unwrap_or_default();
+                        self.running.insert((node.clone(), r.key.clone()), state);
+                        let more = self
+                            .dirs
+                            .get_mut(node)
+                            .expect("node")
+                            .spawned(&r.key, Ok(()));
+                        self.apply(node, more);
+                    }
+                    Action::Stop { key, .. } => {
+                        let state = self.running.remove(&(node.clone(), key.clone()));
+                        let now = Duration::ZERO;
+                        let more = self.dirs.get_mut(node).expect("node").exited(
+                            &key,
+                            ExitClass::Shutdown,
+                            state,
+                            now,
+                        );
+                        self.apply(node, more);
+                    }
+                    Action::Merge { key, theirs } => {
+                        let mut ours = self
+                            .running
+                            .remove(&(node.clone(), key.clone()))
+                            .unwrap_or_default();
+                        ours.extend(theirs.snapshot.clone().unwrap_or_default());
+                        self.merging.insert((node.clone(), key.clone()), theirs);
+                        let more = self
+                            .dirs
+                            .get_mut(node)
+                            .expect("node")
+                            .merged(&key, Some(ours));
+                        self.apply(node, more);
+                    }
+                    Action::Send { to, msg } => self.queue.push_back((node.clone(), to, msg)),
+                    Action::Reply { .. } | Action::Event(_) => {}
+                }
+            }
+        }
+
+        fn settle(&mut self) {
+            let mut budget = 10_000;
+            while let Some((from, to, msg)) = self.queue.pop_front() {
+                budget -= 1;
+                assert!(
+                    budget > 0,
+                    "no quiescence: {:?}",
+                    &self.log[self.log.len() - 20..]
+                );
+                let actions = self.dirs.get_mut(&to).expect("node").receive(&from, msg);
+                self.apply(&to, actions);
+            }
+        }
+
+        fn replies(&self) -> Vec<(u64, Result<(), StartError>)> {
+            self.log
+                .iter()
+                .filter_map(|(_, a)| match a {
+                    Action::Reply { req, result } => Some((*req, result.clone())),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        fn runs(&self, key: &str) -> Vec<NodeId> {
+            self.running
+                .keys()
+                .filter(|(_, k)| k == key)
+                .map(|(n, _)| n.clone())
+                .collect()
+        }
+    }
+
+    /// A key owned by `owner` in a view of `nodes`.
+    fn key_owned_by(nodes: &[&str], owner: &str) -> String {
+        let ring = Ring::from_nodes(RingConfig::default(), nodes.iter().map(|n| id(n))).unwrap();
+        (0..)
+            .map(|i| format!("k{i}"))
+            .find(|k| ring.node_for(k.as_bytes()) == Some(&id(owner)))
+            .unwrap()
+    }
+
+    #[test]
+    fn terminate_is_answered_only_after_the_backup_dropped_its_copy() {
+        let mut net = Net::new(&["a", "b"], 8);
+        let key = key_owned_by(&["a", "b"], "a");
+        net.call("a", |d| d.start(1, record(&key)));
+        net.settle();
+        assert_eq!(net.replies(), vec![(1, Ok(()))]);
+        assert!(net.dir("b").backups().contains_key(&key));
+        net.call("a", |d| d.terminate(2, &key));
+        // Stopped, but the backup has not confirmed the drop yet.
+        assert_eq!(net.replies().len(), 1);
+        net.settle();
+        assert_eq!(net.replies(), vec![(1, Ok(())), (2, Ok(()))]);
+        assert!(net.dir("b").backups().is_empty());
+    }
+
+    #[test]
+    fn a_leaving_node_hands_its_children_off_with_their_state() {
+        let nodes = ["a", "b", "c"];
+        let mut net = Net::new(&nodes, 8);
+        let key = key_owned_by(&nodes, "a");
+        net.call("a", |d| d.start(1, record(&key)));
+        net.settle();
+        net.running
+            .insert((id("a"), key.clone()), b"state".to_vec());
+        // The membership announces the leave; `a` starts handing off.
+        for n in ["b", "c"] {
+            net.call(n, |d| d.set_members([&id("b"), &id("c")], [&id("a")]));
+        }
+        net.call("a", |d| d.leave());
+        // Start requests at a leaving node are refused with the new owner.
+        let other = key_owned_by(&nodes, "a");
+        net.call("a", |d| d.start(3, record(&other)));
+        assert!(matches!(
+            net.replies().last(),
+            Some((3, Err(StartError::NotOwner { owner: Some(_) })))
+        ));
+        assert!(!net.dir("a").handed_off());
+        net.settle();
+        let runs = net.runs(&key);
+        assert_eq!(runs.len(), 1);
+        assert_ne!(runs[0], id("a"));
+        assert_eq!(
+            net.running[&(runs[0].clone(), key.clone())],
+            b"state".to_vec()
+        );
+        // It runs nothing and holds nothing any more: it may exit.
+        assert!(net.dir("a").handed_off(), "{:?}", net.dir("a").backups());
+    }
+
+    #[test]
+    fn the_backups_of_a_leaving_node_are_not_failed_over() {
+        let nodes = ["a", "b"];
+        let mut net = Net::new(&nodes, 8);
+        let key = key_owned_by(&nodes, "a");
+        net.call("a", |d| d.start(1, record(&key)));
+        net.settle();
+        net.call("b", |d| d.set_members([&id("b")], [&id("a")]));
+        assert!(net.runs(&key) == vec![id("a")]);
+        // Down: now it fails over.
+        net.call("b", |d| d.set_members([&id("b")], []));
+        assert_eq!(net.runs(&key).len(), 2);
+        assert!(net.runs(&key).contains(&id("b")));
+    }
+
+    #[test]
+    fn moves_are_throttled() {
+        let mut net = Net::new(&["a"], 1);
+        let keys: Vec<String> = (0..3)
+            .map(|i| {
+                (0..)
+                    .map(|j| format!("m{i}-{j}"))
+                    .find(|k| {
+                        let ring =
+                            Ring::from_nodes(RingConfig::default(), [id("a"), id("b")]).unwrap();
+                        ring.node_for(k.as_bytes()) == Some(&id("b"))
+                    })
+                    .unwrap()
+            })
+            .collect();
+        for (i, k) in keys.iter().enumerate() {
+            net.call("a", |d| d.start(i as u64, record(k)));
+        }
+        // `b` joins: all three keys move to it, one at a time. Hold the stops to count them.
+        let actions = net.dir("a").set_view([&id("a"), &id("b")]);
+        let stops = actions
+            .iter()
+            .filter(|a| {
+                matches!(
+                    a,
+                    Action::Stop {
+                        reason: StopReason::Move,
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!(stops, 1);
+        assert_eq!(net.dir("a").moves(), (1, 2));
+    }
+
+    #[test]
+    fn an_adopted_copy_of_a_running_child_is_merged_into_it() {
+        let nodes = ["a", "b"];
+        let mut net = Net::new(&nodes, 8);
+        let key = key_owned_by(&nodes, "a");
+        net.call("a", |d| d.start(1, record(&key)));
+        net.settle();
+        net.running.insert((id("a"), key.clone()), b"ours".to_vec());
+        let mut theirs = record(&key);
+        theirs.snapshot = Some(b"+theirs".to_vec());
+        theirs.version = 7;
+        let actions = net.dir("a").receive(
+            &id("b"),
+            DirMsg::Adopt {
+                record: theirs,
+                hops: 0,
+                tag: 1,
+                holders: Vec::new(),
+            },
+        );
+        assert!(actions.iter().any(|a| matches!(a, Action::Merge { .. })));
+        assert!(actions.iter().any(|a| matches!(
+            a,
+            Action::Event(ChildEvent::Conflict {
+                here_lost: false,
+                ..
+            })
+        )));
+        net.apply(&id("a"), actions);
+        net.settle();
+        assert_eq!(net.runs(&key), vec![id("a")]);
+        assert_eq!(
+            net.running[&(id("a"), key.clone())],
+            b"ours+theirs".to_vec()
+        );
+        let o = &net.dir("a").owned()[&key];
+        assert!(o.record.version > 7);
+        assert_eq!(o.phase, Phase::Running);
     }
 }

@@ -11,9 +11,11 @@ pub mod names;
 pub mod node;
 pub mod placement;
 pub mod restart;
+pub mod strategies;
 
 pub use directory::{
-    Action, ChildEvent, DirConfig, DirMsg, Directory, Distribution, Record, StartError, Uniform,
+    Action, ChildEvent, DirConfig, DirMsg, Directory, Distribution, Holder, Record, StartError,
+    StopReason, Uniform,
 };
 pub use names::{
     Delta, Entry, FullState, GroupMember, GroupMemberRef, NameError, NameEvent, NameTable,

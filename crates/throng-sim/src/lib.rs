@@ -316,6 +316,8 @@ struct Child {
     state: u64,
     phase: ChildPhase,
     instance: u64,
+    /// Stopping to merge this other copy into it ([`Action::Merge`]).
+    merging: Option<Record>,
 }
 
 struct Node {
@@ -342,6 +344,8 @@ struct KeyTrack {
     /// A terminate was issued, or an exit that the policy does not restart happened, or the
     /// directory gave up: a `Stopped` event for this key is legitimate.
     removal_ok: bool,
+    /// When the first removal began (see `removal_ok`).
+    removal_began: Option<u64>,
     /// The latest state a backup acknowledged.
     floor: u64,
     /// Nodes that crashed while holding a copy (run or backup) since the key was last fully
@@ -370,6 +374,8 @@ struct Pending {
     attempt: u32,
     /// Delivered to the directory (otherwise still on the network).
     arrived: bool,
+    /// When it was delivered to the directory.
+    arrived_at: u64,
 }
 
 struct Sim {
@@ -427,6 +433,9 @@ fn msg_kind(m: &DirMsg) -> &'static str {
         DirMsg::Ack { .. } => "ack",
         DirMsg::Drop { .. } => "drop",
         DirMsg::Adopt { .. } => "adopt",
+        DirMsg::Dropped { .. } => "dropped",
+        DirMsg::Held { .. } => "held",
+        DirMsg::Conflict { .. } => "conflict",
     }
 }
 
@@ -474,7 +483,11 @@ impl Sim {
         for i in 0..n {
             let mut dir = Directory::new(DirConfig::new(sim.ids[i].clone()));
             let actions = dir.set_view(all.iter());
-            debug_assert!(actions.is_empty());
+            // Only the (empty) backup reconciliations with the peers it now sees.
+            debug_assert!(actions.iter().all(|a| matches!(
+                a,
+                Action::Send { msg: DirMsg::Held { keys }, .. } if keys.is_empty()
+            )));
             sim.nodes.push(Node {
                 alive: true,
                 inc: 0,
@@ -607,6 +620,7 @@ impl Sim {
                 record,
                 expect: Expect::Unknown,
                 removal_ok: false,
+                removal_began: None,
                 floor: 0,
                 crashed_holders: BTreeSet::new(),
                 sole_copy_lost: false,
@@ -618,6 +632,13 @@ impl Sim {
         self.tally.event("op: start");
         trace!(self, "client start {key} ({policy:?})");
         self.handle(Ev::ClientStart { key, attempt: 0 });
+    }
+
+    fn begin_removal(&mut self, key: &str) {
+        let now = self.now;
+        let t = self.keys.get_mut(key).expect("tracked");
+        t.removal_ok = true;
+        t.removal_began.get_or_insert(now);
     }
 
     fn op_terminate(&mut self) {
@@ -677,7 +698,7 @@ impl Sim {
             .policy
             .restarts_after(ExitClass::Abnormal)
         {
-            self.keys.get_mut(&key).expect("tracked").removal_ok = true;
+            self.begin_removal(&key);
         }
         let now = Duration::from_millis(self.now);
         let actions = self.nodes[node]
@@ -696,6 +717,7 @@ impl Sim {
         let track = self.keys.get_mut(&key).expect("tracked");
         if !track.record.policy.restarts_after(ExitClass::Normal) {
             track.removal_ok = true;
+            track.removal_began.get_or_insert(self.now);
         }
         let snapshot = track.snapshots.then(|| encode(child.state));
         let now = Duration::from_millis(self.now);
@@ -750,9 +772,23 @@ impl Sim {
                 }
             }
         }
+        for p in self.nodes.iter().flat_map(|n| n.children.values()) {
+            if let Some(r) = &p.merging {
+                elsewhere.insert(r.key.as_str());
+            }
+        }
+        // A child the crashed node ran without a backup (it saw no other node) had its other
+        // copies told to drop (confirmations in flight): it had the only durable copy.
+        let unbacked: BTreeSet<&str> = self.nodes[j]
+            .dir
+            .owned()
+            .iter()
+            .filter(|(_, o)| o.backup.is_none())
+            .map(|(k, _)| k.as_str())
+            .collect();
         let lost: Vec<String> = held
             .iter()
-            .filter(|k| !elsewhere.contains(k.as_str()))
+            .filter(|k| !elsewhere.contains(k.as_str()) || unbacked.contains(k.as_str()))
             .cloned()
             .collect();
         for key in &held {
@@ -908,13 +944,27 @@ impl Sim {
             for p in lost {
                 self.tally.event("message lost (connection reset)");
                 trace!(self, "lost n{x}->n{y} {}", msg_kind(&p.msg));
+                self.message_lost(&p.msg);
             }
         }
         for (x, y) in [(a, b), (b, a)] {
-            if self.nodes[x].alive && self.nodes[x].view.contains_key(&y) {
-                trace!(self, "n{x}: reconnected to n{y}");
-                let actions = self.nodes[x].dir.reconnected(&self.ids[y]);
-                self.apply(x, actions);
+            if !self.nodes[x].alive {
+                continue;
+            }
+            match self.nodes[x].view.get(&y) {
+                Some(&inc) if inc == self.nodes[y].inc => {
+                    trace!(self, "n{x}: reconnected to n{y}");
+                    let actions = self.nodes[x].dir.reconnected(&self.ids[y]);
+                    self.apply(x, actions);
+                }
+                Some(_) => {
+                    // The connection comes back to a new incarnation (the handshake tells): the
+                    // runtime reports the old one down first.
+                    trace!(self, "n{x}: n{y} reconnects as a new incarnation");
+                    self.nodes[x].view.remove(&y);
+                    self.push_view(x);
+                }
+                None => {}
             }
         }
     }
@@ -999,6 +1049,18 @@ impl Sim {
                     _ => return,
                 }
                 let child = n.children.remove(&key).expect("present");
+                if let Some(theirs) = &child.merging {
+                    let merged = child.state.max(state_of(theirs).unwrap_or(0));
+                    trace!(
+                        self,
+                        "n{node}: {key} stopped to merge (state {} + theirs {:?} = {merged})",
+                        child.state,
+                        state_of(theirs)
+                    );
+                    let actions = self.nodes[node].dir.merged(&key, Some(encode(merged)));
+                    self.apply(node, actions);
+                    return;
+                }
                 let snapshot = self.keys[&key].snapshots.then(|| encode(child.state));
                 trace!(self, "n{node}: {key} stopped (state {})", child.state);
                 let now = Duration::from_millis(self.now);
@@ -1019,6 +1081,7 @@ impl Sim {
                     return;
                 }
                 p.arrived = true;
+                p.arrived_at = self.now;
                 let key = p.key.clone();
                 let record = self.keys[&key].record.clone();
                 trace!(self, "n{node}: start {key} (req {req})");
@@ -1035,8 +1098,9 @@ impl Sim {
                     return;
                 }
                 p.arrived = true;
+                p.arrived_at = self.now;
                 let key = p.key.clone();
-                self.keys.get_mut(&key).expect("tracked").removal_ok = true;
+                self.begin_removal(&key);
                 trace!(self, "n{node}: terminate {key} (req {req})");
                 let actions = self.nodes[node].dir.terminate(req, &key);
                 self.apply(node, actions);
@@ -1089,6 +1153,7 @@ impl Sim {
                 inc,
                 attempt,
                 arrived: false,
+                arrived_at: 0,
             },
         );
         let d = self.delay((1, 8));
@@ -1155,6 +1220,42 @@ impl Sim {
         }
     }
 
+    /// Whether a live node runs or holds a copy of `key`, or one is in flight to a live node.
+    fn has_copy(&self, key: &str) -> bool {
+        let n = self.nodes.len();
+        (0..n).any(|i| {
+            self.nodes[i].alive
+                && (self.nodes[i].dir.owned().contains_key(key)
+                    || self.nodes[i].dir.backups().contains_key(key)
+                    || self.nodes[i]
+                        .children
+                        .values()
+                        .any(|c| c.merging.as_ref().is_some_and(|r| r.key == key)))
+        }) || (0..n).any(|from| {
+            (0..n).any(|to| {
+                self.nodes[to].alive
+                    && self.links[from][to].iter().any(|p| {
+                        matches!(&p.msg, DirMsg::Replicate(r) | DirMsg::Adopt { record: r, .. }
+                            if r.key == key)
+                            && self.nodes[to].inc == p.to_inc
+                            && self.nodes[from].inc == p.from_inc
+                    })
+            })
+        })
+    }
+
+    /// A message that carried a copy of a child was lost: if that was the last copy (its sender
+    /// crashed since), the child is lost with it.
+    fn message_lost(&mut self, msg: &DirMsg) {
+        if let DirMsg::Replicate(r) | DirMsg::Adopt { record: r, .. } = msg {
+            if !self.has_copy(&r.key) {
+                if let Some(t) = self.keys.get_mut(&r.key) {
+                    t.sole_copy_lost = true;
+                }
+            }
+        }
+    }
+
     fn deliver(&mut self, from: usize, from_inc: u64, to: usize, to_inc: u64, msg: DirMsg) {
         let ok = self.nodes[to].alive
             && self.nodes[to].inc == to_inc
@@ -1162,6 +1263,7 @@ impl Sim {
         if !ok {
             self.tally.event("message lost (node down)");
             trace!(self, "drop n{from}->n{to} {}", msg_kind(&msg));
+            self.message_lost(&msg);
             return;
         }
         trace!(self, "n{from}->n{to} {msg:?}");
@@ -1172,6 +1274,12 @@ impl Sim {
         };
         let acked = match &msg {
             DirMsg::Ack { key, version } => Some((key.clone(), *version)),
+            _ => None,
+        };
+        // A crashed node's last messages still arrive: a confirmation from it may make the
+        // receiver drop what was the last surviving copy (the crashed node had taken it).
+        let dropped_by_dead = match &msg {
+            DirMsg::Drop { key, .. } if !self.nodes[from].alive => Some(key.clone()),
             _ => None,
         };
         let actions = self.nodes[to].dir.receive(&self.ids[from], msg);
@@ -1199,6 +1307,13 @@ impl Sim {
             }
         }
         self.apply(to, actions);
+        if let Some(key) = dropped_by_dead {
+            if !self.has_copy(&key) {
+                if let Some(t) = self.keys.get_mut(&key) {
+                    t.sole_copy_lost = true;
+                }
+            }
+        }
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1206,13 +1321,18 @@ impl Sim {
 
     fn apply(&mut self, node: usize, actions: Vec<Action>) {
         for action in actions {
-            match action {
+            match action.clone() {
                 Action::Spawn(record) => self.spawn(node, record),
-                Action::Stop { key } => {
+                Action::Stop { key, .. } | Action::Merge { key, .. } => {
                     let inc = self.nodes[node].inc;
+                    let merging = match &action {
+                        Action::Merge { theirs, .. } => Some(theirs.clone()),
+                        _ => None,
+                    };
                     match self.nodes[node].children.get_mut(&key) {
                         Some(c) if c.phase == ChildPhase::Running => {
                             c.phase = ChildPhase::Stopping;
+                            c.merging = merging;
                             let instance = c.instance;
                             trace!(self, "n{node}: stop {key}");
                             let d = self.delay((1, 5));
@@ -1241,7 +1361,10 @@ impl Sim {
                         DirMsg::Replicate(_) => "message: replicate",
                         DirMsg::Ack { .. } => "message: ack",
                         DirMsg::Drop { .. } => "message: drop",
+                        DirMsg::Dropped { .. } => "message: dropped",
                         DirMsg::Adopt { .. } => "message: adopt",
+                        DirMsg::Held { .. } => "message: held",
+                        DirMsg::Conflict { .. } => "message: conflict",
                     });
                     if to == node {
                         self.fail(
@@ -1273,6 +1396,7 @@ impl Sim {
                         ChildEvent::GaveUp { key, .. } => {
                             if let Some(t) = self.keys.get_mut(&key) {
                                 t.removal_ok = true;
+                                t.removal_began.get_or_insert(self.now);
                             }
                         }
                         ChildEvent::FailedOver { key, .. } if self.views_split => {
@@ -1323,6 +1447,7 @@ impl Sim {
                 state,
                 phase: ChildPhase::Starting,
                 instance,
+                merging: None,
             },
         );
         let inc = self.nodes[node].inc;
@@ -1357,6 +1482,12 @@ impl Sim {
         match (p.kind, result) {
             (ReqKind::Start, Ok(())) => {
                 self.tally.event("reply: start ok");
+                if t.expect == Expect::Gone && t.removal_began.is_some_and(|r| p.arrived_at > r) {
+                    // Started again after it was removed: a new child of the same key.
+                    t.removal_ok = false;
+                    t.removal_began = None;
+                    t.expect = Expect::Running;
+                }
                 if t.expect != Expect::Gone {
                     t.expect = Expect::Running;
                 }
@@ -1501,6 +1632,11 @@ impl Sim {
                 Expect::Running => {
                     self.check(Invariant::Lost);
                     if nodes.is_empty() {
+                        // A removal (terminate, or an exit its policy does not restart) began but
+                        // was not acknowledged (its node crashed first): either outcome is right.
+                        let excuse = excuse.or(t.removal_ok.then_some(
+                            "removal begun, not acknowledged (either outcome is right)",
+                        ));
                         match excuse {
                             Some(why) => self.tally.excuse(why),
                             None => {

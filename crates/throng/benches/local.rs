@@ -1,12 +1,25 @@
 //! Local actor benchmarks, in one run, beside the raw tokio baseline and the Rust actor libraries
-//! users would pick instead (kameo, ractor), all doing the same work on the same tokio runtime:
+//! users would pick instead (kameo, ractor, actix), all doing the same work:
 //! - cast throughput: 10,000 casts to one actor (then one call to wait for them) vs. 10,000 sends on
 //!   a bounded `tokio::sync::mpsc`; kameo gets a bounded mailbox of 1,024 like Throng, ractor's
-//!   mailbox is unbounded;
+//!   mailbox is unbounded; actix's mailbox is set to 1,024 (`set_mailbox_capacity` in `started`),
+//!   but its cast, `do_send`, ignores the capacity, so in effect it is unbounded like ractor's;
 //! - call round trip: one call vs. one request/`oneshot` reply through a tokio task.
 //!
+//! Runtimes, and what they mean for comparability: throng, tokio, kameo and ractor run on one
+//! multi-thread tokio runtime with 2 workers; the timed loop runs in `block_on` on the bench
+//! thread, so the sender and the actor's task are on different threads and every hand-off can be
+//! a cross-thread wake-up. actix cannot run there: it needs its own `System` (actix-rt), which is
+//! a single-threaded (current-thread) tokio runtime with a `LocalSet`. Its entries create an
+//! `actix::SystemRunner` on the bench thread and run each timed batch inside
+//! `SystemRunner::block_on`, so sender and actor share that one thread: no cross-thread wake-ups
+//! or synchronisation (cheaper hand-offs, better cache locality), but also no parallelism between
+//! sender and actor — the actor runs only while the sender awaits. The actix figures therefore
+//! measure a different setup (what an actix user gets) and are not a like-for-like comparison with
+//! the other four; compare the others with each other, and actix as a reference point.
+//!
 //! Run: `cargo bench -p throng --bench local`; docs/benchmarks.md turns criterion's estimates into
-//! ratios. actix is not included: it needs its own runtime (actix-rt).
+//! ratios.
 #![allow(missing_docs)]
 
 use std::time::{Duration, Instant};
@@ -81,9 +94,63 @@ impl ractor::Actor for RCounter {
     }
 }
 
+struct ACounter(u64);
+
+impl actix::Actor for ACounter {
+    type Context = actix::Context<Self>;
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // actix's default is 16; match Throng's (and kameo's here) 1,024.
+        ctx.set_mailbox_capacity(1024);
+    }
+}
+
+struct AAdd(u64);
+
+impl actix::Message for AAdd {
+    type Result = u64;
+}
+
+impl actix::Handler<AAdd> for ACounter {
+    type Result = u64;
+    fn handle(&mut self, AAdd(n): AAdd, _: &mut Self::Context) -> u64 {
+        self.0 = self.0.wrapping_add(n);
+        self.0
+    }
+}
+
+/// A single-threaded actix `System` (actix-rt) on the bench thread and one `ACounter` in it.
+fn actix_counter() -> (actix::SystemRunner, actix::Addr<ACounter>) {
+    let sys = actix::System::new();
+    let addr = sys.block_on(async { actix::Actor::start(ACounter(0)) });
+    (sys, addr)
+}
+
+/// Like [`timed`], inside the actix system.
+fn actix_timed<F: std::future::Future<Output = ()>>(
+    sys: &actix::SystemRunner,
+    iters: u64,
+    mut f: impl FnMut() -> F,
+) -> Duration {
+    sys.block_on(async {
+        let start = Instant::now();
+        for _ in 0..iters {
+            f().await;
+        }
+        start.elapsed()
+    })
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A single-threaded runtime: the conditions actix runs in, for a like-for-like comparison.
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap()
@@ -105,12 +172,28 @@ fn timed<F: std::future::Future<Output = ()>>(
 
 fn cast(c: &mut Criterion) {
     let rt = runtime();
+    let st = current_thread();
     let mut g = c.benchmark_group("cast");
     g.throughput(Throughput::Elements(CASTS));
     g.bench_function("throng", |b| {
         let actor = rt.block_on(async { throng::spawn(Counter(0)) });
         b.iter_custom(|iters| {
             rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    for i in 0..CASTS {
+                        actor.cast(i).await.unwrap();
+                    }
+                    actor.call(0).await.unwrap();
+                }
+                start.elapsed()
+            })
+        });
+    });
+    g.bench_function("throng_current_thread", |b| {
+        let actor = st.block_on(async { throng::spawn(Counter(0)) });
+        b.iter_custom(|iters| {
+            st.block_on(async {
                 let start = Instant::now();
                 for _ in 0..iters {
                     for i in 0..CASTS {
@@ -178,17 +261,41 @@ fn cast(c: &mut Criterion) {
             })
         })
     });
+    let (sys, actix_addr) = actix_counter();
+    g.bench_function("actix", |b| {
+        b.iter_custom(|iters| {
+            actix_timed(&sys, iters, || async {
+                for i in 0..CASTS {
+                    actix_addr.do_send(AAdd(i));
+                }
+                actix_addr.send(AAdd(0)).await.unwrap();
+            })
+        })
+    });
     g.finish();
 }
 
 fn call(c: &mut Criterion) {
     let rt = runtime();
+    let st = current_thread();
     let mut g = c.benchmark_group("call");
     g.throughput(Throughput::Elements(1));
     g.bench_function("throng", |b| {
         let actor = rt.block_on(async { throng::spawn(Counter(0)) });
         b.iter_custom(|iters| {
             rt.block_on(async {
+                let start = Instant::now();
+                for i in 0..iters {
+                    actor.call(i).await.unwrap();
+                }
+                start.elapsed()
+            })
+        });
+    });
+    g.bench_function("throng_current_thread", |b| {
+        let actor = st.block_on(async { throng::spawn(Counter(0)) });
+        b.iter_custom(|iters| {
+            st.block_on(async {
                 let start = Instant::now();
                 for i in 0..iters {
                     actor.call(i).await.unwrap();
@@ -239,6 +346,14 @@ fn call(c: &mut Criterion) {
         b.iter_custom(|iters| {
             timed(&rt, iters, || async {
                 ractor::call!(ractor_ref, |tx| RMsg::Call(1, tx)).unwrap();
+            })
+        })
+    });
+    let (sys, actix_addr) = actix_counter();
+    g.bench_function("actix", |b| {
+        b.iter_custom(|iters| {
+            actix_timed(&sys, iters, || async {
+                actix_addr.send(AAdd(1)).await.unwrap();
             })
         })
     });

@@ -10,7 +10,9 @@ use common::eventually;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
-use throng::cluster::{ChildError, ChildEvent, DistOptions, Keyed, Node, NodeConfig, RemoteActor};
+use throng::cluster::{
+    ChildError, ChildEvent, DistOptions, Explicit, Keyed, Node, NodeConfig, RemoteActor,
+};
 use throng::prelude::*;
 
 struct Hero {
@@ -486,4 +488,141 @@ async fn a_joining_node_takes_its_keys_with_their_state_and_no_call_is_lost_or_d
             .count();
         assert_eq!(hosting, 1, "{k} runs once");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explicit_placement_runs_a_child_on_the_named_node_and_fails_it_over() {
+    let mut nodes = cluster().await;
+    let opts = DistOptions {
+        distribution: std::sync::Arc::new(Explicit),
+        ..DistOptions::default()
+    };
+    let sups: Vec<_> = nodes
+        .iter()
+        .map(|n| n.supervisor("pinned", opts.clone()))
+        .collect();
+    for s in &sups {
+        eventually("pinned view", Duration::from_secs(10), || {
+            s.nodes().len() == 3
+        })
+        .await;
+    }
+    for (i, name) in ["k1", "k2", "k3"].iter().enumerate() {
+        let key = format!("{name}/hero");
+        sups[(i + 1) % 3]
+            .start_child::<Hero>(&key, 7)
+            .await
+            .unwrap();
+        assert!(sups[i].hosts(&key), "{key} runs on {name}");
+        assert_eq!(sups[(i + 2) % 3].whereis(&key).unwrap().as_str(), *name);
+    }
+    // k3 dies: its pinned child fails over to the ring, with its state, callable by the same key.
+    sups[0]
+        .call::<Hero>("k3/hero", HeroMsg::Fight)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while sups[2].stats().await.unreplicated != 0 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let k3 = nodes.remove(2);
+    k3.shutdown();
+    drop(k3);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match sups[0]
+            .call_timeout::<Hero>("k3/hero", HeroMsg::Status, Duration::from_secs(1))
+            .await
+        {
+            Ok((_, health, fights)) => {
+                assert_eq!((health, fights), (6, 1));
+                break;
+            }
+            Err(_) => {
+                assert!(tokio::time::Instant::now() < deadline, "k3/hero not back");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaving_node_hands_its_children_off_with_their_state_and_no_call_is_lost_or_doubled() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    let mut nodes = cluster_of(&["l1", "l2", "l3"]).await;
+    let keys: Vec<String> = (0..150).map(|i| format!("l-{i}")).collect();
+    for k in &keys {
+        nodes[0].start_child::<Hero>(k, 1000).await.unwrap();
+    }
+    let leaver = nodes.pop().unwrap();
+    let theirs = keys.iter().filter(|k| leaver.hosts::<Hero>(k)).count();
+    assert!(theirs > 10);
+    let mut events = nodes[0].default_supervisor().events();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let calls = std::sync::Arc::new(AtomicU64::new(0));
+    let mut callers = Vec::new();
+    for c in 0..4usize {
+        let sup = nodes[c % 2].default_supervisor();
+        let (keys, stop, calls) = (keys.clone(), stop.clone(), calls.clone());
+        callers.push(tokio::spawn(async move {
+            let mut acked = vec![0u32; keys.len()];
+            let mut failed = 0u32;
+            let mut i = c;
+            while !stop.load(Relaxed) {
+                i = (i + 7) % keys.len();
+                calls.fetch_add(1, Relaxed);
+                match sup.call::<Hero>(&keys[i], HeroMsg::Fight).await {
+                    Ok(_) => acked[i] += 1,
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("call to {} failed: {e}", keys[i]);
+                    }
+                }
+            }
+            (acked, failed)
+        }));
+    }
+    eventually("callers under way", Duration::from_secs(10), || {
+        calls.load(Relaxed) > 500
+    })
+    .await;
+    leaver.leave().await;
+    drop(leaver);
+    let after = calls.load(Relaxed) + 500;
+    eventually(
+        "callers carry on after the leave",
+        Duration::from_secs(10),
+        || calls.load(Relaxed) > after,
+    )
+    .await;
+    stop.store(true, Relaxed);
+    let mut acked = vec![0u32; keys.len()];
+    let mut failed = 0;
+    for c in callers {
+        let (a, f) = c.await.unwrap();
+        failed += f;
+        for (t, x) in acked.iter_mut().zip(a) {
+            *t += x;
+        }
+    }
+    assert_eq!(failed, 0, "calls failed during the hand-off");
+    for (i, k) in keys.iter().enumerate() {
+        let (_, health, fights) = status(&nodes[1], k, Duration::from_secs(5)).await;
+        assert_eq!(fights, acked[i], "{k}: fights counted vs acknowledged");
+        assert_eq!(health, 1000 - acked[i]);
+        assert_eq!(
+            nodes.iter().filter(|n| n.hosts::<Hero>(k)).count(),
+            1,
+            "{k}"
+        );
+    }
+    // Hand-offs, not failovers from backups: the survivors adopted the children.
+    let mut adopted = 0;
+    while let Ok(e) = events.try_recv() {
+        if matches!(e.event, ChildEvent::FailedOver { .. }) {
+            adopted += 1;
+        }
+    }
+    assert!(adopted > 0);
 }

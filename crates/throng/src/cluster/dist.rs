@@ -15,7 +15,8 @@ use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use throng_core::directory::{
-    Action, ChildEvent, DirConfig, DirMsg, Directory, Distribution, Record, StartError, Uniform,
+    Action, ChildEvent, DirConfig, DirMsg, Directory, Distribution, Record, StartError, StopReason,
+    Uniform,
 };
 use throng_core::{ExitClass, Intensity, NodeId, Ring};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -116,6 +117,10 @@ pub(crate) enum Cmd {
     Stats {
         reply: oneshot::Sender<DistStats>,
     },
+    /// This node leaves: hand every child off; answer once done.
+    Leave {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// What one node's part of a distributed supervisor holds.
@@ -148,8 +153,8 @@ pub(crate) enum Internal {
     },
     /// The connection to this peer was lost and re-established.
     Reconnected(NodeId),
-    /// The eligible nodes changed.
-    View(Vec<NodeId>),
+    /// The eligible nodes changed: owners (up, not leaving) and leaving ones.
+    View(Vec<NodeId>, Vec<NodeId>),
     /// Membership declared this node down.
     NodeDown(NodeId),
 }
@@ -223,13 +228,11 @@ impl Dist {
         rx.await.unwrap_or_default()
     }
 
-    /// The eligible nodes among `owners` (the node's placement view).
-    pub(crate) fn set_view(&self, owners: &[NodeId]) {
-        let nodes: Vec<NodeId> = owners
-            .iter()
-            .filter(|n| self.opts.nodes.as_ref().is_none_or(|s| s.contains(*n)))
-            .cloned()
-            .collect();
+    /// The eligible nodes among `owners` (the node's placement view) and `leaving`.
+    pub(crate) fn set_view(&self, owners: &[NodeId], leaving: &[NodeId]) {
+        let eligible = |n: &&NodeId| self.opts.nodes.as_ref().is_none_or(|s| s.contains(*n));
+        let nodes: Vec<NodeId> = owners.iter().filter(eligible).cloned().collect();
+        let leaving: Vec<NodeId> = leaving.iter().filter(eligible).cloned().collect();
         {
             let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
             if let Ok(r) = Ring::from_nodes(view.config(), nodes.iter().cloned()) {
@@ -239,7 +242,7 @@ impl Dist {
         if self.member {
             // On the same queue as peers' directory messages, so that a message sent after a
             // peer saw a view change is handled after this node's own view change is.
-            let _ = self.internal.send(Internal::View(nodes));
+            let _ = self.internal.send(Internal::View(nodes, leaving));
         }
     }
 
@@ -273,6 +276,10 @@ struct Driver {
     running: HashMap<String, Running>,
     /// Slots of children being spawned, by key, until `Spawned` arrives.
     pending_slots: HashMap<String, Arc<Slot>>,
+    /// Children stopping to merge another copy's state (`Action::Merge`), with that copy.
+    merging: HashMap<String, Record>,
+    /// `Node::leave` waiting for every child to be handed off.
+    leave_waiters: Vec<oneshot::Sender<()>>,
     epoch: Instant,
 }
 
@@ -303,6 +310,11 @@ impl Driver {
                 },
             };
             self.execute(actions).await;
+            if !self.leave_waiters.is_empty() && self.dir.handed_off() {
+                for w in self.leave_waiters.drain(..) {
+                    let _ = w.send(());
+                }
+            }
         }
     }
 
@@ -326,6 +338,10 @@ impl Driver {
                     .collect();
                 let _ = reply.send(list);
                 Vec::new()
+            }
+            Cmd::Leave { reply } => {
+                self.leave_waiters.push(reply);
+                self.dir.leave()
             }
             Cmd::Stats { reply } => {
                 let _ = reply.send(DistStats {
@@ -414,14 +430,38 @@ impl Driver {
                 if let (Some(p), true) = (pending, last.is_none()) {
                     out.extend(self.dir.snapshot(&key, p));
                 }
+                if let Some(theirs) = self.merging.remove(&key) {
+                    // A conflict: the winner (this copy) stopped; merge the loser's state in.
+                    let ours = last.or_else(|| {
+                        self.dir
+                            .owned()
+                            .get(&key)
+                            .and_then(|o| o.record.snapshot.clone())
+                    });
+                    let merged = self
+                        .host(&theirs.actor_type)
+                        .and_then(|h| h.merge(&key, ours.as_deref(), theirs.snapshot.as_deref()));
+                    out.extend(self.dir.merged(&key, merged));
+                    return out;
+                }
                 out.extend(self.dir.exited(&key, class, last, self.epoch.elapsed()));
                 out
             }
             Internal::Msg { from, msg } => self.dir.receive(&from, msg),
             Internal::Reconnected(peer) => self.dir.reconnected(&peer),
-            Internal::View(nodes) => self.dir.set_view(nodes.iter()),
+            Internal::View(owners, leaving) => self.dir.set_members(owners.iter(), leaving.iter()),
             Internal::NodeDown(node) => self.dir.node_down(&node),
         }
+    }
+
+    fn host(&self, actor_type: &str) -> Option<Arc<dyn super::keyed::HostType>> {
+        self.shared
+            .upgrade()?
+            .types
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(actor_type)
+            .cloned()
     }
 
     /// The slot a child spawned for `key` reports to (created by `execute` before spawning).
@@ -439,12 +479,22 @@ impl Driver {
                         queue.extend(extra);
                     }
                 }
-                Action::Stop { key } => {
+                Action::Merge { key, theirs } => {
+                    self.merging.insert(key.clone(), theirs);
+                    queue.push_back(Action::Stop {
+                        key,
+                        reason: StopReason::Move,
+                    });
+                }
+                Action::Stop { key, reason } => {
                     if let Some(r) = self.running.get(&key) {
                         let handle = r.handle.clone();
-                        // Drained: what it accepted is handled (and in its final snapshot);
-                        // what comes after is refused, so callers send it to the new owner.
-                        handle.drain_stop();
+                        match reason {
+                            // Drained: what it accepted is handled (and in its final snapshot);
+                            // what comes after is refused, so callers send it to the new owner.
+                            StopReason::Move | StopReason::Terminate => handle.drain_stop(),
+                            _ => handle.stop(ExitReason::Shutdown),
+                        }
                         tokio::spawn(async move {
                             if tokio::time::timeout(CHILD_SHUTDOWN, handle.monitor())
                                 .await
@@ -600,11 +650,13 @@ impl Shared {
                 next_req: 0,
                 running: HashMap::new(),
                 pending_slots: HashMap::new(),
+                merging: HashMap::new(),
+                leave_waiters: Vec::new(),
                 epoch: Instant::now(),
             };
             tokio::spawn(driver.run(cmd_rx, internal_rx, self.stop_token()));
         }
-        dist.set_view(&self.owner_nodes());
+        dist.set_view(&self.owner_nodes(), &self.leaving_nodes());
         dists.insert(name.to_owned(), dist.clone());
         dist
     }
@@ -615,6 +667,31 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
             .cloned()
+    }
+
+    /// Hand every distributed child of this node off to its new owner (this node is leaving);
+    /// returns when all are handed off or `timeout` passed (then what is left stops with the
+    /// node and fails over from its backups).
+    pub(crate) async fn dists_leave(&self, timeout: Duration) -> bool {
+        let dists: Vec<Arc<Dist>> = self
+            .dists
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|d| d.member)
+            .cloned()
+            .collect();
+        let waits = dists.into_iter().map(|d| async move {
+            let (tx, rx) = oneshot::channel();
+            if d.cmds.send(Cmd::Leave { reply: tx }).await.is_err() {
+                return true;
+            }
+            rx.await.is_ok()
+        });
+        tokio::time::timeout(timeout, futures_util::future::join_all(waits))
+            .await
+            .map(|all| all.into_iter().all(|ok| ok))
+            .unwrap_or(false)
     }
 
     /// Queue `note()` to every supervisor's driver.
@@ -628,6 +705,7 @@ impl Shared {
     /// Tell every supervisor the placement view changed.
     pub(crate) fn dists_view(&self) {
         let owners = self.owner_nodes();
+        let leaving = self.leaving_nodes();
         let dists: Vec<Arc<Dist>> = self
             .dists
             .read()
@@ -636,7 +714,7 @@ impl Shared {
             .cloned()
             .collect();
         for d in dists {
-            d.set_view(&owners);
+            d.set_view(&owners, &leaving);
         }
     }
 }

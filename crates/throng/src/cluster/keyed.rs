@@ -86,6 +86,14 @@ pub trait Keyed: RemoteActor {
         SnapshotPolicy::default()
     }
 
+    /// Two copies of the child ran at once (a network partition healed, or views disagreed) and
+    /// the copy on the key's owner won: `ours` is the winner's state, `theirs` the loser's, and
+    /// what this returns is the state the child goes on with. The default keeps the owner's.
+    fn resolve_conflict(key: &str, ours: Self::State, theirs: Self::State) -> Self::State {
+        let _ = (key, theirs);
+        ours
+    }
+
     /// Asked after every message: `true` takes a snapshot now, whatever the policy (on demand).
     fn snapshot_due(&self) -> bool {
         false
@@ -241,11 +249,23 @@ pub(crate) trait HostType: Send + Sync {
         slot: Arc<Slot>,
         notes: mpsc::UnboundedSender<super::dist::Internal>,
     ) -> super::dist::BoxFuture<'a, Result<ActorHandle, String>>;
+
+    /// `resolve_conflict(key, ours, theirs)` on encoded states; `None` when `ours` is missing or
+    /// a state does not decode (the directory then keeps its latest snapshot).
+    fn merge(&self, key: &str, ours: Option<&[u8]>, theirs: Option<&[u8]>) -> Option<Vec<u8>>;
 }
 
 pub(crate) struct Host<A>(pub(crate) PhantomData<fn() -> A>);
 
 impl<A: Keyed> HostType for Host<A> {
+    fn merge(&self, key: &str, ours: Option<&[u8]>, theirs: Option<&[u8]>) -> Option<Vec<u8>> {
+        let ours: A::State = postcard::from_bytes(ours?).ok()?;
+        let Some(theirs) = theirs.and_then(|t| postcard::from_bytes::<A::State>(t).ok()) else {
+            return postcard::to_allocvec(&ours).ok();
+        };
+        postcard::to_allocvec(&A::resolve_conflict(key, ours, theirs)).ok()
+    }
+
     fn spawn<'a>(
         &'a self,
         shared: &'a Arc<Shared>,

@@ -265,6 +265,9 @@ pub(crate) struct Shared {
     pub(super) types: RwLock<HashMap<&'static str, Arc<dyn super::keyed::HostType>>>,
     /// The distributed supervisors running on this node, by name.
     pub(super) dists: RwLock<HashMap<String, Arc<super::dist::Dist>>>,
+    /// Members that announced a graceful leave and are still up (this node included once it
+    /// leaves).
+    leaving: RwLock<std::collections::BTreeSet<NodeId>>,
     /// This node's replica of the cluster-wide name registry.
     pub(super) names: super::names::NamesState,
     peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
@@ -465,6 +468,9 @@ impl<A: Actor> RemoteRoute<A> {
     }
 }
 
+/// How long [`Node::leave`] waits for its distributed children to be handed off.
+pub const HANDOFF_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// What listeners hear about the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -548,6 +554,7 @@ impl Node {
             proxies: Mutex::new(HashMap::new()),
             types: RwLock::new(HashMap::new()),
             dists: RwLock::new(HashMap::new()),
+            leaving: RwLock::new(std::collections::BTreeSet::new()),
             names,
             ring: RwLock::new(Ring::new(RingConfig::default())),
             refusals: Mutex::new(HashMap::new()),
@@ -669,7 +676,28 @@ impl Node {
 
     /// Leave gracefully: announce `leaving` (others see [`ClusterEvent::NodeLeaving`] then
     /// [`ClusterEvent::NodeDown`]), leave the membership, and close every connection.
+    ///
+    /// Before it goes, every distributed child hosted here is handed off to its new owner with
+    /// its exact state (drain-stop, final snapshot, adoption), at most [`HANDOFF_TIMEOUT`]; calls
+    /// by key made meanwhile are delivered to one copy or the other, never lost or doubled.
     pub async fn leave(&self) {
+        if let Some(m) = &self.membership {
+            // The others stop placing keys here (and do not fail over what this node holds).
+            if let Err(e) = m.announce_leaving().await {
+                tracing::warn!(error = %e, "announcing the leave failed");
+            }
+        }
+        self.shared.set_leaving(&self.shared.id, true);
+        let me = self.shared.id.clone();
+        self.shared.ring_edit(|r| {
+            r.remove(&me);
+        });
+        self.shared.dists_view();
+        let started = std::time::Instant::now();
+        if !self.shared.dists_leave(HANDOFF_TIMEOUT).await {
+            tracing::warn!("hand-off not complete in time; the rest fails over from backups");
+        }
+        tracing::info!(elapsed = ?started.elapsed(), "children handed off");
         if let Some(m) = &self.membership {
             if let Err(e) = m.leave().await {
                 tracing::warn!(error = %e, "leaving the membership failed");
@@ -844,6 +872,25 @@ impl Shared {
             .to_vec()
     }
 
+    /// The members leaving gracefully, as this node knows them.
+    pub(super) fn leaving_nodes(&self) -> Vec<NodeId> {
+        self.leaving
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    fn set_leaving(&self, node: &NodeId, leaving: bool) {
+        let mut set = self.leaving.write().unwrap_or_else(|p| p.into_inner());
+        if leaving {
+            set.insert(node.clone());
+        } else {
+            set.remove(node);
+        }
+    }
+
     /// Cancelled when the node shuts down.
     pub(super) fn stop_token(&self) -> CancellationToken {
         self.stop.clone()
@@ -921,6 +968,8 @@ impl Shared {
                 Err(e) => tracing::error!(error = %e, "placement ring not rebuilt"),
             }
         });
+        *self.leaving.write().unwrap_or_else(|p| p.into_inner()) =
+            leaving.iter().map(|m| m.id.clone()).collect();
         self.dists_view();
     }
 
@@ -1221,6 +1270,7 @@ async fn membership_glue(
         match event {
             Ok(MembershipEvent::NodeUp(info)) => {
                 tracing::info!(node = %info.id, incarnation = %info.incarnation, "node up");
+                s.set_leaving(&info.id, false);
                 s.add_peer(info.id.clone(), info.rpc_addr);
                 s.names.node_up(&info.member());
                 s.ring_edit(|r| {
@@ -1233,6 +1283,7 @@ async fn membership_glue(
             }
             Ok(MembershipEvent::NodeLeaving(info)) => {
                 tracing::info!(node = %info.id, "node leaving");
+                s.set_leaving(&info.id, true);
                 s.ring_edit(|r| {
                     r.remove(&info.id);
                 });
@@ -1241,6 +1292,7 @@ async fn membership_glue(
             }
             Ok(MembershipEvent::NodeDown(info)) => {
                 tracing::warn!(node = %info.id, incarnation = %info.incarnation, "node down");
+                s.set_leaving(&info.id, false);
                 s.remove_peer(&info.id);
                 s.names.node_down(&info.id);
                 s.ring_edit(|r| {

@@ -23,6 +23,8 @@ const SUBNET: &str = "10.231.7";
 /// Every node has its own namespace, hence its own port space: all use the same ports.
 const GOSSIP_PORT: u16 = 7946;
 const RPC_PORT: u16 = 7947;
+/// Keyed children the partition test starts.
+const CHILDREN: i64 = 200;
 /// Prefix of every namespace name this test creates.
 const NS_PREFIX: &str = "throng-netns-";
 /// How many of each node's last stderr lines are kept, to be shown if the test fails.
@@ -180,7 +182,7 @@ impl Proc {
             .env("THRONG_DETECTION", "fast")
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -248,6 +250,23 @@ impl Proc {
         }
     }
 
+    /// Writes one command line to the node's stdin.
+    fn send(&mut self, cmd: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{cmd}").expect("write a command");
+        stdin.flush().expect("flush");
+    }
+
+    /// Sends `cmd` and waits for its answer (`answer` line); returns the line.
+    fn ask(&mut self, cmd: &str, answer: &str, deadline: Duration) -> String {
+        self.drain();
+        let from = self.seen.len();
+        self.send(cmd);
+        let (i, _) = self.wait_for(from, &[&format!("\"event\":\"{answer}\"")], deadline);
+        self.seen[i].1.clone()
+    }
+
     /// Takes whatever lines have been printed so far without waiting.
     fn drain(&mut self) {
         while let Ok(l) = self.lines.try_recv() {
@@ -302,6 +321,16 @@ impl Drop for Lab {
 
 fn node(n: &str) -> String {
     format!("\"node\":\"{n}\"")
+}
+
+/// The number after `"field":` in a JSON line.
+fn number(line: &str, field: &str) -> Option<i64> {
+    let rest = line.split(&format!("\"{field}\":")).nth(1)?;
+    let digits: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '-')
+        .collect();
+    digits.parse().ok()
 }
 
 fn incarnation(line: &str) -> Option<u64> {
@@ -379,6 +408,16 @@ fn partitioned_node_is_declared_down_on_both_sides_and_rejoins_after_heal() {
     }
     eprintln!("cluster of 3 formed after {:?}", started.elapsed());
 
+    // Keyed children with state: started from n1, each bumped to 1, replicated to its backup.
+    let n = CHILDREN;
+    let ok = lab.procs[0].ask(&format!("start {n}"), "started", Duration::from_secs(30));
+    assert_eq!(number(&ok, "failed"), Some(0), "{ok}");
+    let ok = lab.procs[0].ask(&format!("bump {n}"), "bumped", Duration::from_secs(30));
+    assert_eq!(number(&ok, "failed"), Some(0), "{ok}");
+    for p in &mut lab.procs {
+        p.ask("settle 0", "settled", Duration::from_secs(20));
+    }
+
     // Cut n3 off: its port on the bridge goes down.
     for p in &mut lab.procs {
         p.drain();
@@ -408,6 +447,27 @@ fn partitioned_node_is_declared_down_on_both_sides_and_rejoins_after_heal() {
             p.name
         );
     }
+
+    // Both sides run on (uniform placement): the majority has every child, n3 whatever it ran
+    // or held a backup of.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let line = lab.procs[0].ask(&format!("check {n}"), "checked", Duration::from_secs(30));
+        if number(&line, "answered") == Some(n) {
+            assert_eq!(
+                number(&line, "min"),
+                Some(1),
+                "state kept through failover: {line}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "majority never answered for all: {line}"
+        );
+    }
+    let line = lab.procs[2].ask(&format!("check {n}"), "checked", Duration::from_secs(60));
+    eprintln!("minority during the partition: {line}");
 
     // Heal: n3's port comes back.
     for p in &mut lab.procs {
@@ -465,6 +525,45 @@ fn partitioned_node_is_declared_down_on_both_sides_and_rejoins_after_heal() {
             );
         }
     }
+    // After the heal every child runs exactly once, on its owner, with its state; the duplicates
+    // the partition made were resolved by the rule, and listeners were told.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let lines: Vec<String> = lab
+            .procs
+            .iter_mut()
+            .map(|p| p.ask(&format!("check {n}"), "checked", Duration::from_secs(60)))
+            .collect();
+        let hosted: i64 = lines.iter().filter_map(|l| number(l, "hosted")).sum();
+        let all = lines.iter().all(|l| {
+            number(l, "answered") == Some(n)
+                && number(l, "min") == Some(1)
+                && number(l, "max") == Some(1)
+        });
+        if all && hosted == n {
+            eprintln!("after the heal: {lines:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "children not settled after the heal (hosted {hosted} of {n}): {lines:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let conflicts: usize = lab
+        .procs
+        .iter_mut()
+        .map(|p| {
+            p.drain();
+            p.seen
+                .iter()
+                .filter(|(_, l)| l.contains("child_conflict"))
+                .count()
+        })
+        .sum();
+    eprintln!("conflicts resolved after the heal: {conflicts}");
+    assert!(conflicts > 0, "the partition made no duplicate to resolve");
+
     eprintln!(
         "detection: max {:?}; heal: max {:?}",
         detections.iter().max().unwrap(),

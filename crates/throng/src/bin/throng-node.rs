@@ -8,6 +8,10 @@
 //! `node_down`) for scripts and tests; logs go to stderr. SIGTERM or Ctrl-C leaves the cluster
 //! gracefully. Exports a `counter` actor (type `throng.Counter`) so that peers can call it.
 //!
+//! Commands on stdin drive keyed counters (distributed children of type `throng.KeyedCounter`):
+//! `start N`, `bump N`, `check N` (answers `started`, `bumped`, `checked` lines); child conflicts
+//! and failovers are printed as `child_conflict` / `child_failed_over` lines.
+//!
 //! `throng-node gen-certs --out DIR --nodes a,b,c` writes a development CA and one certificate per
 //! node, so that a cluster can run with mutual TLS (`THRONG_TLS_CA`, `THRONG_TLS_CERT`,
 //! `THRONG_TLS_KEY`) in one command.
@@ -16,7 +20,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use serde::{Deserialize, Serialize};
-use throng::cluster::{tls, ClusterEvent, Node, NodeConfig, RemoteActor};
+use throng::cluster::{tls, ChildEvent, ClusterEvent, Keyed, Node, NodeConfig, RemoteActor};
 use throng::prelude::*;
 use throng_core::NodeId;
 
@@ -42,6 +46,121 @@ impl Actor for Counter {
 
 impl RemoteActor for Counter {
     const TYPE: &'static str = "throng.Counter";
+}
+
+/// The same counter as a distributed child keyed by name, whose count is its state: the commands
+/// on stdin start, bump and check many of them (scripts and the partition test drive it).
+struct KeyedCounter(i64);
+
+impl Actor for KeyedCounter {
+    type Msg = CounterMsg;
+    type Reply = i64;
+    async fn handle(&mut self, msg: CounterMsg, _ctx: &mut Context<Self>) -> ActorResult<i64> {
+        if let CounterMsg::Add(n) = msg {
+            self.0 += n;
+        }
+        Ok(self.0)
+    }
+}
+
+impl RemoteActor for KeyedCounter {
+    const TYPE: &'static str = "throng.KeyedCounter";
+}
+
+impl Keyed for KeyedCounter {
+    type Args = i64;
+    type State = i64;
+    fn start(_key: &str, initial: i64) -> Self {
+        KeyedCounter(initial)
+    }
+    fn snapshot(&self) -> Option<i64> {
+        Some(self.0)
+    }
+    fn restore(_key: &str, _args: i64, state: i64) -> Self {
+        KeyedCounter(state)
+    }
+}
+
+/// How many requests the stdin commands keep in flight.
+const IN_FLIGHT: usize = 64;
+
+/// One stdin command: `start N` (children `c-0`..`c-N-1` from this node), `bump N` (add 1 to
+/// each), `check N` (call each; report how many answered, their values, and how many run here),
+/// `settle 0` (wait until this node's snapshots are all replicated).
+async fn command(node: &Node, me: &str, cmd: &str) {
+    use futures_util::stream::{self, StreamExt};
+    let mut words = cmd.split_whitespace();
+    let (Some(verb), Some(n)) = (
+        words.next(),
+        words.next().and_then(|n| n.parse::<u64>().ok()),
+    ) else {
+        line("bad_command", me, &format!(",\"command\":{cmd:?}"));
+        return;
+    };
+    let sup = node.default_supervisor();
+    let key = |i: u64| format!("c-{i}");
+    match verb {
+        "start" | "bump" => {
+            let failed: usize = stream::iter(0..n)
+                .map(|i| {
+                    let sup = &sup;
+                    async move {
+                        let ok = if verb == "start" {
+                            sup.start_child::<KeyedCounter>(&key(i), 0).await.is_ok()
+                        } else {
+                            sup.call::<KeyedCounter>(&key(i), CounterMsg::Add(1))
+                                .await
+                                .is_ok()
+                        };
+                        usize::from(!ok)
+                    }
+                })
+                .buffer_unordered(IN_FLIGHT)
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .sum();
+            let event = if verb == "start" { "started" } else { "bumped" };
+            line(event, me, &format!(",\"n\":{n},\"failed\":{failed}"));
+        }
+        "settle" => {
+            // Wait until every snapshot taken here is held by its backup.
+            while sup.stats().await.unreplicated != 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            line("settled", me, "");
+        }
+        "check" => {
+            let values: Vec<Option<i64>> = stream::iter(0..n)
+                .map(|i| {
+                    let sup = &sup;
+                    async move {
+                        sup.call_timeout::<KeyedCounter>(
+                            &key(i),
+                            CounterMsg::Get,
+                            std::time::Duration::from_secs(1),
+                        )
+                        .await
+                        .ok()
+                    }
+                })
+                .buffered(IN_FLIGHT)
+                .collect()
+                .await;
+            let answered = values.iter().flatten().count();
+            let min = values.iter().flatten().min().copied().unwrap_or(0);
+            let max = values.iter().flatten().max().copied().unwrap_or(0);
+            let hosted = (0..n).filter(|i| sup.hosts(&key(*i))).count();
+            line(
+                "checked",
+                me,
+                &format!(
+                    ",\"n\":{n},\"answered\":{answered},\"min\":{min},\"max\":{max},\"hosted\":{hosted}"
+                ),
+            );
+        }
+        _ => line("bad_command", me, &format!(",\"command\":{cmd:?}")),
+    }
 }
 
 const USAGE: &str = "\
@@ -173,6 +292,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    node.register::<KeyedCounter>();
     let counter = throng::spawn(Counter(0));
     if let Err(e) = node.export("counter", &counter) {
         eprintln!("cannot export counter: {e}");
@@ -191,6 +311,10 @@ async fn main() -> ExitCode {
         ),
     );
     let mut events = node.events();
+    let mut children = node.default_supervisor().events();
+    let mut stdin =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tokio::io::stdin()));
+    let mut stdin_open = true;
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {
@@ -210,6 +334,29 @@ async fn main() -> ExitCode {
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            },
+            c = children.recv() => match c {
+                Ok(e) => match e.event {
+                    ChildEvent::Conflict { key, other, here_lost } => line(
+                        "child_conflict",
+                        &me,
+                        &format!(",\"key\":{key:?},\"other\":\"{other}\",\"here_lost\":{here_lost}"),
+                    ),
+                    ChildEvent::FailedOver { key, from, .. } => line(
+                        "child_failed_over",
+                        &me,
+                        &format!(",\"key\":{key:?},\"from\":\"{from}\""),
+                    ),
+                    _ => {}
+                },
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    line("child_events_lagged", &me, &format!(",\"missed\":{n}"));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
+            },
+            l = stdin.next_line(), if stdin_open => match l {
+                Ok(Some(cmd)) => command(&node, &me, &cmd).await,
+                _ => stdin_open = false,
             },
         }
     }

@@ -984,11 +984,11 @@ impl DistSupervisor {
         result.map_err(|e| child_error(e, &owner, ""))
     }
 
-    /// Every child of this supervisor in the cluster with the node it runs on, asking each
-    /// eligible node (sorted by node, then key).
+    /// Every child of this supervisor in the cluster with the node it runs on, asking every
+    /// eligible node at once (sorted by node, then key). Fails if a node does not answer within
+    /// [`CHILD_OP_TIMEOUT`].
     pub async fn children(&self) -> Result<Vec<ChildInfo>, ChildError> {
-        let mut all = Vec::new();
-        for node in self.nodes() {
+        let asks = self.nodes().into_iter().map(|node| async move {
             let list = if node == self.shared.id {
                 self.dist.request_list().await
             } else {
@@ -997,11 +997,19 @@ impl DistSupervisor {
                 postcard::from_bytes::<Vec<(String, String)>>(&bytes)
                     .map_err(|e| ChildError::Codec(e.to_string()))?
             };
-            all.extend(list.into_iter().map(|(key, actor_type)| ChildInfo {
-                node: node.clone(),
-                key,
-                actor_type,
-            }));
+            Ok::<_, ChildError>(
+                list.into_iter()
+                    .map(|(key, actor_type)| ChildInfo {
+                        node: node.clone(),
+                        key,
+                        actor_type,
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        });
+        let mut all = Vec::new();
+        for part in futures_util::future::join_all(asks).await {
+            all.extend(part?);
         }
         all.sort();
         Ok(all)

@@ -21,5 +21,6 @@ pub use names::{NameError, Names, NamesConfig, NamesError, NamesEvent};
 pub use node::{ClusterEvent, ExportError, Node, NodeError, NodeOptions, RemoteActor, RemoteRoute};
 pub use throng_core::directory::{ChildEvent, Distribution, Uniform};
 pub use throng_core::strategies::Explicit;
+pub use throng_core::{Incarnation, NodeId};
 pub use throng_membership::{ClusterSecret, DetectionProfile, MemberInfo};
 pub use tls::{Security, TlsConfig, TlsError};

@@ -1589,6 +1589,7 @@ async fn link_task(
     mut inbound_rx: mpsc::Receiver<Conn>,
 ) {
     let mut connections = 0u64;
+    let mut last_incarnation: Option<u64> = None;
     let Some(me) = shared.upgrade().map(|s| s.id.clone()) else {
         return;
     };
@@ -1660,8 +1661,10 @@ async fn link_task(
         tracing::info!(peer = %peer.id, incarnation = conn.incarnation, "connected");
         peer.connected.store(true, Ordering::Release);
         connections += 1;
-        if connections > 1 {
-            // Frames in flight on the lost connection may be gone: directories re-send.
+        let same_run = last_incarnation.replace(conn.incarnation) == Some(conn.incarnation);
+        if connections > 1 && same_run {
+            // Frames in flight on the lost connection may be gone: directories re-send. (A new
+            // incarnation is a new node: membership reports the old one down first.)
             if let Some(s) = shared.upgrade() {
                 s.dists_notify(|| super::dist::Internal::Reconnected(peer.id.clone()));
             }

@@ -125,6 +125,8 @@ struct Opts {
     json: Option<String>,
     svg: Option<String>,
     graceful: bool,
+    join: bool,
+    names: Vec<u64>,
 }
 
 fn parse(args: &[String]) -> Result<Opts, String> {
@@ -135,6 +137,8 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         json: None,
         svg: None,
         graceful: true,
+        join: true,
+        names: Vec::new(),
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -152,6 +156,14 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--json" => o.json = Some(val()?),
             "--svg" => o.svg = Some(val()?),
             "--skip-graceful" => o.graceful = false,
+            "--skip-join" => o.join = false,
+            "--names" => {
+                o.names = val()?
+                    .split(',')
+                    .map(|s| s.trim().replace('_', "").parse::<u64>())
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| format!("--names: {e}"))?
+            }
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -181,8 +193,16 @@ pub async fn run(args: &[String]) -> ExitCode {
             if opts.graceful {
                 scenarios.push("graceful");
             }
+            if opts.join {
+                scenarios.push("join");
+            }
             for scenario in scenarios {
-                match one_run(opts.nodes, n, scenario).await {
+                let run = if scenario == "join" {
+                    join_run(opts.nodes, n).await
+                } else {
+                    one_run(opts.nodes, n, scenario).await
+                };
+                match run {
                     Ok(mut v) => {
                         v["run"] = json!(r);
                         println!("{v}");
@@ -195,6 +215,24 @@ pub async fn run(args: &[String]) -> ExitCode {
                         eprintln!("cluster: N={n} {scenario} run {r}: {e}");
                         failed = true;
                     }
+                }
+            }
+        }
+    }
+    for &n in &opts.names {
+        for r in 1..=opts.repeat {
+            match names_run(opts.nodes, n).await {
+                Ok(mut v) => {
+                    v["run"] = json!(r);
+                    println!("{v}");
+                    if v["unseen"].as_u64() != Some(0) {
+                        failed = true;
+                    }
+                    results.push(v);
+                }
+                Err(e) => {
+                    eprintln!("cluster: names N={n} run {r}: {e}");
+                    failed = true;
                 }
             }
         }
@@ -239,25 +277,115 @@ async fn all(nodes: &[&NodeProc], cmd: Value) -> Result<Vec<(Value, f64)>, Strin
         .collect()
 }
 
-async fn one_run(k: usize, n: u64, scenario: &str) -> Result<Value, String> {
+/// Start nodes `n1..n{k}` (seeded by n1) and wait until every one sees all `k`.
+async fn cluster(k: usize) -> Result<Vec<NodeProc>, String> {
     let first = NodeProc::spawn("n1", None).await?;
     let seed = first.gossip.clone();
     let mut procs = vec![first];
     for i in 2..=k {
         procs.push(NodeProc::spawn(&format!("n{i}"), Some(&seed)).await?);
     }
-    // Wait for the full ring everywhere.
+    wait_members(&procs, k).await?;
+    Ok(procs)
+}
+
+async fn wait_members(procs: &[NodeProc], k: usize) -> Result<(), String> {
     let t = Instant::now();
     loop {
         let views = all(&procs.iter().collect::<Vec<_>>(), json!({"cmd": "members"})).await?;
         if views.iter().all(|(v, _)| u(v, "owners") == k as u64) {
-            break;
+            return Ok(());
         }
         if t.elapsed() > Duration::from_secs(30) {
             return Err("cluster did not form".into());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The registry across processes: n1 registers `n` names; the others watch for them.
+async fn names_run(k: usize, n: u64) -> Result<Value, String> {
+    let procs = cluster(k).await?;
+    let watchers: Vec<&NodeProc> = procs[1..].iter().collect();
+    let watch = all(
+        &watchers,
+        json!({"cmd": "names_watch", "n": n, "timeout_ms": 60000}),
+    );
+    let register = procs[0].ask(json!({"cmd": "names_register", "n": n}));
+    let (seen, reg) = tokio::join!(watch, register);
+    let (seen, reg) = (seen?, reg?);
+    let unseen: u64 = seen.iter().map(|(v, _)| n - u(v, "seen")).sum();
+    let p99 = seen.iter().map(|(v, _)| f(v, "p99_ms")).fold(0.0, f64::max);
+    let p50 = seen.iter().map(|(v, _)| f(v, "p50_ms")).fold(0.0, f64::max);
+    let max = seen.iter().map(|(v, _)| f(v, "max_ms")).fold(0.0, f64::max);
+    let all_ms = seen.iter().map(|(_, ms)| *ms).fold(0.0, f64::max);
+    Ok(json!({
+        "scenario": "names",
+        "nodes": k,
+        "n": n,
+        "register_ms": f(&reg, "ms"),
+        "register_errors": u(&reg, "errors"),
+        "visible_everywhere_ms": all_ms,
+        "visibility_p50_ms": p50,
+        "visibility_p99_ms": p99,
+        "visibility_max_ms": max,
+        "unseen": unseen,
+    }))
+}
+
+/// A node joins a cluster of `k - 1` holding `n` children: time until every child runs on its
+/// owner in the new view, with its state, and calls from a concurrent caller meanwhile.
+async fn join_run(k: usize, n: u64) -> Result<Value, String> {
+    let mut procs = cluster(k - 1).await?;
+    let seed = procs[0].gossip.clone();
+    let refs: Vec<&NodeProc> = procs.iter().collect();
+    let start = procs[0].ask(json!({"cmd": "start", "n": n})).await?;
+    procs[0].ask(json!({"cmd": "bump", "n": n})).await?;
+    all(&refs, json!({"cmd": "replicated"})).await?;
+    drop(refs);
+    procs[0].ask(json!({"cmd": "caller_start", "n": n})).await?;
+    let t = Instant::now();
+    procs.push(NodeProc::spawn(&format!("n{k}"), Some(&seed)).await?);
+    wait_members(&procs, k).await?;
+    let refs: Vec<&NodeProc> = procs.iter().collect();
+    let rebalanced_ms = loop {
+        let places = all(&refs, json!({"cmd": "placement", "n": n})).await?;
+        let misplaced: u64 = places.iter().map(|(v, _)| u(v, "misplaced")).sum();
+        let hosted: u64 = places.iter().map(|(v, _)| u(v, "hosted")).sum();
+        if misplaced == 0 && hosted == n {
+            break t.elapsed().as_secs_f64() * 1000.0;
+        }
+        if t.elapsed() > Duration::from_secs(120) {
+            return Err(format!(
+                "not rebalanced: {misplaced} misplaced, {hosted} hosted"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let check = all(
+        &refs,
+        json!({"cmd": "resolve", "n": n, "add": 1, "timeout_ms": 60000}),
+    )
+    .await?;
+    let caller = procs[0].ask(json!({"cmd": "caller_stop"})).await?;
+    let moved = u(&procs[k - 1].ask(json!({"cmd": "stats"})).await?, "running");
+    Ok(json!({
+        "scenario": "join",
+        "nodes": k,
+        "n": n,
+        "start_errors": u(&start, "errors"),
+        "moved": moved,
+        "rebalanced_ms": rebalanced_ms,
+        "kept_state": check.iter().map(|(v, _)| u(v, "ok")).min().unwrap_or(0),
+        "lost_state": check.iter().map(|(v, _)| u(v, "wrong_state")).max().unwrap_or(0),
+        "lost": check.iter().map(|(v, _)| u(v, "unreachable")).max().unwrap_or(0),
+        "caller_calls": caller["calls"].clone(),
+        "caller_failed": caller["failed"].clone(),
+    }))
+}
+
+async fn one_run(k: usize, n: u64, scenario: &str) -> Result<Value, String> {
+    let mut procs = cluster(k).await?;
     let rss_before: Vec<u64> = procs.iter().map(NodeProc::rss).collect();
     let refs: Vec<&NodeProc> = procs.iter().collect();
 

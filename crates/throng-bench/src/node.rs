@@ -222,6 +222,39 @@ async fn handle(state: &Arc<State>, cmd: Command) -> Value {
             json!({"owned": s.owned, "running": s.running, "backups": s.backups})
         }
         "resolve" => resolve(state, cmd.n, cmd.add, cmd.timeout_ms).await,
+        "placement" => {
+            // Children running somewhere else than their key's owner (as this node sees it), or
+            // owned here and not running here: 0 everywhere once a rebalance is over.
+            let me = node.id().clone();
+            let misplaced = (0..cmd.n)
+                .filter(|i| {
+                    let k = key(*i);
+                    (sup.node_for(&k).as_ref() == Some(&me)) != sup.hosts(&k)
+                })
+                .count();
+            let hosted = (0..cmd.n).filter(|i| sup.hosts(&key(*i))).count();
+            json!({"misplaced": misplaced, "hosted": hosted})
+        }
+        "names_register" => {
+            // `n` names for one local actor, each with its registration time (µs) as metadata.
+            let actor = throng::spawn(Child(0));
+            let names = node.names();
+            let t = Instant::now();
+            let mut errors = 0u64;
+            for i in 0..cmd.n {
+                if names.register(&format!("r-{i}"), &actor, now_us()).is_err() {
+                    errors += 1;
+                }
+                if i % 1024 == 1023 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            let ms = ms(t);
+            // Keep the actor (and so its names) alive.
+            std::mem::forget(actor);
+            json!({"ms": ms, "errors": errors})
+        }
+        "names_watch" => names_watch(state, cmd.n, cmd.timeout_ms).await,
         "latency" => latency(state, cmd.n, cmd.calls).await,
         "caller_start" => {
             state.caller_stop.store(false, Ordering::SeqCst);
@@ -301,6 +334,48 @@ async fn resolve(state: &State, n: u64, add: u64, timeout_ms: u64) -> Value {
         "wrong_state": wrong,
         "unreachable": pending.len(),
         "rounds": rounds,
+    })
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Watch for names `r-0`..`r-{n-1}` to become visible here; each one's latency is the time from
+/// its registration (its metadata, wall clock: the nodes share a machine) to when this node first
+/// saw it.
+async fn names_watch(state: &State, n: u64, timeout_ms: u64) -> Value {
+    let names = state.node.names();
+    let t = Instant::now();
+    let deadline = t + Duration::from_millis(timeout_ms.max(1));
+    let mut pending: Vec<u64> = (0..n).collect();
+    let mut lat_ms: Vec<f64> = Vec::with_capacity(n as usize);
+    while !pending.is_empty() && Instant::now() < deadline {
+        pending.retain(|i| match names.meta::<u64>(&format!("r-{i}")) {
+            Ok(Some(at)) => {
+                lat_ms.push(now_us().saturating_sub(at) as f64 / 1000.0);
+                false
+            }
+            _ => true,
+        });
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    lat_ms.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        lat_ms
+            .get(((lat_ms.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    json!({
+        "ms": ms(t),
+        "seen": lat_ms.len(),
+        "p50_ms": pct(0.5),
+        "p99_ms": pct(0.99),
+        "max_ms": pct(1.0),
     })
 }
 

@@ -110,17 +110,34 @@ pub struct Record {
     pub version: u64,
 }
 
+/// Names one *lineage* of a child on its owner: every time a node starts running a child (a
+/// start, a failover, an adoption, a restart after a move that came back), the copy gets a fresh
+/// epoch, and its backups are tagged with it. A drop names the epoch of the copy it is meant for,
+/// so a late drop of an older lineage (sent by a third node that took a hand-off, say) never
+/// deletes the backup of a newer one. Ordered: `(incarnation, counter)` of the node that made it.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Epoch(pub u64, pub u64);
+
 /// A message between the directories of the same supervisor on two nodes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DirMsg {
     /// From an owner to a backup: keep this record (replacing an older version).
-    Replicate(Record),
-    /// From a backup to the owner: the record with `version` is held.
+    Replicate {
+        /// The record.
+        record: Record,
+        /// The lineage of the owner's copy.
+        epoch: Epoch,
+    },
+    /// From a backup to the owner: the record with `version` of lineage `epoch` is held.
     Ack {
         /// The key.
         key: String,
         /// The version held.
         version: u64,
+        /// The lineage it belongs to.
+        epoch: Epoch,
     },
     /// Forget the copy of `key` held for the sender (a backup it no longer needs, or a hand-off
     /// it confirms). Always answered with [`DirMsg::Dropped`].
@@ -133,11 +150,19 @@ pub enum DirMsg {
         /// `None`: a backup. `Some(tag)`: the copy the receiver handed off with
         /// [`DirMsg::Adopt`] `tag` (the hand-off is confirmed).
         tag: Option<u64>,
+        /// For a backup: drop it only if its lineage is this one or older.
+        epoch: Epoch,
     },
-    /// Answer to [`DirMsg::Drop`]: the receiver holds no copy of `key` for the sender any more.
+    /// Answer to [`DirMsg::Drop`]: the receiver holds no such copy of `key` any more.
     Dropped {
         /// The key.
         key: String,
+        /// As in the [`DirMsg::Drop`] answered.
+        origin: NodeId,
+        /// As in the [`DirMsg::Drop`] answered.
+        tag: Option<u64>,
+        /// As in the [`DirMsg::Drop`] answered.
+        epoch: Epoch,
     },
     /// Run this child here: the sender moved it, or held its backup when its owner left.
     Adopt {
@@ -151,6 +176,9 @@ pub enum DirMsg {
         /// Other nodes that still hold a copy (the child's former backups, earlier senders),
         /// dropped once the receiver's copy is safe; a removal waits for them too.
         holders: Vec<Holder>,
+        /// A graceful move (the key changed owner, or the sender leaves): the receiver reports
+        /// [`ChildEvent::Adopted`]. Otherwise a failover passed on ([`ChildEvent::FailedOver`]).
+        moved: bool,
     },
     /// Backup reconciliation, from a node to a peer it (re)connected to or that (re)joined its
     /// view: these are all the keys whose copy the sender holds for the receiver (hand-offs
@@ -158,8 +186,8 @@ pub enum DirMsg {
     /// [`DirMsg::Drop`] for every key it no longer needs there, and [`DirMsg::Replicate`] for
     /// every key the sender should hold and does not.
     Held {
-        /// The keys.
-        keys: Vec<String>,
+        /// The keys, with the lineage of each copy.
+        keys: Vec<(String, Epoch)>,
     },
     /// From the node that took an adopted copy of `key` while running its own: the receiver's
     /// copy lost the conflict; its state was handed to the running copy's merge.
@@ -178,14 +206,17 @@ pub struct Holder {
     pub origin: NodeId,
     /// `None`: a backup; `Some(tag)`: a hand-off copy (see [`DirMsg::Adopt`]).
     pub tag: Option<u64>,
+    /// For a backup: the lineage of the copy it backs up.
+    pub epoch: Epoch,
 }
 
 impl Holder {
-    fn backup(node: NodeId, origin: &NodeId) -> Self {
+    fn backup(node: NodeId, origin: &NodeId, epoch: Epoch) -> Self {
         Holder {
             node,
             origin: origin.clone(),
             tag: None,
+            epoch,
         }
     }
 
@@ -196,8 +227,16 @@ impl Holder {
                 key: key.to_owned(),
                 origin: self.origin.clone(),
                 tag: self.tag,
+                epoch: self.epoch,
             },
         )
+    }
+
+    /// Whether `b` is the copy this holder names.
+    fn names(&self, b: &Backup) -> bool {
+        b.from == self.origin
+            && b.handoff == self.tag
+            && (self.tag.is_some() || b.epoch <= self.epoch)
     }
 }
 
@@ -255,8 +294,9 @@ pub enum ChildEvent {
         /// The key.
         key: String,
     },
-    /// A child was started here from a copy sent by `from`: its backup after its owner left the
-    /// view, or its former owner handing it off.
+    /// A child was started here from a copy held for a node that left the view: its backup
+    /// here, or a copy passed on by `from` (a backup elsewhere, or a hand-off whose receiver
+    /// left).
     FailedOver {
         /// The key.
         key: String,
@@ -264,6 +304,14 @@ pub enum ChildEvent {
         from: NodeId,
         /// Whether a state snapshot was restored (otherwise it restarted from its args).
         from_snapshot: bool,
+    },
+    /// A child was handed off to this node by `from` in a graceful move (its key changed owner,
+    /// or `from` leaves) and started here from its final state.
+    Adopted {
+        /// The key.
+        key: String,
+        /// The node it came from.
+        from: NodeId,
     },
     /// A child moved from this node to `to` (its key changed owner, or this node leaves).
     Migrated {
@@ -372,6 +420,9 @@ pub struct DirConfig {
     /// At most this many children of this node are moving (stopping to be handed off) at once;
     /// the others keep running until earlier moves complete. At least 1.
     pub max_moves: usize,
+    /// This node's incarnation (e.g. its start time in milliseconds): must grow across restarts
+    /// of the node, so the lineages ([`Epoch`]) of a new incarnation are above the old ones.
+    pub incarnation: u64,
 }
 
 impl std::fmt::Debug for DirConfig {
@@ -382,6 +433,7 @@ impl std::fmt::Debug for DirConfig {
             .field("intensity", &self.intensity)
             .field("quorum", &self.quorum)
             .field("max_moves", &self.max_moves)
+            .field("incarnation", &self.incarnation)
             .finish_non_exhaustive()
     }
 }
@@ -396,6 +448,7 @@ impl DirConfig {
             intensity: Intensity::default(),
             quorum: None,
             max_moves: DEFAULT_MAX_MOVES,
+            incarnation: 0,
         }
     }
 }
@@ -424,6 +477,8 @@ pub struct Owned {
     pub phase: Phase,
     /// Where its backup is kept, and whether that backup acknowledged the current version.
     pub backup: Option<NodeId>,
+    /// The lineage of this copy (its backups are tagged with it).
+    pub epoch: Epoch,
     acked: bool,
     /// Nodes holding a copy that must be dropped once the current backup acknowledged (make
     /// before break): former backups, and senders of copies this one took.
@@ -432,13 +487,30 @@ pub struct Owned {
     waiting: Vec<u64>,
     /// Terminate requests waiting for the child to stop.
     stopping_reqs: Vec<u64>,
-    window: RestartWindow,
+    /// Allocated at the first exit.
+    window: Option<Box<RestartWindow>>,
     /// Whether a `Started`/`FailedOver` event is still due (first successful spawn).
     first: Option<ChildEvent>,
     /// Other copies' records to merge into this one, one [`Action::Merge`] at a time.
     merges: Vec<Record>,
     /// The merge in progress ([`Phase::Merging`]).
-    merging: Option<Record>,
+    merging: Option<Box<Record>>,
+}
+
+impl Owned {
+    fn replicate(&self) -> DirMsg {
+        DirMsg::Replicate {
+            record: self.record.clone(),
+            epoch: self.epoch,
+        }
+    }
+
+    /// The holder of this copy's current backup.
+    fn backup_holder(&self, me: &NodeId) -> Option<Holder> {
+        self.backup
+            .clone()
+            .map(|n| Holder::backup(n, me, self.epoch))
+    }
 }
 
 /// A backup this node holds for another node's child.
@@ -451,6 +523,8 @@ pub struct Backup {
     pub record: Record,
     /// `Some(tag)`: a copy of a child handed off from here (see [`DirMsg::Adopt`]).
     pub handoff: Option<u64>,
+    /// For a backup: the lineage of the copy it backs up.
+    pub epoch: Epoch,
 }
 
 /// A hand-off from here not yet confirmed by its receiver.
@@ -458,6 +532,8 @@ pub struct Backup {
 struct HandOff {
     to: NodeId,
     tag: u64,
+    /// A graceful move (see [`DirMsg::Adopt`]).
+    moved: bool,
     /// Copies to drop once it is confirmed.
     olds: Vec<Holder>,
 }
@@ -466,7 +542,8 @@ struct HandOff {
 /// its terminate requests and `Stopped` event wait for them.
 #[derive(Debug, Clone)]
 struct Removal {
-    waiting_on: BTreeSet<NodeId>,
+    /// The drops not yet confirmed.
+    waiting_on: Vec<Holder>,
     reqs: Vec<u64>,
     /// Whether a `Stopped` event is due at the end.
     event: bool,
@@ -487,16 +564,19 @@ pub struct Directory {
     /// Whether this node leaves ([`Directory::leave`]).
     me_leaving: bool,
     owned: BTreeMap<String, Owned>,
-    backups: BTreeMap<String, Backup>,
+    /// Copies held here, by key: backups (one per origin) and hand-off copies.
+    backups: BTreeMap<String, Vec<Backup>>,
     /// Nodes that left the view (and have not come back): backups from them are orphans.
     departed: BTreeSet<NodeId>,
     /// Keys handed off ([`DirMsg::Adopt`]) whose copy is held in `backups` until the receiver
     /// confirms, with the copies to drop at the confirmation.
     handoffs: BTreeMap<String, HandOff>,
-    /// Tags of hand-off copies.
+    /// Tags of hand-off copies, and counters of lineages ([`Epoch`]).
     next_tag: u64,
     /// Removed children waiting for their backups to confirm the drop.
     removing: BTreeMap<String, Removal>,
+    /// Drops of other copies sent and not confirmed yet, by key.
+    dropping: BTreeMap<String, Vec<Holder>>,
     /// Running children whose key belongs to another node, waiting for a move slot.
     move_queue: BTreeSet<String>,
     /// Children in [`Phase::Moving`].
@@ -522,6 +602,7 @@ impl Directory {
             handoffs: BTreeMap::new(),
             next_tag: 0,
             removing: BTreeMap::new(),
+            dropping: BTreeMap::new(),
             move_queue: BTreeSet::new(),
             moving: BTreeSet::new(),
             quorum_lost: false,
@@ -575,10 +656,53 @@ impl Directory {
             .map(|(k, _)| k.as_str())
     }
 
-    /// The backups held here, by key (including copies of children handed off from here and not
-    /// yet confirmed by their receiver).
-    pub fn backups(&self) -> &BTreeMap<String, Backup> {
+    /// The copies held here, by key: backups of other nodes' children (usually one per key; one
+    /// per origin while views disagree) and copies of children handed off from here and not yet
+    /// confirmed by their receiver.
+    pub fn backups(&self) -> &BTreeMap<String, Vec<Backup>> {
         &self.backups
+    }
+
+    /// How many copies are held here (see [`Directory::backups`]).
+    pub fn backup_count(&self) -> usize {
+        self.backups.values().map(Vec::len).sum()
+    }
+
+    fn next_epoch(&mut self) -> Epoch {
+        self.next_tag += 1;
+        Epoch(self.config.incarnation, self.next_tag)
+    }
+
+    /// Adds a copy of `key`, replacing the one of the same origin and kind.
+    fn put_copy(&mut self, key: &str, b: Backup) {
+        let list = self.backups.entry(key.to_owned()).or_default();
+        match list
+            .iter_mut()
+            .find(|c| c.from == b.from && c.handoff == b.handoff)
+        {
+            Some(c) => *c = b,
+            None => list.push(b),
+        }
+    }
+
+    /// Removes the copies of `key` held here that `pred` selects.
+    fn remove_copies(&mut self, key: &str, pred: impl Fn(&Backup) -> bool) -> Vec<Backup> {
+        let Some(list) = self.backups.get_mut(key) else {
+            return Vec::new();
+        };
+        let mut removed = Vec::new();
+        let mut i = 0;
+        while i < list.len() {
+            if pred(&list[i]) {
+                removed.push(list.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        if list.is_empty() {
+            self.backups.remove(key);
+        }
+        removed
     }
 
     /// How many children run here whose current record is not yet held by their backup
@@ -660,11 +784,16 @@ impl Directory {
         out: &mut Vec<Action>,
     ) {
         let key = record.key.clone();
-        // A backup held here of another copy: merged into this one once it runs.
-        let other = self
+        let epoch = self.next_epoch();
+        // Copies held here of other copies: merged into this one once it runs.
+        let others: Vec<Record> = self
             .backups
             .remove(&key)
-            .filter(|b| b.record.snapshot.is_some() && b.record != record);
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|b| b.record.snapshot.is_some() && b.record != record)
+            .map(|b| b.record)
+            .collect();
         let backup = self.backup_of(&key).filter(|b| *b != self.config.me);
         // A copy handed off from here came back: its former backups are this copy's.
         let mut old_backups = self
@@ -672,12 +801,16 @@ impl Directory {
             .remove(&key)
             .map(|h| h.olds)
             .unwrap_or_default();
-        old_backups.retain(|h| {
-            !(h.tag.is_none() && Some(&h.node) == backup.as_ref()) && h.node != self.config.me
-        });
+        old_backups.retain(|h| h.node != self.config.me);
         out.push(Action::Spawn(record.clone()));
         if let Some(b) = &backup {
-            out.push(send(b, DirMsg::Replicate(record.clone())));
+            out.push(send(
+                b,
+                DirMsg::Replicate {
+                    record: record.clone(),
+                    epoch,
+                },
+            ));
         }
         self.owned.insert(
             key.clone(),
@@ -687,11 +820,12 @@ impl Directory {
                 record,
                 phase: Phase::Starting,
                 backup,
+                epoch,
                 waiting,
                 stopping_reqs: Vec::new(),
-                window: RestartWindow::new(self.config.intensity),
+                window: None,
                 first: Some(first),
-                merges: other.map(|b| b.record).into_iter().collect(),
+                merges: others,
                 merging: None,
             },
         );
@@ -707,14 +841,25 @@ impl Directory {
                     // The other copies' senders keep them until the merge is replicated.
                     return;
                 }
-                for old in o.old_backups.drain(..) {
-                    out.push(old.drop_msg(key));
-                }
+                let olds = std::mem::take(&mut o.old_backups);
                 if o.phase == Phase::Running {
                     for req in o.waiting.drain(..) {
                         out.push(reply(req, Ok(())));
                     }
                 }
+                self.drop_copies(key, olds, out);
+            }
+        }
+    }
+
+    /// Tells the holders of other copies of `key` to drop them; a removal of `key` that begins
+    /// before they confirm waits for them too (a copy not dropped yet may still be failed over).
+    fn drop_copies(&mut self, key: &str, holders: Vec<Holder>, out: &mut Vec<Action>) {
+        for h in holders {
+            out.push(h.drop_msg(key));
+            if self.may_answer(&h.node) {
+                let list = self.dropping.entry(key.to_owned()).or_default();
+                add_holder(list, h);
             }
         }
     }
@@ -739,7 +884,7 @@ impl Directory {
                         return out;
                     }
                     Phase::Merging => {
-                        let theirs = o.merging.clone().expect("merging has a record");
+                        let theirs = *o.merging.clone().expect("merging has a record");
                         out.push(Action::Merge {
                             key: key.to_owned(),
                             theirs,
@@ -779,7 +924,7 @@ impl Directory {
         }
         let theirs = o.merges.remove(0);
         o.phase = Phase::Merging;
-        o.merging = Some(theirs.clone());
+        o.merging = Some(Box::new(theirs.clone()));
         out.push(Action::Merge {
             key: key.to_owned(),
             theirs,
@@ -794,7 +939,7 @@ impl Directory {
             o.record.version += 1;
             if let Some(b) = &o.backup {
                 o.acked = false;
-                out.push(send(b, DirMsg::Replicate(o.record.clone())));
+                out.push(send(b, o.replicate()));
             }
         }
         out
@@ -849,12 +994,16 @@ impl Directory {
             Phase::Merging => {
                 // Reported through `exited` instead of `merged`: the merge did not happen. Run
                 // this copy again and merge the other one after it (nothing is lost).
-                let theirs = o.merging.take().expect("merging has a record");
+                let theirs = *o.merging.take().expect("merging has a record");
                 o.merges.insert(0, theirs);
                 self.respawn(key, bumped, &mut out);
             }
             Phase::Starting | Phase::Running => {
-                match o.window.on_exit(o.record.policy, class, now) {
+                let intensity = self.config.intensity;
+                let window = o
+                    .window
+                    .get_or_insert_with(|| Box::new(RestartWindow::new(intensity)));
+                match window.on_exit(o.record.policy, class, now) {
                     RestartDecision::Restart => {
                         o.first = Some(ChildEvent::Restarted {
                             key: key.to_owned(),
@@ -915,7 +1064,7 @@ impl Directory {
         if changed {
             if let Some(b) = &o.backup {
                 o.acked = false;
-                out.push(send(b, DirMsg::Replicate(o.record.clone())));
+                out.push(send(b, o.replicate()));
             }
         }
     }
@@ -924,6 +1073,7 @@ impl Directory {
     fn moved(&mut self, key: &str, out: &mut Vec<Action>) {
         self.moving.remove(key);
         let o = self.owned.remove(key).expect("present");
+        let current = o.backup_holder(&self.config.me);
         match self.owner(key) {
             Some(to) if to != self.config.me && o.merges.is_empty() => {
                 // Start requests still waiting are retried at the new owner.
@@ -939,17 +1089,12 @@ impl Directory {
                     out.push(reply(req, Err(StartError::NoSuchChild(key.to_owned()))));
                 }
                 // The backups keep their copies until `to` confirms it took the child.
-                let olds = o
-                    .backup
-                    .map(|n| Holder::backup(n, &self.config.me))
-                    .into_iter()
-                    .chain(o.old_backups)
-                    .collect();
+                let olds = current.into_iter().chain(o.old_backups).collect();
                 out.push(Action::Event(ChildEvent::Migrated {
                     key: key.to_owned(),
                     to: to.clone(),
                 }));
-                self.hand_off(&to, o.record, 0, olds, out);
+                self.hand_off(&to, o.record, 0, olds, true, out);
             }
             _ => {
                 // The key came back to this node (or no owner), or other copies wait to be
@@ -958,12 +1103,7 @@ impl Directory {
                     key: key.to_owned(),
                 };
                 let merges = o.merges;
-                let carried: Vec<Holder> = o
-                    .backup
-                    .map(|n| Holder::backup(n, &self.config.me))
-                    .into_iter()
-                    .chain(o.old_backups)
-                    .collect();
+                let carried: Vec<Holder> = current.into_iter().chain(o.old_backups).collect();
                 self.hold_olds(key, carried);
                 self.insert_owned(o.record, o.waiting, first, out);
                 if let Some(n) = self.owned.get_mut(key) {
@@ -982,29 +1122,32 @@ impl Directory {
         let Some(o) = self.owned.remove(key) else {
             return;
         };
+        let current = o.backup_holder(&self.config.me);
         for req in o.waiting {
             out.push(reply(req, Err(StartError::Failed("child exited".into()))));
         }
-        let mut waiting_on = BTreeSet::new();
-        for h in o
-            .backup
-            .map(|n| Holder::backup(n, &self.config.me))
-            .iter()
-            .chain(&o.old_backups)
-        {
+        let mut waiting_on = Vec::new();
+        for h in current.iter().chain(&o.old_backups) {
             if h.node != self.config.me {
-                waiting_on.insert(h.node.clone());
                 out.push(h.drop_msg(key));
+                if self.may_answer(&h.node) {
+                    add_holder(&mut waiting_on, h.clone());
+                }
             }
         }
-        waiting_on.retain(|n| self.view.contains(n));
         let removal = self.removing.entry(key.to_owned()).or_insert(Removal {
-            waiting_on: BTreeSet::new(),
+            waiting_on: Vec::new(),
             reqs: Vec::new(),
             event: false,
             starts: Vec::new(),
         });
-        removal.waiting_on.extend(waiting_on);
+        for h in waiting_on {
+            add_holder(&mut removal.waiting_on, h);
+        }
+        // Drops sent earlier and not confirmed yet.
+        for h in self.dropping.get(key).into_iter().flatten() {
+            add_holder(&mut removal.waiting_on, h.clone());
+        }
         removal.reqs.extend(o.stopping_reqs);
         removal.event |= event;
         self.finish_removal(key, out);
@@ -1070,9 +1213,9 @@ impl Directory {
         let mut view = owners;
         view.extend(leaving.iter().cloned());
         view.insert(self.config.me.clone());
-        for gone in &self.view {
-            if !view.contains(gone) && self.departed.len() < crate::placement::MAX_NODES {
-                self.departed.insert(gone.clone());
+        for n in self.view.difference(&view) {
+            if self.departed.len() < crate::placement::MAX_NODES {
+                self.departed.insert(n.clone());
             }
         }
         for n in &view {
@@ -1084,14 +1227,7 @@ impl Directory {
         self.leaving = leaving;
         self.leaving.remove(&self.config.me);
         // Removals no longer wait for nodes that went away.
-        let keys: Vec<String> = self.removing.keys().cloned().collect();
-        for key in keys {
-            let view = &self.view;
-            if let Some(r) = self.removing.get_mut(&key) {
-                r.waiting_on.retain(|n| view.contains(n));
-            }
-            self.finish_removal(&key, &mut out);
-        }
+        self.forget_waits(&mut out);
         let had_quorum = !self.quorum_lost;
         self.quorum_lost = !self.has_quorum();
         if self.quorum_lost {
@@ -1165,28 +1301,39 @@ impl Directory {
                 // The former backup keeps its copy until the new one acknowledged (it is
                 // dropped then, even if it left the view: it may be alive behind a partition or
                 // a false suspicion, and a stale backup would fail over later).
-                if let Some(old) = o.backup.take() {
-                    add_holder(&mut o.old_backups, Holder::backup(old, &me));
+                if let Some(old) = o.backup_holder(&me) {
+                    add_holder(&mut o.old_backups, old);
                 }
-                o.old_backups
-                    .retain(|h| !(h.tag.is_none() && Some(&h.node) == backup.as_ref()));
+                // The new backup's copy is replaced by the replication (a drop of this lineage
+                // arriving after it would delete it).
+                let epoch = o.epoch;
+                o.old_backups.retain(|h| {
+                    !(h.tag.is_none()
+                        && h.origin == me
+                        && h.epoch == epoch
+                        && Some(&h.node) == backup.as_ref())
+                });
                 o.backup = backup.clone();
                 if let Some(b) = &backup {
                     o.acked = false;
-                    out.push(send(b, DirMsg::Replicate(o.record.clone())));
+                    out.push(send(b, o.replicate()));
                 }
                 self.settle(&key, out);
             }
         }
         // Backups whose origin left the view.
-        let orphaned: Vec<String> = self
+        let orphaned: Vec<(String, NodeId, Option<u64>)> = self
             .backups
             .iter()
+            .flat_map(|(k, list)| list.iter().map(move |b| (k, b)))
             .filter(|(_, b)| self.departed.contains(&b.from))
-            .map(|(k, _)| k.clone())
+            .map(|(k, b)| (k.clone(), b.from.clone(), b.handoff))
             .collect();
-        for key in orphaned {
-            let Some(b) = self.backups.remove(&key) else {
+        for (key, from, handoff) in orphaned {
+            let Some(b) = self
+                .remove_copies(&key, |b| b.from == from && b.handoff == handoff)
+                .pop()
+            else {
                 continue;
             };
             // A hand-off to the departed node is over: its copies to drop go with this copy.
@@ -1210,7 +1357,7 @@ impl Directory {
                     self.hold_olds(&key, olds);
                     self.insert_owned(b.record, Vec::new(), first, out);
                 }
-                Some(o) => self.hand_off(&o, b.record, 0, olds, out),
+                Some(o) => self.hand_off(&o, b.record, 0, olds, false, out),
                 None => {}
             }
         }
@@ -1260,7 +1407,7 @@ impl Directory {
             return;
         };
         for h in olds.into_iter().chain(sender.clone()) {
-            if h.node != me && !(h.tag.is_none() && o.backup.as_ref() == Some(&h.node)) {
+            if h.node != me {
                 add_holder(&mut o.old_backups, h);
             }
         }
@@ -1284,11 +1431,10 @@ impl Directory {
         if o.phase == Phase::Running && merge {
             self.next_merge(key, out);
         } else if !merge {
-            // Nothing to merge: refresh the backup so the confirmation to `from` follows (the
-            // sender may have been this copy's backup and consumed it).
+            // Nothing to merge: refresh the backup so the confirmation to `from` follows.
             if let Some(b) = &o.backup {
                 o.acked = false;
-                out.push(send(b, DirMsg::Replicate(o.record.clone())));
+                out.push(send(b, o.replicate()));
             }
         }
         // A merge in progress (or deferred until the child runs) replicates its result, and
@@ -1304,11 +1450,33 @@ impl Directory {
         if self.view.contains(node) || *node == self.config.me || self.quorum_lost {
             return out;
         }
-        if self.backups.values().any(|b| b.from == *node) {
+        if self.backups.values().flatten().any(|b| b.from == *node) {
             self.departed.insert(node.clone());
             self.rebalance(&mut out);
         }
         out
+    }
+
+    /// Whether a drop sent to `node` is waited for: it is in the view.
+    fn may_answer(&self, node: &NodeId) -> bool {
+        self.view.contains(node)
+    }
+
+    /// Removals and drops no longer wait for nodes out of the view.
+    fn forget_waits(&mut self, out: &mut Vec<Action>) {
+        let view = &self.view;
+        let waits = |n: &NodeId| view.contains(n);
+        self.dropping.retain(|_, list| {
+            list.retain(|h| waits(&h.node));
+            !list.is_empty()
+        });
+        for r in self.removing.values_mut() {
+            r.waiting_on.retain(|h| waits(&h.node));
+        }
+        let keys: Vec<String> = self.removing.keys().cloned().collect();
+        for key in keys {
+            self.finish_removal(&key, out);
+        }
     }
 
     /// The connection to `peer` was lost and re-established while `peer` stayed in this node's
@@ -1323,7 +1491,7 @@ impl Directory {
         for o in self.owned.values_mut() {
             if o.backup.as_ref() == Some(peer) {
                 o.acked = false;
-                out.push(send(peer, DirMsg::Replicate(o.record.clone())));
+                out.push(send(peer, o.replicate()));
             }
         }
         self.resync(peer, &mut out);
@@ -1333,38 +1501,50 @@ impl Directory {
     /// Re-send to `peer` the hand-offs and drops it has not confirmed, and reconcile the backups
     /// held for it.
     fn resync(&mut self, peer: &NodeId, out: &mut Vec<Action>) {
-        for (key, h) in &self.handoffs {
-            if h.to == *peer {
-                if let Some(b) = self.backups.get(key) {
-                    out.push(send(
-                        peer,
-                        DirMsg::Adopt {
-                            record: b.record.clone(),
-                            hops: 0,
-                            tag: h.tag,
-                            holders: h.olds.clone(),
-                        },
-                    ));
-                }
-            }
-        }
-        for (key, r) in &self.removing {
-            if r.waiting_on.contains(peer) {
+        // Every copy handed off to `peer` and not confirmed (the confirmation may have been
+        // lost): the latest hand-off of a key carries the copies to drop with it.
+        for (key, list) in &self.backups {
+            for b in list.iter().filter(|b| b.from == *peer) {
+                let Some(tag) = b.handoff else {
+                    continue;
+                };
+                let h = self
+                    .handoffs
+                    .get(key)
+                    .filter(|h| h.to == *peer && h.tag == tag);
                 out.push(send(
                     peer,
-                    DirMsg::Drop {
-                        key: key.clone(),
-                        origin: self.config.me.clone(),
-                        tag: None,
+                    DirMsg::Adopt {
+                        record: b.record.clone(),
+                        hops: 0,
+                        tag,
+                        holders: h.map_or_else(Vec::new, |h| {
+                            h.olds.iter().filter(|o| o.node != *peer).cloned().collect()
+                        }),
+                        moved: h.is_some_and(|h| h.moved),
                     },
                 ));
             }
         }
-        let keys: Vec<String> = self
+        for (key, r) in &self.removing {
+            for h in r.waiting_on.iter().filter(|h| h.node == *peer) {
+                out.push(h.drop_msg(key));
+            }
+        }
+        for (key, list) in &self.dropping {
+            if self.removing.contains_key(key) {
+                continue;
+            }
+            for h in list.iter().filter(|h| h.node == *peer) {
+                out.push(h.drop_msg(key));
+            }
+        }
+        let keys: Vec<(String, Epoch)> = self
             .backups
             .iter()
+            .flat_map(|(k, list)| list.iter().map(move |b| (k, b)))
             .filter(|(_, b)| b.from == *peer && b.handoff.is_none())
-            .map(|(k, _)| k.clone())
+            .map(|(k, b)| (k.clone(), b.epoch))
             .collect();
         out.push(send(peer, DirMsg::Held { keys }));
     }
@@ -1380,6 +1560,7 @@ impl Directory {
                     hops,
                     tag,
                     holders,
+                    moved,
                 } if hops < MAX_HOPS => {
                     out.push(send(
                         from,
@@ -1388,16 +1569,35 @@ impl Directory {
                             hops: hops + 1,
                             tag,
                             holders,
+                            moved,
                         },
                     ));
                 }
-                DirMsg::Drop { key, .. } => out.push(send(from, DirMsg::Dropped { key })),
+                DirMsg::Drop {
+                    key,
+                    origin,
+                    tag,
+                    epoch,
+                } => out.push(send(
+                    from,
+                    DirMsg::Dropped {
+                        key,
+                        origin,
+                        tag,
+                        epoch,
+                    },
+                )),
                 _ => {}
             }
             return out;
         }
+        // The connection to a node is closed when it leaves the view (messages in flight are
+        // lost), so a message from a node that left is from a new incarnation of it not yet in
+        // the view (or from a node falsely suspected): it is alive, and what it replicates here
+        // is not an orphan. If it dies before it joins the view, `node_down` says so.
+        self.departed.remove(from);
         match msg {
-            DirMsg::Replicate(record) => {
+            DirMsg::Replicate { record, epoch } => {
                 let key = record.key.clone();
                 let version = record.version;
                 // If a copy runs here too, views disagree: it is kept as the sender's backup all
@@ -1405,33 +1605,39 @@ impl Directory {
                 // the owner once views converge moves to it and is merged there, and if the
                 // sender leaves the view first, this backup is merged into the copy here.
                 // Messages between two nodes arrive in order, so the latest record from an owner
-                // is its current one. (Versions of different copies are not comparable: a copy
-                // held for a hand-off may carry a higher version than the copy the owner kept.)
-                if self.handoffs.contains_key(&key) {
-                    // A copy handed off from here runs at `from` now (the receiver of the
-                    // hand-off, or the node it was passed on to): it replaces the held copy.
-                    self.confirm_handoff(&key, from, &mut out);
-                }
-                self.backups.insert(
-                    key.clone(),
+                // is its current one. Copies of other origins (other lineages, views that
+                // disagree) and hand-off copies are kept beside it.
+                self.put_copy(
+                    &key,
                     Backup {
                         from: from.clone(),
                         record,
                         handoff: None,
+                        epoch,
                     },
                 );
-                out.push(send(from, DirMsg::Ack { key, version }));
-                // The origin may already have left the view (the message was overtaken by it).
-                if self.departed.contains(from) {
-                    self.rebalance(&mut out);
-                }
+                out.push(send(
+                    from,
+                    DirMsg::Ack {
+                        key,
+                        version,
+                        epoch,
+                    },
+                ));
             }
-            DirMsg::Ack { key, version } => {
-                let h = Holder::backup(from.clone(), &self.config.me);
-                let wanted =
-                    self.owned.get(&key).is_some_and(|o| {
-                        o.backup.as_ref() == Some(from) || o.old_backups.contains(&h)
-                    }) || self.handoffs.contains_key(&key);
+            DirMsg::Ack {
+                key,
+                version,
+                epoch,
+            } => {
+                let h = Holder::backup(from.clone(), &self.config.me, epoch);
+                let wanted = self.owned.get(&key).is_some_and(|o| {
+                    (o.epoch == epoch && o.backup.as_ref() == Some(from))
+                        || o.old_backups.contains(&h)
+                }) || self
+                    .handoffs
+                    .get(&key)
+                    .is_some_and(|ho| ho.olds.contains(&h));
                 if !wanted {
                     // A late replication (held by a partition, or sent before a move): the
                     // copy it left at `from` is not needed.
@@ -1439,62 +1645,95 @@ impl Directory {
                     return out;
                 }
                 if let Some(o) = self.owned.get_mut(&key) {
-                    if o.backup.as_ref() == Some(from) && o.record.version == version {
+                    if o.backup.as_ref() == Some(from)
+                        && o.epoch == epoch
+                        && o.record.version == version
+                    {
                         o.acked = true;
-                        if o.merges.is_empty() && o.merging.is_none() {
-                            for old in o.old_backups.drain(..) {
-                                out.push(old.drop_msg(&key));
-                            }
-                        }
+                        let olds = if o.merges.is_empty() && o.merging.is_none() {
+                            std::mem::take(&mut o.old_backups)
+                        } else {
+                            Vec::new()
+                        };
                         if o.phase == Phase::Running {
                             for req in o.waiting.drain(..) {
                                 out.push(reply(req, Ok(())));
                             }
                         }
+                        self.drop_copies(&key, olds, &mut out);
                     }
                 }
             }
-            DirMsg::Drop { key, origin, tag } => {
-                if self
-                    .backups
-                    .get(&key)
-                    .is_some_and(|b| b.from == origin && b.handoff == tag)
-                {
-                    self.backups.remove(&key);
-                }
+            DirMsg::Drop {
+                key,
+                origin,
+                tag,
+                epoch,
+            } => {
+                let h = Holder {
+                    node: self.config.me.clone(),
+                    origin: origin.clone(),
+                    tag,
+                    epoch,
+                };
+                self.remove_copies(&key, |b| h.names(b));
                 if tag.is_some()
                     && self
                         .handoffs
                         .get(&key)
-                        .is_some_and(|h| h.to == origin && Some(h.tag) == tag)
+                        .is_some_and(|ho| ho.to == origin && Some(ho.tag) == tag)
                 {
                     // The hand-off to `origin` is confirmed.
-                    if self.backups.get(&key).is_some_and(|b| b.handoff.is_some()) {
-                        self.backups.remove(&key);
-                    }
                     self.confirm_handoff(&key, &origin, &mut out);
                 }
-                out.push(send(from, DirMsg::Dropped { key }));
+                out.push(send(
+                    from,
+                    DirMsg::Dropped {
+                        key,
+                        origin,
+                        tag,
+                        epoch,
+                    },
+                ));
             }
-            DirMsg::Dropped { key } => {
+            DirMsg::Dropped {
+                key,
+                origin,
+                tag,
+                epoch,
+            } => {
+                let h = Holder {
+                    node: from.clone(),
+                    origin,
+                    tag,
+                    epoch,
+                };
+                if let Some(list) = self.dropping.get_mut(&key) {
+                    list.retain(|w| *w != h);
+                    if list.is_empty() {
+                        self.dropping.remove(&key);
+                    }
+                }
                 if let Some(r) = self.removing.get_mut(&key) {
-                    r.waiting_on.remove(from);
+                    r.waiting_on.retain(|w| *w != h);
                     self.finish_removal(&key, &mut out);
                 }
             }
             DirMsg::Held { keys } => {
                 // The records `from` should hold for this node and does not: send them again.
-                let held: BTreeSet<&String> = keys.iter().collect();
+                let held: BTreeMap<&String, Epoch> = keys.iter().map(|(k, e)| (k, *e)).collect();
                 for o in self.owned.values_mut() {
-                    if o.backup.as_ref() == Some(from) && !held.contains(&o.record.key) {
+                    if o.backup.as_ref() == Some(from) && held.get(&o.record.key) != Some(&o.epoch)
+                    {
                         o.acked = false;
-                        out.push(send(from, DirMsg::Replicate(o.record.clone())));
+                        out.push(send(from, o.replicate()));
                     }
                 }
-                for key in keys {
-                    let h = Holder::backup(from.clone(), &self.config.me);
+                for (key, epoch) in keys {
+                    let h = Holder::backup(from.clone(), &self.config.me, epoch);
                     let needed = self.owned.get(&key).is_some_and(|o| {
-                        o.backup.as_ref() == Some(from) || o.old_backups.contains(&h)
+                        (o.epoch == epoch && o.backup.as_ref() == Some(from))
+                            || o.old_backups.contains(&h)
                     }) || self
                         .handoffs
                         .get(&key)
@@ -1516,86 +1755,112 @@ impl Directory {
                 hops,
                 tag,
                 holders,
-            } => {
-                let key = record.key.clone();
-                let owner = self.owner(&key);
-                let me = self.config.me.clone();
-                let sender = Holder {
-                    node: from.clone(),
-                    origin: me.clone(),
-                    tag: Some(tag),
-                };
-                let mut copies = vec![sender.clone()];
-                for h in holders.iter() {
-                    if h.node != me {
-                        add_holder(&mut copies, h.clone());
-                    }
-                }
-                if !self.owned.contains_key(&key) {
-                    if let Some(r) = self.removing.get_mut(&key) {
-                        // Removed here, confirmations pending: this copy goes too, and the
-                        // removal waits until its holders dropped it.
-                        for h in copies {
-                            if self.view.contains(&h.node) {
-                                r.waiting_on.insert(h.node.clone());
-                            }
-                            out.push(h.drop_msg(&key));
-                        }
-                        self.finish_removal(&key, &mut out);
-                        return out;
-                    }
-                }
-                if let Some(o) = self.owned.get_mut(&key) {
-                    match o.phase {
-                        Phase::Stopping => {
-                            // Terminated here: the other copy goes too (its holders are told when
-                            // the child has stopped, and the removal waits for them).
-                            for h in copies {
-                                add_holder(&mut o.old_backups, h);
-                            }
-                        }
-                        Phase::Moving => match owner.filter(|n| *n != me) {
-                            Some(to) if hops < MAX_HOPS => {
-                                // The copy here is on its way out: this record goes where it
-                                // goes (the sender keeps its copy until the next node confirms).
-                                self.hand_off(&to, record, hops + 1, copies, &mut out);
-                            }
-                            _ => {
-                                if record.snapshot.is_some() {
-                                    o.merges.push(record);
-                                }
-                                for h in copies {
-                                    add_holder(&mut o.old_backups, h);
-                                }
-                            }
-                        },
-                        Phase::Starting | Phase::Running | Phase::Merging => {
-                            self.take_copy(&key, record, Some(sender), holders, &mut out);
-                        }
-                    }
-                    return out;
-                }
-                match owner {
-                    Some(o) if o != self.config.me && hops < MAX_HOPS => {
-                        // Views disagree: pass it on to the owner in this node's view (the sender
-                        // keeps its copy until that node confirms).
-                        self.hand_off(&o, record, hops + 1, copies, &mut out);
-                    }
-                    _ => {
-                        // Ours, or passed around too often while views settle: run it here; the
-                        // next view change moves it if it is not ours.
-                        let first = ChildEvent::FailedOver {
-                            key: key.clone(),
-                            from: from.clone(),
-                            from_snapshot: record.snapshot.is_some(),
-                        };
-                        self.hold_olds(&key, copies);
-                        self.insert_owned(record, Vec::new(), first, &mut out);
-                    }
-                }
-            }
+                moved,
+            } => self.adopt(from, record, hops, tag, holders, moved, &mut out),
         }
         out
+    }
+
+    /// A copy of a child sent by `from` to run here ([`DirMsg::Adopt`]).
+    #[allow(clippy::too_many_arguments)]
+    fn adopt(
+        &mut self,
+        from: &NodeId,
+        record: Record,
+        hops: u8,
+        tag: u64,
+        holders: Vec<Holder>,
+        moved: bool,
+        out: &mut Vec<Action>,
+    ) {
+        let key = record.key.clone();
+        let owner = self.owner(&key);
+        let me = self.config.me.clone();
+        let sender = Holder {
+            node: from.clone(),
+            origin: me.clone(),
+            tag: Some(tag),
+            epoch: Epoch::default(),
+        };
+        let mut copies = vec![sender.clone()];
+        for h in holders.iter() {
+            if h.node == me {
+                // A copy held here: the adopted record is at least as recent.
+                self.remove_copies(&key, |b| h.names(b));
+            } else {
+                add_holder(&mut copies, h.clone());
+            }
+        }
+        if !self.owned.contains_key(&key) {
+            if let Some(r) = self.removing.get_mut(&key) {
+                // Removed here, confirmations pending: this copy goes too, and the
+                // removal waits until its holders dropped it.
+                let view = &self.view;
+                for h in copies {
+                    out.push(h.drop_msg(&key));
+                    if view.contains(&h.node) {
+                        add_holder(&mut r.waiting_on, h);
+                    }
+                }
+                self.finish_removal(&key, out);
+                return;
+            }
+        }
+        if let Some(o) = self.owned.get_mut(&key) {
+            match o.phase {
+                Phase::Stopping => {
+                    // Terminated here: the other copy goes too (its holders are told when
+                    // the child has stopped, and the removal waits for them).
+                    for h in copies {
+                        add_holder(&mut o.old_backups, h);
+                    }
+                }
+                Phase::Moving => match owner.filter(|n| *n != me) {
+                    Some(to) if hops < MAX_HOPS => {
+                        // The copy here is on its way out: this record goes where it
+                        // goes (the sender keeps its copy until the next node confirms).
+                        self.hand_off(&to, record, hops + 1, copies, moved, out);
+                    }
+                    _ => {
+                        if record.snapshot.is_some() {
+                            o.merges.push(record);
+                        }
+                        for h in copies {
+                            add_holder(&mut o.old_backups, h);
+                        }
+                    }
+                },
+                Phase::Starting | Phase::Running | Phase::Merging => {
+                    self.take_copy(&key, record, Some(sender), holders, out);
+                }
+            }
+            return;
+        }
+        match owner {
+            Some(o) if o != self.config.me && hops < MAX_HOPS => {
+                // Views disagree: pass it on to the owner in this node's view (the sender
+                // keeps its copy until that node confirms).
+                self.hand_off(&o, record, hops + 1, copies, moved, out);
+            }
+            _ => {
+                // Ours, or passed around too often while views settle: run it here; the
+                // next view change moves it if it is not ours.
+                let first = if moved {
+                    ChildEvent::Adopted {
+                        key: key.clone(),
+                        from: from.clone(),
+                    }
+                } else {
+                    ChildEvent::FailedOver {
+                        key: key.clone(),
+                        from: from.clone(),
+                        from_snapshot: record.snapshot.is_some(),
+                    }
+                };
+                self.hold_olds(&key, copies);
+                self.insert_owned(record, Vec::new(), first, out);
+            }
+        }
     }
 
     /// `to` confirmed it took the child `key` handed off to it: the former backups may forget it.
@@ -1603,11 +1868,13 @@ impl Directory {
         let Some(h) = self.handoffs.remove(key) else {
             return;
         };
-        for old in h.olds {
-            if old.node != *to && old.node != self.config.me {
-                out.push(old.drop_msg(key));
-            }
-        }
+        let me = &self.config.me;
+        let olds = h
+            .olds
+            .into_iter()
+            .filter(|old| old.node != *to && old.node != *me)
+            .collect();
+        self.drop_copies(key, olds, out);
     }
 
     /// Copies to drop once the copy of `key` about to be run or handed off from here is safe.
@@ -1616,6 +1883,7 @@ impl Directory {
         let h = self.handoffs.entry(key.to_owned()).or_insert(HandOff {
             to: me.clone(),
             tag: 0,
+            moved: false,
             olds: Vec::new(),
         });
         for o in olds {
@@ -1635,6 +1903,7 @@ impl Directory {
         record: Record,
         hops: u8,
         old_backups: Vec<Holder>,
+        moved: bool,
         out: &mut Vec<Action>,
     ) {
         let key = record.key.clone();
@@ -1644,15 +1913,20 @@ impl Directory {
         let h = self.handoffs.get_mut(&key).expect("held");
         h.to = to.clone();
         h.tag = tag;
+        h.moved = moved;
         // The receiver is told to drop its own backup copy itself only if it ends up elsewhere.
         let holders: Vec<Holder> = h.olds.iter().filter(|o| o.node != *to).cloned().collect();
-        // A copy held here already (the backup of the copy `to` runs, typically) is kept: it
-        // stands for this one until `to` confirms.
-        self.backups.entry(key).or_insert_with(|| Backup {
-            from: to.clone(),
-            record: record.clone(),
-            handoff: Some(tag),
-        });
+        // The copy is held until `to` confirms (beside a backup from `to`, if any: that one
+        // backs up another copy).
+        self.put_copy(
+            &key,
+            Backup {
+                from: to.clone(),
+                record: record.clone(),
+                handoff: Some(tag),
+                epoch: Epoch::default(),
+            },
+        );
         out.push(send(
             to,
             DirMsg::Adopt {
@@ -1660,6 +1934,7 @@ impl Directory {
                 hops,
                 tag,
                 holders,
+                moved,
             },
         ));
     }
@@ -1892,6 +2167,25 @@ mod tests {
         );
         // It runs nothing and holds nothing any more: it may exit.
         assert!(net.dir("a").handed_off(), "{:?}", net.dir("a").backups());
+        // The new owner reports an adoption, not a failover.
+        let events: Vec<&ChildEvent> = net
+            .log
+            .iter()
+            .filter_map(|(n, a)| match a {
+                Action::Event(e) if *n == runs[0] => Some(e),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            events.contains(&&ChildEvent::Adopted {
+                key: key.clone(),
+                from: id("a"),
+            }),
+            "{events:?}"
+        );
+        assert!(!events
+            .iter()
+            .any(|e| matches!(e, ChildEvent::FailedOver { .. })));
     }
 
     #[test]
@@ -1963,6 +2257,7 @@ mod tests {
                 hops: 0,
                 tag: 1,
                 holders: Vec::new(),
+                moved: false,
             },
         );
         assert!(actions.iter().any(|a| matches!(a, Action::Merge { .. })));

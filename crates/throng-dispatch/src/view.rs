@@ -275,7 +275,10 @@ async fn watch_children(h: &'static Home) {
                 } else {
                     "from scratch (no snapshot)"
                 };
-                h.event(format!("{key} moved here from {from} {how}"));
+                h.event(format!("{key} failed over here from {from} {how}"));
+            }
+            ChildEvent::Adopted { key, from } => {
+                h.event(format!("{key} handed over here by {from} with its state"));
             }
             ChildEvent::Migrated { key, to } => {
                 Counters::bump(&c.handoffs);

@@ -403,6 +403,14 @@ struct Sim {
     views_split: bool,
     tally: Tally,
     failures: Vec<String>,
+    /// The last copies printed by [`Sim::watch`].
+    watched: String,
+}
+
+fn dir_config(id: &NodeId, incarnation: u64) -> DirConfig {
+    let mut config = DirConfig::new(id.clone());
+    config.incarnation = incarnation;
+    config
 }
 
 fn state_of(record: &Record) -> Option<u64> {
@@ -421,6 +429,7 @@ fn event_kind(e: &ChildEvent) -> &'static str {
         ChildEvent::Restarted { .. } => "event: restarted",
         ChildEvent::Stopped { .. } => "event: stopped",
         ChildEvent::FailedOver { .. } => "event: failed over",
+        ChildEvent::Adopted { .. } => "event: adopted",
         ChildEvent::Migrated { .. } => "event: migrated",
         ChildEvent::Conflict { .. } => "event: conflict",
         ChildEvent::GaveUp { .. } => "event: gave up",
@@ -429,7 +438,7 @@ fn event_kind(e: &ChildEvent) -> &'static str {
 
 fn msg_kind(m: &DirMsg) -> &'static str {
     match m {
-        DirMsg::Replicate(_) => "replicate",
+        DirMsg::Replicate { .. } => "replicate",
         DirMsg::Ack { .. } => "ack",
         DirMsg::Drop { .. } => "drop",
         DirMsg::Adopt { .. } => "adopt",
@@ -475,13 +484,14 @@ impl Sim {
             views_split: false,
             tally: Tally::default(),
             failures: Vec::new(),
+            watched: String::new(),
             ids,
             config,
         };
         // Start converged: every node sees every node.
         let all: Vec<NodeId> = sim.ids.clone();
         for i in 0..n {
-            let mut dir = Directory::new(DirConfig::new(sim.ids[i].clone()));
+            let mut dir = Directory::new(dir_config(&sim.ids[i], 0));
             let actions = dir.set_view(all.iter());
             // Only the (empty) backup reconciliations with the peers it now sees.
             debug_assert!(actions.iter().all(|a| matches!(
@@ -764,7 +774,8 @@ impl Sim {
                     continue;
                 }
                 for p in link {
-                    if let DirMsg::Replicate(record) | DirMsg::Adopt { record, .. } = &p.msg {
+                    if let DirMsg::Replicate { record, .. } | DirMsg::Adopt { record, .. } = &p.msg
+                    {
                         if self.nodes[to].inc == p.to_inc && self.nodes[from].inc == p.from_inc {
                             elsewhere.insert(record.key.as_str());
                         }
@@ -829,7 +840,7 @@ impl Sim {
         let node = &mut self.nodes[j];
         node.alive = true;
         node.inc += 1;
-        node.dir = Directory::new(DirConfig::new(self.ids[j].clone()));
+        node.dir = Directory::new(dir_config(&self.ids[j], node.inc));
         self.heard[j] = vec![None; self.nodes.len()];
         let node = &mut self.nodes[j];
         node.view = BTreeMap::from([(j, node.inc)]);
@@ -1235,7 +1246,7 @@ impl Sim {
             (0..n).any(|to| {
                 self.nodes[to].alive
                     && self.links[from][to].iter().any(|p| {
-                        matches!(&p.msg, DirMsg::Replicate(r) | DirMsg::Adopt { record: r, .. }
+                        matches!(&p.msg, DirMsg::Replicate { record: r, .. } | DirMsg::Adopt { record: r, .. }
                             if r.key == key)
                             && self.nodes[to].inc == p.to_inc
                             && self.nodes[from].inc == p.from_inc
@@ -1247,7 +1258,7 @@ impl Sim {
     /// A message that carried a copy of a child was lost: if that was the last copy (its sender
     /// crashed since), the child is lost with it.
     fn message_lost(&mut self, msg: &DirMsg) {
-        if let DirMsg::Replicate(r) | DirMsg::Adopt { record: r, .. } = msg {
+        if let DirMsg::Replicate { record: r, .. } | DirMsg::Adopt { record: r, .. } = msg {
             if !self.has_copy(&r.key) {
                 if let Some(t) = self.keys.get_mut(&r.key) {
                     t.sole_copy_lost = true;
@@ -1268,12 +1279,24 @@ impl Sim {
         }
         trace!(self, "n{from}->n{to} {msg:?}");
         self.heard[to][from] = Some(from_inc);
+        if !self.nodes[from].alive && !self.nodes[to].view.contains_key(&from) {
+            // The last messages of a crashed node reach a node that never had it in its view: the
+            // membership reports that incarnation down to it too (`node_down`).
+            let d = self.delay((5, 60));
+            self.schedule(
+                d,
+                Ev::View {
+                    observer: to,
+                    subject: from,
+                },
+            );
+        }
         let replicated = match &msg {
-            DirMsg::Replicate(r) => Some((r.key.clone(), state_of(r))),
+            DirMsg::Replicate { record: r, .. } => Some((r.key.clone(), state_of(r))),
             _ => None,
         };
         let acked = match &msg {
-            DirMsg::Ack { key, version } => Some((key.clone(), *version)),
+            DirMsg::Ack { key, version, .. } => Some((key.clone(), *version)),
             _ => None,
         };
         // A crashed node's last messages still arrive: a confirmation from it may make the
@@ -1307,12 +1330,38 @@ impl Sim {
             }
         }
         self.apply(to, actions);
+        self.watch();
         if let Some(key) = dropped_by_dead {
             if !self.has_copy(&key) {
                 if let Some(t) = self.keys.get_mut(&key) {
                     t.sole_copy_lost = true;
                 }
             }
+        }
+    }
+
+    /// With a trace, `SIM_WATCH=key` prints the copies of `key` every node holds whenever they
+    /// change.
+    fn watch(&mut self) {
+        if !self.config.trace {
+            return;
+        }
+        let Ok(k) = std::env::var("SIM_WATCH") else {
+            return;
+        };
+        let mut now = String::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if let Some(list) = n.dir.backups().get(&k) {
+                let copies: Vec<_> = list
+                    .iter()
+                    .map(|b| (b.from.as_str(), b.handoff, b.epoch, b.record.version))
+                    .collect();
+                now.push_str(&format!(" n{i}: {copies:?}"));
+            }
+        }
+        if now != self.watched {
+            eprintln!("    copies of {k}:{now}");
+            self.watched = now;
         }
     }
 
@@ -1358,7 +1407,7 @@ impl Sim {
                 Action::Send { to, msg } => {
                     let to = self.index(&to);
                     self.tally.event(match &msg {
-                        DirMsg::Replicate(_) => "message: replicate",
+                        DirMsg::Replicate { .. } => "message: replicate",
                         DirMsg::Ack { .. } => "message: ack",
                         DirMsg::Drop { .. } => "message: drop",
                         DirMsg::Dropped { .. } => "message: dropped",
@@ -1682,14 +1731,19 @@ impl Sim {
                 let o = &dir.owned()[&key];
                 let want = dir.backup_of(&key);
                 let version = o.record.version;
-                let ok =
-                    o.backup == want
-                        && want.as_ref().is_none_or(|b| {
-                            let b = self.index(b);
-                            self.nodes[b].dir.backups().get(&key).is_some_and(|h| {
-                                h.from == self.ids[x] && h.record.version == version
+                let epoch = o.epoch;
+                let ok = o.backup == want
+                    && want.as_ref().is_none_or(|b| {
+                        let b = self.index(b);
+                        self.nodes[b].dir.backups().get(&key).is_some_and(|list| {
+                            list.iter().any(|h| {
+                                h.from == self.ids[x]
+                                    && h.handoff.is_none()
+                                    && h.epoch == epoch
+                                    && h.record.version == version
                             })
-                        });
+                        })
+                    });
                 if !ok {
                     let what = format!(
                         "{key} on n{x} (v{version}): backup {:?}, should be {want:?}",
@@ -1738,17 +1792,24 @@ impl Sim {
         // Stale backups: held for a node that does not run the key or has its backup elsewhere.
         let mut bad = Vec::new();
         for &b in &alive {
-            for (key, h) in self.nodes[b].dir.backups() {
+            for (key, h) in self.nodes[b]
+                .dir
+                .backups()
+                .iter()
+                .flat_map(|(k, list)| list.iter().map(move |h| (k, h)))
+            {
                 self.tally.checks[Invariant::StaleBackup as usize] += 1;
                 let from = self.index(&h.from);
                 let valid = self.nodes[from].alive
-                    && self.nodes[from]
-                        .dir
-                        .owned()
-                        .get(key)
-                        .is_some_and(|o| o.backup.as_ref() == Some(&self.ids[b]));
+                    && h.handoff.is_none()
+                    && self.nodes[from].dir.owned().get(key).is_some_and(|o| {
+                        o.backup.as_ref() == Some(&self.ids[b]) && o.epoch == h.epoch
+                    });
                 if !valid {
-                    let what = format!("n{b} holds a stale backup of {key} from {}", h.from);
+                    let what = format!(
+                        "n{b} holds a stale copy of {key} from {} ({:?}, {:?})",
+                        h.from, h.handoff, h.epoch
+                    );
                     bad.push(what);
                 }
             }

@@ -618,11 +618,14 @@ async fn a_leaving_node_hands_its_children_off_with_their_state_and_no_call_is_l
         );
     }
     // Hand-offs, not failovers from backups: the survivors adopted the children.
-    let mut adopted = 0;
+    let (mut adopted, mut failed_over) = (0, 0);
     while let Ok(e) = events.try_recv() {
-        if matches!(e.event, ChildEvent::FailedOver { .. }) {
-            adopted += 1;
+        match e.event {
+            ChildEvent::Adopted { .. } => adopted += 1,
+            ChildEvent::FailedOver { .. } => failed_over += 1,
+            _ => {}
         }
     }
-    assert!(adopted > 0);
+    assert!(adopted > 0, "no adoption seen on l1");
+    assert_eq!(failed_over, 0, "a graceful leave failed children over");
 }

@@ -351,7 +351,7 @@ impl Driver {
                         .values()
                         .filter(|r| r.handle.is_alive())
                         .count(),
-                    backups: self.dir.backups().len(),
+                    backups: self.dir.backup_count(),
                     unreplicated: self.dir.unreplicated(),
                 });
                 Vec::new()
@@ -641,6 +641,8 @@ impl Shared {
             config.distribution = opts.distribution.clone();
             config.intensity = opts.intensity;
             config.quorum = opts.quorum;
+            // Copies made by this run are told apart from those of earlier runs of this node.
+            config.incarnation = self.incarnation.get();
             let driver = Driver {
                 dir: Directory::new(config),
                 dist: Arc::downgrade(&dist),

@@ -254,7 +254,7 @@ pub(super) struct Pending {
 
 pub(crate) struct Shared {
     pub(super) id: NodeId,
-    incarnation: Incarnation,
+    pub(super) incarnation: Incarnation,
     key: ClusterKey,
     opts: NodeOptions,
     rpc_addr: SocketAddr,

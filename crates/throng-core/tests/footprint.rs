@@ -1,0 +1,88 @@
+//! The directory's memory per child: `size_of` of its entries and the heap a node uses per child
+//! it runs (owner side) and per backup it holds. Run with `--nocapture` to see the numbers.
+//! (A counting global allocator needs `unsafe`, allowed in this test only.)
+
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+
+use throng_core::directory::{Action, Backup, DirConfig, Directory, Owned, Record};
+use throng_core::{NodeId, RestartPolicy};
+
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const N: usize = 10_000;
+
+fn record(key: &str) -> Record {
+    Record {
+        key: key.to_owned(),
+        actor_type: "counter".into(),
+        args: Vec::new(),
+        policy: RestartPolicy::Permanent,
+        snapshot: Some(vec![0; 8]),
+        version: 1,
+    }
+}
+
+#[test]
+fn directory_bytes_per_child() {
+    let (a, b) = (NodeId::new("a").unwrap(), NodeId::new("b").unwrap());
+    let mut owner = Directory::new(DirConfig::new(a.clone()));
+    let mut backup = Directory::new(DirConfig::new(b.clone()));
+    owner.set_view([&a, &b]);
+    backup.set_view([&a, &b]);
+    let keys: Vec<String> = (0..)
+        .map(|i| format!("child-{i:08}"))
+        .filter(|k| owner.owner(k).as_ref() == Some(&a))
+        .take(N)
+        .collect();
+
+    // Owner side: start, spawned, acknowledged (the actions are dropped before measuring).
+    let before = LIVE.load(Ordering::Relaxed);
+    let mut acks = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        for action in owner.start(i as u64, record(k)) {
+            if let Action::Send { msg, .. } = action {
+                acks.extend(backup.receive(&a, msg));
+            }
+        }
+        drop(owner.spawned(k, Ok(())));
+    }
+    let both = LIVE.load(Ordering::Relaxed);
+    for action in acks.drain(..) {
+        if let Action::Send { msg, .. } = action {
+            drop(owner.receive(&b, msg));
+        }
+    }
+    let after = LIVE.load(Ordering::Relaxed);
+    assert_eq!(owner.unreplicated(), 0);
+    assert_eq!(backup.backup_count(), N);
+    let total = (after - before) as f64 / N as f64;
+    println!(
+        "size_of: Record {} B, Owned {} B, Backup {} B; heap per child, owner + backup \
+         directories: {total:.0} B (before acks: {:.0} B)",
+        size_of::<Record>(),
+        size_of::<Owned>(),
+        size_of::<Backup>(),
+        (both - before) as f64 / N as f64,
+    );
+    // A guard against regressions (about 1.7 KB today: the target is a few hundred bytes).
+    assert!(total < 2048.0, "{total} B per child");
+}

@@ -278,10 +278,10 @@ async fn watch_children(h: &'static Home) {
                 h.event(format!("{key} failed over here from {from} {how}"));
             }
             ChildEvent::Adopted { key, from } => {
+                Counters::bump(&c.handoffs);
                 h.event(format!("{key} handed over here by {from} with its state"));
             }
             ChildEvent::Migrated { key, to } => {
-                Counters::bump(&c.handoffs);
                 h.event(format!("{key} handed off to {to}"));
             }
             ChildEvent::Conflict { key, other, .. } => {

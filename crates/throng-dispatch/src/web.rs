@@ -307,13 +307,13 @@ async fn metrics(State(app): State<App>) -> Response {
     );
     let _ = writeln!(
         out,
-        "# HELP throng_handoffs_total Children handed off from this node to their new owner.\n# TYPE throng_handoffs_total counter\n\
+        "# HELP throng_handoffs_total Children handed over to this node with their exact state (a node left gracefully, or joined and rebalanced).\n# TYPE throng_handoffs_total counter\n\
          throng_handoffs_total{{node=\"{me}\"}} {}",
         get(&c.handoffs)
     );
     let _ = writeln!(
         out,
-        "# HELP throng_failovers_total Children taken over here from their snapshot (their node left, failed, or handed them off).\n# TYPE throng_failovers_total counter\n\
+        "# HELP throng_failovers_total Children restarted here from their replicated snapshot after their node failed.\n# TYPE throng_failovers_total counter\n\
          throng_failovers_total{{node=\"{me}\"}} {}",
         get(&c.failovers)
     );

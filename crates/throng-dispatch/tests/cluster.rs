@@ -211,14 +211,14 @@ fn heroes_move_with_their_state_when_nodes_stop_or_crash() {
     let moved = check_moved(&g, &victim, &before, since);
     assert!(moved > 0, "no hero of {victim} survived to move");
     assert!(
-        metric(&g, "throng_failovers_total") + {
+        metric(&g, "throng_handoffs_total") + {
             let other = NAMES
                 .iter()
                 .find(|n| **n != "gotham" && **n != victim)
                 .unwrap();
-            metric(&c.addr(other), "throng_failovers_total")
+            metric(&c.addr(other), "throng_handoffs_total")
         } > 0,
-        "failovers are counted"
+        "a graceful stop hands heroes over (counted as hand-offs, not failovers)"
     );
 
     // Crash the other survivor that is not gotham: its heroes fail over to gotham with state.

@@ -856,34 +856,32 @@ impl DistSupervisor {
     ) -> Result<A::Reply, CallError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let name = self.dist.export_name(key);
+        // Encoded once: sent as is to a remote owner, and kept in case the call must be sent
+        // again (the typed message goes to a local owner on the first attempt).
+        let body = postcard::to_allocvec(&msg).map_err(|e| CallError::Codec(e.to_string()))?;
         let mut first = Some(msg);
-        let mut again: Option<Vec<u8>> = None;
         let mut pause = Duration::from_millis(1);
         loop {
             let owner = self
                 .node_for(key)
                 .ok_or_else(|| CallError::NodeDown("(no node owns keys)".into()))?;
-            let msg = match first.take() {
-                Some(m) => {
-                    // Kept encoded in case the call must be sent again.
-                    again = Some(
-                        postcard::to_allocvec(&m).map_err(|e| CallError::Codec(e.to_string()))?,
-                    );
-                    m
-                }
-                None => postcard::from_bytes(again.as_deref().unwrap_or_default())
-                    .map_err(|e| CallError::Codec(e.to_string()))?,
-            };
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let result = if owner == self.shared.id {
+                let msg = match first.take() {
+                    Some(m) => m,
+                    None => {
+                        postcard::from_bytes(&body).map_err(|e| CallError::Codec(e.to_string()))?
+                    }
+                };
                 match self.shared.local_export::<A>(&name) {
                     Some(child) => child.call_timeout(msg, left).await,
                     None => Err(CallError::NoSuchActor(name.clone())),
                 }
             } else {
+                first = None;
                 self.shared
-                    .remote_ref::<A>(&owner, &name, false)
-                    .call_timeout(msg, left)
+                    .route::<A>(&owner, &name)
+                    .call_body(body.clone(), left)
                     .await
             };
             match result {

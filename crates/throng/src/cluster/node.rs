@@ -378,13 +378,26 @@ impl<A: Actor> RemoteRoute<A> {
     }
 
     pub(crate) async fn call(&self, msg: A::Msg, timeout: Duration) -> Result<A::Reply, CallError> {
+        let body = (self.encode)(&msg).map_err(CallError::Codec)?;
+        self.call_body(body, timeout).await
+    }
+
+    /// [`RemoteRoute::call`] with the message already encoded.
+    pub(crate) async fn call_body(
+        &self,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<A::Reply, CallError> {
         let down = || CallError::NodeDown(self.peer.to_string());
         let shared = self.shared().map_err(|_| down())?;
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = self.request(&msg, id, timeout).map_err(|e| match e {
-            SendError::Codec(m) => CallError::Codec(m),
-            _ => down(),
-        })?;
+        let frame = Frame::Request {
+            id,
+            to: self.name.clone(),
+            actor_type: self.actor_type.to_string(),
+            body,
+            timeout_ms: timeout.as_millis().min(u64::MAX as u128) as u64,
+        };
         Self::check_size(&shared, &frame)
             .map_err(|(size, max)| CallError::TooLarge { size, max })?;
         if self.peer == shared.id {
@@ -813,6 +826,23 @@ impl Shared {
 
     /// [`Shared::remote`]; without `monitor`, a transient reference for one request: no monitor
     /// is set up, so its handle does not follow the remote actor's exit.
+    /// A route to the actor exported as `name` on `peer`, for requests only (no handle, no
+    /// monitor).
+    pub(super) fn route<A: RemoteActor>(
+        self: &Arc<Self>,
+        peer: &NodeId,
+        name: &str,
+    ) -> RemoteRoute<A> {
+        RemoteRoute {
+            shared: Arc::downgrade(self),
+            peer: peer.clone(),
+            name: name.to_owned(),
+            actor_type: A::TYPE,
+            encode: |m| postcard::to_allocvec(m).map_err(|e| e.to_string()),
+            decode: |b| postcard::from_bytes(b).map_err(|e| e.to_string()),
+        }
+    }
+
     pub(super) fn remote_ref<A: RemoteActor>(
         self: &Arc<Self>,
         peer: &NodeId,

@@ -577,21 +577,9 @@ impl Driver {
 }
 
 fn log_event(sup: &str, event: &ChildEvent) {
+    // Per-child events come by the hundred thousand when a big node fails or a partition heals:
+    // they are for listeners (`DistSupervisor::events`) and debug logs, not for the default log.
     match event {
-        ChildEvent::FailedOver {
-            key,
-            from,
-            from_snapshot,
-        } => {
-            tracing::info!(supervisor = sup, %key, %from, from_snapshot, "child failed over")
-        }
-        ChildEvent::Conflict {
-            key,
-            other,
-            here_lost,
-        } => {
-            tracing::warn!(supervisor = sup, %key, %other, here_lost, "duplicate child resolved")
-        }
         ChildEvent::GaveUp { key, restarts } => {
             tracing::warn!(supervisor = sup, %key, restarts, "child restarted too often; removed")
         }

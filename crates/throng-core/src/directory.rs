@@ -1330,6 +1330,11 @@ impl Directory {
             .map(|(k, b)| (k.clone(), b.from.clone(), b.handoff))
             .collect();
         for (key, from, handoff) in orphaned {
+            if self.owner(&key).is_none() {
+                // Nobody to run it (this node leaves and sees no owner): keep the copy until
+                // the view has one.
+                continue;
+            }
             let Some(b) = self
                 .remove_copies(&key, |b| b.from == from && b.handoff == handoff)
                 .pop()
@@ -1518,9 +1523,7 @@ impl Directory {
                         record: b.record.clone(),
                         hops: 0,
                         tag,
-                        holders: h.map_or_else(Vec::new, |h| {
-                            h.olds.iter().filter(|o| o.node != *peer).cloned().collect()
-                        }),
+                        holders: h.map_or_else(Vec::new, |h| h.olds.clone()),
                         moved: h.is_some_and(|h| h.moved),
                     },
                 ));
@@ -1859,6 +1862,13 @@ impl Directory {
                 };
                 self.hold_olds(&key, copies);
                 self.insert_owned(record, Vec::new(), first, out);
+                if owner.is_some_and(|o| o != me) {
+                    // Not ours (kept after too many hops): it moves to its owner as soon as it
+                    // runs, rather than at the next view change (a leaving node must not keep
+                    // it, and the views may have settled already).
+                    self.move_queue.insert(key);
+                    self.pump_moves(out);
+                }
             }
         }
     }
@@ -1914,8 +1924,10 @@ impl Directory {
         h.to = to.clone();
         h.tag = tag;
         h.moved = moved;
-        // The receiver is told to drop its own backup copy itself only if it ends up elsewhere.
-        let holders: Vec<Holder> = h.olds.iter().filter(|o| o.node != *to).cloned().collect();
+        // The receiver drops the copies it holds itself as soon as it gets the record (which is
+        // at least as recent): a backup of the child, or a hand-off copy of its own that came
+        // back to it (views disagreed, the child was passed around).
+        let holders: Vec<Holder> = h.olds.clone();
         // The copy is held until `to` confirms (beside a backup from `to`, if any: that one
         // backs up another copy).
         self.put_copy(

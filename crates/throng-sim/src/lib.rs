@@ -5,9 +5,20 @@
 //! its [`Action`]s (spawning and stopping children, sending [`DirMsg`]s, answering requests), driven
 //! for `steps` ticks of virtual time. Every tick, due events are delivered (messages, spawn and stop
 //! completions, membership-view updates, client requests) and random operations are injected:
-//! client starts and terminates, child state updates and snapshots, child crashes and normal exits,
-//! node crashes and restarts (a restarted node is a fresh `Directory`), partitions and heals, and
-//! false suspicions (one node drops a live peer from its view for a while).
+//! client starts and terminates, client updates, snapshots, child crashes and normal exits, node
+//! crashes and restarts (a restarted node is a fresh `Directory`: a join, whose keys move to it),
+//! graceful leaves, partitions and heals, and false suspicions (one node drops a live peer from its
+//! view for a while).
+//!
+//! - **Updates.** A client sends an update to the owner of the child in its node's view. A child
+//!   that runs there accepts it and applies it at once (so it is in any later snapshot, the final
+//!   one of a drain-stop included); a child that is stopping (drain-stop for a move, terminate) or
+//!   not running there refuses it, and the client retries at the owner of the moment, like the
+//!   runtime's `call`. [`Invariant::Updates`] and [`Invariant::HandOff`] check that no accepted
+//!   update is lost or applied twice across moves and leaves.
+//! - **Graceful leave.** A leaving node calls [`Directory::leave`]; the others learn it leaves
+//!   (`set_members` with it among the leaving nodes) after random delays; once
+//!   [`Directory::handed_off`] holds and it holds nothing, it exits (a clean stop, not a crash).
 //!
 //! - **Network.** One connection per pair, FIFO like the TCP transport, with random delays (and
 //!   occasional long ones), so messages between different pairs reorder. Across a partition
@@ -95,11 +106,17 @@ pub enum Invariant {
     Runtime,
     /// The system becomes quiet once faults stop (no message storm or livelock).
     Quiescence,
+    /// A child handed off gracefully (a move: a node joined or leaves) starts on its new owner
+    /// from exactly its state at the drain-stop, every accepted update included.
+    HandOff,
+    /// Every update a child accepted (the client was told it was delivered) is in its state
+    /// exactly once: none lost, none applied twice, across moves and graceful leaves.
+    Updates,
 }
 
 impl Invariant {
     /// Every invariant, in report order.
-    pub const ALL: [Invariant; 10] = [
+    pub const ALL: [Invariant; 12] = [
         Invariant::Lost,
         Invariant::Duplicate,
         Invariant::Resurrected,
@@ -110,6 +127,8 @@ impl Invariant {
         Invariant::Replies,
         Invariant::Runtime,
         Invariant::Quiescence,
+        Invariant::HandOff,
+        Invariant::Updates,
     ];
 
     /// A short name.
@@ -125,6 +144,8 @@ impl Invariant {
             Invariant::Replies => "requests answered",
             Invariant::Runtime => "runtime contract",
             Invariant::Quiescence => "quiescence",
+            Invariant::HandOff => "hand-off keeps state",
+            Invariant::Updates => "updates exactly once",
         }
     }
 }
@@ -133,9 +154,9 @@ impl Invariant {
 #[derive(Debug, Clone, Default)]
 pub struct Tally {
     /// Checks performed, per invariant (indexed like [`Invariant::ALL`]).
-    pub checks: [u64; 10],
+    pub checks: [u64; 12],
     /// Violations found, per invariant.
-    pub violations: [u64; 10],
+    pub violations: [u64; 12],
     /// Checks skipped because the fault model allows the failure, by reason.
     pub excused: BTreeMap<&'static str, u64>,
     /// What happened: faults injected, messages, directory events, by kind.
@@ -269,6 +290,23 @@ enum Ev {
         inc: u64,
         req: u64,
     },
+    /// A client sends an update to the child `key` (at the owner in its node's view).
+    ClientUpdate {
+        key: String,
+        attempt: u32,
+    },
+    /// The update reaches `node`: delivered if the child runs there and accepts messages.
+    UpdateArrive {
+        node: usize,
+        inc: u64,
+        key: String,
+        attempt: u32,
+    },
+    /// A leaving node that handed everything off leaves the membership and exits.
+    Exit {
+        node: usize,
+        inc: u64,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -327,6 +365,10 @@ struct Node {
     dir: Directory,
     /// Who this node believes is up, with the incarnation it knows (itself included).
     view: BTreeMap<usize, u64>,
+    /// The nodes of `view` this node knows are leaving (itself included if it leaves).
+    view_leaving: BTreeSet<usize>,
+    /// This node leaves gracefully ([`Directory::leave`]); it exits once handed off.
+    leaving: bool,
     children: BTreeMap<String, Child>,
 }
 
@@ -357,6 +399,14 @@ struct KeyTrack {
     split: bool,
     /// The child takes snapshots.
     snapshots: bool,
+    /// The state every accepted update should have led to (snapshot-taking children only);
+    /// `None` once a fault allowed by the model may have lost or merged updates.
+    ledger: Option<u64>,
+    /// The state of the child at its latest drain-stop for a move.
+    /// The node and state of the child at its latest drain-stop for a move not yet adopted.
+    moved_state: Option<(usize, u64)>,
+    /// A copy was merged into another since the last convergence.
+    merged: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -417,6 +467,21 @@ fn state_of(record: &Record) -> Option<u64> {
     let s = record.snapshot.as_ref()?;
     let bytes: [u8; 8] = s.as_slice().try_into().ok()?;
     Some(u64::from_le_bytes(bytes))
+}
+
+/// Why a key's updates may legitimately have been lost or merged since the last convergence.
+fn lossy_excuse(t: &KeyTrack) -> Option<&'static str> {
+    if t.split {
+        Some("split brain (two copies, or a removal and a failover, on two sides)")
+    } else if t.merged {
+        Some("two copies merged (views disagreed)")
+    } else if !t.crashed_holders.is_empty() || t.sole_copy_lost {
+        Some("a node holding a copy crashed (restart from an older snapshot)")
+    } else if t.removal_ok {
+        Some("removal begun, not acknowledged (failed over from an older backup)")
+    } else {
+        None
+    }
 }
 
 fn encode(state: u64) -> Vec<u8> {
@@ -504,6 +569,8 @@ impl Sim {
                 side: 0,
                 dir,
                 view: (0..n).map(|j| (j, 0)).collect(),
+                view_leaving: BTreeSet::new(),
+                leaving: false,
                 children: BTreeMap::new(),
             });
         }
@@ -582,7 +649,7 @@ impl Sim {
     fn inject(&mut self) {
         let r: f64 = self.rng.random();
         // One operation at most per step, by weight.
-        let ops: [(f64, Op); 10] = [
+        let ops: [(f64, Op); 11] = [
             (0.08, Sim::op_start),
             (0.01, Sim::op_terminate),
             (0.15, Sim::op_update),
@@ -593,6 +660,7 @@ impl Sim {
             (0.003, Sim::op_partition),
             (0.01, Sim::op_heal),
             (0.003, Sim::op_suspect),
+            (0.003, Sim::op_leave),
         ];
         let mut acc = 0.0;
         for (p, op) in ops {
@@ -636,6 +704,9 @@ impl Sim {
                 sole_copy_lost: false,
                 split: false,
                 snapshots: id % 4 != 0,
+                ledger: (id % 4 != 0).then_some(0),
+                moved_state: None,
+                merged: false,
             },
         );
         self.key_list.push(key.clone());
@@ -681,18 +752,153 @@ impl Sim {
         Some((node, key))
     }
 
+    /// A client sends an update to a child that runs somewhere.
     fn op_update(&mut self) {
-        let Some((node, key)) = self.pick_child() else {
+        let Some((_, key)) = self.pick_child() else {
             return;
         };
-        let child = self.nodes[node].children.get_mut(&key).expect("picked");
+        self.tally.event("op: update");
+        self.client_update(key, 0);
+    }
+
+    /// The client sends the update to the owner of the moment in its node's view.
+    fn client_update(&mut self, key: String, attempt: u32) {
+        let Some(node) = self.route(&key) else {
+            self.retry_update(key, attempt);
+            return;
+        };
+        let inc = self.nodes[node].inc;
+        let d = self.delay((1, 8));
+        self.schedule(
+            d,
+            Ev::UpdateArrive {
+                node,
+                inc,
+                key,
+                attempt,
+            },
+        );
+    }
+
+    fn retry_update(&mut self, key: String, attempt: u32) {
+        if attempt + 1 >= MAX_ATTEMPTS {
+            self.tally.event("update: client gave up");
+            return;
+        }
+        let d = self.delay(RETRY_DELAY);
+        self.schedule(
+            d,
+            Ev::ClientUpdate {
+                key,
+                attempt: attempt + 1,
+            },
+        );
+    }
+
+    /// An update reaches `node`. A child that runs there accepts it (and applies it before any
+    /// later stop: a drain-stop processes what the mailbox accepted); a child that is stopping
+    /// (drain-stop for a move, terminate) or not running there refuses it: the client is told
+    /// it was not delivered and retries at the owner of the moment.
+    fn update_arrive(&mut self, node: usize, inc: u64, key: String, attempt: u32) {
+        if !self.nodes[node].alive || self.nodes[node].inc != inc {
+            // Lost with the node (the client sees the connection fail: maybe handled, not here).
+            self.tally.event("update: lost with its node");
+            return;
+        }
+        let Some(child) = self.nodes[node]
+            .children
+            .get_mut(&key)
+            .filter(|c| c.phase == ChildPhase::Running)
+        else {
+            self.tally.event("update: not delivered (retried)");
+            trace!(self, "n{node}: update of {key} not delivered");
+            self.retry_update(key, attempt);
+            return;
+        };
         child.state += 1;
         let state = child.state;
-        self.tally.event("op: update");
-        if self.keys[&key].snapshots && self.rng.random_bool(0.5) {
+        self.tally.event("update: delivered");
+        let t = self.keys.get_mut(&key).expect("tracked");
+        if let Some(l) = &mut t.ledger {
+            *l += 1;
+        }
+        if t.snapshots && self.rng.random_bool(0.5) {
             trace!(self, "n{node}: {key} state {state}, snapshot");
             let actions = self.nodes[node].dir.snapshot(&key, encode(state));
             self.apply(node, actions);
+        } else {
+            trace!(self, "n{node}: {key} state {state}");
+        }
+    }
+
+    /// A node leaves gracefully: it hands its children off, then exits.
+    fn op_leave(&mut self) {
+        let alive = self.alive_nodes();
+        let leaving = alive.iter().filter(|&&i| self.nodes[i].leaving).count();
+        let down = self.nodes.len() - alive.len();
+        if alive.len() - leaving <= 1 || down + leaving >= self.config.max_down {
+            return;
+        }
+        let candidates: Vec<usize> = alive
+            .into_iter()
+            .filter(|&i| !self.nodes[i].leaving)
+            .collect();
+        let j = candidates[self.rng.random_range(0..candidates.len())];
+        self.tally.event("op: graceful leave");
+        trace!(self, "LEAVE n{j}");
+        self.nodes[j].leaving = true;
+        self.nodes[j].view_leaving.insert(j);
+        let actions = self.nodes[j].dir.leave();
+        self.apply(j, actions);
+        for i in 0..self.nodes.len() {
+            if i != j && self.nodes[i].alive {
+                let d = self.delay((5, 60));
+                self.schedule(
+                    d,
+                    Ev::View {
+                        observer: i,
+                        subject: j,
+                    },
+                );
+            }
+        }
+    }
+
+    /// A leaving node whose directory handed everything off leaves the membership and exits.
+    fn exit(&mut self, j: usize, inc: u64) {
+        let n = &self.nodes[j];
+        if !n.alive || n.inc != inc || !n.leaving {
+            return;
+        }
+        let d = &n.dir;
+        if !(d.handed_off() && d.owned().is_empty() && d.backups().is_empty()) {
+            return;
+        }
+        self.tally.event("graceful exit");
+        trace!(self, "EXIT n{j} (left gracefully)");
+        if !self.nodes[j].children.is_empty() {
+            let what = format!(
+                "n{j} exits with children {:?}",
+                self.nodes[j].children.keys().collect::<Vec<_>>()
+            );
+            self.fail(Invariant::Runtime, what);
+        }
+        let node = &mut self.nodes[j];
+        node.alive = false;
+        node.leaving = false;
+        node.children.clear();
+        self.pending.retain(|_, p| !(p.node == j && p.arrived));
+        for i in 0..self.nodes.len() {
+            if i != j && self.nodes[i].alive {
+                let d = self.delay((5, 60));
+                self.schedule(
+                    d,
+                    Ev::View {
+                        observer: i,
+                        subject: j,
+                    },
+                );
+            }
         }
     }
 
@@ -703,6 +909,8 @@ impl Sim {
         self.nodes[node].children.remove(&key);
         self.tally.event("op: child crash");
         trace!(self, "n{node}: {key} crashes");
+        // It restarts from its latest snapshot: the updates since are lost (allowed).
+        self.keys.get_mut(&key).expect("tracked").ledger = None;
         if !self.keys[&key]
             .record
             .policy
@@ -740,7 +948,8 @@ impl Sim {
     fn op_node_crash(&mut self) {
         let alive = self.alive_nodes();
         let down = self.nodes.len() - alive.len();
-        if alive.len() <= 1 || down >= self.config.max_down {
+        let leaving = alive.iter().filter(|&&i| self.nodes[i].leaving).count();
+        if alive.len() - leaving <= 1 || down + leaving >= self.config.max_down {
             return;
         }
         let j = alive[self.rng.random_range(0..alive.len())];
@@ -759,13 +968,20 @@ impl Sim {
                 .collect()
         };
         self.nodes[j].alive = false;
+        self.nodes[j].leaving = false;
         self.nodes[j].children.clear();
         // Copies that survive: run or backed up on a live node, or in flight to one.
         let mut elsewhere: BTreeSet<&str> = BTreeSet::new();
         for (i, n) in self.nodes.iter().enumerate() {
             if i != j && n.alive {
                 elsewhere.extend(n.dir.owned().keys().map(String::as_str));
-                elsewhere.extend(n.dir.backups().keys().map(String::as_str));
+                elsewhere.extend(
+                    n.dir
+                        .backups()
+                        .iter()
+                        .filter(|(k, list)| list.iter().any(|b| self.live_copy(k, b)))
+                        .map(|(k, _)| k.as_str()),
+                );
             }
         }
         for (from, links) in self.links.iter().enumerate() {
@@ -774,10 +990,9 @@ impl Sim {
                     continue;
                 }
                 for p in link {
-                    if let DirMsg::Replicate { record, .. } | DirMsg::Adopt { record, .. } = &p.msg
-                    {
+                    if let Some(key) = self.live_in_flight(from, &p.msg) {
                         if self.nodes[to].inc == p.to_inc && self.nodes[from].inc == p.from_inc {
-                            elsewhere.insert(record.key.as_str());
+                            elsewhere.insert(key);
                         }
                     }
                 }
@@ -805,8 +1020,13 @@ impl Sim {
         for key in &held {
             if let Some(t) = self.keys.get_mut(key) {
                 t.crashed_holders.insert(j);
+                t.ledger = None;
             }
         }
+        trace!(
+            self,
+            "n{j} took the last copy of {lost:?} (unbacked {unbacked:?}, held {held:?})"
+        );
         for key in lost {
             if let Some(t) = self.keys.get_mut(&key) {
                 t.sole_copy_lost = true;
@@ -844,6 +1064,8 @@ impl Sim {
         self.heard[j] = vec![None; self.nodes.len()];
         let node = &mut self.nodes[j];
         node.view = BTreeMap::from([(j, node.inc)]);
+        node.view_leaving.clear();
+        node.leaving = false;
         node.children.clear();
         trace!(self, "RESTART n{j} (incarnation {})", self.nodes[j].inc);
         for i in 0..self.nodes.len() {
@@ -973,6 +1195,7 @@ impl Sim {
                     // runtime reports the old one down first.
                     trace!(self, "n{x}: n{y} reconnects as a new incarnation");
                     self.nodes[x].view.remove(&y);
+                    self.nodes[x].view_leaving.remove(&y);
                     self.push_view(x);
                 }
                 None => {}
@@ -995,6 +1218,7 @@ impl Sim {
         self.views_split = true;
         trace!(self, "n{i} falsely suspects n{j}");
         self.nodes[i].view.remove(&j);
+        self.nodes[i].view_leaving.remove(&j);
         self.reset_connection(i, j);
         self.push_view(i);
         let d = self.delay((10, 80));
@@ -1008,14 +1232,26 @@ impl Sim {
     }
 
     fn push_view(&mut self, i: usize) {
-        let ids: Vec<NodeId> = self.nodes[i]
+        let n = &self.nodes[i];
+        let owners: Vec<NodeId> = n
             .view
             .keys()
+            .filter(|j| !n.view_leaving.contains(j))
             .map(|&j| self.ids[j].clone())
             .collect();
-        trace!(self, "n{i}: view {:?}", self.nodes[i].view.keys());
+        let leaving: Vec<NodeId> = n
+            .view_leaving
+            .iter()
+            .map(|&j| self.ids[j].clone())
+            .collect();
+        trace!(
+            self,
+            "n{i}: view {:?} leaving {:?}",
+            self.nodes[i].view.keys(),
+            self.nodes[i].view_leaving
+        );
         self.tally.event("view change");
-        let actions = self.nodes[i].dir.set_view(ids.iter());
+        let actions = self.nodes[i].dir.set_members(owners.iter(), leaving.iter());
         self.apply(i, actions);
     }
 
@@ -1074,6 +1310,19 @@ impl Sim {
                 }
                 let snapshot = self.keys[&key].snapshots.then(|| encode(child.state));
                 trace!(self, "n{node}: {key} stopped (state {})", child.state);
+                let moving = self.nodes[node]
+                    .dir
+                    .owned()
+                    .get(&key)
+                    .is_some_and(|o| o.phase == throng_core::directory::Phase::Moving);
+                if moving {
+                    let t = self.keys.get_mut(&key).expect("tracked");
+                    if t.moved_state.is_some_and(|(other, _)| other != node) {
+                        // Another copy is moving too and was not adopted yet: two lineages.
+                        t.split = true;
+                    }
+                    t.moved_state = Some((node, child.state));
+                }
                 let now = Duration::from_millis(self.now);
                 let actions = self.nodes[node]
                     .dir
@@ -1100,6 +1349,14 @@ impl Sim {
                 self.apply(node, actions);
             }
             Ev::ClientTerm { key, attempt } => self.client_term(key, attempt),
+            Ev::ClientUpdate { key, attempt } => self.client_update(key, attempt),
+            Ev::UpdateArrive {
+                node,
+                inc,
+                key,
+                attempt,
+            } => self.update_arrive(node, inc, key, attempt),
+            Ev::Exit { node, inc } => self.exit(node, inc),
             Ev::TermArrive { node, inc, req } => {
                 let Some(p) = self.pending.get_mut(&req) else {
                     return;
@@ -1195,24 +1452,39 @@ impl Sim {
             .then_some(self.nodes[subject].inc);
         let current = self.nodes[observer].view.get(&subject).copied();
         let heard = self.heard[observer][subject];
-        if current.is_none() && heard.is_some() && (!self.nodes[subject].alive || heard < target) {
+        let heard_dead = !self.nodes[subject].alive || heard != Some(self.nodes[subject].inc);
+        if current.is_none() && heard.is_some() && heard_dead {
             // The membership reports a node this one never had in its view as dead, or back as
             // a new incarnation: the runtime reports the incarnation it heard from as down.
             let actions = self.nodes[observer].dir.node_down(&self.ids[subject]);
             self.apply(observer, actions);
         }
+        let target_leaving = target.is_some() && self.nodes[subject].leaving;
         if current == target {
+            if self.nodes[observer].view_leaving.contains(&subject) != target_leaving {
+                // The membership tells it leaves.
+                if target_leaving {
+                    self.nodes[observer].view_leaving.insert(subject);
+                } else {
+                    self.nodes[observer].view_leaving.remove(&subject);
+                }
+                self.push_view(observer);
+            }
             return;
         }
         if current.is_some() {
             // Gone, or back as a new incarnation: it leaves the view first, and the runtime
             // closes the connection to it.
             self.nodes[observer].view.remove(&subject);
+            self.nodes[observer].view_leaving.remove(&subject);
             self.reset_connection(observer, subject);
             self.push_view(observer);
         }
         if let Some(inc) = target {
             self.nodes[observer].view.insert(subject, inc);
+            if target_leaving {
+                self.nodes[observer].view_leaving.insert(subject);
+            }
             self.push_view(observer);
         }
     }
@@ -1233,21 +1505,66 @@ impl Sim {
 
     /// Whether a live node runs or holds a copy of `key`, or one is in flight to a live node.
     fn has_copy(&self, key: &str) -> bool {
+        self.has_copy_besides(key, usize::MAX, false)
+    }
+
+    /// Whether the copy `b` of `key` can still become a running child: a hand-off copy, or a
+    /// backup whose origin is down (it fails over) or still runs that lineage. A backup its live
+    /// origin no longer needs (a late replication) is dropped, not failed over.
+    fn live_copy(&self, key: &str, b: &throng_core::directory::Backup) -> bool {
+        let from = self.index(&b.from);
+        b.handoff.is_some()
+            || !self.nodes[from].alive
+            || self.nodes[from]
+                .dir
+                .owned()
+                .get(key)
+                .is_some_and(|o| o.epoch == b.epoch)
+    }
+
+    /// The key of a copy in flight from `from` that can become a running child: an adoption,
+    /// or a replication of a lineage `from` still runs (or of a node that is down: it fails
+    /// over). A late replication its live sender no longer needs is dropped on arrival.
+    fn live_in_flight<'m>(&self, from: usize, msg: &'m DirMsg) -> Option<&'m str> {
+        match msg {
+            DirMsg::Adopt { record, .. } => Some(record.key.as_str()),
+            DirMsg::Replicate { record, epoch } => (!self.nodes[from].alive
+                || self.nodes[from]
+                    .dir
+                    .owned()
+                    .get(&record.key)
+                    .is_some_and(|o| o.epoch == *epoch))
+            .then_some(record.key.as_str()),
+            _ => None,
+        }
+    }
+
+    /// [`Sim::has_copy`], not counting the copies on `node`, sent by it or to it, nor the
+    /// backups of its copy; with `adopted`, not the hand-off copies held for it either (the copy
+    /// it just took).
+    fn has_copy_besides(&self, key: &str, node: usize, adopted: bool) -> bool {
         let n = self.nodes.len();
         (0..n).any(|i| {
-            self.nodes[i].alive
+            i != node
+                && self.nodes[i].alive
                 && (self.nodes[i].dir.owned().contains_key(key)
-                    || self.nodes[i].dir.backups().contains_key(key)
+                    || self.nodes[i].dir.backups().get(key).is_some_and(|list| {
+                        // A copy handed to `node`, or a backup of `node`'s own copy, is
+                        // the same lineage.
+                        list.iter().any(|b| {
+                            (self.index(&b.from) != node || (b.handoff.is_some() && !adopted))
+                                && self.live_copy(key, b)
+                        })
+                    })
                     || self.nodes[i]
                         .children
                         .values()
                         .any(|c| c.merging.as_ref().is_some_and(|r| r.key == key)))
-        }) || (0..n).any(|from| {
-            (0..n).any(|to| {
+        }) || (0..n).filter(|&from| from != node).any(|from| {
+            (0..n).filter(|&to| to != node).any(|to| {
                 self.nodes[to].alive
                     && self.links[from][to].iter().any(|p| {
-                        matches!(&p.msg, DirMsg::Replicate { record: r, .. } | DirMsg::Adopt { record: r, .. }
-                            if r.key == key)
+                        self.live_in_flight(from, &p.msg) == Some(key)
                             && self.nodes[to].inc == p.to_inc
                             && self.nodes[from].inc == p.from_inc
                     })
@@ -1305,6 +1622,22 @@ impl Sim {
             DirMsg::Drop { key, .. } if !self.nodes[from].alive => Some(key.clone()),
             _ => None,
         };
+        if let DirMsg::Adopt {
+            record,
+            moved: false,
+            ..
+        } = &msg
+        {
+            // A failed-over copy passed on (it may move on before its `FailedOver` event): with
+            // views split, a removal on the other side does not reach it.
+            if self.views_split {
+                if let Some(t) = self.keys.get_mut(&record.key) {
+                    if t.expect == Expect::Gone || t.removal_ok {
+                        t.split = true;
+                    }
+                }
+            }
+        }
         let actions = self.nodes[to].dir.receive(&self.ids[from], msg);
         if let Some((key, state)) = replicated {
             let was_acked = actions.iter().any(
@@ -1323,7 +1656,17 @@ impl Sim {
                 o.record.version == version && o.backup.as_ref() == Some(&self.ids[from])
             }) && self.nodes[from].alive;
             if full {
+                let state = self.nodes[to]
+                    .dir
+                    .owned()
+                    .get(&key)
+                    .and_then(|o| state_of(&o.record));
                 if let Some(t) = self.keys.get_mut(&key) {
+                    if t.crashed_holders.len() >= 2 || t.sole_copy_lost {
+                        // The fault's loss (if any) is behind: the state to keep from now on
+                        // is the one replicated again.
+                        t.floor = state.unwrap_or(0);
+                    }
                     t.crashed_holders.clear();
                     t.sole_copy_lost = false;
                 }
@@ -1378,6 +1721,12 @@ impl Sim {
                         Action::Merge { theirs, .. } => Some(theirs.clone()),
                         _ => None,
                     };
+                    if merging.is_some() {
+                        if let Some(t) = self.keys.get_mut(&key) {
+                            t.merged = true;
+                            t.ledger = None;
+                        }
+                    }
                     match self.nodes[node].children.get_mut(&key) {
                         Some(c) if c.phase == ChildPhase::Running => {
                             c.phase = ChildPhase::Stopping;
@@ -1448,11 +1797,16 @@ impl Sim {
                                 t.removal_began.get_or_insert(self.now);
                             }
                         }
-                        ChildEvent::FailedOver { key, .. } if self.views_split => {
+                        ChildEvent::FailedOver { key, .. } => {
                             // A backup on the other side of a partition (or of a false
-                            // suspicion) failed over a child removed on this side.
+                            // suspicion) failed over a child removed on this side, or while
+                            // another copy of it exists: two lineages.
+                            let other = self.has_copy_besides(&key, node, true);
+                            let views_split = self.views_split;
                             if let Some(t) = self.keys.get_mut(&key) {
-                                if t.expect == Expect::Gone || t.removal_ok {
+                                if other
+                                    || (views_split && (t.expect == Expect::Gone || t.removal_ok))
+                                {
                                     t.split = true;
                                 }
                             }
@@ -1464,9 +1818,57 @@ impl Sim {
                                 }
                             }
                         }
+                        ChildEvent::Adopted { key, .. } => self.check_handoff(node, &key),
+                        ChildEvent::Started { key } if self.has_copy_besides(&key, node, false) => {
+                            // A start while a copy of the child exists elsewhere (a start
+                            // retried at another owner while views disagreed during a move):
+                            // two lineages, merged once they meet.
+                            if let Some(t) = self.keys.get_mut(&key) {
+                                t.split = true;
+                            }
+                        }
                         _ => {}
                     }
                 }
+            }
+        }
+        let n = &self.nodes[node];
+        if n.alive
+            && n.leaving
+            && n.dir.handed_off()
+            && n.dir.owned().is_empty()
+            && n.dir.backups().is_empty()
+        {
+            let inc = n.inc;
+            self.schedule(1, Ev::Exit { node, inc });
+        }
+    }
+
+    /// A child handed off gracefully started on `node`: its state must be its state at the
+    /// drain-stop (every update it accepted before included, none after).
+    fn check_handoff(&mut self, node: usize, key: &str) {
+        let Some(t) = self.keys.get(key) else {
+            return;
+        };
+        let (Some((_, moved)), true) = (t.moved_state, t.snapshots) else {
+            return;
+        };
+        let excuse = lossy_excuse(t);
+        self.keys.get_mut(key).expect("tracked").moved_state = None;
+        let Some(state) = self.nodes[node].children.get(key).map(|c| c.state) else {
+            return;
+        };
+        self.check(Invariant::HandOff);
+        if state == moved {
+            return;
+        }
+        match excuse {
+            Some(why) => self.tally.excuse(why),
+            None => {
+                let what = format!(
+                    "{key} adopted by n{node} with state {state}, drain-stopped at {moved}"
+                );
+                self.fail(Invariant::HandOff, what);
             }
         }
     }
@@ -1769,7 +2171,27 @@ impl Sim {
                     }
                 }
             }
+            // Accepted updates, exactly once.
+            if let ([x], Expect::Running, Some(want)) = (&nodes[..], t.expect, t.ledger) {
+                self.check(Invariant::Updates);
+                let state = self.nodes[*x].children[&key].state;
+                if state != want {
+                    match lossy_excuse(&t) {
+                        Some(why) => self.tally.excuse(why),
+                        None => {
+                            let what = format!(
+                                "{key} on n{x} has state {state}, accepted updates make {want}"
+                            );
+                            self.fail(Invariant::Updates, what);
+                        }
+                    }
+                }
+            }
             // New epoch.
+            let running_state = match nodes[..] {
+                [x] => Some(self.nodes[x].children[&key].state),
+                _ => None,
+            };
             let durable = match nodes[..] {
                 [x] => self.nodes[x]
                     .dir
@@ -1783,6 +2205,9 @@ impl Sim {
             t.crashed_holders.clear();
             t.sole_copy_lost = false;
             t.floor = durable.unwrap_or(0);
+            t.merged = false;
+            t.moved_state = None;
+            t.ledger = if t.snapshots { running_state } else { None };
             t.expect = match (t.expect, nodes.len()) {
                 (Expect::Gone, 0) => Expect::Gone,
                 (_, 1) => Expect::Running,

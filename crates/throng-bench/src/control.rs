@@ -606,7 +606,63 @@ const ROWS: &[(&str, &str, &str)] = &[
         "caller_failed",
         "graceful: of which failed or wrong",
     ),
+    ("join", "moved", "join: children moved to the new node"),
+    (
+        "join",
+        "rebalanced_ms",
+        "join: all on their new owners (ms from the node's start)",
+    ),
+    (
+        "join",
+        "kept_state",
+        "join: children answering with their exact state",
+    ),
+    ("join", "lost", "join: children unreachable afterwards"),
+    ("join", "caller_calls", "join: calls by a concurrent caller"),
+    ("join", "caller_failed", "join: of which failed or wrong"),
+    (
+        "names",
+        "register_ms",
+        "registry: register N names on n1 (ms)",
+    ),
+    (
+        "names",
+        "visible_everywhere_ms",
+        "registry: all N visible on both other nodes (ms)",
+    ),
+    (
+        "names",
+        "visibility_p50_ms",
+        "registry: visibility p50 (ms)",
+    ),
+    (
+        "names",
+        "visibility_p99_ms",
+        "registry: visibility p99 (ms)",
+    ),
+    ("names", "unseen", "registry: names never seen"),
 ];
+
+/// `throng-bench table FILE`: print the table of a `--json` file again.
+pub fn table(args: &[String]) -> ExitCode {
+    let Some(path) = args.first() else {
+        eprintln!("table: missing FILE");
+        return ExitCode::from(2);
+    };
+    match std::fs::read_to_string(path)
+        .map_err(|e| e.to_string())
+        .and_then(|t| serde_json::from_str::<Vec<Value>>(&t).map_err(|e| e.to_string()))
+    {
+        Ok(results) => {
+            print_table(&results);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("table: {path}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
 
 fn print_table(results: &[Value]) {
     let ns: Vec<u64> = {

@@ -24,10 +24,12 @@ async fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("node") => node::run(&args[1..]).await,
         Some("cluster") => control::run(&args[1..]).await,
+        Some("table") => control::table(&args[1..]),
         _ => {
             eprintln!(
                 "usage:\n  throng-bench cluster [--nodes 3] [--children 1000,10000] [--repeat 3] \
-                 [--json FILE] [--svg FILE] [--skip-graceful]\n  throng-bench node NAME [SEED] \
+                 [--json FILE] [--svg FILE] [--skip-graceful] [--skip-join] [--names N,..]\n  throng-bench table FILE.json \
+                 (the table of a --json file)\n  throng-bench node NAME [SEED] \
                  (started by `cluster`)"
             );
             ExitCode::from(2)

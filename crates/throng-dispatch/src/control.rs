@@ -1,4 +1,4 @@
-//! The control actor every node exports as [`CONTROL_EXPORT`], so any node's page can act on any
+//! The control actor every node exports as [`crate::home::CONTROL_EXPORT`], so any node's page can act on any
 //! node: tell its page address and city, stop it gracefully, crash it, bomb its city.
 
 use std::time::Duration;

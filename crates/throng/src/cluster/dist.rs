@@ -57,6 +57,9 @@ pub struct DistOptions {
     pub nodes: Option<BTreeSet<NodeId>>,
     /// Restart intensity, counted per child.
     pub intensity: Intensity,
+    /// Rebalancing throttle: at most this many children of this supervisor are moving off this
+    /// node at once (a join or a leave moves the rest as these complete).
+    pub max_moves: usize,
 }
 
 impl Default for DistOptions {
@@ -66,6 +69,7 @@ impl Default for DistOptions {
             quorum: None,
             nodes: None,
             intensity: Intensity::default(),
+            max_moves: throng_core::directory::DEFAULT_MAX_MOVES,
         }
     }
 }
@@ -76,6 +80,7 @@ impl std::fmt::Debug for DistOptions {
             .field("quorum", &self.quorum)
             .field("nodes", &self.nodes)
             .field("intensity", &self.intensity)
+            .field("max_moves", &self.max_moves)
             .finish_non_exhaustive()
     }
 }
@@ -629,6 +634,7 @@ impl Shared {
             config.distribution = opts.distribution.clone();
             config.intensity = opts.intensity;
             config.quorum = opts.quorum;
+            config.max_moves = opts.max_moves.max(1);
             // Copies made by this run are told apart from those of earlier runs of this node.
             config.incarnation = self.incarnation.get();
             let driver = Driver {

@@ -1594,6 +1594,21 @@ impl Sim {
             self.message_lost(&msg);
             return;
         }
+        if self.heard[to][from].is_some_and(|h| h != from_inc)
+            && !self.nodes[to].view.contains_key(&from)
+        {
+            // The first message of a new incarnation of a node this one heard from but never had
+            // in its view: the handshake tells the old incarnation is gone, and the runtime
+            // reports it down before delivering anything from the new one (otherwise the backups
+            // the old one replicated here would never be failed over, and the new incarnation's
+            // `Held` reconciliation would drop them: the child is lost).
+            trace!(
+                self,
+                "n{to}: n{from} is back as a new incarnation (old one down)"
+            );
+            let actions = self.nodes[to].dir.node_down(&self.ids[from]);
+            self.apply(to, actions);
+        }
         trace!(self, "n{from}->n{to} {msg:?}");
         self.heard[to][from] = Some(from_inc);
         if !self.nodes[from].alive && !self.nodes[to].view.contains_key(&from) {

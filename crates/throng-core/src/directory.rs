@@ -1552,6 +1552,14 @@ impl Directory {
         out.push(send(peer, DirMsg::Held { keys }));
     }
 
+    /// Whether the copy of `key` that `from` holds for this node (lineage `epoch`, holder `h`) is
+    /// still needed: it backs the running copy, or an old backup or hand-off not yet settled.
+    fn wants_copy(&self, key: &str, from: &NodeId, epoch: Epoch, h: &Holder) -> bool {
+        self.owned.get(key).is_some_and(|o| {
+            (o.epoch == epoch && o.backup.as_ref() == Some(from)) || o.old_backups.contains(h)
+        }) || self.handoffs.get(key).is_some_and(|ho| ho.olds.contains(h))
+    }
+
     /// A message from the directory on `from`.
     pub fn receive(&mut self, from: &NodeId, msg: DirMsg) -> Vec<Action> {
         let mut out = Vec::new();
@@ -1634,14 +1642,7 @@ impl Directory {
                 epoch,
             } => {
                 let h = Holder::backup(from.clone(), &self.config.me, epoch);
-                let wanted = self.owned.get(&key).is_some_and(|o| {
-                    (o.epoch == epoch && o.backup.as_ref() == Some(from))
-                        || o.old_backups.contains(&h)
-                }) || self
-                    .handoffs
-                    .get(&key)
-                    .is_some_and(|ho| ho.olds.contains(&h));
-                if !wanted {
+                if !self.wants_copy(&key, from, epoch, &h) {
                     // A late replication (held by a partition, or sent before a move): the
                     // copy it left at `from` is not needed.
                     out.push(h.drop_msg(&key));
@@ -1734,14 +1735,7 @@ impl Directory {
                 }
                 for (key, epoch) in keys {
                     let h = Holder::backup(from.clone(), &self.config.me, epoch);
-                    let needed = self.owned.get(&key).is_some_and(|o| {
-                        (o.epoch == epoch && o.backup.as_ref() == Some(from))
-                            || o.old_backups.contains(&h)
-                    }) || self
-                        .handoffs
-                        .get(&key)
-                        .is_some_and(|ho| ho.olds.contains(&h));
-                    if !needed {
+                    if !self.wants_copy(&key, from, epoch, &h) {
                         out.push(h.drop_msg(&key));
                     }
                 }

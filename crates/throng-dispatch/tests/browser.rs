@@ -273,21 +273,12 @@ fn a_stopped_nodes_heroes_reappear_on_the_page_with_their_record() {
         );
     }
 
-    // Let them fight a little, then stop the node (not gotham) hosting the most of them.
-    std::thread::sleep(Duration::from_millis(3 * TICK_MS));
-    let all = b.heroes();
-    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
-    for h in all.values() {
-        *per_node.entry(h.node.clone()).or_default() += 1;
-    }
-    let victim = per_node
-        .iter()
-        .filter(|(n, _)| n.as_str() != "gotham")
-        .max_by_key(|(_, k)| **k)
-        .map(|(n, _)| n.clone())
-        .expect("some heroes away from gotham");
-    let before: BTreeMap<String, Hero> =
-        all.into_iter().filter(|(_, h)| h.node == victim).collect();
+    // Once they have fought a little, stop the node (not gotham) hosting the most of them.
+    let all = eventually("heroes to fight", Duration::from_secs(30), || {
+        let all = b.heroes();
+        have_fought(&all, 3).then_some(all)
+    });
+    let (victim, before) = busiest_node_but(all, "gotham");
     eprintln!(
         "stopping {victim}, host of {:?}",
         before.keys().collect::<Vec<_>>()

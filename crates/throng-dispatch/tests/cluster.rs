@@ -177,21 +177,12 @@ fn heroes_move_with_their_state_when_nodes_stop_or_crash() {
         (!by_name(&m).contains_key("Hero-00")).then_some(())
     });
 
-    // Let them fight a little, then stop the node that hosts the most heroes, gracefully.
-    std::thread::sleep(Duration::from_millis(4 * TICK_MS));
-    let all = by_name(&g);
-    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
-    for h in all.values() {
-        *per_node.entry(h.node.clone()).or_default() += 1;
-    }
-    let victim = per_node
-        .iter()
-        .filter(|(n, _)| n.as_str() != "gotham")
-        .max_by_key(|(_, k)| **k)
-        .map(|(n, _)| n.clone())
-        .expect("heroes on metropolis or capitol");
-    let before: BTreeMap<String, Hero> =
-        all.into_iter().filter(|(_, h)| h.node == victim).collect();
+    // Once they have fought a little, stop the node that hosts the most heroes, gracefully.
+    let all = eventually("heroes to fight", Duration::from_secs(30), || {
+        let all = by_name(&g);
+        have_fought(&all, 3).then_some(all)
+    });
+    let (victim, before) = busiest_node_but(all, "gotham");
     assert!(!before.is_empty());
     let since = Instant::now();
     let r = http("POST", &g, &format!("/api/nodes/{victim}/stop"), None).unwrap();

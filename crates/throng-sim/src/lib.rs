@@ -850,18 +850,7 @@ impl Sim {
         self.nodes[j].view_leaving.insert(j);
         let actions = self.nodes[j].dir.leave();
         self.apply(j, actions);
-        for i in 0..self.nodes.len() {
-            if i != j && self.nodes[i].alive {
-                let d = self.delay((5, 60));
-                self.schedule(
-                    d,
-                    Ev::View {
-                        observer: i,
-                        subject: j,
-                    },
-                );
-            }
-        }
+        self.others_learn_of(j);
     }
 
     /// A leaving node whose directory handed everything off leaves the membership and exits.
@@ -888,18 +877,7 @@ impl Sim {
         node.leaving = false;
         node.children.clear();
         self.pending.retain(|_, p| !(p.node == j && p.arrived));
-        for i in 0..self.nodes.len() {
-            if i != j && self.nodes[i].alive {
-                let d = self.delay((5, 60));
-                self.schedule(
-                    d,
-                    Ev::View {
-                        observer: i,
-                        subject: j,
-                    },
-                );
-            }
-        }
+        self.others_learn_of(j);
     }
 
     fn op_child_crash(&mut self) {
@@ -1034,18 +1012,7 @@ impl Sim {
         }
         // Requests that reached it are lost with it (the client times out).
         self.pending.retain(|_, p| !(p.node == j && p.arrived));
-        for i in 0..self.nodes.len() {
-            if i != j && self.nodes[i].alive {
-                let d = self.delay((5, 60));
-                self.schedule(
-                    d,
-                    Ev::View {
-                        observer: i,
-                        subject: j,
-                    },
-                );
-            }
-        }
+        self.others_learn_of(j);
     }
 
     fn op_node_restart(&mut self) {
@@ -1087,6 +1054,22 @@ impl Sim {
                     Ev::View {
                         observer: j,
                         subject: i,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Every other live node updates its view of `j` after its own random delay.
+    fn others_learn_of(&mut self, j: usize) {
+        for i in 0..self.nodes.len() {
+            if i != j && self.nodes[i].alive {
+                let d = self.delay((5, 60));
+                self.schedule(
+                    d,
+                    Ev::View {
+                        observer: i,
+                        subject: j,
                     },
                 );
             }

@@ -175,36 +175,23 @@ fn cast(c: &mut Criterion) {
     let st = current_thread();
     let mut g = c.benchmark_group("cast");
     g.throughput(Throughput::Elements(CASTS));
-    g.bench_function("throng", |b| {
-        let actor = rt.block_on(async { throng::spawn(Counter(0)) });
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    for i in 0..CASTS {
-                        actor.cast(i).await.unwrap();
+    for (name, on) in [("throng", &rt), ("throng_current_thread", &st)] {
+        g.bench_function(name, |b| {
+            let actor = on.block_on(async { throng::spawn(Counter(0)) });
+            b.iter_custom(|iters| {
+                on.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        for i in 0..CASTS {
+                            actor.cast(i).await.unwrap();
+                        }
+                        actor.call(0).await.unwrap();
                     }
-                    actor.call(0).await.unwrap();
-                }
-                start.elapsed()
-            })
+                    start.elapsed()
+                })
+            });
         });
-    });
-    g.bench_function("throng_current_thread", |b| {
-        let actor = st.block_on(async { throng::spawn(Counter(0)) });
-        b.iter_custom(|iters| {
-            st.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    for i in 0..CASTS {
-                        actor.cast(i).await.unwrap();
-                    }
-                    actor.call(0).await.unwrap();
-                }
-                start.elapsed()
-            })
-        });
-    });
+    }
     g.bench_function("tokio_mpsc", |b| {
         let tx = rt.block_on(async {
             let (tx, mut rx) =
@@ -280,30 +267,20 @@ fn call(c: &mut Criterion) {
     let st = current_thread();
     let mut g = c.benchmark_group("call");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("throng", |b| {
-        let actor = rt.block_on(async { throng::spawn(Counter(0)) });
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let start = Instant::now();
-                for i in 0..iters {
-                    actor.call(i).await.unwrap();
-                }
-                start.elapsed()
-            })
+    for (name, on) in [("throng", &rt), ("throng_current_thread", &st)] {
+        g.bench_function(name, |b| {
+            let actor = on.block_on(async { throng::spawn(Counter(0)) });
+            b.iter_custom(|iters| {
+                on.block_on(async {
+                    let start = Instant::now();
+                    for i in 0..iters {
+                        actor.call(i).await.unwrap();
+                    }
+                    start.elapsed()
+                })
+            });
         });
-    });
-    g.bench_function("throng_current_thread", |b| {
-        let actor = st.block_on(async { throng::spawn(Counter(0)) });
-        b.iter_custom(|iters| {
-            st.block_on(async {
-                let start = Instant::now();
-                for i in 0..iters {
-                    actor.call(i).await.unwrap();
-                }
-                start.elapsed()
-            })
-        });
-    });
+    }
     g.bench_function("tokio_oneshot", |b| {
         let tx = rt.block_on(async {
             let (tx, mut rx) =

@@ -100,34 +100,79 @@ async fn cluster() -> Vec<Node> {
 }
 
 async fn cluster_of(names: &[&str]) -> Vec<Node> {
-    let first = Node::join(NodeConfig::local(names[0], SECRET).unwrap())
-        .await
-        .unwrap();
-    let seed = first.gossip_addr().unwrap().to_string();
-    let mut nodes = vec![first];
-    for name in &names[1..] {
-        let mut c = NodeConfig::local(name, SECRET).unwrap();
-        c.membership.seeds = vec![seed.clone()];
-        nodes.push(Node::join(c).await.unwrap());
-    }
+    let nodes = common::cluster_of(names, SECRET).await;
     for n in &nodes {
-        eventually("full ring", Duration::from_secs(10), || {
-            n.owners().len() == names.len()
-        })
-        .await;
         n.register::<Hero>();
     }
-    for n in &nodes {
-        for other in &nodes {
-            if other.id() != n.id() {
-                eventually("connected", Duration::from_secs(10), || {
-                    n.is_connected(other.id())
+    nodes
+}
+
+/// Four callers fighting the heroes of `keys` by key, through the supervisors of `via` (two
+/// nodes), counting each acknowledged fight, until `finish`.
+struct Fighters {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    calls: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<(Vec<u32>, u32)>>,
+    keys: usize,
+}
+
+impl Fighters {
+    fn start(via: [&Node; 2], keys: &[String]) -> Fighters {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let calls = std::sync::Arc::new(AtomicU64::new(0));
+        let tasks = (0..4usize)
+            .map(|c| {
+                let sup = via[c % 2].default_supervisor();
+                let (keys, stop, calls) = (keys.to_vec(), stop.clone(), calls.clone());
+                tokio::spawn(async move {
+                    let mut acked = vec![0u32; keys.len()];
+                    let mut failed = 0u32;
+                    let mut i = c;
+                    while !stop.load(Relaxed) {
+                        i = (i + 7) % keys.len();
+                        calls.fetch_add(1, Relaxed);
+                        match sup.call::<Hero>(&keys[i], HeroMsg::Fight).await {
+                            Ok(_) => acked[i] += 1,
+                            Err(e) => {
+                                failed += 1;
+                                eprintln!("call to {} failed: {e}", keys[i]);
+                            }
+                        }
+                    }
+                    (acked, failed)
                 })
-                .await;
-            }
+            })
+            .collect();
+        Fighters {
+            stop,
+            calls,
+            tasks,
+            keys: keys.len(),
         }
     }
-    nodes
+
+    /// Wait until the callers made `n` more calls.
+    async fn carry_on(&self, what: &str, n: u64) {
+        let calls = || self.calls.load(std::sync::atomic::Ordering::Relaxed);
+        let target = calls() + n;
+        eventually(what, Duration::from_secs(10), || calls() > target).await;
+    }
+
+    /// Stop the callers: acknowledged fights per key, and how many calls failed.
+    async fn finish(self) -> (Vec<u32>, u32) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut acked = vec![0u32; self.keys];
+        let mut failed = 0;
+        for t in self.tasks {
+            let (a, f) = t.await.unwrap();
+            failed += f;
+            for (total, x) in acked.iter_mut().zip(a) {
+                *total += x;
+            }
+        }
+        (acked, failed)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -412,37 +457,8 @@ async fn a_joining_node_takes_its_keys_with_their_state_and_no_call_is_lost_or_d
         nodes[0].start_child::<Hero>(k, 1000).await.unwrap();
     }
     // Callers keep fighting through the move; each acknowledged fight must be counted once.
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-    let stop = std::sync::Arc::new(AtomicBool::new(false));
-    let calls = std::sync::Arc::new(AtomicU64::new(0));
-    let mut callers = Vec::new();
-    for c in 0..4usize {
-        let sup = nodes[c % 2].default_supervisor();
-        let keys = keys.clone();
-        let stop = stop.clone();
-        let calls = calls.clone();
-        callers.push(tokio::spawn(async move {
-            let mut acked = vec![0u32; keys.len()];
-            let mut failed = 0u32;
-            let mut i = c;
-            while !stop.load(Relaxed) {
-                i = (i + 7) % keys.len();
-                calls.fetch_add(1, Relaxed);
-                match sup.call::<Hero>(&keys[i], HeroMsg::Fight).await {
-                    Ok(_) => acked[i] += 1,
-                    Err(e) => {
-                        failed += 1;
-                        eprintln!("call to {} failed: {e}", keys[i]);
-                    }
-                }
-            }
-            (acked, failed)
-        }));
-    }
-    eventually("callers under way", Duration::from_secs(10), || {
-        calls.load(Relaxed) > 500
-    })
-    .await;
+    let fighters = Fighters::start([&nodes[0], &nodes[1]], &keys);
+    fighters.carry_on("callers under way", 500).await;
     let mut c = NodeConfig::local("j3", SECRET).unwrap();
     c.membership.seeds = vec![nodes[0].gossip_addr().unwrap().to_string()];
     let newcomer = Node::join(c).await.unwrap();
@@ -457,23 +473,10 @@ async fn a_joining_node_takes_its_keys_with_their_state_and_no_call_is_lost_or_d
         },
     )
     .await;
-    let after = calls.load(Relaxed) + 500;
-    eventually(
-        "callers carry on after the move",
-        Duration::from_secs(10),
-        || calls.load(Relaxed) > after,
-    )
-    .await;
-    stop.store(true, Relaxed);
-    let mut acked = vec![0u32; keys.len()];
-    let mut failed = 0;
-    for c in callers {
-        let (a, f) = c.await.unwrap();
-        failed += f;
-        for (t, x) in acked.iter_mut().zip(a) {
-            *t += x;
-        }
-    }
+    fighters
+        .carry_on("callers carry on after the move", 500)
+        .await;
+    let (acked, failed) = fighters.finish().await;
     assert_eq!(failed, 0, "calls failed during the move");
     let moved = keys.iter().filter(|k| newcomer.hosts::<Hero>(k)).count();
     assert!(moved > 10, "only {moved} keys moved to the newcomer");
@@ -549,7 +552,6 @@ async fn explicit_placement_runs_a_child_on_the_named_node_and_fails_it_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaving_node_hands_its_children_off_with_their_state_and_no_call_is_lost_or_doubled() {
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
     let mut nodes = cluster_of(&["l1", "l2", "l3"]).await;
     let keys: Vec<String> = (0..150).map(|i| format!("l-{i}")).collect();
     for k in &keys {
@@ -559,53 +561,14 @@ async fn a_leaving_node_hands_its_children_off_with_their_state_and_no_call_is_l
     let theirs = keys.iter().filter(|k| leaver.hosts::<Hero>(k)).count();
     assert!(theirs > 10);
     let mut events = nodes[0].default_supervisor().events();
-    let stop = std::sync::Arc::new(AtomicBool::new(false));
-    let calls = std::sync::Arc::new(AtomicU64::new(0));
-    let mut callers = Vec::new();
-    for c in 0..4usize {
-        let sup = nodes[c % 2].default_supervisor();
-        let (keys, stop, calls) = (keys.clone(), stop.clone(), calls.clone());
-        callers.push(tokio::spawn(async move {
-            let mut acked = vec![0u32; keys.len()];
-            let mut failed = 0u32;
-            let mut i = c;
-            while !stop.load(Relaxed) {
-                i = (i + 7) % keys.len();
-                calls.fetch_add(1, Relaxed);
-                match sup.call::<Hero>(&keys[i], HeroMsg::Fight).await {
-                    Ok(_) => acked[i] += 1,
-                    Err(e) => {
-                        failed += 1;
-                        eprintln!("call to {} failed: {e}", keys[i]);
-                    }
-                }
-            }
-            (acked, failed)
-        }));
-    }
-    eventually("callers under way", Duration::from_secs(10), || {
-        calls.load(Relaxed) > 500
-    })
-    .await;
+    let fighters = Fighters::start([&nodes[0], &nodes[1]], &keys);
+    fighters.carry_on("callers under way", 500).await;
     leaver.leave().await;
     drop(leaver);
-    let after = calls.load(Relaxed) + 500;
-    eventually(
-        "callers carry on after the leave",
-        Duration::from_secs(10),
-        || calls.load(Relaxed) > after,
-    )
-    .await;
-    stop.store(true, Relaxed);
-    let mut acked = vec![0u32; keys.len()];
-    let mut failed = 0;
-    for c in callers {
-        let (a, f) = c.await.unwrap();
-        failed += f;
-        for (t, x) in acked.iter_mut().zip(a) {
-            *t += x;
-        }
-    }
+    fighters
+        .carry_on("callers carry on after the leave", 500)
+        .await;
+    let (acked, failed) = fighters.finish().await;
     assert_eq!(failed, 0, "calls failed during the hand-off");
     for (i, k) in keys.iter().enumerate() {
         let (_, health, fights) = status(&nodes[1], k, Duration::from_secs(5)).await;

@@ -58,25 +58,7 @@ const SECRET: &[u8] = b"names-test-secret-0123456789";
 const WAIT: Duration = Duration::from_secs(10);
 
 async fn cluster_of(names: &[&str]) -> Vec<Node> {
-    let first = Node::join(NodeConfig::local(names[0], SECRET).unwrap())
-        .await
-        .unwrap();
-    let seed = first.gossip_addr().unwrap().to_string();
-    let mut nodes = vec![first];
-    for name in &names[1..] {
-        let mut c = NodeConfig::local(name, SECRET).unwrap();
-        c.membership.seeds = vec![seed.clone()];
-        nodes.push(Node::join(c).await.unwrap());
-    }
-    for n in &nodes {
-        eventually("full membership", WAIT, || n.owners().len() == names.len()).await;
-        for other in &nodes {
-            if other.id() != n.id() {
-                eventually("connected", WAIT, || n.is_connected(other.id())).await;
-            }
-        }
-    }
-    nodes
+    common::cluster_of(names, SECRET).await
 }
 
 async fn cluster() -> Vec<Node> {

@@ -222,3 +222,28 @@ pub fn node_status(addr: &str, name: &str) -> Option<String> {
         .find(|n| n["name"] == name)
         .and_then(|n| n["status"].as_str().map(String::from))
 }
+
+/// The node other than `except` hosting the most of `heroes` (by name), and those heroes.
+pub fn busiest_node_but(
+    heroes: std::collections::BTreeMap<String, Hero>,
+    except: &str,
+) -> (String, std::collections::BTreeMap<String, Hero>) {
+    let mut per_node: std::collections::BTreeMap<String, usize> = Default::default();
+    for h in heroes.values() {
+        *per_node.entry(h.node.clone()).or_default() += 1;
+    }
+    let node = per_node
+        .iter()
+        .filter(|(n, _)| n.as_str() != except)
+        .max_by_key(|(_, k)| **k)
+        .map(|(n, _)| n.clone())
+        .unwrap_or_else(|| panic!("no hero away from {except}"));
+    let hosted = heroes.into_iter().filter(|(_, h)| h.node == node).collect();
+    (node, hosted)
+}
+
+/// Whether the heroes have fought at least `n` fights in all (so a moved hero with a reset
+/// record would show).
+pub fn have_fought(heroes: &std::collections::BTreeMap<String, Hero>, n: u64) -> bool {
+    heroes.values().map(|h| h.won + h.lost).sum::<u64>() >= n
+}

@@ -140,6 +140,14 @@ struct Addr {
 }
 
 impl Addr {
+    /// The address of the local actor `id` of type `A` as a group member.
+    fn member<A: RemoteActor>(id: crate::ActorId) -> Addr {
+        Addr {
+            actor_type: A::TYPE.to_owned(),
+            member: Some(id.get()),
+        }
+    }
+
     /// The export name on the owner node of the actor registered as `name` (or a group member).
     fn export(&self, name: &str) -> String {
         match self.member {
@@ -946,10 +954,7 @@ impl Names {
         let meta = encode_meta(&meta)?;
         let shared = self.shared()?;
         let id = actor.id();
-        let addr = Addr {
-            actor_type: A::TYPE.to_owned(),
-            member: Some(id.get()),
-        };
+        let addr = Addr::member::<A>(id);
         let export = addr.export(group);
         let value = addr.encode();
         let fresh = {
@@ -988,10 +993,7 @@ impl Names {
         }
         let shared = self.shared()?;
         let id = actor.id();
-        let addr = Addr {
-            actor_type: A::TYPE.to_owned(),
-            member: Some(id.get()),
-        };
+        let addr = Addr::member::<A>(id);
         let export = addr.export(group);
         let value = addr.encode();
         let unexport = {

@@ -18,6 +18,32 @@ pub async fn eventually(what: &str, deadline: Duration, mut cond: impl FnMut() -
     }
 }
 
+/// Nodes named `names` on loopback (the first is every other's seed), once each sees all of them
+/// on its ring and is connected to every other.
+pub async fn cluster_of(names: &[&str], secret: &[u8]) -> Vec<throng::cluster::Node> {
+    use throng::cluster::{Node, NodeConfig};
+    let wait = Duration::from_secs(10);
+    let first = Node::join(NodeConfig::local(names[0], secret).unwrap())
+        .await
+        .unwrap();
+    let seed = first.gossip_addr().unwrap().to_string();
+    let mut nodes = vec![first];
+    for name in &names[1..] {
+        let mut c = NodeConfig::local(name, secret).unwrap();
+        c.membership.seeds = vec![seed.clone()];
+        nodes.push(Node::join(c).await.unwrap());
+    }
+    for n in &nodes {
+        eventually("full ring", wait, || n.owners().len() == names.len()).await;
+        for other in &nodes {
+            if other.id() != n.id() {
+                eventually("connected", wait, || n.is_connected(other.id())).await;
+            }
+        }
+    }
+    nodes
+}
+
 /// A log shared between actors and the test.
 #[derive(Clone, Default)]
 pub struct Log(Arc<Mutex<Vec<String>>>);

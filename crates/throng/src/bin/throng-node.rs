@@ -299,6 +299,11 @@ async fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     let me = node.id().to_string();
+    // Subscribe before reporting: members already up when the node joined were announced before
+    // anyone could listen, so they are reported from the membership snapshot taken after
+    // subscribing (a member seen both ways is reported twice, never missed).
+    let mut events = node.events();
+    let mut children = node.default_supervisor().events();
     line(
         "ready",
         &me,
@@ -310,8 +315,13 @@ async fn main() -> ExitCode {
                 .unwrap_or_default()
         ),
     );
-    let mut events = node.events();
-    let mut children = node.default_supervisor().events();
+    for m in node.members() {
+        line(
+            "node_up",
+            m.id.as_str(),
+            &format!(",\"incarnation\":{}", m.incarnation.get()),
+        );
+    }
     let mut stdin =
         tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tokio::io::stdin()));
     let mut stdin_open = true;

@@ -631,7 +631,11 @@ impl Node {
         Ok(node)
     }
 
-    /// Subscribe to node up / leaving / down events.
+    /// Subscribe to node up / leaving / down events from now on.
+    ///
+    /// Members found while [`Node::join`] ran were announced before anyone could subscribe: to
+    /// know every member, subscribe first and then read [`Node::members`] (a member that comes up
+    /// in between shows in both).
     pub fn events(&self) -> broadcast::Receiver<ClusterEvent> {
         self.events.subscribe()
     }

@@ -108,6 +108,10 @@ pub struct Record {
     pub snapshot: Option<Vec<u8>>,
     /// Bumped at every new snapshot; orders copies of the same child.
     pub version: u64,
+    /// Names this child among the children that ever had its key: drawn by the owner when the
+    /// child is started (callers pass 0) and kept across restarts, failovers and moves. A
+    /// removal buries it, so a late copy of a removed child is refused, not run again.
+    pub generation: u64,
 }
 
 /// Names one *lineage* of a child on its owner: every time a node starts running a child (a
@@ -152,6 +156,13 @@ pub enum DirMsg {
         tag: Option<u64>,
         /// For a backup: drop it only if its lineage is this one or older.
         epoch: Epoch,
+        /// The child is removed (terminated, or removed by its policy): if the receiver already
+        /// made a copy of its own from this one (failed it over, or handed it on), that copy is
+        /// removed too — it is stopped for good before the answer, or the answer names where it
+        /// was handed on so the remover chases it there ([`DirMsg::Chase`]).
+        remove: bool,
+        /// For a removal: the removed child's [`Record::generation`], which the receiver buries.
+        generation: u64,
     },
     /// Answer to [`DirMsg::Drop`]: the receiver holds no such copy of `key` any more.
     Dropped {
@@ -163,6 +174,45 @@ pub enum DirMsg {
         tag: Option<u64>,
         /// As in the [`DirMsg::Drop`] answered.
         epoch: Epoch,
+        /// As in the [`DirMsg::Drop`] answered.
+        remove: bool,
+        /// For a removal: the copy had been handed on, with [`DirMsg::Adopt`] `tag`, to this
+        /// node, not confirmed yet: the remover chases it there.
+        next: Option<(NodeId, u64)>,
+    },
+    /// From a node removing `key`: the copy that `from` handed to the receiver with
+    /// [`DirMsg::Adopt`] `tag` is removed: stop it for good if it runs there (answered once its
+    /// removal is complete), or say where it was handed on. Always answered with
+    /// [`DirMsg::Chased`].
+    Chase {
+        /// The key.
+        key: String,
+        /// The node that handed the copy to the receiver.
+        from: NodeId,
+        /// The tag of that hand-off.
+        tag: u64,
+        /// The removed child's [`Record::generation`], which the receiver buries.
+        generation: u64,
+    },
+    /// The child of `key` and `generation` was removed (the sender learned it from the removal):
+    /// the receiver, which replicated a copy of it, stops that copy for good. Sent when a copy
+    /// survived on the other side of a partition or of a false suspicion: the removal wins.
+    Removed {
+        /// The key.
+        key: String,
+        /// The removed child's [`Record::generation`].
+        generation: u64,
+    },
+    /// Answer to [`DirMsg::Chase`].
+    Chased {
+        /// The key.
+        key: String,
+        /// As in the [`DirMsg::Chase`] answered.
+        from: NodeId,
+        /// As in the [`DirMsg::Chase`] answered.
+        tag: u64,
+        /// The copy had been handed on to this node with this tag: chase it there.
+        next: Option<(NodeId, u64)>,
     },
     /// Run this child here: the sender moved it, or held its backup when its owner left.
     Adopt {
@@ -220,7 +270,8 @@ impl Holder {
         }
     }
 
-    fn drop_msg(&self, key: &str) -> Action {
+    /// A drop of this copy; `removed`: the generation of the removed child, for a removal.
+    fn drop_msg(&self, key: &str, removed: Option<u64>) -> Action {
         send(
             &self.node,
             DirMsg::Drop {
@@ -228,6 +279,8 @@ impl Holder {
                 origin: self.origin.clone(),
                 tag: self.tag,
                 epoch: self.epoch,
+                remove: removed.is_some(),
+                generation: removed.unwrap_or(0),
             },
         )
     }
@@ -239,6 +292,74 @@ impl Holder {
             && (self.tag.is_some() || b.epoch <= self.epoch)
     }
 }
+
+/// Where a copy that this node runs, or handed on, came from: what a removal that names that
+/// copy chases ([`DirMsg::Drop`] with `remove`, [`DirMsg::Chase`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    /// A copy held here (a backup, or a hand-off copy), as a holder names it.
+    Held {
+        origin: NodeId,
+        tag: Option<u64>,
+        epoch: Epoch,
+    },
+    /// The copy `from` handed to this node with [`DirMsg::Adopt`] `tag`.
+    Adopted { from: NodeId, tag: u64 },
+}
+
+impl Source {
+    fn held(b: &Backup) -> Self {
+        Source::Held {
+            origin: b.from.clone(),
+            tag: b.handoff,
+            epoch: b.epoch,
+        }
+    }
+
+    /// Whether a removal naming `named` (as a drop names a copy) concerns this source.
+    fn named_by(&self, named: &Source) -> bool {
+        match (self, named) {
+            (
+                Source::Held { origin, tag, epoch },
+                Source::Held {
+                    origin: o,
+                    tag: t,
+                    epoch: e,
+                },
+            ) => origin == o && tag == t && (tag.is_some() || epoch <= e),
+            (a, b) => a == b,
+        }
+    }
+}
+
+/// A copy a removal chases: the one `from` handed to `node` with `tag`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Chase {
+    node: NodeId,
+    from: NodeId,
+    tag: u64,
+    generation: u64,
+}
+
+impl Chase {
+    fn msg(&self, key: &str) -> Action {
+        send(
+            &self.node,
+            DirMsg::Chase {
+                key: key.to_owned(),
+                from: self.from.clone(),
+                tag: self.tag,
+                generation: self.generation,
+            },
+        )
+    }
+}
+
+/// How many removed backups a directory remembers, to refuse their late replications.
+pub const MAX_TOMBSTONES: usize = 4096;
+
+/// How many hand-offs a removal follows to reach a copy made from one of its copies.
+const MAX_CHASES: u8 = 16;
 
 fn add_holder(list: &mut Vec<Holder>, h: Holder) {
     if !list.contains(&h) {
@@ -495,6 +616,8 @@ pub struct Owned {
     merges: Vec<Record>,
     /// The merge in progress ([`Phase::Merging`]).
     merging: Option<Box<Record>>,
+    /// The copy this one was made from (a failed-over backup, an adoption), if any.
+    source: Option<Box<Source>>,
 }
 
 impl Owned {
@@ -525,6 +648,10 @@ pub struct Backup {
     pub handoff: Option<u64>,
     /// For a backup: the lineage of the copy it backs up.
     pub epoch: Epoch,
+    /// `from` left this node's view after this copy was made: the copy is failed over (or handed
+    /// on to the owner) as soon as the view has an owner for it, even if a new incarnation of
+    /// `from` joins meanwhile (the new incarnation does not run the child).
+    pub orphan: bool,
 }
 
 /// A hand-off from here not yet confirmed by its receiver.
@@ -536,6 +663,8 @@ struct HandOff {
     moved: bool,
     /// Copies to drop once it is confirmed.
     olds: Vec<Holder>,
+    /// The copy handed off was made from this one (a removal naming it is chased to `to`).
+    source: Option<Source>,
 }
 
 /// A child removed here whose former backups have not all confirmed they dropped their copies;
@@ -544,6 +673,12 @@ struct HandOff {
 struct Removal {
     /// The drops not yet confirmed.
     waiting_on: Vec<Holder>,
+    /// Copies made from the removed child's copies and handed on, being chased.
+    chasing: Vec<Chase>,
+    /// How many chases were started (bounded by [`MAX_CHASES`]).
+    chases: u8,
+    /// The removed child's generation.
+    generation: u64,
     reqs: Vec<u64>,
     /// Whether a `Stopped` event is due at the end.
     event: bool,
@@ -575,6 +710,14 @@ pub struct Directory {
     next_tag: u64,
     /// Removed children waiting for their backups to confirm the drop.
     removing: BTreeMap<String, Removal>,
+    /// Answers due to removers ([`DirMsg::Dropped`], [`DirMsg::Chased`]) once the removal of the
+    /// local copy of a key, made from one of their copies, is complete.
+    notify: BTreeMap<String, Vec<(NodeId, DirMsg)>>,
+    /// The generations of removed children this node learned of, by key (the newest
+    /// [`MAX_TOMBSTONES`]): a copy of one arriving later (a replication or a hand-off sent
+    /// before the removal and overtaken by it) is refused, not run again.
+    tombstones: BTreeSet<(String, u64)>,
+    tombstone_order: std::collections::VecDeque<(String, u64)>,
     /// Drops of other copies sent and not confirmed yet, by key.
     dropping: BTreeMap<String, Vec<Holder>>,
     /// Running children whose key belongs to another node, waiting for a move slot.
@@ -602,6 +745,9 @@ impl Directory {
             handoffs: BTreeMap::new(),
             next_tag: 0,
             removing: BTreeMap::new(),
+            notify: BTreeMap::new(),
+            tombstones: BTreeSet::new(),
+            tombstone_order: std::collections::VecDeque::new(),
             dropping: BTreeMap::new(),
             move_queue: BTreeSet::new(),
             moving: BTreeSet::new(),
@@ -773,7 +919,10 @@ impl Directory {
             return;
         }
         let key = record.key.clone();
-        self.insert_owned(record, vec![req], ChildEvent::Started { key }, out);
+        let mut record = record;
+        self.next_tag += 1;
+        record.generation = generation_of(&self.config.me, self.config.incarnation, self.next_tag);
+        self.insert_owned(record, vec![req], ChildEvent::Started { key }, None, out);
     }
 
     fn insert_owned(
@@ -781,6 +930,7 @@ impl Directory {
         record: Record,
         waiting: Vec<u64>,
         first: ChildEvent,
+        source: Option<Source>,
         out: &mut Vec<Action>,
     ) {
         let key = record.key.clone();
@@ -827,13 +977,17 @@ impl Directory {
                 first: Some(first),
                 merges: others,
                 merging: None,
+                source: source.map(Box::new),
             },
         );
         self.settle(&key, out);
     }
 
-    /// Without a backup to wait for, the copies to drop are dropped at once.
+    /// Without a backup to wait for, the copies to drop are dropped at once, except those held
+    /// by nodes out of this node's view: this node may be alone in its view only because it
+    /// just started, and such a copy is the child's only other copy until a backup holds one.
     fn settle(&mut self, key: &str, out: &mut Vec<Action>) {
+        let view = &self.view;
         if let Some(o) = self.owned.get_mut(key) {
             if o.backup.is_none() {
                 o.acked = true;
@@ -841,7 +995,10 @@ impl Directory {
                     // The other copies' senders keep them until the merge is replicated.
                     return;
                 }
-                let olds = std::mem::take(&mut o.old_backups);
+                let (olds, kept) = std::mem::take(&mut o.old_backups)
+                    .into_iter()
+                    .partition(|h| view.contains(&h.node));
+                o.old_backups = kept;
                 if o.phase == Phase::Running {
                     for req in o.waiting.drain(..) {
                         out.push(reply(req, Ok(())));
@@ -856,7 +1013,7 @@ impl Directory {
     /// before they confirm waits for them too (a copy not dropped yet may still be failed over).
     fn drop_copies(&mut self, key: &str, holders: Vec<Holder>, out: &mut Vec<Action>) {
         for h in holders {
-            out.push(h.drop_msg(key));
+            out.push(h.drop_msg(key, None));
             if self.may_answer(&h.node) {
                 let list = self.dropping.entry(key.to_owned()).or_default();
                 add_holder(list, h);
@@ -957,17 +1114,25 @@ impl Directory {
             None => out.push(reply(req, Err(StartError::NoSuchChild(key.to_owned())))),
             Some(o) => {
                 o.stopping_reqs.push(req);
-                let was = o.phase;
-                o.phase = Phase::Stopping;
-                if was == Phase::Running {
-                    out.push(stop(key, StopReason::Terminate));
-                }
-                if self.moving.remove(key) {
-                    self.pump_moves(&mut out);
-                }
+                self.stop_for_good(key, &mut out);
             }
         }
         out
+    }
+
+    /// Stop the local child `key` for good (it is removed once it exited).
+    fn stop_for_good(&mut self, key: &str, out: &mut Vec<Action>) {
+        let Some(o) = self.owned.get_mut(key) else {
+            return;
+        };
+        let was = o.phase;
+        o.phase = Phase::Stopping;
+        if was == Phase::Running {
+            out.push(stop(key, StopReason::Terminate));
+        }
+        if self.moving.remove(key) {
+            self.pump_moves(out);
+        }
     }
 
     /// The local child `key` exited with `class` at monotonic time `now`; `final_snapshot` is the
@@ -1094,7 +1259,8 @@ impl Directory {
                     key: key.to_owned(),
                     to: to.clone(),
                 }));
-                self.hand_off(&to, o.record, 0, olds, true, out);
+                let source = o.source.map(|s| *s);
+                self.hand_off(&to, o.record, 0, olds, true, source, out);
             }
             _ => {
                 // The key came back to this node (or no owner), or other copies wait to be
@@ -1105,7 +1271,8 @@ impl Directory {
                 let merges = o.merges;
                 let carried: Vec<Holder> = current.into_iter().chain(o.old_backups).collect();
                 self.hold_olds(key, carried);
-                self.insert_owned(o.record, o.waiting, first, out);
+                let source = o.source.map(|s| *s);
+                self.insert_owned(o.record, o.waiting, first, source, out);
                 if let Some(n) = self.owned.get_mut(key) {
                     n.merges.extend(merges);
                     n.stopping_reqs = o.stopping_reqs;
@@ -1126,17 +1293,25 @@ impl Directory {
         for req in o.waiting {
             out.push(reply(req, Err(StartError::Failed("child exited".into()))));
         }
+        let generation = o.record.generation;
+        self.bury(key, generation);
         let mut waiting_on = Vec::new();
-        for h in current.iter().chain(&o.old_backups) {
-            if h.node != self.config.me {
-                out.push(h.drop_msg(key));
+        // Drops sent earlier and not confirmed yet are sent again as removals: their holders may
+        // have made a copy of their own from the copy meanwhile.
+        let earlier = self.dropping.get(key).into_iter().flatten();
+        for h in current.iter().chain(&o.old_backups).chain(earlier) {
+            if h.node != self.config.me && !waiting_on.contains(h) {
+                out.push(h.drop_msg(key, Some(generation)));
                 if self.may_answer(&h.node) {
-                    add_holder(&mut waiting_on, h.clone());
+                    waiting_on.push(h.clone());
                 }
             }
         }
         let removal = self.removing.entry(key.to_owned()).or_insert(Removal {
             waiting_on: Vec::new(),
+            chasing: Vec::new(),
+            chases: 0,
+            generation,
             reqs: Vec::new(),
             event: false,
             starts: Vec::new(),
@@ -1144,12 +1319,38 @@ impl Directory {
         for h in waiting_on {
             add_holder(&mut removal.waiting_on, h);
         }
-        // Drops sent earlier and not confirmed yet.
-        for h in self.dropping.get(key).into_iter().flatten() {
-            add_holder(&mut removal.waiting_on, h.clone());
-        }
         removal.reqs.extend(o.stopping_reqs);
         removal.event |= event;
+        self.finish_removal(key, out);
+    }
+
+    /// A copy of `key` and `generation` arrived (an adoption) or was orphaned here while the
+    /// key is being removed here, or after a removal of that generation: it is not run, and the
+    /// other copies it names are dropped (the removal in progress waits for them).
+    fn discard(&mut self, key: &str, generation: u64, copies: Vec<Holder>, out: &mut Vec<Action>) {
+        if self.removing.contains_key(key) {
+            self.remove_with(key, copies, out);
+            return;
+        }
+        let me = self.config.me.clone();
+        for h in copies.into_iter().filter(|h| h.node != me) {
+            out.push(h.drop_msg(key, Some(generation)));
+        }
+    }
+
+    /// The removal of `key` in progress here also removes these copies.
+    fn remove_with(&mut self, key: &str, copies: Vec<Holder>, out: &mut Vec<Action>) {
+        let me = self.config.me.clone();
+        let view = &self.view;
+        let Some(r) = self.removing.get_mut(key) else {
+            return;
+        };
+        for h in copies.into_iter().filter(|h| h.node != me) {
+            out.push(h.drop_msg(key, Some(r.generation)));
+            if view.contains(&h.node) {
+                add_holder(&mut r.waiting_on, h);
+            }
+        }
         self.finish_removal(key, out);
     }
 
@@ -1158,11 +1359,14 @@ impl Directory {
         let done = self
             .removing
             .get(key)
-            .is_some_and(|r| r.waiting_on.is_empty());
+            .is_some_and(|r| r.waiting_on.is_empty() && r.chasing.is_empty());
         if !done {
             return;
         }
         let r = self.removing.remove(key).expect("present");
+        for (to, msg) in self.notify.remove(key).unwrap_or_default() {
+            out.push(send(&to, msg));
+        }
         for req in r.reqs {
             out.push(reply(req, Ok(())));
         }
@@ -1213,11 +1417,13 @@ impl Directory {
         let mut view = owners;
         view.extend(leaving.iter().cloned());
         view.insert(self.config.me.clone());
-        for n in self.view.difference(&view) {
+        let gone: BTreeSet<NodeId> = self.view.difference(&view).cloned().collect();
+        for n in &gone {
             if self.departed.len() < crate::placement::MAX_NODES {
                 self.departed.insert(n.clone());
             }
         }
+        self.orphan_copies(&gone);
         for n in &view {
             self.departed.remove(n);
         }
@@ -1326,7 +1532,7 @@ impl Directory {
             .backups
             .iter()
             .flat_map(|(k, list)| list.iter().map(move |b| (k, b)))
-            .filter(|(_, b)| self.departed.contains(&b.from))
+            .filter(|(_, b)| b.orphan || self.departed.contains(&b.from))
             .map(|(k, b)| (k.clone(), b.from.clone(), b.handoff))
             .collect();
         for (key, from, handoff) in orphaned {
@@ -1347,6 +1553,14 @@ impl Directory {
                 _ => None,
             }
             .unwrap_or_default();
+            let source = Source::held(&b);
+            if !self.owned.contains_key(&key)
+                && (self.removing.contains_key(&key) || self.buried(&key, b.record.generation))
+            {
+                // A copy of a removed child: it goes too, with the copies it carried.
+                self.discard(&key, b.record.generation, olds, out);
+                continue;
+            }
             match self.owner(&key) {
                 Some(o) if o == me => {
                     if self.owned.contains_key(&key) {
@@ -1360,9 +1574,9 @@ impl Directory {
                         from_snapshot: b.record.snapshot.is_some(),
                     };
                     self.hold_olds(&key, olds);
-                    self.insert_owned(b.record, Vec::new(), first, out);
+                    self.insert_owned(b.record, Vec::new(), first, Some(source), out);
                 }
-                Some(o) => self.hand_off(&o, b.record, 0, olds, false, out),
+                Some(o) => self.hand_off(&o, b.record, 0, olds, false, Some(source), out),
                 None => {}
             }
         }
@@ -1457,9 +1671,22 @@ impl Directory {
         }
         if self.backups.values().flatten().any(|b| b.from == *node) {
             self.departed.insert(node.clone());
+            self.orphan_copies(&BTreeSet::from([node.clone()]));
             self.rebalance(&mut out);
         }
         out
+    }
+
+    /// Marks the copies held for `nodes` (which left the view, or died) as orphans.
+    fn orphan_copies(&mut self, nodes: &BTreeSet<NodeId>) {
+        if nodes.is_empty() {
+            return;
+        }
+        for b in self.backups.values_mut().flatten() {
+            if nodes.contains(&b.from) {
+                b.orphan = true;
+            }
+        }
     }
 
     /// Whether a drop sent to `node` is waited for: it is in the view.
@@ -1477,6 +1704,7 @@ impl Directory {
         });
         for r in self.removing.values_mut() {
             r.waiting_on.retain(|h| waits(&h.node));
+            r.chasing.retain(|c| waits(&c.node));
         }
         let keys: Vec<String> = self.removing.keys().cloned().collect();
         for key in keys {
@@ -1531,7 +1759,10 @@ impl Directory {
         }
         for (key, r) in &self.removing {
             for h in r.waiting_on.iter().filter(|h| h.node == *peer) {
-                out.push(h.drop_msg(key));
+                out.push(h.drop_msg(key, Some(r.generation)));
+            }
+            for c in r.chasing.iter().filter(|c| c.node == *peer) {
+                out.push(c.msg(key));
             }
         }
         for (key, list) in &self.dropping {
@@ -1539,7 +1770,7 @@ impl Directory {
                 continue;
             }
             for h in list.iter().filter(|h| h.node == *peer) {
-                out.push(h.drop_msg(key));
+                out.push(h.drop_msg(key, None));
             }
         }
         let keys: Vec<(String, Epoch)> = self
@@ -1589,6 +1820,8 @@ impl Directory {
                     origin,
                     tag,
                     epoch,
+                    remove,
+                    ..
                 } => out.push(send(
                     from,
                     DirMsg::Dropped {
@@ -1596,6 +1829,19 @@ impl Directory {
                         origin,
                         tag,
                         epoch,
+                        remove,
+                        next: None,
+                    },
+                )),
+                DirMsg::Chase {
+                    key, from: f, tag, ..
+                } => out.push(send(
+                    from,
+                    DirMsg::Chased {
+                        key,
+                        from: f,
+                        tag,
+                        next: None,
                     },
                 )),
                 _ => {}
@@ -1611,6 +1857,20 @@ impl Directory {
             DirMsg::Replicate { record, epoch } => {
                 let key = record.key.clone();
                 let version = record.version;
+                if self.buried(&key, record.generation) {
+                    // A copy of a removed child: sent before the removal, which overtook it from
+                    // another node, or replicated by a copy that survived the removal on the
+                    // other side of a partition. Refused (keeping it would fail the child over);
+                    // the sender's copy, if it still runs, is stopped.
+                    out.push(send(
+                        from,
+                        DirMsg::Removed {
+                            key,
+                            generation: record.generation,
+                        },
+                    ));
+                    return out;
+                }
                 // If a copy runs here too, views disagree: it is kept as the sender's backup all
                 // the same (the sender waits for the acknowledgement); whichever copy is not on
                 // the owner once views converge moves to it and is merged there, and if the
@@ -1625,6 +1885,7 @@ impl Directory {
                         record,
                         handoff: None,
                         epoch,
+                        orphan: false,
                     },
                 );
                 out.push(send(
@@ -1645,7 +1906,7 @@ impl Directory {
                 if !self.wants_copy(&key, from, epoch, &h) {
                     // A late replication (held by a partition, or sent before a move): the
                     // copy it left at `from` is not needed.
-                    out.push(h.drop_msg(&key));
+                    out.push(h.drop_msg(&key, None));
                     return out;
                 }
                 if let Some(o) = self.owned.get_mut(&key) {
@@ -1673,6 +1934,8 @@ impl Directory {
                 origin,
                 tag,
                 epoch,
+                remove,
+                generation,
             } => {
                 let h = Holder {
                     node: self.config.me.clone(),
@@ -1681,6 +1944,11 @@ impl Directory {
                     epoch,
                 };
                 self.remove_copies(&key, |b| h.names(b));
+                let source = Source::Held {
+                    origin: origin.clone(),
+                    tag,
+                    epoch,
+                };
                 if tag.is_some()
                     && self
                         .handoffs
@@ -1690,21 +1958,28 @@ impl Directory {
                     // The hand-off to `origin` is confirmed.
                     self.confirm_handoff(&key, &origin, &mut out);
                 }
-                out.push(send(
-                    from,
-                    DirMsg::Dropped {
-                        key,
-                        origin,
-                        tag,
-                        epoch,
-                    },
-                ));
+                let answer = DirMsg::Dropped {
+                    key: key.clone(),
+                    origin,
+                    tag,
+                    epoch,
+                    remove,
+                    next: None,
+                };
+                if remove {
+                    self.bury(&key, generation);
+                    self.chase_here(from, &key, &source, answer, &mut out);
+                } else {
+                    out.push(send(from, answer));
+                }
             }
             DirMsg::Dropped {
                 key,
                 origin,
                 tag,
                 epoch,
+                remove,
+                next,
             } => {
                 let h = Holder {
                     node: from.clone(),
@@ -1718,8 +1993,47 @@ impl Directory {
                         self.dropping.remove(&key);
                     }
                 }
-                if let Some(r) = self.removing.get_mut(&key) {
+                if remove && self.removing.contains_key(&key) {
+                    if let Some((node, tag)) = next {
+                        self.chase(&key, node, from, tag, &mut out);
+                    }
+                    let r = self.removing.get_mut(&key).expect("present");
                     r.waiting_on.retain(|w| *w != h);
+                    self.finish_removal(&key, &mut out);
+                }
+            }
+            DirMsg::Chase {
+                key,
+                from: f,
+                tag,
+                generation,
+            } => {
+                self.bury(&key, generation);
+                let source = Source::Adopted {
+                    from: f.clone(),
+                    tag,
+                };
+                let answer = DirMsg::Chased {
+                    key: key.clone(),
+                    from: f,
+                    tag,
+                    next: None,
+                };
+                self.chase_here(from, &key, &source, answer, &mut out);
+            }
+            DirMsg::Chased {
+                key,
+                from: f,
+                tag,
+                next,
+            } => {
+                if self.removing.contains_key(&key) {
+                    if let Some((node, t)) = next {
+                        self.chase(&key, node, from, t, &mut out);
+                    }
+                    let r = self.removing.get_mut(&key).expect("present");
+                    r.chasing
+                        .retain(|w| !(w.node == *from && w.from == f && w.tag == tag));
                     self.finish_removal(&key, &mut out);
                 }
             }
@@ -1736,8 +2050,18 @@ impl Directory {
                 for (key, epoch) in keys {
                     let h = Holder::backup(from.clone(), &self.config.me, epoch);
                     if !self.wants_copy(&key, from, epoch, &h) {
-                        out.push(h.drop_msg(&key));
+                        out.push(h.drop_msg(&key, None));
                     }
+                }
+            }
+            DirMsg::Removed { key, generation } => {
+                self.bury(&key, generation);
+                if self
+                    .owned
+                    .get(&key)
+                    .is_some_and(|o| o.record.generation == generation)
+                {
+                    self.stop_for_good(&key, &mut out);
                 }
             }
             DirMsg::Conflict { key } => {
@@ -1788,20 +2112,12 @@ impl Directory {
                 add_holder(&mut copies, h.clone());
             }
         }
-        if !self.owned.contains_key(&key) {
-            if let Some(r) = self.removing.get_mut(&key) {
-                // Removed here, confirmations pending: this copy goes too, and the
-                // removal waits until its holders dropped it.
-                let view = &self.view;
-                for h in copies {
-                    out.push(h.drop_msg(&key));
-                    if view.contains(&h.node) {
-                        add_holder(&mut r.waiting_on, h);
-                    }
-                }
-                self.finish_removal(&key, out);
-                return;
-            }
+        if !self.owned.contains_key(&key)
+            && (self.removing.contains_key(&key) || self.buried(&key, record.generation))
+        {
+            // A copy of a removed child: it goes too (its holders drop it).
+            self.discard(&key, record.generation, copies, out);
+            return;
         }
         if let Some(o) = self.owned.get_mut(&key) {
             match o.phase {
@@ -1816,7 +2132,11 @@ impl Directory {
                     Some(to) if hops < MAX_HOPS => {
                         // The copy here is on its way out: this record goes where it
                         // goes (the sender keeps its copy until the next node confirms).
-                        self.hand_off(&to, record, hops + 1, copies, moved, out);
+                        let source = Source::Adopted {
+                            from: from.clone(),
+                            tag,
+                        };
+                        self.hand_off(&to, record, hops + 1, copies, moved, Some(source), out);
                     }
                     _ => {
                         if record.snapshot.is_some() {
@@ -1837,7 +2157,11 @@ impl Directory {
             Some(o) if o != self.config.me && hops < MAX_HOPS => {
                 // Views disagree: pass it on to the owner in this node's view (the sender
                 // keeps its copy until that node confirms).
-                self.hand_off(&o, record, hops + 1, copies, moved, out);
+                let source = Source::Adopted {
+                    from: from.clone(),
+                    tag,
+                };
+                self.hand_off(&o, record, hops + 1, copies, moved, Some(source), out);
             }
             _ => {
                 // Ours, or passed around too often while views settle: run it here; the
@@ -1855,7 +2179,11 @@ impl Directory {
                     }
                 };
                 self.hold_olds(&key, copies);
-                self.insert_owned(record, Vec::new(), first, out);
+                let source = Source::Adopted {
+                    from: from.clone(),
+                    tag,
+                };
+                self.insert_owned(record, Vec::new(), first, Some(source), out);
                 if owner.is_some_and(|o| o != me) {
                     // Not ours (kept after too many hops): it moves to its owner as soon as it
                     // runs, rather than at the next view change (a leaving node must not keep
@@ -1865,6 +2193,89 @@ impl Directory {
                 }
             }
         }
+    }
+
+    /// A removal on `remover` names `source`, a copy of `key` this node held or was handed: a
+    /// copy this node made from it is removed too. A child running here made from it is stopped
+    /// for good and `answer` is sent once its removal is complete; a copy handed on from here is
+    /// named in `answer` (the remover chases it there); otherwise `answer` is sent at once.
+    fn chase_here(
+        &mut self,
+        remover: &NodeId,
+        key: &str,
+        source: &Source,
+        mut answer: DirMsg,
+        out: &mut Vec<Action>,
+    ) {
+        let runs_it = self
+            .owned
+            .get(key)
+            .and_then(|o| o.source.as_deref())
+            .is_some_and(|s| s.named_by(source));
+        if runs_it && *remover != self.config.me {
+            self.notify
+                .entry(key.to_owned())
+                .or_default()
+                .push((remover.clone(), answer));
+            self.stop_for_good(key, out);
+            return;
+        }
+        let handed = self.handoffs.get(key).filter(|h| {
+            h.to != self.config.me && h.source.as_ref().is_some_and(|s| s.named_by(source))
+        });
+        if let Some(h) = handed {
+            let hop = Some((h.to.clone(), h.tag));
+            match &mut answer {
+                DirMsg::Dropped { next, .. } | DirMsg::Chased { next, .. } => *next = hop,
+                _ => {}
+            }
+        }
+        out.push(send(remover, answer));
+    }
+
+    /// Remembers that the child of `key` and `generation` was removed.
+    fn bury(&mut self, key: &str, generation: u64) {
+        if generation == 0 {
+            return;
+        }
+        let k = (key.to_owned(), generation);
+        if self.tombstones.contains(&k) {
+            return;
+        }
+        if self.tombstone_order.len() >= MAX_TOMBSTONES {
+            if let Some(old) = self.tombstone_order.pop_front() {
+                self.tombstones.remove(&old);
+            }
+        }
+        self.tombstones.insert(k.clone());
+        self.tombstone_order.push_back(k);
+    }
+
+    /// Whether the child of `key` and `generation` is known to be removed.
+    fn buried(&self, key: &str, generation: u64) -> bool {
+        generation != 0 && self.tombstones.contains(&(key.to_owned(), generation))
+    }
+
+    /// The removal of `key` chases the copy `from` handed to `node` with `tag`.
+    fn chase(&mut self, key: &str, node: NodeId, from: &NodeId, tag: u64, out: &mut Vec<Action>) {
+        if node == self.config.me || !self.may_answer(&node) {
+            return;
+        }
+        let Some(r) = self.removing.get_mut(key) else {
+            return;
+        };
+        let c = Chase {
+            node,
+            from: from.clone(),
+            tag,
+            generation: r.generation,
+        };
+        if r.chases >= MAX_CHASES || r.chasing.contains(&c) {
+            return;
+        }
+        r.chases += 1;
+        out.push(c.msg(key));
+        r.chasing.push(c);
     }
 
     /// `to` confirmed it took the child `key` handed off to it: the former backups may forget it.
@@ -1889,6 +2300,7 @@ impl Directory {
             tag: 0,
             moved: false,
             olds: Vec::new(),
+            source: None,
         });
         for o in olds {
             if o.node != me {
@@ -1901,6 +2313,7 @@ impl Directory {
     /// [`DirMsg::Drop`], or by replicating to this node): the copy is kept as a backup *from*
     /// `to`, so if `to` leaves the view first, the usual failover of orphaned backups re-sends or
     /// runs it instead of losing the child with the message.
+    #[allow(clippy::too_many_arguments)]
     fn hand_off(
         &mut self,
         to: &NodeId,
@@ -1908,6 +2321,7 @@ impl Directory {
         hops: u8,
         old_backups: Vec<Holder>,
         moved: bool,
+        source: Option<Source>,
         out: &mut Vec<Action>,
     ) {
         let key = record.key.clone();
@@ -1918,6 +2332,7 @@ impl Directory {
         h.to = to.clone();
         h.tag = tag;
         h.moved = moved;
+        h.source = source;
         // The receiver drops the copies it holds itself as soon as it gets the record (which is
         // at least as recent): a backup of the child, or a hand-off copy of its own that came
         // back to it (views disagreed, the child was passed around).
@@ -1931,6 +2346,7 @@ impl Directory {
                 record: record.clone(),
                 handoff: Some(tag),
                 epoch: Epoch::default(),
+                orphan: false,
             },
         );
         out.push(send(
@@ -1949,6 +2365,16 @@ impl Directory {
 /// How many times an adoption is passed on between nodes whose views disagree before a node keeps
 /// it anyway (bounds the traffic until views converge).
 pub const MAX_HOPS: u8 = 8;
+
+/// A generation ([`Record::generation`]) drawn by `me`: unique across nodes and their runs (a
+/// collision needs equal 64-bit hashes), never 0.
+fn generation_of(me: &NodeId, incarnation: u64, counter: u64) -> u64 {
+    let mut bytes = Vec::with_capacity(me.as_str().len() + 16);
+    bytes.extend_from_slice(me.as_str().as_bytes());
+    bytes.extend_from_slice(&incarnation.to_le_bytes());
+    bytes.extend_from_slice(&counter.to_le_bytes());
+    xxhash_rust::xxh3::xxh3_64(&bytes).max(1)
+}
 
 fn self_quorum(seen: usize, quorum: Option<usize>) -> StartError {
     StartError::NoQuorum {
@@ -1993,6 +2419,7 @@ mod tests {
             policy: RestartPolicy::Permanent,
             snapshot: None,
             version: 0,
+            generation: 0,
         }
     }
 
@@ -2139,6 +2566,102 @@ mod tests {
         net.settle();
         assert_eq!(net.replies(), vec![(1, Ok(())), (2, Ok(()))]);
         assert!(net.dir("b").backups().is_empty());
+    }
+
+    #[test]
+    fn a_removal_stops_the_copy_a_backup_failed_over_meanwhile() {
+        let mut net = Net::new(&["a", "b"], 8);
+        let key = key_owned_by(&["a", "b"], "a");
+        net.call("a", |d| d.start(1, record(&key)));
+        net.settle();
+        // `b` falsely suspects `a` and fails the child over from its backup...
+        net.call("b", |d| d.set_view([&id("b")]));
+        assert_eq!(net.runs(&key).len(), 2);
+        // ...while `a` terminates it: the drop of the backup reaches the copy made from it.
+        net.call("a", |d| d.terminate(2, &key));
+        net.settle();
+        assert!(net.runs(&key).is_empty(), "runs on {:?}", net.runs(&key));
+        assert_eq!(net.replies(), vec![(1, Ok(())), (2, Ok(()))]);
+        let stopped_on_b = net.log.iter().any(|(n, a)| {
+            *n == id("b") && matches!(a, Action::Event(ChildEvent::Stopped { key: k }) if *k == key)
+        });
+        assert!(stopped_on_b);
+    }
+
+    #[test]
+    fn a_removal_chases_a_copy_handed_on_from_a_failed_over_backup() {
+        let nodes = ["a", "b", "c"];
+        let mut net = Net::new(&nodes, 8);
+        let ring = Ring::from_nodes(RingConfig::default(), nodes.iter().map(|n| id(n))).unwrap();
+        let key = (0..)
+            .map(|i| format!("k{i}"))
+            .find(|k| ring.successors(k.as_bytes(), 2).eq([&id("a"), &id("b")]))
+            .unwrap();
+        net.call("a", |d| d.start(1, record(&key)));
+        net.settle();
+        // `b` and `c` lose `a` while `b` leaves: `b` hands its backup on to `c`, the owner in
+        // their view, which runs it; `a` terminates its copy meanwhile.
+        net.call("b", |d| d.set_members([&id("c")], [&id("b")]));
+        net.call("c", |d| d.set_members([&id("c")], [&id("b")]));
+        net.call("a", |d| d.terminate(2, &key));
+        net.settle();
+        assert!(net.runs(&key).is_empty(), "runs on {:?}", net.runs(&key));
+        assert!(net.replies().contains(&(2, Ok(()))));
+        let chased = net.log.iter().any(|(_, a)| {
+            matches!(
+                a,
+                Action::Send {
+                    msg: DirMsg::Chase { .. },
+                    ..
+                }
+            )
+        });
+        assert!(chased, "the removal followed the hand-off");
+    }
+
+    #[test]
+    fn a_late_copy_of_a_removed_child_is_refused() {
+        let nodes = ["a", "b", "c"];
+        let mut net = Net::new(&nodes, 8);
+        let key = key_owned_by(&nodes, "a");
+        net.call("a", |d| d.start(1, record(&key)));
+        net.settle();
+        let owned = net.dir("a").owned()[&key].clone();
+        assert_ne!(owned.record.generation, 0, "the owner draws a generation");
+        let backup = owned.backup.clone().expect("a backup");
+        net.call("a", |d| d.terminate(2, &key));
+        net.settle();
+        assert!(net.dir(backup.as_str()).backups().is_empty());
+        // A replication sent before the removal and overtaken by it is refused...
+        net.queue.push_back((
+            id("a"),
+            backup.clone(),
+            DirMsg::Replicate {
+                record: owned.record.clone(),
+                epoch: owned.epoch,
+            },
+        ));
+        net.settle();
+        assert!(net.dir(backup.as_str()).backups().is_empty());
+        // ...and so is a late hand-off of it.
+        net.queue.push_back((
+            id("c"),
+            backup.clone(),
+            DirMsg::Adopt {
+                record: owned.record.clone(),
+                hops: 0,
+                tag: 77,
+                holders: Vec::new(),
+                moved: false,
+            },
+        ));
+        net.settle();
+        assert!(net.runs(&key).is_empty(), "runs on {:?}", net.runs(&key));
+        // A new start of the key is a new child, not refused.
+        net.call("a", |d| d.start(3, record(&key)));
+        net.settle();
+        assert_eq!(net.runs(&key), vec![id("a")]);
+        assert!(net.dir(backup.as_str()).backups().contains_key(&key));
     }
 
     #[test]

@@ -38,6 +38,7 @@ fn record(key: &str) -> Record {
         policy: RestartPolicy::Permanent,
         snapshot: Some(vec![0; 8]),
         version: 1,
+        generation: 1,
     }
 }
 

@@ -510,6 +510,9 @@ fn msg_kind(m: &DirMsg) -> &'static str {
         DirMsg::Dropped { .. } => "dropped",
         DirMsg::Held { .. } => "held",
         DirMsg::Conflict { .. } => "conflict",
+        DirMsg::Chase { .. } => "chase",
+        DirMsg::Chased { .. } => "chased",
+        DirMsg::Removed { .. } => "removed",
     }
 }
 
@@ -691,6 +694,7 @@ impl Sim {
             policy,
             snapshot: None,
             version: 0,
+            generation: 0,
         };
         self.keys.insert(
             key.clone(),
@@ -1761,6 +1765,9 @@ impl Sim {
                         DirMsg::Adopt { .. } => "message: adopt",
                         DirMsg::Held { .. } => "message: held",
                         DirMsg::Conflict { .. } => "message: conflict",
+                        DirMsg::Chase { .. } => "message: chase",
+                        DirMsg::Chased { .. } => "message: chased",
+                        DirMsg::Removed { .. } => "message: removed",
                     });
                     if to == node {
                         self.fail(

@@ -12,7 +12,8 @@ use std::time::Instant;
 use throng_sim::{run_seed, run_seeds, Invariant, SimConfig, Tally};
 
 const USAGE: &str = "usage: throng-sim [--seeds N] [--first S] [--nodes N] [--steps N] \
-[--converge-every N] [--max-down N] [--partitions 0|1] | --seed S [same options]";
+[--converge-every N] [--max-down N] [--partitions 0|1] | --seed S [same options]
+environment: SIM_LIST=1 lists every failing seed; with --seed, SIM_WATCH=key follows one key";
 
 struct Args {
     seeds: u64,
@@ -152,6 +153,14 @@ fn main() -> ExitCode {
             println!("  {f}");
         }
         println!("replay: {}", replay_command(first.seed, &args.config));
+        if std::env::var_os("SIM_LIST").is_some() {
+            // Every failing seed with its first violation, to compare two builds.
+            for r in &failing {
+                if let Some(f) = r.failures.first() {
+                    println!("seed {}: {f}", r.seed);
+                }
+            }
+        }
     }
     println!("elapsed: {:.2?}", started.elapsed());
     let violations = tally.total_violations();

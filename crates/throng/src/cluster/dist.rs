@@ -922,6 +922,7 @@ impl DistSupervisor {
             policy: A::restart(),
             snapshot: None,
             version: 0,
+            generation: 0,
         };
         let encoded = wire::encode(&record);
         let mut owner = self

@@ -1513,12 +1513,20 @@ impl Directory {
                 // The new backup's copy is replaced by the replication (a drop of this lineage
                 // arriving after it would delete it).
                 let epoch = o.epoch;
-                o.old_backups.retain(|h| {
-                    !(h.tag.is_none()
+                let supersedes = |h: &Holder| {
+                    h.tag.is_none()
                         && h.origin == me
                         && h.epoch == epoch
-                        && Some(&h.node) == backup.as_ref())
-                });
+                        && Some(&h.node) == backup.as_ref()
+                };
+                o.old_backups.retain(|h| !supersedes(h));
+                if let Some(list) = self.dropping.get_mut(&key) {
+                    // Nor is a drop sent to it earlier sent again on a reconnection.
+                    list.retain(|h| !supersedes(h));
+                    if list.is_empty() {
+                        self.dropping.remove(&key);
+                    }
+                }
                 o.backup = backup.clone();
                 if let Some(b) = &backup {
                     o.acked = false;
@@ -1769,8 +1777,19 @@ impl Directory {
             if self.removing.contains_key(key) {
                 continue;
             }
+            // Not a drop that would delete the copy `peer` now backs up for a child here (it
+            // was its backup, then again: the replication since superseded the drop).
+            let current = self
+                .owned
+                .get(key)
+                .filter(|o| o.backup.as_ref() == Some(peer));
             for h in list.iter().filter(|h| h.node == *peer) {
-                out.push(h.drop_msg(key, None));
+                let backs_current = current.is_some_and(|o| {
+                    h.tag.is_none() && h.origin == self.config.me && o.epoch <= h.epoch
+                });
+                if !backs_current {
+                    out.push(h.drop_msg(key, None));
+                }
             }
         }
         let keys: Vec<(String, Epoch)> = self

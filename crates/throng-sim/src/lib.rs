@@ -397,6 +397,9 @@ struct KeyTrack {
     sole_copy_lost: bool,
     /// Two copies ran at once since the last convergence (views disagreed).
     split: bool,
+    /// Start requests that reached a node after the removal began and were not answered yet: a
+    /// node that crashes before answering may have started (and replicated) the new child.
+    late_starts: u32,
     /// The child takes snapshots.
     snapshots: bool,
     /// The state every accepted update should have led to (snapshot-taking children only);
@@ -707,6 +710,7 @@ impl Sim {
                 crashed_holders: BTreeSet::new(),
                 sole_copy_lost: false,
                 split: false,
+                late_starts: 0,
                 snapshots: id % 4 != 0,
                 ledger: (id % 4 != 0).then_some(0),
                 moved_state: None,
@@ -1330,6 +1334,10 @@ impl Sim {
                 p.arrived = true;
                 p.arrived_at = self.now;
                 let key = p.key.clone();
+                let t = self.keys.get_mut(&key).expect("tracked");
+                if t.removal_began.is_some() {
+                    t.late_starts += 1;
+                }
                 let record = self.keys[&key].record.clone();
                 trace!(self, "n{node}: start {key} (req {req})");
                 let actions = self.nodes[node].dir.start(req, record);
@@ -1935,14 +1943,21 @@ impl Sim {
             p.key
         );
         let t = self.keys.get_mut(&p.key).expect("tracked");
+        if p.kind == ReqKind::Start && t.removal_began.is_some_and(|r| p.arrived_at >= r) {
+            t.late_starts = t.late_starts.saturating_sub(1);
+        }
         match (p.kind, result) {
             (ReqKind::Start, Ok(())) => {
                 self.tally.event("reply: start ok");
                 if t.expect == Expect::Gone && t.removal_began.is_some_and(|r| p.arrived_at > r) {
-                    // Started again after it was removed: a new child of the same key.
+                    // Started again after it was removed: a new child of the same key, from
+                    // its initial state.
                     t.removal_ok = false;
                     t.removal_began = None;
                     t.expect = Expect::Running;
+                    t.floor = 0;
+                    t.ledger = t.snapshots.then_some(0);
+                    t.moved_state = None;
                 }
                 if t.expect != Expect::Gone {
                     t.expect = Expect::Running;
@@ -2072,6 +2087,8 @@ impl Sim {
             let t = self.keys[&key].clone();
             let excuse = if t.split {
                 Some("split brain (two copies, or a removal and a failover, on two sides)")
+            } else if t.late_starts > 0 && t.expect == Expect::Gone {
+                Some("a start after the removal was never answered (its node crashed)")
             } else if t.crashed_holders.len() >= 2 {
                 Some("double fault (owner and backup crashed)")
             } else if t.sole_copy_lost {
@@ -2207,6 +2224,7 @@ impl Sim {
             };
             let t = self.keys.get_mut(&key).expect("tracked");
             t.split = false;
+            t.late_starts = 0;
             t.crashed_holders.clear();
             t.sole_copy_lost = false;
             t.floor = durable.unwrap_or(0);

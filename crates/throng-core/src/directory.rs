@@ -706,7 +706,8 @@ pub struct Directory {
     /// Keys handed off ([`DirMsg::Adopt`]) whose copy is held in `backups` until the receiver
     /// confirms, with the copies to drop at the confirmation.
     handoffs: BTreeMap<String, HandOff>,
-    /// Tags of hand-off copies, and counters of lineages ([`Epoch`]).
+    /// Tags of hand-off copies, counters of lineages ([`Epoch`]) and of generations; starts at a
+    /// point drawn from this node and incarnation.
     next_tag: u64,
     /// Removed children waiting for their backups to confirm the drop.
     removing: BTreeMap<String, Removal>,
@@ -733,6 +734,7 @@ impl Directory {
         let ring = Ring::from_nodes(config.ring, [config.me.clone()])
             .unwrap_or_else(|_| Ring::new(config.ring));
         let view = BTreeSet::from([config.me.clone()]);
+        let first_tag = generation_of(&config.me, config.incarnation, 0) >> 2;
         let mut d = Directory {
             config,
             ring,
@@ -743,7 +745,10 @@ impl Directory {
             backups: BTreeMap::new(),
             departed: BTreeSet::new(),
             handoffs: BTreeMap::new(),
-            next_tag: 0,
+            // Tags name hand-offs to other nodes, which remember them (a hand-off sent again is
+            // recognized by its sender and tag): a new incarnation must not reuse the tags of the
+            // previous one, so the counter starts at a point drawn from the incarnation.
+            next_tag: first_tag,
             removing: BTreeMap::new(),
             notify: BTreeMap::new(),
             tombstones: BTreeSet::new(),
@@ -2123,12 +2128,52 @@ impl Directory {
             epoch: Epoch::default(),
         };
         let mut copies = vec![sender.clone()];
+        let mut record = record;
         for h in holders.iter() {
             if h.node == me {
-                // A copy held here: the adopted record is at least as recent.
-                self.remove_copies(&key, |b| h.names(b));
+                // A copy held here: it goes, the newest of it and the adopted record runs (the
+                // adopted one is usually at least as recent, unless it is an older hand-off sent
+                // again after a reconnection).
+                for b in self.remove_copies(&key, |b| h.names(b)) {
+                    if b.record.generation == record.generation && b.record.version > record.version
+                    {
+                        record = b.record;
+                    }
+                }
             } else {
                 add_holder(&mut copies, h.clone());
+            }
+        }
+        // The same hand-off sent again (its confirmation was lost, or overtaken by the sender's
+        // reconnection) while the copy it made runs here or was handed on: nothing new to run;
+        // the copies it names go with the copy made from it.
+        let again = Source::Adopted {
+            from: from.clone(),
+            tag,
+        };
+        if let Some(o) = self.owned.get_mut(&key) {
+            if o.source.as_deref() == Some(&again) {
+                for h in copies {
+                    add_holder(&mut o.old_backups, h);
+                }
+                if matches!(o.phase, Phase::Starting | Phase::Running) {
+                    if let Some(b) = &o.backup {
+                        // The acknowledgement drops them.
+                        o.acked = false;
+                        out.push(send(b, o.replicate()));
+                    }
+                    self.settle(&key, out);
+                }
+                return;
+            }
+        } else if let Some(h) = self.handoffs.get_mut(&key) {
+            if h.to != me && h.source.as_ref() == Some(&again) {
+                for c in copies {
+                    if c.node != h.to {
+                        add_holder(&mut h.olds, c);
+                    }
+                }
+                return;
             }
         }
         if !self.owned.contains_key(&key)

@@ -34,6 +34,13 @@
 //!   receiver confirms with a tagged [`DirMsg::Drop`]. Every [`DirMsg::Drop`] is acknowledged
 //!   ([`DirMsg::Dropped`]): a terminate is answered, and `Stopped` emitted, only once every node
 //!   that held a copy dropped it (or left the view), so a terminated child does not come back.
+//! - **Removals chase copies.** A removal's drops ([`DirMsg::Drop`] with `remove`) also reach
+//!   the copies their holders made meanwhile: a holder that failed its copy over stops that child
+//!   and answers once it is removed; one that handed its copy on names the receiver, which the
+//!   remover chases ([`DirMsg::Chase`]). The removed child's [`Record::generation`] is buried on
+//!   every node the removal reaches, so a late copy of it (a replication or hand-off overtaken by
+//!   the removal) is refused instead of failed over, and a copy that survived the removal on the
+//!   far side of a partition is stopped ([`DirMsg::Removed`]).
 //! - **Reconciliation.** When a peer (re)joins the view or its connection is re-established,
 //!   each side lists the copies it holds for the other ([`DirMsg::Held`]); the other answers
 //!   with drops for the copies it no longer needs and with replications for the ones missing.

@@ -210,6 +210,14 @@ pub enum DirMsg {
         /// The removed child's [`Record::generation`].
         generation: u64,
     },
+    /// Reconciliation, from a node to a peer it (re)connected to or that (re)joined its view: the
+    /// removed children it knows of (key and [`Record::generation`], at most [`MAX_TOMBSTONES`]).
+    /// The receiver buries them too and stops a copy of one that survived on its side of a
+    /// partition: a removal wins after a heal.
+    Buried {
+        /// The removed children.
+        removed: Vec<(String, u64)>,
+    },
     /// Answer to [`DirMsg::Chase`].
     Chased {
         /// The key.
@@ -362,7 +370,10 @@ impl Chase {
     }
 }
 
-/// How many removed backups a directory remembers, to refuse their late replications.
+/// How many bytes of removed keys a [`DirMsg::Buried`] carries at most (the newest first).
+pub const MAX_BURIED_BYTES: usize = 64 * 1024;
+
+/// How many removed children (key and generation) a directory remembers, to refuse their late copies.
 pub const MAX_TOMBSTONES: usize = 4096;
 
 /// How many hand-offs a removal follows to reach a copy made from one of its copies.
@@ -1812,6 +1823,21 @@ impl Directory {
             .map(|(k, b)| (k.clone(), b.epoch))
             .collect();
         out.push(send(peer, DirMsg::Held { keys }));
+        if !self.tombstone_order.is_empty() {
+            // The newest first, at most `MAX_BURIED_BYTES` of keys.
+            let mut bytes = 0;
+            let removed = self
+                .tombstone_order
+                .iter()
+                .rev()
+                .take_while(|(k, _)| {
+                    bytes += k.len() + 8;
+                    bytes <= MAX_BURIED_BYTES
+                })
+                .cloned()
+                .collect();
+            out.push(send(peer, DirMsg::Buried { removed }));
+        }
     }
 
     /// Whether the copy of `key` that `from` holds for this node (lineage `epoch`, holder `h`) is
@@ -2086,13 +2112,11 @@ impl Directory {
                 }
             }
             DirMsg::Removed { key, generation } => {
-                self.bury(&key, generation);
-                if self
-                    .owned
-                    .get(&key)
-                    .is_some_and(|o| o.record.generation == generation)
-                {
-                    self.stop_for_good(&key, &mut out);
+                self.bury_and_stop(&key, generation, &mut out);
+            }
+            DirMsg::Buried { removed } => {
+                for (key, generation) in removed.into_iter().take(MAX_TOMBSTONES) {
+                    self.bury_and_stop(&key, generation, &mut out);
                 }
             }
             DirMsg::Conflict { key } => {
@@ -2320,6 +2344,20 @@ impl Directory {
         }
         self.tombstones.insert(k.clone());
         self.tombstone_order.push_back(k);
+    }
+
+    /// The child of `key` and `generation` was removed elsewhere: remember it, and stop its copy
+    /// here if one runs (it survived the removal on the other side of a partition).
+    fn bury_and_stop(&mut self, key: &str, generation: u64, out: &mut Vec<Action>) {
+        self.bury(key, generation);
+        if generation != 0
+            && self
+                .owned
+                .get(key)
+                .is_some_and(|o| o.record.generation == generation)
+        {
+            self.stop_for_good(key, out);
+        }
     }
 
     /// Whether the child of `key` and `generation` is known to be removed.
@@ -2733,6 +2771,34 @@ mod tests {
         net.settle();
         assert_eq!(net.runs(&key), vec![id("a")]);
         assert!(net.dir(backup.as_str()).backups().contains_key(&key));
+    }
+
+    #[test]
+    fn a_removal_on_one_side_of_a_partition_wins_after_the_heal() {
+        let nodes = ["a", "b", "c"];
+        let mut net = Net::new(&nodes, 8);
+        let ring = Ring::from_nodes(RingConfig::default(), nodes.iter().map(|n| id(n))).unwrap();
+        let key = (0..)
+            .map(|i| format!("k{i}"))
+            .find(|k| ring.successors(k.as_bytes(), 2).eq([&id("a"), &id("b")]))
+            .unwrap();
+        net.call("a", |d| d.start(1, record(&key)));
+        net.settle();
+        // `b` is cut off: it fails the child over from its backup and terminates it there; the
+        // drop to `a` is lost with the partition.
+        net.call("b", |d| d.set_view([&id("b")]));
+        net.call("b", |d| d.terminate(2, &key));
+        net.queue.clear();
+        assert!(net.replies().contains(&(2, Ok(()))));
+        assert_eq!(net.runs(&key), vec![id("a")]);
+        // The heal: `b` comes back into the views and reconciles.
+        for n in nodes {
+            net.call(n, |d| {
+                d.set_view(nodes.iter().map(|n| id(n)).collect::<Vec<_>>().iter())
+            });
+        }
+        net.settle();
+        assert!(net.runs(&key).is_empty(), "runs on {:?}", net.runs(&key));
     }
 
     #[test]

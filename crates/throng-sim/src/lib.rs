@@ -516,6 +516,7 @@ fn msg_kind(m: &DirMsg) -> &'static str {
         DirMsg::Chase { .. } => "chase",
         DirMsg::Chased { .. } => "chased",
         DirMsg::Removed { .. } => "removed",
+        DirMsg::Buried { .. } => "buried",
     }
 }
 
@@ -1776,6 +1777,7 @@ impl Sim {
                         DirMsg::Chase { .. } => "message: chase",
                         DirMsg::Chased { .. } => "message: chased",
                         DirMsg::Removed { .. } => "message: removed",
+                        DirMsg::Buried { .. } => "message: buried",
                     });
                     if to == node {
                         self.fail(

@@ -1318,18 +1318,14 @@ impl Directory {
         }
         let generation = o.record.generation;
         self.bury(key, generation);
-        let mut waiting_on = Vec::new();
         // Drops sent earlier and not confirmed yet are sent again as removals: their holders may
         // have made a copy of their own from the copy meanwhile.
-        let earlier = self.dropping.get(key).into_iter().flatten();
-        for h in current.iter().chain(&o.old_backups).chain(earlier) {
-            if h.node != self.config.me && !waiting_on.contains(h) {
-                out.push(h.drop_msg(key, Some(generation)));
-                if self.may_answer(&h.node) {
-                    waiting_on.push(h.clone());
-                }
-            }
-        }
+        let earlier = self.dropping.get(key).into_iter().flatten().cloned();
+        let copies = current
+            .into_iter()
+            .chain(o.old_backups)
+            .chain(earlier)
+            .collect();
         let removal = self.removing.entry(key.to_owned()).or_insert(Removal {
             waiting_on: Vec::new(),
             chasing: Vec::new(),
@@ -1339,12 +1335,9 @@ impl Directory {
             event: false,
             starts: Vec::new(),
         });
-        for h in waiting_on {
-            add_holder(&mut removal.waiting_on, h);
-        }
         removal.reqs.extend(o.stopping_reqs);
         removal.event |= event;
-        self.finish_removal(key, out);
+        self.remove_with(key, copies, out);
     }
 
     /// A copy of `key` and `generation` arrived (an adoption) or was orphaned here while the
@@ -1368,11 +1361,16 @@ impl Directory {
         let Some(r) = self.removing.get_mut(key) else {
             return;
         };
+        let mut sent: Vec<Holder> = Vec::new();
         for h in copies.into_iter().filter(|h| h.node != me) {
+            if sent.contains(&h) {
+                continue;
+            }
             out.push(h.drop_msg(key, Some(r.generation)));
             if view.contains(&h.node) {
-                add_holder(&mut r.waiting_on, h);
+                add_holder(&mut r.waiting_on, h.clone());
             }
+            sent.push(h);
         }
         self.finish_removal(key, out);
     }
@@ -2050,13 +2048,10 @@ impl Directory {
                         self.dropping.remove(&key);
                     }
                 }
-                if remove && self.removing.contains_key(&key) {
-                    if let Some((node, tag)) = next {
-                        self.chase(&key, node, from, tag, &mut out);
-                    }
-                    let r = self.removing.get_mut(&key).expect("present");
-                    r.waiting_on.retain(|w| *w != h);
-                    self.finish_removal(&key, &mut out);
+                if remove {
+                    self.removal_answered(&key, from, next, &mut out, |r| {
+                        r.waiting_on.retain(|w| *w != h)
+                    });
                 }
             }
             DirMsg::Chase {
@@ -2084,15 +2079,10 @@ impl Directory {
                 tag,
                 next,
             } => {
-                if self.removing.contains_key(&key) {
-                    if let Some((node, t)) = next {
-                        self.chase(&key, node, from, t, &mut out);
-                    }
-                    let r = self.removing.get_mut(&key).expect("present");
+                self.removal_answered(&key, from, next, &mut out, |r| {
                     r.chasing
-                        .retain(|w| !(w.node == *from && w.from == f && w.tag == tag));
-                    self.finish_removal(&key, &mut out);
-                }
+                        .retain(|w| !(w.node == *from && w.from == f && w.tag == tag))
+                });
             }
             DirMsg::Held { keys } => {
                 // The records `from` should hold for this node and does not: send them again.
@@ -2365,6 +2355,29 @@ impl Directory {
         generation != 0 && self.tombstones.contains(&(key.to_owned(), generation))
     }
 
+    /// `from` answered a drop or a chase of the removal of `key` (`answered` forgets what it
+    /// waited for): chase the copy it names next, if any, and complete the removal if it waits
+    /// for nothing more.
+    fn removal_answered(
+        &mut self,
+        key: &str,
+        from: &NodeId,
+        next: Option<(NodeId, u64)>,
+        out: &mut Vec<Action>,
+        answered: impl FnOnce(&mut Removal),
+    ) {
+        if !self.removing.contains_key(key) {
+            return;
+        }
+        if let Some((node, tag)) = next {
+            self.chase(key, node, from, tag, out);
+        }
+        if let Some(r) = self.removing.get_mut(key) {
+            answered(r);
+        }
+        self.finish_removal(key, out);
+    }
+
     /// The removal of `key` chases the copy `from` handed to `node` with `tag`.
     fn chase(&mut self, key: &str, node: NodeId, from: &NodeId, tag: u64, out: &mut Vec<Action>) {
         if node == self.config.me || !self.may_answer(&node) {
@@ -2565,6 +2578,15 @@ mod tests {
             net
         }
 
+        /// `nodes` with `key` started on its owner (request 1) and replicated.
+        fn running(nodes: &[&str], key: &str) -> Self {
+            let mut net = Net::new(nodes, 8);
+            let owner = net.dirs.values().next().and_then(|d| d.owner(key)).unwrap();
+            net.call(owner.as_str(), |d| d.start(1, record(key)));
+            net.settle();
+            net
+        }
+
         fn dir(&mut self, n: &str) -> &mut Directory {
             self.dirs.get_mut(&id(n)).expect("node")
         }
@@ -2652,6 +2674,18 @@ mod tests {
         }
     }
 
+    /// A key owned by `owner` and backed up on `backup` in a view of `nodes`.
+    fn key_placed(nodes: &[&str], owner: &str, backup: &str) -> String {
+        let ring = Ring::from_nodes(RingConfig::default(), nodes.iter().map(|n| id(n))).unwrap();
+        (0..)
+            .map(|i| format!("k{i}"))
+            .find(|k| {
+                ring.successors(k.as_bytes(), 2)
+                    .eq([&id(owner), &id(backup)])
+            })
+            .unwrap()
+    }
+
     /// A key owned by `owner` in a view of `nodes`.
     fn key_owned_by(nodes: &[&str], owner: &str) -> String {
         let ring = Ring::from_nodes(RingConfig::default(), nodes.iter().map(|n| id(n))).unwrap();
@@ -2679,10 +2713,8 @@ mod tests {
 
     #[test]
     fn a_removal_stops_the_copy_a_backup_failed_over_meanwhile() {
-        let mut net = Net::new(&["a", "b"], 8);
         let key = key_owned_by(&["a", "b"], "a");
-        net.call("a", |d| d.start(1, record(&key)));
-        net.settle();
+        let mut net = Net::running(&["a", "b"], &key);
         // `b` falsely suspects `a` and fails the child over from its backup...
         net.call("b", |d| d.set_view([&id("b")]));
         assert_eq!(net.runs(&key).len(), 2);
@@ -2700,14 +2732,8 @@ mod tests {
     #[test]
     fn a_removal_chases_a_copy_handed_on_from_a_failed_over_backup() {
         let nodes = ["a", "b", "c"];
-        let mut net = Net::new(&nodes, 8);
-        let ring = Ring::from_nodes(RingConfig::default(), nodes.iter().map(|n| id(n))).unwrap();
-        let key = (0..)
-            .map(|i| format!("k{i}"))
-            .find(|k| ring.successors(k.as_bytes(), 2).eq([&id("a"), &id("b")]))
-            .unwrap();
-        net.call("a", |d| d.start(1, record(&key)));
-        net.settle();
+        let key = key_placed(&nodes, "a", "b");
+        let mut net = Net::running(&nodes, &key);
         // `b` and `c` lose `a` while `b` leaves: `b` hands its backup on to `c`, the owner in
         // their view, which runs it; `a` terminates its copy meanwhile.
         net.call("b", |d| d.set_members([&id("c")], [&id("b")]));
@@ -2731,10 +2757,8 @@ mod tests {
     #[test]
     fn a_late_copy_of_a_removed_child_is_refused() {
         let nodes = ["a", "b", "c"];
-        let mut net = Net::new(&nodes, 8);
         let key = key_owned_by(&nodes, "a");
-        net.call("a", |d| d.start(1, record(&key)));
-        net.settle();
+        let mut net = Net::running(&nodes, &key);
         let owned = net.dir("a").owned()[&key].clone();
         assert_ne!(owned.record.generation, 0, "the owner draws a generation");
         let backup = owned.backup.clone().expect("a backup");
@@ -2776,14 +2800,8 @@ mod tests {
     #[test]
     fn a_removal_on_one_side_of_a_partition_wins_after_the_heal() {
         let nodes = ["a", "b", "c"];
-        let mut net = Net::new(&nodes, 8);
-        let ring = Ring::from_nodes(RingConfig::default(), nodes.iter().map(|n| id(n))).unwrap();
-        let key = (0..)
-            .map(|i| format!("k{i}"))
-            .find(|k| ring.successors(k.as_bytes(), 2).eq([&id("a"), &id("b")]))
-            .unwrap();
-        net.call("a", |d| d.start(1, record(&key)));
-        net.settle();
+        let key = key_placed(&nodes, "a", "b");
+        let mut net = Net::running(&nodes, &key);
         // `b` is cut off: it fails the child over from its backup and terminates it there; the
         // drop to `a` is lost with the partition.
         net.call("b", |d| d.set_view([&id("b")]));

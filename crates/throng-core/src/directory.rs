@@ -735,7 +735,7 @@ pub struct Directory {
     /// The generations of removed children this node learned of, by key (the newest
     /// [`MAX_TOMBSTONES`]): a copy of one arriving later (a replication or a hand-off sent
     /// before the removal and overtaken by it) is refused, not run again.
-    tombstones: BTreeSet<(String, u64)>,
+    tombstones: BTreeMap<String, Vec<u64>>,
     tombstone_order: std::collections::VecDeque<(String, u64)>,
     /// Drops of other copies sent and not confirmed yet, by key.
     dropping: BTreeMap<String, Vec<Holder>>,
@@ -769,7 +769,7 @@ impl Directory {
             next_tag: first_tag,
             removing: BTreeMap::new(),
             notify: BTreeMap::new(),
-            tombstones: BTreeSet::new(),
+            tombstones: BTreeMap::new(),
             tombstone_order: std::collections::VecDeque::new(),
             dropping: BTreeMap::new(),
             move_queue: BTreeSet::new(),
@@ -2323,17 +2323,24 @@ impl Directory {
         if generation == 0 {
             return;
         }
-        let k = (key.to_owned(), generation);
-        if self.tombstones.contains(&k) {
+        if self.buried(key, generation) {
             return;
         }
         if self.tombstone_order.len() >= MAX_TOMBSTONES {
-            if let Some(old) = self.tombstone_order.pop_front() {
-                self.tombstones.remove(&old);
+            if let Some((old, g)) = self.tombstone_order.pop_front() {
+                if let Some(list) = self.tombstones.get_mut(&old) {
+                    list.retain(|x| *x != g);
+                    if list.is_empty() {
+                        self.tombstones.remove(&old);
+                    }
+                }
             }
         }
-        self.tombstones.insert(k.clone());
-        self.tombstone_order.push_back(k);
+        self.tombstones
+            .entry(key.to_owned())
+            .or_default()
+            .push(generation);
+        self.tombstone_order.push_back((key.to_owned(), generation));
     }
 
     /// The child of `key` and `generation` was removed elsewhere: remember it, and stop its copy
@@ -2352,7 +2359,11 @@ impl Directory {
 
     /// Whether the child of `key` and `generation` is known to be removed.
     fn buried(&self, key: &str, generation: u64) -> bool {
-        generation != 0 && self.tombstones.contains(&(key.to_owned(), generation))
+        generation != 0
+            && self
+                .tombstones
+                .get(key)
+                .is_some_and(|list| list.contains(&generation))
     }
 
     /// `from` answered a drop or a chase of the removal of `key` (`answered` forgets what it
@@ -2491,11 +2502,11 @@ pub const MAX_HOPS: u8 = 8;
 /// A generation ([`Record::generation`]) drawn by `me`: unique across nodes and their runs (a
 /// collision needs equal 64-bit hashes), never 0.
 fn generation_of(me: &NodeId, incarnation: u64, counter: u64) -> u64 {
-    let mut bytes = Vec::with_capacity(me.as_str().len() + 16);
-    bytes.extend_from_slice(me.as_str().as_bytes());
-    bytes.extend_from_slice(&incarnation.to_le_bytes());
-    bytes.extend_from_slice(&counter.to_le_bytes());
-    xxhash_rust::xxh3::xxh3_64(&bytes).max(1)
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(me.as_str().as_bytes());
+    h.update(&incarnation.to_le_bytes());
+    h.update(&counter.to_le_bytes());
+    h.digest().max(1)
 }
 
 fn self_quorum(seen: usize, quorum: Option<usize>) -> StartError {

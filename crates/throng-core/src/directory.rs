@@ -2831,6 +2831,38 @@ mod tests {
     }
 
     #[test]
+    fn peers_that_meet_again_exchange_the_removals_they_know() {
+        let nodes = ["a", "b", "c"];
+        let key = key_placed(&nodes, "a", "b");
+        let mut net = Net::running(&nodes, &key);
+        // `b` is cut off, fails the child over and terminates it; `a` and `c` see `b` down.
+        net.call("b", |d| d.set_view([&id("b")]));
+        net.call("b", |d| d.terminate(2, &key));
+        net.call("a", |d| d.set_view([&id("a"), &id("c")]));
+        net.call("c", |d| d.set_view([&id("a"), &id("c")]));
+        net.queue.clear();
+        net.settle();
+        assert_eq!(net.runs(&key), vec![id("a")]);
+        // The heal, with `b` leaving: nothing of the child is replicated to `b` any more, so only
+        // the reconciliation tells `a` about the removal.
+        for n in nodes {
+            net.call(n, |d| d.set_members([&id("a"), &id("c")], [&id("b")]));
+        }
+        net.settle();
+        assert!(net.runs(&key).is_empty(), "runs on {:?}", net.runs(&key));
+        let buried = net.log.iter().any(|(_, a)| {
+            matches!(
+                a,
+                Action::Send {
+                    msg: DirMsg::Buried { .. },
+                    ..
+                }
+            )
+        });
+        assert!(buried);
+    }
+
+    #[test]
     fn a_leaving_node_hands_its_children_off_with_their_state() {
         let nodes = ["a", "b", "c"];
         let mut net = Net::new(&nodes, 8);

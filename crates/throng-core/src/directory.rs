@@ -370,6 +370,9 @@ impl Chase {
     }
 }
 
+/// How many hand-offs taken a directory remembers, to recognize one sent again.
+pub const MAX_ADOPTIONS: usize = 4096;
+
 /// How many bytes of removed keys a [`DirMsg::Buried`] carries at most (the newest first).
 pub const MAX_BURIED_BYTES: usize = 64 * 1024;
 
@@ -737,6 +740,10 @@ pub struct Directory {
     /// before the removal and overtaken by it) is refused, not run again.
     tombstones: BTreeMap<String, Vec<u64>>,
     tombstone_order: std::collections::VecDeque<(String, u64)>,
+    /// The hand-offs taken here, by sender and tag (the newest [`MAX_ADOPTIONS`]): one sent again
+    /// after its copy moved on is confirmed, not run a second time.
+    adoptions: BTreeSet<(NodeId, u64)>,
+    adoption_order: std::collections::VecDeque<(NodeId, u64)>,
     /// Drops of other copies sent and not confirmed yet, by key.
     dropping: BTreeMap<String, Vec<Holder>>,
     /// Running children whose key belongs to another node, waiting for a move slot.
@@ -771,6 +778,8 @@ impl Directory {
             notify: BTreeMap::new(),
             tombstones: BTreeMap::new(),
             tombstone_order: std::collections::VecDeque::new(),
+            adoptions: BTreeSet::new(),
+            adoption_order: std::collections::VecDeque::new(),
             dropping: BTreeMap::new(),
             move_queue: BTreeSet::new(),
             moving: BTreeSet::new(),
@@ -2197,6 +2206,12 @@ impl Directory {
                 return;
             }
         }
+        if !self.remember_adoption(from, tag) {
+            // Taken before, and the copy it made has moved on since (confirmed by its next
+            // holder) or was removed: the sender may forget its copy; nothing to run again.
+            out.push(sender.drop_msg(&key, None));
+            return;
+        }
         if !self.owned.contains_key(&key)
             && (self.removing.contains_key(&key) || self.buried(&key, record.generation))
         {
@@ -2316,6 +2331,22 @@ impl Directory {
             }
         }
         out.push(send(remover, answer));
+    }
+
+    /// Remembers the hand-off `tag` from `from` (the newest [`MAX_ADOPTIONS`]); false if it was
+    /// taken before.
+    fn remember_adoption(&mut self, from: &NodeId, tag: u64) -> bool {
+        let k = (from.clone(), tag);
+        if !self.adoptions.insert(k.clone()) {
+            return false;
+        }
+        if self.adoption_order.len() >= MAX_ADOPTIONS {
+            if let Some(old) = self.adoption_order.pop_front() {
+                self.adoptions.remove(&old);
+            }
+        }
+        self.adoption_order.push_back(k);
+        true
     }
 
     /// Remembers that the child of `key` and `generation` was removed.

@@ -1944,6 +1944,8 @@ impl Sim {
             p.kind,
             p.key
         );
+        // The new child's state so far (updates it accepted before this answer).
+        let runs = self.nodes[node].children.get(&p.key).map(|c| c.state);
         let t = self.keys.get_mut(&p.key).expect("tracked");
         if p.kind == ReqKind::Start && t.removal_began.is_some_and(|r| p.arrived_at >= r) {
             t.late_starts = t.late_starts.saturating_sub(1);
@@ -1953,12 +1955,12 @@ impl Sim {
                 self.tally.event("reply: start ok");
                 if t.expect == Expect::Gone && t.removal_began.is_some_and(|r| p.arrived_at > r) {
                     // Started again after it was removed: a new child of the same key, from
-                    // its initial state.
+                    // its initial state (plus the updates it accepted before this answer).
                     t.removal_ok = false;
                     t.removal_began = None;
                     t.expect = Expect::Running;
                     t.floor = 0;
-                    t.ledger = t.snapshots.then_some(0);
+                    t.ledger = t.snapshots.then_some(runs.unwrap_or(0));
                     t.moved_state = None;
                 }
                 if t.expect != Expect::Gone {

@@ -2894,6 +2894,48 @@ mod tests {
     }
 
     #[test]
+    fn a_hand_off_sent_again_after_its_copy_moved_on_is_not_taken_twice() {
+        let nodes = ["a", "b", "c"];
+        let mut net = Net::new(&nodes, 8);
+        let key = key_owned_by(&nodes, "c");
+        let mut r = record(&key);
+        r.generation = 7;
+        r.snapshot = Some(b"s".to_vec());
+        let adopt = DirMsg::Adopt {
+            record: r,
+            hops: 0,
+            tag: 5,
+            holders: Vec::new(),
+            moved: true,
+        };
+        // `b` takes the hand-off and passes it on to the owner, `c`, which confirms.
+        net.queue.push_back((id("a"), id("b"), adopt.clone()));
+        net.settle();
+        assert_eq!(net.runs(&key), vec![id("c")]);
+        // The same hand-off again (a reconnection of `a` resent it): confirmed, not taken again.
+        let before = net.log.len();
+        net.queue.push_back((id("a"), id("b"), adopt));
+        net.settle();
+        assert_eq!(net.runs(&key), vec![id("c")]);
+        let taken_again = net.log[before..].iter().any(|(_, a)| {
+            matches!(
+                a,
+                Action::Send {
+                    msg: DirMsg::Adopt { .. },
+                    ..
+                } | Action::Merge { .. }
+                    | Action::Event(ChildEvent::Conflict { .. })
+            )
+        });
+        assert!(!taken_again, "{:?}", &net.log[before..]);
+        let confirmed = net.log[before..].iter().any(|(n, a)| {
+            *n == id("b")
+                && matches!(a, Action::Send { to, msg: DirMsg::Drop { tag: Some(5), .. } } if *to == id("a"))
+        });
+        assert!(confirmed);
+    }
+
+    #[test]
     fn a_leaving_node_hands_its_children_off_with_their_state() {
         let nodes = ["a", "b", "c"];
         let mut net = Net::new(&nodes, 8);

@@ -527,7 +527,7 @@ impl Driver {
                         sup: dist.name.to_string(),
                         msg: wire::encode(&msg),
                     };
-                    let _ = peer.data.send(frame).await;
+                    let _ = peer.send(&frame).await;
                 }
                 Action::Reply { req, result } => {
                     if let Some(tx) = self.requests.remove(&req) {
@@ -1050,7 +1050,7 @@ impl DistSupervisor {
                 },
             );
         let exchange = async {
-            peer.data.send(frame(id)).await.map_err(|_| down())?;
+            peer.send(&frame(id)).await.map_err(|_| down())?;
             rx.await.map_err(|_| down())
         };
         let result = match tokio::time::timeout(CHILD_OP_TIMEOUT, exchange).await {

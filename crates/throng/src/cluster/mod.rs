@@ -5,12 +5,14 @@
 //! - [`tls`]: mutual TLS (the production security mode) and a development certificate generator.
 //! - [`node`]: a [`Node`] listens for peers, keeps one connection per peer pair, exports local
 //!   actors under names, and hands out [`crate::ActorRef`]s to actors on other nodes.
+//! - `outbox`: a peer's outgoing lanes, into which senders encode frames directly.
 
 pub mod config;
 pub mod dist;
 pub mod keyed;
 pub mod names;
 pub mod node;
+mod outbox;
 pub mod tls;
 pub mod wire;
 

@@ -695,7 +695,7 @@ impl NamesState {
 /// Sends `frames` to `peer` in order, each waiting at most [`SEND_TIMEOUT`] for queue room.
 async fn send_all(peer: Arc<Peer>, frames: Vec<Vec<u8>>) {
     for msg in frames {
-        let sent = tokio::time::timeout(SEND_TIMEOUT, peer.data.send(Frame::Names { msg })).await;
+        let sent = tokio::time::timeout(SEND_TIMEOUT, peer.send(&Frame::Names { msg })).await;
         match sent {
             Ok(Ok(())) => {}
             // The link is gone (node down or stopping).

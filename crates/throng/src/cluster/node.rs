@@ -7,10 +7,10 @@
 //! and then seals every frame — or, in TLS mode ([`Security::Tls`]), runs inside mutual TLS where
 //! each side's certificate must come from the cluster CA and name the node it claims to be.
 //!
-//! Queues: each peer has a bounded *control* queue (replies, monitors) and a bounded *data* queue
-//! (requests). The writer always drains control first, so bulk requests never delay a reply or a
-//! down notice; a full data queue makes senders wait (backpressure) or, for `try_cast`, hands the
-//! message back. Incoming requests are delivered in order: a cast waits for mailbox room before the
+//! Queues: each peer has a bounded *control* lane (replies, monitors) and a bounded *data* lane
+//! (requests), into which senders encode their frames directly ([`super::outbox`]). The writer
+//! always drains control first, so bulk requests never delay a reply or a down notice; a full data
+//! lane makes senders wait (backpressure) or, for `try_cast`, hands the message back. Incoming requests are delivered in order: a cast waits for mailbox room before the
 //! next frame is read, which pushes back through TCP to the sender.
 //!
 //! Calls: a call is a `Request` frame with an id; the reply completes the pending entry. A lost
@@ -37,6 +37,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
+use super::outbox::{Lane, Limits, Outbox, PushError};
 use super::tls::{self, Security};
 use super::wire::{
     self, Auth, ClusterKey, Frame, FrameRef, Hello, HelloAck, Opener, RemoteFailure, Role, Sealer,
@@ -63,9 +64,10 @@ pub trait RemoteActor:
 pub struct NodeOptions {
     /// Largest frame accepted or sent, in bytes (default 8 MiB).
     pub max_frame: usize,
-    /// Frames queued per peer for requests (default 4096); senders wait beyond it.
+    /// Frames queued per peer for requests (default 4096); senders wait beyond it, or beyond
+    /// `max_frame` queued bytes (an empty queue always takes one frame).
     pub data_queue: usize,
-    /// Frames queued per peer for replies and control (default 1024).
+    /// Frames queued per peer for replies and control (default 1024; the same byte bound).
     pub control_queue: usize,
     /// How long a handshake may take (default 5 s).
     pub handshake_timeout: Duration,
@@ -239,12 +241,46 @@ struct Conn {
 
 pub(super) struct Peer {
     id: NodeId,
-    pub(super) control: mpsc::Sender<Frame>,
-    pub(super) data: mpsc::Sender<Frame>,
+    /// Frames for this peer, encoded, waiting for the writer.
+    out: Outbox,
     inbound: mpsc::Sender<Conn>,
     addr: Mutex<Option<SocketAddr>>,
     connected: std::sync::atomic::AtomicBool,
     stop: CancellationToken,
+}
+
+impl Peer {
+    /// Queue `frame` on the data lane, waiting for room.
+    pub(super) async fn send(&self, frame: &Frame) -> Result<(), PushError> {
+        self.out.push(Lane::Data, |b| encode_frame(b, frame)).await
+    }
+
+    /// Queue `frame` on the control lane, waiting for room.
+    pub(super) async fn control(&self, frame: &Frame) -> Result<(), PushError> {
+        self.out
+            .push(Lane::Control, |b| encode_frame(b, frame))
+            .await
+    }
+
+    /// Queue `frame` on the control lane if it has room.
+    pub(super) fn try_control(&self, frame: &Frame) -> Result<(), PushError> {
+        self.out.try_push(Lane::Control, |b| encode_frame(b, frame))
+    }
+
+    /// Queue a control frame from a task that must not wait (an actor's): at once if the lane has
+    /// room, else from a task of its own.
+    fn control_from_actor(self: &Arc<Self>, frame: Frame) {
+        if let Err(PushError::Full) = self.try_control(&frame) {
+            let peer = self.clone();
+            tokio::spawn(async move {
+                let _ = peer.control(&frame).await;
+            });
+        }
+    }
+}
+
+fn encode_frame(buf: &mut Vec<u8>, frame: &Frame) -> Result<(), String> {
+    wire::append(buf, frame).map_err(|e| e.to_string())
 }
 
 pub(super) struct Pending {
@@ -259,6 +295,8 @@ pub(crate) struct Shared {
     opts: NodeOptions,
     rpc_addr: SocketAddr,
     exports: RwLock<HashMap<String, Arc<dyn Export>>>,
+    /// Bumped at every change of `exports`, so that readers may cache what they looked up.
+    exports_version: AtomicU64,
     pub(super) pending: Mutex<HashMap<u64, Pending>>,
     pub(super) next_id: AtomicU64,
     /// Actor types this node can host as distributed children, by type name.
@@ -296,10 +334,51 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct RemoteRoute<A: Actor> {
     shared: Weak<Shared>,
     peer: NodeId,
+    /// Whether `peer` is this node (a name resolved here: delivered without the transport).
+    local: bool,
+    /// The link to `peer`, looked up once and kept while it is open.
+    link: Mutex<Option<Arc<Peer>>>,
     name: String,
     actor_type: &'static str,
     encode: fn(&A::Msg) -> Result<Vec<u8>, String>,
+    /// Appends a request frame carrying the message (id, name, type, message, timeout in ms).
+    append: AppendRequest<A>,
     decode: fn(&[u8]) -> Result<A::Reply, String>,
+}
+
+type AppendRequest<A> =
+    fn(&mut Vec<u8>, u64, &str, &'static str, &<A as Actor>::Msg, u64) -> Result<(), String>;
+
+impl<A: RemoteActor> RemoteRoute<A> {
+    fn new(shared: &Arc<Shared>, peer: &NodeId, name: &str) -> Self {
+        RemoteRoute {
+            shared: Arc::downgrade(shared),
+            peer: peer.clone(),
+            local: *peer == shared.id,
+            link: Mutex::new(None),
+            name: name.to_owned(),
+            actor_type: A::TYPE,
+            encode: |m| postcard::to_allocvec(m).map_err(|e| e.to_string()),
+            append: |buf, id, to, actor_type, msg, timeout_ms| {
+                wire::append_request(buf, id, to, actor_type, msg, timeout_ms)
+                    .map_err(|e| e.to_string())
+            },
+            decode: |b| postcard::from_bytes(b).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// A request's message: typed (encoded straight into the queue) or already encoded.
+enum Outgoing<M> {
+    Msg(M),
+    Body(Vec<u8>),
+}
+
+/// How a request to a peer was refused before it was sent.
+enum Refused {
+    NodeDown,
+    TooLarge { size: usize, max: usize },
+    Codec(String),
 }
 
 impl<A: Actor> RemoteRoute<A> {
@@ -307,79 +386,136 @@ impl<A: Actor> RemoteRoute<A> {
         self.shared.upgrade().ok_or_else(|| self.peer.to_string())
     }
 
-    fn request(&self, msg: &A::Msg, id: u64, timeout: Duration) -> Result<Frame, SendError> {
-        let body = (self.encode)(msg).map_err(SendError::Codec)?;
-        Ok(Frame::Request {
-            id,
-            to: self.name.clone(),
-            actor_type: self.actor_type.to_string(),
-            body,
-            timeout_ms: timeout.as_millis().min(u64::MAX as u128) as u64,
-        })
+    /// The link to the peer: the one kept from the last request while it is open, else the
+    /// node's current one.
+    fn link(&self, fresh: bool) -> Option<Arc<Peer>> {
+        let mut kept = lock(&self.link);
+        if !fresh {
+            if let Some(p) = kept.as_ref() {
+                return Some(p.clone());
+            }
+        }
+        let peer = self.shared.upgrade()?.peer(&self.peer)?;
+        *kept = Some(peer.clone());
+        Some(peer)
     }
 
-    fn check_size(shared: &Shared, frame: &Frame) -> Result<(), (usize, usize)> {
-        let size = match frame {
-            Frame::Request { body, to, .. } => body.len() + to.len() + 64,
-            _ => 0,
-        };
-        if size + wire::SEAL_OVERHEAD > shared.opts.max_frame {
-            return Err((size, shared.opts.max_frame));
+    /// Queue one request frame that `encode` appends on the peer's data lane if it has room
+    /// (`Ok(false)`: full).
+    fn try_enqueue(
+        &self,
+        mut encode: impl FnMut(&mut Vec<u8>) -> Result<(), String>,
+    ) -> Result<bool, Refused> {
+        // A kept link that has closed since (the peer was removed) is looked up again, once.
+        for fresh in [false, true] {
+            let peer = self.link(fresh).ok_or(Refused::NodeDown)?;
+            match peer.out.try_push(Lane::Data, &mut encode) {
+                Err(PushError::Closed) if !fresh => continue,
+                other => return Self::pushed(other),
+            }
         }
-        Ok(())
+        Err(Refused::NodeDown)
+    }
+
+    /// [`RemoteRoute::try_enqueue`], waiting for room.
+    async fn enqueue(
+        &self,
+        mut encode: impl FnMut(&mut Vec<u8>) -> Result<(), String>,
+    ) -> Result<(), Refused> {
+        for fresh in [false, true] {
+            let peer = self.link(fresh).ok_or(Refused::NodeDown)?;
+            match peer.out.push(Lane::Data, &mut encode).await {
+                Err(PushError::Closed) if !fresh => continue,
+                other => return Self::pushed(other).map(|_| ()),
+            }
+        }
+        Err(Refused::NodeDown)
+    }
+
+    fn pushed(result: Result<(), PushError>) -> Result<bool, Refused> {
+        match result {
+            Ok(()) => Ok(true),
+            Err(PushError::Full) => Ok(false),
+            Err(PushError::Closed) => Err(Refused::NodeDown),
+            Err(PushError::TooLarge { size, max }) => Err(Refused::TooLarge { size, max }),
+            Err(PushError::Codec(e)) => Err(Refused::Codec(e)),
+        }
+    }
+
+    /// Queue a request carrying `msg`: encoded straight into the peer's queue when it has room;
+    /// otherwise encoded once and queued when room is made (the wait holds no borrow of the
+    /// message, which need not be `Sync`).
+    async fn send_request(
+        &self,
+        id: u64,
+        msg: Outgoing<A::Msg>,
+        timeout_ms: u64,
+    ) -> Result<(), Refused> {
+        let queued = self.try_enqueue(|buf| match &msg {
+            Outgoing::Msg(m) => (self.append)(buf, id, &self.name, self.actor_type, m, timeout_ms),
+            Outgoing::Body(b) => {
+                wire::append_request_bytes(buf, id, &self.name, self.actor_type, b, timeout_ms)
+                    .map_err(|e| e.to_string())
+            }
+        })?;
+        if queued {
+            return Ok(());
+        }
+        let body = match msg {
+            Outgoing::Msg(m) => (self.encode)(&m).map_err(Refused::Codec)?,
+            Outgoing::Body(b) => b,
+        };
+        self.enqueue(|buf| {
+            wire::append_request_bytes(buf, id, &self.name, self.actor_type, &body, timeout_ms)
+                .map_err(|e| e.to_string())
+        })
+        .await
+    }
+
+    fn send_error(&self, refused: Refused) -> SendError {
+        match refused {
+            Refused::NodeDown => SendError::NodeDown(self.peer.to_string()),
+            Refused::TooLarge { size, max } => {
+                SendError::Codec(format!("{size} bytes exceeds the {max}-byte frame limit"))
+            }
+            Refused::Codec(e) => SendError::Codec(e),
+        }
     }
 
     pub(crate) async fn cast(&self, msg: A::Msg) -> Result<(), SendError> {
-        let shared = self.shared().map_err(SendError::NodeDown)?;
-        let frame = self.request(&msg, 0, Duration::ZERO)?;
-        if self.peer == shared.id {
+        if self.local {
             // Addressed to this node by name: deliver locally (failures of a cast are not reported).
-            if let Frame::Request {
-                to,
-                actor_type,
-                body,
-                ..
-            } = &frame
-            {
-                let _ = shared.local_request(to, actor_type, body, None).await;
-            }
+            let shared = self.shared().map_err(SendError::NodeDown)?;
+            let body = (self.encode)(&msg).map_err(SendError::Codec)?;
+            let _ = shared
+                .local_request(&self.name, self.actor_type, &body, None)
+                .await;
             return Ok(());
         }
-        Self::check_size(&shared, &frame).map_err(|(size, max)| {
-            SendError::Codec(format!("{size} bytes exceeds the {max}-byte frame limit"))
-        })?;
-        let peer = shared
-            .peer(&self.peer)
-            .ok_or_else(|| SendError::NodeDown(self.peer.to_string()))?;
-        peer.data
-            .send(frame)
+        self.send_request(0, Outgoing::Msg(msg), 0)
             .await
-            .map_err(|_| SendError::NodeDown(self.peer.to_string()))
+            .map_err(|r| self.send_error(r))
     }
 
     pub(crate) fn try_cast(&self, msg: A::Msg) -> Result<(), TrySendError<A::Msg>> {
-        let Ok(shared) = self.shared() else {
-            return Err(TrySendError::Exited(msg));
-        };
-        let Ok(frame) = self.request(&msg, 0, Duration::ZERO) else {
-            return Err(TrySendError::Exited(msg));
-        };
-        if Self::check_size(&shared, &frame).is_err() {
+        if self.local {
             return Err(TrySendError::Exited(msg));
         }
-        let Some(peer) = shared.peer(&self.peer) else {
-            return Err(TrySendError::Exited(msg));
-        };
-        match peer.data.try_send(frame) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(TrySendError::Full(msg)),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(TrySendError::Exited(msg)),
+        let queued =
+            self.try_enqueue(|buf| (self.append)(buf, 0, &self.name, self.actor_type, &msg, 0));
+        match queued {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(TrySendError::Full(msg)),
+            Err(_) => Err(TrySendError::Exited(msg)),
         }
     }
 
     pub(crate) async fn call(&self, msg: A::Msg, timeout: Duration) -> Result<A::Reply, CallError> {
-        let body = (self.encode)(&msg).map_err(CallError::Codec)?;
-        self.call_body(body, timeout).await
+        if self.local {
+            let body = (self.encode)(&msg).map_err(CallError::Codec)?;
+            return self.call_body(body, timeout).await;
+        }
+        self.exchange(timeout, Outgoing::Msg(msg)).await
     }
 
     /// [`RemoteRoute::call`] with the message already encoded.
@@ -388,43 +524,38 @@ impl<A: Actor> RemoteRoute<A> {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<A::Reply, CallError> {
+        if !self.local {
+            return self.exchange(timeout, Outgoing::Body(body)).await;
+        }
+        let shared = self
+            .shared()
+            .map_err(|_| CallError::NodeDown(self.peer.to_string()))?;
+        let (tx, rx) = oneshot::channel();
+        let reply = ReplyOnce::new(move |r| {
+            let _ = tx.send(r);
+        });
+        let outcome = async {
+            let _ = shared
+                .local_request(&self.name, self.actor_type, &body, Some(reply))
+                .await;
+            rx.await.unwrap_or(Err(RemoteFailure::Exited))
+        };
+        let result = tokio::time::timeout(timeout, outcome)
+            .await
+            .unwrap_or(Err(RemoteFailure::Timeout));
+        self.finish_call(result.map_err(Ok), timeout)
+    }
+
+    /// Send a request carrying `msg` and wait for its reply.
+    async fn exchange(
+        &self,
+        timeout: Duration,
+        msg: Outgoing<A::Msg>,
+    ) -> Result<A::Reply, CallError> {
         let down = || CallError::NodeDown(self.peer.to_string());
         let shared = self.shared().map_err(|_| down())?;
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = Frame::Request {
-            id,
-            to: self.name.clone(),
-            actor_type: self.actor_type.to_string(),
-            body,
-            timeout_ms: timeout.as_millis().min(u64::MAX as u128) as u64,
-        };
-        Self::check_size(&shared, &frame)
-            .map_err(|(size, max)| CallError::TooLarge { size, max })?;
-        if self.peer == shared.id {
-            let (tx, rx) = oneshot::channel();
-            let reply = ReplyOnce::new(move |r| {
-                let _ = tx.send(r);
-            });
-            let outcome = async {
-                if let Frame::Request {
-                    to,
-                    actor_type,
-                    body,
-                    ..
-                } = &frame
-                {
-                    let _ = shared
-                        .local_request(to, actor_type, body, Some(reply))
-                        .await;
-                }
-                rx.await.unwrap_or(Err(RemoteFailure::Exited))
-            };
-            let result = tokio::time::timeout(timeout, outcome)
-                .await
-                .unwrap_or(Err(RemoteFailure::Timeout));
-            return self.finish_call(result.map_err(Ok), timeout);
-        }
-        let peer = shared.peer(&self.peer).ok_or_else(down)?;
+        let timeout_ms = timeout.as_millis().min(u64::MAX as u128) as u64;
         let (tx, rx) = oneshot::channel();
         lock(&shared.pending).insert(
             id,
@@ -434,7 +565,13 @@ impl<A: Actor> RemoteRoute<A> {
             },
         );
         let exchange = async {
-            peer.data.send(frame).await.map_err(|_| down())?;
+            self.send_request(id, msg, timeout_ms)
+                .await
+                .map_err(|r| match r {
+                    Refused::NodeDown => down(),
+                    Refused::TooLarge { size, max } => CallError::TooLarge { size, max },
+                    Refused::Codec(e) => CallError::Codec(e),
+                })?;
             rx.await.map_err(|_| down())
         };
         let outcome = tokio::time::timeout(timeout, exchange).await;
@@ -561,6 +698,7 @@ impl Node {
             opts,
             rpc_addr,
             exports: RwLock::new(HashMap::new()),
+            exports_version: AtomicU64::new(0),
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             peers: Mutex::new(HashMap::new()),
@@ -837,14 +975,7 @@ impl Shared {
         peer: &NodeId,
         name: &str,
     ) -> RemoteRoute<A> {
-        RemoteRoute {
-            shared: Arc::downgrade(self),
-            peer: peer.clone(),
-            name: name.to_owned(),
-            actor_type: A::TYPE,
-            encode: |m| postcard::to_allocvec(m).map_err(|e| e.to_string()),
-            decode: |b| postcard::from_bytes(b).map_err(|e| e.to_string()),
-        }
+        RemoteRoute::new(self, peer, name)
     }
 
     pub(super) fn remote_ref<A: RemoteActor>(
@@ -863,14 +994,7 @@ impl Shared {
             }
         }
         let proxy = Cell::new();
-        let route = Arc::new(RemoteRoute {
-            shared: Arc::downgrade(self),
-            peer: peer.clone(),
-            name: name.to_owned(),
-            actor_type: A::TYPE,
-            encode: |m| postcard::to_allocvec(m).map_err(|e| e.to_string()),
-            decode: |b| postcard::from_bytes(b).map_err(|e| e.to_string()),
-        });
+        let route = Arc::new(RemoteRoute::new(self, peer, name));
         if !monitor {
             // Nothing watches the remote actor: the handle stays "alive"; requests still fail
             // with typed errors.
@@ -878,12 +1002,10 @@ impl Shared {
             let mid = self.next_id.fetch_add(1, Ordering::Relaxed);
             lock(&self.proxies).insert((peer.clone(), mid), Arc::downgrade(&proxy));
             match self.peer(peer) {
-                Some(p) => {
-                    let _ = p.control.try_send(Frame::Monitor {
-                        mid,
-                        name: name.to_owned(),
-                    });
-                }
+                Some(p) => p.control_from_actor(Frame::Monitor {
+                    mid,
+                    name: name.to_owned(),
+                }),
                 None => proxy.finish(ExitReason::NodeDown(peer.as_str().into())),
             }
         } else {
@@ -939,7 +1061,7 @@ impl Shared {
         replace: bool,
     ) -> Result<(), ExportError> {
         {
-            let mut exports = self.exports.write().unwrap_or_else(|p| p.into_inner());
+            let mut exports = self.exports_mut();
             if !replace && exports.get(name).is_some_and(|e| e.handle().is_alive()) {
                 return Err(ExportError::Taken(name.to_owned()));
             }
@@ -950,7 +1072,7 @@ impl Shared {
         let id = actor.id();
         actor.handle().on_exit(move |_, _| {
             if let Some(shared) = weak.upgrade() {
-                let mut exports = shared.exports.write().unwrap_or_else(|p| p.into_inner());
+                let mut exports = shared.exports_mut();
                 if exports.get(&owned).is_some_and(|e| e.handle().id() == id) {
                     exports.remove(&owned);
                 }
@@ -978,10 +1100,17 @@ impl Shared {
 
     /// Remove the export `name` if actor `id` holds it.
     pub(super) fn unexport(&self, name: &str, id: crate::ActorId) {
-        let mut exports = self.exports.write().unwrap_or_else(|p| p.into_inner());
+        let mut exports = self.exports_mut();
         if exports.get(name).is_some_and(|e| e.handle().id() == id) {
             exports.remove(name);
         }
+    }
+
+    /// The exports, for a change (which readers' caches see through `exports_version`).
+    fn exports_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<dyn Export>>> {
+        let exports = self.exports.write().unwrap_or_else(|p| p.into_inner());
+        self.exports_version.fetch_add(1, Ordering::AcqRel);
+        exports
     }
 
     fn ring_edit(&self, f: impl FnOnce(&mut Ring)) {
@@ -1049,6 +1178,7 @@ impl Shared {
         let removed = lock(&self.peers).remove(peer);
         if let Some(p) = removed {
             p.stop.cancel();
+            p.out.close();
         }
         self.peer_lost(peer);
     }
@@ -1063,26 +1193,22 @@ impl Shared {
         if let Some(p) = peers.get(id) {
             return p.clone();
         }
-        let (control, control_rx) = mpsc::channel(self.opts.control_queue);
-        let (data, data_rx) = mpsc::channel(self.opts.data_queue);
         let (inbound, inbound_rx) = mpsc::channel(2);
         let peer = Arc::new(Peer {
             id: id.clone(),
-            control,
-            data,
+            out: Outbox::new(Limits {
+                control_frames: self.opts.control_queue,
+                data_frames: self.opts.data_queue,
+                lane_bytes: self.opts.max_frame,
+                max_frame: frame_limit(self.opts.max_frame),
+            }),
             inbound,
             addr: Mutex::new(None),
             connected: std::sync::atomic::AtomicBool::new(false),
             stop: self.stop.child_token(),
         });
         peers.insert(id.clone(), peer.clone());
-        tokio::spawn(link_task(
-            Arc::downgrade(self),
-            peer.clone(),
-            control_rx,
-            data_rx,
-            inbound_rx,
-        ));
+        tokio::spawn(link_task(Arc::downgrade(self), peer.clone(), inbound_rx));
         peer
     }
 
@@ -1156,6 +1282,27 @@ impl Shared {
         Err(failure)
     }
 
+    /// Deliver a cast read from a peer to the export `to`, found through the reader's cache.
+    async fn cast_in(
+        &self,
+        cache: &mut ExportCache,
+        to: &str,
+        actor_type: &str,
+        body: &[u8],
+    ) -> Result<(), RemoteFailure> {
+        match cache.get(self, to) {
+            None => Err(RemoteFailure::NoSuchActor(to.to_owned())),
+            Some(e) if e.actor_type() != actor_type => Err(RemoteFailure::UnknownActorType {
+                expected: actor_type.to_owned(),
+                found: e.actor_type().to_string(),
+            }),
+            Some(e) => match e.deliver(body, None) {
+                Delivery::Done(r) => r,
+                Delivery::Wait(f) => f.await,
+            },
+        }
+    }
+
     /// Handle one frame from `peer`, in arrival order.
     async fn on_frame(self: &Arc<Self>, peer: &Arc<Peer>, frame: FrameRef<'_>) {
         match frame {
@@ -1167,16 +1314,10 @@ impl Shared {
                 ..
             } => {
                 let reply = (id != 0).then(|| {
-                    let control = peer.control.clone();
+                    let peer = peer.clone();
+                    // Runs on the actor's task: never blocks it on a full queue.
                     ReplyOnce::new(move |result| {
-                        let frame = Frame::Reply { id, result };
-                        if let Err(mpsc::error::TrySendError::Full(frame)) = control.try_send(frame)
-                        {
-                            // Runs on the actor's task: never block it on a full queue.
-                            tokio::spawn(async move {
-                                let _ = control.send(frame).await;
-                            });
-                        }
+                        peer.control_from_actor(Frame::Reply { id, result })
                     })
                 });
                 if let Err(failure) = self.local_request(to, actor_type, body, reply).await {
@@ -1191,31 +1332,26 @@ impl Shared {
                     let _ = p.tx.send(result);
                 }
             }
-            FrameRef::Monitor { mid, name } => {
-                let control = peer.control.clone();
-                match self.export(&name) {
-                    Some(e) => e.handle().on_exit(move |_, reason| {
-                        let down = Frame::Down {
+            FrameRef::Monitor { mid, name } => match self.export(&name) {
+                Some(e) => {
+                    let peer = peer.clone();
+                    // Runs on the exiting actor's task: never blocks it.
+                    e.handle().on_exit(move |_, reason| {
+                        peer.control_from_actor(Frame::Down {
                             mid,
                             reason: WireExit::from(reason),
-                        };
-                        if let Err(mpsc::error::TrySendError::Full(down)) = control.try_send(down) {
-                            // Runs on the exiting actor's task: never block it.
-                            tokio::spawn(async move {
-                                let _ = control.send(down).await;
-                            });
-                        }
-                    }),
-                    None => {
-                        let _ = control
-                            .send(Frame::Down {
-                                mid,
-                                reason: WireExit::NoProc,
-                            })
-                            .await;
-                    }
+                        })
+                    })
                 }
-            }
+                None => {
+                    let _ = peer
+                        .control(&Frame::Down {
+                            mid,
+                            reason: WireExit::NoProc,
+                        })
+                        .await;
+                }
+            },
             // Reassembled by the reader before frames get here.
             FrameRef::Chunk { .. } => {}
             FrameRef::Start { id, sup, record } => {
@@ -1223,7 +1359,7 @@ impl Shared {
                 // does not hold up the connection. The caller waits for this reply before using
                 // the child, so its own later frames cannot overtake the start.
                 let dist = self.find_dist(sup);
-                let control = peer.control.clone();
+                let peer = peer.clone();
                 let record = record.to_vec();
                 let sup = sup.to_owned();
                 tokio::spawn(async move {
@@ -1231,31 +1367,31 @@ impl Shared {
                         Some(d) => Ok(wire::encode(&d.request_start(&record).await)),
                         None => Err(RemoteFailure::NoSuchActor(sup)),
                     };
-                    let _ = control.send(Frame::Reply { id, result }).await;
+                    let _ = peer.control(&Frame::Reply { id, result }).await;
                 });
             }
             FrameRef::Stop { id, sup, key } => {
                 let dist = self.find_dist(sup);
-                let control = peer.control.clone();
+                let peer = peer.clone();
                 let (sup, key) = (sup.to_owned(), key.to_owned());
                 tokio::spawn(async move {
                     let result = match dist {
                         Some(d) => Ok(wire::encode(&d.request_stop(&key).await)),
                         None => Err(RemoteFailure::NoSuchActor(sup)),
                     };
-                    let _ = control.send(Frame::Reply { id, result }).await;
+                    let _ = peer.control(&Frame::Reply { id, result }).await;
                 });
             }
             FrameRef::List { id, sup } => {
                 let dist = self.find_dist(sup);
-                let control = peer.control.clone();
+                let peer = peer.clone();
                 let sup = sup.to_owned();
                 tokio::spawn(async move {
                     let result = match dist {
                         Some(d) => Ok(wire::encode(&d.request_list().await)),
                         None => Err(RemoteFailure::NoSuchActor(sup)),
                     };
-                    let _ = control.send(Frame::Reply { id, result }).await;
+                    let _ = peer.control(&Frame::Reply { id, result }).await;
                 });
             }
             FrameRef::Dir { sup, msg } => match self.find_dist(sup) {
@@ -1615,13 +1751,14 @@ enum Ended {
     Stopped,
 }
 
-async fn link_task(
-    shared: Weak<Shared>,
-    peer: Arc<Peer>,
-    mut control_rx: mpsc::Receiver<Frame>,
-    mut data_rx: mpsc::Receiver<Frame>,
-    mut inbound_rx: mpsc::Receiver<Conn>,
-) {
+async fn link_task(shared: Weak<Shared>, peer: Arc<Peer>, inbound_rx: mpsc::Receiver<Conn>) {
+    link_loop(shared, peer.clone(), inbound_rx).await;
+    // The link is over (the peer was removed or the node stopped): senders waiting for room in
+    // its queues learn it now.
+    peer.out.close();
+}
+
+async fn link_loop(shared: Weak<Shared>, peer: Arc<Peer>, mut inbound_rx: mpsc::Receiver<Conn>) {
     let mut connections = 0u64;
     let mut last_incarnation: Option<u64> = None;
     let Some(me) = shared.upgrade().map(|s| s.id.clone()) else {
@@ -1703,15 +1840,7 @@ async fn link_task(
                 s.dists_notify(|| super::dist::Internal::Reconnected(peer.id.clone()));
             }
         }
-        let ended = run_conn(
-            &shared,
-            &peer,
-            conn,
-            &mut control_rx,
-            &mut data_rx,
-            &mut inbound_rx,
-        )
-        .await;
+        let ended = run_conn(&shared, &peer, conn, &mut inbound_rx).await;
         peer.connected.store(false, Ordering::Release);
         if let Some(s) = shared.upgrade() {
             s.peer_lost(&peer.id);
@@ -1727,61 +1856,165 @@ async fn link_task(
     }
 }
 
-/// Seal one record and queue it on the writer (flushed by the caller).
-async fn send_record(
-    writer: &mut FramedWrite<WriteHalf, LengthDelimitedCodec>,
-    sealer: &mut Sealer,
-    mut record: Vec<u8>,
-) -> Result<(), String> {
-    sealer.seal(&mut record).map_err(|e| e.to_string())?;
-    writer
-        .feed(Bytes::from(record))
-        .await
-        .map_err(|e| format!("write: {e}"))
+/// Records are closed at about this size, so that the receiver starts on a batch before all of
+/// it has arrived and one record's seal never covers megabytes.
+const RECORD_TARGET: usize = 64 * 1024;
+
+/// Sealed records are written out once this many bytes are ready.
+const WRITE_TARGET: usize = 256 * 1024;
+
+/// The largest frame (its encoding) that can be queued with frames of `max_frame` bytes: with its
+/// length prefix and the seal, it fits in one record.
+fn frame_limit(max_frame: usize) -> usize {
+    max_frame - wire::SEAL_OVERHEAD - wire::FRAME_PREFIX
 }
 
-/// Send `pending` (a record in progress, possibly empty), then the frame encoded as `encoded` in
-/// [`wire::CHUNK_SIZE`] pieces, each in its own record after whatever control frames are queued,
-/// flushing after each so that replies and monitors overtake a long transfer.
-async fn send_chunked(
-    writer: &mut FramedWrite<WriteHalf, LengthDelimitedCodec>,
-    sealer: &mut Sealer,
-    pending: Vec<u8>,
-    encoded: &[u8],
-    control_rx: &mut mpsc::Receiver<Frame>,
-    limit: usize,
-) -> Result<(), String> {
-    if encoded.len() > limit {
-        // Senders check sizes before queueing; a frame this large is a bug, not input.
-        tracing::error!(size = encoded.len(), limit, "frame over the limit dropped");
-        return Ok(());
-    }
-    if !pending.is_empty() {
-        send_record(writer, sealer, pending).await?;
-    }
-    let mut pieces = encoded.chunks(wire::CHUNK_SIZE).peekable();
-    while let Some(piece) = pieces.next() {
-        let mut record = Vec::with_capacity(piece.len() + 64);
-        while record.len() < wire::CHUNK_SIZE {
-            match control_rx.try_recv() {
-                Ok(c) => wire::push_frame(&mut record, &c),
-                Err(_) => break,
+/// The frames (each with its length prefix) of a lane's buffer, in order.
+fn lane_frames(buf: &[u8]) -> impl Iterator<Item = &[u8]> + '_ {
+    let mut rest = buf;
+    std::iter::from_fn(move || {
+        // The outbox writes whole frames with their lengths, so the split does not fail.
+        let len = u32::from_le_bytes(rest.get(..wire::FRAME_PREFIX)?.try_into().ok()?) as usize;
+        let (frame, tail) = rest.split_at_checked(wire::FRAME_PREFIX + len)?;
+        rest = tail;
+        Some(frame)
+    })
+}
+
+/// Writes one connection's records: sealed, length-prefixed (the framing of
+/// [`LengthDelimitedCodec`]: a 4-byte big-endian length, then the record), built at the end of one
+/// output buffer and written in few large writes.
+struct Writer {
+    stream: WriteHalf,
+    sealer: Sealer,
+    out: Vec<u8>,
+    /// Where the open record's length prefix is in `out`, if a record is open.
+    open: Option<usize>,
+    /// Largest record content (before the seal).
+    max_record: usize,
+    /// Size of the pieces a frame too large for one record is sent in.
+    piece: usize,
+}
+
+impl Writer {
+    /// Append one frame (its prefix and encoding) to the open record, first closing that record
+    /// if the frame would take it over its size.
+    fn push(&mut self, frame: &[u8]) -> Result<(), String> {
+        if let Some(start) = self.open {
+            let len = self.out.len() - start - 4;
+            if len + frame.len() > self.max_record || len >= RECORD_TARGET {
+                self.close()?;
             }
         }
-        if record.len() + piece.len() + 64 > limit {
-            send_record(writer, sealer, std::mem::take(&mut record)).await?;
+        if self.open.is_none() {
+            self.open = Some(self.out.len());
+            self.out.extend_from_slice(&[0; 4]);
         }
-        let chunk = Frame::Chunk {
-            last: pieces.peek().is_none(),
-            bytes: piece.to_vec(),
-        };
-        wire::push_frame(&mut record, &chunk);
-        send_record(writer, sealer, record).await?;
-        SinkExt::<Bytes>::flush(writer)
-            .await
-            .map_err(|e| format!("write: {e}"))?;
+        self.out.extend_from_slice(frame);
+        Ok(())
     }
-    Ok(())
+
+    /// Seal the open record, if any, and write its length.
+    fn close(&mut self) -> Result<(), String> {
+        let Some(start) = self.open.take() else {
+            return Ok(());
+        };
+        self.sealer
+            .seal_from(&mut self.out, start + 4)
+            .map_err(|e| e.to_string())?;
+        let len = (self.out.len() - start - 4) as u32;
+        self.out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+        Ok(())
+    }
+
+    /// Close the open record and write out everything built.
+    async fn flush(&mut self) -> Result<(), String> {
+        use tokio::io::AsyncWriteExt;
+        self.close()?;
+        if !self.out.is_empty() {
+            self.stream
+                .write_all(&self.out)
+                .await
+                .map_err(|e| format!("write: {e}"))?;
+            self.out.clear();
+            if self.out.capacity() > 4 * WRITE_TARGET {
+                self.out.shrink_to(WRITE_TARGET);
+            }
+        }
+        self.stream.flush().await.map_err(|e| format!("write: {e}"))
+    }
+
+    /// Seal and write one batch taken from the outbox: control frames first, then data.
+    async fn batch(&mut self, control: &[u8], data: &[u8], outbox: &Outbox) -> Result<(), String> {
+        for frame in lane_frames(control).chain(lane_frames(data)) {
+            if frame.len() > self.max_record {
+                self.chunked(&frame[wire::FRAME_PREFIX..], outbox).await?;
+                continue;
+            }
+            self.push(frame)?;
+            if self.out.len() >= WRITE_TARGET {
+                self.flush().await?;
+            }
+        }
+        self.flush().await
+    }
+
+    /// Send one frame's encoding as [`Frame::Chunk`] pieces, each in a record of its own after the
+    /// control frames queued since the last piece, flushing after each piece so that replies and
+    /// monitors overtake a long transfer.
+    async fn chunked(&mut self, encoded: &[u8], outbox: &Outbox) -> Result<(), String> {
+        self.close()?;
+        let mut control = Vec::new();
+        let mut chunk = Vec::new();
+        let mut pieces = encoded.chunks(self.piece).peekable();
+        while let Some(piece) = pieces.next() {
+            outbox.take_control(&mut control);
+            for frame in lane_frames(&control) {
+                self.push(frame)?;
+            }
+            self.close()?;
+            control.clear();
+            chunk.clear();
+            wire::push_frame(
+                &mut chunk,
+                &Frame::Chunk {
+                    last: pieces.peek().is_none(),
+                    bytes: piece.to_vec(),
+                },
+            );
+            self.push(&chunk)?;
+            self.flush().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Exports a reader looked up, kept while no export changes.
+struct ExportCache {
+    version: u64,
+    entries: HashMap<String, Arc<dyn Export>>,
+}
+
+/// Bound on a reader's export cache; beyond it the cache starts over.
+const EXPORT_CACHE: usize = 256;
+
+impl ExportCache {
+    fn get(&mut self, shared: &Shared, name: &str) -> Option<Arc<dyn Export>> {
+        let version = shared.exports_version.load(Ordering::Acquire);
+        if version != self.version {
+            self.entries.clear();
+            self.version = version;
+        }
+        if let Some(e) = self.entries.get(name) {
+            return Some(e.clone());
+        }
+        let e = shared.export(name)?;
+        if self.entries.len() >= EXPORT_CACHE {
+            self.entries.clear();
+        }
+        self.entries.insert(name.to_owned(), e.clone());
+        Some(e)
+    }
 }
 
 /// Carry frames over one connection until it fails, is replaced, or the link stops.
@@ -1789,14 +2022,12 @@ async fn run_conn(
     shared: &Weak<Shared>,
     peer: &Arc<Peer>,
     conn: Conn,
-    control_rx: &mut mpsc::Receiver<Frame>,
-    data_rx: &mut mpsc::Receiver<Frame>,
     inbound_rx: &mut mpsc::Receiver<Conn>,
 ) -> Ended {
     let Conn {
         mut reader,
-        mut writer,
-        mut sealer,
+        writer,
+        sealer,
         mut opener,
         ..
     } = conn;
@@ -1807,22 +2038,39 @@ async fn run_conn(
     let reader = tokio::spawn(async move {
         // A frame being reassembled from chunks; bounded by the frame limit.
         let mut partial: Vec<u8> = Vec::new();
+        let mut cache = ExportCache {
+            version: u64::MAX,
+            entries: HashMap::new(),
+        };
         let why = loop {
-            let mut bytes: BytesMut = match reader.next().await {
+            let mut record: BytesMut = match reader.next().await {
                 Some(Ok(b)) => b,
                 Some(Err(e)) => break format!("read: {e}"),
                 None => break "closed by peer".to_string(),
             };
-            let mut buf = std::mem::take(&mut bytes).to_vec();
-            if let Err(e) = opener.open(&mut buf) {
-                break format!("refused record: {e}");
-            }
+            let len = match opener.open_in_place(&mut record) {
+                Ok(len) => len,
+                Err(e) => break format!("refused record: {e}"),
+            };
             let Some(shared) = reader_shared.upgrade() else {
                 break "node stopped".into();
             };
             let mut bad = None;
-            for frame in wire::frames(&buf) {
+            for frame in wire::frames(&record[..len]) {
                 match frame {
+                    Ok(FrameRef::Request {
+                        id: 0,
+                        to,
+                        actor_type,
+                        body,
+                        ..
+                    }) => {
+                        // A cast: delivered here, with no frame future, to a cached export.
+                        if let Err(failure) = shared.cast_in(&mut cache, to, actor_type, body).await
+                        {
+                            tracing::debug!(peer = %reader_peer.id, ?failure, "remote cast not delivered");
+                        }
+                    }
                     Ok(FrameRef::Chunk { last, bytes }) => {
                         if partial.len() + bytes.len() > max_frame {
                             bad = Some(format!("refused chunked frame over {max_frame} bytes"));
@@ -1859,77 +2107,41 @@ async fn run_conn(
         let _ = lost_tx.send(why);
     });
     let stop = peer.stop.clone();
-    let max_frame = shared.upgrade().map_or(1 << 20, |s| s.opts.max_frame);
+    let max_record = (max_frame - wire::SEAL_OVERHEAD).min(2 * RECORD_TARGET);
+    let mut writer = Writer {
+        stream: writer.into_inner(),
+        sealer,
+        out: Vec::with_capacity(WRITE_TARGET + RECORD_TARGET),
+        open: None,
+        max_record,
+        // Room for the chunk frame's own encoding and prefix.
+        piece: (max_record - 64).min(wire::CHUNK_SIZE),
+    };
+    let (mut control, mut data) = (Vec::new(), Vec::new());
     let ended = loop {
-        let frame = tokio::select! {
+        if !peer.out.take(&mut control, &mut data) {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break Ended::Stopped,
+                why = &mut lost_rx => break Ended::Lost(why.unwrap_or_else(|_| "reader ended".into())),
+                c = inbound_rx.recv() => match c {
+                    Some(c) => break Ended::Replaced(Box::new(c)),
+                    None => break Ended::Stopped,
+                },
+                _ = peer.out.ready() => continue,
+            }
+        }
+        let written = tokio::select! {
             biased;
             _ = stop.cancelled() => break Ended::Stopped,
             why = &mut lost_rx => break Ended::Lost(why.unwrap_or_else(|_| "reader ended".into())),
-            c = inbound_rx.recv() => match c {
-                Some(c) => break Ended::Replaced(Box::new(c)),
-                None => break Ended::Stopped,
-            },
-            f = control_rx.recv() => f,
-            f = data_rx.recv() => f,
+            r = writer.batch(&control, &data, &peer.out) => r,
         };
-        let Some(first) = frame else {
-            break Ended::Stopped;
-        };
-        // Pack whatever else is queued (control first) into sealed records, then flush once.
-        let limit = max_frame - wire::SEAL_OVERHEAD;
-        let mut record = Vec::with_capacity(4096);
-        // Give senders that are running right now one turn to queue more, so a stream of casts
-        // goes out in few large records instead of one syscall per message.
-        if data_rx.is_empty() && control_rx.is_empty() {
-            tokio::task::yield_now().await;
-        }
-        let mut next = Some(first);
-        let mut taken = 0;
-        let mut failed = None;
-        while let Some(f) = next.take() {
-            let before = record.len();
-            wire::push_frame(&mut record, &f);
-            if record.len() - before > wire::CHUNK_SIZE + wire::FRAME_PREFIX {
-                let big = record.split_off(before);
-                if let Err(e) = send_chunked(
-                    &mut writer,
-                    &mut sealer,
-                    std::mem::take(&mut record),
-                    &big[wire::FRAME_PREFIX..],
-                    control_rx,
-                    limit,
-                )
-                .await
-                {
-                    failed = Some(e);
-                    break;
-                }
-            } else if record.len() > limit {
-                let tail = record.split_off(before);
-                if let Err(e) =
-                    send_record(&mut writer, &mut sealer, std::mem::take(&mut record)).await
-                {
-                    failed = Some(e);
-                    break;
-                }
-                record = tail;
-            }
-            taken += 1;
-            if taken < 1024 {
-                next = control_rx.try_recv().or_else(|_| data_rx.try_recv()).ok();
-            }
-        }
-        if failed.is_none() && !record.is_empty() {
-            failed = send_record(&mut writer, &mut sealer, record).await.err();
-        }
-        if failed.is_none() {
-            if let Err(e) = SinkExt::<Bytes>::flush(&mut writer).await {
-                failed = Some(format!("write: {e}"));
-            }
-        }
-        if let Some(why) = failed {
+        if let Err(why) = written {
             break Ended::Lost(why);
         }
+        Outbox::recycle(&mut control);
+        Outbox::recycle(&mut data);
     };
     reader.abort();
     ended

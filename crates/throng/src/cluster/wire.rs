@@ -434,10 +434,100 @@ pub const FRAME_PREFIX: usize = 4;
 pub fn push_frame(record: &mut Vec<u8>, frame: &Frame) {
     let start = record.len();
     record.extend_from_slice(&[0; FRAME_PREFIX]);
-    // Serializing into a Vec cannot fail for these types.
-    let _ = postcard::to_io(frame, &mut *record);
+    // Serializing these types into a Vec cannot fail.
+    let _ = append(record, frame);
     let len = (record.len() - start - FRAME_PREFIX) as u32;
     record[start..start + FRAME_PREFIX].copy_from_slice(&len.to_le_bytes());
+}
+
+/// A postcard output that appends to a `Vec` (postcard's `to_extend` goes byte by byte).
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.0.push(byte);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+/// Append the postcard encoding of `value` to `buf`. On error `buf` may hold part of it: callers
+/// truncate.
+pub fn append<T: Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) -> Result<(), postcard::Error> {
+    postcard::serialize_with_flavor(value, Append(buf))
+}
+
+/// Append `value` encoded the way a `Vec<u8>` field holding its encoding is: length, then bytes.
+/// This is how senders embed a message in a frame without encoding it into a buffer of its own.
+fn append_embedded<T: Serialize + ?Sized>(
+    buf: &mut Vec<u8>,
+    value: &T,
+) -> Result<(), postcard::Error> {
+    let len = postcard::experimental::serialized_size(value)?;
+    append(buf, &len)?;
+    let before = buf.len();
+    append(buf, value)?;
+    if buf.len() - before != len {
+        // A `Serialize` impl that writes differently on two passes.
+        return Err(postcard::Error::SerializeSeqLengthUnknown);
+    }
+    Ok(())
+}
+
+/// Index of [`Frame::Request`] among the variants (postcard encodes a variant as its index).
+const REQUEST_VARIANT: u32 = 0;
+/// Index of [`Frame::Reply`].
+const REPLY_VARIANT: u32 = 4;
+
+/// Append the encoding of a [`Frame::Request`] whose body is the encoding of `msg`, the same bytes
+/// as encoding the frame, without building it (no copy of the name, type or body).
+pub fn append_request<M: Serialize + ?Sized>(
+    buf: &mut Vec<u8>,
+    id: u64,
+    to: &str,
+    actor_type: &str,
+    msg: &M,
+    timeout_ms: u64,
+) -> Result<(), postcard::Error> {
+    append(buf, &(REQUEST_VARIANT, id, to, actor_type))?;
+    append_embedded(buf, msg)?;
+    append(buf, &timeout_ms)
+}
+
+/// [`append_request`] with the body already encoded.
+pub fn append_request_bytes(
+    buf: &mut Vec<u8>,
+    id: u64,
+    to: &str,
+    actor_type: &str,
+    body: &[u8],
+    timeout_ms: u64,
+) -> Result<(), postcard::Error> {
+    append(buf, &(REQUEST_VARIANT, id, to, actor_type, body.len()))?;
+    buf.extend_from_slice(body);
+    append(buf, &timeout_ms)
+}
+
+/// Append the encoding of `Frame::Reply { id, result: Ok(encoding of value) }` without building
+/// it.
+pub fn append_reply<R: Serialize + ?Sized>(
+    buf: &mut Vec<u8>,
+    id: u64,
+    value: &R,
+) -> Result<(), postcard::Error> {
+    // `Ok` is variant 0 of `Result`.
+    append(buf, &(REPLY_VARIANT, id, 0u32))?;
+    append_embedded(buf, value)
 }
 
 /// The frames of an opened record, in order; a malformed one ends the iteration with an error.
@@ -629,14 +719,34 @@ impl Sealer {
     /// Seal `plain` in place (it grows by [`SEAL_OVERHEAD`]).
     /// Unsealed ([`Sealer::unsealed`]): unchanged.
     pub fn seal(&mut self, plain: &mut Vec<u8>) -> Result<(), WireError> {
+        self.seal_from(plain, 0)
+    }
+
+    /// Seal the bytes of `buf` from `start` on in place and append the tag: how the writer seals a
+    /// record behind the ones already in its output buffer, with no copy.
+    /// Unsealed ([`Sealer::unsealed`]): unchanged.
+    pub fn seal_from(&mut self, buf: &mut Vec<u8>, start: usize) -> Result<(), WireError> {
         let Protection::Sealed(cipher) = &self.cipher else {
             return Ok(());
         };
+        let Some(plain) = buf.get_mut(start..) else {
+            return Err(WireError::Malformed("record start past its end".into()));
+        };
         let n = nonce(self.counter);
+        let tag = cipher
+            .encrypt_in_place_detached(&n, b"", plain)
+            .map_err(|_| WireError::Malformed("frame too large to seal".into()))?;
         self.counter += 1;
-        cipher
-            .encrypt_in_place(&n, b"", plain)
-            .map_err(|_| WireError::Malformed("frame too large to seal".into()))
+        buf.extend_from_slice(&tag);
+        Ok(())
+    }
+
+    /// Bytes the seal adds to a record (0 when the transport protects it).
+    pub fn overhead(&self) -> usize {
+        match self.cipher {
+            Protection::Sealed(_) => SEAL_OVERHEAD,
+            Protection::ByTransport => 0,
+        }
     }
 }
 
@@ -644,18 +754,27 @@ impl Opener {
     /// Open a sealed frame in place. Any tampering, replay or reordering fails authentication.
     /// Unsealed ([`Opener::unsealed`]): unchanged.
     pub fn open(&mut self, sealed: &mut Vec<u8>) -> Result<(), WireError> {
+        let len = self.open_in_place(sealed)?;
+        sealed.truncate(len);
+        Ok(())
+    }
+
+    /// Open a sealed record in place; returns the length of its content (the record minus the
+    /// tag). Any tampering, replay or reordering fails authentication.
+    pub fn open_in_place(&mut self, sealed: &mut [u8]) -> Result<usize, WireError> {
         let Protection::Sealed(cipher) = &self.cipher else {
-            return Ok(());
+            return Ok(sealed.len());
         };
-        if sealed.len() < SEAL_OVERHEAD {
+        let Some(len) = sealed.len().checked_sub(SEAL_OVERHEAD) else {
             return Err(WireError::Unauthenticated);
-        }
+        };
+        let (plain, tag) = sealed.split_at_mut(len);
         let n = nonce(self.counter);
         cipher
-            .decrypt_in_place(&n, b"", sealed)
+            .decrypt_in_place_detached(&n, b"", plain, chacha20poly1305::Tag::from_slice(tag))
             .map_err(|_| WireError::Unauthenticated)?;
         self.counter += 1;
-        Ok(())
+        Ok(len)
     }
 }
 
@@ -753,6 +872,64 @@ mod tests {
         open.open(&mut first).unwrap();
         assert_eq!(open.open(&mut replay), Err(WireError::Unauthenticated));
         open.open(&mut second).unwrap();
+    }
+
+    #[test]
+    fn frames_appended_in_place_encode_as_the_frames_do() {
+        let msg = (7u64, String::from("hello"), vec![1u8, 2, 3]);
+        let body = postcard::to_allocvec(&msg).unwrap();
+        let request = Frame::Request {
+            id: 300,
+            to: "sink".into(),
+            actor_type: "bench.Sink".into(),
+            body: body.clone(),
+            timeout_ms: 5000,
+        };
+        let mut direct = Vec::new();
+        append_request(&mut direct, 300, "sink", "bench.Sink", &msg, 5000).unwrap();
+        assert_eq!(direct, encode(&request));
+        let mut raw = Vec::new();
+        append_request_bytes(&mut raw, 300, "sink", "bench.Sink", &body, 5000).unwrap();
+        assert_eq!(raw, encode(&request));
+        let reply = Frame::Reply {
+            id: 1 << 40,
+            result: Ok(body),
+        };
+        let mut direct = Vec::new();
+        append_reply(&mut direct, 1 << 40, &msg).unwrap();
+        assert_eq!(direct, encode(&reply));
+        assert!(
+            matches!(decode::<FrameRef>(&direct), Ok(FrameRef::Reply { id, .. }) if id == 1 << 40)
+        );
+    }
+
+    #[test]
+    fn records_sealed_behind_others_open_in_place() {
+        let key = ClusterKey::from_secret(b"0123456789abcdef");
+        let (h, a) = (hello(), ack(&key, &hello()));
+        let (mut seal, _) = session(&key, Role::Dialer, &h, &a);
+        let (_, mut open) = session(&key, Role::Acceptor, &h, &a);
+        let mut out = b"head".to_vec();
+        out.extend_from_slice(b"first record");
+        seal.seal_from(&mut out, 4).unwrap();
+        let first_end = out.len();
+        out.extend_from_slice(b"second");
+        seal.seal_from(&mut out, first_end).unwrap();
+        assert_eq!(&out[..4], b"head");
+        let len = open.open_in_place(&mut out[4..first_end]).unwrap();
+        assert_eq!(&out[4..4 + len], b"first record");
+        let mut tampered = out[first_end..].to_vec();
+        tampered[0] ^= 1;
+        assert_eq!(
+            open.open_in_place(&mut tampered),
+            Err(WireError::Unauthenticated)
+        );
+        let len = open.open_in_place(&mut out[first_end..]).unwrap();
+        assert_eq!(&out[first_end..first_end + len], b"second");
+        assert_eq!(
+            open.open_in_place(&mut [0u8; 3]),
+            Err(WireError::Unauthenticated)
+        );
     }
 
     #[test]

@@ -1,0 +1,374 @@
+//! A peer's outgoing queues: frames encoded by their senders, straight into the bytes the writer
+//! seals and writes.
+//!
+//! A sender (an `ActorRef::cast`, a call, an actor's task replying) encodes its frame in place at
+//! the end of a lane's buffer, under a short lock: no frame value is built, no message body is
+//! encoded into a buffer of its own, nothing is allocated once the buffers have grown, and the
+//! writer is woken only when a lane goes from empty to non-empty. The writer takes both buffers
+//! whole (swapping in its spent ones) and packs them into sealed records, control first. A stream
+//! of casts thus costs the writer one wake-up, one seal and one write per batch, not per message.
+//!
+//! Two lanes: *control* (replies, monitors, downs) and *data* (requests, directory and registry
+//! traffic). The writer drains control first, and between the pieces of a large frame, so that
+//! replies are never stuck behind a long transfer. Each lane is bounded in frames and in bytes;
+//! a lane that is empty always takes one frame (so a frame as large as the frame limit can go).
+//! Data senders wait for room (backpressure); control senders that must not wait get
+//! [`PushError::Full`].
+
+use std::sync::{Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+use super::wire::FRAME_PREFIX;
+
+/// Which queue a frame goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Lane {
+    /// Replies, monitors and downs: drained first.
+    Control,
+    /// Requests and the rest.
+    Data,
+}
+
+/// Why a frame was not queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum PushError {
+    /// The lane is at its bound (only from [`Outbox::try_push`]).
+    Full,
+    /// The peer's link is gone.
+    Closed,
+    /// The frame's encoding is over the frame limit.
+    TooLarge {
+        /// Its size in bytes.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The message could not be encoded.
+    Codec(String),
+}
+
+/// Bounds of the two lanes.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limits {
+    /// Frames queued on the control lane.
+    pub control_frames: usize,
+    /// Frames queued on the data lane.
+    pub data_frames: usize,
+    /// Bytes queued per lane (a lane that is empty takes one frame of any allowed size).
+    pub lane_bytes: usize,
+    /// Largest encoded frame.
+    pub max_frame: usize,
+}
+
+#[derive(Default)]
+struct Queue {
+    bytes: Vec<u8>,
+    frames: usize,
+}
+
+struct State {
+    control: Queue,
+    data: Queue,
+    closed: bool,
+}
+
+/// The outgoing queues of one peer; see the module documentation.
+pub(super) struct Outbox {
+    state: Mutex<State>,
+    /// Wakes the writer when a lane goes from empty to non-empty.
+    ready: Notify,
+    /// Wakes data senders waiting for room.
+    room: Notify,
+    limits: Limits,
+}
+
+/// Buffers the writer keeps between batches so that lanes never allocate once grown, unless a
+/// batch was unusually large.
+const KEEP_CAPACITY: usize = 1 << 20;
+
+impl Outbox {
+    pub(super) fn new(limits: Limits) -> Self {
+        Outbox {
+            state: Mutex::new(State {
+                control: Queue::default(),
+                data: Queue::default(),
+                closed: false,
+            }),
+            ready: Notify::new(),
+            room: Notify::new(),
+            limits,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Critical sections append bytes or swap buffers; a poisoned lock still guards whole frames
+        // (a frame is committed only once its length is written).
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queue one frame that `encode` appends to the lane's buffer, unless the lane is full.
+    pub(super) fn try_push<F>(&self, lane: Lane, encode: F) -> Result<(), PushError>
+    where
+        F: FnOnce(&mut Vec<u8>) -> Result<(), String>,
+    {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(PushError::Closed);
+        }
+        let was_idle = state.control.frames == 0 && state.data.frames == 0;
+        let (queue, max_frames) = match lane {
+            Lane::Control => (&mut state.control, self.limits.control_frames),
+            Lane::Data => (&mut state.data, self.limits.data_frames),
+        };
+        if queue.frames > 0
+            && (queue.frames >= max_frames || queue.bytes.len() >= self.limits.lane_bytes)
+        {
+            return Err(PushError::Full);
+        }
+        let start = queue.bytes.len();
+        queue.bytes.extend_from_slice(&[0; FRAME_PREFIX]);
+        if let Err(e) = encode(&mut queue.bytes) {
+            queue.bytes.truncate(start);
+            return Err(PushError::Codec(e));
+        }
+        let size = queue.bytes.len() - start - FRAME_PREFIX;
+        if size > self.limits.max_frame {
+            queue.bytes.truncate(start);
+            return Err(PushError::TooLarge {
+                size,
+                max: self.limits.max_frame,
+            });
+        }
+        queue.bytes[start..start + FRAME_PREFIX].copy_from_slice(&(size as u32).to_le_bytes());
+        queue.frames += 1;
+        drop(state);
+        if was_idle {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Queue one frame, waiting for room in the lane (backpressure).
+    pub(super) async fn push<F>(&self, lane: Lane, mut encode: F) -> Result<(), PushError>
+    where
+        F: FnMut(&mut Vec<u8>) -> Result<(), String>,
+    {
+        loop {
+            // Registered before trying, so that room made between the try and the wait is seen.
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match self.try_push(lane, &mut encode) {
+                Err(PushError::Full) => room.await,
+                other => return other,
+            }
+        }
+    }
+
+    /// Move everything queued into `control` and `data` (which the writer passes empty) and wake
+    /// the senders waiting for room. Returns whether anything was taken.
+    pub(super) fn take(&self, control: &mut Vec<u8>, data: &mut Vec<u8>) -> bool {
+        let mut state = self.lock();
+        let taken = state.control.frames + state.data.frames > 0;
+        std::mem::swap(&mut state.control.bytes, control);
+        std::mem::swap(&mut state.data.bytes, data);
+        let had_data = state.data.frames > 0;
+        state.control.frames = 0;
+        state.data.frames = 0;
+        drop(state);
+        if had_data {
+            self.room.notify_waiters();
+        }
+        taken
+    }
+
+    /// Move the queued control frames only into `control` (passed empty).
+    pub(super) fn take_control(&self, control: &mut Vec<u8>) {
+        let mut state = self.lock();
+        std::mem::swap(&mut state.control.bytes, control);
+        state.control.frames = 0;
+    }
+
+    /// Give back a buffer the writer is done with, emptied, to be swapped in at the next take
+    /// (its capacity is kept unless it grew unusually large).
+    pub(super) fn recycle(buf: &mut Vec<u8>) {
+        buf.clear();
+        if buf.capacity() > KEEP_CAPACITY {
+            buf.shrink_to(KEEP_CAPACITY);
+        }
+    }
+
+    /// Wait until a lane may have become non-empty.
+    pub(super) async fn ready(&self) {
+        self.ready.notified().await
+    }
+
+    /// Refuse all frames from now on, drop the queued ones and wake everyone waiting.
+    pub(super) fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        state.control = Queue::default();
+        state.data = Queue::default();
+        drop(state);
+        self.room.notify_waiters();
+        self.ready.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn limits() -> Limits {
+        Limits {
+            control_frames: 2,
+            data_frames: 3,
+            lane_bytes: 64,
+            max_frame: 40,
+        }
+    }
+
+    fn bytes(n: usize) -> impl FnMut(&mut Vec<u8>) -> Result<(), String> {
+        move |b: &mut Vec<u8>| {
+            b.extend(std::iter::repeat_n(7u8, n));
+            Ok(())
+        }
+    }
+
+    /// The sizes of the frames in a taken buffer.
+    fn frames(buf: &[u8]) -> Vec<usize> {
+        let mut sizes = Vec::new();
+        let mut rest = buf;
+        while rest.len() >= FRAME_PREFIX {
+            let len = u32::from_le_bytes(rest[..FRAME_PREFIX].try_into().unwrap()) as usize;
+            sizes.push(len);
+            rest = &rest[FRAME_PREFIX + len..];
+        }
+        assert!(rest.is_empty());
+        sizes
+    }
+
+    #[test]
+    fn lanes_are_bounded_in_frames_and_bytes_and_an_empty_lane_takes_one_frame() {
+        let out = Outbox::new(limits());
+        for _ in 0..3 {
+            out.try_push(Lane::Data, bytes(1)).unwrap();
+        }
+        assert_eq!(out.try_push(Lane::Data, bytes(1)), Err(PushError::Full));
+        // The control lane is separate.
+        out.try_push(Lane::Control, bytes(40)).unwrap();
+        out.try_push(Lane::Control, bytes(40)).unwrap();
+        assert_eq!(out.try_push(Lane::Control, bytes(1)), Err(PushError::Full));
+        let (mut c, mut d) = (Vec::new(), Vec::new());
+        assert!(out.take(&mut c, &mut d));
+        assert_eq!(frames(&c), vec![40, 40]);
+        assert_eq!(frames(&d), vec![1, 1, 1]);
+        // Bytes: a lane over its byte bound is full even below its frame bound.
+        out.try_push(Lane::Data, bytes(40)).unwrap();
+        out.try_push(Lane::Data, bytes(30)).unwrap();
+        assert_eq!(out.try_push(Lane::Data, bytes(1)), Err(PushError::Full));
+        let (mut c, mut d) = (Vec::new(), Vec::new());
+        assert!(out.take(&mut c, &mut d));
+        assert_eq!(frames(&d), vec![40, 30]);
+        assert!(!out.take(&mut c, &mut d), "nothing left after a take");
+    }
+
+    #[test]
+    fn oversized_and_unencodable_frames_are_refused_and_leave_nothing() {
+        let out = Outbox::new(limits());
+        out.try_push(Lane::Data, bytes(2)).unwrap();
+        assert_eq!(
+            out.try_push(Lane::Data, bytes(41)),
+            Err(PushError::TooLarge { size: 41, max: 40 })
+        );
+        assert_eq!(
+            out.try_push(Lane::Data, |b: &mut Vec<u8>| {
+                b.push(1);
+                Err("no".to_string())
+            }),
+            Err(PushError::Codec("no".into()))
+        );
+        let (mut c, mut d) = (Vec::new(), Vec::new());
+        out.take(&mut c, &mut d);
+        assert!(c.is_empty());
+        assert_eq!(frames(&d), vec![2]);
+    }
+
+    #[test]
+    fn a_closed_outbox_refuses_and_drops_what_it_held() {
+        let out = Outbox::new(limits());
+        out.try_push(Lane::Data, bytes(2)).unwrap();
+        out.close();
+        assert_eq!(
+            out.try_push(Lane::Control, bytes(1)),
+            Err(PushError::Closed)
+        );
+        let (mut c, mut d) = (Vec::new(), Vec::new());
+        assert!(!out.take(&mut c, &mut d));
+        assert!(d.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_lane_makes_senders_wait_until_the_writer_takes() {
+        let out = Arc::new(Outbox::new(limits()));
+        for _ in 0..3 {
+            out.try_push(Lane::Data, bytes(1)).unwrap();
+        }
+        let sender = {
+            let out = out.clone();
+            tokio::spawn(async move { out.push(Lane::Data, bytes(5)).await })
+        };
+        // The sender stays blocked while the lane is full.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!sender.is_finished());
+        let (mut c, mut d) = (Vec::new(), Vec::new());
+        out.take(&mut c, &mut d);
+        tokio::time::timeout(Duration::from_secs(5), sender)
+            .await
+            .expect("sender woken by the take")
+            .unwrap()
+            .unwrap();
+        let mut d2 = Vec::new();
+        out.take(&mut c, &mut d2);
+        assert_eq!(frames(&d2), vec![5]);
+        // Closing wakes a waiting sender with `Closed`.
+        for _ in 0..3 {
+            out.try_push(Lane::Data, bytes(1)).unwrap();
+        }
+        let sender = {
+            let out = out.clone();
+            tokio::spawn(async move { out.push(Lane::Data, bytes(5)).await })
+        };
+        tokio::task::yield_now().await;
+        out.close();
+        let r = tokio::time::timeout(Duration::from_secs(5), sender)
+            .await
+            .expect("sender woken by the close")
+            .unwrap();
+        assert_eq!(r, Err(PushError::Closed));
+    }
+
+    #[tokio::test]
+    async fn the_writer_is_woken_when_a_lane_becomes_non_empty() {
+        let out = Arc::new(Outbox::new(limits()));
+        let writer = {
+            let out = out.clone();
+            tokio::spawn(async move {
+                out.ready().await;
+                let (mut c, mut d) = (Vec::new(), Vec::new());
+                out.take(&mut c, &mut d);
+                frames(&c)
+            })
+        };
+        tokio::task::yield_now().await;
+        out.try_push(Lane::Control, bytes(3)).unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), writer)
+            .await
+            .expect("writer woken")
+            .unwrap();
+        assert_eq!(got, vec![3]);
+    }
+}

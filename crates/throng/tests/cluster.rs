@@ -349,3 +349,99 @@ async fn large_messages_travel_in_chunks_beside_small_ones() {
         CallError::TooLarge { .. }
     ));
 }
+
+/// A TCP relay to `to` whose connections can be cut (both sockets dropped) at will.
+struct Relay {
+    addr: SocketAddr,
+    live: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Relay {
+    async fn to(to: SocketAddr) -> Relay {
+        let listener = tokio::net::TcpListener::bind(any_port()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let live = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let conns = live.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                conns.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Relay { addr, live }
+    }
+
+    fn cut(&self) {
+        for c in self.live.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    /// Connections relayed now.
+    fn live(&self) -> usize {
+        self.live
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| !c.is_finished())
+            .count()
+    }
+}
+
+async fn history(r: &ActorRef<Account>) -> Vec<u32> {
+    match r.call(AccountMsg::History).await.unwrap() {
+        AccountReply::History(seen) => seen,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn casts_through_bound_routes_survive_a_new_connection() {
+    // b1 sorts first, so it dials: through the relay, which the test cuts.
+    let n1 = node("b1", b"secret").await;
+    let n2 = node("b2", b"secret").await;
+    let relay = Relay::to(n2.rpc_addr()).await;
+    n1.add_peer(n2.id().clone(), relay.addr);
+    n2.add_peer(n1.id().clone(), n1.rpc_addr());
+    let spawn_account = || {
+        throng::spawn(Account {
+            balance: 0,
+            seen: vec![],
+        })
+    };
+    n2.export("x", &spawn_account()).unwrap();
+    n2.export("y", &spawn_account()).unwrap();
+    n2.export("z", &spawn_account()).unwrap();
+    let x: ActorRef<Account> = n1.remote(n2.id(), "x");
+    let y: ActorRef<Account> = n1.remote(n2.id(), "y");
+    // Casts bind one route per actor on the link (x, then y).
+    for i in 0..100 {
+        x.cast(AccountMsg::Seq(i)).await.unwrap();
+        y.cast(AccountMsg::Seq(i + 1000)).await.unwrap();
+    }
+    assert_eq!(history(&x).await, (0..100).collect::<Vec<_>>());
+    assert_eq!(history(&y).await, (1000..1100).collect::<Vec<_>>());
+
+    assert_eq!(relay.live(), 1);
+    relay.cut();
+    eventually("connected again", Duration::from_secs(5), || {
+        relay.live() == 1 && n1.is_connected(n2.id())
+    })
+    .await;
+    // The new connection starts with the routes bound on the old one: casts through them (and
+    // through a route bound only now) arrive, in order, and keep the connection up.
+    let z: ActorRef<Account> = n1.remote(n2.id(), "z");
+    for i in 100..200 {
+        y.cast(AccountMsg::Seq(i + 1000)).await.unwrap();
+        z.cast(AccountMsg::Seq(i)).await.unwrap();
+        x.cast(AccountMsg::Seq(i)).await.unwrap();
+    }
+    assert_eq!(history(&x).await, (0..200).collect::<Vec<_>>());
+    assert_eq!(history(&y).await, (1000..1200).collect::<Vec<_>>());
+    assert_eq!(history(&z).await, (100..200).collect::<Vec<_>>());
+    assert!(n1.is_connected(n2.id()));
+}

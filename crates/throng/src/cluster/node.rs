@@ -336,15 +336,24 @@ pub struct RemoteRoute<A: Actor> {
     peer: NodeId,
     /// Whether `peer` is this node (a name resolved here: delivered without the transport).
     local: bool,
-    /// The link to `peer`, looked up once and kept while it is open.
-    link: Mutex<Option<Arc<Peer>>>,
+    /// The link to `peer` first found: kept, so that a request costs no lookup.
+    link: std::sync::OnceLock<Arc<Peer>>,
+    /// A newer link, once the first has closed (the peer was removed and added again).
+    relink: Mutex<Option<Arc<Peer>>>,
+    /// The route number bound on `link` for casts ([`Frame::Cast`]); `None` if the link could
+    /// bind no more.
+    bound: std::sync::OnceLock<Option<u32>>,
     name: String,
     actor_type: &'static str,
     encode: fn(&A::Msg) -> Result<Vec<u8>, String>,
     /// Appends a request frame carrying the message (id, name, type, message, timeout in ms).
     append: AppendRequest<A>,
+    /// Appends a cast frame through a bound route.
+    cast: AppendCast<A>,
     decode: fn(&[u8]) -> Result<A::Reply, String>,
 }
+
+type AppendCast<A> = fn(&mut Vec<u8>, u32, &<A as Actor>::Msg) -> Result<(), String>;
 
 type AppendRequest<A> =
     fn(&mut Vec<u8>, u64, &str, &'static str, &<A as Actor>::Msg, u64) -> Result<(), String>;
@@ -355,7 +364,9 @@ impl<A: RemoteActor> RemoteRoute<A> {
             shared: Arc::downgrade(shared),
             peer: peer.clone(),
             local: *peer == shared.id,
-            link: Mutex::new(None),
+            link: std::sync::OnceLock::new(),
+            relink: Mutex::new(None),
+            bound: std::sync::OnceLock::new(),
             name: name.to_owned(),
             actor_type: A::TYPE,
             encode: |m| postcard::to_allocvec(m).map_err(|e| e.to_string()),
@@ -363,6 +374,7 @@ impl<A: RemoteActor> RemoteRoute<A> {
                 wire::append_request(buf, id, to, actor_type, msg, timeout_ms)
                     .map_err(|e| e.to_string())
             },
+            cast: |buf, route, msg| wire::append_cast(buf, route, msg).map_err(|e| e.to_string()),
             decode: |b| postcard::from_bytes(b).map_err(|e| e.to_string()),
         }
     }
@@ -386,10 +398,19 @@ impl<A: Actor> RemoteRoute<A> {
         self.shared.upgrade().ok_or_else(|| self.peer.to_string())
     }
 
-    /// The link to the peer: the one kept from the last request while it is open, else the
-    /// node's current one.
-    fn link(&self, fresh: bool) -> Option<Arc<Peer>> {
-        let mut kept = lock(&self.link);
+    /// The first link found to the peer, looked up now if none was yet.
+    fn first_link(&self) -> Option<&Arc<Peer>> {
+        if let Some(p) = self.link.get() {
+            return Some(p);
+        }
+        let peer = self.shared.upgrade()?.peer(&self.peer)?;
+        Some(self.link.get_or_init(|| peer))
+    }
+
+    /// The link to use once the first has closed: the one kept, unless `fresh`, else the node's
+    /// current one.
+    fn relink(&self, fresh: bool) -> Option<Arc<Peer>> {
+        let mut kept = lock(&self.relink);
         if !fresh {
             if let Some(p) = kept.as_ref() {
                 return Some(p.clone());
@@ -401,15 +422,32 @@ impl<A: Actor> RemoteRoute<A> {
     }
 
     /// Queue one request frame that `encode` appends on the peer's data lane if it has room
-    /// (`Ok(false)`: full).
+    /// (`Ok(false)`: full). With `bind`, `encode` is given the route bound for this actor on the
+    /// link, if there is one, and may encode a [`Frame::Cast`] through it.
     fn try_enqueue(
         &self,
-        mut encode: impl FnMut(&mut Vec<u8>) -> Result<(), String>,
+        bind: bool,
+        mut encode: impl FnMut(&mut Vec<u8>, Option<u32>) -> Result<(), String>,
     ) -> Result<bool, Refused> {
-        // A kept link that has closed since (the peer was removed) is looked up again, once.
+        // The common case: the first link found is still open (no lock, no reference count).
+        let first = self.first_link().ok_or(Refused::NodeDown)?;
+        let route = if bind {
+            *self
+                .bound
+                .get_or_init(|| first.out.bind(&self.name, self.actor_type))
+        } else {
+            None
+        };
+        match first.out.try_push(Lane::Data, |buf| encode(buf, route)) {
+            Err(PushError::Closed) => {}
+            other => return Self::pushed(other),
+        }
+        // The first link has closed (the peer was removed, and perhaps added again): use the
+        // current one, looked up again once if the kept one closed too. Requests on it carry
+        // names.
         for fresh in [false, true] {
-            let peer = self.link(fresh).ok_or(Refused::NodeDown)?;
-            match peer.out.try_push(Lane::Data, &mut encode) {
+            let peer = self.relink(fresh).ok_or(Refused::NodeDown)?;
+            match peer.out.try_push(Lane::Data, |buf| encode(buf, None)) {
                 Err(PushError::Closed) if !fresh => continue,
                 other => return Self::pushed(other),
             }
@@ -422,8 +460,13 @@ impl<A: Actor> RemoteRoute<A> {
         &self,
         mut encode: impl FnMut(&mut Vec<u8>) -> Result<(), String>,
     ) -> Result<(), Refused> {
+        let first = self.first_link().ok_or(Refused::NodeDown)?.clone();
+        match first.out.push(Lane::Data, &mut encode).await {
+            Err(PushError::Closed) => {}
+            other => return Self::pushed(other).map(|_| ()),
+        }
         for fresh in [false, true] {
-            let peer = self.link(fresh).ok_or(Refused::NodeDown)?;
+            let peer = self.relink(fresh).ok_or(Refused::NodeDown)?;
             match peer.out.push(Lane::Data, &mut encode).await {
                 Err(PushError::Closed) if !fresh => continue,
                 other => return Self::pushed(other).map(|_| ()),
@@ -451,9 +494,13 @@ impl<A: Actor> RemoteRoute<A> {
         msg: Outgoing<A::Msg>,
         timeout_ms: u64,
     ) -> Result<(), Refused> {
-        let queued = self.try_enqueue(|buf| match &msg {
-            Outgoing::Msg(m) => (self.append)(buf, id, &self.name, self.actor_type, m, timeout_ms),
-            Outgoing::Body(b) => {
+        // Casts go through a route bound on the link (no name or type on the wire).
+        let queued = self.try_enqueue(id == 0, |buf, route| match (&msg, route) {
+            (Outgoing::Msg(m), Some(route)) => (self.cast)(buf, route, m),
+            (Outgoing::Msg(m), None) => {
+                (self.append)(buf, id, &self.name, self.actor_type, m, timeout_ms)
+            }
+            (Outgoing::Body(b), _) => {
                 wire::append_request_bytes(buf, id, &self.name, self.actor_type, b, timeout_ms)
                     .map_err(|e| e.to_string())
             }
@@ -501,8 +548,10 @@ impl<A: Actor> RemoteRoute<A> {
         if self.local {
             return Err(TrySendError::Exited(msg));
         }
-        let queued =
-            self.try_enqueue(|buf| (self.append)(buf, 0, &self.name, self.actor_type, &msg, 0));
+        let queued = self.try_enqueue(true, |buf, route| match route {
+            Some(route) => (self.cast)(buf, route, &msg),
+            None => (self.append)(buf, 0, &self.name, self.actor_type, &msg, 0),
+        });
         match queued {
             Ok(true) => Ok(()),
             Ok(false) => Err(TrySendError::Full(msg)),
@@ -1282,27 +1331,6 @@ impl Shared {
         Err(failure)
     }
 
-    /// Deliver a cast read from a peer to the export `to`, found through the reader's cache.
-    async fn cast_in(
-        &self,
-        cache: &mut ExportCache,
-        to: &str,
-        actor_type: &str,
-        body: &[u8],
-    ) -> Result<(), RemoteFailure> {
-        match cache.get(self, to) {
-            None => Err(RemoteFailure::NoSuchActor(to.to_owned())),
-            Some(e) if e.actor_type() != actor_type => Err(RemoteFailure::UnknownActorType {
-                expected: actor_type.to_owned(),
-                found: e.actor_type().to_string(),
-            }),
-            Some(e) => match e.deliver(body, None) {
-                Delivery::Done(r) => r,
-                Delivery::Wait(f) => f.await,
-            },
-        }
-    }
-
     /// Handle one frame from `peer`, in arrival order.
     async fn on_frame(self: &Arc<Self>, peer: &Arc<Peer>, frame: FrameRef<'_>) {
         match frame {
@@ -1352,8 +1380,8 @@ impl Shared {
                         .await;
                 }
             },
-            // Reassembled by the reader before frames get here.
-            FrameRef::Chunk { .. } => {}
+            // Reassembled (chunks) or handled (routes) by the reader before frames get here.
+            FrameRef::Chunk { .. } | FrameRef::Bind { .. } | FrameRef::Cast { .. } => {}
             FrameRef::Start { id, sup, record } => {
                 // Starting runs the child's `started` hook: do it off the reader so one slow start
                 // does not hold up the connection. The caller waits for this reply before using
@@ -2017,6 +2045,135 @@ impl ExportCache {
     }
 }
 
+/// A route the peer bound on this connection ([`Frame::Bind`]), with the export it last led to.
+struct BoundRoute {
+    to: String,
+    actor_type: String,
+    /// The export found, and the `exports_version` it was found at.
+    export: Option<(u64, Arc<dyn Export>)>,
+}
+
+/// What one connection's reader keeps between frames.
+struct Inbound {
+    peer: Arc<Peer>,
+    max_frame: usize,
+    /// A frame being reassembled from chunks; bounded by the frame limit.
+    partial: Vec<u8>,
+    cache: ExportCache,
+    routes: Vec<BoundRoute>,
+}
+
+impl Inbound {
+    /// Handle one frame of a record; an error ends the connection.
+    async fn frame(&mut self, shared: &Arc<Shared>, frame: FrameRef<'_>) -> Result<(), String> {
+        let FrameRef::Chunk { last, bytes } = frame else {
+            return self.deliver(shared, frame).await;
+        };
+        if self.partial.len() + bytes.len() > self.max_frame {
+            return Err(format!(
+                "refused chunked frame over {} bytes",
+                self.max_frame
+            ));
+        }
+        self.partial.extend_from_slice(bytes);
+        if !last {
+            return Ok(());
+        }
+        let whole = std::mem::take(&mut self.partial);
+        let result = match wire::decode::<FrameRef>(&whole) {
+            Ok(FrameRef::Chunk { .. }) => Err("refused nested chunk".into()),
+            Ok(f) => self.deliver(shared, f).await,
+            Err(e) => Err(format!("refused frame: {e}")),
+        };
+        self.partial = whole;
+        self.partial.clear();
+        self.partial.shrink_to(wire::CHUNK_SIZE);
+        result
+    }
+
+    /// Handle one whole frame.
+    async fn deliver(&mut self, shared: &Arc<Shared>, frame: FrameRef<'_>) -> Result<(), String> {
+        let outcome = match frame {
+            FrameRef::Bind {
+                route,
+                to,
+                actor_type,
+            } => {
+                let bound = BoundRoute {
+                    to: to.to_owned(),
+                    actor_type: actor_type.to_owned(),
+                    export: None,
+                };
+                return match route as usize {
+                    r if r < self.routes.len() => {
+                        self.routes[r] = bound;
+                        Ok(())
+                    }
+                    r if r == self.routes.len() && route < wire::MAX_ROUTES => {
+                        self.routes.push(bound);
+                        Ok(())
+                    }
+                    _ => Err(format!("refused bind of route {route}")),
+                };
+            }
+            FrameRef::Cast { route, body } => {
+                let Some(bound) = self.routes.get_mut(route as usize) else {
+                    return Err(format!("refused cast on unbound route {route}"));
+                };
+                let version = shared.exports_version.load(Ordering::Acquire);
+                let export = match &bound.export {
+                    Some((v, e)) if *v == version => Some(e.clone()),
+                    _ => {
+                        let e = shared.export(&bound.to);
+                        bound.export = e.clone().map(|e| (version, e));
+                        e
+                    }
+                };
+                deliver_cast(export, &bound.to, &bound.actor_type, body).await
+            }
+            FrameRef::Request {
+                id: 0,
+                to,
+                actor_type,
+                body,
+                ..
+            } => {
+                // A cast by name: delivered here, with no frame future, to a cached export.
+                let export = self.cache.get(shared, to);
+                deliver_cast(export, to, actor_type, body).await
+            }
+            f => {
+                shared.on_frame(&self.peer, f).await;
+                Ok(())
+            }
+        };
+        if let Err(failure) = outcome {
+            tracing::debug!(peer = %self.peer.id, ?failure, "remote cast not delivered");
+        }
+        Ok(())
+    }
+}
+
+/// Deliver a cast read from a peer to `export`, the actor exported as `to` (if any).
+async fn deliver_cast(
+    export: Option<Arc<dyn Export>>,
+    to: &str,
+    actor_type: &str,
+    body: &[u8],
+) -> Result<(), RemoteFailure> {
+    match export {
+        None => Err(RemoteFailure::NoSuchActor(to.to_owned())),
+        Some(e) if e.actor_type() != actor_type => Err(RemoteFailure::UnknownActorType {
+            expected: actor_type.to_owned(),
+            found: e.actor_type().to_string(),
+        }),
+        Some(e) => match e.deliver(body, None) {
+            Delivery::Done(r) => r,
+            Delivery::Wait(f) => f.await,
+        },
+    }
+}
+
 /// Carry frames over one connection until it fails, is replaced, or the link stops.
 async fn run_conn(
     shared: &Weak<Shared>,
@@ -2033,16 +2190,19 @@ async fn run_conn(
     } = conn;
     let (lost_tx, mut lost_rx) = oneshot::channel::<String>();
     let reader_shared = shared.clone();
-    let reader_peer = peer.clone();
     let max_frame = shared.upgrade().map_or(1 << 20, |s| s.opts.max_frame);
-    let reader = tokio::spawn(async move {
-        // A frame being reassembled from chunks; bounded by the frame limit.
-        let mut partial: Vec<u8> = Vec::new();
-        let mut cache = ExportCache {
+    let mut inbound = Inbound {
+        peer: peer.clone(),
+        max_frame,
+        partial: Vec::new(),
+        cache: ExportCache {
             version: u64::MAX,
             entries: HashMap::new(),
-        };
-        let why = loop {
+        },
+        routes: Vec::new(),
+    };
+    let reader = tokio::spawn(async move {
+        let why = 'records: loop {
             let mut record: BytesMut = match reader.next().await {
                 Some(Ok(b)) => b,
                 Some(Err(e)) => break format!("read: {e}"),
@@ -2055,53 +2215,14 @@ async fn run_conn(
             let Some(shared) = reader_shared.upgrade() else {
                 break "node stopped".into();
             };
-            let mut bad = None;
             for frame in wire::frames(&record[..len]) {
-                match frame {
-                    Ok(FrameRef::Request {
-                        id: 0,
-                        to,
-                        actor_type,
-                        body,
-                        ..
-                    }) => {
-                        // A cast: delivered here, with no frame future, to a cached export.
-                        if let Err(failure) = shared.cast_in(&mut cache, to, actor_type, body).await
-                        {
-                            tracing::debug!(peer = %reader_peer.id, ?failure, "remote cast not delivered");
-                        }
-                    }
-                    Ok(FrameRef::Chunk { last, bytes }) => {
-                        if partial.len() + bytes.len() > max_frame {
-                            bad = Some(format!("refused chunked frame over {max_frame} bytes"));
-                            break;
-                        }
-                        partial.extend_from_slice(bytes);
-                        if last {
-                            match wire::decode::<FrameRef>(&partial) {
-                                Ok(FrameRef::Chunk { .. }) => {
-                                    bad = Some("refused nested chunk".into());
-                                    break;
-                                }
-                                Ok(f) => shared.on_frame(&reader_peer, f).await,
-                                Err(e) => {
-                                    bad = Some(format!("refused frame: {e}"));
-                                    break;
-                                }
-                            }
-                            partial.clear();
-                            partial.shrink_to(wire::CHUNK_SIZE);
-                        }
-                    }
-                    Ok(f) => shared.on_frame(&reader_peer, f).await,
-                    Err(e) => {
-                        bad = Some(format!("refused frame: {e}"));
-                        break;
-                    }
+                let handled = match frame {
+                    Ok(f) => inbound.frame(&shared, f).await,
+                    Err(e) => Err(format!("refused frame: {e}")),
+                };
+                if let Err(why) = handled {
+                    break 'records why;
                 }
-            }
-            if let Some(why) = bad {
-                break why;
             }
         };
         let _ = lost_tx.send(why);
@@ -2117,9 +2238,15 @@ async fn run_conn(
         // Room for the chunk frame's own encoding and prefix.
         piece: (max_record - 64).min(wire::CHUNK_SIZE),
     };
+    // The routes bound on the lost connection, before anything queued since (which may use them).
     let (mut control, mut data) = (Vec::new(), Vec::new());
+    peer.out.rebinds(&mut data);
+    let mut rebound = !data.is_empty();
     let ended = loop {
-        if !peer.out.take(&mut control, &mut data) {
+        if rebound {
+            // Sent as a batch of its own, ahead of the queues.
+            rebound = false;
+        } else if !peer.out.take(&mut control, &mut data) {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break Ended::Stopped,

@@ -14,12 +14,20 @@
 //! a lane that is empty always takes one frame (so a frame as large as the frame limit can go).
 //! Data senders wait for room (backpressure); control senders that must not wait get
 //! [`PushError::Full`].
+//!
+//! Routes: a remote actor reference binds its (export name, actor type) to a small number on the
+//! link once ([`Outbox::bind`], a [`Frame::Bind`] queued on the data lane), and its casts then
+//! carry that number instead of the name and type ([`Frame::Cast`]): fewer bytes to encode, seal
+//! and decode, and no name lookup per message on the receiver. Numbers are never reused on a link
+//! (at most [`MAX_ROUTES`]; beyond, casts carry names). A new connection starts with the bindings
+//! whose frames the writer already took, so the receiver's table matches every frame still queued.
 
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
-use super::wire::FRAME_PREFIX;
+use super::wire::{self, Frame, FRAME_PREFIX, MAX_ROUTES};
 
 /// Which queue a frame goes through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +79,12 @@ struct State {
     control: Queue,
     data: Queue,
     closed: bool,
+    /// Route numbers by (export name, actor type).
+    routes: HashMap<(String, &'static str), u32>,
+    /// The bound routes, by number.
+    bound: Vec<(String, &'static str)>,
+    /// How many of `bound` had their `Bind` frames taken by the writer.
+    binds_taken: usize,
 }
 
 /// The outgoing queues of one peer; see the module documentation.
@@ -94,6 +108,9 @@ impl Outbox {
                 control: Queue::default(),
                 data: Queue::default(),
                 closed: false,
+                routes: HashMap::new(),
+                bound: Vec::new(),
+                binds_taken: 0,
             }),
             ready: Notify::new(),
             room: Notify::new(),
@@ -149,6 +166,54 @@ impl Outbox {
         Ok(())
     }
 
+    /// The route number of export `to` of type `actor_type` on this link, bound now if it is not
+    /// yet (its `Bind` frame queued on the data lane, beyond the lane's bounds: a link binds at
+    /// most [`MAX_ROUTES`]). `None` when the link has bound all it may, or is closed.
+    pub(super) fn bind(&self, to: &str, actor_type: &'static str) -> Option<u32> {
+        let mut state = self.lock();
+        if state.closed {
+            return None;
+        }
+        let key = (to.to_owned(), actor_type);
+        if let Some(route) = state.routes.get(&key) {
+            return Some(*route);
+        }
+        let route = u32::try_from(state.bound.len())
+            .ok()
+            .filter(|r| *r < MAX_ROUTES)?;
+        let bind = Frame::Bind {
+            route,
+            to: to.to_owned(),
+            actor_type: actor_type.to_owned(),
+        };
+        let was_idle = state.control.frames == 0 && state.data.frames == 0;
+        wire::push_frame(&mut state.data.bytes, &bind);
+        state.data.frames += 1;
+        state.routes.insert(key.clone(), route);
+        state.bound.push(key);
+        drop(state);
+        if was_idle {
+            self.ready.notify_one();
+        }
+        Some(route)
+    }
+
+    /// Append, in lane format, the `Bind` frames the writer already took: what a new connection
+    /// starts with.
+    pub(super) fn rebinds(&self, out: &mut Vec<u8>) {
+        let state = self.lock();
+        for (route, (to, actor_type)) in state.bound[..state.binds_taken].iter().enumerate() {
+            wire::push_frame(
+                out,
+                &Frame::Bind {
+                    route: route as u32,
+                    to: to.clone(),
+                    actor_type: (*actor_type).to_owned(),
+                },
+            );
+        }
+    }
+
     /// Queue one frame, waiting for room in the lane (backpressure).
     pub(super) async fn push<F>(&self, lane: Lane, mut encode: F) -> Result<(), PushError>
     where
@@ -176,6 +241,7 @@ impl Outbox {
         let had_data = state.data.frames > 0;
         state.control.frames = 0;
         state.data.frames = 0;
+        state.binds_taken = state.bound.len();
         drop(state);
         if had_data {
             self.room.notify_waiters();
@@ -309,6 +375,50 @@ mod tests {
         let (mut c, mut d) = (Vec::new(), Vec::new());
         assert!(!out.take(&mut c, &mut d));
         assert!(d.is_empty());
+    }
+
+    fn binds(buf: &[u8]) -> Vec<(u32, String)> {
+        wire::frames(buf)
+            .filter_map(|f| match f.unwrap() {
+                wire::FrameRef::Bind { route, to, .. } => Some((route, to.to_owned())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn routes_are_bound_once_in_lane_order_and_replayed_once_taken() {
+        let out = Outbox::new(limits());
+        assert_eq!(out.bind("a", "T"), Some(0));
+        assert_eq!(out.bind("a", "T"), Some(0));
+        assert_eq!(out.bind("a", "U"), Some(1), "another type is another route");
+        // Nothing taken yet: a new connection has nothing to replay (the binds are queued).
+        let mut replay = Vec::new();
+        out.rebinds(&mut replay);
+        assert!(replay.is_empty());
+        let (mut c, mut d) = (Vec::new(), Vec::new());
+        out.take(&mut c, &mut d);
+        assert_eq!(binds(&d), vec![(0, "a".into()), (1, "a".into())]);
+        assert_eq!(out.bind("b", "T"), Some(2));
+        out.rebinds(&mut replay);
+        assert_eq!(binds(&replay), vec![(0, "a".into()), (1, "a".into())]);
+        // Binds go beyond the lane's bounds: a full lane still binds.
+        for _ in 0..3 {
+            let _ = out.try_push(Lane::Data, bytes(1));
+        }
+        assert_eq!(out.bind("c", "T"), Some(3));
+        out.close();
+        assert_eq!(out.bind("d", "T"), None);
+    }
+
+    #[test]
+    fn a_link_binds_at_most_max_routes() {
+        let out = Outbox::new(limits());
+        for i in 0..MAX_ROUTES {
+            assert_eq!(out.bind(&i.to_string(), "T"), Some(i));
+        }
+        assert_eq!(out.bind("one more", "T"), None);
+        assert_eq!(out.bind("0", "T"), Some(0));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1965,8 +1965,8 @@ impl Writer {
                 .await
                 .map_err(|e| format!("write: {e}"))?;
             self.out.clear();
-            if self.out.capacity() > 4 * WRITE_TARGET {
-                self.out.shrink_to(WRITE_TARGET);
+            if self.out.capacity() > 2 * WRITE_TARGET {
+                self.out.shrink_to(RECORD_TARGET);
             }
         }
         self.stream.flush().await.map_err(|e| format!("write: {e}"))
@@ -2061,6 +2061,8 @@ struct Inbound {
     partial: Vec<u8>,
     cache: ExportCache,
     routes: Vec<BoundRoute>,
+    /// Bytes of names and types in `routes` (at most [`wire::MAX_ROUTE_BYTES`]).
+    route_bytes: usize,
 }
 
 impl Inbound {
@@ -2099,22 +2101,30 @@ impl Inbound {
                 to,
                 actor_type,
             } => {
+                let r = route as usize;
+                let replaced = self
+                    .routes
+                    .get(r)
+                    .map_or(0, |b| b.to.len() + b.actor_type.len());
+                let bytes = self.route_bytes - replaced + to.len() + actor_type.len();
+                if r > self.routes.len()
+                    || route >= wire::MAX_ROUTES
+                    || bytes > wire::MAX_ROUTE_BYTES
+                {
+                    return Err(format!("refused bind of route {route}"));
+                }
                 let bound = BoundRoute {
                     to: to.to_owned(),
                     actor_type: actor_type.to_owned(),
                     export: None,
                 };
-                return match route as usize {
-                    r if r < self.routes.len() => {
-                        self.routes[r] = bound;
-                        Ok(())
-                    }
-                    r if r == self.routes.len() && route < wire::MAX_ROUTES => {
-                        self.routes.push(bound);
-                        Ok(())
-                    }
-                    _ => Err(format!("refused bind of route {route}")),
-                };
+                self.route_bytes = bytes;
+                if r < self.routes.len() {
+                    self.routes[r] = bound;
+                } else {
+                    self.routes.push(bound);
+                }
+                return Ok(());
             }
             FrameRef::Cast { route, body } => {
                 let Some(bound) = self.routes.get_mut(route as usize) else {
@@ -2200,6 +2210,7 @@ async fn run_conn(
             entries: HashMap::new(),
         },
         routes: Vec::new(),
+        route_bytes: 0,
     };
     let reader = tokio::spawn(async move {
         let why = 'records: loop {
@@ -2228,11 +2239,12 @@ async fn run_conn(
         let _ = lost_tx.send(why);
     });
     let stop = peer.stop.clone();
-    let max_record = (max_frame - wire::SEAL_OVERHEAD).min(2 * RECORD_TARGET);
+    // A frame whose encoding exceeds CHUNK_SIZE (or the frame limit, if smaller) goes in pieces.
+    let max_record = (max_frame - wire::SEAL_OVERHEAD).min(wire::CHUNK_SIZE + wire::FRAME_PREFIX);
     let mut writer = Writer {
         stream: writer.into_inner(),
         sealer,
-        out: Vec::with_capacity(WRITE_TARGET + RECORD_TARGET),
+        out: Vec::with_capacity(RECORD_TARGET),
         open: None,
         max_record,
         // Room for the chunk frame's own encoding and prefix.

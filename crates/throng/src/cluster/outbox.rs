@@ -19,7 +19,7 @@
 //! link once ([`Outbox::bind`], a [`Frame::Bind`] queued on the data lane), and its casts then
 //! carry that number instead of the name and type ([`Frame::Cast`]): fewer bytes to encode, seal
 //! and decode, and no name lookup per message on the receiver. Numbers are never reused on a link
-//! (at most [`MAX_ROUTES`]; beyond, casts carry names). A new connection starts with the bindings
+//! (at most [`MAX_ROUTES`] and [`MAX_ROUTE_BYTES`] of names; beyond, casts carry names). A new connection starts with the bindings
 //! whose frames the writer already took, so the receiver's table matches every frame still queued.
 
 use std::collections::HashMap;
@@ -27,7 +27,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
-use super::wire::{self, Frame, FRAME_PREFIX, MAX_ROUTES};
+use super::wire::{self, Frame, FRAME_PREFIX, MAX_ROUTES, MAX_ROUTE_BYTES};
 
 /// Which queue a frame goes through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +85,8 @@ struct State {
     bound: Vec<(String, &'static str)>,
     /// How many of `bound` had their `Bind` frames taken by the writer.
     binds_taken: usize,
+    /// Bytes of names and types in `bound`.
+    bound_bytes: usize,
 }
 
 /// The outgoing queues of one peer; see the module documentation.
@@ -97,9 +99,9 @@ pub(super) struct Outbox {
     limits: Limits,
 }
 
-/// Buffers the writer keeps between batches so that lanes never allocate once grown, unless a
-/// batch was unusually large.
-const KEEP_CAPACITY: usize = 1 << 20;
+/// Capacity a lane's buffer keeps between batches: enough for the usual batch without growing
+/// again, little for a link that goes idle after a burst.
+const KEEP_CAPACITY: usize = 64 * 1024;
 
 impl Outbox {
     pub(super) fn new(limits: Limits) -> Self {
@@ -111,6 +113,7 @@ impl Outbox {
                 routes: HashMap::new(),
                 bound: Vec::new(),
                 binds_taken: 0,
+                bound_bytes: 0,
             }),
             ready: Notify::new(),
             room: Notify::new(),
@@ -178,9 +181,14 @@ impl Outbox {
         if let Some(route) = state.routes.get(&key) {
             return Some(*route);
         }
+        let bytes = to.len() + actor_type.len();
+        if state.bound_bytes + bytes > MAX_ROUTE_BYTES {
+            return None;
+        }
         let route = u32::try_from(state.bound.len())
             .ok()
             .filter(|r| *r < MAX_ROUTES)?;
+        state.bound_bytes += bytes;
         let bind = Frame::Bind {
             route,
             to: to.to_owned(),
@@ -419,6 +427,12 @@ mod tests {
         }
         assert_eq!(out.bind("one more", "T"), None);
         assert_eq!(out.bind("0", "T"), Some(0));
+        // And at most MAX_ROUTE_BYTES of names.
+        let out = Outbox::new(limits());
+        let long = "n".repeat(MAX_ROUTE_BYTES / 2);
+        assert_eq!(out.bind(&long, ""), Some(0));
+        assert_eq!(out.bind(&format!("{long}x"), ""), None);
+        assert_eq!(out.bind("short", ""), Some(1));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,7 +35,7 @@ use throng_core::NodeId;
 #[non_exhaustive]
 pub enum Security {
     /// Development mode: peers prove they hold the cluster secret in the handshake, and every
-    /// record is sealed with ChaCha20-Poly1305 under per-connection keys derived from it.
+    /// record is sealed with AES-256-GCM under per-connection keys derived from it.
     #[default]
     SharedSecret,
     /// Production mode: mutual TLS with certificates from the cluster CA, the node name as the

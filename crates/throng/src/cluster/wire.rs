@@ -314,6 +314,9 @@ pub enum Frame {
 /// their names.
 pub const MAX_ROUTES: u32 = 1024;
 
+/// Bytes of names and types a link binds at most in each direction (beyond, casts carry names).
+pub const MAX_ROUTE_BYTES: usize = 256 * 1024;
+
 /// A frame decoded in place: the hot variants borrow their strings and bytes from the record
 /// instead of allocating (same encoding as [`Frame`], variant for variant).
 #[derive(Debug, Deserialize)]
@@ -474,7 +477,8 @@ impl FrameRef<'_> {
     }
 }
 
-/// Frames whose encoding exceeds this are sent as [`Frame::Chunk`] pieces of this size.
+/// Frames whose encoding exceeds this (or the frame limit, if smaller) are sent as
+/// [`Frame::Chunk`] pieces of at most this size.
 pub const CHUNK_SIZE: usize = 64 * 1024;
 
 /// Bytes a frame adds to a record besides its encoding (its length prefix).

@@ -94,7 +94,7 @@ pub(super) struct Outbox {
     state: Mutex<State>,
     /// Wakes the writer when a lane goes from empty to non-empty.
     ready: Notify,
-    /// Wakes data senders waiting for room.
+    /// Wakes senders waiting for room (in either lane).
     room: Notify,
     limits: Limits,
 }
@@ -246,12 +246,11 @@ impl Outbox {
         let taken = state.control.frames + state.data.frames > 0;
         std::mem::swap(&mut state.control.bytes, control);
         std::mem::swap(&mut state.data.bytes, data);
-        let had_data = state.data.frames > 0;
         state.control.frames = 0;
         state.data.frames = 0;
         state.binds_taken = state.bound.len();
         drop(state);
-        if had_data {
+        if taken {
             self.room.notify_waiters();
         }
         taken
@@ -261,7 +260,12 @@ impl Outbox {
     pub(super) fn take_control(&self, control: &mut Vec<u8>) {
         let mut state = self.lock();
         std::mem::swap(&mut state.control.bytes, control);
+        let taken = state.control.frames > 0;
         state.control.frames = 0;
+        drop(state);
+        if taken {
+            self.room.notify_waiters();
+        }
     }
 
     /// Give back a buffer the writer is done with, emptied, to be swapped in at the next take
@@ -458,6 +462,25 @@ mod tests {
         let mut d2 = Vec::new();
         out.take(&mut c, &mut d2);
         assert_eq!(frames(&d2), vec![5]);
+        // A control sender waiting for room is woken by a take of the control lane alone.
+        out.try_push(Lane::Control, bytes(1)).unwrap();
+        out.try_push(Lane::Control, bytes(1)).unwrap();
+        let control = {
+            let out = out.clone();
+            tokio::spawn(async move { out.push(Lane::Control, bytes(2)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!control.is_finished());
+        let mut c = Vec::new();
+        out.take_control(&mut c);
+        tokio::time::timeout(Duration::from_secs(5), control)
+            .await
+            .expect("control sender woken by the take")
+            .unwrap()
+            .unwrap();
+        let mut c2 = Vec::new();
+        out.take_control(&mut c2);
+        assert_eq!(frames(&c2), vec![2]);
         // Closing wakes a waiting sender with `Closed`.
         for _ in 0..3 {
             out.try_push(Lane::Data, bytes(1)).unwrap();

@@ -10,6 +10,7 @@ use common::eventually;
 use serde::{Deserialize, Serialize};
 use throng::cluster::{Node, NodeOptions, RemoteActor};
 use throng::prelude::*;
+use throng::{SendError, TrySendError};
 use throng_core::{Incarnation, NodeId};
 
 struct Account {
@@ -287,6 +288,8 @@ enum BlobMsg {
     Store(Vec<u8>),
     Len,
     Get,
+    /// Answer with this many bytes.
+    Make(usize),
 }
 
 impl Actor for Blob {
@@ -300,6 +303,7 @@ impl Actor for Blob {
             }
             BlobMsg::Len => (self.0.len() as u64).to_le_bytes().to_vec(),
             BlobMsg::Get => self.0.clone(),
+            BlobMsg::Make(n) => vec![7; n],
         })
     }
 }
@@ -345,9 +349,30 @@ async fn large_messages_travel_in_chunks_beside_small_ones() {
     // Over the frame limit: refused before sending, typed.
     let huge = vec![0u8; 9 * 1024 * 1024];
     assert!(matches!(
-        blob.call(BlobMsg::Store(huge)).await.unwrap_err(),
-        CallError::TooLarge { .. }
+        blob.call(BlobMsg::Store(huge.clone())).await.unwrap_err(),
+        CallError::TooLarge { size, max } if size > max && max == 8 << 20
     ));
+    assert!(matches!(
+        blob.cast(BlobMsg::Store(huge.clone())).await,
+        Err(SendError::Codec(_))
+    ));
+    assert!(matches!(
+        blob.try_cast(BlobMsg::Store(huge)),
+        Err(TrySendError::Exited(_))
+    ));
+    // A reply over the limit comes back as a failure that says so, at once (not a timeout).
+    let started = std::time::Instant::now();
+    let err = blob
+        .call_timeout(BlobMsg::Make(9 * 1024 * 1024), Duration::from_secs(20))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, CallError::Failed(reason) if reason.to_string().contains("frame limit")),
+        "{err:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // The link is still there for what fits.
+    assert_eq!(blob.call(BlobMsg::Make(3)).await.unwrap(), vec![7; 3]);
 }
 
 /// A TCP relay to `to` whose connections can be cut (both sockets dropped) at will.

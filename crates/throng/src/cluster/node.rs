@@ -37,7 +37,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
-use super::outbox::{Lane, Limits, Outbox, PushError};
+use super::outbox::{Lane, Limits, Outbox, PushError, FRAME_OVERHEAD};
 use super::tls::{self, Security};
 use super::wire::{
     self, Auth, ClusterKey, Frame, FrameRef, Hello, HelloAck, Opener, RemoteFailure, Role, Sealer,
@@ -277,6 +277,31 @@ impl Peer {
             });
         }
     }
+
+    /// Send a call's outcome from the actor's task (see [`Peer::control_from_actor`]); a reply
+    /// over the frame limit is answered with a failure that says so, not dropped.
+    fn reply_from_actor(self: &Arc<Self>, id: u64, result: Result<Vec<u8>, RemoteFailure>) {
+        let size = result.as_ref().map_or(0, |r| r.len());
+        let frame = Frame::Reply { id, result };
+        match self.try_control(&frame) {
+            Err(PushError::TooLarge { max, .. }) => {
+                tracing::warn!(peer = %self.id, size, max, "reply over the frame limit not sent");
+                self.control_from_actor(Frame::Reply {
+                    id,
+                    result: Err(RemoteFailure::Failed(format!(
+                        "reply of {size} bytes exceeds the {max}-byte frame limit"
+                    ))),
+                });
+            }
+            Err(PushError::Full) => {
+                let peer = self.clone();
+                tokio::spawn(async move {
+                    let _ = peer.control(&frame).await;
+                });
+            }
+            _ => {}
+        }
+    }
 }
 
 fn encode_frame(buf: &mut Vec<u8>, frame: &Frame) -> Result<(), String> {
@@ -345,18 +370,27 @@ pub struct RemoteRoute<A: Actor> {
     bound: std::sync::OnceLock<Option<u32>>,
     name: String,
     actor_type: &'static str,
+    /// The node's frame limit (checked before a message is queued).
+    max_frame: usize,
     encode: fn(&A::Msg) -> Result<Vec<u8>, String>,
-    /// Appends a request frame carrying the message (id, name, type, message, timeout in ms).
+    /// The size of a message's encoding.
+    size: fn(&A::Msg) -> Result<usize, String>,
+    /// Appends a request frame carrying the message (id, name, type, message and its size,
+    /// timeout in ms).
     append: AppendRequest<A>,
-    /// Appends a cast frame through a bound route.
+    /// Appends a cast frame through a bound route (route, message and its size).
     cast: AppendCast<A>,
     decode: fn(&[u8]) -> Result<A::Reply, String>,
 }
 
-type AppendCast<A> = fn(&mut Vec<u8>, u32, &<A as Actor>::Msg) -> Result<(), String>;
+type AppendCast<A> = fn(&mut Vec<u8>, u32, &<A as Actor>::Msg, usize) -> Result<(), String>;
 
 type AppendRequest<A> =
-    fn(&mut Vec<u8>, u64, &str, &'static str, &<A as Actor>::Msg, u64) -> Result<(), String>;
+    fn(&mut Vec<u8>, u64, &str, &'static str, &<A as Actor>::Msg, usize, u64) -> Result<(), String>;
+
+/// Bytes a request frame adds to its name, type and body, at most (variant, id, lengths,
+/// timeout), besides [`FRAME_OVERHEAD`].
+const REQUEST_HEAD: usize = 48;
 
 impl<A: RemoteActor> RemoteRoute<A> {
     fn new(shared: &Arc<Shared>, peer: &NodeId, name: &str) -> Self {
@@ -369,12 +403,16 @@ impl<A: RemoteActor> RemoteRoute<A> {
             bound: std::sync::OnceLock::new(),
             name: name.to_owned(),
             actor_type: A::TYPE,
+            max_frame: shared.opts.max_frame,
             encode: |m| postcard::to_allocvec(m).map_err(|e| e.to_string()),
-            append: |buf, id, to, actor_type, msg, timeout_ms| {
-                wire::append_request(buf, id, to, actor_type, msg, timeout_ms)
+            size: |m| wire::encoded_len(m).map_err(|e| e.to_string()),
+            append: |buf, id, to, actor_type, msg, len, timeout_ms| {
+                wire::append_request(buf, id, to, actor_type, msg, len, timeout_ms)
                     .map_err(|e| e.to_string())
             },
-            cast: |buf, route, msg| wire::append_cast(buf, route, msg).map_err(|e| e.to_string()),
+            cast: |buf, route, msg, len| {
+                wire::append_cast(buf, route, msg, len).map_err(|e| e.to_string())
+            },
             decode: |b| postcard::from_bytes(b).map_err(|e| e.to_string()),
         }
     }
@@ -494,11 +532,16 @@ impl<A: Actor> RemoteRoute<A> {
         msg: Outgoing<A::Msg>,
         timeout_ms: u64,
     ) -> Result<(), Refused> {
+        let len = match &msg {
+            Outgoing::Msg(m) => (self.size)(m).map_err(Refused::Codec)?,
+            Outgoing::Body(b) => b.len(),
+        };
+        self.check_size(len)?;
         // Casts go through a route bound on the link (no name or type on the wire).
         let queued = self.try_enqueue(id == 0, |buf, route| match (&msg, route) {
-            (Outgoing::Msg(m), Some(route)) => (self.cast)(buf, route, m),
+            (Outgoing::Msg(m), Some(route)) => (self.cast)(buf, route, m, len),
             (Outgoing::Msg(m), None) => {
-                (self.append)(buf, id, &self.name, self.actor_type, m, timeout_ms)
+                (self.append)(buf, id, &self.name, self.actor_type, m, len, timeout_ms)
             }
             (Outgoing::Body(b), _) => {
                 wire::append_request_bytes(buf, id, &self.name, self.actor_type, b, timeout_ms)
@@ -517,6 +560,19 @@ impl<A: Actor> RemoteRoute<A> {
                 .map_err(|e| e.to_string())
         })
         .await
+    }
+
+    /// Refuse, before queueing anything, a message whose encoding (`len` bytes) would make a
+    /// request frame over the frame limit (the outbox checks the exact size again).
+    fn check_size(&self, len: usize) -> Result<(), Refused> {
+        let size = len + self.name.len() + self.actor_type.len() + REQUEST_HEAD + FRAME_OVERHEAD;
+        if size > self.max_frame {
+            return Err(Refused::TooLarge {
+                size,
+                max: self.max_frame,
+            });
+        }
+        Ok(())
     }
 
     fn send_error(&self, refused: Refused) -> SendError {
@@ -548,9 +604,15 @@ impl<A: Actor> RemoteRoute<A> {
         if self.local {
             return Err(TrySendError::Exited(msg));
         }
+        let Ok(len) = (self.size)(&msg) else {
+            return Err(TrySendError::Exited(msg));
+        };
+        if self.check_size(len).is_err() {
+            return Err(TrySendError::Exited(msg));
+        }
         let queued = self.try_enqueue(true, |buf, route| match route {
-            Some(route) => (self.cast)(buf, route, &msg),
-            None => (self.append)(buf, 0, &self.name, self.actor_type, &msg, 0),
+            Some(route) => (self.cast)(buf, route, &msg, len),
+            None => (self.append)(buf, 0, &self.name, self.actor_type, &msg, len, 0),
         });
         match queued {
             Ok(true) => Ok(()),
@@ -1249,7 +1311,7 @@ impl Shared {
                 control_frames: self.opts.control_queue,
                 data_frames: self.opts.data_queue,
                 lane_bytes: self.opts.max_frame,
-                max_frame: frame_limit(self.opts.max_frame),
+                max_frame: self.opts.max_frame,
             }),
             inbound,
             addr: Mutex::new(None),
@@ -1344,9 +1406,7 @@ impl Shared {
                 let reply = (id != 0).then(|| {
                     let peer = peer.clone();
                     // Runs on the actor's task: never blocks it on a full queue.
-                    ReplyOnce::new(move |result| {
-                        peer.control_from_actor(Frame::Reply { id, result })
-                    })
+                    ReplyOnce::new(move |result| peer.reply_from_actor(id, result))
                 });
                 if let Err(failure) = self.local_request(to, actor_type, body, reply).await {
                     if id == 0 {
@@ -1891,12 +1951,6 @@ const RECORD_TARGET: usize = 64 * 1024;
 /// Sealed records are written out once this many bytes are ready.
 const WRITE_TARGET: usize = 256 * 1024;
 
-/// The largest frame (its encoding) that can be queued with frames of `max_frame` bytes: with its
-/// length prefix and the seal, it fits in one record.
-fn frame_limit(max_frame: usize) -> usize {
-    max_frame - wire::SEAL_OVERHEAD - wire::FRAME_PREFIX
-}
-
 /// The frames (each with its length prefix) of a lane's buffer, in order.
 fn lane_frames(buf: &[u8]) -> impl Iterator<Item = &[u8]> + '_ {
     let mut rest = buf;
@@ -1974,9 +2028,13 @@ impl Writer {
 
     /// Seal and write one batch taken from the outbox: control frames first, then data.
     async fn batch(&mut self, control: &[u8], data: &[u8], outbox: &Outbox) -> Result<(), String> {
-        for frame in lane_frames(control).chain(lane_frames(data)) {
+        let control = lane_frames(control).map(|f| (f, None));
+        let data = lane_frames(data).map(|f| (f, Some(outbox)));
+        for (frame, between) in control.chain(data) {
             if frame.len() > self.max_record {
-                self.chunked(&frame[wire::FRAME_PREFIX..], outbox).await?;
+                // Control frames queued meanwhile go between the pieces of a data frame, never
+                // ahead of control frames of this batch (which are all written before it).
+                self.chunked(&frame[wire::FRAME_PREFIX..], between).await?;
                 continue;
             }
             self.push(frame)?;
@@ -1987,16 +2045,18 @@ impl Writer {
         self.flush().await
     }
 
-    /// Send one frame's encoding as [`Frame::Chunk`] pieces, each in a record of its own after the
-    /// control frames queued since the last piece, flushing after each piece so that replies and
+    /// Send one frame's encoding as [`Frame::Chunk`] pieces, flushing after each; with `between`,
+    /// each piece follows the control frames queued there since the last one, so that replies and
     /// monitors overtake a long transfer.
-    async fn chunked(&mut self, encoded: &[u8], outbox: &Outbox) -> Result<(), String> {
+    async fn chunked(&mut self, encoded: &[u8], between: Option<&Outbox>) -> Result<(), String> {
         self.close()?;
         let mut control = Vec::new();
         let mut chunk = Vec::new();
         let mut pieces = encoded.chunks(self.piece).peekable();
         while let Some(piece) = pieces.next() {
-            outbox.take_control(&mut control);
+            if let Some(outbox) = between {
+                outbox.take_control(&mut control);
+            }
             for frame in lane_frames(&control) {
                 self.push(frame)?;
             }

@@ -65,14 +65,22 @@ pub(super) struct Limits {
     pub data_frames: usize,
     /// Bytes queued per lane (a lane that is empty takes one frame of any allowed size).
     pub lane_bytes: usize,
-    /// Largest encoded frame.
+    /// The node's frame limit: a frame's encoding with its length prefix and the record's seal
+    /// must fit in it.
     pub max_frame: usize,
 }
+
+/// Bytes a frame needs in a record beside its encoding: its length prefix, and the seal of a
+/// record holding it alone.
+pub(super) const FRAME_OVERHEAD: usize = FRAME_PREFIX + wire::SEAL_OVERHEAD;
 
 #[derive(Default)]
 struct Queue {
     bytes: Vec<u8>,
     frames: usize,
+    /// Senders waiting for room: while there are any, senders that do not wait are refused
+    /// (`Full`), so a busy producer cannot starve them.
+    waiters: usize,
 }
 
 struct State {
@@ -99,6 +107,50 @@ pub(super) struct Outbox {
     limits: Limits,
 }
 
+/// Takes a frame's partial encoding back out of its lane unless forgotten: on an error return, and
+/// when a message's `Serialize` panics (the lane then holds whole frames only).
+struct Rollback<'a> {
+    buf: &'a mut Vec<u8>,
+    start: usize,
+}
+
+impl Drop for Rollback<'_> {
+    fn drop(&mut self) {
+        self.buf.truncate(self.start);
+    }
+}
+
+/// A sender registered as waiting for room in a lane, for as long as this lives (also when its
+/// future is dropped mid-wait).
+struct Waiting<'a> {
+    outbox: &'a Outbox,
+    lane: Lane,
+}
+
+impl<'a> Waiting<'a> {
+    fn register(outbox: &'a Outbox, lane: Lane) -> Self {
+        outbox.lock().queue(lane).waiters += 1;
+        Waiting { outbox, lane }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut state = self.outbox.lock();
+        let queue = state.queue(self.lane);
+        queue.waiters -= 1;
+    }
+}
+
+impl State {
+    fn queue(&mut self, lane: Lane) -> &mut Queue {
+        match lane {
+            Lane::Control => &mut self.control,
+            Lane::Data => &mut self.data,
+        }
+    }
+}
+
 /// Capacity a lane's buffer keeps between batches: enough for the usual batch without growing
 /// again, little for a link that goes idle after a burst.
 const KEEP_CAPACITY: usize = 64 * 1024;
@@ -122,13 +174,23 @@ impl Outbox {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // Critical sections append bytes or swap buffers; a poisoned lock still guards whole frames
-        // (a frame is committed only once its length is written).
+        // Critical sections append bytes or swap buffers; a poisoned lock (a message's `Serialize`
+        // panicked while encoding) still guards whole frames: the partial encoding is rolled back
+        // as the panic unwinds (see `Rollback`).
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Queue one frame that `encode` appends to the lane's buffer, unless the lane is full.
+    /// `encode` runs under the outbox's lock: it must not send to this peer.
     pub(super) fn try_push<F>(&self, lane: Lane, encode: F) -> Result<(), PushError>
+    where
+        F: FnOnce(&mut Vec<u8>) -> Result<(), String>,
+    {
+        self.push_now(lane, encode, false)
+    }
+
+    /// [`Outbox::try_push`]; `waiter`: the caller is one of the lane's registered waiters.
+    fn push_now<F>(&self, lane: Lane, encode: F, waiter: bool) -> Result<(), PushError>
     where
         F: FnOnce(&mut Vec<u8>) -> Result<(), String>,
     {
@@ -141,25 +203,26 @@ impl Outbox {
             Lane::Control => (&mut state.control, self.limits.control_frames),
             Lane::Data => (&mut state.data, self.limits.data_frames),
         };
-        if queue.frames > 0
-            && (queue.frames >= max_frames || queue.bytes.len() >= self.limits.lane_bytes)
-        {
+        let full = queue.frames > 0
+            && (queue.frames >= max_frames || queue.bytes.len() >= self.limits.lane_bytes);
+        if full || (!waiter && queue.waiters > 0) {
             return Err(PushError::Full);
         }
         let start = queue.bytes.len();
-        queue.bytes.extend_from_slice(&[0; FRAME_PREFIX]);
-        if let Err(e) = encode(&mut queue.bytes) {
-            queue.bytes.truncate(start);
-            return Err(PushError::Codec(e));
-        }
-        let size = queue.bytes.len() - start - FRAME_PREFIX;
-        if size > self.limits.max_frame {
-            queue.bytes.truncate(start);
+        let rollback = Rollback {
+            buf: &mut queue.bytes,
+            start,
+        };
+        rollback.buf.extend_from_slice(&[0; FRAME_PREFIX]);
+        encode(rollback.buf).map_err(PushError::Codec)?;
+        let size = rollback.buf.len() - start - FRAME_PREFIX;
+        if size + FRAME_OVERHEAD > self.limits.max_frame {
             return Err(PushError::TooLarge {
-                size,
+                size: size + FRAME_OVERHEAD,
                 max: self.limits.max_frame,
             });
         }
+        std::mem::forget(rollback);
         queue.bytes[start..start + FRAME_PREFIX].copy_from_slice(&(size as u32).to_le_bytes());
         queue.frames += 1;
         drop(state);
@@ -182,7 +245,10 @@ impl Outbox {
             return Some(*route);
         }
         let bytes = to.len() + actor_type.len();
-        if state.bound_bytes + bytes > MAX_ROUTE_BYTES {
+        // A binding must fit in a frame (with room for its other fields).
+        if state.bound_bytes + bytes > MAX_ROUTE_BYTES
+            || bytes + 32 + FRAME_OVERHEAD > self.limits.max_frame
+        {
             return None;
         }
         let route = u32::try_from(state.bound.len())
@@ -222,17 +288,23 @@ impl Outbox {
         }
     }
 
-    /// Queue one frame, waiting for room in the lane (backpressure).
+    /// Queue one frame, waiting for room in the lane (backpressure). Senders that wait are not
+    /// overtaken by senders that do not (see [`Queue::waiters`]).
     pub(super) async fn push<F>(&self, lane: Lane, mut encode: F) -> Result<(), PushError>
     where
         F: FnMut(&mut Vec<u8>) -> Result<(), String>,
     {
+        match self.push_now(lane, &mut encode, false) {
+            Err(PushError::Full) => {}
+            other => return other,
+        }
+        let _waiting = Waiting::register(self, lane);
         loop {
             // Registered before trying, so that room made between the try and the wait is seen.
             let room = self.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            match self.try_push(lane, &mut encode) {
+            match self.push_now(lane, &mut encode, true) {
                 Err(PushError::Full) => room.await,
                 other => return other,
             }
@@ -286,8 +358,11 @@ impl Outbox {
     pub(super) fn close(&self) {
         let mut state = self.lock();
         state.closed = true;
-        state.control = Queue::default();
-        state.data = Queue::default();
+        for lane in [Lane::Control, Lane::Data] {
+            let queue = state.queue(lane);
+            queue.bytes = Vec::new();
+            queue.frames = 0;
+        }
         drop(state);
         self.room.notify_waiters();
         self.ready.notify_one();
@@ -305,7 +380,7 @@ mod tests {
             control_frames: 2,
             data_frames: 3,
             lane_bytes: 64,
-            max_frame: 40,
+            max_frame: 40 + FRAME_OVERHEAD,
         }
     }
 
@@ -360,7 +435,10 @@ mod tests {
         out.try_push(Lane::Data, bytes(2)).unwrap();
         assert_eq!(
             out.try_push(Lane::Data, bytes(41)),
-            Err(PushError::TooLarge { size: 41, max: 40 })
+            Err(PushError::TooLarge {
+                size: 41 + FRAME_OVERHEAD,
+                max: 40 + FRAME_OVERHEAD
+            })
         );
         assert_eq!(
             out.try_push(Lane::Data, |b: &mut Vec<u8>| {
@@ -431,8 +509,15 @@ mod tests {
         }
         assert_eq!(out.bind("one more", "T"), None);
         assert_eq!(out.bind("0", "T"), Some(0));
+        // A name too long for a frame is not bound (its casts carry it, and fail as too large).
+        let small = Outbox::new(limits());
+        assert_eq!(small.bind(&"n".repeat(40), "T"), None);
+        assert_eq!(small.bind("n", "T"), Some(0));
         // And at most MAX_ROUTE_BYTES of names.
-        let out = Outbox::new(limits());
+        let out = Outbox::new(Limits {
+            max_frame: 1 << 20,
+            ..limits()
+        });
         let long = "n".repeat(MAX_ROUTE_BYTES / 2);
         assert_eq!(out.bind(&long, ""), Some(0));
         assert_eq!(out.bind(&format!("{long}x"), ""), None);
@@ -496,6 +581,75 @@ mod tests {
             .expect("sender woken by the close")
             .unwrap();
         assert_eq!(r, Err(PushError::Closed));
+    }
+
+    #[test]
+    fn a_panicking_encoder_leaves_only_whole_frames() {
+        let out = Outbox::new(limits());
+        out.try_push(Lane::Data, bytes(2)).unwrap();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = out.try_push(Lane::Data, |b: &mut Vec<u8>| {
+                b.extend_from_slice(&[9; 5]);
+                panic!("a Serialize impl that panics");
+            });
+        }));
+        assert!(panicked.is_err());
+        out.try_push(Lane::Data, bytes(3)).unwrap();
+        let (mut c, mut d) = (Vec::new(), Vec::new());
+        out.take(&mut c, &mut d);
+        assert_eq!(frames(&d), vec![2, 3]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sender_waiting_for_room_is_not_overtaken_by_senders_that_do_not_wait() {
+        let out = Arc::new(Outbox::new(limits()));
+        for _ in 0..3 {
+            out.try_push(Lane::Data, bytes(1)).unwrap();
+        }
+        let waiter = {
+            let out = out.clone();
+            tokio::spawn(async move { out.push(Lane::Data, bytes(7)).await })
+        };
+        common_wait(|| out.lock().data.waiters == 1).await;
+        // Room is made, but the waiter has not run yet: a sender that does not wait is refused.
+        {
+            let mut state = out.lock();
+            state.data.bytes.clear();
+            state.data.frames = 0;
+        }
+        assert_eq!(out.try_push(Lane::Data, bytes(1)), Err(PushError::Full));
+        out.room.notify_waiters();
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("waiter woken")
+            .unwrap()
+            .unwrap();
+        assert_eq!(out.lock().data.waiters, 0);
+        out.try_push(Lane::Data, bytes(1)).unwrap();
+        let (mut c, mut d) = (Vec::new(), Vec::new());
+        out.take(&mut c, &mut d);
+        assert_eq!(frames(&d), vec![7, 1]);
+        // A waiter whose future is dropped unregisters.
+        for _ in 0..2 {
+            out.try_push(Lane::Data, bytes(1)).unwrap();
+        }
+        out.try_push(Lane::Data, bytes(1)).unwrap();
+        let dropped = {
+            let out = out.clone();
+            tokio::spawn(async move { out.push(Lane::Data, bytes(7)).await })
+        };
+        common_wait(|| out.lock().data.waiters == 1).await;
+        dropped.abort();
+        common_wait(|| out.lock().data.waiters == 0).await;
+    }
+
+    /// Wait (≤ 5 s) until `cond` holds.
+    async fn common_wait(mut cond: impl FnMut() -> bool) {
+        let end = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !cond() {
+            assert!(tokio::time::Instant::now() < end, "condition not reached");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     #[tokio::test]

@@ -522,13 +522,20 @@ pub fn append<T: Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) -> Result<(),
     postcard::serialize_with_flavor(value, Append(buf))
 }
 
-/// Append `value` encoded the way a `Vec<u8>` field holding its encoding is: length, then bytes.
-/// This is how senders embed a message in a frame without encoding it into a buffer of its own.
+/// The size of `value`'s encoding (a pass that writes nothing): what senders check against the
+/// frame limit before encoding, and pass to the `append_*` functions below.
+pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, postcard::Error> {
+    postcard::experimental::serialized_size(value)
+}
+
+/// Append `value`, whose encoding is `len` bytes ([`encoded_len`]), the way a `Vec<u8>` field
+/// holding its encoding is: length, then bytes. This is how senders embed a message in a frame
+/// without encoding it into a buffer of its own.
 fn append_embedded<T: Serialize + ?Sized>(
     buf: &mut Vec<u8>,
     value: &T,
+    len: usize,
 ) -> Result<(), postcard::Error> {
-    let len = postcard::experimental::serialized_size(value)?;
     append(buf, &len)?;
     let before = buf.len();
     append(buf, value)?;
@@ -541,34 +548,35 @@ fn append_embedded<T: Serialize + ?Sized>(
 
 /// Index of [`Frame::Request`] among the variants (postcard encodes a variant as its index).
 const REQUEST_VARIANT: u32 = 0;
-/// Index of [`Frame::Reply`].
-const REPLY_VARIANT: u32 = 4;
 /// Index of [`Frame::Cast`].
 const CAST_VARIANT: u32 = 11;
 
-/// Append the encoding of a [`Frame::Cast`] whose body is the encoding of `msg`, without building
-/// it.
+/// Append the encoding of a [`Frame::Cast`] whose body is the encoding of `msg` (`len` bytes, see
+/// [`encoded_len`]), without building it.
 pub fn append_cast<M: Serialize + ?Sized>(
     buf: &mut Vec<u8>,
     route: u32,
     msg: &M,
+    len: usize,
 ) -> Result<(), postcard::Error> {
     append(buf, &(CAST_VARIANT, route))?;
-    append_embedded(buf, msg)
+    append_embedded(buf, msg, len)
 }
 
-/// Append the encoding of a [`Frame::Request`] whose body is the encoding of `msg`, the same bytes
-/// as encoding the frame, without building it (no copy of the name, type or body).
+/// Append the encoding of a [`Frame::Request`] whose body is the encoding of `msg` (`len` bytes,
+/// see [`encoded_len`]), the same bytes as encoding the frame, without building it (no copy of the
+/// name, type or body).
 pub fn append_request<M: Serialize + ?Sized>(
     buf: &mut Vec<u8>,
     id: u64,
     to: &str,
     actor_type: &str,
     msg: &M,
+    len: usize,
     timeout_ms: u64,
 ) -> Result<(), postcard::Error> {
     append(buf, &(REQUEST_VARIANT, id, to, actor_type))?;
-    append_embedded(buf, msg)?;
+    append_embedded(buf, msg, len)?;
     append(buf, &timeout_ms)
 }
 
@@ -584,18 +592,6 @@ pub fn append_request_bytes(
     append(buf, &(REQUEST_VARIANT, id, to, actor_type, body.len()))?;
     buf.extend_from_slice(body);
     append(buf, &timeout_ms)
-}
-
-/// Append the encoding of `Frame::Reply { id, result: Ok(encoding of value) }` without building
-/// it.
-pub fn append_reply<R: Serialize + ?Sized>(
-    buf: &mut Vec<u8>,
-    id: u64,
-    value: &R,
-) -> Result<(), postcard::Error> {
-    // `Ok` is variant 0 of `Result`.
-    append(buf, &(REPLY_VARIANT, id, 0u32))?;
-    append_embedded(buf, value)
 }
 
 /// The frames of an opened record, in order; a malformed one ends the iteration with an error.
@@ -961,27 +957,19 @@ mod tests {
             timeout_ms: 5000,
         };
         let mut direct = Vec::new();
-        append_request(&mut direct, 300, "sink", "bench.Sink", &msg, 5000).unwrap();
+        let len = encoded_len(&msg).unwrap();
+        assert_eq!(len, body.len());
+        append_request(&mut direct, 300, "sink", "bench.Sink", &msg, len, 5000).unwrap();
         assert_eq!(direct, encode(&request));
         let mut raw = Vec::new();
         append_request_bytes(&mut raw, 300, "sink", "bench.Sink", &body, 5000).unwrap();
         assert_eq!(raw, encode(&request));
-        let reply = Frame::Reply {
-            id: 1 << 40,
-            result: Ok(body),
-        };
-        let mut direct = Vec::new();
-        append_reply(&mut direct, 1 << 40, &msg).unwrap();
-        assert_eq!(direct, encode(&reply));
-        assert!(
-            matches!(decode::<FrameRef>(&direct), Ok(FrameRef::Reply { id, .. }) if id == 1 << 40)
-        );
         let cast = Frame::Cast {
             route: 1000,
             body: postcard::to_allocvec(&msg).unwrap(),
         };
         let mut direct = Vec::new();
-        append_cast(&mut direct, 1000, &msg).unwrap();
+        append_cast(&mut direct, 1000, &msg, len).unwrap();
         assert_eq!(direct, encode(&cast));
     }
 

@@ -8,7 +8,7 @@
 //! each side's certificate must come from the cluster CA and name the node it claims to be.
 //!
 //! Queues: each peer has a bounded *control* lane (replies, monitors) and a bounded *data* lane
-//! (requests), into which senders encode their frames directly ([`super::outbox`]). The writer
+//! (requests), into which senders encode their frames directly (`cluster::outbox`). The writer
 //! always drains control first, so bulk requests never delay a reply or a down notice; a full data
 //! lane makes senders wait (backpressure) or, for `try_cast`, hands the message back. Incoming requests are delivered in order: a cast waits for mailbox room before the
 //! next frame is read, which pushes back through TCP to the sender.

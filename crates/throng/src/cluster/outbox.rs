@@ -88,7 +88,8 @@ struct State {
     data: Queue,
     closed: bool,
     /// Route numbers by (export name, actor type).
-    routes: HashMap<(String, &'static str), u32>,
+    /// (Keyed by name, then type, so that a lookup borrows the name instead of copying it.)
+    routes: HashMap<String, Vec<(&'static str, u32)>>,
     /// The bound routes, by number.
     bound: Vec<(String, &'static str)>,
     /// How many of `bound` had their `Bind` frames taken by the writer.
@@ -240,8 +241,11 @@ impl Outbox {
         if state.closed {
             return None;
         }
-        let key = (to.to_owned(), actor_type);
-        if let Some(route) = state.routes.get(&key) {
+        let known = state
+            .routes
+            .get(to)
+            .and_then(|types| types.iter().find(|(t, _)| *t == actor_type));
+        if let Some((_, route)) = known {
             return Some(*route);
         }
         let bytes = to.len() + actor_type.len();
@@ -263,8 +267,12 @@ impl Outbox {
         let was_idle = state.control.frames == 0 && state.data.frames == 0;
         wire::push_frame(&mut state.data.bytes, &bind);
         state.data.frames += 1;
-        state.routes.insert(key.clone(), route);
-        state.bound.push(key);
+        state
+            .routes
+            .entry(to.to_owned())
+            .or_default()
+            .push((actor_type, route));
+        state.bound.push((to.to_owned(), actor_type));
         drop(state);
         if was_idle {
             self.ready.notify_one();

@@ -14,6 +14,11 @@
 //!
 //! Seeds are resolved by a small helper task (DNS can take seconds, and the membership task must
 //! keep answering probes meanwhile) that hands each round's addresses over a one-slot channel.
+//!
+//! The task runs on a thread of its own (a current-thread tokio runtime), not on the caller's
+//! runtime: a node whose actors keep every worker thread busy (CPU-bound handlers that never
+//! yield, a burst of millions of messages) still answers probes within the detection timeouts,
+//! so it is not declared down by the others for being busy.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -89,6 +94,9 @@ pub enum MembershipError {
     /// The membership task is no longer running (it was stopped or has left).
     #[error("membership has stopped")]
     Stopped,
+    /// The membership's thread or its runtime could not be started.
+    #[error("cannot start the membership thread: {0}")]
+    Thread(#[source] io::Error),
 }
 
 /// Counters of the gossip socket and the membership task; see [`Membership::stats`].
@@ -191,13 +199,14 @@ impl Membership {
         config: MembershipConfig,
     ) -> Result<Self, MembershipError> {
         config.validate()?;
-        let socket =
-            UdpSocket::bind(config.bind_addr)
-                .await
-                .map_err(|source| MembershipError::Bind {
-                    addr: config.bind_addr,
-                    source,
-                })?;
+        // Bound here (so that binding errors are the caller's), registered with the membership
+        // thread's runtime there.
+        let socket = std::net::UdpSocket::bind(config.bind_addr)
+            .and_then(|s| s.set_nonblocking(true).map(|()| s))
+            .map_err(|source| MembershipError::Bind {
+                addr: config.bind_addr,
+                source,
+            })?;
         let bound = socket.local_addr().map_err(MembershipError::LocalAddr)?;
         let multicast = match &config.multicast {
             Some(multicast) => Some(setup_multicast(&socket, multicast).map_err(|source| {
@@ -248,7 +257,7 @@ impl Membership {
         let span =
             tracing::info_span!("membership", node = %local.id, incarnation = %local.incarnation);
         info!(parent: &span, gossip_addr = %local.gossip_addr, bound = %bound, seeds = ?config.seeds, multicast = ?config.multicast.as_ref().map(|m| m.group), "membership starting");
-        let task = Task {
+        let parts = TaskParts {
             machine,
             socket,
             multicast,
@@ -256,12 +265,18 @@ impl Membership {
             shared: Arc::clone(&shared),
             timers: Timers::new(config.max_members * TIMERS_PER_MEMBER + TIMER_SLACK),
             max_datagram: config.max_datagram_size,
-            refusals: RefusalLog::default(),
         };
-        let task = tokio::spawn(
-            task.run(config.seeds, config.announce_interval)
-                .instrument(span),
-        );
+        let (ready_tx, ready) = oneshot::channel();
+        let seeds = config.seeds;
+        let announce_interval = config.announce_interval;
+        std::thread::Builder::new()
+            .name(format!("membership-{}", local.id))
+            .spawn(move || run_thread(parts, seeds, announce_interval, span, ready_tx))
+            .map_err(MembershipError::Thread)?;
+        let task = ready
+            .await
+            .map_err(|_| MembershipError::Stopped)?
+            .map_err(MembershipError::Thread)?;
         Ok(Self {
             local,
             shared,
@@ -443,13 +458,16 @@ enum RefusalReason {
 }
 
 /// The multicast group's socket, and where the machine's multicast `Hello`s go.
-struct Multicast {
-    socket: UdpSocket,
+struct Multicast<S = UdpSocket> {
+    socket: S,
     group: SocketAddr,
 }
 
 /// Sets the gossip socket up to send to the group, and opens the group's own socket.
-fn setup_multicast(gossip: &UdpSocket, config: &MulticastConfig) -> io::Result<Multicast> {
+fn setup_multicast(
+    gossip: &std::net::UdpSocket,
+    config: &MulticastConfig,
+) -> io::Result<Multicast<std::net::UdpSocket>> {
     use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
     let group_ip = *config.group.ip();
@@ -481,11 +499,80 @@ fn setup_multicast(gossip: &UdpSocket, config: &MulticastConfig) -> io::Result<M
     let bind = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, config.group.port());
     socket.bind(&SocketAddr::V4(bind).into())?;
     socket.join_multicast_v4(&group_ip, &config.interface)?;
-    let socket = UdpSocket::from_std(socket.into())?;
     Ok(Multicast {
-        socket,
+        socket: socket.into(),
         group: SocketAddr::V4(config.group),
     })
+}
+
+/// What the membership task is made of, before its sockets are registered with its runtime.
+struct TaskParts {
+    machine: Machine,
+    socket: std::net::UdpSocket,
+    multicast: Option<Multicast<std::net::UdpSocket>>,
+    commands: mpsc::Receiver<Command>,
+    shared: Arc<Shared>,
+    timers: Timers,
+    max_datagram: usize,
+}
+
+/// The membership thread: a current-thread runtime that runs the task until it ends (stopped,
+/// left, or aborted through the handle sent on `ready`).
+fn run_thread(
+    parts: TaskParts,
+    seeds: Vec<String>,
+    announce_interval: Duration,
+    span: tracing::Span,
+    ready: oneshot::Sender<io::Result<JoinHandle<()>>>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    // Dropped with the task's future: when it returns, and when it is aborted.
+    let (ended_tx, ended) = oneshot::channel::<()>();
+    let spawned = runtime.block_on(async move {
+        let task = Task {
+            machine: parts.machine,
+            socket: UdpSocket::from_std(parts.socket)?,
+            multicast: match parts.multicast {
+                Some(m) => Some(Multicast {
+                    socket: UdpSocket::from_std(m.socket)?,
+                    group: m.group,
+                }),
+                None => None,
+            },
+            commands: parts.commands,
+            shared: parts.shared,
+            timers: parts.timers,
+            max_datagram: parts.max_datagram,
+            refusals: RefusalLog::default(),
+        };
+        Ok(tokio::spawn(
+            async move {
+                let _ended = ended_tx;
+                task.run(seeds, announce_interval).await
+            }
+            .instrument(span),
+        ))
+    });
+    match spawned {
+        Ok(task) => {
+            let _ = ready.send(Ok(task));
+            runtime.block_on(async move {
+                let _ = ended.await;
+            });
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+        }
+    }
 }
 
 /// Receives from the multicast group's socket, or never if there is none.

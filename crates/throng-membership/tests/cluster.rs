@@ -420,3 +420,49 @@ async fn garbage_is_refused_and_counted() {
     assert_eq!(a.stats().datagrams_in, 5);
     assert!(a.members().is_empty());
 }
+
+/// A node whose own runtime is saturated (every worker thread held by handlers that never yield,
+/// for twice the detection bound) still answers probes: its membership runs on a thread of its
+/// own, so the others do not declare it down for being busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_workers_are_all_busy_is_not_declared_down() {
+    // The busy node's runtime, separate from the test's (which runs the observer).
+    let busy_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let busy = busy_rt
+        .spawn(Membership::start(
+            NodeId::new("busy").unwrap(),
+            Incarnation(1),
+            "127.0.0.1:9".parse().unwrap(),
+            config(&[]),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    let observer = start("observer", 1, config(&[busy.local().gossip_addr])).await;
+    all_see_each_other(&[&busy, &observer]).await;
+    let recorder = Recorder::new(&observer);
+
+    // Hold every worker of the busy node's runtime (blocking, as CPU-bound handlers would).
+    let hold = DETECTION_BOUND * 2;
+    for _ in 0..2 {
+        busy_rt.spawn(async move { std::thread::sleep(hold) });
+    }
+    let started = Instant::now();
+    while started.elapsed() < hold + Duration::from_millis(500) {
+        assert!(
+            !recorder.saw_down("busy"),
+            "the busy node was declared down after {:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(names(&observer.members()), ["busy"]);
+    assert_eq!(names(&busy.members()), ["observer"]);
+    recorder.assert_consistent();
+    busy.shutdown().await;
+    busy_rt.shutdown_background();
+}

@@ -252,16 +252,26 @@ async fn a_restarted_peer_is_reconnected() {
         !n1.is_connected(&NodeId::new("r2").unwrap())
     })
     .await;
-    // The same name comes back on the same address, as a new incarnation.
-    let n2b = Node::start(
-        NodeId::new("r2").unwrap(),
-        Incarnation(2),
-        addr,
-        b"secret",
-        NodeOptions::default(),
-    )
-    .await
-    .unwrap();
+    // The same name comes back on the same address, as a new incarnation (once the old run's
+    // listener, closed by its task after the drop, has let go of the port).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let n2b = loop {
+        match Node::start(
+            NodeId::new("r2").unwrap(),
+            Incarnation(2),
+            addr,
+            b"secret",
+            NodeOptions::default(),
+        )
+        .await
+        {
+            Ok(n) => break n,
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < deadline, "{e}");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
     n2b.export(
         "acct",
         &throng::spawn(Account {

@@ -1036,7 +1036,9 @@ impl Node {
 
     /// Stop the node at once, like a crash: membership stops without a leave (the others detect
     /// the node as failed), the listener and every connection close, calls in flight fail with
-    /// `NodeDown`, and the distributed children hosted here stop.
+    /// `NodeDown`, and the distributed children hosted here stop. The tasks that own the listener
+    /// and the connections close them when the runtime next runs them, shortly after this returns:
+    /// a new node on the same address may have to retry its bind for a moment.
     pub fn shutdown(&self) {
         self.shared.stop.cancel();
         // Without a leave announced first, the others detect this node as failed.

@@ -213,7 +213,7 @@ impl<A: Actor> Context<A> {
                 });
             }
         };
-        if let Err(reason) = other.on_exit(deliver.clone()) {
+        if let Err((deliver, reason)) = other.on_exit(deliver) {
             deliver(other.id(), &reason);
         }
     }

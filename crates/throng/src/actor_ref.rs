@@ -202,7 +202,7 @@ impl ActorHandle {
             Ok(()) => Monitor {
                 inner: MonitorInner::Waiting(rx),
             },
-            Err(reason) => Monitor {
+            Err((_, reason)) => Monitor {
                 inner: MonitorInner::Done(Some(reason)),
             },
         }
@@ -211,17 +211,9 @@ impl ActorHandle {
     /// Run `f` with the exit reason when the actor exits — or at once, on this thread, if it already
     /// has. `f` runs on the exiting actor's task: keep it short and non-blocking.
     pub fn on_exit(&self, f: impl FnOnce(ActorId, &ExitReason) + Send + 'static) {
-        let id = self.id();
-        let f = std::sync::Mutex::new(Some(f));
-        let call = move |id: ActorId, reason: &ExitReason| {
-            if let Some(f) = f.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                f(id, reason);
-            }
-        };
-        let call = Arc::new(call);
-        let c2 = call.clone();
-        if let Err(reason) = self.cell.on_exit(move |id, r| c2(id, r)) {
-            call(id, &reason);
+        // Handed back when the actor has already exited: one allocation per watcher, no more.
+        if let Err((f, reason)) = self.cell.on_exit(f) {
+            f(self.id(), &reason);
         }
     }
 }

@@ -166,15 +166,15 @@ impl Cell {
         }
     }
 
-    /// Run `f` once with the exit reason when the actor exits. Returns `Err(reason)` without
-    /// registering if it has exited already.
-    pub(crate) fn on_exit(
-        &self,
-        f: impl FnOnce(ActorId, &ExitReason) + Send + 'static,
-    ) -> Result<(), ExitReason> {
+    /// Run `f` once with the exit reason when the actor exits. Hands `f` back with the reason,
+    /// without registering it, if the actor has exited already.
+    pub(crate) fn on_exit<F>(&self, f: F) -> Result<(), (F, ExitReason)>
+    where
+        F: FnOnce(ActorId, &ExitReason) + Send + 'static,
+    {
         let mut st = self.lock();
         match &st.exit {
-            Some(r) => Err(r.clone()),
+            Some(r) => Err((f, r.clone())),
             None => {
                 st.watchers.push(Box::new(f));
                 Ok(())

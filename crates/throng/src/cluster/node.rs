@@ -319,7 +319,8 @@ pub(crate) struct Shared {
     key: ClusterKey,
     opts: NodeOptions,
     rpc_addr: SocketAddr,
-    exports: RwLock<HashMap<String, Arc<dyn Export>>>,
+    /// By name; the name is shared with the watcher that removes the export (one copy).
+    exports: RwLock<HashMap<Arc<str>, Arc<dyn Export>>>,
     /// Bumped at every change of `exports`, so that readers may cache what they looked up.
     exports_version: AtomicU64,
     pub(super) pending: Mutex<HashMap<u64, Pending>>,
@@ -1173,21 +1174,21 @@ impl Shared {
         actor: &ActorRef<A>,
         replace: bool,
     ) -> Result<(), ExportError> {
+        let owned: Arc<str> = Arc::from(name);
         {
             let mut exports = self.exports_mut();
             if !replace && exports.get(name).is_some_and(|e| e.handle().is_alive()) {
                 return Err(ExportError::Taken(name.to_owned()));
             }
-            exports.insert(name.to_owned(), Arc::new(TypedExport(actor.clone())));
+            exports.insert(owned.clone(), Arc::new(TypedExport(actor.clone())));
         }
         let weak = Arc::downgrade(self);
-        let owned = name.to_owned();
         let id = actor.id();
         actor.handle().on_exit(move |_, _| {
             if let Some(shared) = weak.upgrade() {
                 let mut exports = shared.exports_mut();
-                if exports.get(&owned).is_some_and(|e| e.handle().id() == id) {
-                    exports.remove(&owned);
+                if exports.get(&*owned).is_some_and(|e| e.handle().id() == id) {
+                    exports.remove(&*owned);
                 }
             }
         });
@@ -1220,7 +1221,7 @@ impl Shared {
     }
 
     /// The exports, for a change (which readers' caches see through `exports_version`).
-    fn exports_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<dyn Export>>> {
+    fn exports_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Arc<str>, Arc<dyn Export>>> {
         let exports = self.exports.write().unwrap_or_else(|p| p.into_inner());
         self.exports_version.fetch_add(1, Ordering::AcqRel);
         exports

@@ -632,7 +632,8 @@ pub struct Owned {
     /// Allocated at the first exit.
     window: Option<Box<RestartWindow>>,
     /// Whether a `Started`/`FailedOver` event is still due (first successful spawn).
-    first: Option<ChildEvent>,
+    /// (Boxed: present only until the first successful spawn, and an event is large.)
+    first: Option<Box<ChildEvent>>,
     /// Other copies' records to merge into this one, one [`Action::Merge`] at a time.
     merges: Vec<Record>,
     /// The merge in progress ([`Phase::Merging`]).
@@ -1006,7 +1007,7 @@ impl Directory {
                 waiting,
                 stopping_reqs: Vec::new(),
                 window: None,
-                first: Some(first),
+                first: Some(Box::new(first)),
                 merges: others,
                 merging: None,
                 source: source.map(Box::new),
@@ -1082,7 +1083,7 @@ impl Directory {
                     }
                     Phase::Running => {}
                 }
-                if let Some(e) = o.first.take() {
+                if let Some(e) = o.first.take().map(|e| *e) {
                     out.push(Action::Event(e));
                 }
                 if o.acked {
@@ -1093,7 +1094,7 @@ impl Directory {
                 self.next_merge(key, &mut out);
             }
             Err(why) => {
-                let never_ran = matches!(o.first, Some(ChildEvent::Started { .. }));
+                let never_ran = matches!(o.first.as_deref(), Some(ChildEvent::Started { .. }));
                 for req in o.waiting.drain(..) {
                     out.push(reply(req, Err(StartError::Failed(why.clone()))));
                 }
@@ -1202,9 +1203,9 @@ impl Directory {
                     .get_or_insert_with(|| Box::new(RestartWindow::new(intensity)));
                 match window.on_exit(o.record.policy, class, now) {
                     RestartDecision::Restart => {
-                        o.first = Some(ChildEvent::Restarted {
+                        o.first = Some(Box::new(ChildEvent::Restarted {
                             key: key.to_owned(),
-                        });
+                        }));
                         self.respawn(key, bumped, &mut out);
                     }
                     RestartDecision::Remove => self.remove(key, true, &mut out),

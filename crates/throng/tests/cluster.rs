@@ -480,3 +480,100 @@ async fn casts_through_bound_routes_survive_a_new_connection() {
     assert_eq!(history(&z).await, (100..200).collect::<Vec<_>>());
     assert!(n1.is_connected(n2.id()));
 }
+
+/// A peer that holds the secret but breaks the protocol — a cast on a route it never bound, a
+/// binding out of order or over the limit — is disconnected; the node keeps serving everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_breaks_the_route_protocol_is_disconnected() {
+    use futures_util::{SinkExt, StreamExt};
+    use throng::cluster::wire::{self, ClusterKey, Frame, Hello, HelloAck, Role};
+    use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+    let n2 = node("v2", b"secret").await;
+    let acct = throng::spawn(Account {
+        balance: 0,
+        seen: vec![],
+    });
+    n2.export("acct", &acct).unwrap();
+
+    // Runs the dialer's side of the handshake as node "v1" and sends `frames` in one sealed
+    // record; returns whether the node then closed the connection.
+    let session = |frames: Vec<Frame>| {
+        let key = ClusterKey::from_secret(b"secret");
+        let addr = n2.rpc_addr();
+        async move {
+            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut io = Framed::new(stream, LengthDelimitedCodec::new());
+            let hello = Hello {
+                magic: wire::MAGIC,
+                version: wire::PROTOCOL_VERSION,
+                node: "v1".into(),
+                incarnation: 1,
+                nonce: [7; 32],
+            };
+            io.send(bytes::Bytes::from(wire::encode(&hello)))
+                .await
+                .unwrap();
+            let ack: HelloAck = wire::decode(&io.next().await.unwrap().unwrap()).unwrap();
+            let auth = wire::verify_ack(&key, &hello, &ack).unwrap();
+            io.send(bytes::Bytes::from(wire::encode(&auth)))
+                .await
+                .unwrap();
+            let (mut sealer, _) = wire::session(&key, Role::Dialer, &hello, &ack);
+            let mut record = Vec::new();
+            for f in &frames {
+                wire::push_frame(&mut record, f);
+            }
+            sealer.seal(&mut record).unwrap();
+            io.send(bytes::Bytes::from(record)).await.unwrap();
+            // The node has nothing to send to "v1": the next read ends only if it hangs up.
+            tokio::time::timeout(Duration::from_secs(5), io.next())
+                .await
+                .map(|next| !matches!(next, Some(Ok(_))))
+                .unwrap_or(false)
+        }
+    };
+    let body = |i: u32| postcard::to_allocvec(&AccountMsg::Seq(i)).unwrap();
+    let bind = |route: u32| Frame::Bind {
+        route,
+        to: "acct".into(),
+        actor_type: "test.Account".into(),
+    };
+
+    // Positive control: the same peer, binding before casting, is served.
+    let well_behaved = tokio::spawn(session(vec![
+        bind(0),
+        Frame::Cast {
+            route: 0,
+            body: body(7),
+        },
+    ]));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while history(&acct).await != vec![7] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bound cast was not delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    well_behaved.abort();
+
+    for (what, frames) in [
+        (
+            "cast on an unbound route",
+            vec![Frame::Cast {
+                route: 3,
+                body: body(8),
+            }],
+        ),
+        ("bind out of order", vec![bind(0), bind(2)]),
+        ("bind over the limit", vec![bind(wire::MAX_ROUTES)]),
+    ] {
+        assert!(session(frames).await, "not disconnected after a {what}");
+    }
+    // Nothing of those reached the actor, and the node still serves a well-behaved peer.
+    let n1 = node("v0", b"secret").await;
+    meet(&n1, &n2);
+    let r: ActorRef<Account> = n1.remote(n2.id(), "acct");
+    assert_eq!(history(&r).await, vec![7]);
+}

@@ -144,11 +144,11 @@ pub struct DistStats {
 pub(crate) enum Internal {
     Note(ChildNote),
     Spawned {
-        key: String,
+        key: Arc<str>,
         result: Result<ActorHandle, String>,
     },
     Exited {
-        key: String,
+        key: Arc<str>,
         id: ActorId,
         class: ExitClass,
     },
@@ -278,7 +278,8 @@ struct Driver {
     me: NodeId,
     requests: HashMap<u64, oneshot::Sender<Result<(), StartError>>>,
     next_req: u64,
-    running: HashMap<String, Running>,
+    /// By key; the key is shared with the child's exit watcher and snapshot observer.
+    running: HashMap<Arc<str>, Running>,
     /// Slots of children being spawned, by key, until `Spawned` arrives.
     pending_slots: HashMap<String, Arc<Slot>>,
     /// Children stopping to merge another copy's state (`Action::Merge`), with that copy.
@@ -338,7 +339,11 @@ impl Driver {
                     .dir
                     .owned()
                     .iter()
-                    .filter(|(k, _)| self.running.get(*k).is_some_and(|r| r.handle.is_alive()))
+                    .filter(|(k, _)| {
+                        self.running
+                            .get(k.as_str())
+                            .is_some_and(|r| r.handle.is_alive())
+                    })
                     .map(|(k, o)| (k.clone(), o.record.actor_type.clone()))
                     .collect();
                 let _ = reply.send(list);
@@ -435,12 +440,12 @@ impl Driver {
                 if let (Some(p), true) = (pending, last.is_none()) {
                     out.extend(self.dir.snapshot(&key, p));
                 }
-                if let Some(theirs) = self.merging.remove(&key) {
+                if let Some(theirs) = self.merging.remove(&*key) {
                     // A conflict: the winner (this copy) stopped; merge the loser's state in.
                     let ours = last.or_else(|| {
                         self.dir
                             .owned()
-                            .get(&key)
+                            .get(&*key)
                             .and_then(|o| o.record.snapshot.clone())
                     });
                     let merged = self
@@ -492,7 +497,7 @@ impl Driver {
                     });
                 }
                 Action::Stop { key, reason } => {
-                    if let Some(r) = self.running.get(&key) {
+                    if let Some(r) = self.running.get(key.as_str()) {
                         let handle = r.handle.clone();
                         match reason {
                             // Drained: what it accepted is handled (and in its final snapshot);
@@ -570,12 +575,12 @@ impl Driver {
         // (coalescing in its slot) and one exit.
         let notes = internal.clone();
         let export = dist.export_name(&record.key);
+        let key: Arc<str> = Arc::from(record.key.as_str());
         tokio::spawn(async move {
-            let result = host.spawn(&shared, &export, &record, slot, notes).await;
-            let _ = internal.send(Internal::Spawned {
-                key: record.key,
-                result,
-            });
+            let result = host
+                .spawn(&shared, &export, &record, key.clone(), slot, notes)
+                .await;
+            let _ = internal.send(Internal::Spawned { key, result });
         });
         None
     }

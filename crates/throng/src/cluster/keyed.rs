@@ -246,6 +246,7 @@ pub(crate) trait HostType: Send + Sync {
         shared: &'a Arc<Shared>,
         export: &'a str,
         record: &'a Record,
+        key: Arc<str>,
         slot: Arc<Slot>,
         notes: mpsc::UnboundedSender<super::dist::Internal>,
     ) -> super::dist::BoxFuture<'a, Result<ActorHandle, String>>;
@@ -271,6 +272,7 @@ impl<A: Keyed> HostType for Host<A> {
         shared: &'a Arc<Shared>,
         export: &'a str,
         record: &'a Record,
+        key: Arc<str>,
         slot: Arc<Slot>,
         notes: mpsc::UnboundedSender<super::dist::Internal>,
     ) -> super::dist::BoxFuture<'a, Result<ActorHandle, String>> {
@@ -289,7 +291,7 @@ impl<A: Keyed> HostType for Host<A> {
                 None => A::start(&record.key, args),
             };
             let observer = SnapObserver::<A> {
-                key: Arc::from(record.key.as_str()),
+                key,
                 slot,
                 notes,
                 policy: A::snapshot_policy(),

@@ -271,11 +271,16 @@ impl Peer {
     /// room, else from a task of its own.
     fn control_from_actor(self: &Arc<Self>, frame: Frame) {
         if let Err(PushError::Full) = self.try_control(&frame) {
-            let peer = self.clone();
-            tokio::spawn(async move {
-                let _ = peer.control(&frame).await;
-            });
+            self.control_later(frame);
         }
+    }
+
+    /// Queue a control frame from a task of its own, once the lane has room.
+    fn control_later(self: &Arc<Self>, frame: Frame) {
+        let peer = self.clone();
+        tokio::spawn(async move {
+            let _ = peer.control(&frame).await;
+        });
     }
 
     /// Send a call's outcome from the actor's task (see [`Peer::control_from_actor`]); a reply
@@ -293,12 +298,7 @@ impl Peer {
                     ))),
                 });
             }
-            Err(PushError::Full) => {
-                let peer = self.clone();
-                tokio::spawn(async move {
-                    let _ = peer.control(&frame).await;
-                });
-            }
+            Err(PushError::Full) => self.control_later(frame),
             _ => {}
         }
     }

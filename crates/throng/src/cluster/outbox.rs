@@ -532,63 +532,68 @@ mod tests {
         assert_eq!(out.bind("short", ""), Some(1));
     }
 
+    /// Fill `lane` of an outbox made with `limits()` to its frame bound.
+    fn fill(out: &Outbox, lane: Lane) {
+        let bound = match lane {
+            Lane::Control => limits().control_frames,
+            Lane::Data => limits().data_frames,
+        };
+        for _ in 0..bound {
+            out.try_push(lane, bytes(1)).unwrap();
+        }
+    }
+
+    /// A sender of an `n`-byte frame on `lane`, once it waits for room (registered as a waiter).
+    async fn waiting_sender(
+        out: &Arc<Outbox>,
+        lane: Lane,
+        n: usize,
+    ) -> tokio::task::JoinHandle<Result<(), PushError>> {
+        let sender = {
+            let out = out.clone();
+            tokio::spawn(async move { out.push(lane, bytes(n)).await })
+        };
+        until(|| out.lock().queue(lane).waiters == 1).await;
+        assert!(!sender.is_finished());
+        sender
+    }
+
+    /// The outcome of `sender`, which must finish within 5 s.
+    async fn outcome(
+        sender: tokio::task::JoinHandle<Result<(), PushError>>,
+        what: &str,
+    ) -> Result<(), PushError> {
+        tokio::time::timeout(Duration::from_secs(5), sender)
+            .await
+            .unwrap_or_else(|_| panic!("sender not woken by {what}"))
+            .unwrap()
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_full_lane_makes_senders_wait_until_the_writer_takes() {
         let out = Arc::new(Outbox::new(limits()));
-        for _ in 0..3 {
-            out.try_push(Lane::Data, bytes(1)).unwrap();
-        }
-        let sender = {
-            let out = out.clone();
-            tokio::spawn(async move { out.push(Lane::Data, bytes(5)).await })
-        };
-        // The sender stays blocked while the lane is full.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!sender.is_finished());
+        fill(&out, Lane::Data);
+        let sender = waiting_sender(&out, Lane::Data, 5).await;
         let (mut c, mut d) = (Vec::new(), Vec::new());
         out.take(&mut c, &mut d);
-        tokio::time::timeout(Duration::from_secs(5), sender)
-            .await
-            .expect("sender woken by the take")
-            .unwrap()
-            .unwrap();
+        outcome(sender, "the take").await.unwrap();
         let mut d2 = Vec::new();
         out.take(&mut c, &mut d2);
         assert_eq!(frames(&d2), vec![5]);
         // A control sender waiting for room is woken by a take of the control lane alone.
-        out.try_push(Lane::Control, bytes(1)).unwrap();
-        out.try_push(Lane::Control, bytes(1)).unwrap();
-        let control = {
-            let out = out.clone();
-            tokio::spawn(async move { out.push(Lane::Control, bytes(2)).await })
-        };
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!control.is_finished());
+        fill(&out, Lane::Control);
+        let control = waiting_sender(&out, Lane::Control, 2).await;
         let mut c = Vec::new();
         out.take_control(&mut c);
-        tokio::time::timeout(Duration::from_secs(5), control)
-            .await
-            .expect("control sender woken by the take")
-            .unwrap()
-            .unwrap();
+        outcome(control, "the control take").await.unwrap();
         let mut c2 = Vec::new();
         out.take_control(&mut c2);
         assert_eq!(frames(&c2), vec![2]);
         // Closing wakes a waiting sender with `Closed`.
-        for _ in 0..3 {
-            out.try_push(Lane::Data, bytes(1)).unwrap();
-        }
-        let sender = {
-            let out = out.clone();
-            tokio::spawn(async move { out.push(Lane::Data, bytes(5)).await })
-        };
-        tokio::task::yield_now().await;
+        fill(&out, Lane::Data);
+        let sender = waiting_sender(&out, Lane::Data, 5).await;
         out.close();
-        let r = tokio::time::timeout(Duration::from_secs(5), sender)
-            .await
-            .expect("sender woken by the close")
-            .unwrap();
-        assert_eq!(r, Err(PushError::Closed));
+        assert_eq!(outcome(sender, "the close").await, Err(PushError::Closed));
     }
 
     #[test]
@@ -611,14 +616,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_sender_waiting_for_room_is_not_overtaken_by_senders_that_do_not_wait() {
         let out = Arc::new(Outbox::new(limits()));
-        for _ in 0..3 {
-            out.try_push(Lane::Data, bytes(1)).unwrap();
-        }
-        let waiter = {
-            let out = out.clone();
-            tokio::spawn(async move { out.push(Lane::Data, bytes(7)).await })
-        };
-        common_wait(|| out.lock().data.waiters == 1).await;
+        fill(&out, Lane::Data);
+        let waiter = waiting_sender(&out, Lane::Data, 7).await;
         // Room is made, but the waiter has not run yet: a sender that does not wait is refused.
         {
             let mut state = out.lock();
@@ -627,32 +626,21 @@ mod tests {
         }
         assert_eq!(out.try_push(Lane::Data, bytes(1)), Err(PushError::Full));
         out.room.notify_waiters();
-        tokio::time::timeout(Duration::from_secs(5), waiter)
-            .await
-            .expect("waiter woken")
-            .unwrap()
-            .unwrap();
+        outcome(waiter, "the notification").await.unwrap();
         assert_eq!(out.lock().data.waiters, 0);
         out.try_push(Lane::Data, bytes(1)).unwrap();
         let (mut c, mut d) = (Vec::new(), Vec::new());
         out.take(&mut c, &mut d);
         assert_eq!(frames(&d), vec![7, 1]);
         // A waiter whose future is dropped unregisters.
-        for _ in 0..2 {
-            out.try_push(Lane::Data, bytes(1)).unwrap();
-        }
-        out.try_push(Lane::Data, bytes(1)).unwrap();
-        let dropped = {
-            let out = out.clone();
-            tokio::spawn(async move { out.push(Lane::Data, bytes(7)).await })
-        };
-        common_wait(|| out.lock().data.waiters == 1).await;
+        fill(&out, Lane::Data);
+        let dropped = waiting_sender(&out, Lane::Data, 7).await;
         dropped.abort();
-        common_wait(|| out.lock().data.waiters == 0).await;
+        until(|| out.lock().data.waiters == 0).await;
     }
 
     /// Wait (≤ 5 s) until `cond` holds.
-    async fn common_wait(mut cond: impl FnMut() -> bool) {
+    async fn until(mut cond: impl FnMut() -> bool) {
         let end = tokio::time::Instant::now() + Duration::from_secs(5);
         while !cond() {
             assert!(tokio::time::Instant::now() < end, "condition not reached");

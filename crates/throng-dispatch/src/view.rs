@@ -215,9 +215,13 @@ fn member_up(view: &Arc<View>, h: &'static Home, m: &MemberInfo) {
 }
 
 async fn watch_cluster(view: Arc<View>, h: &'static Home) {
-    let mut events = h.node.events();
-    for m in h.node.members() {
-        member_up(&view, h, &m);
+    let sub = h.node.subscribe();
+    let mut events = sub.events;
+    for m in &sub.members {
+        member_up(&view, h, &m.info);
+        if m.leaving {
+            view.nodes.set(m.info.id.as_ref(), "leaving");
+        }
     }
     loop {
         match events.recv().await {
@@ -241,8 +245,11 @@ async fn watch_cluster(view: Arc<View>, h: &'static Home) {
             }
             Ok(_) => {}
             Err(broadcast::error::RecvError::Lagged(_)) => {
-                for m in h.node.members() {
-                    member_up(&view, h, &m);
+                // Start again from a fresh view.
+                let sub = h.node.subscribe();
+                events = sub.events;
+                for m in &sub.members {
+                    member_up(&view, h, &m.info);
                 }
             }
             Err(broadcast::error::RecvError::Closed) => return,

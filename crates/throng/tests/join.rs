@@ -122,3 +122,65 @@ async fn nodes_found_by_seed_talk_and_see_each_other_leave() {
     );
     assert_eq!(echo.monitor().await, ExitReason::NodeDown("j3".into()));
 }
+
+/// A listener's picture of the cluster: the subscription's snapshot, then its events in order.
+fn picture(
+    sub: &mut throng::cluster::ClusterSubscription,
+    seen: &mut std::collections::BTreeSet<String>,
+) {
+    let mut apply = |e: ClusterEvent| match e {
+        ClusterEvent::NodeUp(m) => {
+            seen.insert(m.id.to_string());
+        }
+        ClusterEvent::NodeDown(m) => {
+            seen.remove(m.id.as_str());
+        }
+        _ => {}
+    };
+    for e in std::mem::take(&mut sub.members) {
+        apply(ClusterEvent::NodeUp(e.info));
+    }
+    while let Ok(e) = sub.events.try_recv() {
+        apply(e);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_subscribed_right_after_join_hears_of_every_member() {
+    // Each node subscribes the moment `join` returns, while membership is still gathering the
+    // others: whatever membership found before the subscription must be in its snapshot, and
+    // whatever it finds after must come as events. Run on a busy machine, the old pair
+    // `events()` + `members()` missed members here.
+    let names = ["l1", "l2", "l3", "l4", "l5"];
+    let first = join(names[0], None).await;
+    let seed = first.gossip_addr();
+    let mut subs = vec![first.subscribe()];
+    let mut nodes = vec![first];
+    for name in &names[1..] {
+        let n = join(name, seed).await;
+        subs.push(n.subscribe());
+        nodes.push(n);
+    }
+    let mut pictures = vec![std::collections::BTreeSet::new(); names.len()];
+    for (i, n) in nodes.iter().enumerate() {
+        let want: std::collections::BTreeSet<String> = names
+            .iter()
+            .filter(|m| **m != n.id().as_str())
+            .map(|m| m.to_string())
+            .collect();
+        let (sub, seen) = (&mut subs[i], &mut pictures[i]);
+        eventually(
+            &format!("{} hears of every other member", n.id()),
+            Duration::from_secs(20),
+            || {
+                picture(sub, seen);
+                *seen == want
+            },
+        )
+        .await;
+        // What the listener was told is what the node says.
+        let members: std::collections::BTreeSet<String> =
+            n.members().iter().map(|m| m.id.to_string()).collect();
+        assert_eq!(members, want);
+    }
+}

@@ -299,10 +299,9 @@ async fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     let me = node.id().to_string();
-    // Subscribe before reporting: members already up when the node joined were announced before
-    // anyone could listen, so they are reported from the membership snapshot taken after
-    // subscribing (a member seen both ways is reported twice, never missed).
-    let mut events = node.events();
+    // The members up now and every change after them, taken atomically: none is missed.
+    let cluster = node.subscribe();
+    let mut events = cluster.events;
     let mut children = node.default_supervisor().events();
     line(
         "ready",
@@ -315,13 +314,7 @@ async fn main() -> ExitCode {
                 .unwrap_or_default()
         ),
     );
-    for m in node.members() {
-        line(
-            "node_up",
-            m.id.as_str(),
-            &format!(",\"incarnation\":{}", m.incarnation.get()),
-        );
-    }
+    report_members(&cluster.members);
     let mut stdin =
         tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tokio::io::stdin()));
     let mut stdin_open = true;
@@ -342,7 +335,12 @@ async fn main() -> ExitCode {
                 Ok(ClusterEvent::NodeDown(m)) => line("node_down", m.id.as_str(), ""),
                 Ok(ClusterEvent::Rejoined(m)) => line("rejoined", m.id.as_str(), ""),
                 Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    // Start again from a fresh view: a member may be reported twice, never missed.
+                    let fresh = node.subscribe();
+                    events = fresh.events;
+                    report_members(&fresh.members);
+                }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
             },
             c = children.recv() => match c {
@@ -374,4 +372,18 @@ async fn main() -> ExitCode {
     node.leave().await;
     line("stopped", &me, "");
     ExitCode::SUCCESS
+}
+
+/// Report the members of a subscription's snapshot as the events that announced them.
+fn report_members(members: &[throng::cluster::MemberStatus]) {
+    for m in members {
+        line(
+            "node_up",
+            m.info.id.as_str(),
+            &format!(",\"incarnation\":{}", m.info.incarnation.get()),
+        );
+        if m.leaving {
+            line("node_leaving", m.info.id.as_str(), "");
+        }
+    }
 }

@@ -14,13 +14,15 @@ pub mod names;
 pub mod node;
 mod outbox;
 pub mod tls;
+mod view;
 pub mod wire;
 
 pub use config::{ConfigError, NodeConfig};
 pub use dist::{ChildInfo, DistEvent, DistOptions, DistStats, DistSupervisor, DEFAULT_SUPERVISOR};
 pub use keyed::{ChildError, Keyed, SnapshotPolicy};
 pub use names::{NameError, Names, NamesConfig, NamesError, NamesEvent};
-pub use node::{ClusterEvent, ExportError, Node, NodeError, NodeOptions, RemoteActor, RemoteRoute};
+pub use node::{ExportError, Node, NodeError, NodeOptions, RemoteActor, RemoteRoute};
+pub use view::{ClusterEvent, ClusterSubscription, MemberStatus, EVENT_CAPACITY};
 pub use throng_core::directory::{ChildEvent, Distribution, Uniform};
 pub use throng_core::strategies::Explicit;
 pub use throng_core::{Incarnation, NodeId};

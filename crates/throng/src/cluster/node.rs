@@ -30,7 +30,7 @@ use futures_util::{SinkExt, StreamExt};
 use rand::{RngExt, SeedableRng};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use throng_core::{Incarnation, NodeId, Ring, RingConfig};
+use throng_core::{Incarnation, NodeId, RingConfig};
 use throng_membership::{MemberInfo, Membership, MembershipEvent};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -43,6 +43,7 @@ use super::wire::{
     self, Auth, ClusterKey, Frame, FrameRef, Hello, HelloAck, Opener, RemoteFailure, Role, Sealer,
     WireError, WireExit,
 };
+use super::view::{ClusterEvent, ClusterSubscription, View};
 use super::NodeConfig;
 use crate::actor_ref::{Envelope, ReplyTo};
 use crate::cell::Cell;
@@ -329,16 +330,13 @@ pub(crate) struct Shared {
     pub(super) types: RwLock<HashMap<&'static str, Arc<dyn super::keyed::HostType>>>,
     /// The distributed supervisors running on this node, by name.
     pub(super) dists: RwLock<HashMap<String, Arc<super::dist::Dist>>>,
-    /// Members that announced a graceful leave and are still up (this node included once it
-    /// leaves).
-    leaving: RwLock<std::collections::BTreeSet<NodeId>>,
     /// This node's replica of the cluster-wide name registry.
     pub(super) names: super::names::NamesState,
     peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
     /// Proxy cells standing for remote actors, by (peer, monitor id).
     proxies: Mutex<HashMap<(NodeId, u64), Weak<Cell>>>,
-    /// Placement ring over the members that may own keys: up and not leaving, this node included.
-    ring: RwLock<Ring>,
+    /// Members, leaving members, the placement ring, and their listeners.
+    pub(super) view: View,
     /// When each (address, reason) refusal was last logged at warn, so that a peer retrying
     /// every few seconds (or an attacker) cannot flood the log.
     refusals: Mutex<HashMap<(std::net::IpAddr, String), tokio::time::Instant>>,
@@ -733,29 +731,10 @@ impl<A: Actor> RemoteRoute<A> {
 /// How long [`Node::leave`] waits for its distributed children to be handed off.
 pub const HANDOFF_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// What listeners hear about the cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ClusterEvent {
-    /// A node joined (or came back as a new incarnation).
-    NodeUp(MemberInfo),
-    /// A node announced that it is shutting down gracefully; `NodeDown` follows.
-    NodeLeaving(MemberInfo),
-    /// A node left or was declared failed.
-    NodeDown(MemberInfo),
-    /// This node had been declared down by the others and rejoined: work they took over from it
-    /// may now run twice.
-    Rejoined(MemberInfo),
-}
-
-/// Bound on buffered cluster events per listener; a slower listener sees `Lagged`.
-pub const EVENT_CAPACITY: usize = 1024;
-
 /// A running node. Dropping it (or [`Node::shutdown`]) closes its listener and connections.
 pub struct Node {
     pub(super) shared: Arc<Shared>,
     membership: Option<Arc<Membership>>,
-    events: broadcast::Sender<ClusterEvent>,
 }
 
 impl Node {
@@ -768,6 +747,17 @@ impl Node {
         rpc_bind: SocketAddr,
         secret: &[u8],
         opts: NodeOptions,
+    ) -> Result<Node, NodeError> {
+        Node::start_with_ring(id, incarnation, rpc_bind, secret, opts, RingConfig::default()).await
+    }
+
+    async fn start_with_ring(
+        id: NodeId,
+        incarnation: Incarnation,
+        rpc_bind: SocketAddr,
+        secret: &[u8],
+        opts: NodeOptions,
+        ring: RingConfig,
     ) -> Result<Node, NodeError> {
         if opts.max_frame < 1024 || opts.max_frame > (1 << 30) {
             return Err(NodeError::Config(format!(
@@ -817,14 +807,10 @@ impl Node {
             proxies: Mutex::new(HashMap::new()),
             types: RwLock::new(HashMap::new()),
             dists: RwLock::new(HashMap::new()),
-            leaving: RwLock::new(std::collections::BTreeSet::new()),
             names,
-            ring: RwLock::new(Ring::new(RingConfig::default())),
+            view: View::new(id.clone(), ring),
             refusals: Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
-        });
-        shared.ring_edit(|r| {
-            let _ = r.insert(id);
         });
         shared.dist(
             super::dist::DEFAULT_SUPERVISOR,
@@ -842,7 +828,6 @@ impl Node {
         Ok(Node {
             shared,
             membership: None,
-            events: broadcast::channel(EVENT_CAPACITY).0,
         })
     }
 
@@ -856,47 +841,65 @@ impl Node {
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(1),
         );
-        let mut node = Node::start(
+        let mut node = Node::start_with_ring(
             config.name.clone(),
             incarnation,
             config.rpc_bind,
             config.membership.secret.as_bytes(),
             config.transport.clone(),
+            config.ring,
         )
         .await?;
-        *node.shared.ring.write().unwrap_or_else(|p| p.into_inner()) =
-            Ring::from_nodes(config.ring, [config.name.clone()])
-                .map_err(|e| NodeError::Config(e.to_string()))?;
-        node.shared.dists_view();
         let membership =
             Membership::start(config.name, incarnation, node.rpc_addr(), config.membership).await?;
         let membership = Arc::new(membership);
         tokio::spawn(membership_glue(
             Arc::downgrade(&node.shared),
             Arc::downgrade(&membership),
-            node.events.clone(),
             node.shared.stop.clone(),
         ));
         node.membership = Some(membership);
         Ok(node)
     }
 
-    /// Subscribe to node up / leaving / down events from now on.
+    /// Subscribe to the cluster: the members up now and every change after them, taken
+    /// atomically, so that a listener never misses a member. Handle the snapshot first
+    /// ([`ClusterSubscription::replay`] gives it as events), then the stream; on `Lagged`,
+    /// subscribe again and start from the new snapshot.
     ///
-    /// Members found while [`Node::join`] ran were announced before anyone could subscribe: to
-    /// know every member, subscribe first and then read [`Node::members`] (a member that comes up
-    /// in between shows in both).
+    /// ```no_run
+    /// # async fn f(node: throng::cluster::Node) {
+    /// use throng::cluster::ClusterEvent;
+    /// let mut sub = node.subscribe();
+    /// for e in sub.replay() {
+    ///     println!("{e:?}");
+    /// }
+    /// while let Ok(e) = sub.events.recv().await {
+    ///     if let ClusterEvent::NodeUp(m) = e {
+    ///         println!("{} is up", m.id);
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn subscribe(&self) -> ClusterSubscription {
+        self.shared.view.subscribe()
+    }
+
+    /// The changes from now on, without the members of the moment: a listener that must know
+    /// every member uses [`Node::subscribe`].
     pub fn events(&self) -> broadcast::Receiver<ClusterEvent> {
-        self.events.subscribe()
+        self.shared.view.events()
     }
 
     /// The nodes of the cluster as this node sees them, itself included, sorted by name.
     pub fn nodes(&self) -> Vec<NodeId> {
         let mut v: Vec<NodeId> = self
-            .membership
-            .as_ref()
-            .map(|m| m.members().into_iter().map(|i| i.id).collect())
-            .unwrap_or_default();
+            .shared
+            .view
+            .members()
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
         v.push(self.shared.id.clone());
         v.sort();
         v
@@ -905,12 +908,7 @@ impl Node {
     /// The node that owns `key` by consistent hashing over the members that are up and not leaving
     /// (this node included). Every node with the same membership view answers the same.
     pub fn node_for(&self, key: &[u8]) -> Option<NodeId> {
-        self.shared
-            .ring
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .node_for(key)
-            .cloned()
+        self.shared.view.node_for(key)
     }
 
     /// Whether this node owns `key`.
@@ -920,20 +918,13 @@ impl Node {
 
     /// The nodes that currently own keys (up and not leaving), sorted.
     pub fn owners(&self) -> Vec<NodeId> {
-        self.shared
-            .ring
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .nodes()
-            .to_vec()
+        self.shared.view.owners()
     }
 
-    /// The other live members with their addresses (leaving ones included).
+    /// The other live members with their addresses (leaving ones included), as listeners have
+    /// been told of them.
     pub fn members(&self) -> Vec<MemberInfo> {
-        self.membership
-            .as_ref()
-            .map(|m| m.members())
-            .unwrap_or_default()
+        self.shared.view.members()
     }
 
     /// The gossip address of this node, if it joined a cluster.
@@ -954,11 +945,7 @@ impl Node {
                 tracing::warn!(error = %e, "announcing the leave failed");
             }
         }
-        self.shared.set_leaving(&self.shared.id, true);
-        let me = self.shared.id.clone();
-        self.shared.ring_edit(|r| {
-            r.remove(&me);
-        });
+        self.shared.view.leave_self();
         self.shared.dists_view();
         let started = std::time::Instant::now();
         if !self.shared.dists_leave(HANDOFF_TIMEOUT).await {
@@ -1130,35 +1117,17 @@ impl Shared {
 
     /// The ring parameters of this node.
     pub(super) fn ring_config(&self) -> RingConfig {
-        self.ring.read().unwrap_or_else(|p| p.into_inner()).config()
+        self.view.ring_config()
     }
 
     /// The nodes that may own keys now (up and not leaving), this one included.
     pub(super) fn owner_nodes(&self) -> Vec<NodeId> {
-        self.ring
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .nodes()
-            .to_vec()
+        self.view.owners()
     }
 
     /// The members leaving gracefully, as this node knows them.
     pub(super) fn leaving_nodes(&self) -> Vec<NodeId> {
-        self.leaving
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect()
-    }
-
-    fn set_leaving(&self, node: &NodeId, leaving: bool) {
-        let mut set = self.leaving.write().unwrap_or_else(|p| p.into_inner());
-        if leaving {
-            set.insert(node.clone());
-        } else {
-            set.remove(node);
-        }
+        self.view.leaving()
     }
 
     /// Cancelled when the node shuts down.
@@ -1225,29 +1194,6 @@ impl Shared {
         let exports = self.exports.write().unwrap_or_else(|p| p.into_inner());
         self.exports_version.fetch_add(1, Ordering::AcqRel);
         exports
-    }
-
-    fn ring_edit(&self, f: impl FnOnce(&mut Ring)) {
-        f(&mut self.ring.write().unwrap_or_else(|p| p.into_inner()));
-    }
-
-    /// Rebuild the ring from a full view: this node plus `members` that are not `leaving`.
-    fn ring_reset(&self, members: &[MemberInfo], leaving: &[MemberInfo]) {
-        self.ring_edit(|r| {
-            let config = r.config();
-            let owners = members
-                .iter()
-                .filter(|m| !leaving.iter().any(|l| l.id == m.id))
-                .map(|m| m.id.clone())
-                .chain([self.id.clone()]);
-            match Ring::from_nodes(config, owners) {
-                Ok(ring) => *r = ring,
-                Err(e) => tracing::error!(error = %e, "placement ring not rebuilt"),
-            }
-        });
-        *self.leaving.write().unwrap_or_else(|p| p.into_inner()) =
-            leaving.iter().map(|m| m.id.clone()).collect();
-        self.dists_view();
     }
 
     /// Log an incoming connection refused: at warn the first time per address and reason in
@@ -1501,14 +1447,10 @@ impl Shared {
     }
 }
 
-/// Carry membership into the transport and to listeners: connect to members that come up, drop
-/// those that go down, re-sync the whole view if the event stream lagged.
-async fn membership_glue(
-    shared: Weak<Shared>,
-    membership: Weak<Membership>,
-    events: broadcast::Sender<ClusterEvent>,
-    stop: CancellationToken,
-) {
+/// Carry membership into the node: the view (ring, leaving members, listeners), connections,
+/// the registry and the distributed supervisors. The first member list and a re-sync after
+/// missed events go through [`View::reset`], which announces what changed, like any event.
+async fn membership_glue(shared: Weak<Shared>, membership: Weak<Membership>, stop: CancellationToken) {
     let Some(m) = membership.upgrade() else {
         return;
     };
@@ -1516,11 +1458,7 @@ async fn membership_glue(
     let leaving = m.leaving();
     drop(m);
     if let Some(s) = shared.upgrade() {
-        s.ring_reset(&members, &leaving);
-        s.names.members_view(&members);
-        for info in members {
-            s.add_peer(info.id.clone(), info.rpc_addr);
-        }
+        s.view_reset(&members, &leaving);
     }
     loop {
         let event = tokio::select! {
@@ -1529,44 +1467,14 @@ async fn membership_glue(
         };
         let Some(s) = shared.upgrade() else { return };
         match event {
-            Ok(MembershipEvent::NodeUp(info)) => {
-                tracing::info!(node = %info.id, incarnation = %info.incarnation, "node up");
-                s.set_leaving(&info.id, false);
-                s.add_peer(info.id.clone(), info.rpc_addr);
-                s.names.node_up(&info.member());
-                s.ring_edit(|r| {
-                    if let Err(e) = r.insert(info.id.clone()) {
-                        tracing::error!(node = %info.id, error = %e, "node not placed on the ring");
-                    }
-                });
-                s.dists_view();
-                let _ = events.send(ClusterEvent::NodeUp(info));
-            }
+            Ok(MembershipEvent::NodeUp(info)) => s.member_changed(ClusterEvent::NodeUp(info)),
             Ok(MembershipEvent::NodeLeaving(info)) => {
-                tracing::info!(node = %info.id, "node leaving");
-                s.set_leaving(&info.id, true);
-                s.ring_edit(|r| {
-                    r.remove(&info.id);
-                });
-                s.dists_view();
-                let _ = events.send(ClusterEvent::NodeLeaving(info));
+                s.member_changed(ClusterEvent::NodeLeaving(info))
             }
-            Ok(MembershipEvent::NodeDown(info)) => {
-                tracing::warn!(node = %info.id, incarnation = %info.incarnation, "node down");
-                s.set_leaving(&info.id, false);
-                s.remove_peer(&info.id);
-                s.names.node_down(&info.id);
-                s.ring_edit(|r| {
-                    r.remove(&info.id);
-                });
-                s.dists_view();
-                let down = info.id.clone();
-                s.dists_notify(|| super::dist::Internal::NodeDown(down.clone()));
-                let _ = events.send(ClusterEvent::NodeDown(info));
-            }
+            Ok(MembershipEvent::NodeDown(info)) => s.member_changed(ClusterEvent::NodeDown(info)),
             Ok(MembershipEvent::Rejoined(info)) => {
                 tracing::warn!(node = %info.id, "this node was declared down and rejoined");
-                let _ = events.send(ClusterEvent::Rejoined(info));
+                s.view.apply(ClusterEvent::Rejoined(info));
             }
             Ok(_) => {}
             Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -1576,13 +1484,53 @@ async fn membership_glue(
                 };
                 let (members, fresh) = m.subscribe_with_members();
                 rx = fresh;
-                s.ring_reset(&members, &m.leaving());
-                s.names.members_view(&members);
-                for info in members {
-                    s.add_peer(info.id.clone(), info.rpc_addr);
-                }
+                s.view_reset(&members, &m.leaving());
             }
             Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+impl Shared {
+    /// Install a full member list (see [`View::reset`]) and carry out what changed.
+    fn view_reset(self: &Arc<Self>, members: &[MemberInfo], leaving: &[MemberInfo]) {
+        self.names.members_view(members);
+        for change in self.view.reset(members, leaving) {
+            self.member_effects(&change);
+        }
+        self.dists_view();
+    }
+
+    /// One membership change: the connections and the registry first, then the view (which tells
+    /// the listeners), then the supervisors.
+    fn member_changed(self: &Arc<Self>, event: ClusterEvent) {
+        match &event {
+            ClusterEvent::NodeUp(info) => {
+                tracing::info!(node = %info.id, incarnation = %info.incarnation, "node up");
+                self.names.node_up(&info.member());
+            }
+            ClusterEvent::NodeLeaving(info) => tracing::info!(node = %info.id, "node leaving"),
+            ClusterEvent::NodeDown(info) => {
+                tracing::warn!(node = %info.id, incarnation = %info.incarnation, "node down");
+                self.names.node_down(&info.id);
+            }
+            ClusterEvent::Rejoined(_) => {}
+        }
+        self.member_effects(&event);
+        self.view.apply(event.clone());
+        self.dists_view();
+        if let ClusterEvent::NodeDown(info) = event {
+            let down = info.id;
+            self.dists_notify(|| super::dist::Internal::NodeDown(down.clone()));
+        }
+    }
+
+    /// What a change means for the connections.
+    fn member_effects(self: &Arc<Self>, event: &ClusterEvent) {
+        match event {
+            ClusterEvent::NodeUp(info) => self.add_peer(info.id.clone(), info.rpc_addr),
+            ClusterEvent::NodeDown(info) => self.remove_peer(&info.id),
+            ClusterEvent::NodeLeaving(_) | ClusterEvent::Rejoined(_) => {}
         }
     }
 }

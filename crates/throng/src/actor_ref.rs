@@ -107,8 +107,9 @@ pub enum CallError {
     /// (the call may or may not have been handled).
     #[error("node {0} is down or unreachable")]
     NodeDown(String),
-    /// The remote node exports no actor under this name.
-    #[error("no actor {0:?} on the remote node")]
+    /// The remote node runs no such actor: the text names what was asked for (an export name, or
+    /// the distributed child or registered name it stands for).
+    #[error("no actor {0} on the remote node")]
     NoSuchActor(String),
     /// The remote name is held by an actor of another type.
     #[error("remote actor is a {found}, not a {expected}")]

@@ -536,7 +536,8 @@ async fn a_peer_that_breaks_the_route_protocol_is_disconnected() {
     let body = |i: u32| postcard::to_allocvec(&AccountMsg::Seq(i)).unwrap();
     let bind = |route: u32| Frame::Bind {
         route,
-        to: "acct".into(),
+        // A user export's identity on the wire: its kind tag, then its name.
+        to: "uacct".into(),
         actor_type: "test.Account".into(),
     };
 

@@ -592,3 +592,84 @@ async fn a_leaving_node_hands_its_children_off_with_their_state_and_no_call_is_l
     assert!(adopted > 0, "no adoption seen on l1");
     assert_eq!(failed_over, 0, "a graceful leave failed children over");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_and_names_with_separators_never_collide_across_supervisors_or_the_registry() {
+    // Export identities are typed: "sep" + "x:k" and "sep:x" + "k" are two children, a
+    // supervisor named like the registry's old prefix is a supervisor, and a user export named
+    // like a child is a user export.
+    let nodes = cluster().await;
+    let sups: Vec<_> = ["sep", "sep:x", "reg", "grp"]
+        .iter()
+        .map(|name| nodes[0].supervisor(name, DistOptions::default()))
+        .collect();
+    for n in &nodes[1..] {
+        for name in ["sep", "sep:x", "reg", "grp"] {
+            n.supervisor(name, DistOptions::default());
+        }
+    }
+    for s in &sups {
+        eventually("supervisor view", Duration::from_secs(10), || {
+            s.nodes().len() == 3
+        })
+        .await;
+    }
+    // Keys chosen so that the pairs that would share an export name run on one node: the
+    // children "x:<k>" of "sep" and "<k>" of "sep:x"; the child "<n>" of "reg" and the name
+    // "<n>" registered on the first node.
+    let k = (0..)
+        .map(|i| format!("k{i}"))
+        .find(|k| nodes[0].node_for(format!("x:{k}").as_bytes()) == nodes[0].node_for(k.as_bytes()))
+        .unwrap();
+    let n = (0..)
+        .map(|i| format!("n{i}"))
+        .find(|n| nodes[0].mine(n.as_bytes()))
+        .unwrap();
+    sups[0]
+        .start_child::<Hero>(&format!("x:{k}"), 1)
+        .await
+        .unwrap();
+    sups[1].start_child::<Hero>(&k, 2).await.unwrap();
+    sups[2].start_child::<Hero>(&n, 3).await.unwrap();
+    sups[3].start_child::<Hero>("1", 4).await.unwrap();
+    let named = throng::spawn(Hero::start("named", 5));
+    nodes[0].names().register(&n, &named, ()).unwrap();
+    for via in &nodes {
+        let sup = |name: &str| via.supervisor(name, DistOptions::default());
+        let health = |r: Result<(String, u32, u32), CallError>| r.unwrap().1;
+        let xk = format!("x:{k}");
+        assert_eq!(
+            health(sup("sep").call::<Hero>(&xk, HeroMsg::Status).await),
+            1
+        );
+        assert_eq!(
+            health(sup("sep:x").call::<Hero>(&k, HeroMsg::Status).await),
+            2
+        );
+        assert_eq!(
+            health(sup("reg").call::<Hero>(&n, HeroMsg::Status).await),
+            3
+        );
+        assert_eq!(
+            health(sup("grp").call::<Hero>("1", HeroMsg::Status).await),
+            4
+        );
+        let by_name = eventually_lookup(via, &n).await;
+        assert_eq!(health(by_name.call(HeroMsg::Status).await), 5);
+    }
+}
+
+/// The actor registered as `name`, once `via` has heard of it.
+async fn eventually_lookup(via: &Node, name: &str) -> ActorRef<Hero> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(r) = via.names().lookup::<Hero>(name) {
+            return r;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} never visible"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

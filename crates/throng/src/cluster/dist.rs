@@ -21,6 +21,7 @@ use throng_core::directory::{
 use throng_core::{ExitClass, Intensity, NodeId, Ring};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use super::export_id::ExportId;
 use super::keyed::{ChildError, ChildNote, Keyed, Slot};
 use super::node::{Pending, Shared};
 use super::wire::{self, Frame, RemoteFailure};
@@ -262,7 +263,7 @@ impl Dist {
 }
 
 fn export_name(sup: &str, key: &str) -> String {
-    format!("{sup}:{key}")
+    ExportId::Child { sup, key }.encode()
 }
 
 struct Running {
@@ -874,7 +875,7 @@ impl DistSupervisor {
                 };
                 match self.shared.local_export::<A>(&name) {
                     Some(child) => child.call_timeout(msg, left).await,
-                    None => Err(CallError::NoSuchActor(name.clone())),
+                    None => Err(CallError::NoSuchActor(ExportId::describe(&name))),
                 }
             } else {
                 first = None;

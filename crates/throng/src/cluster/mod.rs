@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod dist;
+mod export_id;
 pub mod keyed;
 pub mod names;
 pub mod node;
@@ -22,9 +23,9 @@ pub use dist::{ChildInfo, DistEvent, DistOptions, DistStats, DistSupervisor, DEF
 pub use keyed::{ChildError, Keyed, SnapshotPolicy};
 pub use names::{NameError, Names, NamesConfig, NamesError, NamesEvent};
 pub use node::{ExportError, Node, NodeError, NodeOptions, RemoteActor, RemoteRoute};
-pub use view::{ClusterEvent, ClusterSubscription, MemberStatus, EVENT_CAPACITY};
 pub use throng_core::directory::{ChildEvent, Distribution, Uniform};
 pub use throng_core::strategies::Explicit;
 pub use throng_core::{Incarnation, NodeId};
 pub use throng_membership::{ClusterSecret, DetectionProfile, MemberInfo};
 pub use tls::{Security, TlsConfig, TlsError};
+pub use view::{ClusterEvent, ClusterSubscription, MemberStatus, EVENT_CAPACITY};

@@ -23,11 +23,11 @@
 //!
 //! # Addresses
 //!
-//! Registering exports the actor on its node under a reserved export name (`reg:<name>` for a
-//! unique name, `grp:<actor id>` for group memberships); the registry entry stores that export name
-//! and the actor type. [`Names::lookup`] turns it into an [`ActorRef`] — the local actor itself on
-//! its own node, a remote reference elsewhere. Do not use the `reg:` and `grp:` prefixes for
-//! [`Node::export`](super::Node::export) names.
+//! Registering exports the actor on its node under an export identity of the registry's own
+//! namespace (a registered name, or a group member's actor id), which no user export or
+//! distributed child can collide with; the registry entry stores the actor type and which of the
+//! two it is. [`Names::lookup`] turns it into an [`ActorRef`] — the local actor itself on its own
+//! node, a remote reference elsewhere.
 //!
 //! # Lifetime and conflicts
 //!
@@ -36,7 +36,7 @@
 //! Two nodes may register the same name concurrently (before either has seen the other's
 //! registration). Every node resolves the conflict the same way: the earliest registration wins (see
 //! the [conflict rule](throng_core::names)). On the losing node the name is taken away from the
-//! losing actor, its `reg:<name>` export is removed (remote references obtained through the name stop
+//! losing actor, its export under the name is removed (remote references obtained through the name stop
 //! reaching it), and a [`NamesEvent::Conflict`] is published on [`Names::events`]. **The losing actor
 //! keeps running**: unlike Horde, which kills the loser, Throng leaves that decision to the
 //! application (stop it on the event if it must not run without its name).
@@ -61,6 +61,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use throng_core::names::{NameError, NameEvent, NamesConfig};
 
+use super::export_id::ExportId;
 use super::node::{Peer, RemoteActor, Shared};
 use super::wire::Frame;
 use crate::{ActorId, ActorRef};
@@ -82,11 +83,10 @@ const FRAME_BUDGET: usize = 1 << 20;
 /// Bytes added to each entry's estimated encoding (lengths, sequence numbers, stamps).
 const ENTRY_OVERHEAD: usize = 40;
 
-/// Export-name prefix of actors registered under a unique name.
-const REG_PREFIX: &str = "reg:";
-
-/// Export-name prefix of actors that are members of groups.
-const GRP_PREFIX: &str = "grp:";
+/// The export name of the actor registered as `name`.
+fn reg_export(name: &str) -> String {
+    ExportId::Name(name).encode()
+}
 
 /// A registry operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -134,8 +134,8 @@ pub enum NamesEvent {
 struct Addr {
     /// [`RemoteActor::TYPE`] of the actor.
     actor_type: String,
-    /// For a group member, the actor's id on its node (exported as `grp:<id>`); `None` for a
-    /// unique name (exported as `reg:<name>`).
+    /// For a group member, the actor's id on its node (exported as a group member); `None` for a
+    /// unique name (exported under the name).
     member: Option<u64>,
 }
 
@@ -151,8 +151,8 @@ impl Addr {
     /// The export name on the owner node of the actor registered as `name` (or a group member).
     fn export(&self, name: &str) -> String {
         match self.member {
-            Some(id) => format!("{GRP_PREFIX}{id}"),
-            None => format!("{REG_PREFIX}{name}"),
+            Some(id) => ExportId::Group(id).encode(),
+            None => reg_export(name),
         }
     }
 
@@ -192,7 +192,7 @@ enum Msg {
 struct LocalActor {
     names: HashSet<String>,
     groups: HashSet<String>,
-    /// The actor's group member value (its `grp:` address), once it joined a group.
+    /// The actor's group member value (its group member address), once it joined a group.
     group_value: Option<Vec<u8>>,
 }
 
@@ -479,7 +479,7 @@ impl NamesState {
     /// Takes lost names away from their actors' exports and tells listeners.
     fn report(&self, shared: &Arc<Shared>, lost: Vec<(String, NodeId, ActorId)>) {
         for (name, winner, actor) in lost {
-            shared.unexport(&format!("{REG_PREFIX}{name}"), actor);
+            shared.unexport(&reg_export(&name), actor);
             tracing::info!(%name, %winner, actor = %actor.get(), "registered name lost to a concurrent registration");
             let _ = self.events.send(NamesEvent::Conflict {
                 name,
@@ -814,7 +814,7 @@ impl Names {
         Self::check_local(actor)?;
         let meta = encode_meta(&meta)?;
         let shared = self.shared()?;
-        let export = format!("{REG_PREFIX}{name}");
+        let export = reg_export(name);
         let value = Addr {
             actor_type: A::TYPE.to_owned(),
             member: None,
@@ -826,7 +826,7 @@ impl Names {
             let delta = inner.table.register(name, value, meta, now_ms())?;
             inner.queue(delta);
             // Exported under the lock, so that a concurrent conflict or unregistration cannot
-            // interleave; the name is ours, so any previous `reg:` export is stale.
+            // interleave; the name is ours, so any previous export under it is stale.
             if shared.export_typed(&export, actor, true).is_err() {
                 if let Ok(d) = inner.table.unregister(name) {
                     inner.queue(d);
@@ -865,7 +865,7 @@ impl Names {
         };
         shared.names.notify.notify_one();
         if let Some(id) = holder {
-            shared.unexport(&format!("{REG_PREFIX}{name}"), id);
+            shared.unexport(&reg_export(name), id);
         }
         Ok(())
     }

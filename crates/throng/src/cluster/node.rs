@@ -37,13 +37,14 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
+use super::export_id::ExportId;
 use super::outbox::{Lane, Limits, Outbox, PushError, FRAME_OVERHEAD};
 use super::tls::{self, Security};
+use super::view::{ClusterEvent, ClusterSubscription, View};
 use super::wire::{
     self, Auth, ClusterKey, Frame, FrameRef, Hello, HelloAck, Opener, RemoteFailure, Role, Sealer,
     WireError, WireExit,
 };
-use super::view::{ClusterEvent, ClusterSubscription, View};
 use super::NodeConfig;
 use crate::actor_ref::{Envelope, ReplyTo};
 use crate::cell::Cell;
@@ -711,8 +712,10 @@ impl<A: Actor> RemoteRoute<A> {
             Err(Err(e)) => Err(e),
             Ok(bytes) => (self.decode)(&bytes).map_err(CallError::Codec),
             Err(Ok(failure)) => Err(match failure {
-                RemoteFailure::NoSuchActor(n) => CallError::NoSuchActor(n),
-                RemoteFailure::NotDelivered => CallError::NoSuchActor(self.name.clone()),
+                RemoteFailure::NoSuchActor(n) => CallError::NoSuchActor(ExportId::describe(&n)),
+                RemoteFailure::NotDelivered => {
+                    CallError::NoSuchActor(ExportId::describe(&self.name))
+                }
                 RemoteFailure::UnknownActorType { expected, found } => {
                     CallError::UnknownActorType { expected, found }
                 }
@@ -748,7 +751,15 @@ impl Node {
         secret: &[u8],
         opts: NodeOptions,
     ) -> Result<Node, NodeError> {
-        Node::start_with_ring(id, incarnation, rpc_bind, secret, opts, RingConfig::default()).await
+        Node::start_with_ring(
+            id,
+            incarnation,
+            rpc_bind,
+            secret,
+            opts,
+            RingConfig::default(),
+        )
+        .await
     }
 
     async fn start_with_ring(
@@ -1007,14 +1018,17 @@ impl Node {
         name: &str,
         actor: &ActorRef<A>,
     ) -> Result<(), ExportError> {
-        self.shared.export_typed(name, actor, false)
+        let id = ExportId::User(name).encode();
+        self.shared
+            .export_typed(&id, actor, false)
+            .map_err(|_| ExportError::Taken(name.to_owned()))
     }
 
     /// An [`ActorRef`] to the actor exported as `name` on node `peer`. On this node itself, the local
     /// actor (if exported with that type). The reference is lazy: errors surface on `call`/`cast`;
     /// its handle exits when the remote actor exits or its node goes down.
     pub fn remote<A: RemoteActor>(&self, peer: &NodeId, name: &str) -> ActorRef<A> {
-        self.shared.remote(peer, name)
+        self.shared.remote(peer, &ExportId::User(name).encode())
     }
 
     /// The cluster-wide name registry, as seen from this node (see [`super::names`]).
@@ -1450,7 +1464,11 @@ impl Shared {
 /// Carry membership into the node: the view (ring, leaving members, listeners), connections,
 /// the registry and the distributed supervisors. The first member list and a re-sync after
 /// missed events go through [`View::reset`], which announces what changed, like any event.
-async fn membership_glue(shared: Weak<Shared>, membership: Weak<Membership>, stop: CancellationToken) {
+async fn membership_glue(
+    shared: Weak<Shared>,
+    membership: Weak<Membership>,
+    stop: CancellationToken,
+) {
     let Some(m) = membership.upgrade() else {
         return;
     };

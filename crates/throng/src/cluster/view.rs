@@ -232,7 +232,11 @@ impl View {
     /// Replace the view with a full member list from membership (its first list, or a re-sync
     /// after missed events), telling the listeners the events that lead from the old view to the
     /// new one. Returns those events, so that the caller can apply their effects too.
-    pub(super) fn reset(&self, members: &[MemberInfo], leaving: &[MemberInfo]) -> Vec<ClusterEvent> {
+    pub(super) fn reset(
+        &self,
+        members: &[MemberInfo],
+        leaving: &[MemberInfo],
+    ) -> Vec<ClusterEvent> {
         let mut m = lock(&self.members);
         let target: BTreeMap<&NodeId, &MemberInfo> = members
             .iter()
@@ -338,7 +342,10 @@ mod tests {
         let changes = v.reset(&[info("a", 1), info("b", 1)], &[info("b", 1)]);
         assert_eq!(changes.len(), 3, "{changes:?}");
         assert_eq!(picture(&mut sub), current(&v));
-        assert_eq!(v.owners(), vec![NodeId::new("a").unwrap(), NodeId::new("me").unwrap()]);
+        assert_eq!(
+            v.owners(),
+            vec![NodeId::new("a").unwrap(), NodeId::new("me").unwrap()]
+        );
         assert_eq!(v.leaving(), vec![NodeId::new("b").unwrap()]);
     }
 
@@ -375,7 +382,10 @@ mod tests {
         }
         let now = current(&v);
         assert_eq!(now.len(), 2);
-        assert_eq!(now[&NodeId::new("b").unwrap()].info.incarnation, Incarnation(2));
+        assert_eq!(
+            now[&NodeId::new("b").unwrap()].info.incarnation,
+            Incarnation(2)
+        );
         assert!(v.owners().contains(&NodeId::new("c").unwrap()));
         assert!(!v.owners().contains(&NodeId::new("a").unwrap()));
     }
@@ -394,7 +404,10 @@ mod tests {
         let v = view();
         v.apply(ClusterEvent::NodeUp(info("a", 2)));
         let mut sub = v.subscribe();
-        assert!(!v.apply(ClusterEvent::NodeDown(info("a", 1))), "an older run");
+        assert!(
+            !v.apply(ClusterEvent::NodeDown(info("a", 1))),
+            "an older run"
+        );
         assert!(!v.apply(ClusterEvent::NodeUp(info("a", 2))), "already up");
         assert!(!v.apply(ClusterEvent::NodeUp(info("me", 1))), "this node");
         assert!(sub.events.try_recv().is_err());

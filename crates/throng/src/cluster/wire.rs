@@ -19,7 +19,7 @@ use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
 use serde::{Deserialize, Serialize};
 
 /// Version of the node-to-node protocol, checked in the handshake.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// First bytes of every handshake hello.
 pub const MAGIC: [u8; 4] = *b"THRG";

@@ -59,6 +59,11 @@
 //! - **Quorum.** With [`DirConfig::quorum`] set to the configured cluster size, a node that sees
 //!   fewer than half of it stops every child it runs, drops its backups and refuses starts with
 //!   [`StartError::NoQuorum`] until the view grows back (the majority side fails the children over).
+//!   A child stopped for quorum is not removed: nothing is buried and no copy elsewhere is told to
+//!   go (the majority side runs it from its backup). Its final record is kept here as an orphan
+//!   copy held for this node itself, failed over like any orphan once the quorum returns: if the
+//!   other side never failed it over (its view kept this node, so nobody ran it meanwhile), this
+//!   is what runs it again; if it did, the two copies meet and merge (the conflict rule).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -608,6 +613,10 @@ pub enum Phase {
     Moving,
     /// Asked to stop in order to merge another copy's state into it ([`Action::Merge`]).
     Merging,
+    /// Asked to stop because this node lost its quorum. Not a removal: once it exited, its final
+    /// record is kept as an orphan copy (see [`Directory::backups`]) and run again, or handed to
+    /// its owner, when the quorum returns.
+    Abandoning,
 }
 
 /// A child this node runs.
@@ -662,7 +671,8 @@ impl Owned {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backup {
     /// The node that replicated it (the owner at the time), or the node a hand-off from here
-    /// went to (the copy is kept until it confirms).
+    /// went to (the copy is kept until it confirms), or this node itself for a child it stopped
+    /// when it lost its quorum (an orphan, failed over when the quorum returns).
     pub from: NodeId,
     /// The record.
     pub record: Record,
@@ -836,8 +846,9 @@ impl Directory {
     }
 
     /// The copies held here, by key: backups of other nodes' children (usually one per key; one
-    /// per origin while views disagree) and copies of children handed off from here and not yet
-    /// confirmed by their receiver.
+    /// per origin while views disagree), copies of children handed off from here and not yet
+    /// confirmed by their receiver, and the final records of the children this node stopped when
+    /// it lost its quorum (held from itself until the quorum returns).
     pub fn backups(&self) -> &BTreeMap<String, Vec<Backup>> {
         &self.backups
     }
@@ -1073,6 +1084,10 @@ impl Directory {
                         out.push(stop(key, StopReason::Move));
                         return out;
                     }
+                    Phase::Abandoning => {
+                        out.push(stop(key, StopReason::Quorum));
+                        return out;
+                    }
                     Phase::Merging => {
                         let theirs = *o.merging.clone().expect("merging has a record");
                         out.push(Action::Merge {
@@ -1092,6 +1107,10 @@ impl Directory {
                     }
                 }
                 self.next_merge(key, &mut out);
+            }
+            Err(_) if o.phase == Phase::Abandoning => {
+                // Not a removal either: the copy is kept for when the quorum returns.
+                self.abandoned(key, &mut out);
             }
             Err(why) => {
                 let never_ran = matches!(o.first.as_deref(), Some(ChildEvent::Started { .. }));
@@ -1127,9 +1146,14 @@ impl Directory {
         if let Some(o) = self.owned.get_mut(key) {
             o.record.snapshot = Some(snapshot);
             o.record.version += 1;
-            if let Some(b) = &o.backup {
-                o.acked = false;
-                out.push(send(b, o.replicate()));
+            match &o.backup {
+                // Stopped for the quorum: the other side may run it already from its backup.
+                _ if o.phase == Phase::Abandoning => {}
+                Some(b) => {
+                    o.acked = false;
+                    out.push(send(b, o.replicate()));
+                }
+                None => {}
             }
         }
         out
@@ -1189,6 +1213,7 @@ impl Directory {
         match o.phase {
             Phase::Moving => self.moved(key, &mut out),
             Phase::Stopping => self.remove(key, true, &mut out),
+            Phase::Abandoning => self.abandoned(key, &mut out),
             Phase::Merging => {
                 // Reported through `exited` instead of `merged`: the merge did not happen. Run
                 // this copy again and merge the other one after it (nothing is lost).
@@ -1208,7 +1233,17 @@ impl Directory {
                         }));
                         self.respawn(key, bumped, &mut out);
                     }
-                    RestartDecision::Remove => self.remove(key, true, &mut out),
+                    RestartDecision::Remove => {
+                        if o.phase == Phase::Running && class != ExitClass::Abnormal {
+                            // It ran, and ended without failing (a transient or temporary child
+                            // done with its work): its start succeeded, even if the backup had
+                            // not acknowledged yet. A caller told otherwise would run it again.
+                            for req in o.waiting.drain(..) {
+                                out.push(reply(req, Ok(())));
+                            }
+                        }
+                        self.remove(key, true, &mut out)
+                    }
                     RestartDecision::GiveUp { restarts } => {
                         out.push(Action::Event(ChildEvent::GaveUp {
                             key: key.to_owned(),
@@ -1245,6 +1280,7 @@ impl Directory {
             }
             Phase::Stopping => self.remove(key, true, &mut out),
             Phase::Moving => self.moved(key, &mut out),
+            Phase::Abandoning => self.abandoned(key, &mut out),
             Phase::Starting | Phase::Running => {}
         }
         self.settle(key, &mut out);
@@ -1469,24 +1505,7 @@ impl Directory {
         self.quorum_lost = !self.has_quorum();
         if self.quorum_lost {
             if had_quorum {
-                // Minority: stop everything; the majority side fails these children over.
-                let keys: Vec<String> = self.owned.keys().cloned().collect();
-                let err = self.quorum_error();
-                for key in keys {
-                    let o = self.owned.get_mut(&key).expect("present");
-                    let was = o.phase;
-                    o.phase = Phase::Stopping;
-                    for req in o.waiting.drain(..) {
-                        out.push(reply(req, Err(err.clone())));
-                    }
-                    if was == Phase::Running {
-                        out.push(stop(&key, StopReason::Quorum));
-                    }
-                }
-                self.moving.clear();
-                self.move_queue.clear();
-                self.backups.clear();
-                self.handoffs.clear();
+                self.lose_quorum(&mut out);
             }
             return out;
         }
@@ -1495,6 +1514,77 @@ impl Directory {
         }
         self.rebalance(&mut out);
         out
+    }
+
+    /// Minority: stop everything, and drop the backups; the majority side fails these children
+    /// over. The stops are not removals (a removal would bury the children and chase the copies
+    /// the majority runs): each child is kept as an orphan copy once it exited.
+    fn lose_quorum(&mut self, out: &mut Vec<Action>) {
+        let err = self.quorum_error();
+        for (key, o) in self.owned.iter_mut() {
+            for req in o.waiting.drain(..) {
+                out.push(reply(req, Err(err.clone())));
+            }
+            match o.phase {
+                // A removal in progress stays one.
+                Phase::Stopping => {}
+                Phase::Running => {
+                    o.phase = Phase::Abandoning;
+                    out.push(stop(key, StopReason::Quorum));
+                }
+                // Starting: stopped once spawned. Moving, Merging: a stop is under way already.
+                Phase::Starting | Phase::Moving | Phase::Merging => o.phase = Phase::Abandoning,
+                Phase::Abandoning => {}
+            }
+        }
+        self.moving.clear();
+        self.move_queue.clear();
+        let me = self.config.me.clone();
+        // The copies kept for this node itself (children abandoned at an earlier loss that no
+        // view had an owner for since) stay; every other copy goes.
+        self.backups.retain(|_, list| {
+            list.retain(|b| b.from == me);
+            !list.is_empty()
+        });
+        let backups = &self.backups;
+        self.handoffs
+            .retain(|k, h| h.to == me && backups.contains_key(k));
+    }
+
+    /// The child `key`, stopped because this node lost its quorum, exited (or failed to spawn):
+    /// forget it as a running child, without burying it or dropping any other copy, and keep its
+    /// final record as an orphan copy held for this node itself. When the quorum returns, the
+    /// copy is failed over like any orphan: run here if this node owns the key, handed to the
+    /// owner otherwise, merged with the copy the other side ran meanwhile if there is one. The
+    /// copies it carried (its backup, copies to drop) are dropped once the new copy is safe.
+    fn abandoned(&mut self, key: &str, out: &mut Vec<Action>) {
+        self.moving.remove(key);
+        self.move_queue.remove(key);
+        let Some(o) = self.owned.remove(key) else {
+            return;
+        };
+        let me = self.config.me.clone();
+        let current = o.backup_holder(&me);
+        let err = self.quorum_error();
+        for req in o.waiting {
+            out.push(reply(req, Err(err.clone())));
+        }
+        for req in o.stopping_reqs {
+            out.push(reply(req, Err(StartError::NoSuchChild(key.to_owned()))));
+        }
+        let olds: Vec<Holder> = current.into_iter().chain(o.old_backups).collect();
+        self.hold_olds(key, olds);
+        // Copies waiting to be merged into it are kept beside it (merged when it runs again).
+        for theirs in o.merges.into_iter().chain(o.merging.map(|r| *r)) {
+            self.next_tag += 1;
+            let tag = Some(self.next_tag);
+            self.put_copy(key, orphan_copy(&me, theirs, tag, Epoch::default()));
+        }
+        self.put_copy(key, orphan_copy(&me, o.record, None, o.epoch));
+        if !self.quorum_lost {
+            // The quorum came back while it was stopping.
+            self.rebalance(out);
+        }
     }
 
     /// This node leaves gracefully: it owns nothing from now on, and every child it runs moves
@@ -1531,7 +1621,7 @@ impl Directory {
                 }
                 continue;
             }
-            if matches!(o.phase, Phase::Stopping | Phase::Moving) {
+            if matches!(o.phase, Phase::Stopping | Phase::Moving | Phase::Abandoning) {
                 continue;
             }
             if o.backup != backup {
@@ -1580,6 +1670,15 @@ impl Directory {
                 // the view has one.
                 continue;
             }
+            if self
+                .owned
+                .get(&key)
+                .is_some_and(|o| o.phase == Phase::Abandoning)
+            {
+                // Its copy here is still stopping for a quorum lost meanwhile: it joins this
+                // copy when it exited (`abandoned`).
+                continue;
+            }
             let Some(b) = self
                 .remove_copies(&key, |b| b.from == from && b.handoff == handoff)
                 .pop()
@@ -1607,10 +1706,15 @@ impl Directory {
                         self.take_copy(&key, b.record, None, olds, out);
                         continue;
                     }
-                    let first = ChildEvent::FailedOver {
-                        key: key.clone(),
-                        from: b.from.clone(),
-                        from_snapshot: b.record.snapshot.is_some(),
+                    let first = if b.from == me {
+                        // Its own copy, stopped when this node lost its quorum.
+                        ChildEvent::Restarted { key: key.clone() }
+                    } else {
+                        ChildEvent::FailedOver {
+                            key: key.clone(),
+                            from: b.from.clone(),
+                            from_snapshot: b.record.snapshot.is_some(),
+                        }
                     };
                     self.hold_olds(&key, olds);
                     self.insert_owned(b.record, Vec::new(), first, Some(source), out);
@@ -1886,29 +1990,50 @@ impl Directory {
                     tag,
                     epoch,
                     remove,
-                    ..
-                } => out.push(send(
-                    from,
-                    DirMsg::Dropped {
-                        key,
-                        origin,
-                        tag,
-                        epoch,
-                        remove,
-                        next: None,
-                    },
-                )),
+                    generation,
+                } => {
+                    // A removal is remembered all the same: the copies kept here for when the
+                    // quorum returns must not bring the removed child back.
+                    if remove {
+                        self.bury(&key, generation);
+                    }
+                    out.push(send(
+                        from,
+                        DirMsg::Dropped {
+                            key,
+                            origin,
+                            tag,
+                            epoch,
+                            remove,
+                            next: None,
+                        },
+                    ))
+                }
                 DirMsg::Chase {
-                    key, from: f, tag, ..
-                } => out.push(send(
-                    from,
-                    DirMsg::Chased {
-                        key,
-                        from: f,
-                        tag,
-                        next: None,
-                    },
-                )),
+                    key,
+                    from: f,
+                    tag,
+                    generation,
+                } => {
+                    self.bury(&key, generation);
+                    out.push(send(
+                        from,
+                        DirMsg::Chased {
+                            key,
+                            from: f,
+                            tag,
+                            next: None,
+                        },
+                    ))
+                }
+                DirMsg::Removed { key, generation } => {
+                    self.bury_and_stop(&key, generation, &mut out)
+                }
+                DirMsg::Buried { removed } => {
+                    for (key, generation) in removed.into_iter().take(MAX_TOMBSTONES) {
+                        self.bury_and_stop(&key, generation, &mut out);
+                    }
+                }
                 _ => {}
             }
             return out;
@@ -2229,7 +2354,7 @@ impl Directory {
                         add_holder(&mut o.old_backups, h);
                     }
                 }
-                Phase::Moving => match owner.filter(|n| *n != me) {
+                Phase::Moving | Phase::Abandoning => match owner.filter(|n| *n != me) {
                     Some(to) if hops < MAX_HOPS => {
                         // The copy here is on its way out: this record goes where it
                         // goes (the sender keeps its copy until the next node confirms).
@@ -2541,6 +2666,18 @@ fn generation_of(me: &NodeId, incarnation: u64, counter: u64) -> u64 {
     h.digest().max(1)
 }
 
+/// A copy of `record` held for `me` itself: a child it stopped when it lost its quorum (or a copy
+/// that was to be merged into one), failed over as soon as the view has an owner for it.
+fn orphan_copy(me: &NodeId, record: Record, handoff: Option<u64>, epoch: Epoch) -> Backup {
+    Backup {
+        from: me.clone(),
+        record,
+        handoff,
+        epoch,
+        orphan: true,
+    }
+}
+
 fn self_quorum(seen: usize, quorum: Option<usize>) -> StartError {
     StartError::NoQuorum {
         seen,
@@ -2601,6 +2738,11 @@ mod tests {
 
     impl Net {
         fn new(nodes: &[&str], max_moves: usize) -> Self {
+            Net::with_quorum(nodes, max_moves, None)
+        }
+
+        /// Like [`Net::new`], every directory configured with `quorum`.
+        fn with_quorum(nodes: &[&str], max_moves: usize, quorum: Option<usize>) -> Self {
             let ids: Vec<NodeId> = nodes.iter().map(|n| id(n)).collect();
             let mut net = Net {
                 dirs: BTreeMap::new(),
@@ -2612,6 +2754,7 @@ mod tests {
             for n in &ids {
                 let mut config = DirConfig::new(n.clone());
                 config.max_moves = max_moves;
+                config.quorum = quorum;
                 let mut d = Directory::new(config);
                 let actions = d.set_view(ids.iter());
                 net.dirs.insert(n.clone(), d);
@@ -2736,6 +2879,142 @@ mod tests {
             .map(|i| format!("k{i}"))
             .find(|k| ring.node_for(k.as_bytes()) == Some(&id(owner)))
             .unwrap()
+    }
+
+    /// Three nodes with quorum 3 running `count` children, each with a state of its own
+    /// (snapshot replicated to its backup).
+    fn quorum_net(count: usize) -> (Net, Vec<String>) {
+        let nodes = ["a", "b", "c"];
+        let mut net = Net::with_quorum(&nodes, 8, Some(3));
+        let keys: Vec<String> = (0..count).map(|i| format!("k{i}")).collect();
+        for (i, key) in keys.iter().enumerate() {
+            let owner = net.dir("a").owner(key).unwrap();
+            net.call(owner.as_str(), |d| d.start(i as u64, record(key)));
+            net.settle();
+            let state = format!("<{key}>").into_bytes();
+            net.running
+                .insert((owner.clone(), key.clone()), state.clone());
+            net.call(owner.as_str(), |d| d.snapshot(key, state));
+            net.settle();
+        }
+        (net, keys)
+    }
+
+    /// Every key runs on exactly one node, with its state (a merge may have joined the state
+    /// with an older copy of itself, never lost it).
+    fn assert_each_runs_once_with_its_state(net: &Net, keys: &[String]) {
+        for key in keys {
+            let runs = net.runs(key);
+            assert_eq!(runs.len(), 1, "{key} runs on {runs:?}");
+            let state = &net.running[&(runs[0].clone(), key.clone())];
+            let want = format!("<{key}>").into_bytes();
+            assert!(
+                state.windows(want.len()).any(|w| w == want),
+                "{key} on {:?} lost its state: {:?}",
+                runs[0],
+                String::from_utf8_lossy(state)
+            );
+        }
+    }
+
+    #[test]
+    fn a_quorum_partition_that_heals_loses_no_child() {
+        let (mut net, keys) = quorum_net(30);
+        let all = [id("a"), id("b"), id("c")];
+        let on_a = keys.iter().filter(|k| net.runs(k) == vec![id("a")]).count();
+        assert!(on_a > 0);
+        // `a`'s gossip is cut: it sees only itself (no quorum), the others see each other;
+        // directory messages still flow between all three.
+        net.call("a", |d| d.set_view([&id("a")]));
+        assert!(!net.dir("a").has_quorum());
+        let removals = net.log.iter().any(|(n, a)| {
+            *n == id("a")
+                && matches!(
+                    a,
+                    Action::Send {
+                        msg: DirMsg::Drop { remove: true, .. },
+                        ..
+                    }
+                )
+        });
+        net.call("b", |d| d.set_view([&id("b"), &id("c")]));
+        net.call("c", |d| d.set_view([&id("b"), &id("c")]));
+        net.settle();
+        assert!(net.dir("a").owned().is_empty());
+        for key in &keys {
+            let runs = net.runs(key);
+            assert!(
+                runs.len() == 1 && runs[0] != id("a"),
+                "{key} runs on {runs:?}"
+            );
+        }
+        // The heal.
+        for n in ["a", "b", "c"] {
+            net.call(n, |d| d.set_view(all.iter()));
+        }
+        net.settle();
+        assert_each_runs_once_with_its_state(&net, &keys);
+        let stopped = net
+            .log
+            .iter()
+            .any(|(_, a)| matches!(a, Action::Event(ChildEvent::Stopped { .. })));
+        assert!(!stopped, "no child was removed");
+        assert!(!removals, "a stop for the quorum is not a removal");
+    }
+
+    #[test]
+    fn a_node_that_alone_loses_its_quorum_runs_its_children_again_when_it_returns() {
+        let (mut net, keys) = quorum_net(30);
+        let all = [id("a"), id("b"), id("c")];
+        let on_a: Vec<String> = keys
+            .iter()
+            .filter(|k| net.runs(k) == vec![id("a")])
+            .cloned()
+            .collect();
+        assert!(!on_a.is_empty());
+        // Only `a` loses the others from its view (one-way gossip loss): `b` and `c` still see
+        // it, so they fail nothing over; its messages keep reaching them.
+        net.call("a", |d| d.set_view([&id("a")]));
+        net.settle();
+        for key in &on_a {
+            assert!(net.runs(key).is_empty(), "{key} stopped on a");
+        }
+        net.call("a", |d| d.set_view(all.iter()));
+        net.settle();
+        assert_each_runs_once_with_its_state(&net, &keys);
+        for key in &on_a {
+            assert_eq!(
+                net.runs(key),
+                vec![id("a")],
+                "{key} runs on its owner again"
+            );
+            assert_eq!(
+                net.running[&(id("a"), key.clone())],
+                format!("<{key}>").into_bytes()
+            );
+        }
+    }
+
+    #[test]
+    fn a_transient_child_done_before_its_backup_acknowledged_was_started() {
+        let nodes = ["a", "b"];
+        let mut net = Net::new(&nodes, 8);
+        let key = key_owned_by(&nodes, "a");
+        let mut r = record(&key);
+        r.policy = RestartPolicy::Transient;
+        // Spawned at once; the replication to `b` is still on its way.
+        net.call("a", |d| d.start(1, r));
+        assert!(net.replies().is_empty());
+        net.running.remove(&(id("a"), key.clone()));
+        let actions = net
+            .dir("a")
+            .exited(&key, ExitClass::Normal, None, Duration::ZERO);
+        net.apply(&id("a"), actions);
+        assert_eq!(net.replies(), vec![(1, Ok(()))]);
+        net.settle();
+        assert_eq!(net.replies(), vec![(1, Ok(()))]);
+        assert!(net.runs(&key).is_empty());
+        assert!(net.dir("b").backups().is_empty());
     }
 
     #[test]

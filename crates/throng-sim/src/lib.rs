@@ -7,8 +7,19 @@
 //! completions, membership-view updates, client requests) and random operations are injected:
 //! client starts and terminates, client updates, snapshots, child crashes and normal exits, node
 //! crashes and restarts (a restarted node is a fresh `Directory`: a join, whose keys move to it),
-//! graceful leaves, partitions and heals, and false suspicions (one node drops a live peer from its
-//! view for a while).
+//! graceful leaves, partitions and heals, false suspicions (one node drops a live peer from its
+//! view for a while), and gossip cuts (see below).
+//!
+//! - **Gossip cuts.** A node's membership gossip is cut while its connections stay up: *deaf*
+//!   (it hears nobody: it drops every peer from its view), *mute* (nobody hears it: every peer
+//!   drops it, a node declared down that still holds its connections), or both. Views change but
+//!   the connections are not closed, so directory messages between the two keep flowing both
+//!   ways. With [`SimConfig::quorum`], the directories are configured with the cluster size as
+//!   their quorum: a deaf node (or the small side of a partition) loses its quorum, stops its
+//!   children, and gets it back at the heal.
+//! - **Sides.** Before a convergence heals a partition or a gossip cut, the system is first left
+//!   to become quiet as it is, and [`Invariant::SideRuns`] is checked on every side that sees
+//!   itself (and, with a quorum, has one). Both are enabled by [`SimConfig::gossip_cuts`].
 //!
 //! - **Updates.** A client sends an update to the owner of the child in its node's view. A child
 //!   that runs there accepts it and applies it at once (so it is in any later snapshot, the final
@@ -61,6 +72,11 @@ pub struct SimConfig {
     /// Inject partitions and false suspicions (views that disagree about live nodes). Without
     /// them, the faults are crashes, restarts and message delays.
     pub partitions: bool,
+    /// Configure every directory with the cluster size as its quorum ([`DirConfig::quorum`]).
+    pub quorum: bool,
+    /// Inject gossip cuts (see the crate docs), and check [`Invariant::SideRuns`] before each
+    /// heal.
+    pub gossip_cuts: bool,
     /// Print a trace of the steps to stderr.
     pub trace: bool,
 }
@@ -75,6 +91,8 @@ impl SimConfig {
             converge_every: 500,
             max_down: (nodes.max(1) - 1) / 2,
             partitions: true,
+            quorum: false,
+            gossip_cuts: false,
             trace: false,
         }
     }
@@ -112,11 +130,14 @@ pub enum Invariant {
     /// Every update a child accepted (the client was told it was delivered) is in its state
     /// exactly once: none lost, none applied twice, across moves and graceful leaves.
     Updates,
+    /// Quiet before a heal: a side (nodes that all see exactly each other, with a quorum if one
+    /// is configured) runs every child of which one of its nodes holds a copy.
+    SideRuns,
 }
 
 impl Invariant {
     /// Every invariant, in report order.
-    pub const ALL: [Invariant; 12] = [
+    pub const ALL: [Invariant; 13] = [
         Invariant::Lost,
         Invariant::Duplicate,
         Invariant::Resurrected,
@@ -129,6 +150,7 @@ impl Invariant {
         Invariant::Quiescence,
         Invariant::HandOff,
         Invariant::Updates,
+        Invariant::SideRuns,
     ];
 
     /// A short name.
@@ -146,6 +168,7 @@ impl Invariant {
             Invariant::Quiescence => "quiescence",
             Invariant::HandOff => "hand-off keeps state",
             Invariant::Updates => "updates exactly once",
+            Invariant::SideRuns => "a side runs its copies",
         }
     }
 }
@@ -154,9 +177,9 @@ impl Invariant {
 #[derive(Debug, Clone, Default)]
 pub struct Tally {
     /// Checks performed, per invariant (indexed like [`Invariant::ALL`]).
-    pub checks: [u64; 12],
+    pub checks: [u64; 13],
     /// Violations found, per invariant.
-    pub violations: [u64; 12],
+    pub violations: [u64; 13],
     /// Checks skipped because the fault model allows the failure, by reason.
     pub excused: BTreeMap<&'static str, u64>,
     /// What happened: faults injected, messages, directory events, by kind.
@@ -370,6 +393,10 @@ struct Node {
     /// This node leaves gracefully ([`Directory::leave`]); it exits once handed off.
     leaving: bool,
     children: BTreeMap<String, Child>,
+    /// Its gossip in is cut: it drops every peer from its view (connections stay up).
+    deaf: bool,
+    /// Its gossip out is cut: every peer drops it from its view (connections stay up).
+    mute: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -460,9 +487,10 @@ struct Sim {
     watched: String,
 }
 
-fn dir_config(id: &NodeId, incarnation: u64) -> DirConfig {
+fn dir_config(id: &NodeId, incarnation: u64, quorum: Option<usize>) -> DirConfig {
     let mut config = DirConfig::new(id.clone());
     config.incarnation = incarnation;
+    config.quorum = quorum;
     config
 }
 
@@ -563,7 +591,7 @@ impl Sim {
         // Start converged: every node sees every node.
         let all: Vec<NodeId> = sim.ids.clone();
         for i in 0..n {
-            let mut dir = Directory::new(dir_config(&sim.ids[i], 0));
+            let mut dir = Directory::new(dir_config(&sim.ids[i], 0, sim.quorum()));
             let actions = dir.set_view(all.iter());
             // Only the (empty) backup reconciliations with the peers it now sees.
             debug_assert!(actions.iter().all(|a| matches!(
@@ -579,6 +607,8 @@ impl Sim {
                 view_leaving: BTreeSet::new(),
                 leaving: false,
                 children: BTreeMap::new(),
+                deaf: false,
+                mute: false,
             });
         }
         sim
@@ -624,6 +654,19 @@ impl Sim {
         self.nodes[a].alive && self.nodes[b].alive && self.nodes[a].side == self.nodes[b].side
     }
 
+    /// Whether `observer`'s membership hears `subject` (reachable, and no gossip cut between).
+    fn hears(&self, observer: usize, subject: usize) -> bool {
+        self.reachable(observer, subject) && !self.nodes[observer].deaf && !self.nodes[subject].mute
+    }
+
+    fn quorum(&self) -> Option<usize> {
+        self.config.quorum.then_some(self.config.nodes)
+    }
+
+    fn gossip_cut(&self) -> bool {
+        self.nodes.iter().any(|n| n.deaf || n.mute)
+    }
+
     // -----------------------------------------------------------------------------------------
     // The loop.
 
@@ -656,7 +699,7 @@ impl Sim {
     fn inject(&mut self) {
         let r: f64 = self.rng.random();
         // One operation at most per step, by weight.
-        let ops: [(f64, Op); 11] = [
+        let ops: [(f64, Op); 13] = [
             (0.08, Sim::op_start),
             (0.01, Sim::op_terminate),
             (0.15, Sim::op_update),
@@ -668,6 +711,8 @@ impl Sim {
             (0.01, Sim::op_heal),
             (0.003, Sim::op_suspect),
             (0.003, Sim::op_leave),
+            (0.003, Sim::op_cut_gossip),
+            (0.006, Sim::op_heal_gossip),
         ];
         let mut acc = 0.0;
         for (p, op) in ops {
@@ -1033,16 +1078,19 @@ impl Sim {
         }
         let j = down[self.rng.random_range(0..down.len())];
         self.tally.event("fault: node restart");
+        let quorum = self.quorum();
         let node = &mut self.nodes[j];
         node.alive = true;
         node.inc += 1;
-        node.dir = Directory::new(dir_config(&self.ids[j], node.inc));
+        node.dir = Directory::new(dir_config(&self.ids[j], node.inc, quorum));
         self.heard[j] = vec![None; self.nodes.len()];
         let node = &mut self.nodes[j];
         node.view = BTreeMap::from([(j, node.inc)]);
         node.view_leaving.clear();
         node.leaving = false;
         node.children.clear();
+        node.deaf = false;
+        node.mute = false;
         trace!(self, "RESTART n{j} (incarnation {})", self.nodes[j].inc);
         for i in 0..self.nodes.len() {
             self.reset_connection(i, j);
@@ -1142,8 +1190,13 @@ impl Sim {
             self.tally.event("fault: heal");
             trace!(self, "HEAL");
         }
+        if self.gossip_cut() {
+            self.tally.event("fault: gossip heal");
+        }
         for n in &mut self.nodes {
             n.side = 0;
+            n.deaf = false;
+            n.mute = false;
         }
         self.partitioned = false;
         // Held messages flow again (TCP retransmits across a partition that no view noticed).
@@ -1193,6 +1246,46 @@ impl Sim {
                 None => {}
             }
         }
+    }
+
+    /// A node's gossip is cut (in, out, or both) while its connections stay up.
+    fn op_cut_gossip(&mut self) {
+        if !self.config.gossip_cuts || self.gossip_cut() {
+            return;
+        }
+        let alive = self.alive_nodes();
+        if alive.len() < 2 {
+            return;
+        }
+        let j = alive[self.rng.random_range(0..alive.len())];
+        let (deaf, mute) = match self.rng.random_range(0..3) {
+            0 => (true, true),
+            1 => (true, false),
+            _ => (false, true),
+        };
+        self.nodes[j].deaf = deaf;
+        self.nodes[j].mute = mute;
+        self.views_split = true;
+        self.tally.event(match (deaf, mute) {
+            (true, true) => "fault: gossip cut",
+            (true, false) => "fault: gossip cut (deaf)",
+            _ => "fault: gossip cut (mute)",
+        });
+        trace!(self, "GOSSIP CUT n{j} deaf {deaf} mute {mute}");
+        self.all_views_refresh((5, 60));
+    }
+
+    fn op_heal_gossip(&mut self) {
+        if !self.gossip_cut() {
+            return;
+        }
+        self.tally.event("fault: gossip heal");
+        trace!(self, "GOSSIP HEAL");
+        for n in &mut self.nodes {
+            n.deaf = false;
+            n.mute = false;
+        }
+        self.all_views_refresh((5, 60));
     }
 
     /// A false suspicion: a live node drops a live peer from its view for a while.
@@ -1444,7 +1537,7 @@ impl Sim {
             return;
         }
         let target = self
-            .reachable(observer, subject)
+            .hears(observer, subject)
             .then_some(self.nodes[subject].inc);
         let current = self.nodes[observer].view.get(&subject).copied();
         let heard = self.heard[observer][subject];
@@ -1468,12 +1561,18 @@ impl Sim {
             }
             return;
         }
-        if current.is_some() {
+        if let Some(inc) = current {
             // Gone, or back as a new incarnation: it leaves the view first, and the runtime
-            // closes the connection to it.
+            // closes the connection to it, unless only the gossip was cut: the node is declared
+            // down while its connection stays up (its messages keep arriving).
             self.nodes[observer].view.remove(&subject);
             self.nodes[observer].view_leaving.remove(&subject);
-            self.reset_connection(observer, subject);
+            let gossip_only = self.reachable(observer, subject) && self.nodes[subject].inc == inc;
+            if gossip_only {
+                self.tally.event("view drops a connected node");
+            } else {
+                self.reset_connection(observer, subject);
+            }
             self.push_view(observer);
         }
         if let Some(inc) = target {
@@ -1510,6 +1609,7 @@ impl Sim {
     fn live_copy(&self, key: &str, b: &throng_core::directory::Backup) -> bool {
         let from = self.index(&b.from);
         b.handoff.is_some()
+            || b.orphan
             || !self.nodes[from].alive
             || self.nodes[from]
                 .dir
@@ -1995,6 +2095,10 @@ impl Sim {
     // Convergence and invariants.
 
     fn converge_and_check(&mut self) {
+        if self.config.gossip_cuts && (self.partitioned || self.gossip_cut()) && !self.quiet_sides()
+        {
+            return;
+        }
         trace!(self, "CONVERGE");
         self.tally.event("convergence");
         self.heal();
@@ -2017,6 +2121,82 @@ impl Sim {
         self.check(Invariant::Quiescence);
         self.check_invariants();
         self.views_split = self.partitioned;
+    }
+
+    /// Faults stop but the partition and the gossip cuts stay: the views settle on what each node
+    /// hears and every event is delivered until the system is quiet; then
+    /// [`Invariant::SideRuns`] is checked. False when it did not become quiet (reported).
+    fn quiet_sides(&mut self) -> bool {
+        trace!(self, "QUIET (partition and gossip cuts kept)");
+        self.tally.event("quiet before a heal");
+        self.all_views_refresh((1, 20));
+        let mut budget = QUIESCENCE_BUDGET;
+        while let Some(s) = self.queue.pop() {
+            self.now = self.now.max(s.time);
+            self.handle(s.ev);
+            budget -= 1;
+            if budget == 0 {
+                self.check(Invariant::Quiescence);
+                self.fail(
+                    Invariant::Quiescence,
+                    format!("still busy after {QUIESCENCE_BUDGET} events (partitioned)"),
+                );
+                self.queue.clear();
+                return false;
+            }
+        }
+        self.check_sides();
+        true
+    }
+
+    /// [`Invariant::SideRuns`].
+    fn check_sides(&mut self) {
+        let alive = self.alive_nodes();
+        let mut seen: BTreeSet<usize> = BTreeSet::new();
+        for &i in &alive {
+            if seen.contains(&i) {
+                continue;
+            }
+            let view: BTreeSet<usize> = self.nodes[i].view.keys().copied().collect();
+            let side: BTreeSet<usize> = view
+                .iter()
+                .copied()
+                .filter(|&j| {
+                    self.nodes[j].alive
+                        && self.nodes[j].view.keys().copied().collect::<BTreeSet<_>>() == view
+                })
+                .collect();
+            seen.extend(side.iter().copied());
+            // Nobody outside sees into it either (a one-way cut leaves it half open).
+            let closed = alive
+                .iter()
+                .filter(|j| !side.contains(j))
+                .all(|&j| self.nodes[j].view.keys().all(|k| !side.contains(k)));
+            if side != view || !closed || !self.nodes[i].dir.has_quorum() {
+                // Views that disagree (a one-way cut), or a side without a quorum: nothing to
+                // require.
+                continue;
+            }
+            let mut held: BTreeSet<String> = BTreeSet::new();
+            for &j in &side {
+                let d = &self.nodes[j].dir;
+                held.extend(d.owned().keys().cloned());
+                held.extend(d.backups().keys().cloned());
+            }
+            for key in held {
+                self.check(Invariant::SideRuns);
+                let runs = side.iter().any(|&j| {
+                    self.nodes[j]
+                        .children
+                        .get(&key)
+                        .is_some_and(|c| c.phase == ChildPhase::Running)
+                });
+                if !runs {
+                    let what = format!("side {side:?} holds a copy of {key} and does not run it");
+                    self.fail(Invariant::SideRuns, what);
+                }
+            }
+        }
     }
 
     fn check_invariants(&mut self) {

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! throng-sim [--seeds N] [--first S] [--nodes N] [--steps N] [--converge-every N] [--max-down N]
-//!            [--partitions 0|1]
+//!            [--partitions 0|1] [--quorum 0|1] [--gossip-cuts 0|1]
 //! throng-sim --seed S [--nodes N] [--steps N] ...     # replay one seed, trace on stderr
 //! ```
 
@@ -12,7 +12,7 @@ use std::time::Instant;
 use throng_sim::{run_seed, run_seeds, Invariant, SimConfig, Tally};
 
 const USAGE: &str = "usage: throng-sim [--seeds N] [--first S] [--nodes N] [--steps N] \
-[--converge-every N] [--max-down N] [--partitions 0|1] | --seed S [same options]
+[--converge-every N] [--max-down N] [--partitions 0|1] [--quorum 0|1] [--gossip-cuts 0|1] | --seed S [same options]
 environment: SIM_LIST=1 lists every failing seed; with --seed, SIM_WATCH=key follows one key";
 
 struct Args {
@@ -31,6 +31,8 @@ fn parse() -> Result<Args, String> {
     let mut converge_every = None;
     let mut max_down = None;
     let mut partitions = true;
+    let mut quorum = false;
+    let mut gossip_cuts = false;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
@@ -51,6 +53,8 @@ fn parse() -> Result<Args, String> {
             "--converge-every" => converge_every = Some(n.max(1)),
             "--max-down" => max_down = Some(n as usize),
             "--partitions" => partitions = n != 0,
+            "--quorum" => quorum = n != 0,
+            "--gossip-cuts" => gossip_cuts = n != 0,
             _ => return Err(format!("unknown option {flag}\n{USAGE}")),
         }
     }
@@ -65,6 +69,8 @@ fn parse() -> Result<Args, String> {
         config.max_down = m;
     }
     config.partitions = partitions;
+    config.quorum = quorum;
+    config.gossip_cuts = gossip_cuts;
     Ok(Args {
         seeds,
         first,
@@ -76,12 +82,14 @@ fn parse() -> Result<Args, String> {
 fn replay_command(seed: u64, config: &SimConfig) -> String {
     format!(
         "cargo run --release -p throng-sim -- --seed {seed} --nodes {} --steps {} \
-         --converge-every {} --max-down {} --partitions {}",
+         --converge-every {} --max-down {} --partitions {} --quorum {} --gossip-cuts {}",
         config.nodes,
         config.steps,
         config.converge_every,
         config.max_down,
-        u8::from(config.partitions)
+        u8::from(config.partitions),
+        u8::from(config.quorum),
+        u8::from(config.gossip_cuts)
     )
 }
 

@@ -18,15 +18,17 @@ fn describe(tally: &Tally) -> String {
         .join(", ")
 }
 
-/// 300 seeds of 5 nodes for 2,000 steps: about ten seconds in a debug build (the release command
-/// runs thousands; see docs/benchmarks.md).
-fn assert_no_violation(partitions: bool) {
+/// `seeds` seeds of 5 nodes for 2,000 steps (300 take about ten seconds in a debug build; the
+/// release command runs thousands; see docs/benchmarks.md).
+fn assert_no_violation(partitions: bool, seeds: u64) {
     let mut config = SimConfig::new(5, 2000);
     config.partitions = partitions;
-    let (tally, failing) = run_seeds(0, 300, &config);
+    let (tally, failing) = run_seeds(0, seeds, &config);
     for inv in Invariant::ALL {
+        // Sides are checked only with gossip cuts.
+        let optional = inv == Invariant::Resurrected || inv == Invariant::SideRuns;
         assert!(
-            tally.checks[inv as usize] > 0 || inv == Invariant::Resurrected,
+            tally.checks[inv as usize] > 0 || optional,
             "{} never checked",
             inv.name()
         );
@@ -42,12 +44,12 @@ fn assert_no_violation(partitions: bool) {
 
 #[test]
 fn crashes_restarts_and_delays_keep_the_invariants() {
-    assert_no_violation(false);
+    assert_no_violation(false, 300);
 }
 
 #[test]
 fn partitions_and_false_suspicions_keep_the_invariants() {
-    assert_no_violation(true);
+    assert_no_violation(true, 300);
 }
 
 #[test]

@@ -36,6 +36,14 @@ pub enum ExitReason {
     NodeDown(Arc<str>),
     /// There was no such actor to begin with (Erlang's `noproc`): a remote name nobody exports.
     NoProc,
+    /// The actor lost its registered name to a concurrent registration on another node, and its
+    /// node stops such actors ([`crate::cluster::names::OnConflict::Stop`], as Horde does).
+    NameConflict {
+        /// The contested name.
+        name: Arc<str>,
+        /// The node whose registration won.
+        winner: Arc<str>,
+    },
     /// A supervisor gave up: its children needed more restarts than its intensity allows.
     RestartIntensity {
         /// Restarts counted within the window, including the one that exceeded it.
@@ -89,6 +97,12 @@ impl fmt::Display for ExitReason {
             ExitReason::NoProc => f.write_str("no such actor"),
             ExitReason::Linked { from, reason } => {
                 write!(f, "linked actor {from} exited: {reason}")
+            }
+            ExitReason::NameConflict { name, winner } => {
+                write!(
+                    f,
+                    "lost the name {name:?} to a registration on node {winner}"
+                )
             }
             ExitReason::RestartIntensity { restarts, period } => write!(
                 f,

@@ -10,13 +10,15 @@ use std::time::{Duration, Instant};
 
 use common::eventually;
 use serde::{Deserialize, Serialize};
-use throng::cluster::{NameError, Names, NamesError, NamesEvent, Node, NodeConfig, RemoteActor};
+use throng::cluster::{
+    NameError, Names, NamesError, NamesEvent, Node, NodeConfig, OnConflict, RemoteActor,
+};
 use throng::prelude::*;
 
 /// Answers with its label.
 struct Echo(String);
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 enum EchoMsg {
     Who,
 }
@@ -177,7 +179,50 @@ async fn visibility_latency_over_a_thousand_registrations() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_registrations_resolve_to_one_winner_everywhere() {
-    let nodes = cluster().await;
+    contest(OnConflict::Keep).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_conflict_loser_is_stopped_when_its_node_stops_losers() {
+    contest(OnConflict::Stop).await;
+}
+
+/// The next conflict among `events` (registrations and unregistrations are skipped).
+async fn next_conflict(events: &mut tokio::sync::broadcast::Receiver<NamesEvent>) -> NamesEvent {
+    loop {
+        let e = tokio::time::timeout(WAIT, events.recv())
+            .await
+            .expect("conflict event")
+            .unwrap();
+        if matches!(e, NamesEvent::Conflict { .. }) {
+            return e;
+        }
+    }
+}
+
+/// Two nodes register one name concurrently: one winner everywhere; the loser's node is told, and
+/// its actor keeps running or is stopped as `on_conflict` says.
+async fn contest(on_conflict: OnConflict) {
+    let mut nodes = Vec::new();
+    let mut seed: Option<String> = None;
+    for name in ["c1", "c2", "c3"] {
+        let mut c = NodeConfig::local(name, SECRET).unwrap();
+        c.transport.name_conflicts = on_conflict;
+        if let Some(s) = &seed {
+            c.membership.seeds = vec![s.clone()];
+        }
+        let n = Node::join(c).await.unwrap();
+        seed.get_or_insert_with(|| n.gossip_addr().unwrap().to_string());
+        nodes.push(n);
+    }
+    for n in &nodes {
+        eventually("connected", WAIT, || {
+            nodes
+                .iter()
+                .all(|o| o.id() == n.id() || n.is_connected(o.id()))
+        })
+        .await;
+    }
     let regs = registries(&nodes);
     let mut events = [regs[0].events(), regs[1].events()];
     // Register the same name on two nodes back to back, before either can see the other's; retry
@@ -186,8 +231,8 @@ async fn concurrent_registrations_resolve_to_one_winner_everywhere() {
     for round in 0..50 {
         let name = format!("contested-{round}");
         let (a, b) = (echo("on-n1"), echo("on-n2"));
-        let ra = regs[0].register(&name, &a, "n1");
-        let rb = regs[1].register(&name, &b, "n2");
+        let ra = regs[0].register(&name, &a, "c1");
+        let rb = regs[1].register(&name, &b, "c2");
         if ra.is_ok() && rb.is_ok() {
             contest = Some((name, a, b));
             break;
@@ -203,26 +248,36 @@ async fn concurrent_registrations_resolve_to_one_winner_everywhere() {
         .await;
     }
     let winner = regs[2].whereis(&name).unwrap();
-    let (loser_node, loser_actor, winner_label) = if &winner == nodes[0].id() {
-        (1, b.clone(), "on-n1")
+    let (loser_node, loser_actor, winner_actor, winner_label) = if &winner == nodes[0].id() {
+        (1, b.clone(), a.clone(), "on-n1")
     } else {
         assert_eq!(&winner, nodes[1].id());
-        (0, a.clone(), "on-n2")
+        (0, a.clone(), b.clone(), "on-n2")
     };
-    // The loser's node is told; its actor keeps running but lost the name.
-    let event = tokio::time::timeout(WAIT, events[loser_node].recv())
-        .await
-        .expect("conflict event")
-        .unwrap();
+    // The loser's node is told; its actor keeps running (or is stopped) without the name.
+    let stop = on_conflict == OnConflict::Stop;
     assert_eq!(
-        event,
+        next_conflict(&mut events[loser_node]).await,
         NamesEvent::Conflict {
             name: name.clone(),
             winner: winner.clone(),
             actor: loser_actor.id(),
+            stopped: stop,
         }
     );
-    assert!(loser_actor.is_alive());
+    if stop {
+        eventually("the loser stops", WAIT, || !loser_actor.is_alive()).await;
+        assert_eq!(
+            loser_actor.exit_reason(),
+            Some(ExitReason::NameConflict {
+                name: name.as_str().into(),
+                winner: winner.as_str().into(),
+            })
+        );
+    } else {
+        assert!(loser_actor.is_alive());
+    }
+    assert!(winner_actor.is_alive());
     assert!(matches!(
         regs[loser_node].unregister(&name),
         Err(NamesError::Table(NameError::NotRegistered { .. }))
@@ -234,8 +289,10 @@ async fn concurrent_registrations_resolve_to_one_winner_everywhere() {
         let meta: String = r.meta(&name).unwrap().unwrap();
         assert_eq!(meta, winner.as_str());
     }
-    // The winner's node has no event.
-    assert!(events[1 - loser_node].try_recv().is_err());
+    // The winner's node has no conflict.
+    while let Ok(e) = events[1 - loser_node].try_recv() {
+        assert!(!matches!(e, NamesEvent::Conflict { .. }), "{e:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -595,4 +652,107 @@ async fn visibility_latency_precise() {
         max.as_secs_f64() * 1e3
     );
     assert!(p99 < Duration::from_millis(50), "p99 {p99:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_matching_dispatch_and_the_names_an_actor_holds() {
+    let nodes = cluster_of(&["r1", "r2"]).await;
+    let regs = registries(&nodes);
+    let mut events = regs[0].events();
+    let meta = |color: &str, weight: u32| Meta {
+        color: color.into(),
+        weight,
+    };
+    // Listeners hear this node's registrations.
+    let alpha = echo("alpha");
+    regs[0].register("alpha", &alpha, meta("red", 1)).unwrap();
+    regs[0]
+        .register("alpha-2", &alpha, meta("blue", 2))
+        .unwrap();
+    for name in ["alpha", "alpha-2"] {
+        assert_eq!(
+            events.recv().await.unwrap(),
+            NamesEvent::Registered {
+                name: name.into(),
+                actor: alpha.id()
+            }
+        );
+    }
+    assert_eq!(regs[0].names_of(alpha.id()), vec!["alpha", "alpha-2"]);
+    // A group across both nodes, matched on its metadata from either node.
+    let members: Vec<ActorRef<Echo>> = (0..6).map(|i| echo(&format!("m{i}"))).collect();
+    for (i, m) in members.iter().enumerate() {
+        let color = if i % 2 == 0 { "red" } else { "blue" };
+        regs[0].join("g", m, meta(color, i as u32)).unwrap();
+    }
+    let far = echo("far");
+    let far_ref = nodes[1].names();
+    far_ref.join("g", &far, meta("red", 100)).unwrap();
+    assert_eq!(regs[0].groups_of(members[0].id()), vec!["g"]);
+    for r in &regs {
+        eventually("the group everywhere", WAIT, || r.count_members("g") == 7).await;
+        let heavy_red = r.match_members::<Echo, Meta>("g", |m| m.color == "red" && m.weight >= 2);
+        let mut labels = Vec::new();
+        for (a, m) in &heavy_red {
+            assert!(m.color == "red" && m.weight >= 2);
+            labels.push(a.call(EchoMsg::Who).await.unwrap());
+        }
+        labels.sort();
+        assert_eq!(labels, vec!["far", "m2", "m4"]);
+        assert_eq!(r.count_match::<Meta>("g", |m| m.color == "blue"), 3);
+        assert_eq!(r.count_match::<Meta>("g", |m| m.weight > 1000), 0);
+        assert_eq!(r.dispatch::<Echo>("g", EchoMsg::Who).await, 7);
+        // Another type's members are not matched or dispatched to.
+        assert!(r.match_members::<Other, Meta>("g", |_| true).is_empty());
+        assert_eq!(r.dispatch::<Other>("g", ()).await, 0);
+    }
+    // update_value: the new metadata from the current one, seen everywhere.
+    let (new, old) = regs[0]
+        .update_meta_with("alpha", |m: Meta| Meta {
+            weight: m.weight + 41,
+            ..m
+        })
+        .unwrap();
+    assert_eq!((old.weight, new.weight), (1, 42));
+    eventually("the new value everywhere", WAIT, || {
+        regs[1].meta::<Meta>("alpha").ok().flatten() == Some(new.clone())
+    })
+    .await;
+    assert!(matches!(
+        regs[1].update_meta_with("alpha", |m: Meta| m),
+        Err(NamesError::Table(NameError::NotRegistered { .. }))
+    ));
+    // unregister_match drops this node's matching names; leave_match one membership.
+    assert_eq!(
+        regs[0].unregister_match::<Meta>(|_, m| m.color == "blue"),
+        1
+    );
+    assert_eq!(regs[0].names_of(alpha.id()), vec!["alpha"]);
+    let mut unregistered = None;
+    while unregistered.is_none() {
+        if let NamesEvent::Unregistered { name, actor } = events.recv().await.unwrap() {
+            unregistered = Some((name, actor));
+        }
+    }
+    assert_eq!(unregistered, Some(("alpha-2".into(), alpha.id())));
+    assert!(!regs[0]
+        .leave_match::<Echo, Meta>("g", &members[1], |m| m.color == "red")
+        .unwrap());
+    assert!(regs[0]
+        .leave_match::<Echo, Meta>("g", &members[1], |m| m.color == "blue")
+        .unwrap());
+    eventually("the membership dropped everywhere", WAIT, || {
+        regs.iter()
+            .all(|r| r.count_match::<Meta>("g", |m| m.color == "blue") == 2)
+    })
+    .await;
+    assert!(regs[0].groups_of(members[1].id()).is_empty());
+    // An actor that exits: its names are dropped and listeners are told.
+    alpha.stop(ExitReason::Shutdown);
+    loop {
+        if let NamesEvent::Unregistered { name, actor } = events.recv().await.unwrap() {
+            assert_eq!((name.as_str(), actor), ("alpha", alpha.id()));
+            break;
+        }
+    }
 }

@@ -21,7 +21,7 @@ pub mod wire;
 pub use config::{ConfigError, NodeConfig};
 pub use dist::{ChildInfo, DistEvent, DistOptions, DistStats, DistSupervisor, DEFAULT_SUPERVISOR};
 pub use keyed::{ChildError, Keyed, SnapshotPolicy};
-pub use names::{NameError, Names, NamesConfig, NamesError, NamesEvent};
+pub use names::{NameError, Names, NamesConfig, NamesError, NamesEvent, OnConflict};
 pub use node::{ExportError, Node, NodeError, NodeOptions, RemoteActor, RemoteRoute};
 pub use throng_core::directory::{ChildEvent, Distribution, Uniform};
 pub use throng_core::strategies::Explicit;

@@ -79,6 +79,9 @@ pub struct NodeOptions {
     pub security: Security,
     /// Limits on this node's entries in the cluster-wide name registry ([`Node::names`]).
     pub names: super::names::NamesConfig,
+    /// What happens to a local actor that loses its registered name to a concurrent registration
+    /// on another node (default: it keeps running; Horde stops it).
+    pub name_conflicts: super::names::OnConflict,
 }
 
 impl Default for NodeOptions {
@@ -91,6 +94,7 @@ impl Default for NodeOptions {
             backoff: (Duration::from_millis(50), Duration::from_secs(2)),
             security: Security::SharedSecret,
             names: super::names::NamesConfig::default(),
+            name_conflicts: super::names::OnConflict::default(),
         }
     }
 }
@@ -803,6 +807,7 @@ impl Node {
             throng_core::Member::new(id.clone(), incarnation),
             names_config,
             opts.max_frame,
+            opts.name_conflicts,
         );
         let shared = Arc::new(Shared {
             id: id.clone(),
@@ -1320,6 +1325,11 @@ impl Shared {
         }
     }
 
+    /// The handle of the actor exported as `name`, if any.
+    pub(super) fn exported_handle(&self, name: &str) -> Option<ActorHandle> {
+        self.export(name).map(|e| e.handle().clone())
+    }
+
     fn export(&self, name: &str) -> Option<Arc<dyn Export>> {
         self.exports
             .read()
@@ -1776,12 +1786,21 @@ async fn accept_loop(shared: Weak<Shared>, listener: TcpListener, stop: Cancella
         tokio::spawn(async move {
             let timeout = shared.opts.handshake_timeout;
             match tokio::time::timeout(timeout, accept(&shared, stream)).await {
-                Ok(Ok((peer, conn))) if peer != shared.id => {
-                    let link = shared.link(&peer);
-                    let _ = link.inbound.send(conn).await;
+                Ok(Ok((peer, conn))) if peer == shared.id => {
+                    tracing::warn!(%addr, %peer, incarnation = conn.incarnation, "refused connection: peer claims our own name");
                 }
-                Ok(Ok((peer, _))) => {
-                    tracing::warn!(%addr, %peer, "refused connection: peer claims our own name");
+                Ok(Ok((peer, conn))) => {
+                    if shared.view.admits(&peer, Incarnation(conn.incarnation)) {
+                        let link = shared.link(&peer);
+                        let _ = link.inbound.send(conn).await;
+                    } else {
+                        shared.log_refusal(
+                            addr,
+                            format!(
+                                "{peer} was declared down; it must rejoin the membership first"
+                            ),
+                        );
+                    }
                 }
                 Ok(Err(e)) => shared.log_refusal(addr, e.to_string()),
                 Err(_) => shared.log_refusal(addr, "handshake timed out".into()),
@@ -1884,6 +1903,21 @@ async fn link_loop(shared: Weak<Shared>, peer: Arc<Peer>, mut inbound_rx: mpsc::
                 c = inbound_rx.recv() => match c { Some(c) => c, None => return },
             },
         };
+        // A run that membership declared down talks to this node again only once it rejoined
+        // (the acceptor checks too; this covers the connections this node dials).
+        let admitted = shared
+            .upgrade()
+            .is_some_and(|s| s.view.admits(&peer.id, Incarnation(conn.incarnation)));
+        if !admitted {
+            tracing::debug!(peer = %peer.id, incarnation = conn.incarnation, "not connecting to a run declared down");
+            drop(conn);
+            tokio::select! {
+                _ = peer.stop.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(max);
+            continue;
+        }
         backoff = first;
         refused = None;
         tracing::info!(peer = %peer.id, incarnation = conn.incarnation, "connected");

@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard, RwLock};
 
-use throng_core::{NodeId, Ring, RingConfig};
+use throng_core::{Incarnation, NodeId, Ring, RingConfig};
 use throng_membership::MemberInfo;
 use tokio::sync::broadcast;
 
@@ -71,10 +71,18 @@ impl ClusterSubscription {
     }
 }
 
+/// Bound on the runs remembered as declared down (the oldest name is forgotten beyond it).
+pub(super) const MAX_DOWN: usize = 4096;
+
 /// The members and their listeners: changed and read under one lock.
 struct Members {
     /// The other members that are up, by name (one run per name).
     up: BTreeMap<NodeId, MemberStatus>,
+    /// The runs declared down since they were last up, by name (at most [`MAX_DOWN`]): the
+    /// transport refuses their connections until membership reports them up again, so that a
+    /// node the cluster declared down (a gossip-only partition, a pause) cannot keep talking to
+    /// the nodes whose view no longer holds it.
+    down: BTreeMap<NodeId, Incarnation>,
     events: broadcast::Sender<ClusterEvent>,
 }
 
@@ -106,6 +114,7 @@ impl View {
             me,
             members: Mutex::new(Members {
                 up: BTreeMap::new(),
+                down: BTreeMap::new(),
                 events: broadcast::channel(EVENT_CAPACITY).0,
             }),
             ring: RwLock::new(ring),
@@ -134,6 +143,12 @@ impl View {
             .values()
             .map(|m| m.info.clone())
             .collect()
+    }
+
+    /// Whether the transport may take a connection from run `incarnation` of `node`: not if
+    /// membership declared that run down and has not seen it up since.
+    pub(super) fn admits(&self, node: &NodeId, incarnation: Incarnation) -> bool {
+        lock(&self.members).down.get(node) != Some(&incarnation)
     }
 
     /// The owner of `key` on the ring.
@@ -197,6 +212,7 @@ impl View {
                     return false;
                 }
                 m.up.insert(info.id.clone(), fresh);
+                m.down.remove(&info.id);
                 self.edit(|ring, leaving| {
                     leaving.remove(&info.id);
                     if let Err(e) = ring.insert(info.id.clone()) {
@@ -219,6 +235,10 @@ impl View {
                     return false;
                 }
                 m.up.remove(&info.id);
+                if m.down.len() >= MAX_DOWN && !m.down.contains_key(&info.id) {
+                    m.down.pop_first();
+                }
+                m.down.insert(info.id.clone(), info.incarnation);
                 self.edit(|ring, leaving| {
                     leaving.remove(&info.id);
                     ring.remove(&info.id);
@@ -280,7 +300,6 @@ impl View {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use throng_core::Incarnation;
 
     fn info(name: &str, inc: u64) -> MemberInfo {
         MemberInfo {
@@ -352,30 +371,29 @@ mod tests {
     #[test]
     fn a_listener_sees_the_snapshot_plus_the_stream_whenever_it_subscribes() {
         let v = view();
-        let steps: Vec<Box<dyn Fn(&View)>> = vec![
-            Box::new(|v| {
-                v.apply(ClusterEvent::NodeUp(info("a", 1)));
-            }),
-            Box::new(|v| {
-                v.apply(ClusterEvent::NodeUp(info("b", 1)));
-            }),
-            Box::new(|v| {
-                v.apply(ClusterEvent::NodeLeaving(info("a", 1)));
-            }),
-            Box::new(|v| {
-                v.reset(&[info("a", 1), info("b", 2), info("c", 1)], &[]);
-            }),
-            Box::new(|v| {
-                v.apply(ClusterEvent::NodeDown(info("a", 1)));
-            }),
-            Box::new(|v| {
-                v.apply(ClusterEvent::NodeDown(info("c", 7)));
-            }),
+        enum Step {
+            Apply(ClusterEvent),
+            Reset(Vec<MemberInfo>),
+        }
+        let steps = [
+            Step::Apply(ClusterEvent::NodeUp(info("a", 1))),
+            Step::Apply(ClusterEvent::NodeUp(info("b", 1))),
+            Step::Apply(ClusterEvent::NodeLeaving(info("a", 1))),
+            Step::Reset(vec![info("a", 1), info("b", 2), info("c", 1)]),
+            Step::Apply(ClusterEvent::NodeDown(info("a", 1))),
+            Step::Apply(ClusterEvent::NodeDown(info("c", 7))),
         ];
         let mut subs = Vec::new();
-        for step in &steps {
+        for step in steps {
             subs.push(v.subscribe());
-            step(&v);
+            match step {
+                Step::Apply(e) => {
+                    v.apply(e);
+                }
+                Step::Reset(members) => {
+                    v.reset(&members, &[]);
+                }
+            }
         }
         for (i, sub) in subs.iter_mut().enumerate() {
             assert_eq!(picture(sub), current(&v), "listener {i}");
@@ -388,6 +406,22 @@ mod tests {
         );
         assert!(v.owners().contains(&NodeId::new("c").unwrap()));
         assert!(!v.owners().contains(&NodeId::new("a").unwrap()));
+    }
+
+    #[test]
+    fn a_run_declared_down_is_not_admitted_until_it_is_up_again() {
+        let v = view();
+        let a = NodeId::new("a").unwrap();
+        assert!(
+            v.admits(&a, Incarnation(1)),
+            "not known yet: a joining node may dial first"
+        );
+        v.apply(ClusterEvent::NodeUp(info("a", 1)));
+        v.apply(ClusterEvent::NodeDown(info("a", 1)));
+        assert!(!v.admits(&a, Incarnation(1)));
+        assert!(v.admits(&a, Incarnation(2)), "a new run is a new node");
+        v.apply(ClusterEvent::NodeUp(info("a", 1)));
+        assert!(v.admits(&a, Incarnation(1)), "rejoined");
     }
 
     #[test]

@@ -116,3 +116,138 @@ impl Actor for Probe {
         self.log.push(format!("{} stopped: {reason}", self.name));
     }
 }
+
+/// A gossip-only partition on loopback: every node's gossip reaches it through a relay that
+/// drops the datagrams of the senders it is told to, while the nodes' TCP connections stay up —
+/// the partial partitions (one-way loss, gossip cut, connections kept) that real networks make.
+pub struct GossipRelays {
+    /// Per node: its relay's address (the one it advertises and others seed with).
+    pub addrs: Vec<std::net::SocketAddr>,
+    /// `blocked[to][from]`: datagrams from node `from` to node `to` are dropped.
+    blocked: Arc<Mutex<Vec<Vec<bool>>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl GossipRelays {
+    /// Nodes named `names` joined through relays (the first is every other's seed), once each
+    /// sees all of them on its ring and is connected to every other.
+    pub async fn cluster(
+        names: &[&str],
+        secret: &[u8],
+    ) -> (GossipRelays, Vec<throng::cluster::Node>) {
+        use throng::cluster::{Node, NodeConfig};
+        let n = names.len();
+        // Each node's real gossip port, and the relay in front of it.
+        let mut reals = Vec::new();
+        let mut relays = Vec::new();
+        for _ in 0..n {
+            let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            reals.push(probe.local_addr().unwrap());
+            drop(probe);
+            relays.push(Arc::new(
+                tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+            ));
+        }
+        let addrs: Vec<_> = relays.iter().map(|r| r.local_addr().unwrap()).collect();
+        let blocked = Arc::new(Mutex::new(vec![vec![false; n]; n]));
+        // `pipes[to][from]`: the socket through which `to` hears `from` (and answers it: a reply
+        // to a datagram's source, such as membership's `Welcome`, goes back the same way).
+        let mut pipes = Vec::new();
+        for _ in 0..n {
+            let mut row = Vec::new();
+            for _ in 0..n {
+                row.push(Arc::new(
+                    tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+                ));
+            }
+            pipes.push(row);
+        }
+        let mut tasks = Vec::new();
+        let allowed = |blocked: &Mutex<Vec<Vec<bool>>>, to: usize, from: usize| {
+            !blocked.lock().unwrap()[to][from]
+        };
+        for (to, relay) in relays.into_iter().enumerate() {
+            let (reals2, blocked2, row) = (reals.clone(), blocked.clone(), pipes[to].clone());
+            tasks.push(tokio::spawn(async move {
+                let (reals, blocked) = (reals2, blocked2);
+                let mut buf = vec![0u8; 65_536];
+                while let Ok((len, src)) = relay.recv_from(&mut buf).await {
+                    let Some(from) = reals.iter().position(|r| *r == src) else {
+                        continue;
+                    };
+                    if allowed(&blocked, to, from) {
+                        let _ = row[from].send_to(&buf[..len], reals[to]).await;
+                    }
+                }
+            }));
+            for from in 0..n {
+                let (reals, blocked, pipe) =
+                    (reals.clone(), blocked.clone(), pipes[to][from].clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65_536];
+                    while let Ok((len, src)) = pipe.recv_from(&mut buf).await {
+                        if src == reals[to] && allowed(&blocked, from, to) {
+                            let _ = pipe.send_to(&buf[..len], reals[from]).await;
+                        } else if src == reals[from] && allowed(&blocked, to, from) {
+                            let _ = pipe.send_to(&buf[..len], reals[to]).await;
+                        }
+                    }
+                }));
+            }
+        }
+        let mut nodes = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let mut c = NodeConfig::local(name, secret).unwrap();
+            c.membership.bind_addr = reals[i];
+            c.membership.advertise_addr = Some(addrs[i]);
+            if i > 0 {
+                c.membership.seeds = vec![addrs[0].to_string()];
+            }
+            nodes.push(Node::join(c).await.unwrap());
+        }
+        let wait = Duration::from_secs(20);
+        for node in &nodes {
+            eventually("full ring", wait, || node.owners().len() == n).await;
+            for other in &nodes {
+                if other.id() != node.id() {
+                    eventually("connected", wait, || node.is_connected(other.id())).await;
+                }
+            }
+        }
+        (
+            GossipRelays {
+                addrs,
+                blocked,
+                tasks,
+            },
+            nodes,
+        )
+    }
+
+    /// Cut (or heal, with `cut: false`) the gossip between the groups `a` and `b` of node
+    /// indices, both ways.
+    pub fn split(&self, a: &[usize], b: &[usize], cut: bool) {
+        let mut blocked = self.blocked.lock().unwrap();
+        for &x in a {
+            for &y in b {
+                blocked[x][y] = cut;
+                blocked[y][x] = cut;
+            }
+        }
+    }
+
+    /// Heal every cut.
+    pub fn heal(&self) {
+        for row in self.blocked.lock().unwrap().iter_mut() {
+            row.fill(false);
+        }
+    }
+}
+
+impl Drop for GossipRelays {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}

@@ -112,13 +112,29 @@ pub enum NamesError {
     Stopped,
 }
 
-/// Something that happened to this node's registrations.
+/// Something that happened to this node's registrations (Elixir `Registry` listeners hear the
+/// same: registrations and unregistrations of the node's own actors, and Horde's name conflicts).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum NamesEvent {
+    /// A local actor was registered under `name`.
+    Registered {
+        /// The name.
+        name: String,
+        /// The local actor.
+        actor: ActorId,
+    },
+    /// A local actor's name was dropped: unregistered, or the actor exited.
+    Unregistered {
+        /// The name.
+        name: String,
+        /// The local actor that held it.
+        actor: ActorId,
+    },
     /// A local actor lost its name to a concurrent registration on another node. The name was
-    /// removed from the actor (which keeps running) and from the cluster; it now refers to the
-    /// winner's actor.
+    /// removed from the actor and from the cluster; it now refers to the winner's actor. The
+    /// actor keeps running, or was stopped with [`crate::ExitReason::NameConflict`] if the node
+    /// was started with [`OnConflict::Stop`].
     Conflict {
         /// The contested name.
         name: String,
@@ -126,7 +142,22 @@ pub enum NamesEvent {
         winner: NodeId,
         /// The local actor that lost the name.
         actor: ActorId,
+        /// Whether the actor was stopped for it ([`OnConflict::Stop`]).
+        stopped: bool,
     },
+}
+
+/// What happens to a local actor that loses its name to a concurrent registration on another
+/// node (set in [`super::NodeOptions::name_conflicts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnConflict {
+    /// The actor keeps running without the name (the default): the application decides, on
+    /// [`NamesEvent::Conflict`].
+    #[default]
+    Keep,
+    /// The actor is stopped with [`crate::ExitReason::NameConflict`], as Horde does: its
+    /// supervisor sees an abnormal exit.
+    Stop,
 }
 
 /// What a registry entry's value holds: how to reach the actor on its (owner) node.
@@ -250,6 +281,8 @@ pub(crate) struct NamesState {
     events: broadcast::Sender<NamesEvent>,
     /// Largest frame the flusher builds.
     budget: usize,
+    /// What happens to a local actor that loses a name conflict.
+    on_conflict: OnConflict,
 }
 
 /// The limits to use with frames of `max_frame` bytes: `config` if its largest entry fits in a
@@ -307,7 +340,12 @@ fn decode_meta<M: DeserializeOwned>(bytes: &[u8]) -> Result<M, NamesError> {
 
 impl NamesState {
     /// The registry of the local node `me`.
-    pub(crate) fn new(me: Member, config: NamesConfig, max_frame: usize) -> Self {
+    pub(crate) fn new(
+        me: Member,
+        config: NamesConfig,
+        max_frame: usize,
+        on_conflict: OnConflict,
+    ) -> Self {
         NamesState {
             inner: RwLock::new(Inner {
                 table: NameTable::new(me.clone(), config),
@@ -322,6 +360,7 @@ impl NamesState {
             notify: Arc::new(Notify::new()),
             events: broadcast::channel(EVENT_CAPACITY).0,
             budget: frame_budget(max_frame),
+            on_conflict,
         }
     }
 
@@ -479,12 +518,25 @@ impl NamesState {
     /// Takes lost names away from their actors' exports and tells listeners.
     fn report(&self, shared: &Arc<Shared>, lost: Vec<(String, NodeId, ActorId)>) {
         for (name, winner, actor) in lost {
-            shared.unexport(&reg_export(&name), actor);
+            let export = reg_export(&name);
+            let handle = shared.exported_handle(&export).filter(|h| h.id() == actor);
+            shared.unexport(&export, actor);
             tracing::info!(%name, %winner, actor = %actor.get(), "registered name lost to a concurrent registration");
+            let stopped = match (self.on_conflict, handle) {
+                (OnConflict::Stop, Some(h)) => {
+                    h.stop(crate::ExitReason::NameConflict {
+                        name: Arc::from(name.as_str()),
+                        winner: Arc::from(winner.as_str()),
+                    });
+                    true
+                }
+                _ => false,
+            };
             let _ = self.events.send(NamesEvent::Conflict {
                 name,
                 winner,
                 actor,
+                stopped,
             });
         }
     }
@@ -495,12 +547,14 @@ impl NamesState {
         let Some(actor) = inner.actors.remove(&id) else {
             return;
         };
+        let mut dropped = Vec::new();
         for name in actor.names {
             if inner.holders.get(&name) == Some(&id) {
                 inner.holders.remove(&name);
                 if let Ok(d) = inner.table.unregister(&name) {
                     inner.queue(d);
                 }
+                dropped.push(name);
             }
         }
         if let Some(value) = &actor.group_value {
@@ -512,601 +566,24 @@ impl NamesState {
         }
         drop(inner);
         self.notify.notify_one();
-    }
-}
-
-/// Work the flusher took from the registry in one go.
-struct Work {
-    deltas: Vec<Vec<u8>>,
-    /// Encoded full-state parts, per peer owed them.
-    full: Vec<(NodeId, Vec<Vec<u8>>)>,
-    sync: Vec<(NodeId, Vec<u8>)>,
-    seq: Option<Vec<u8>>,
-}
-
-fn encode(msg: &Msg) -> Vec<u8> {
-    // Only plain data: encoding cannot fail short of running out of memory.
-    postcard::to_allocvec(msg).unwrap_or_default()
-}
-
-fn op_size(op: &throng_core::names::Op) -> usize {
-    use throng_core::names::Op;
-    ENTRY_OVERHEAD
-        + match op {
-            Op::Register {
-                name, value, meta, ..
-            } => name.len() + value.len() + meta.len(),
-            Op::Unregister { name } => name.len(),
-            Op::UpdateMeta { name, meta } => name.len() + meta.len(),
-            Op::Join { group, member } => group.len() + member.value.len() + member.meta.len(),
-            Op::Leave { group, value } => group.len() + value.len(),
-        }
-}
-
-/// Splits `delta` into encoded frames of at most about `budget` bytes each.
-fn delta_frames(from: &Member, delta: Delta, budget: usize) -> Vec<Vec<u8>> {
-    let mut frames = Vec::new();
-    let mut part = Delta {
-        first_seq: delta.first_seq,
-        ops: Vec::new(),
-    };
-    let mut size = 0;
-    let mut next_seq = delta.first_seq;
-    for op in delta.ops {
-        let s = op_size(&op);
-        if size + s > budget && !part.ops.is_empty() {
-            let full = std::mem::replace(
-                &mut part,
-                Delta {
-                    first_seq: next_seq,
-                    ops: Vec::new(),
-                },
-            );
-            frames.push(encode(&Msg::Delta {
-                from: from.clone(),
-                delta: full,
-            }));
-            size = 0;
-        }
-        size += s;
-        part.ops.push(op);
-        next_seq = next_seq.saturating_add(1);
-    }
-    if !part.ops.is_empty() {
-        frames.push(encode(&Msg::Delta {
-            from: from.clone(),
-            delta: part,
-        }));
-    }
-    frames
-}
-
-/// Splits `state` into encoded [`Msg::Full`] parts of at most about `budget` bytes each.
-fn full_frames(from: &Member, state: FullState, budget: usize) -> Vec<Vec<u8>> {
-    struct Part {
-        names: Vec<(String, Entry)>,
-        groups: Vec<(String, Vec<GroupMember>)>,
-    }
-    let mut parts = vec![];
-    let mut cur = Part {
-        names: vec![],
-        groups: vec![],
-    };
-    let mut size = 0;
-    let take = |cur: &mut Part| {
-        std::mem::replace(
-            cur,
-            Part {
-                names: vec![],
-                groups: vec![],
-            },
-        )
-    };
-    for (name, entry) in state.names {
-        let s = ENTRY_OVERHEAD + name.len() + entry.value.len() + entry.meta.len();
-        if size + s > budget && size > 0 {
-            parts.push(take(&mut cur));
-            size = 0;
-        }
-        size += s;
-        cur.names.push((name, entry));
-    }
-    for (group, members) in state.groups {
-        let mut chunk: Vec<GroupMember> = Vec::new();
-        for m in members {
-            let s = ENTRY_OVERHEAD + group.len() + m.value.len() + m.meta.len();
-            if size + s > budget && size > 0 {
-                if !chunk.is_empty() {
-                    cur.groups.push((group.clone(), std::mem::take(&mut chunk)));
-                }
-                parts.push(take(&mut cur));
-                size = 0;
-            }
-            size += s;
-            chunk.push(m);
-        }
-        if !chunk.is_empty() {
-            cur.groups.push((group, chunk));
-        }
-    }
-    parts.push(take(&mut cur));
-    let n = parts.len();
-    parts
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| {
-            encode(&Msg::Full {
-                from: from.clone(),
-                seq: state.seq,
-                index: u32::try_from(i).unwrap_or(u32::MAX),
-                last: i + 1 == n,
-                names: p.names,
-                groups: p.groups,
-            })
-        })
-        .collect()
-}
-
-impl NamesState {
-    /// Takes everything queued for peers (holding the lock only to copy the table's output).
-    fn take_work(&self, heartbeat: bool, linked: &HashSet<NodeId>) -> Work {
-        let mut inner = self.write();
-        let batch = std::mem::take(&mut inner.batch);
-        // Full states are only built for peers with a link; others stay owed (a link appears
-        // right after the membership event that queued them).
-        let owed: Vec<NodeId> = inner
-            .full_to
-            .iter()
-            .filter(|p| linked.contains(*p))
-            .cloned()
-            .collect();
-        let full_state = (!owed.is_empty()).then(|| inner.table.full_state());
-        for p in &owed {
-            inner.full_to.remove(p);
-        }
-        let sync: Vec<NodeId> = std::mem::take(&mut inner.sync_to).into_iter().collect();
-        let seq = inner.table.seq();
-        drop(inner);
-        let me = &self.me;
-        let full = match full_state {
-            Some(state) => {
-                let parts = full_frames(me, state, self.budget);
-                owed.into_iter().map(|p| (p, parts.clone())).collect()
-            }
-            None => Vec::new(),
-        };
-        Work {
-            deltas: delta_frames(me, batch, self.budget),
-            full,
-            sync: sync
-                .into_iter()
-                .map(|p| (p, encode(&Msg::SyncRequest { from: me.clone() })))
-                .collect(),
-            seq: (heartbeat && seq > 0).then(|| {
-                encode(&Msg::Seq {
-                    from: me.clone(),
-                    seq,
-                })
-            }),
+        for name in dropped {
+            let _ = self
+                .events
+                .send(NamesEvent::Unregistered { name, actor: id });
         }
     }
 }
 
-/// Sends `frames` to `peer` in order, each waiting at most [`SEND_TIMEOUT`] for queue room.
-async fn send_all(peer: Arc<Peer>, frames: Vec<Vec<u8>>) {
-    for msg in frames {
-        let sent = tokio::time::timeout(SEND_TIMEOUT, peer.send(&Frame::Names { msg })).await;
-        match sent {
-            Ok(Ok(())) => {}
-            // The link is gone (node down or stopping).
-            Ok(Err(_)) => return,
-            Err(_) => tracing::debug!("registry frame dropped: peer queue stayed full"),
-        }
-    }
-}
+mod api;
+mod flusher;
+mod matching;
 
-/// The node's registry flusher: sends queued deltas, full states, sync requests and heartbeats to
-/// peers. Runs until the node stops.
-pub(crate) async fn flusher(shared: Weak<Shared>, stop: CancellationToken) {
-    let Some(notify) = shared.upgrade().map(|s| s.names.notify.clone()) else {
-        return;
-    };
-    let mut tick = tokio::time::interval(HEARTBEAT);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let heartbeat = tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = notify.notified() => false,
-            _ = tick.tick() => true,
-        };
-        let Some(s) = shared.upgrade() else { return };
-        let peers = s.peer_list();
-        let linked: HashSet<NodeId> = peers.iter().map(|(id, _)| id.clone()).collect();
-        let work = s.names.take_work(heartbeat, &linked);
-        drop(s);
-        let Work {
-            deltas,
-            mut full,
-            mut sync,
-            seq,
-        } = work;
-        if deltas.is_empty() && full.is_empty() && sync.is_empty() && seq.is_none() {
-            continue;
-        }
-        let sends = peers.into_iter().map(|(id, peer)| {
-            // A peer getting the full state needs none of the deltas it covers.
-            let mut frames = match full.iter().position(|(p, _)| *p == id) {
-                Some(i) => full.swap_remove(i).1,
-                None => deltas.clone(),
-            };
-            if let Some(i) = sync.iter().position(|(p, _)| *p == id) {
-                frames.push(sync.swap_remove(i).1);
-            }
-            frames.extend(seq.clone());
-            send_all(peer, frames)
-        });
-        futures_util::future::join_all(sends).await;
-    }
-}
-
-/// The cluster-wide name registry of a node: see the [module docs](self). Cheap to clone; obtained
-/// from [`Node::names`](super::Node::names).
-#[derive(Clone)]
-pub struct Names {
-    shared: Weak<Shared>,
-}
-
-impl std::fmt::Debug for Names {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Names").finish_non_exhaustive()
-    }
-}
-
-impl Names {
-    pub(crate) fn new(shared: Weak<Shared>) -> Self {
-        Names { shared }
-    }
-
-    fn shared(&self) -> Result<Arc<Shared>, NamesError> {
-        self.shared.upgrade().ok_or(NamesError::Stopped)
-    }
-
-    /// Runs `f` on the table (read-locked); `None` once the node is gone.
-    fn with<T>(&self, f: impl FnOnce(&NameTable) -> T) -> Option<T> {
-        let shared = self.shared.upgrade()?;
-        let inner = shared.names.read();
-        Some(f(&inner.table))
-    }
-
-    /// Checks that `actor` runs here and is alive.
-    fn check_local<A: RemoteActor>(actor: &ActorRef<A>) -> Result<(), NamesError> {
-        if !actor.is_local() {
-            return Err(NamesError::NotLocal);
-        }
-        if !actor.is_alive() {
-            return Err(NamesError::NotAlive(actor.id()));
-        }
-        Ok(())
-    }
-
-    /// Hooks the actor's exit (once per actor) to drop its registrations.
-    fn hook_exit<A: RemoteActor>(shared: &Arc<Shared>, actor: &ActorRef<A>) {
-        let weak = Arc::downgrade(shared);
-        actor.handle().on_exit(move |id, _| {
-            if let Some(s) = weak.upgrade() {
-                s.names.actor_exited(id);
-            }
-        });
-    }
-
-    /// Registers the local `actor` as `name`, cluster-wide, with metadata `meta` (any serde value;
-    /// `()` for none). Visible on this node at once and on the others as soon as the delta arrives.
-    /// The name is dropped when the actor exits or when [`unregister`](Self::unregister)ed.
-    ///
-    /// Fails with [`NameError::Taken`] if this node already sees a registration of `name`
-    /// (on any node), with [`NamesError::NotLocal`] for an actor on another node.
-    pub fn register<A: RemoteActor>(
-        &self,
-        name: &str,
-        actor: &ActorRef<A>,
-        meta: impl Serialize,
-    ) -> Result<(), NamesError> {
-        Self::check_local(actor)?;
-        let meta = encode_meta(&meta)?;
-        let shared = self.shared()?;
-        let export = reg_export(name);
-        let value = Addr {
-            actor_type: A::TYPE.to_owned(),
-            member: None,
-        }
-        .encode();
-        let id = actor.id();
-        let fresh = {
-            let mut inner = shared.names.write();
-            let delta = inner.table.register(name, value, meta, now_ms())?;
-            inner.queue(delta);
-            // Exported under the lock, so that a concurrent conflict or unregistration cannot
-            // interleave; the name is ours, so any previous export under it is stale.
-            if shared.export_typed(&export, actor, true).is_err() {
-                if let Ok(d) = inner.table.unregister(name) {
-                    inner.queue(d);
-                }
-                drop(inner);
-                shared.names.notify.notify_one();
-                return Err(NamesError::NotAlive(id));
-            }
-            inner.holders.insert(name.to_owned(), id);
-            let fresh = !inner.actors.contains_key(&id);
-            inner
-                .actors
-                .entry(id)
-                .or_default()
-                .names
-                .insert(name.to_owned());
-            fresh
-        };
-        shared.names.notify.notify_one();
-        if fresh {
-            Self::hook_exit(&shared, actor);
-        }
-        Ok(())
-    }
-
-    /// Drops this node's registration of `name` (the actor keeps running). Fails with
-    /// [`NameError::NotRegistered`] if this node holds no such name (another node's registration
-    /// can only be dropped by that node).
-    pub fn unregister(&self, name: &str) -> Result<(), NamesError> {
-        let shared = self.shared()?;
-        let holder = {
-            let mut inner = shared.names.write();
-            let delta = inner.table.unregister(name)?;
-            inner.queue(delta);
-            inner.forget_name(name)
-        };
-        shared.names.notify.notify_one();
-        if let Some(id) = holder {
-            shared.unexport(&reg_export(name), id);
-        }
-        Ok(())
-    }
-
-    /// Replaces the metadata of this node's registration of `name`.
-    pub fn update_meta(&self, name: &str, meta: impl Serialize) -> Result<(), NamesError> {
-        let meta = encode_meta(&meta)?;
-        let shared = self.shared()?;
-        {
-            let mut inner = shared.names.write();
-            let delta = inner.table.update_meta(name, meta)?;
-            inner.queue(delta);
-        }
-        shared.names.notify.notify_one();
-        Ok(())
-    }
-
-    /// The actor registered as `name`, anywhere in the cluster, as this node sees it: the actor
-    /// itself if it runs here, a remote reference otherwise. `None` if the name is not registered or
-    /// its actor is not an `A`. Never waits for the network.
-    pub fn lookup<A: RemoteActor>(&self, name: &str) -> Option<ActorRef<A>> {
-        let shared = self.shared.upgrade()?;
-        let (node, addr) = {
-            let inner = shared.names.read();
-            let (node, entry) = inner.table.lookup(name)?;
-            (node.clone(), Addr::decode(&entry.value)?)
-        };
-        (addr.actor_type == A::TYPE).then(|| shared.remote::<A>(&node, &addr.export(name)))
-    }
-
-    /// The node holding `name`, if it is registered.
-    pub fn whereis(&self, name: &str) -> Option<NodeId> {
-        self.with(|t| t.lookup(name).map(|(n, _)| n.clone()))
-            .flatten()
-    }
-
-    /// The metadata of `name`, decoded as an `M`; `Ok(None)` if the name is not registered.
-    pub fn meta<M: DeserializeOwned>(&self, name: &str) -> Result<Option<M>, NamesError> {
-        let shared = self.shared()?;
-        let inner = shared.names.read();
-        inner
-            .table
-            .lookup(name)
-            .map(|(_, e)| decode_meta(&e.meta))
-            .transpose()
-    }
-
-    /// Every registration whose metadata decodes as an `M` and satisfies `pred(name, node, meta)`,
-    /// as `(name, node, meta)`, in no particular order.
-    pub fn select<M: DeserializeOwned>(
-        &self,
-        mut pred: impl FnMut(&str, &NodeId, &M) -> bool,
-    ) -> Vec<(String, NodeId, M)> {
-        self.with(|t| {
-            t.iter()
-                .filter_map(|(name, node, e)| {
-                    let meta: M = postcard::from_bytes(&e.meta).ok()?;
-                    pred(name, node, &meta).then(|| (name.to_owned(), node.clone(), meta))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-    }
-
-    /// Every registered name, in no particular order.
-    pub fn keys(&self) -> Vec<String> {
-        self.with(|t| t.keys().map(str::to_owned).collect())
-            .unwrap_or_default()
-    }
-
-    /// Number of registered names in the cluster (as this node sees it).
-    pub fn count(&self) -> usize {
-        self.with(NameTable::count).unwrap_or(0)
-    }
-
-    /// Adds the local `actor` to `group` with metadata `meta`; joining again replaces the
-    /// metadata. A group has any number of members on any number of nodes; memberships are dropped
-    /// when the actor exits.
-    pub fn join<A: RemoteActor>(
-        &self,
-        group: &str,
-        actor: &ActorRef<A>,
-        meta: impl Serialize,
-    ) -> Result<(), NamesError> {
-        Self::check_local(actor)?;
-        let meta = encode_meta(&meta)?;
-        let shared = self.shared()?;
-        let id = actor.id();
-        let addr = Addr::member::<A>(id);
-        let export = addr.export(group);
-        let value = addr.encode();
-        let fresh = {
-            let mut inner = shared.names.write();
-            let delta = inner.table.join_group(group, value.clone(), meta)?;
-            inner.queue(delta);
-            if shared.export_typed(&export, actor, true).is_err() {
-                if let Ok(d) = inner.table.leave_group(group, &value) {
-                    inner.queue(d);
-                }
-                drop(inner);
-                shared.names.notify.notify_one();
-                return Err(NamesError::NotAlive(id));
-            }
-            let fresh = !inner.actors.contains_key(&id);
-            let a = inner.actors.entry(id).or_default();
-            a.groups.insert(group.to_owned());
-            a.group_value = Some(value);
-            fresh
-        };
-        shared.names.notify.notify_one();
-        if fresh {
-            Self::hook_exit(&shared, actor);
-        }
-        Ok(())
-    }
-
-    /// Removes the local `actor` from `group`.
-    pub fn leave<A: RemoteActor>(
-        &self,
-        group: &str,
-        actor: &ActorRef<A>,
-    ) -> Result<(), NamesError> {
-        if !actor.is_local() {
-            return Err(NamesError::NotLocal);
-        }
-        let shared = self.shared()?;
-        let id = actor.id();
-        let addr = Addr::member::<A>(id);
-        let export = addr.export(group);
-        let value = addr.encode();
-        let unexport = {
-            let mut inner = shared.names.write();
-            let delta = inner.table.leave_group(group, &value)?;
-            inner.queue(delta);
-            match inner.actors.get_mut(&id) {
-                Some(a) => {
-                    a.groups.remove(group);
-                    a.groups.is_empty()
-                }
-                None => true,
-            }
-        };
-        shared.names.notify.notify_one();
-        if unexport {
-            shared.unexport(&export, id);
-        }
-        Ok(())
-    }
-
-    /// The members of `group` that are `A`s, on every node, with their metadata decoded as `M`
-    /// (members whose metadata is not an `M` are left out).
-    pub fn members_meta<A: RemoteActor, M: DeserializeOwned>(
-        &self,
-        group: &str,
-    ) -> Vec<(ActorRef<A>, M)> {
-        let Some(shared) = self.shared.upgrade() else {
-            return Vec::new();
-        };
-        let found: Vec<(NodeId, Addr, M)> = {
-            let inner = shared.names.read();
-            inner
-                .table
-                .members(group)
-                .filter_map(|(node, m)| {
-                    let addr = Addr::decode(m.value)?;
-                    let meta = postcard::from_bytes(m.meta).ok()?;
-                    (addr.actor_type == A::TYPE).then(|| (node.clone(), addr, meta))
-                })
-                .collect()
-        };
-        found
-            .into_iter()
-            .map(|(node, addr, meta)| (shared.remote::<A>(&node, &addr.export(group)), meta))
-            .collect()
-    }
-
-    /// The members of `group` that are `A`s, on every node.
-    pub fn members<A: RemoteActor>(&self, group: &str) -> Vec<ActorRef<A>> {
-        let Some(shared) = self.shared.upgrade() else {
-            return Vec::new();
-        };
-        let found: Vec<(NodeId, Addr)> = {
-            let inner = shared.names.read();
-            inner
-                .table
-                .members(group)
-                .filter_map(|(node, m)| {
-                    let addr = Addr::decode(m.value)?;
-                    (addr.actor_type == A::TYPE).then(|| (node.clone(), addr))
-                })
-                .collect()
-        };
-        found
-            .into_iter()
-            .map(|(node, addr)| shared.remote::<A>(&node, &addr.export(group)))
-            .collect()
-    }
-
-    /// Number of members of `group` (of any actor type), on every node.
-    pub fn count_members(&self, group: &str) -> usize {
-        self.with(|t| t.members(group).count()).unwrap_or(0)
-    }
-
-    /// The nodes with members in `group`, with how many each has.
-    pub fn member_nodes(&self, group: &str) -> Vec<(NodeId, usize)> {
-        self.with(|t| {
-            let mut v: Vec<(NodeId, usize)> = Vec::new();
-            for (node, _) in t.members(group) {
-                match v.last_mut() {
-                    Some((n, c)) if n == node => *c += 1,
-                    _ => v.push((node.clone(), 1)),
-                }
-            }
-            v
-        })
-        .unwrap_or_default()
-    }
-
-    /// Every group with at least one member.
-    pub fn groups(&self) -> Vec<String> {
-        self.with(|t| t.groups().map(str::to_owned).collect())
-            .unwrap_or_default()
-    }
-
-    /// Conflicts lost by this node's actors (see [`NamesEvent`]).
-    pub fn events(&self) -> broadcast::Receiver<NamesEvent> {
-        match self.shared.upgrade() {
-            Some(s) => s.names.events.subscribe(),
-            // A receiver that reports `Closed` at once.
-            None => broadcast::channel(1).1,
-        }
-    }
-
-    /// The limits on this node's registrations.
-    pub fn config(&self) -> NamesConfig {
-        self.with(|t| t.config().clone()).unwrap_or_default()
-    }
-}
+pub use api::Names;
+pub(crate) use flusher::flusher;
 
 #[cfg(test)]
 mod tests {
+    use super::flusher::{delta_frames, full_frames};
     use super::*;
     use throng_core::names::Op;
     use throng_core::Incarnation;

@@ -33,6 +33,51 @@ impl Distribution for Explicit {
     }
 }
 
+/// Uniform pseudo-random placement (Horde's `UniformRandomDistribution`, made addressable): each
+/// key goes to the node with the highest weight `xxh3(key ++ 0xff ++ node name)` over the view
+/// (rendezvous hashing). Every node computes the same owner from the key alone, so calls still
+/// route by key in one hop; keys spread evenly without virtual nodes; and a view change moves
+/// only the keys of the nodes that came or went. The backup is the node of the second-highest
+/// weight — the owner once the owner is gone. Costs O(nodes) per lookup (the ring is O(log)).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UniformRandom;
+
+impl UniformRandom {
+    fn weight(key: &[u8], node: &NodeId) -> u64 {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(key);
+        h.update(&[0xff]);
+        h.update(node.as_str().as_bytes());
+        h.digest()
+    }
+
+    /// The two nodes of highest weight for `key`, highest first (ties broken by name).
+    fn top_two<'a>(key: &[u8], ring: &'a Ring) -> (Option<&'a NodeId>, Option<&'a NodeId>) {
+        let mut best: Option<(u64, &NodeId)> = None;
+        let mut second: Option<(u64, &NodeId)> = None;
+        for node in ring.nodes() {
+            let w = (Self::weight(key, node), node);
+            if best.is_none_or(|b| (w.0, w.1) > (b.0, b.1)) {
+                second = best;
+                best = Some(w);
+            } else if second.is_none_or(|s| (w.0, w.1) > (s.0, s.1)) {
+                second = Some(w);
+            }
+        }
+        (best.map(|b| b.1), second.map(|s| s.1))
+    }
+}
+
+impl Distribution for UniformRandom {
+    fn owner(&self, key: &[u8], ring: &Ring) -> Option<NodeId> {
+        Self::top_two(key, ring).0.cloned()
+    }
+
+    fn backup(&self, key: &[u8], ring: &Ring) -> Option<NodeId> {
+        Self::top_two(key, ring).1.cloned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,5 +110,82 @@ mod tests {
             );
         }
         assert_eq!(Explicit.owner(b"x", &ring(&[])), None);
+    }
+}
+
+#[cfg(test)]
+mod uniform_random {
+    use super::*;
+    use crate::RingConfig;
+    use proptest::prelude::*;
+
+    fn ring(names: &[String]) -> Ring {
+        Ring::from_nodes(
+            RingConfig::default(),
+            names.iter().map(|n| NodeId::new(n).unwrap()),
+        )
+        .unwrap()
+    }
+
+    fn nodes(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("node-{i}")).collect()
+    }
+
+    #[test]
+    fn golden_owners() {
+        // Placement is part of the cluster's contract: nodes of different builds must agree.
+        let r = ring(&nodes(5));
+        let owners: Vec<String> = ["a", "b", "hero-1", "hero-2"]
+            .iter()
+            .map(|k| UniformRandom.owner(k.as_bytes(), &r).unwrap().to_string())
+            .collect();
+        assert_eq!(owners, GOLDEN);
+    }
+
+    const GOLDEN: [&str; 4] = ["node-1", "node-0", "node-0", "node-3"];
+
+    #[test]
+    fn keys_spread_evenly() {
+        let r = ring(&nodes(8));
+        let mut counts = std::collections::BTreeMap::new();
+        for i in 0..80_000 {
+            let k = format!("key-{i}");
+            *counts
+                .entry(UniformRandom.owner(k.as_bytes(), &r).unwrap())
+                .or_insert(0) += 1;
+        }
+        assert_eq!(counts.len(), 8);
+        for (node, c) in counts {
+            assert!((9_000..=11_000).contains(&c), "{node} owns {c} of 80000");
+        }
+    }
+
+    #[test]
+    fn an_empty_view_owns_nothing() {
+        let r = Ring::new(RingConfig::default());
+        assert_eq!(UniformRandom.owner(b"k", &r), None);
+        assert_eq!(UniformRandom.backup(b"k", &ring(&nodes(1))), None);
+    }
+
+    proptest! {
+        #[test]
+        fn the_backup_owns_the_key_once_the_owner_is_gone_and_only_its_keys_move(
+            n in 2usize..10, key in ".{0,20}", gone in 0usize..10,
+        ) {
+            let names = nodes(n);
+            let r = ring(&names);
+            let owner = UniformRandom.owner(key.as_bytes(), &r).unwrap();
+            let backup = UniformRandom.backup(key.as_bytes(), &r).unwrap();
+            prop_assert_ne!(&owner, &backup);
+            let without_owner: Vec<String> =
+                names.iter().filter(|x| **x != owner.as_str()).cloned().collect();
+            prop_assert_eq!(UniformRandom.owner(key.as_bytes(), &ring(&without_owner)), Some(backup));
+            // Removing any other node leaves the owner in place.
+            let other = &names[gone % n];
+            if *other != owner.as_str() {
+                let rest: Vec<String> = names.iter().filter(|x| *x != other).cloned().collect();
+                prop_assert_eq!(UniformRandom.owner(key.as_bytes(), &ring(&rest)), Some(owner));
+            }
+        }
     }
 }

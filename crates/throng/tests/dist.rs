@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 
 use throng::cluster::{
     ChildError, ChildEvent, DistOptions, Explicit, Keyed, Node, NodeConfig, RemoteActor,
+    UniformRandom,
 };
 use throng::prelude::*;
 
@@ -443,10 +444,27 @@ async fn a_node_without_quorum_stops_its_children_and_refuses_new_ones() {
         || keys.iter().all(|k| !last.hosts(k)),
     )
     .await;
-    match last.start_child::<Hero>("q-new", 1).await.unwrap_err() {
-        ChildError::NoQuorum(_) => {}
-        other => panic!("unexpected {other:?}"),
-    }
+    assert_eq!(
+        last.start_child::<Hero>("q-new", 1).await.unwrap_err(),
+        ChildError::NoQuorum { seen: 1, needed: 2 }
+    );
+    assert_eq!(
+        last.wait_for_quorum(Duration::from_millis(50)).await,
+        Err(ChildError::NoQuorum { seen: 1, needed: 2 })
+    );
+    // wait_for_quorum returns as soon as a second node is back.
+    let waiter = tokio::spawn({
+        let last = last.clone();
+        async move { last.wait_for_quorum(Duration::from_secs(30)).await }
+    });
+    let seed = nodes[0].gossip_addr().unwrap().to_string();
+    let mut config = NodeConfig::local("k1", SECRET).unwrap();
+    config.membership.seeds = vec![seed];
+    let back = Node::join(config).await.unwrap();
+    back.register::<Hero>();
+    back.supervisor("q", opts.clone());
+    assert_eq!(waiter.await.unwrap(), Ok(()));
+    assert!(last.nodes().len() >= 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -671,5 +689,154 @@ async fn eventually_lookup(via: &Node, name: &str) -> ActorRef<Hero> {
             "{name} never visible"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Takes its time to stop (its `stopped` hook waits a minute) and counts the hooks that finished.
+struct Slow;
+
+static SLOW_STOPPED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Actor for Slow {
+    type Msg = ();
+    type Reply = ();
+    async fn handle(&mut self, _: (), _ctx: &mut Context<Self>) -> ActorResult<()> {
+        Ok(())
+    }
+    async fn stopped(&mut self, _reason: &ExitReason, _ctx: &mut Context<Self>) {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        SLOW_STOPPED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl RemoteActor for Slow {
+    const TYPE: &'static str = "test.Slow";
+}
+
+impl Keyed for Slow {
+    type Args = ();
+    type State = ();
+    fn start(_: &str, _: ()) -> Self {
+        Slow
+    }
+    fn shutdown() -> Shutdown {
+        Shutdown::Timeout(Duration::from_millis(100))
+    }
+}
+
+/// Killed at once when stopped: its `stopped` hook never runs.
+struct Brutal;
+
+static BRUTAL_STOPPED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Actor for Brutal {
+    type Msg = ();
+    type Reply = ();
+    async fn handle(&mut self, _: (), _ctx: &mut Context<Self>) -> ActorResult<()> {
+        Ok(())
+    }
+    async fn stopped(&mut self, _reason: &ExitReason, _ctx: &mut Context<Self>) {
+        BRUTAL_STOPPED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl RemoteActor for Brutal {
+    const TYPE: &'static str = "test.Brutal";
+}
+
+impl Keyed for Brutal {
+    type Args = ();
+    type State = ();
+    fn start(_: &str, _: ()) -> Self {
+        Brutal
+    }
+    fn shutdown() -> Shutdown {
+        Shutdown::Brutal
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_child_type_is_stopped_by_its_own_shutdown() {
+    let nodes = cluster().await;
+    for n in &nodes {
+        n.register::<Slow>();
+        n.register::<Brutal>();
+    }
+    // A stop that would wait a minute for the hook is cut short by the type's 100 ms timeout
+    // (the default would wait 5 s); a brutal type is killed without its hook.
+    nodes[0].start_child::<Slow>("slow", ()).await.unwrap();
+    let slow = nodes[0].node_for("slow".as_bytes()).unwrap();
+    let owner = nodes.iter().find(|n| *n.id() == slow).unwrap();
+    let handle = owner.child::<Slow>("slow").unwrap();
+    let started = std::time::Instant::now();
+    nodes[1].terminate_child::<Slow>("slow").await.unwrap();
+    eventually("the slow child is killed", Duration::from_secs(4), || {
+        handle.exit_reason() == Some(ExitReason::Killed)
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(SLOW_STOPPED.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    nodes[0].start_child::<Brutal>("brutal", ()).await.unwrap();
+    let brutal = nodes[0].node_for("brutal".as_bytes()).unwrap();
+    let owner = nodes.iter().find(|n| *n.id() == brutal).unwrap();
+    let handle = owner.child::<Brutal>("brutal").unwrap();
+    nodes[2].terminate_child::<Brutal>("brutal").await.unwrap();
+    eventually("the brutal child is killed", Duration::from_secs(4), || {
+        handle.exit_reason() == Some(ExitReason::Killed)
+    })
+    .await;
+    assert_eq!(BRUTAL_STOPPED.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uniform_random_placement_spreads_keys_routes_by_key_and_fails_over() {
+    let mut nodes = cluster().await;
+    let opts = DistOptions {
+        distribution: std::sync::Arc::new(UniformRandom),
+        ..DistOptions::default()
+    };
+    let sups: Vec<_> = nodes
+        .iter()
+        .map(|n| n.supervisor("rand", opts.clone()))
+        .collect();
+    for s in &sups {
+        eventually("rand view", Duration::from_secs(10), || {
+            s.nodes().len() == 3
+        })
+        .await;
+    }
+    let keys: Vec<String> = (0..90).map(|i| format!("r-{i}")).collect();
+    for k in &keys {
+        sups[0].start_child::<Hero>(k, 10).await.unwrap();
+        sups[1].call::<Hero>(k, HeroMsg::Fight).await.unwrap();
+    }
+    for (i, s) in sups.iter().enumerate() {
+        let here = keys.iter().filter(|k| s.hosts(k)).count();
+        assert!(here >= 10, "node {i} hosts {here} of 90");
+    }
+    // Every key runs where every node computes it, and fails over with its state.
+    for k in &keys {
+        let owner = sups[2].node_for(k).unwrap();
+        assert!(sups.iter().all(|s| s.node_for(k).as_ref() == Some(&owner)));
+    }
+    let gone = nodes.remove(2);
+    gone.shutdown();
+    for s in &sups[..2] {
+        eventually("failover view", Duration::from_secs(15), || {
+            s.nodes().len() == 2
+        })
+        .await;
+    }
+    for k in &keys {
+        let (_, health, fights) = sups[0]
+            .call_timeout::<Hero>(k, HeroMsg::Status, Duration::from_secs(15))
+            .await
+            .unwrap();
+        assert_eq!((health, fights), (9, 1), "{k}");
     }
 }

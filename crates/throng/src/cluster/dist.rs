@@ -26,6 +26,7 @@ use super::keyed::{ChildError, ChildNote, Keyed, Slot};
 use super::node::{Pending, Shared};
 use super::wire::{self, Frame, RemoteFailure};
 use super::Node;
+use crate::supervisor::Shutdown;
 use crate::{ActorHandle, ActorId, ActorRef, CallError, ExitReason, SendError};
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -35,9 +36,6 @@ pub const DEFAULT_SUPERVISOR: &str = "default";
 
 /// How long distributed-child operations wait for the owner to answer.
 pub const CHILD_OP_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long a child asked to stop may take before it is killed.
-pub const CHILD_SHUTDOWN: Duration = Duration::from_secs(5);
 
 /// Bound on queued requests and view changes per driver (senders wait when it is full).
 const DRIVER_QUEUE: usize = 4096;
@@ -147,6 +145,7 @@ pub(crate) enum Internal {
     Spawned {
         key: Arc<str>,
         result: Result<ActorHandle, String>,
+        shutdown: Shutdown,
     },
     Exited {
         key: Arc<str>,
@@ -172,6 +171,8 @@ pub(crate) struct Dist {
     /// Ring over the eligible nodes, as of the last view change (read by the API, written by the
     /// driver).
     view: RwLock<Ring>,
+    /// Woken at every view change (for [`DistSupervisor::wait_for_quorum`]).
+    view_changed: tokio::sync::Notify,
     /// Whether this node hosts children of this supervisor.
     member: bool,
     cmds: mpsc::Sender<Cmd>,
@@ -245,6 +246,7 @@ impl Dist {
                 *view = r;
             }
         }
+        self.view_changed.notify_waiters();
         if self.member {
             // On the same queue as peers' directory messages, so that a message sent after a
             // peer saw a view change is handled after this node's own view change is.
@@ -269,6 +271,8 @@ fn export_name(sup: &str, key: &str) -> String {
 struct Running {
     handle: ActorHandle,
     slot: Arc<Slot>,
+    /// How it is stopped ([`Keyed::shutdown`] of its type).
+    shutdown: Shutdown,
 }
 
 /// The task that owns a node's directory of one supervisor.
@@ -393,7 +397,11 @@ impl Driver {
                     _ => Vec::new(),
                 }
             }
-            Internal::Spawned { key, result } => match result {
+            Internal::Spawned {
+                key,
+                result,
+                shutdown,
+            } => match result {
                 Ok(handle) => {
                     let id = handle.id();
                     let slot = self.slot_for(&key);
@@ -402,6 +410,7 @@ impl Driver {
                         Running {
                             handle: handle.clone(),
                             slot,
+                            shutdown,
                         },
                     );
                     let internal = self.dist.upgrade().map(|d| d.internal.clone());
@@ -500,20 +509,27 @@ impl Driver {
                 Action::Stop { key, reason } => {
                     if let Some(r) = self.running.get(key.as_str()) {
                         let handle = r.handle.clone();
+                        let grace = match r.shutdown {
+                            Shutdown::Brutal => {
+                                handle.kill();
+                                continue;
+                            }
+                            Shutdown::Timeout(d) => Some(d),
+                            Shutdown::Infinity => None,
+                        };
                         match reason {
                             // Drained: what it accepted is handled (and in its final snapshot);
                             // what comes after is refused, so callers send it to the new owner.
                             StopReason::Move | StopReason::Terminate => handle.drain_stop(),
                             _ => handle.stop(ExitReason::Shutdown),
                         }
-                        tokio::spawn(async move {
-                            if tokio::time::timeout(CHILD_SHUTDOWN, handle.monitor())
-                                .await
-                                .is_err()
-                            {
-                                handle.kill();
-                            }
-                        });
+                        if let Some(grace) = grace {
+                            tokio::spawn(async move {
+                                if tokio::time::timeout(grace, handle.monitor()).await.is_err() {
+                                    handle.kill();
+                                }
+                            });
+                        }
                     }
                 }
                 Action::Send { to, msg } => {
@@ -577,11 +593,16 @@ impl Driver {
         let notes = internal.clone();
         let export = dist.export_name(&record.key);
         let key: Arc<str> = Arc::from(record.key.as_str());
+        let shutdown = host.shutdown();
         tokio::spawn(async move {
             let result = host
                 .spawn(&shared, &export, &record, key.clone(), slot, notes)
                 .await;
-            let _ = internal.send(Internal::Spawned { key, result });
+            let _ = internal.send(Internal::Spawned {
+                key,
+                result,
+                shutdown,
+            });
         });
         None
     }
@@ -628,6 +649,7 @@ impl Shared {
         let dist = Arc::new(Dist {
             name: Arc::from(name),
             view: RwLock::new(Ring::new(ring_config)),
+            view_changed: tokio::sync::Notify::new(),
             member,
             cmds,
             internal,
@@ -794,6 +816,28 @@ impl DistSupervisor {
             .unwrap_or_else(|p| p.into_inner())
             .nodes()
             .to_vec()
+    }
+
+    /// Wait until this node sees a quorum of the supervisor's nodes (Horde's
+    /// `wait_for_quorum`): at once without quorum mode; otherwise at most `timeout`, then
+    /// [`ChildError::NoQuorum`] with what is seen.
+    pub async fn wait_for_quorum(&self, timeout: Duration) -> Result<(), ChildError> {
+        let Some(size) = self.dist.opts.quorum else {
+            return Ok(());
+        };
+        let needed = size / 2 + 1;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Registered before the check, so that a change in between is not missed.
+            let changed = self.dist.view_changed.notified();
+            let seen = self.nodes().len();
+            if seen >= needed {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return Err(ChildError::NoQuorum { seen, needed });
+            }
+        }
     }
 
     /// The node that owns `key` in this node's view (computed locally; no table, no hop).
@@ -1081,7 +1125,7 @@ fn child_error(e: StartError, owner: &NodeId, actor_type: &str) -> ChildError {
     match e {
         StartError::AlreadyStarted(k) => ChildError::AlreadyStarted(k),
         StartError::NoSuchChild(k) => ChildError::NoSuchChild(k),
-        StartError::NoQuorum { .. } => ChildError::NoQuorum(e.to_string()),
+        StartError::NoQuorum { seen, needed } => ChildError::NoQuorum { seen, needed },
         StartError::NotOwner { .. } => ChildError::Unsettled(e.to_string()),
         StartError::Failed(m) if m.starts_with("unknown actor type") => ChildError::UnknownType {
             node: owner.to_string(),

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use super::node::Shared;
 use super::RemoteActor;
 use crate::actor::Observer;
+use crate::supervisor::Shutdown;
 use crate::{ActorHandle, ExitReason, SpawnOptions};
 
 /// An actor type that can run as a distributed child anywhere in the cluster.
@@ -66,6 +67,14 @@ pub trait Keyed: RemoteActor {
     /// Restart policy of the children (default: permanent).
     fn restart() -> RestartPolicy {
         RestartPolicy::Permanent
+    }
+
+    /// How a child of this type is stopped when its supervisor stops it (terminate, a move, a
+    /// lost quorum, the node shutting down): given this long to finish its mailbox and `stopped`
+    /// before it is killed, killed at once, or waited for (the `shutdown` of an Elixir child
+    /// spec; default [`Shutdown::default`], five seconds).
+    fn shutdown() -> Shutdown {
+        Shutdown::default()
     }
 
     /// The state to keep, or `None` (the default) if this type takes no snapshots. Called on the
@@ -152,8 +161,13 @@ pub enum ChildError {
     #[error("no distributed supervisor {0:?} there")]
     NoSupervisor(String),
     /// The supervisor is in quorum mode and the owner side does not see a quorum.
-    #[error("no quorum: {0}")]
-    NoQuorum(String),
+    #[error("no quorum: {seen} of the {needed} nodes required are in view")]
+    NoQuorum {
+        /// Nodes seen (this one included).
+        seen: usize,
+        /// Nodes required: half the configured cluster size, plus one.
+        needed: usize,
+    },
     /// The views of the nodes kept disagreeing on the owner (retry once membership settles).
     #[error("owner of {0:?} unsettled: views disagree")]
     Unsettled(String),
@@ -251,6 +265,9 @@ pub(crate) trait HostType: Send + Sync {
         notes: mpsc::UnboundedSender<super::dist::Internal>,
     ) -> super::dist::BoxFuture<'a, Result<ActorHandle, String>>;
 
+    /// How children of this type are stopped ([`Keyed::shutdown`]).
+    fn shutdown(&self) -> Shutdown;
+
     /// `resolve_conflict(key, ours, theirs)` on encoded states; `None` when `ours` is missing or
     /// a state does not decode (the directory then keeps its latest snapshot).
     fn merge(&self, key: &str, ours: Option<&[u8]>, theirs: Option<&[u8]>) -> Option<Vec<u8>>;
@@ -259,6 +276,10 @@ pub(crate) trait HostType: Send + Sync {
 pub(crate) struct Host<A>(pub(crate) PhantomData<fn() -> A>);
 
 impl<A: Keyed> HostType for Host<A> {
+    fn shutdown(&self) -> Shutdown {
+        A::shutdown()
+    }
+
     fn merge(&self, key: &str, ours: Option<&[u8]>, theirs: Option<&[u8]>) -> Option<Vec<u8>> {
         let ours: A::State = postcard::from_bytes(ours?).ok()?;
         let Some(theirs) = theirs.and_then(|t| postcard::from_bytes::<A::State>(t).ok()) else {

@@ -24,7 +24,7 @@ pub use keyed::{ChildError, Keyed, SnapshotPolicy};
 pub use names::{NameError, Names, NamesConfig, NamesError, NamesEvent, OnConflict};
 pub use node::{ExportError, Node, NodeError, NodeOptions, RemoteActor, RemoteRoute};
 pub use throng_core::directory::{ChildEvent, Distribution, Uniform};
-pub use throng_core::strategies::Explicit;
+pub use throng_core::strategies::{Explicit, UniformRandom};
 pub use throng_core::{Incarnation, NodeId};
 pub use throng_membership::{ClusterSecret, DetectionProfile, MemberInfo};
 pub use tls::{Security, TlsConfig, TlsError};

@@ -23,7 +23,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::export_id::ExportId;
 use super::keyed::{ChildError, ChildNote, Keyed, Slot};
-use super::node::{Pending, Shared};
+use super::node::{Peer, Pending, Shared};
 use super::wire::{self, Frame, RemoteFailure};
 use super::Node;
 use crate::supervisor::Shutdown;
@@ -106,17 +106,42 @@ pub struct ChildInfo {
     pub actor_type: String,
 }
 
-pub(crate) enum Cmd {
+/// Where a request's answer goes: to a caller on this node, or to a peer as a [`Frame::Reply`].
+pub(super) enum Answer<T> {
+    Local(oneshot::Sender<T>),
+    Remote { peer: Arc<Peer>, id: u64 },
+}
+
+impl<T: serde::Serialize> Answer<T> {
+    /// Deliver `value`; a remote answer waits for room in the peer's control lane.
+    pub(super) async fn send(self, value: T) {
+        match self {
+            Answer::Local(tx) => {
+                let _ = tx.send(value);
+            }
+            Answer::Remote { peer, id } => {
+                let result = Ok(wire::encode(&value));
+                let _ = peer.control(&Frame::Reply { id, result }).await;
+            }
+        }
+    }
+}
+
+fn stopped() -> StartError {
+    StartError::Failed("supervisor stopped".into())
+}
+
+pub(super) enum Cmd {
     Start {
         record: Record,
-        reply: oneshot::Sender<Result<(), StartError>>,
+        reply: Answer<Result<(), StartError>>,
     },
     Terminate {
         key: String,
-        reply: oneshot::Sender<Result<(), StartError>>,
+        reply: Answer<Result<(), StartError>>,
     },
     List {
-        reply: oneshot::Sender<Vec<(String, String)>>,
+        reply: Answer<Vec<(String, String)>>,
     },
     Stats {
         reply: oneshot::Sender<DistStats>,
@@ -191,47 +216,78 @@ impl Dist {
         }
     }
 
-    pub(crate) async fn request_start(&self, record: &[u8]) -> Result<(), StartError> {
-        let record: Record = postcard::from_bytes(record)
-            .map_err(|e| StartError::Failed(format!("bad record: {e}")))?;
+    /// Queue a start of the child whose encoded record is `record`; the outcome goes to
+    /// `answer`. Waits for room in the driver's queue (backpressure on the caller, the
+    /// connection's reader included).
+    pub(super) async fn start(&self, record: &[u8], answer: Answer<Result<(), StartError>>) {
+        let record: Record = match postcard::from_bytes(record) {
+            Ok(r) => r,
+            Err(e) => {
+                return answer
+                    .send(Err(StartError::Failed(format!("bad record: {e}"))))
+                    .await
+            }
+        };
         if !self.member {
-            return Err(StartError::NotOwner {
-                owner: self.owner(&record.key),
-            });
+            let owner = self.owner(&record.key);
+            return answer.send(Err(StartError::NotOwner { owner })).await;
         }
-        let (tx, rx) = oneshot::channel();
-        self.cmds
-            .send(Cmd::Start { record, reply: tx })
+        if let Err(mpsc::error::SendError(Cmd::Start { reply, .. })) = self
+            .cmds
+            .send(Cmd::Start {
+                record,
+                reply: answer,
+            })
             .await
-            .map_err(|_| StartError::Failed("supervisor stopped".into()))?;
-        rx.await
-            .map_err(|_| StartError::Failed("supervisor stopped".into()))?
+        {
+            reply.send(Err(stopped())).await;
+        }
+    }
+
+    /// Queue a terminate of the child `key`; the outcome goes to `answer`.
+    pub(super) async fn stop(&self, key: &str, answer: Answer<Result<(), StartError>>) {
+        if !self.member {
+            return answer
+                .send(Err(StartError::NoSuchChild(key.to_owned())))
+                .await;
+        }
+        let cmd = Cmd::Terminate {
+            key: key.to_owned(),
+            reply: answer,
+        };
+        if let Err(mpsc::error::SendError(Cmd::Terminate { reply, .. })) = self.cmds.send(cmd).await
+        {
+            reply.send(Err(stopped())).await;
+        }
+    }
+
+    /// Queue a list of the children running here; the list goes to `answer`.
+    pub(super) async fn list(&self, answer: Answer<Vec<(String, String)>>) {
+        if !self.member {
+            return answer.send(Vec::new()).await;
+        }
+        if let Err(mpsc::error::SendError(Cmd::List { reply })) =
+            self.cmds.send(Cmd::List { reply: answer }).await
+        {
+            reply.send(Vec::new()).await;
+        }
+    }
+
+    pub(crate) async fn request_start(&self, record: &[u8]) -> Result<(), StartError> {
+        let (tx, rx) = oneshot::channel();
+        self.start(record, Answer::Local(tx)).await;
+        rx.await.unwrap_or_else(|_| Err(stopped()))
     }
 
     pub(crate) async fn request_stop(&self, key: &str) -> Result<(), StartError> {
-        if !self.member {
-            return Err(StartError::NoSuchChild(key.to_owned()));
-        }
         let (tx, rx) = oneshot::channel();
-        self.cmds
-            .send(Cmd::Terminate {
-                key: key.to_owned(),
-                reply: tx,
-            })
-            .await
-            .map_err(|_| StartError::Failed("supervisor stopped".into()))?;
-        rx.await
-            .map_err(|_| StartError::Failed("supervisor stopped".into()))?
+        self.stop(key, Answer::Local(tx)).await;
+        rx.await.unwrap_or_else(|_| Err(stopped()))
     }
 
     pub(crate) async fn request_list(&self) -> Vec<(String, String)> {
-        if !self.member {
-            return Vec::new();
-        }
         let (tx, rx) = oneshot::channel();
-        if self.cmds.send(Cmd::List { reply: tx }).await.is_err() {
-            return Vec::new();
-        }
+        self.list(Answer::Local(tx)).await;
         rx.await.unwrap_or_default()
     }
 
@@ -281,7 +337,7 @@ struct Driver {
     dist: Weak<Dist>,
     shared: Weak<Shared>,
     me: NodeId,
-    requests: HashMap<u64, oneshot::Sender<Result<(), StartError>>>,
+    requests: HashMap<u64, Answer<Result<(), StartError>>>,
     next_req: u64,
     /// By key; the key is shared with the child's exit watcher and snapshot observer.
     running: HashMap<Arc<str>, Running>,
@@ -316,7 +372,7 @@ impl Driver {
                     None => return,
                 },
                 c = cmds.recv() => match c {
-                    Some(c) => self.on_cmd(c),
+                    Some(c) => self.on_cmd(c).await,
                     None => return,
                 },
             };
@@ -329,7 +385,7 @@ impl Driver {
         }
     }
 
-    fn on_cmd(&mut self, cmd: Cmd) -> Vec<Action> {
+    async fn on_cmd(&mut self, cmd: Cmd) -> Vec<Action> {
         match cmd {
             Cmd::Start { record, reply } => {
                 let req = self.req(reply);
@@ -351,7 +407,7 @@ impl Driver {
                     })
                     .map(|(k, o)| (k.clone(), o.record.actor_type.clone()))
                     .collect();
-                let _ = reply.send(list);
+                reply.send(list).await;
                 Vec::new()
             }
             Cmd::Leave { reply } => {
@@ -374,7 +430,7 @@ impl Driver {
         }
     }
 
-    fn req(&mut self, reply: oneshot::Sender<Result<(), StartError>>) -> u64 {
+    fn req(&mut self, reply: Answer<Result<(), StartError>>) -> u64 {
         self.next_req += 1;
         self.requests.insert(self.next_req, reply);
         self.next_req
@@ -552,8 +608,8 @@ impl Driver {
                     let _ = peer.send(&frame).await;
                 }
                 Action::Reply { req, result } => {
-                    if let Some(tx) = self.requests.remove(&req) {
-                        let _ = tx.send(result);
+                    if let Some(answer) = self.requests.remove(&req) {
+                        answer.send(result).await;
                     }
                 }
                 Action::Event(event) => {

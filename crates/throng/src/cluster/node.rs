@@ -37,6 +37,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
+use super::dist::Answer;
 use super::export_id::ExportId;
 use super::outbox::{Lane, Limits, Outbox, PushError, FRAME_OVERHEAD};
 use super::tls::{self, Security};
@@ -1415,45 +1416,40 @@ impl Shared {
             },
             // Reassembled (chunks) or handled (routes) by the reader before frames get here.
             FrameRef::Chunk { .. } | FrameRef::Bind { .. } | FrameRef::Cast { .. } => {}
+            // Start, stop and list go to the supervisor's driver through its bounded queue (the
+            // reader waits for room: backpressure on the peer); the driver answers the peer.
+            // Starting runs the child's `started` hook on a task of the child's own, so a slow
+            // start does not hold up the connection; the caller waits for the reply before
+            // using the child, so its own later frames cannot overtake the start.
             FrameRef::Start { id, sup, record } => {
-                // Starting runs the child's `started` hook: do it off the reader so one slow start
-                // does not hold up the connection. The caller waits for this reply before using
-                // the child, so its own later frames cannot overtake the start.
-                let dist = self.find_dist(sup);
-                let peer = peer.clone();
-                let record = record.to_vec();
-                let sup = sup.to_owned();
-                tokio::spawn(async move {
-                    let result = match dist {
-                        Some(d) => Ok(wire::encode(&d.request_start(&record).await)),
-                        None => Err(RemoteFailure::NoSuchActor(sup)),
-                    };
-                    let _ = peer.control(&Frame::Reply { id, result }).await;
-                });
+                let answer = Answer::Remote {
+                    peer: peer.clone(),
+                    id,
+                };
+                match self.find_dist(sup) {
+                    Some(d) => d.start(record, answer).await,
+                    None => no_supervisor(peer, id, sup).await,
+                }
             }
             FrameRef::Stop { id, sup, key } => {
-                let dist = self.find_dist(sup);
-                let peer = peer.clone();
-                let (sup, key) = (sup.to_owned(), key.to_owned());
-                tokio::spawn(async move {
-                    let result = match dist {
-                        Some(d) => Ok(wire::encode(&d.request_stop(&key).await)),
-                        None => Err(RemoteFailure::NoSuchActor(sup)),
-                    };
-                    let _ = peer.control(&Frame::Reply { id, result }).await;
-                });
+                let answer = Answer::Remote {
+                    peer: peer.clone(),
+                    id,
+                };
+                match self.find_dist(sup) {
+                    Some(d) => d.stop(key, answer).await,
+                    None => no_supervisor(peer, id, sup).await,
+                }
             }
             FrameRef::List { id, sup } => {
-                let dist = self.find_dist(sup);
-                let peer = peer.clone();
-                let sup = sup.to_owned();
-                tokio::spawn(async move {
-                    let result = match dist {
-                        Some(d) => Ok(wire::encode(&d.request_list().await)),
-                        None => Err(RemoteFailure::NoSuchActor(sup)),
-                    };
-                    let _ = peer.control(&Frame::Reply { id, result }).await;
-                });
+                let answer = Answer::Remote {
+                    peer: peer.clone(),
+                    id,
+                };
+                match self.find_dist(sup) {
+                    Some(d) => d.list(answer).await,
+                    None => no_supervisor(peer, id, sup).await,
+                }
             }
             FrameRef::Dir { sup, msg } => match self.find_dist(sup) {
                 Some(d) => d.deliver(peer.id.clone(), msg),
@@ -1561,6 +1557,12 @@ impl Shared {
             ClusterEvent::NodeLeaving(_) | ClusterEvent::Rejoined(_) => {}
         }
     }
+}
+
+/// Answer request `id` from `peer`: there is no supervisor `sup` here.
+async fn no_supervisor(peer: &Arc<Peer>, id: u64, sup: &str) {
+    let result = Err(RemoteFailure::NoSuchActor(sup.to_owned()));
+    let _ = peer.control(&Frame::Reply { id, result }).await;
 }
 
 fn codec(max_frame: usize) -> LengthDelimitedCodec {

@@ -331,7 +331,7 @@ async fn children_of_a_dead_node_fail_over_with_their_last_snapshot() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-    victim.shutdown(); // a crash: no leave announced
+    victim.shutdown().await; // a crash: no leave announced
     drop(victim);
     for (i, k) in keys.iter().enumerate() {
         for via in &nodes {
@@ -430,8 +430,8 @@ async fn a_node_without_quorum_stops_its_children_and_refuses_new_ones() {
     // Two of three nodes die: the last one sees 1 of 3, fewer than half, and stops.
     let a = nodes.remove(0);
     let b = nodes.remove(0);
-    a.shutdown();
-    b.shutdown();
+    a.shutdown().await;
+    b.shutdown().await;
     eventually(
         "minority sees itself alone",
         Duration::from_secs(15),
@@ -548,7 +548,7 @@ async fn explicit_placement_runs_a_child_on_the_named_node_and_fails_it_over() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let k3 = nodes.remove(2);
-    k3.shutdown();
+    k3.shutdown().await;
     drop(k3);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
@@ -825,7 +825,7 @@ async fn uniform_random_placement_spreads_keys_routes_by_key_and_fails_over() {
         assert!(sups.iter().all(|s| s.node_for(k).as_ref() == Some(&owner)));
     }
     let gone = nodes.remove(2);
-    gone.shutdown();
+    gone.shutdown().await;
     for s in &sups[..2] {
         eventually("failover view", Duration::from_secs(15), || {
             s.nodes().len() == 2

@@ -502,7 +502,7 @@ async fn a_down_node_loses_its_names_and_a_new_node_gets_everything() {
     assert_eq!(found.call(EchoMsg::Who).await.unwrap(), "d2-7");
     // n3 crashes (no leave): everyone else drops its names and memberships.
     let victim = nodes.pop().unwrap();
-    victim.shutdown();
+    victim.shutdown().await;
     for r in regs[..2].iter().chain([&late_reg]) {
         eventually(
             "names of the down node dropped",

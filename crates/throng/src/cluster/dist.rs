@@ -580,6 +580,8 @@ impl Driver {
                             _ => handle.stop(ExitReason::Shutdown),
                         }
                         if let Some(grace) = grace {
+                            // Not one of the node's tasks: it ends within the child's grace, and
+                            // the node's shutdown does not wait for children to finish stopping.
                             tokio::spawn(async move {
                                 if tokio::time::timeout(grace, handle.monitor()).await.is_err() {
                                     handle.kill();
@@ -650,7 +652,7 @@ impl Driver {
         let export = dist.export_name(&record.key);
         let key: Arc<str> = Arc::from(record.key.as_str());
         let shutdown = host.shutdown();
-        tokio::spawn(async move {
+        shared.tasks.clone().spawn(async move {
             let result = host
                 .spawn(&shared, &export, &record, key.clone(), slot, notes)
                 .await;
@@ -734,7 +736,8 @@ impl Shared {
                 leave_waiters: Vec::new(),
                 epoch: Instant::now(),
             };
-            tokio::spawn(driver.run(cmd_rx, internal_rx, self.stop_token()));
+            self.tasks
+                .spawn(driver.run(cmd_rx, internal_rx, self.stop_token()));
         }
         dist.set_view(&self.owner_nodes(), &self.leaving_nodes());
         dists.insert(name.to_owned(), dist.clone());

@@ -36,6 +36,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::dist::Answer;
 use super::export_id::ExportId;
@@ -254,6 +255,8 @@ pub(super) struct Peer {
     addr: Mutex<Option<SocketAddr>>,
     connected: std::sync::atomic::AtomicBool,
     stop: CancellationToken,
+    /// The node's tasks (see [`Shared::tasks`]).
+    tasks: TaskTracker,
 }
 
 impl Peer {
@@ -285,7 +288,7 @@ impl Peer {
     /// Queue a control frame from a task of its own, once the lane has room.
     fn control_later(self: &Arc<Self>, frame: Frame) {
         let peer = self.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let _ = peer.control(&frame).await;
         });
     }
@@ -347,6 +350,9 @@ pub(crate) struct Shared {
     /// every few seconds (or an attacker) cannot flood the log.
     refusals: Mutex<HashMap<(std::net::IpAddr, String), tokio::time::Instant>>,
     stop: CancellationToken,
+    /// Every task the node spawns (listener, connections, flusher, membership glue, drivers):
+    /// [`Node::shutdown`] waits for them.
+    pub(super) tasks: TaskTracker,
 }
 
 /// A refusal from the same address for the same reason is logged at warn at most this often.
@@ -828,17 +834,18 @@ impl Node {
             view: View::new(id.clone(), ring),
             refusals: Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
         });
         shared.dist(
             super::dist::DEFAULT_SUPERVISOR,
             super::dist::DistOptions::default(),
         );
-        tokio::spawn(accept_loop(
+        shared.tasks.spawn(accept_loop(
             Arc::downgrade(&shared),
             listener,
             shared.stop.clone(),
         ));
-        tokio::spawn(super::names::flusher(
+        shared.tasks.spawn(super::names::flusher(
             Arc::downgrade(&shared),
             shared.stop.clone(),
         ));
@@ -870,7 +877,7 @@ impl Node {
         let membership =
             Membership::start(config.name, incarnation, node.rpc_addr(), config.membership).await?;
         let membership = Arc::new(membership);
-        tokio::spawn(membership_glue(
+        node.shared.tasks.spawn(membership_glue(
             Arc::downgrade(&node.shared),
             Arc::downgrade(&membership),
             node.shared.stop.clone(),
@@ -974,7 +981,7 @@ impl Node {
                 tracing::warn!(error = %e, "leaving the membership failed");
             }
         }
-        self.shutdown();
+        self.shutdown().await;
     }
 
     /// This node's name.
@@ -1044,17 +1051,26 @@ impl Node {
 
     /// Stop the node at once, like a crash: membership stops without a leave (the others detect
     /// the node as failed), the listener and every connection close, calls in flight fail with
-    /// `NodeDown`, and the distributed children hosted here stop. The tasks that own the listener
-    /// and the connections close them when the runtime next runs them, shortly after this returns:
-    /// a new node on the same address may have to retry its bind for a moment.
-    pub fn shutdown(&self) {
+    /// `NodeDown`, and the distributed children hosted here stop. Returns once every task of the
+    /// node has ended: the listener's port and the gossip port are free, so a new node may bind
+    /// them at once. (Dropping a `Node` does the same without waiting.)
+    pub async fn shutdown(&self) {
+        self.stop_now();
+        if let Some(m) = &self.membership {
+            m.shutdown().await;
+        }
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
+    }
+
+    /// The synchronous part of [`Node::shutdown`]: everything is told to stop.
+    fn stop_now(&self) {
         self.shared.stop.cancel();
         // Without a leave announced first, the others detect this node as failed.
         if let Some(m) = &self.membership {
             m.kill();
         }
-        // Distributed children hosted here stop with the node (their drivers stop them; handoff
-        // to new owners is issue 6).
+        // Distributed children hosted here stop with the node (their drivers stop them).
         let peers: Vec<NodeId> = lock(&self.shared.peers).keys().cloned().collect();
         for p in peers {
             self.remove_peer(&p);
@@ -1064,7 +1080,7 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        self.shutdown();
+        self.stop_now();
     }
 }
 
@@ -1286,9 +1302,11 @@ impl Shared {
             addr: Mutex::new(None),
             connected: std::sync::atomic::AtomicBool::new(false),
             stop: self.stop.child_token(),
+            tasks: self.tasks.clone(),
         });
         peers.insert(id.clone(), peer.clone());
-        tokio::spawn(link_task(Arc::downgrade(self), peer.clone(), inbound_rx));
+        self.tasks
+            .spawn(link_task(Arc::downgrade(self), peer.clone(), inbound_rx));
         peer
     }
 
@@ -1785,9 +1803,14 @@ async fn accept_loop(shared: Weak<Shared>, listener: TcpListener, stop: Cancella
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        tokio::spawn(async move {
+        shared.tasks.clone().spawn(async move {
             let timeout = shared.opts.handshake_timeout;
-            match tokio::time::timeout(timeout, accept(&shared, stream)).await {
+            let handshake = tokio::select! {
+                // A node shutting down does not wait for handshakes in progress.
+                _ = shared.stop.cancelled() => return,
+                h = tokio::time::timeout(timeout, accept(&shared, stream)) => h,
+            };
+            match handshake {
                 Ok(Ok((peer, conn))) if peer == shared.id => {
                     tracing::warn!(%addr, %peer, incarnation = conn.incarnation, "refused connection: peer claims our own name");
                 }
@@ -2277,7 +2300,7 @@ async fn run_conn(
         routes: Vec::new(),
         route_bytes: 0,
     };
-    let reader = tokio::spawn(async move {
+    let reader = peer.tasks.spawn(async move {
         let why = 'records: loop {
             let mut record: BytesMut = match reader.next().await {
                 Some(Ok(b)) => b,

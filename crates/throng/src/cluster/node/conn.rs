@@ -1,0 +1,925 @@
+//! Connections: the handshake (shared secret or mutual TLS), the listener, one link per peer
+//! (dial or accept, reconnect with backoff), the writer that seals records in place and the
+//! reader that opens them and delivers frames.
+
+use super::*;
+
+pub(super) fn codec(max_frame: usize) -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(max_frame)
+        .new_codec()
+}
+
+pub(super) async fn read_plain<T: DeserializeOwned>(
+    reader: &mut FramedRead<ReadHalf, LengthDelimitedCodec>,
+) -> Result<T, WireError> {
+    match reader.next().await {
+        Some(Ok(bytes)) => wire::decode(&bytes),
+        Some(Err(e)) => Err(io_error(e)),
+        None => Err(WireError::Malformed(
+            "connection closed during handshake".into(),
+        )),
+    }
+}
+
+pub(super) async fn write_plain<T: Serialize>(
+    writer: &mut FramedWrite<WriteHalf, LengthDelimitedCodec>,
+    value: &T,
+) -> Result<(), WireError> {
+    writer
+        .send(Bytes::from(wire::encode(value)))
+        .await
+        .map_err(io_error)
+}
+
+/// A read or write failure during the handshake; TLS refusals (an alert from the peer, a
+/// certificate we reject) keep their TLS meaning.
+pub(super) fn io_error(e: std::io::Error) -> WireError {
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(t) => WireError::Tls(t.to_string()),
+        None => WireError::Malformed(e.to_string()),
+    }
+}
+
+/// The byte stream under a connection: plain TCP, or TLS over TCP.
+pub(crate) trait Stream:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static
+{
+}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Stream for T {}
+
+pub(super) type ReadHalf = tokio::io::ReadHalf<Box<dyn Stream>>;
+pub(super) type WriteHalf = tokio::io::WriteHalf<Box<dyn Stream>>;
+
+pub(super) fn split(
+    stream: Box<dyn Stream>,
+    max_frame: usize,
+) -> (
+    FramedRead<ReadHalf, LengthDelimitedCodec>,
+    FramedWrite<WriteHalf, LengthDelimitedCodec>,
+) {
+    let (r, w) = tokio::io::split(stream);
+    (
+        FramedRead::new(r, codec(max_frame)),
+        FramedWrite::new(w, codec(max_frame)),
+    )
+}
+
+pub(super) fn nonce() -> [u8; 32] {
+    // Handshakes are rare: a fresh OS-seeded generator each time keeps no global RNG state.
+    let mut n = [0u8; 32];
+    match rand::rngs::StdRng::try_from_rng(&mut rand::rngs::SysRng) {
+        Ok(mut rng) => rng.fill(&mut n),
+        // No OS entropy: the handshake still authenticates (MACs), only nonce freshness suffers.
+        Err(_) => n = *blake3::hash(&std::process::id().to_le_bytes()).as_bytes(),
+    }
+    n
+}
+
+pub(super) async fn dial(
+    shared: &Shared,
+    expected: &NodeId,
+    addr: SocketAddr,
+) -> Result<Conn, WireError> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| WireError::Malformed(format!("connect {addr}: {e}")))?;
+    let _ = stream.set_nodelay(true);
+    let stream: Box<dyn Stream> = match &shared.opts.security {
+        Security::SharedSecret => Box::new(stream),
+        Security::Tls(t) => {
+            // The acceptor's certificate must chain to the CA and carry the name we dial.
+            let name =
+                tls::server_name(expected.as_str()).map_err(|e| WireError::Tls(e.to_string()))?;
+            Box::new(
+                t.connector()
+                    .connect(name, stream)
+                    .await
+                    .map_err(io_error)?,
+            )
+        }
+    };
+    let (mut reader, mut writer) = split(stream, shared.opts.max_frame);
+    let hello = Hello {
+        magic: wire::MAGIC,
+        version: wire::PROTOCOL_VERSION,
+        node: shared.id.to_string(),
+        incarnation: shared.incarnation.get(),
+        nonce: nonce(),
+    };
+    write_plain(&mut writer, &hello).await?;
+    let ack: HelloAck = read_plain(&mut reader).await?;
+    let auth = wire::verify_ack(&shared.key, &hello, &ack)?;
+    if ack.node != expected.as_str() {
+        return Err(WireError::Malformed(format!(
+            "dialed {expected} at {addr} but {} answered",
+            ack.node
+        )));
+    }
+    write_plain(&mut writer, &auth).await?;
+    let (sealer, opener) = match shared.opts.security {
+        Security::SharedSecret => wire::session(&shared.key, Role::Dialer, &hello, &ack),
+        Security::Tls(_) => (Sealer::unsealed(), Opener::unsealed()),
+    };
+    Ok(Conn {
+        reader,
+        writer,
+        sealer,
+        opener,
+        incarnation: ack.incarnation,
+    })
+}
+
+/// First byte of a TLS connection (the content type of a handshake record). A shared-secret hello
+/// starts with its 4-byte big-endian length, whose first byte is 0 for any frame under 16 MiB.
+pub(super) const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+pub(super) async fn accept(
+    shared: &Shared,
+    stream: TcpStream,
+) -> Result<(NodeId, Conn), WireError> {
+    let _ = stream.set_nodelay(true);
+    // A peer in the other security mode would otherwise fail with a puzzling decode error.
+    let mut first = [0u8; 1];
+    let peeked = stream.peek(&mut first).await.map_err(io_error)?;
+    let speaks_tls = peeked == 1 && first[0] == TLS_HANDSHAKE_RECORD;
+    match (&shared.opts.security, speaks_tls) {
+        (Security::SharedSecret, true) => {
+            return Err(WireError::Tls(
+                "peer speaks TLS but this node is in shared-secret mode (set tls_ca, tls_cert, tls_key)"
+                    .into(),
+            ))
+        }
+        (Security::Tls(_), false) if peeked > 0 => {
+            return Err(WireError::Tls(
+                "peer does not speak TLS; is it in shared-secret mode?".into(),
+            ))
+        }
+        _ => {}
+    }
+    // In TLS mode, the client certificate the CA vouched for (the handshake requires one).
+    let mut certified = None;
+    let stream: Box<dyn Stream> = match &shared.opts.security {
+        Security::SharedSecret => Box::new(stream),
+        Security::Tls(t) => {
+            let tls = t.acceptor().accept(stream).await.map_err(io_error)?;
+            let cert = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .cloned()
+                .ok_or_else(|| WireError::Tls("peer presented no certificate".into()))?;
+            certified = Some(cert);
+            Box::new(tls)
+        }
+    };
+    let (mut reader, mut writer) = split(stream, shared.opts.max_frame);
+    let hello: Hello = read_plain(&mut reader).await?;
+    wire::check_hello(&hello)?;
+    let peer = NodeId::new(&hello.node).map_err(|e| WireError::Malformed(e.to_string()))?;
+    if let Some(cert) = &certified {
+        // A node speaks only as the name it was issued.
+        if !tls::certified_as(cert, peer.as_str()) {
+            return Err(WireError::NotCertified {
+                claimed: hello.node,
+                certified: tls::cert_names(cert),
+            });
+        }
+    }
+    let mut ack = HelloAck {
+        version: wire::PROTOCOL_VERSION,
+        node: shared.id.to_string(),
+        incarnation: shared.incarnation.get(),
+        nonce: nonce(),
+        mac: [0; 32],
+    };
+    wire::sign_ack(&shared.key, &hello, &mut ack);
+    write_plain(&mut writer, &ack).await?;
+    let auth: Auth = read_plain(&mut reader).await?;
+    wire::verify_auth(&shared.key, &hello, &ack, &auth)?;
+    let (sealer, opener) = match shared.opts.security {
+        Security::SharedSecret => wire::session(&shared.key, Role::Acceptor, &hello, &ack),
+        Security::Tls(_) => (Sealer::unsealed(), Opener::unsealed()),
+    };
+    Ok((
+        peer,
+        Conn {
+            reader,
+            writer,
+            sealer,
+            opener,
+            incarnation: hello.incarnation,
+        },
+    ))
+}
+
+pub(super) async fn accept_loop(
+    shared: Weak<Shared>,
+    listener: TcpListener,
+    stop: CancellationToken,
+) {
+    loop {
+        let (stream, addr) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        shared.tasks.clone().spawn(async move {
+            let timeout = shared.opts.handshake_timeout;
+            let handshake = tokio::select! {
+                // A node shutting down does not wait for handshakes in progress.
+                _ = shared.stop.cancelled() => return,
+                h = tokio::time::timeout(timeout, accept(&shared, stream)) => h,
+            };
+            match handshake {
+                Ok(Ok((peer, conn))) if peer == shared.id => {
+                    tracing::warn!(%addr, %peer, incarnation = conn.incarnation, "refused connection: peer claims our own name");
+                }
+                Ok(Ok((peer, conn))) => {
+                    if shared.view.admits(&peer, Incarnation(conn.incarnation)) {
+                        let link = shared.link(&peer);
+                        let _ = link.inbound.send(conn).await;
+                    } else {
+                        shared.log_refusal(
+                            addr,
+                            format!(
+                                "{peer} was declared down; it must rejoin the membership first"
+                            ),
+                        );
+                    }
+                }
+                Ok(Err(e)) => shared.log_refusal(addr, e.to_string()),
+                Err(_) => shared.log_refusal(addr, "handshake timed out".into()),
+            }
+        });
+    }
+}
+
+/// Whether a failed dial was the peer (or we) refusing the other's identity, as opposed to the
+/// network failing: refusals are logged at warn.
+pub(super) fn is_refusal(e: &WireError) -> bool {
+    matches!(
+        e,
+        WireError::Tls(_)
+            | WireError::NotCertified { .. }
+            | WireError::Unauthenticated
+            | WireError::Version { .. }
+    )
+}
+
+pub(super) enum Ended {
+    Lost(String),
+    Replaced(Box<Conn>),
+    Stopped,
+}
+
+pub(super) async fn link_task(
+    shared: Weak<Shared>,
+    peer: Arc<Peer>,
+    inbound_rx: mpsc::Receiver<Conn>,
+) {
+    link_loop(shared, peer.clone(), inbound_rx).await;
+    // The link is over (the peer was removed or the node stopped): senders waiting for room in
+    // its queues learn it now.
+    peer.out.close();
+}
+
+pub(super) async fn link_loop(
+    shared: Weak<Shared>,
+    peer: Arc<Peer>,
+    mut inbound_rx: mpsc::Receiver<Conn>,
+) {
+    let mut connections = 0u64;
+    let mut last_incarnation: Option<u64> = None;
+    let Some(me) = shared.upgrade().map(|s| s.id.clone()) else {
+        return;
+    };
+    let dialer = me < peer.id;
+    let (first, max) = shared
+        .upgrade()
+        .map(|s| s.opts.backoff)
+        .unwrap_or((Duration::from_millis(50), Duration::from_secs(2)));
+    let mut backoff = first;
+    let mut next: Option<Conn> = None;
+    // The last refusal logged at warn, so a peer that keeps refusing us is logged once per cause.
+    let mut refused: Option<String> = None;
+    loop {
+        let conn = match next.take() {
+            Some(c) => c,
+            None if dialer => {
+                let addr = *lock(&peer.addr);
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                let attempt = async {
+                    match addr {
+                        Some(addr) => tokio::time::timeout(
+                            shared.opts.handshake_timeout,
+                            dial(&shared, &peer.id, addr),
+                        )
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(WireError::Malformed("handshake timed out".into()))
+                        }),
+                        None => {
+                            std::future::pending::<()>().await;
+                            unreachable!()
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = peer.stop.cancelled() => return,
+                    c = inbound_rx.recv() => match c { Some(c) => c, None => return },
+                    r = attempt, if addr.is_some() => match r {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let why = e.to_string();
+                            if !is_refusal(&e) {
+                                tracing::debug!(peer = %peer.id, error = %why, "connect failed; retrying");
+                            } else if refused.as_deref() != Some(why.as_str()) {
+                                tracing::warn!(peer = %peer.id, error = %why, "handshake refused; retrying");
+                                refused = Some(why);
+                            }
+                            drop(shared);
+                            tokio::select! {
+                                _ = peer.stop.cancelled() => return,
+                                _ = tokio::time::sleep(backoff) => {}
+                            }
+                            backoff = (backoff * 2).min(max);
+                            continue;
+                        }
+                    },
+                    _ = tokio::time::sleep(first), if addr.is_none() => continue,
+                }
+            }
+            None => tokio::select! {
+                _ = peer.stop.cancelled() => return,
+                c = inbound_rx.recv() => match c { Some(c) => c, None => return },
+            },
+        };
+        // A run that membership declared down talks to this node again only once it rejoined
+        // (the acceptor checks too; this covers the connections this node dials).
+        let admitted = shared
+            .upgrade()
+            .is_some_and(|s| s.view.admits(&peer.id, Incarnation(conn.incarnation)));
+        if !admitted {
+            tracing::debug!(peer = %peer.id, incarnation = conn.incarnation, "not connecting to a run declared down");
+            drop(conn);
+            tokio::select! {
+                _ = peer.stop.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(max);
+            continue;
+        }
+        backoff = first;
+        refused = None;
+        tracing::info!(peer = %peer.id, incarnation = conn.incarnation, "connected");
+        peer.connected.store(true, Ordering::Release);
+        connections += 1;
+        let same_run = last_incarnation.replace(conn.incarnation) == Some(conn.incarnation);
+        if connections > 1 && same_run {
+            // Frames in flight on the lost connection may be gone: directories re-send. (A new
+            // incarnation is a new node: membership reports the old one down first.)
+            if let Some(s) = shared.upgrade() {
+                s.dists_notify(|| crate::cluster::dist::Internal::Reconnected(peer.id.clone()));
+            }
+        }
+        let ended = run_conn(&shared, &peer, conn, &mut inbound_rx).await;
+        peer.connected.store(false, Ordering::Release);
+        if let Some(s) = shared.upgrade() {
+            s.peer_lost(&peer.id);
+        }
+        match ended {
+            Ended::Stopped => return,
+            Ended::Replaced(c) => {
+                tracing::info!(peer = %peer.id, "connection replaced by a new one from the peer");
+                next = Some(*c);
+            }
+            Ended::Lost(why) => tracing::warn!(peer = %peer.id, %why, "connection lost"),
+        }
+    }
+}
+
+/// Records are closed at about this size, so that the receiver starts on a batch before all of
+/// it has arrived and one record's seal never covers megabytes.
+pub(super) const RECORD_TARGET: usize = 64 * 1024;
+
+/// Sealed records are written out once this many bytes are ready.
+pub(super) const WRITE_TARGET: usize = 256 * 1024;
+
+/// The frames (each with its length prefix) of a lane's buffer, in order.
+pub(super) fn lane_frames(buf: &[u8]) -> impl Iterator<Item = &[u8]> + '_ {
+    let mut rest = buf;
+    std::iter::from_fn(move || {
+        // The outbox writes whole frames with their lengths, so the split does not fail.
+        let len = u32::from_le_bytes(rest.get(..wire::FRAME_PREFIX)?.try_into().ok()?) as usize;
+        let (frame, tail) = rest.split_at_checked(wire::FRAME_PREFIX + len)?;
+        rest = tail;
+        Some(frame)
+    })
+}
+
+/// Writes one connection's records: sealed, length-prefixed (the framing of
+/// [`LengthDelimitedCodec`]: a 4-byte big-endian length, then the record), built at the end of one
+/// output buffer and written in few large writes.
+pub(super) struct Writer {
+    stream: WriteHalf,
+    sealer: Sealer,
+    out: Vec<u8>,
+    /// Where the open record's length prefix is in `out`, if a record is open.
+    open: Option<usize>,
+    /// Largest record content (before the seal).
+    max_record: usize,
+    /// Size of the pieces a frame too large for one record is sent in.
+    piece: usize,
+}
+
+impl Writer {
+    /// Append one frame (its prefix and encoding) to the open record, first closing that record
+    /// if the frame would take it over its size.
+    pub(super) fn push(&mut self, frame: &[u8]) -> Result<(), String> {
+        if let Some(start) = self.open {
+            let len = self.out.len() - start - 4;
+            if len + frame.len() > self.max_record || len >= RECORD_TARGET {
+                self.close()?;
+            }
+        }
+        if self.open.is_none() {
+            self.open = Some(self.out.len());
+            self.out.extend_from_slice(&[0; 4]);
+        }
+        self.out.extend_from_slice(frame);
+        Ok(())
+    }
+
+    /// Seal the open record, if any, and write its length.
+    pub(super) fn close(&mut self) -> Result<(), String> {
+        let Some(start) = self.open.take() else {
+            return Ok(());
+        };
+        self.sealer
+            .seal_from(&mut self.out, start + 4)
+            .map_err(|e| e.to_string())?;
+        let len = (self.out.len() - start - 4) as u32;
+        self.out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+        Ok(())
+    }
+
+    /// Close the open record and write out everything built.
+    pub(super) async fn flush(&mut self) -> Result<(), String> {
+        use tokio::io::AsyncWriteExt;
+        self.close()?;
+        if !self.out.is_empty() {
+            self.stream
+                .write_all(&self.out)
+                .await
+                .map_err(|e| format!("write: {e}"))?;
+            self.out.clear();
+            if self.out.capacity() > 2 * WRITE_TARGET {
+                self.out.shrink_to(RECORD_TARGET);
+            }
+        }
+        self.stream.flush().await.map_err(|e| format!("write: {e}"))
+    }
+
+    /// Seal and write one batch taken from the outbox: control frames first, then data.
+    pub(super) async fn batch(
+        &mut self,
+        control: &[u8],
+        data: &[u8],
+        outbox: &Outbox,
+    ) -> Result<(), String> {
+        let control = lane_frames(control).map(|f| (f, None));
+        let data = lane_frames(data).map(|f| (f, Some(outbox)));
+        for (frame, between) in control.chain(data) {
+            if frame.len() > self.max_record {
+                // Control frames queued meanwhile go between the pieces of a data frame, never
+                // ahead of control frames of this batch (which are all written before it).
+                self.chunked(&frame[wire::FRAME_PREFIX..], between).await?;
+                continue;
+            }
+            self.push(frame)?;
+            if self.out.len() >= WRITE_TARGET {
+                self.flush().await?;
+            }
+        }
+        self.flush().await
+    }
+
+    /// Send one frame's encoding as [`Frame::Chunk`] pieces, flushing after each; with `between`,
+    /// each piece follows the control frames queued there since the last one, so that replies and
+    /// monitors overtake a long transfer.
+    pub(super) async fn chunked(
+        &mut self,
+        encoded: &[u8],
+        between: Option<&Outbox>,
+    ) -> Result<(), String> {
+        self.close()?;
+        let mut control = Vec::new();
+        let mut chunk = Vec::new();
+        let mut pieces = encoded.chunks(self.piece).peekable();
+        while let Some(piece) = pieces.next() {
+            if let Some(outbox) = between {
+                outbox.take_control(&mut control);
+            }
+            for frame in lane_frames(&control) {
+                self.push(frame)?;
+            }
+            self.close()?;
+            control.clear();
+            chunk.clear();
+            wire::push_frame(
+                &mut chunk,
+                &Frame::Chunk {
+                    last: pieces.peek().is_none(),
+                    bytes: piece.to_vec(),
+                },
+            );
+            self.push(&chunk)?;
+            self.flush().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Exports a reader looked up, kept while no export changes.
+pub(super) struct ExportCache {
+    version: u64,
+    entries: HashMap<String, Arc<dyn Export>>,
+}
+
+/// Bound on a reader's export cache; beyond it the cache starts over.
+pub(super) const EXPORT_CACHE: usize = 256;
+
+impl ExportCache {
+    pub(super) fn get(&mut self, shared: &Shared, name: &str) -> Option<Arc<dyn Export>> {
+        let version = shared.exports_version.load(Ordering::Acquire);
+        if version != self.version {
+            self.entries.clear();
+            self.version = version;
+        }
+        if let Some(e) = self.entries.get(name) {
+            return Some(e.clone());
+        }
+        let e = shared.export(name)?;
+        if self.entries.len() >= EXPORT_CACHE {
+            self.entries.clear();
+        }
+        self.entries.insert(name.to_owned(), e.clone());
+        Some(e)
+    }
+}
+
+/// A route the peer bound on this connection ([`Frame::Bind`]), with the export it last led to.
+pub(super) struct BoundRoute {
+    to: String,
+    actor_type: String,
+    /// The export found, and the `exports_version` it was found at.
+    export: Option<(u64, Arc<dyn Export>)>,
+}
+
+/// What one connection's reader keeps between frames.
+pub(super) struct Inbound {
+    peer: Arc<Peer>,
+    max_frame: usize,
+    /// A frame being reassembled from chunks; bounded by the frame limit.
+    partial: Vec<u8>,
+    cache: ExportCache,
+    routes: Vec<BoundRoute>,
+    /// Bytes of names and types in `routes` (at most [`wire::MAX_ROUTE_BYTES`]).
+    route_bytes: usize,
+}
+
+impl Inbound {
+    /// Handle one frame of a record; an error ends the connection.
+    pub(super) async fn frame(
+        &mut self,
+        shared: &Arc<Shared>,
+        frame: FrameRef<'_>,
+    ) -> Result<(), String> {
+        let FrameRef::Chunk { last, bytes } = frame else {
+            return self.deliver(shared, frame).await;
+        };
+        if self.partial.len() + bytes.len() > self.max_frame {
+            return Err(format!(
+                "refused chunked frame over {} bytes",
+                self.max_frame
+            ));
+        }
+        self.partial.extend_from_slice(bytes);
+        if !last {
+            return Ok(());
+        }
+        let whole = std::mem::take(&mut self.partial);
+        let result = match wire::decode::<FrameRef>(&whole) {
+            Ok(FrameRef::Chunk { .. }) => Err("refused nested chunk".into()),
+            Ok(f) => self.deliver(shared, f).await,
+            Err(e) => Err(format!("refused frame: {e}")),
+        };
+        self.partial = whole;
+        self.partial.clear();
+        self.partial.shrink_to(wire::CHUNK_SIZE);
+        result
+    }
+
+    /// Handle one whole frame.
+    pub(super) async fn deliver(
+        &mut self,
+        shared: &Arc<Shared>,
+        frame: FrameRef<'_>,
+    ) -> Result<(), String> {
+        let outcome = match frame {
+            FrameRef::Bind {
+                route,
+                to,
+                actor_type,
+            } => {
+                let r = route as usize;
+                let replaced = self
+                    .routes
+                    .get(r)
+                    .map_or(0, |b| b.to.len() + b.actor_type.len());
+                let bytes = self.route_bytes - replaced + to.len() + actor_type.len();
+                if r > self.routes.len()
+                    || route >= wire::MAX_ROUTES
+                    || bytes > wire::MAX_ROUTE_BYTES
+                {
+                    return Err(format!("refused bind of route {route}"));
+                }
+                let bound = BoundRoute {
+                    to: to.to_owned(),
+                    actor_type: actor_type.to_owned(),
+                    export: None,
+                };
+                self.route_bytes = bytes;
+                if r < self.routes.len() {
+                    self.routes[r] = bound;
+                } else {
+                    self.routes.push(bound);
+                }
+                return Ok(());
+            }
+            FrameRef::Cast { route, body } => {
+                let Some(bound) = self.routes.get_mut(route as usize) else {
+                    return Err(format!("refused cast on unbound route {route}"));
+                };
+                let version = shared.exports_version.load(Ordering::Acquire);
+                let export = match &bound.export {
+                    Some((v, e)) if *v == version => Some(e.clone()),
+                    _ => {
+                        let e = shared.export(&bound.to);
+                        bound.export = e.clone().map(|e| (version, e));
+                        e
+                    }
+                };
+                deliver_cast(export, &bound.to, &bound.actor_type, body).await
+            }
+            FrameRef::Request {
+                id: 0,
+                to,
+                actor_type,
+                body,
+                ..
+            } => {
+                // A cast by name: delivered here, with no frame future, to a cached export.
+                let export = self.cache.get(shared, to);
+                deliver_cast(export, to, actor_type, body).await
+            }
+            f => {
+                shared.on_frame(&self.peer, f).await;
+                Ok(())
+            }
+        };
+        if let Err(failure) = outcome {
+            tracing::debug!(peer = %self.peer.id, ?failure, "remote cast not delivered");
+        }
+        Ok(())
+    }
+}
+
+/// Deliver a cast read from a peer to `export`, the actor exported as `to` (if any).
+pub(super) async fn deliver_cast(
+    export: Option<Arc<dyn Export>>,
+    to: &str,
+    actor_type: &str,
+    body: &[u8],
+) -> Result<(), RemoteFailure> {
+    match export {
+        None => Err(RemoteFailure::NoSuchActor(to.to_owned())),
+        Some(e) if e.actor_type() != actor_type => Err(RemoteFailure::UnknownActorType {
+            expected: actor_type.to_owned(),
+            found: e.actor_type().to_string(),
+        }),
+        Some(e) => match e.deliver(body, None) {
+            Delivery::Done(r) => r,
+            Delivery::Wait(f) => f.await,
+        },
+    }
+}
+
+/// Carry frames over one connection until it fails, is replaced, or the link stops.
+pub(super) async fn run_conn(
+    shared: &Weak<Shared>,
+    peer: &Arc<Peer>,
+    conn: Conn,
+    inbound_rx: &mut mpsc::Receiver<Conn>,
+) -> Ended {
+    let Conn {
+        mut reader,
+        writer,
+        sealer,
+        mut opener,
+        ..
+    } = conn;
+    let (lost_tx, mut lost_rx) = oneshot::channel::<String>();
+    let reader_shared = shared.clone();
+    let max_frame = shared.upgrade().map_or(1 << 20, |s| s.opts.max_frame);
+    let mut inbound = Inbound {
+        peer: peer.clone(),
+        max_frame,
+        partial: Vec::new(),
+        cache: ExportCache {
+            version: u64::MAX,
+            entries: HashMap::new(),
+        },
+        routes: Vec::new(),
+        route_bytes: 0,
+    };
+    let reader = peer.tasks.spawn(async move {
+        let why = 'records: loop {
+            let mut record: BytesMut = match reader.next().await {
+                Some(Ok(b)) => b,
+                Some(Err(e)) => break format!("read: {e}"),
+                None => break "closed by peer".to_string(),
+            };
+            let len = match opener.open_in_place(&mut record) {
+                Ok(len) => len,
+                Err(e) => break format!("refused record: {e}"),
+            };
+            let Some(shared) = reader_shared.upgrade() else {
+                break "node stopped".into();
+            };
+            for frame in wire::frames(&record[..len]) {
+                let handled = match frame {
+                    Ok(f) => inbound.frame(&shared, f).await,
+                    Err(e) => Err(format!("refused frame: {e}")),
+                };
+                if let Err(why) = handled {
+                    break 'records why;
+                }
+            }
+        };
+        let _ = lost_tx.send(why);
+    });
+    let stop = peer.stop.clone();
+    // A frame whose encoding exceeds CHUNK_SIZE (or the frame limit, if smaller) goes in pieces.
+    let max_record = (max_frame - wire::SEAL_OVERHEAD).min(wire::CHUNK_SIZE + wire::FRAME_PREFIX);
+    let mut writer = Writer {
+        stream: writer.into_inner(),
+        sealer,
+        out: Vec::with_capacity(RECORD_TARGET),
+        open: None,
+        max_record,
+        // Room for the chunk frame's own encoding and prefix.
+        piece: (max_record - 64).min(wire::CHUNK_SIZE),
+    };
+    // The routes bound on the lost connection, before anything queued since (which may use them).
+    let (mut control, mut data) = (Vec::new(), Vec::new());
+    peer.out.rebinds(&mut data);
+    let mut rebound = !data.is_empty();
+    let ended = loop {
+        if rebound {
+            // Sent as a batch of its own, ahead of the queues.
+            rebound = false;
+        } else if !peer.out.take(&mut control, &mut data) {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break Ended::Stopped,
+                why = &mut lost_rx => break Ended::Lost(why.unwrap_or_else(|_| "reader ended".into())),
+                c = inbound_rx.recv() => match c {
+                    Some(c) => break Ended::Replaced(Box::new(c)),
+                    None => break Ended::Stopped,
+                },
+                _ = peer.out.ready() => continue,
+            }
+        }
+        let written = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break Ended::Stopped,
+            why = &mut lost_rx => break Ended::Lost(why.unwrap_or_else(|_| "reader ended".into())),
+            r = writer.batch(&control, &data, &peer.out) => r,
+        };
+        if let Err(why) = written {
+            break Ended::Lost(why);
+        }
+        Outbox::recycle(&mut control);
+        Outbox::recycle(&mut data);
+    };
+    reader.abort();
+    ended
+}
+
+impl Shared {
+    /// Log an incoming connection refused: at warn the first time per address and reason in
+    /// [`REFUSAL_LOG_INTERVAL`], at debug otherwise.
+    pub(super) fn log_refusal(&self, addr: SocketAddr, why: String) {
+        let now = tokio::time::Instant::now();
+        let fresh = {
+            let mut seen = lock(&self.refusals);
+            if seen.len() >= REFUSAL_LOG_KEYS {
+                seen.clear();
+            }
+            match seen.entry((addr.ip(), why.clone())) {
+                std::collections::hash_map::Entry::Occupied(mut e) => {
+                    let stale = now.duration_since(*e.get()) >= REFUSAL_LOG_INTERVAL;
+                    if stale {
+                        e.insert(now);
+                    }
+                    stale
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(now);
+                    true
+                }
+            }
+        };
+        if fresh {
+            tracing::warn!(%addr, error = %why, "refused connection");
+        } else {
+            tracing::debug!(%addr, error = %why, "refused connection");
+        }
+    }
+
+    pub(super) fn add_peer(self: &Arc<Self>, peer: NodeId, addr: SocketAddr) {
+        if peer == self.id {
+            return;
+        }
+        let link = self.link(&peer);
+        *lock(&link.addr) = Some(addr);
+    }
+
+    pub(super) fn remove_peer(&self, peer: &NodeId) {
+        let removed = lock(&self.peers).remove(peer);
+        if let Some(p) = removed {
+            p.stop.cancel();
+            p.out.close();
+        }
+        self.peer_lost(peer);
+    }
+
+    pub(super) fn peer(&self, id: &NodeId) -> Option<Arc<Peer>> {
+        lock(&self.peers).get(id).cloned()
+    }
+
+    /// The link to `id`, created (with its task) on first use.
+    pub(super) fn link(self: &Arc<Self>, id: &NodeId) -> Arc<Peer> {
+        let mut peers = lock(&self.peers);
+        if let Some(p) = peers.get(id) {
+            return p.clone();
+        }
+        let (inbound, inbound_rx) = mpsc::channel(2);
+        let peer = Arc::new(Peer {
+            id: id.clone(),
+            out: Outbox::new(Limits {
+                control_frames: self.opts.control_queue,
+                data_frames: self.opts.data_queue,
+                lane_bytes: self.opts.max_frame,
+                max_frame: self.opts.max_frame,
+            }),
+            inbound,
+            addr: Mutex::new(None),
+            connected: std::sync::atomic::AtomicBool::new(false),
+            stop: self.stop.child_token(),
+            tasks: self.tasks.clone(),
+        });
+        peers.insert(id.clone(), peer.clone());
+        self.tasks
+            .spawn(link_task(Arc::downgrade(self), peer.clone(), inbound_rx));
+        peer
+    }
+
+    /// The connection to `peer` is gone: fail its calls in flight and its proxies.
+    pub(super) fn peer_lost(&self, peer: &NodeId) {
+        lock(&self.pending).retain(|_, p| p.peer != *peer);
+        let proxies: Vec<Weak<Cell>> = {
+            let mut map = lock(&self.proxies);
+            let keys: Vec<(NodeId, u64)> = map.keys().filter(|(n, _)| n == peer).cloned().collect();
+            keys.into_iter().filter_map(|k| map.remove(&k)).collect()
+        };
+        for p in proxies.into_iter().filter_map(|w| w.upgrade()) {
+            p.finish(ExitReason::NodeDown(peer.as_str().into()));
+        }
+    }
+}

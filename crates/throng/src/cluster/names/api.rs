@@ -2,8 +2,8 @@
 
 use super::*;
 
-/// The cluster-wide name registry of a node: see the [module docs](self). Cheap to clone; obtained
-/// from [`Node::names`](super::Node::names).
+/// The cluster-wide name registry of a node: see the [module docs](crate::cluster::names). Cheap to clone; obtained
+/// from [`Node::names`](crate::cluster::Node::names).
 #[derive(Clone)]
 pub struct Names {
     shared: Weak<Shared>,

@@ -1490,7 +1490,22 @@ impl Directory {
                 self.departed.insert(n.clone());
             }
         }
+        // Copies held for nodes that are not in the new view either, though they never left it:
+        // runs that replicated here before this node's membership reported them up (the runtime
+        // accepts a connection from a run it never declared down). A view that changes without
+        // them is the only sign this node gets if they never come (a partition hides them):
+        // failed over like the copies of a node that left, or the side that holds them would
+        // never run them.
+        let strangers: BTreeSet<NodeId> = self
+            .backups
+            .values()
+            .flatten()
+            .map(|b| &b.from)
+            .filter(|n| !view.contains(*n) && !gone.contains(*n))
+            .cloned()
+            .collect();
         self.orphan_copies(&gone);
+        self.orphan_copies(&strangers);
         for n in &view {
             self.departed.remove(n);
         }
@@ -2283,7 +2298,13 @@ impl Directory {
             tag: Some(tag),
             epoch: Epoch::default(),
         };
-        let mut copies = vec![sender.clone()];
+        // This node's own hand-off to `from`, sent back as it was (`from` lost its quorum and
+        // cannot take it): the copy kept here until `from` confirms is this very record, and
+        // `from` kept nothing. It goes, or it would wait for a confirmation that never comes.
+        let bounced = !self
+            .remove_copies(&key, |b| b.from == *from && b.handoff == Some(tag))
+            .is_empty();
+        let mut copies: Vec<Holder> = (!bounced).then(|| sender.clone()).into_iter().collect();
         let mut record = record;
         for h in holders.iter() {
             if h.node == me {
@@ -2374,7 +2395,8 @@ impl Directory {
                     }
                 },
                 Phase::Starting | Phase::Running | Phase::Merging => {
-                    self.take_copy(&key, record, Some(sender), holders, out);
+                    let sender = (!bounced).then_some(sender);
+                    self.take_copy(&key, record, sender, holders, out);
                 }
             }
             return;
@@ -2993,6 +3015,58 @@ mod tests {
                 format!("<{key}>").into_bytes()
             );
         }
+    }
+
+    #[test]
+    fn a_copy_from_a_node_never_in_the_view_is_failed_over_when_the_view_changes_without_it() {
+        let mut net = Net::new(&["a", "b", "c"], 8);
+        let key = key_placed(&["a", "b"], "a", "b");
+        // `a` sees `b`, but `b`'s membership never reported `a` up (a partition hides it, say):
+        // the runtime still takes `a`'s connection, so `b` backs up `a`'s child.
+        net.call("a", |d| d.set_view([&id("a"), &id("b")]));
+        net.call("b", |d| d.set_view([&id("b"), &id("c")]));
+        net.call("c", |d| d.set_view([&id("b"), &id("c")]));
+        net.settle();
+        net.call("a", |d| d.start(1, record(&key)));
+        net.settle();
+        assert!(net.dir("b").backups().contains_key(&key));
+        // `b` is cut off from everyone: nothing will ever name `a` to it, and the copy it holds
+        // must not stay a copy that nobody on its side runs.
+        net.call("b", |d| d.set_view([&id("b")]));
+        net.settle();
+        assert!(net.runs(&key).contains(&id("b")), "{key} runs on b");
+    }
+
+    #[test]
+    fn a_hand_off_sent_back_by_a_node_without_quorum_leaves_no_copy_behind() {
+        let owners = [id("b"), id("c")];
+        let mut net = Net::with_quorum(&["a", "b", "c"], 8, Some(3));
+        let key = key_placed(&["a", "b", "c"], "a", "b");
+        net.call("a", |d| d.start(1, record(&key)));
+        net.settle();
+        // `b` sees only itself (no quorum) when `a` leaves and hands the child to it.
+        net.call("b", |d| d.set_view([&id("b")]));
+        net.settle();
+        net.call("a", |d| d.leave());
+        net.call("c", |d| d.set_members(owners.iter(), [&id("a")]));
+        loop {
+            let (from, to, msg) = net.queue.pop_front().expect("the hand-off comes back");
+            let back = from == id("b") && to == id("a") && matches!(msg, DirMsg::Adopt { .. });
+            let actions = net.dirs.get_mut(&to).expect("node").receive(&from, msg);
+            net.apply(&to, actions);
+            if back {
+                break;
+            }
+        }
+        // `b` has its quorum again before `a` hands the child on once more.
+        net.call("b", |d| d.set_members(owners.iter(), [&id("a")]));
+        net.settle();
+        assert_eq!(net.runs(&key), vec![id("b")]);
+        assert!(
+            net.dir("a").handed_off(),
+            "a still holds {:?}",
+            net.dir("a").backups()
+        );
     }
 
     #[test]

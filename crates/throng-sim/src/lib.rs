@@ -10,16 +10,16 @@
 //! graceful leaves, partitions and heals, false suspicions (one node drops a live peer from its
 //! view for a while), and gossip cuts (see below).
 //!
-//! - **Gossip cuts.** A node's membership gossip is cut while its connections stay up: *deaf*
-//!   (it hears nobody: it drops every peer from its view), *mute* (nobody hears it: every peer
-//!   drops it, a node declared down that still holds its connections), or both. Views change but
-//!   the connections are not closed, so directory messages between the two keep flowing both
-//!   ways. With [`SimConfig::quorum`], the directories are configured with the cluster size as
-//!   their quorum: a deaf node (or the small side of a partition) loses its quorum, stops its
-//!   children, and gets it back at the heal.
+//! - **Gossip cuts.** A node's membership gossip is cut while the network between it and its
+//!   peers still works: *deaf* (it hears nobody: it drops every peer from its view), *mute*
+//!   (nobody hears it: every peer drops it while it still sees them), or both. Membership may so
+//!   disagree one way, but the connections follow it (see **Network**): two nodes talk only while
+//!   neither has declared the other down. With [`SimConfig::quorum`], the directories are
+//!   configured with the cluster size as their quorum: a deaf node (or the small side of a
+//!   partition) loses its quorum, stops its children, and gets it back at the heal.
 //! - **Sides.** Before a convergence heals a partition or a gossip cut, the system is first left
 //!   to become quiet as it is, and [`Invariant::SideRuns`] is checked on every side that sees
-//!   itself (and, with a quorum, has one). Both are enabled by [`SimConfig::gossip_cuts`].
+//!   itself (and has an owner and, with a quorum, a quorum). Both are enabled by [`SimConfig::gossip_cuts`].
 //!
 //! - **Updates.** A client sends an update to the owner of the child in its node's view. A child
 //!   that runs there accepts it and applies it at once (so it is in any later snapshot, the final
@@ -33,10 +33,14 @@
 //!
 //! - **Network.** One connection per pair, FIFO like the TCP transport, with random delays (and
 //!   occasional long ones), so messages between different pairs reorder. Across a partition
-//!   messages are held (TCP retransmits) until the heal. A connection is closed — its messages in
-//!   flight both ways are lost — when either end drops the other from its view or restarts; a
-//!   message to a node that is down is lost; a sender that merely crashed still has its messages
-//!   in flight delivered until the receiver notices.
+//!   messages are held (TCP retransmits) until the heal. As in the runtime, a node that drops a
+//!   peer from its view closes the connection (the messages in flight both ways are lost) and
+//!   refuses that run until it is back in its view; a node sends to the nodes of its view and to
+//!   a run it accepted a connection from. While one end refuses the other, what the other sends
+//!   is held and written once the connection is up again (the end that kept the other in its
+//!   view all along is then told: [`Directory::reconnected`]). A message to a node that is down
+//!   is lost; a sender that merely crashed still has its messages in flight delivered until the
+//!   receiver notices.
 //! - **Membership.** Every node has its own view, updated pair by pair after random delays, so
 //!   views disagree for a while after every fault. A node that restarted before an observer noticed
 //!   its crash is removed and re-added (what a runtime must do on a new incarnation).
@@ -393,9 +397,9 @@ struct Node {
     /// This node leaves gracefully ([`Directory::leave`]); it exits once handed off.
     leaving: bool,
     children: BTreeMap<String, Child>,
-    /// Its gossip in is cut: it drops every peer from its view (connections stay up).
+    /// Its gossip in is cut: it drops every peer from its view (the network to it still works).
     deaf: bool,
-    /// Its gossip out is cut: every peer drops it from its view (connections stay up).
+    /// Its gossip out is cut: every peer drops it from its view (the network to it still works).
     mute: bool,
 }
 
@@ -472,6 +476,14 @@ struct Sim {
     heard: Vec<Vec<Option<u64>>>,
     /// Per (from, to): the connection's messages in flight, in order.
     links: Vec<Vec<VecDeque<Packet>>>,
+    /// Per pair (both orders): the connection is up ([`Sim::admitted`]).
+    link_up: Vec<Vec<bool>>,
+    /// Per (node, peer): the connection closed while the node kept the peer in its view; it is
+    /// told when the connection comes back ([`Directory::reconnected`]).
+    kept: Vec<Vec<bool>>,
+    /// Per (node, peer): the run of the peer this node's membership declared down (dropped from
+    /// its view) and has not seen up since: its connections are refused.
+    declared: Vec<Vec<Option<u64>>>,
     keys: BTreeMap<String, KeyTrack>,
     key_list: Vec<String>,
     next_key: u64,
@@ -573,6 +585,9 @@ impl Sim {
             queue: BinaryHeap::new(),
             nodes: Vec::with_capacity(n),
             links: vec![vec![VecDeque::new(); n]; n],
+            link_up: (0..n).map(|i| (0..n).map(|j| i != j).collect()).collect(),
+            kept: vec![vec![false; n]; n],
+            declared: vec![vec![None; n]; n],
             heard: vec![vec![None; n]; n],
             keys: BTreeMap::new(),
             key_list: Vec::new(),
@@ -1002,6 +1017,16 @@ impl Sim {
         self.nodes[j].alive = false;
         self.nodes[j].leaving = false;
         self.nodes[j].children.clear();
+        // What it queued for a peer that refuses it never leaves its process.
+        for to in 0..self.nodes.len() {
+            if to != j && !self.link_up[j][to] {
+                for p in std::mem::take(&mut self.links[j][to]) {
+                    self.tally
+                        .event("message lost (sender crashed, connection refused)");
+                    self.message_lost(&p.msg);
+                }
+            }
+        }
         // Copies that survive: run or backed up on a live node, or in flight to one.
         let mut elsewhere: BTreeSet<&str> = BTreeSet::new();
         for (i, n) in self.nodes.iter().enumerate() {
@@ -1084,6 +1109,7 @@ impl Sim {
         node.inc += 1;
         node.dir = Directory::new(dir_config(&self.ids[j], node.inc, quorum));
         self.heard[j] = vec![None; self.nodes.len()];
+        self.declared[j] = vec![None; self.nodes.len()];
         let node = &mut self.nodes[j];
         node.view = BTreeMap::from([(j, node.inc)]);
         node.view_leaving.clear();
@@ -1093,7 +1119,17 @@ impl Sim {
         node.mute = false;
         trace!(self, "RESTART n{j} (incarnation {})", self.nodes[j].inc);
         for i in 0..self.nodes.len() {
-            self.reset_connection(i, j);
+            if i == j {
+                continue;
+            }
+            self.sync_link(i, j);
+            if let Some(&old) = self.nodes[i].view.get(&j).filter(|_| self.nodes[i].alive) {
+                // The new run's handshake tells the old one is gone: the runtime reports the old
+                // one down first.
+                trace!(self, "n{i}: n{j} reconnects as a new incarnation");
+                self.declare_down(i, j, old);
+                self.push_view(i);
+            }
         }
         for i in 0..self.nodes.len() {
             if i != j && self.nodes[i].alive {
@@ -1210,45 +1246,82 @@ impl Sim {
         }
     }
 
-    /// The connection between `a` and `b` closes: messages in flight both ways are lost. An end
-    /// that still has the other in its view reconnects and is told, so it re-sends what the
-    /// other must hold ([`Directory::reconnected`]).
-    fn reset_connection(&mut self, a: usize, b: usize) {
-        if a == b {
-            return;
-        }
+    /// Whether the connection between `a` and `b` may be up: neither end declared the other's
+    /// current run down (the runtime closes the connection to a run its membership declared
+    /// down, and both its acceptor and its dialer refuse that run until membership reports it up
+    /// again, so a one-way drop cuts both directions), and one end knows the other (a run not
+    /// in the view yet, and never declared down, is accepted).
+    fn admitted(&self, a: usize, b: usize) -> bool {
+        let refuses = |x: usize, y: usize| self.declared[x][y] == Some(self.nodes[y].inc);
+        let knows = |x: usize, y: usize| self.nodes[x].view.get(&y) == Some(&self.nodes[y].inc);
+        !refuses(a, b) && !refuses(b, a) && (knows(a, b) || knows(b, a))
+    }
+
+    /// The messages in flight between `a` and `b`, both ways, are lost.
+    fn lose_in_flight(&mut self, a: usize, b: usize) {
         for (x, y) in [(a, b), (b, a)] {
             let lost = std::mem::take(&mut self.links[x][y]);
             for p in lost {
-                self.tally.event("message lost (connection reset)");
+                self.tally.event("message lost (connection closed)");
                 trace!(self, "lost n{x}->n{y} {}", msg_kind(&p.msg));
                 self.message_lost(&p.msg);
             }
         }
-        for (x, y) in [(a, b), (b, a)] {
-            if !self.nodes[x].alive {
-                continue;
+    }
+
+    /// `observer`'s view drops `subject`'s run `inc`: its membership declared that run down. The
+    /// runtime forgets the peer: its connection closes and the frames queued for it are dropped,
+    /// so every message between the two in flight is lost.
+    fn declare_down(&mut self, observer: usize, subject: usize, inc: u64) {
+        self.lose_in_flight(observer, subject);
+        self.nodes[observer].view.remove(&subject);
+        self.nodes[observer].view_leaving.remove(&subject);
+        self.declared[observer][subject] = Some(inc);
+        self.kept[observer][subject] = false;
+        self.sync_link(observer, subject);
+    }
+
+    /// Re-evaluates the connection between `a` and `b` after a view or a run changed. It closes
+    /// when either end stops admitting the other: the messages in flight both ways are lost
+    /// (unread frames die with the TCP connection, unwritten ones with the lane). It comes back
+    /// once both admit each other again: an end that kept the other in its view all along is
+    /// told ([`Directory::reconnected`]) and re-sends what the other must hold; an end that
+    /// re-added the other reconciled through `set_members`.
+    fn sync_link(&mut self, a: usize, b: usize) {
+        if a == b {
+            return;
+        }
+        let up = self.admitted(a, b);
+        if self.link_up[a][b] && !up {
+            self.link_up[a][b] = false;
+            self.link_up[b][a] = false;
+            self.lose_in_flight(a, b);
+            for (x, y) in [(a, b), (b, a)] {
+                self.kept[x][y] =
+                    self.nodes[x].alive && self.nodes[x].view.get(&y) == Some(&self.nodes[y].inc);
             }
-            match self.nodes[x].view.get(&y) {
-                Some(&inc) if inc == self.nodes[y].inc => {
+            trace!(self, "connection n{a}-n{b} closed");
+        } else if !self.link_up[a][b] && up {
+            self.link_up[a][b] = true;
+            self.link_up[b][a] = true;
+            trace!(self, "connection n{a}-n{b} up");
+            for (x, y) in [(a, b), (b, a)] {
+                // What an end queued meanwhile is written now.
+                if !self.links[x][y].is_empty() {
+                    self.schedule(1, Ev::Pump { from: x, to: y });
+                }
+            }
+            for (x, y) in [(a, b), (b, a)] {
+                if std::mem::take(&mut self.kept[x][y]) && self.nodes[x].alive {
                     trace!(self, "n{x}: reconnected to n{y}");
                     let actions = self.nodes[x].dir.reconnected(&self.ids[y]);
                     self.apply(x, actions);
                 }
-                Some(_) => {
-                    // The connection comes back to a new incarnation (the handshake tells): the
-                    // runtime reports the old one down first.
-                    trace!(self, "n{x}: n{y} reconnects as a new incarnation");
-                    self.nodes[x].view.remove(&y);
-                    self.nodes[x].view_leaving.remove(&y);
-                    self.push_view(x);
-                }
-                None => {}
             }
         }
     }
 
-    /// A node's gossip is cut (in, out, or both) while its connections stay up.
+    /// A node's gossip is cut (in, out, or both) while the network to it still works.
     fn op_cut_gossip(&mut self) {
         if !self.config.gossip_cuts || self.gossip_cut() {
             return;
@@ -1302,9 +1375,8 @@ impl Sim {
         self.tally.event("fault: false suspicion");
         self.views_split = true;
         trace!(self, "n{i} falsely suspects n{j}");
-        self.nodes[i].view.remove(&j);
-        self.nodes[i].view_leaving.remove(&j);
-        self.reset_connection(i, j);
+        let inc = self.nodes[j].inc;
+        self.declare_down(i, j, inc);
         self.push_view(i);
         let d = self.delay((10, 80));
         self.schedule(
@@ -1563,24 +1635,21 @@ impl Sim {
         }
         if let Some(inc) = current {
             // Gone, or back as a new incarnation: it leaves the view first, and the runtime
-            // closes the connection to it, unless only the gossip was cut: the node is declared
-            // down while its connection stays up (its messages keep arriving).
-            self.nodes[observer].view.remove(&subject);
-            self.nodes[observer].view_leaving.remove(&subject);
-            let gossip_only = self.reachable(observer, subject) && self.nodes[subject].inc == inc;
-            if gossip_only {
-                self.tally.event("view drops a connected node");
-            } else {
-                self.reset_connection(observer, subject);
-            }
+            // closes the connection to it (even if only the gossip was cut: a run declared down
+            // cannot talk to this node until membership reports it up again).
+            self.declare_down(observer, subject, inc);
             self.push_view(observer);
         }
         if let Some(inc) = target {
             self.nodes[observer].view.insert(subject, inc);
+            if self.declared[observer][subject] == Some(inc) {
+                self.declared[observer][subject] = None;
+            }
             if target_leaving {
                 self.nodes[observer].view_leaving.insert(subject);
             }
             self.push_view(observer);
+            self.sync_link(observer, subject);
         }
     }
 
@@ -1589,8 +1658,9 @@ impl Sim {
             .front()
             .is_some_and(|p| p.ready <= self.now)
         {
-            if self.nodes[from].side != self.nodes[to].side {
-                // Partitioned: held until the heal (or lost if a view change closes the link).
+            if self.nodes[from].side != self.nodes[to].side || !self.link_up[from][to] {
+                // Partitioned, or the connection is refused: held until the heal, or until the
+                // connection is up (lost if a view change closes the link).
                 return;
             }
             let p = self.links[from][to].pop_front().expect("front");
@@ -1886,6 +1956,19 @@ impl Sim {
                         );
                         continue;
                     }
+                    // The runtime has a link to the nodes of its view, and to a run it accepted a
+                    // connection from before it joined the view.
+                    let to_inc = if self.link_up[node][to] {
+                        Some(self.nodes[to].inc)
+                    } else {
+                        self.nodes[node].view.get(&to).copied()
+                    };
+                    let Some(to_inc) = to_inc else {
+                        self.tally.event("message lost (no link to the receiver)");
+                        trace!(self, "n{node}->n{to} {} lost: not in view", msg_kind(&msg));
+                        self.message_lost(&msg);
+                        continue;
+                    };
                     let base = if self.rng.random_bool(0.05) {
                         self.delay((20, 80))
                     } else {
@@ -1896,7 +1979,7 @@ impl Sim {
                     link.push_back(Packet {
                         ready,
                         from_inc: self.nodes[node].inc,
-                        to_inc: self.nodes[to].inc,
+                        to_inc,
                         msg,
                     });
                     self.schedule(ready - self.now, Ev::Pump { from: node, to });
@@ -2172,9 +2255,14 @@ impl Sim {
                 .iter()
                 .filter(|j| !side.contains(j))
                 .all(|&j| self.nodes[j].view.keys().all(|k| !side.contains(k)));
-            if side != view || !closed || !self.nodes[i].dir.has_quorum() {
-                // Views that disagree (a one-way cut), or a side without a quorum: nothing to
-                // require.
+            if side != view
+                || !closed
+                || !self.nodes[i].dir.has_quorum()
+                || self.nodes[i].dir.ring().is_empty()
+            {
+                // Views that disagree (a one-way cut), a side without a quorum, or a side of
+                // leaving nodes only (a leaving node owns nothing: it hands its children off and
+                // keeps their copies until an owner confirms): nothing to require.
                 continue;
             }
             let mut held: BTreeSet<String> = BTreeSet::new();

@@ -18,7 +18,7 @@ fn describe(tally: &Tally) -> String {
         .join(", ")
 }
 
-/// `seeds` seeds of 5 nodes for 2,000 steps (300 take about ten seconds in a debug build; the
+/// `seeds` seeds of 5 nodes for 2,000 steps (200 take about ten seconds in a debug build; the
 /// release command runs thousands; see docs/benchmarks.md).
 fn assert_no_violation(partitions: bool, seeds: u64) {
     let mut config = SimConfig::new(5, 2000);
@@ -44,12 +44,12 @@ fn assert_no_violation(partitions: bool, seeds: u64) {
 
 #[test]
 fn crashes_restarts_and_delays_keep_the_invariants() {
-    assert_no_violation(false, 300);
+    assert_no_violation(false, 200);
 }
 
 #[test]
 fn partitions_and_false_suspicions_keep_the_invariants() {
-    assert_no_violation(true, 300);
+    assert_no_violation(true, 200);
 }
 
 #[test]

@@ -876,6 +876,166 @@ mod tests {
         a
     }
 
+    /// Every wire type's encoding of a fixed value, as hex: a change here is a change of the
+    /// protocol and must come with a new [`PROTOCOL_VERSION`] (and these strings updated).
+    fn golden_values() -> Vec<(&'static str, Vec<u8>)> {
+        let s = |x: &str| x.to_owned();
+        let mut v: Vec<(&'static str, Vec<u8>)> = vec![
+            (
+                "Hello",
+                encode(&Hello {
+                    magic: MAGIC,
+                    version: PROTOCOL_VERSION,
+                    node: s("n1"),
+                    incarnation: 7,
+                    nonce: [1; 32],
+                }),
+            ),
+            (
+                "HelloAck",
+                encode(&HelloAck {
+                    version: PROTOCOL_VERSION,
+                    node: s("n2"),
+                    incarnation: 8,
+                    nonce: [2; 32],
+                    mac: [3; 32],
+                }),
+            ),
+            ("Auth", encode(&Auth { mac: [4; 32] })),
+        ];
+        let failures = [
+            RemoteFailure::NoSuchActor(s("a")),
+            RemoteFailure::UnknownActorType {
+                expected: s("e"),
+                found: s("f"),
+            },
+            RemoteFailure::Decode(s("d")),
+            RemoteFailure::Exited,
+            RemoteFailure::Failed(s("x")),
+            RemoteFailure::Timeout,
+            RemoteFailure::UnknownType(s("t")),
+            RemoteFailure::AlreadyStarted(s("k")),
+            RemoteFailure::StartFailed(s("s")),
+            RemoteFailure::NotDelivered,
+        ];
+        v.extend(failures.iter().map(|f| ("RemoteFailure", encode(f))));
+        let exits = [
+            WireExit::Normal,
+            WireExit::Shutdown,
+            WireExit::Killed,
+            WireExit::NoProc,
+            WireExit::Panic(s("p")),
+            WireExit::Error(s("e")),
+            WireExit::Other(s("o")),
+        ];
+        v.extend(exits.iter().map(|e| ("WireExit", encode(e))));
+        let frames = [
+            Frame::Request {
+                id: 1,
+                to: s("ua"),
+                actor_type: s("t"),
+                body: vec![9],
+                timeout_ms: 5,
+            },
+            Frame::Monitor {
+                mid: 2,
+                name: s("ua"),
+            },
+            Frame::Down {
+                mid: 2,
+                reason: WireExit::Killed,
+            },
+            Frame::Chunk {
+                last: true,
+                bytes: vec![1, 2],
+            },
+            Frame::Reply {
+                id: 3,
+                result: Ok(vec![7]),
+            },
+            Frame::Reply {
+                id: 3,
+                result: Err(RemoteFailure::Timeout),
+            },
+            Frame::Start {
+                id: 4,
+                sup: s("s"),
+                record: vec![8],
+            },
+            Frame::Stop {
+                id: 5,
+                sup: s("s"),
+                key: s("k"),
+            },
+            Frame::List { id: 6, sup: s("s") },
+            Frame::Dir {
+                sup: s("s"),
+                msg: vec![1],
+            },
+            Frame::Names { msg: vec![2] },
+            Frame::Bind {
+                route: 1,
+                to: s("ua"),
+                actor_type: s("t"),
+            },
+            Frame::Cast {
+                route: 1,
+                body: vec![3],
+            },
+        ];
+        v.extend(frames.iter().map(|f| ("Frame", encode(f))));
+        v
+    }
+
+    const GOLDEN: &[&str] = &[
+        "Hello 5448524705026e31070101010101010101010101010101010101010101010101010101010101010101",
+        "HelloAck 05026e320802020202020202020202020202020202020202020202020202020202020202020303030303030303030303030303030303030303030303030303030303030303",
+        "Auth 0404040404040404040404040404040404040404040404040404040404040404",
+        "RemoteFailure 000161",
+        "RemoteFailure 0101650166",
+        "RemoteFailure 020164",
+        "RemoteFailure 03",
+        "RemoteFailure 040178",
+        "RemoteFailure 05",
+        "RemoteFailure 060174",
+        "RemoteFailure 07016b",
+        "RemoteFailure 080173",
+        "RemoteFailure 09",
+        "WireExit 00",
+        "WireExit 01",
+        "WireExit 02",
+        "WireExit 03",
+        "WireExit 040170",
+        "WireExit 050165",
+        "WireExit 06016f",
+        "Frame 00010275610174010905",
+        "Frame 0102027561",
+        "Frame 020202",
+        "Frame 0301020102",
+        "Frame 0403000107",
+        "Frame 04030105",
+        "Frame 050401730108",
+        "Frame 06050173016b",
+        "Frame 07060173",
+        "Frame 0801730101",
+        "Frame 090102",
+        "Frame 0a010275610174",
+        "Frame 0b010103",
+    ];
+
+    #[test]
+    fn golden_bytes_of_every_wire_type() {
+        let hex: Vec<String> = golden_values()
+            .iter()
+            .map(|(name, bytes)| {
+                let h: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                format!("{name} {h}")
+            })
+            .collect();
+        let want: Vec<String> = GOLDEN.iter().map(|s| s.to_string()).collect();
+        assert_eq!(hex, want, "the wire format changed: bump PROTOCOL_VERSION");
+    }
+
     #[test]
     fn handshake_and_sealed_frames() {
         let key = ClusterKey::from_secret(b"s3cret");

@@ -24,6 +24,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use super::export_id::ExportId;
 use super::keyed::{ChildError, ChildNote, Keyed, Slot};
 use super::node::{Peer, Pending, Shared};
+use super::outbox::Lane;
 use super::wire::{self, Frame, RemoteFailure};
 use super::Node;
 use crate::supervisor::Shutdown;
@@ -120,8 +121,11 @@ impl<T: serde::Serialize> Answer<T> {
                 let _ = tx.send(value);
             }
             Answer::Remote { peer, id } => {
+                // A caller whose connection is lost fails with `NodeDown` anyway.
                 let result = Ok(wire::encode(&value));
-                let _ = peer.control(&Frame::Reply { id, result }).await;
+                let _ = peer
+                    .send_or_drop(Lane::Control, &Frame::Reply { id, result })
+                    .await;
             }
         }
     }
@@ -607,7 +611,7 @@ impl Driver {
                         sup: dist.name.to_string(),
                         msg: wire::encode(&msg),
                     };
-                    let _ = peer.send(&frame).await;
+                    let _ = peer.send_or_drop(Lane::Data, &frame).await;
                 }
                 Action::Reply { req, result } => {
                     if let Some(answer) = self.requests.remove(&req) {

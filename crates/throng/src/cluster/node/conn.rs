@@ -386,12 +386,14 @@ pub(super) async fn link_loop(
         backoff = first;
         refused = None;
         tracing::info!(peer = %peer.id, incarnation = conn.incarnation, "connected");
-        peer.connected.store(true, Ordering::Release);
+        peer.connected.store(true, Ordering::SeqCst);
         connections += 1;
         let same_run = last_incarnation.replace(conn.incarnation) == Some(conn.incarnation);
-        if connections > 1 && same_run {
-            // Frames in flight on the lost connection may be gone: directories re-send. (A new
-            // incarnation is a new node: membership reports the old one down first.)
+        let dropped = peer.dropped.swap(false, Ordering::SeqCst);
+        if (connections > 1 && same_run) || dropped {
+            // Frames in flight on the lost connection, or dropped while it was down, may be
+            // gone: directories re-send. (A new incarnation is a new node: membership reports the
+            // old one down first.)
             if let Some(s) = shared.upgrade() {
                 s.dists_notify(|| crate::cluster::dist::Internal::Reconnected(peer.id.clone()));
             }
@@ -901,6 +903,7 @@ impl Shared {
             inbound,
             addr: Mutex::new(None),
             connected: std::sync::atomic::AtomicBool::new(false),
+            dropped: std::sync::atomic::AtomicBool::new(false),
             stop: self.stop.child_token(),
             tasks: self.tasks.clone(),
         });

@@ -165,12 +165,38 @@ pub(super) struct Peer {
     inbound: mpsc::Sender<Conn>,
     addr: Mutex<Option<SocketAddr>>,
     connected: std::sync::atomic::AtomicBool,
+    /// A supervisor dropped a frame for this peer while it was not connected
+    /// ([`Peer::send_or_drop`]): the next connection tells the directories to reconcile.
+    dropped: std::sync::atomic::AtomicBool,
     stop: CancellationToken,
     /// The node's tasks (see [`Shared::tasks`]).
     tasks: TaskTracker,
 }
 
 impl Peer {
+    /// Queue `frame` for a sender that must not stall on a peer it cannot reach (a supervisor's
+    /// driver, which serves every child): while the connection is up, wait for room in `lane`
+    /// (backpressure); while it is down and the lane is full, drop the frame and remember it, so
+    /// that the next connection makes the directories reconcile (as after any lost connection).
+    /// Without this, a peer that refuses our connections (it declared this node down) while this
+    /// node's view still holds it would hold the driver at its full lane.
+    pub(super) async fn send_or_drop(&self, lane: Lane, frame: &Frame) -> Result<(), PushError> {
+        match self.out.try_push(lane, |b| encode_frame(b, frame)) {
+            Err(PushError::Full) => {}
+            other => return other,
+        }
+        if !self.connected.load(Ordering::Acquire) {
+            self.dropped.store(true, Ordering::SeqCst);
+            // Connected meanwhile: the link may have looked at `dropped` before it was set, so
+            // this frame must not be lost; wait for room (the flag costs a spare reconcile).
+            if !self.connected.load(Ordering::SeqCst) {
+                tracing::debug!(peer = %self.id, "frame for a disconnected peer with a full lane dropped; reconciled on reconnection");
+                return Ok(());
+            }
+        }
+        self.out.push(lane, |b| encode_frame(b, frame)).await
+    }
+
     /// Queue `frame` on the data lane, waiting for room.
     pub(super) async fn send(&self, frame: &Frame) -> Result<(), PushError> {
         self.out.push(Lane::Data, |b| encode_frame(b, frame)).await
@@ -805,4 +831,60 @@ impl Shared {
 async fn no_supervisor(peer: &Arc<Peer>, id: u64, sup: &str) {
     let result = Err(RemoteFailure::NoSuchActor(sup.to_owned()));
     let _ = peer.control(&Frame::Reply { id, result }).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(data_frames: usize) -> Peer {
+        Peer {
+            id: NodeId::new("p").unwrap(),
+            out: Outbox::new(Limits {
+                control_frames: 1,
+                data_frames,
+                lane_bytes: 1 << 20,
+                max_frame: 1 << 20,
+            }),
+            inbound: mpsc::channel(1).0,
+            addr: Mutex::new(None),
+            connected: std::sync::atomic::AtomicBool::new(false),
+            dropped: std::sync::atomic::AtomicBool::new(false),
+            stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    fn dir_frame() -> Frame {
+        Frame::Dir {
+            sup: "s".into(),
+            msg: vec![1, 2, 3],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_lane_of_a_disconnected_peer_drops_instead_of_waiting() {
+        let p = peer(1);
+        p.send_or_drop(Lane::Data, &dir_frame()).await.unwrap();
+        // Full and not connected: returns at once, remembering the drop for the next connection.
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            p.send_or_drop(Lane::Data, &dir_frame()),
+        )
+        .await
+        .expect("a sender to a disconnected peer must not wait")
+        .unwrap();
+        assert!(p.dropped.load(Ordering::SeqCst));
+        // Full and connected: backpressure, it waits for the writer.
+        p.connected.store(true, Ordering::SeqCst);
+        let waited = tokio::time::timeout(
+            Duration::from_millis(50),
+            p.send_or_drop(Lane::Data, &dir_frame()),
+        )
+        .await;
+        assert!(
+            waited.is_err(),
+            "a connected peer's full lane makes the sender wait"
+        );
+    }
 }

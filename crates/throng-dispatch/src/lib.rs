@@ -4,7 +4,8 @@
 //! - [`city`]: one city per node, supervised with restart intensity, agreeing with the other
 //!   cities through the [`roster`] CRDT.
 //! - [`control`]: the actor every node exports so any page can stop, crash or bomb any node.
-//! - [`view`], [`page`], [`web`]: the live page (SSE), the JSON API and `/metrics`.
+//! - [`snapshot`], [`view`], [`page`], [`web`]: what the page shows, how it is kept current, how it
+//!   is drawn, and the live page (SSE), the JSON API and `/metrics`.
 //! - [`run`]: the `node` and `demo` commands.
 //!
 //! Everything here uses only Throng's public API.
@@ -16,5 +17,6 @@ pub mod home;
 pub mod page;
 pub mod roster;
 pub mod run;
+pub mod snapshot;
 pub mod view;
 pub mod web;

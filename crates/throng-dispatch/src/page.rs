@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use crate::view::Snapshot;
+use crate::snapshot::Snapshot;
 
 /// Escape text for HTML.
 fn esc(s: &str) -> String {

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
 use throng::cluster::{ChildEvent, ClusterEvent, MemberInfo};
 use tokio::sync::{broadcast, watch};
 
@@ -15,76 +14,13 @@ use crate::city::{CityMsg, CityReply};
 use crate::control::{ControlMsg, ControlReply, NodeInfo};
 use crate::home::{Counters, Home, CONTROL_EXPORT};
 use crate::roster::Roster;
+pub use crate::snapshot::{CityRow, HeroRow, NodeRow, Snapshot};
 
 /// How often the view is recomputed.
 pub const REFRESH_EVERY: Duration = Duration::from_millis(500);
 
 /// How long the view waits for the city's roster.
 const CITY_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// A node as the page shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct NodeRow {
-    /// Node name.
-    pub name: String,
-    /// `up`, `leaving` or `down`.
-    pub status: &'static str,
-    /// Heroes running there.
-    pub heroes: usize,
-    /// Its city, once known.
-    pub city: Option<String>,
-    /// Its page, once known.
-    pub http: Option<String>,
-}
-
-/// A hero as the page and `/api/heroes` show it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct HeroRow {
-    /// Name.
-    pub name: String,
-    /// Node it runs on.
-    pub node: String,
-    /// Health.
-    pub health: i32,
-    /// Fights won.
-    pub fights_won: u32,
-    /// Fights lost.
-    pub fights_lost: u32,
-    /// `patrolling`, `resting`, or `moving` while its node is leaving or down.
-    pub status: &'static str,
-    /// Its city.
-    pub city: Option<String>,
-}
-
-/// A city as the page shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CityRow {
-    /// City name.
-    pub name: String,
-    /// Its node.
-    pub node: String,
-    /// Heroes assigned to it.
-    pub heroes: usize,
-    /// `ok`, `in ruins` (its supervisor gave up), or its node's status.
-    pub status: &'static str,
-}
-
-/// Everything on the page.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Snapshot {
-    /// This node.
-    pub me: String,
-    /// This node's city.
-    pub city: String,
-    /// Every node heard of.
-    pub nodes: Vec<NodeRow>,
-    /// Every hero.
-    pub heroes: Vec<HeroRow>,
-    /// Every city.
-    pub cities: Vec<CityRow>,
-    /// Recent events on this node, newest first.
-    pub events: Vec<String>,
-}
 
 #[derive(Debug, Clone)]
 struct Known {

@@ -57,8 +57,12 @@
 //!   [`ChildEvent::GaveUp`] (intensity is counted per child, so one crashing child cannot take its
 //!   siblings down). Restarts resume from the child's latest snapshot.
 //! - **Quorum.** With [`DirConfig::quorum`] set to the configured cluster size, a node that sees
-//!   fewer than half of it stops every child it runs, drops its backups and refuses starts with
-//!   [`StartError::NoQuorum`] until the view grows back (the majority side fails the children over).
+//!   fewer than half of it stops every child it runs and refuses starts and adoptions with
+//!   [`StartError::NoQuorum`] until the view grows back (the majority side fails the children
+//!   over). It keeps every copy it holds (backups, hand-off copies, orphans) and still takes and
+//!   acknowledges replications and removals — holding a copy runs nothing — because when no side
+//!   has a majority those copies are the children's last; when the quorum returns it reconciles
+//!   with every peer in its view ([`DirMsg::Held`]).
 //!   A child stopped for quorum is not removed: nothing is buried and no copy elsewhere is told to
 //!   go (the majority side runs it from its backup). Its final record is kept here as an orphan
 //!   copy held for this node itself, failed over like any orphan once the quorum returns: if the
@@ -1524,8 +1528,12 @@ impl Directory {
             }
             return out;
         }
-        for peer in added {
-            self.resync(&peer, &mut out);
+        if had_quorum {
+            for peer in added {
+                self.resync(&peer, &mut out);
+            }
+        } else {
+            self.regain_quorum(&mut out);
         }
         self.rebalance(&mut out);
         out
@@ -1554,16 +1562,26 @@ impl Directory {
         }
         self.moving.clear();
         self.move_queue.clear();
+        // Every copy held here stays (backups, hand-off copies, orphans): none runs while the
+        // quorum is lost, but the majority this node cannot see may not exist (a crash and a
+        // partition at once leave every side a minority), and then a copy here may be a
+        // child's last one. Once the quorum returns, the usual reconciliation
+        // ([`Directory::regain_quorum`]) drops the copies no longer needed and fails over the
+        // orphans; a copy the other side failed over meanwhile meets it and is merged.
+    }
+
+    /// The quorum came back: the peers in the view are reconciled with, not only the ones that
+    /// joined it at this change. Peers that came into the view while the quorum was lost were
+    /// not reconciled then (nothing is decided without a quorum), and the copies this node kept
+    /// through the loss may be stale (their owner moved its backup, handed the child on, or
+    /// removed it meanwhile): [`DirMsg::Held`] tells each peer what is held for it, and the
+    /// peer drops what it no longer needs.
+    fn regain_quorum(&mut self, out: &mut Vec<Action>) {
         let me = self.config.me.clone();
-        // The copies kept for this node itself (children abandoned at an earlier loss that no
-        // view had an owner for since) stay; every other copy goes.
-        self.backups.retain(|_, list| {
-            list.retain(|b| b.from == me);
-            !list.is_empty()
-        });
-        let backups = &self.backups;
-        self.handoffs
-            .retain(|k, h| h.to == me && backups.contains_key(k));
+        let peers: Vec<NodeId> = self.view.iter().filter(|n| **n != me).cloned().collect();
+        for peer in peers {
+            self.resync(&peer, out);
+        }
     }
 
     /// The child `key`, stopped because this node lost its quorum, exited (or failed to spawn):
@@ -1824,15 +1842,30 @@ impl Directory {
     /// orphans: they are failed over as if `node` had left the view.
     pub fn node_down(&mut self, node: &NodeId) -> Vec<Action> {
         let mut out = Vec::new();
-        if self.view.contains(node) || *node == self.config.me || self.quorum_lost {
+        if self.view.contains(node) || *node == self.config.me {
             return out;
         }
         if self.backups.values().flatten().any(|b| b.from == *node) {
             self.departed.insert(node.clone());
             self.orphan_copies(&BTreeSet::from([node.clone()]));
-            self.rebalance(&mut out);
+            // Without a quorum the copies stay orphans until it returns.
+            if !self.quorum_lost {
+                self.rebalance(&mut out);
+            }
         }
         out
+    }
+
+    /// The connection to `peer` closed (for any reason) while `peer` is not in this node's
+    /// view. Copies it replicated or handed here over that connection, from a run this node's
+    /// membership never reported up, are orphans from now on: no view change will ever name
+    /// `peer` to this directory if it stays out of reach (a partition hides it), and the side
+    /// holding its copies must run them. Failed over as after [`Directory::node_down`]; if
+    /// `peer` was alive after all, the copy it runs and the one failed over here meet when it
+    /// joins the view and are merged (the conflict rule). Ignored for a peer in the view (the
+    /// view change that removes it says so) and for a peer that sent nothing here.
+    pub fn disconnected(&mut self, peer: &NodeId) -> Vec<Action> {
+        self.node_down(peer)
     }
 
     /// Marks the copies held for `nodes` (which left the view, or died) as orphans.
@@ -1975,82 +2008,88 @@ impl Directory {
         }) || self.handoffs.get(key).is_some_and(|ho| ho.olds.contains(h))
     }
 
+    /// Without a quorum nothing runs here: an adoption goes back to its sender (it keeps its
+    /// copy). True if `msg` was handled so. Every other message is handled as usual: a node
+    /// without a quorum still holds copies (backups are kept, and replications acknowledged, as
+    /// they run nothing: the sender sees a quorum and this node is the backup in its view), the
+    /// copies kept through the loss must still be dropped when their owner says so, and a
+    /// removal still wins.
+    fn refused_without_quorum(
+        &mut self,
+        from: &NodeId,
+        msg: &DirMsg,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        match msg {
+            DirMsg::Adopt {
+                record,
+                hops,
+                tag,
+                holders,
+                moved,
+            } if *hops < MAX_HOPS => {
+                out.push(send(
+                    from,
+                    DirMsg::Adopt {
+                        record: record.clone(),
+                        hops: hops + 1,
+                        tag: *tag,
+                        holders: holders.clone(),
+                        moved: *moved,
+                    },
+                ));
+                true
+            }
+            DirMsg::Adopt {
+                record,
+                tag,
+                holders,
+                ..
+            } => {
+                self.keep_adoption(from, record.clone(), *tag, holders.clone());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// An adoption that bounced between nodes without a quorum until its hops ran out: sent
+    /// back once more it could circle for ever (or be dropped, and the child with it). Kept
+    /// instead as an orphan copy held for this node, like a child stopped for the quorum: run
+    /// or handed to its owner when the quorum returns. The sender is not told it was taken (it
+    /// keeps its copy, as the child's other copy meanwhile): it is named among the copies that
+    /// this one drops once it is safe, and if the sender fails its copy over first, the two
+    /// copies meet and are merged.
+    fn keep_adoption(&mut self, from: &NodeId, record: Record, tag: u64, holders: Vec<Holder>) {
+        let me = self.config.me.clone();
+        let key = record.key.clone();
+        if self.buried(&key, record.generation) || !self.remember_adoption(from, tag) {
+            return;
+        }
+        let sender = Holder {
+            node: from.clone(),
+            origin: me.clone(),
+            tag: Some(tag),
+            epoch: Epoch::default(),
+        };
+        let mut olds = vec![sender];
+        for h in holders {
+            if h.node == me {
+                // A copy held here itself: the orphan kept beside it covers it.
+                continue;
+            }
+            add_holder(&mut olds, h);
+        }
+        self.hold_olds(&key, olds);
+        self.next_tag += 1;
+        let copy = orphan_copy(&me, record, Some(self.next_tag), Epoch::default());
+        self.put_copy(&key, copy);
+    }
+
     /// A message from the directory on `from`.
     pub fn receive(&mut self, from: &NodeId, msg: DirMsg) -> Vec<Action> {
         let mut out = Vec::new();
-        if self.quorum_lost {
-            // Nothing is kept or run on the minority side; an adoption goes back to its sender.
-            match msg {
-                DirMsg::Adopt {
-                    record,
-                    hops,
-                    tag,
-                    holders,
-                    moved,
-                } if hops < MAX_HOPS => {
-                    out.push(send(
-                        from,
-                        DirMsg::Adopt {
-                            record,
-                            hops: hops + 1,
-                            tag,
-                            holders,
-                            moved,
-                        },
-                    ));
-                }
-                DirMsg::Drop {
-                    key,
-                    origin,
-                    tag,
-                    epoch,
-                    remove,
-                    generation,
-                } => {
-                    // A removal is remembered all the same: the copies kept here for when the
-                    // quorum returns must not bring the removed child back.
-                    if remove {
-                        self.bury(&key, generation);
-                    }
-                    out.push(send(
-                        from,
-                        DirMsg::Dropped {
-                            key,
-                            origin,
-                            tag,
-                            epoch,
-                            remove,
-                            next: None,
-                        },
-                    ))
-                }
-                DirMsg::Chase {
-                    key,
-                    from: f,
-                    tag,
-                    generation,
-                } => {
-                    self.bury(&key, generation);
-                    out.push(send(
-                        from,
-                        DirMsg::Chased {
-                            key,
-                            from: f,
-                            tag,
-                            next: None,
-                        },
-                    ))
-                }
-                DirMsg::Removed { key, generation } => {
-                    self.bury_and_stop(&key, generation, &mut out)
-                }
-                DirMsg::Buried { removed } => {
-                    for (key, generation) in removed.into_iter().take(MAX_TOMBSTONES) {
-                        self.bury_and_stop(&key, generation, &mut out);
-                    }
-                }
-                _ => {}
-            }
+        if self.quorum_lost && self.refused_without_quorum(from, &msg, &mut out) {
             return out;
         }
         // The connection to a node is closed when it leaves the view (messages in flight are
@@ -2237,7 +2276,9 @@ impl Directory {
             DirMsg::Held { keys } => {
                 // The records `from` should hold for this node and does not: send them again.
                 let held: BTreeMap<&String, Epoch> = keys.iter().map(|(k, e)| (k, *e)).collect();
-                for o in self.owned.values_mut() {
+                // (Not without a quorum: the children here are stopping, not to be backed up.)
+                let replicate = !self.quorum_lost;
+                for o in self.owned.values_mut().filter(|_| replicate) {
                     if o.backup.as_ref() == Some(from) && held.get(&o.record.key) != Some(&o.epoch)
                     {
                         o.acked = false;
@@ -2858,9 +2899,19 @@ mod tests {
                     "no quiescence: {:?}",
                     &self.log[self.log.len() - 20..]
                 );
-                let actions = self.dirs.get_mut(&to).expect("node").receive(&from, msg);
+                // A node removed from `dirs` crashed: what is sent to it is lost.
+                let Some(d) = self.dirs.get_mut(&to) else {
+                    continue;
+                };
+                let actions = d.receive(&from, msg);
                 self.apply(&to, actions);
             }
+        }
+
+        /// `n` crashes: its directory and its children are gone.
+        fn crash(&mut self, n: &str) {
+            self.dirs.remove(&id(n));
+            self.running.retain(|(node, _), _| *node != id(n));
         }
 
         fn replies(&self) -> Vec<(u64, Result<(), StartError>)> {
@@ -3018,6 +3069,82 @@ mod tests {
     }
 
     #[test]
+    fn a_crash_during_a_partition_that_leaves_no_majority_loses_no_child() {
+        let (mut net, keys) = quorum_net(30);
+        let on_a: Vec<String> = keys
+            .iter()
+            .filter(|k| net.runs(k) == vec![id("a")])
+            .cloned()
+            .collect();
+        assert!(!on_a.is_empty());
+        // `b` and `c` are cut off from each other when `a` crashes: no side has a quorum, so
+        // nobody fails `a`'s children over. The backups are their only copies.
+        net.crash("a");
+        net.call("b", |d| d.set_view([&id("b")]));
+        net.call("c", |d| d.set_view([&id("c")]));
+        net.settle();
+        assert!(net.running.is_empty(), "nothing runs without a quorum");
+        let healed = [id("b"), id("c")];
+        net.call("b", |d| d.set_view(healed.iter()));
+        net.call("c", |d| d.set_view(healed.iter()));
+        net.settle();
+        assert_each_runs_once_with_its_state(&net, &keys);
+    }
+
+    #[test]
+    fn a_backup_without_quorum_still_takes_its_owners_replications() {
+        let all = [id("a"), id("b"), id("c")];
+        let mut net = Net::with_quorum(&["a", "b", "c"], 8, Some(3));
+        let key = key_placed(&["a", "b", "c"], "a", "b");
+        net.call("a", |d| d.start(1, record(&key)));
+        net.settle();
+        // Only `b` loses the others (one-way gossip loss): `a` keeps running the child and
+        // replicating its new state to `b`.
+        net.call("b", |d| d.set_view([&id("b")]));
+        net.settle();
+        net.call("a", |d| d.snapshot(&key, b"<new>".to_vec()));
+        net.settle();
+        // Held and acknowledged at once: `a` still sees a quorum, and its child's only other
+        // copy is `b`'s (no later reconciliation compares versions).
+        assert_eq!(net.dir("a").unreplicated(), 0, "b acknowledged");
+        net.call("b", |d| d.set_view(all.iter()));
+        net.settle();
+        let version = net.dir("a").owned()[&key].record.version;
+        let held: Vec<u64> = net.dir("b").backups()[&key]
+            .iter()
+            .map(|c| c.record.version)
+            .collect();
+        assert_eq!(held, vec![version], "b holds the current record");
+        assert_eq!(net.dir("a").unreplicated(), 0);
+    }
+
+    #[test]
+    fn an_adoption_out_of_hops_at_a_node_without_quorum_runs_when_the_quorum_returns() {
+        let all = [id("a"), id("b"), id("c")];
+        let mut net = Net::with_quorum(&["a", "b", "c"], 8, Some(3));
+        let key = key_owned_by(&["a", "b", "c"], "b");
+        net.call("b", |d| d.set_view([&id("b")]));
+        net.settle();
+        // Passed around between nodes whose views disagree until its hops ran out.
+        let mut r = record(&key);
+        r.generation = 7;
+        r.snapshot = Some(format!("<{key}>").into_bytes());
+        let adopt = DirMsg::Adopt {
+            record: r,
+            hops: MAX_HOPS,
+            tag: 1,
+            holders: Vec::new(),
+            moved: true,
+        };
+        net.call("b", |d| d.receive(&id("a"), adopt));
+        net.settle();
+        assert!(net.runs(&key).is_empty(), "nothing runs without a quorum");
+        net.call("b", |d| d.set_view(all.iter()));
+        net.settle();
+        assert_each_runs_once_with_its_state(&net, std::slice::from_ref(&key));
+    }
+
+    #[test]
     fn a_copy_from_a_node_never_in_the_view_is_failed_over_when_the_view_changes_without_it() {
         let mut net = Net::new(&["a", "b", "c"], 8);
         let key = key_placed(&["a", "b"], "a", "b");
@@ -3035,6 +3162,24 @@ mod tests {
         net.call("b", |d| d.set_view([&id("b")]));
         net.settle();
         assert!(net.runs(&key).contains(&id("b")), "{key} runs on b");
+    }
+
+    #[test]
+    fn a_copy_from_a_stranger_is_failed_over_when_its_connection_closes() {
+        let mut net = Net::new(&["a", "b", "c"], 8);
+        let key = key_placed(&["a", "b"], "a", "b");
+        net.call("a", |d| d.set_view([&id("a"), &id("b")]));
+        net.call("b", |d| d.set_view([&id("b"), &id("c")]));
+        net.call("c", |d| d.set_view([&id("b"), &id("c")]));
+        net.settle();
+        net.call("a", |d| d.start(1, record(&key)));
+        net.settle();
+        assert!(net.dir("b").backups().contains_key(&key));
+        // `b`'s view does not change: only the closed connection says `a` is out of reach.
+        net.call("b", |d| d.disconnected(&id("a")));
+        net.settle();
+        let runs = net.runs(&key);
+        assert!(runs.iter().any(|n| *n != id("a")), "{key} runs on {runs:?}");
     }
 
     #[test]

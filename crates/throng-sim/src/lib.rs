@@ -1301,6 +1301,14 @@ impl Sim {
                     self.nodes[x].alive && self.nodes[x].view.get(&y) == Some(&self.nodes[y].inc);
             }
             trace!(self, "connection n{a}-n{b} closed");
+            for (x, y) in [(a, b), (b, a)] {
+                // The runtime reports every closed connection to the directory; it matters
+                // only for a peer out of the view (see `Directory::disconnected`).
+                if self.nodes[x].alive {
+                    let actions = self.nodes[x].dir.disconnected(&self.ids[y]);
+                    self.apply(x, actions);
+                }
+            }
         } else if !self.link_up[a][b] && up {
             self.link_up[a][b] = true;
             self.link_up[b][a] = true;
@@ -2081,8 +2089,12 @@ impl Sim {
         // Another live copy: views disagreed.
         let elsewhere = (0..self.nodes.len())
             .any(|i| i != node && self.nodes[i].alive && self.nodes[i].children.contains_key(&key));
+        let views_split = self.views_split;
         if let Some(t) = self.keys.get_mut(&key) {
-            if elsewhere {
+            // A copy spawned while views are split after a removal began is a failover on the
+            // other side, even when no `FailedOver` event tells (a node that lost its quorum
+            // before the spawn completed stops the child before its first event).
+            if elsewhere || (views_split && (t.expect == Expect::Gone || t.removal_ok)) {
                 t.split = true;
             }
         }

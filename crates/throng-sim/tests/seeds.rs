@@ -23,6 +23,12 @@ fn describe(tally: &Tally) -> String {
 fn assert_no_violation(partitions: bool, seeds: u64) {
     let mut config = SimConfig::new(5, 2000);
     config.partitions = partitions;
+    assert_config_holds(config, seeds);
+}
+
+/// `seeds` seeds of `config`: every invariant checked, none violated.
+fn assert_config_holds(config: SimConfig, seeds: u64) {
+    let partitions = config.partitions;
     let (tally, failing) = run_seeds(0, seeds, &config);
     for inv in Invariant::ALL {
         // Sides are checked only with gossip cuts.
@@ -44,12 +50,21 @@ fn assert_no_violation(partitions: bool, seeds: u64) {
 
 #[test]
 fn crashes_restarts_and_delays_keep_the_invariants() {
-    assert_no_violation(false, 200);
+    assert_no_violation(false, 120);
 }
 
 #[test]
 fn partitions_and_false_suspicions_keep_the_invariants() {
-    assert_no_violation(true, 200);
+    assert_no_violation(true, 120);
+}
+
+#[test]
+fn quorum_with_partitions_and_gossip_cuts_keeps_the_invariants() {
+    let mut config = SimConfig::new(5, 2000);
+    config.partitions = true;
+    config.quorum = true;
+    config.gossip_cuts = true;
+    assert_config_holds(config, 50);
 }
 
 #[test]

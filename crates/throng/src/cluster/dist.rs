@@ -191,6 +191,9 @@ pub(crate) enum Internal {
     View(Vec<NodeId>, Vec<NodeId>),
     /// Membership declared this node down.
     NodeDown(NodeId),
+    /// The connection to this peer closed (any cause): copies it sent here while outside the
+    /// view become orphans ([`Directory::disconnected`]).
+    Disconnected(NodeId),
 }
 
 /// The per-node state of one distributed supervisor.
@@ -531,6 +534,7 @@ impl Driver {
             Internal::Reconnected(peer) => self.dir.reconnected(&peer),
             Internal::View(owners, leaving) => self.dir.set_members(owners.iter(), leaving.iter()),
             Internal::NodeDown(node) => self.dir.node_down(&node),
+            Internal::Disconnected(node) => self.dir.disconnected(&node),
         }
     }
 

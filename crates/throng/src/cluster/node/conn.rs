@@ -402,6 +402,8 @@ pub(super) async fn link_loop(
         peer.connected.store(false, Ordering::Release);
         if let Some(s) = shared.upgrade() {
             s.peer_lost(&peer.id);
+            // After the close: no frame of this connection reaches a directory any more.
+            s.dists_notify(|| crate::cluster::dist::Internal::Disconnected(peer.id.clone()));
         }
         match ended {
             Ended::Stopped => return,
@@ -830,6 +832,9 @@ pub(super) async fn run_conn(
         Outbox::recycle(&mut data);
     };
     reader.abort();
+    // Once it has stopped, no frame of this connection reaches a directory after the
+    // `Disconnected` the link reports next.
+    let _ = reader.await;
     ended
 }
 

@@ -163,61 +163,58 @@ async fn command(node: &Node, me: &str, cmd: &str) {
     }
 }
 
-const USAGE: &str = "\
-usage:
-  throng-node [--config FILE]
-      Run a node. Settings come from FILE (TOML) and THRONG_* variables (which win):
-        name / THRONG_NAME                  node name, unique in the cluster
-        secret / THRONG_SECRET              cluster secret (or secret_file / THRONG_SECRET_FILE)
-        rpc_bind / THRONG_RPC_BIND          node-to-node address (default 127.0.0.1:0)
-        gossip_bind / THRONG_GOSSIP_BIND    membership address (default 127.0.0.1:0)
-        seeds / THRONG_SEEDS                gossip addresses of nodes to join (comma separated)
-        detection / THRONG_DETECTION        lan (default) or fast
-        multicast / THRONG_MULTICAST        on, off (default) or group:port: find nodes on the LAN
-                                            by sealed multicast hellos (default 239.255.47.32:45892)
-        multicast_interface / THRONG_MULTICAST_INTERFACE   IPv4 of the interface to multicast on
-        tls_ca / THRONG_TLS_CA              cluster CA certificate (PEM)   } all three: mutual TLS
-        tls_cert / THRONG_TLS_CERT          this node's certificate (PEM)  } between nodes; the
-        tls_key / THRONG_TLS_KEY            this node's private key (PEM)  } name must be the cert's
-      Without the tls_* settings, connections are authenticated with the secret (development).
+/// Run one Throng node, or write development certificates.
+#[derive(Debug, clap::Parser)]
+#[command(name = "throng-node", version, about, after_help = SETTINGS)]
+struct Cli {
+    /// A TOML file of settings (THRONG_* variables win over it).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
 
-  throng-node gen-certs --out DIR --nodes a,b,c [--days N]
-      Write a development CA (DIR/ca.pem, DIR/ca-key.pem) and, for each node, DIR/<node>.pem and
-      DIR/<node>-key.pem: a certificate whose only name (DNS SAN) is the node name, valid N days
-      (default 365). Never overwrites; keys are written mode 0600. Then run each node with
-        THRONG_NAME=a THRONG_TLS_CA=DIR/ca.pem THRONG_TLS_CERT=DIR/a.pem THRONG_TLS_KEY=DIR/a-key.pem
-      Keep ca-key.pem off the nodes.";
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Write a development CA and one certificate per node.
+    ///
+    /// Writes `DIR/ca.pem`, `DIR/ca-key.pem` and, for each node, `DIR/<node>.pem` and
+    /// `DIR/<node>-key.pem`: a certificate whose only name (DNS SAN) is the node name. Never
+    /// overwrites; keys are written mode 0600. Keep ca-key.pem off the nodes.
+    GenCerts {
+        /// Where to write the files.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// The node names, comma separated.
+        #[arg(long, value_name = "a,b,c")]
+        nodes: String,
+        /// Validity in days.
+        #[arg(long, default_value_t = tls::DEV_CERT_VALIDITY.as_secs() / 86_400,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        days: u64,
+    },
+}
+
+const SETTINGS: &str = "\
+Settings come from --config FILE (TOML) and THRONG_* variables (which win):
+  name / THRONG_NAME                  node name, unique in the cluster
+  secret / THRONG_SECRET              cluster secret (or secret_file / THRONG_SECRET_FILE)
+  rpc_bind / THRONG_RPC_BIND          node-to-node address (default 127.0.0.1:0)
+  gossip_bind / THRONG_GOSSIP_BIND    membership address (default 127.0.0.1:0)
+  seeds / THRONG_SEEDS                gossip addresses of nodes to join (comma separated)
+  detection / THRONG_DETECTION        lan (default) or fast
+  multicast / THRONG_MULTICAST        on, off (default) or group:port: find nodes on the LAN
+                                      by sealed multicast hellos (default 239.255.47.32:45892)
+  multicast_interface / THRONG_MULTICAST_INTERFACE   IPv4 of the interface to multicast on
+  tls_ca / THRONG_TLS_CA              cluster CA certificate (PEM)   } all three: mutual TLS
+  tls_cert / THRONG_TLS_CERT          this node's certificate (PEM)  } between nodes; the
+  tls_key / THRONG_TLS_KEY            this node's private key (PEM)  } name must be the cert's
+Without the tls_* settings, connections are authenticated with the secret (development).
+With certificates from gen-certs, run each node with
+  THRONG_NAME=a THRONG_TLS_CA=DIR/ca.pem THRONG_TLS_CERT=DIR/a.pem THRONG_TLS_KEY=DIR/a-key.pem";
 
 /// `gen-certs`: write a development CA and node certificates.
-fn gen_certs(mut args: impl Iterator<Item = String>) -> ExitCode {
-    let mut out: Option<PathBuf> = None;
-    let mut nodes: Option<String> = None;
-    let mut days: u64 = tls::DEV_CERT_VALIDITY.as_secs() / 86_400;
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--out" => out = args.next().map(PathBuf::from),
-            "--nodes" => nodes = args.next(),
-            "--days" => match args.next().and_then(|d| d.parse().ok()).filter(|&d| d > 0) {
-                Some(d) => days = d,
-                None => {
-                    eprintln!("--days takes a positive number of days");
-                    return ExitCode::from(2);
-                }
-            },
-            "-h" | "--help" => {
-                eprintln!("{USAGE}");
-                return ExitCode::SUCCESS;
-            }
-            other => {
-                eprintln!("unknown gen-certs argument {other:?}; see --help");
-                return ExitCode::from(2);
-            }
-        }
-    }
-    let (Some(out), Some(nodes)) = (out, nodes) else {
-        eprintln!("gen-certs needs --out DIR and --nodes a,b,c; see --help");
-        return ExitCode::from(2);
-    };
+fn gen_certs(out: PathBuf, nodes: String, days: u64) -> ExitCode {
     let mut ids = Vec::new();
     for n in nodes.split(',').map(str::trim).filter(|n| !n.is_empty()) {
         match NodeId::new(n) {
@@ -259,25 +256,11 @@ async fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let mut args = std::env::args().skip(1).peekable();
-    if args.peek().map(String::as_str) == Some("gen-certs") {
-        args.next();
-        return gen_certs(args);
+    let cli = <Cli as clap::Parser>::parse();
+    if let Some(Command::GenCerts { out, nodes, days }) = cli.command {
+        return gen_certs(out, nodes, days);
     }
-    let mut config_path: Option<PathBuf> = None;
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--config" => config_path = args.next().map(PathBuf::from),
-            "-h" | "--help" => {
-                eprintln!("{USAGE}");
-                return ExitCode::SUCCESS;
-            }
-            other => {
-                eprintln!("unknown argument {other:?}; see --help");
-                return ExitCode::from(2);
-            }
-        }
-    }
+    let config_path = cli.config;
     let config = match NodeConfig::load(config_path.as_deref()) {
         Ok(c) => c,
         Err(e) => {

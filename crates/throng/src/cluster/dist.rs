@@ -711,6 +711,13 @@ impl Shared {
         let member = opts.nodes.as_ref().is_none_or(|s| s.contains(&self.id));
         let ring_config = self.ring_config();
         let (cmds, cmd_rx) = mpsc::channel(DRIVER_QUEUE);
+        // Unbounded, and what bounds it: per child, at most one snapshot note (coalesced in its
+        // slot), one spawn outcome and one exit; per view change, one note; per peer, what its
+        // connection delivers (directory messages, read as fast as the driver's own sends to
+        // that peer are written). A bound with backpressure on the reader would let two drivers
+        // that each wait on the other's full lane deadlock through their readers; the way out
+        // (the driver never waiting on the network, with drop-and-reconcile at a byte budget
+        // per connection) is not built yet.
         let (internal, internal_rx) = mpsc::unbounded_channel();
         let dist = Arc::new(Dist {
             name: Arc::from(name),

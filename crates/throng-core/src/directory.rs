@@ -3144,12 +3144,12 @@ mod tests {
         assert_each_runs_once_with_its_state(&net, std::slice::from_ref(&key));
     }
 
-    #[test]
-    fn a_copy_from_a_node_never_in_the_view_is_failed_over_when_the_view_changes_without_it() {
+    /// `a` sees `b`, but `b`'s membership never reported `a` up (a partition hides it, say): the
+    /// runtime still takes `a`'s connection, so `b` backs up the child `a` starts. Returns the
+    /// network and the child's key.
+    fn a_stranger_backed_up_by_b() -> (Net, String) {
         let mut net = Net::new(&["a", "b", "c"], 8);
         let key = key_placed(&["a", "b"], "a", "b");
-        // `a` sees `b`, but `b`'s membership never reported `a` up (a partition hides it, say):
-        // the runtime still takes `a`'s connection, so `b` backs up `a`'s child.
         net.call("a", |d| d.set_view([&id("a"), &id("b")]));
         net.call("b", |d| d.set_view([&id("b"), &id("c")]));
         net.call("c", |d| d.set_view([&id("b"), &id("c")]));
@@ -3157,6 +3157,12 @@ mod tests {
         net.call("a", |d| d.start(1, record(&key)));
         net.settle();
         assert!(net.dir("b").backups().contains_key(&key));
+        (net, key)
+    }
+
+    #[test]
+    fn a_copy_from_a_node_never_in_the_view_is_failed_over_when_the_view_changes_without_it() {
+        let (mut net, key) = a_stranger_backed_up_by_b();
         // `b` is cut off from everyone: nothing will ever name `a` to it, and the copy it holds
         // must not stay a copy that nobody on its side runs.
         net.call("b", |d| d.set_view([&id("b")]));
@@ -3166,15 +3172,7 @@ mod tests {
 
     #[test]
     fn a_copy_from_a_stranger_is_failed_over_when_its_connection_closes() {
-        let mut net = Net::new(&["a", "b", "c"], 8);
-        let key = key_placed(&["a", "b"], "a", "b");
-        net.call("a", |d| d.set_view([&id("a"), &id("b")]));
-        net.call("b", |d| d.set_view([&id("b"), &id("c")]));
-        net.call("c", |d| d.set_view([&id("b"), &id("c")]));
-        net.settle();
-        net.call("a", |d| d.start(1, record(&key)));
-        net.settle();
-        assert!(net.dir("b").backups().contains_key(&key));
+        let (mut net, key) = a_stranger_backed_up_by_b();
         // `b`'s view does not change: only the closed connection says `a` is out of reach.
         net.call("b", |d| d.disconnected(&id("a")));
         net.settle();

@@ -33,14 +33,21 @@ enum CounterMsg {
     Get,
 }
 
+impl CounterMsg {
+    /// Apply to `count`; returns the count after.
+    fn apply(self, count: &mut i64) -> i64 {
+        if let CounterMsg::Add(n) = self {
+            *count += n;
+        }
+        *count
+    }
+}
+
 impl Actor for Counter {
     type Msg = CounterMsg;
     type Reply = i64;
     async fn handle(&mut self, msg: CounterMsg, _ctx: &mut Context<Self>) -> ActorResult<i64> {
-        if let CounterMsg::Add(n) = msg {
-            self.0 += n;
-        }
-        Ok(self.0)
+        Ok(msg.apply(&mut self.0))
     }
 }
 
@@ -56,10 +63,7 @@ impl Actor for KeyedCounter {
     type Msg = CounterMsg;
     type Reply = i64;
     async fn handle(&mut self, msg: CounterMsg, _ctx: &mut Context<Self>) -> ActorResult<i64> {
-        if let CounterMsg::Add(n) = msg {
-            self.0 += n;
-        }
-        Ok(self.0)
+        Ok(msg.apply(&mut self.0))
     }
 }
 

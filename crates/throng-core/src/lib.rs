@@ -7,6 +7,7 @@
 //! so the same code runs under tokio in production and under the seeded simulator in tests.
 
 pub mod directory;
+pub mod driver;
 pub mod names;
 pub mod node;
 pub mod placement;

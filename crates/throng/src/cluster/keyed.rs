@@ -190,7 +190,7 @@ pub(crate) enum ChildNote {
 struct SnapObserver<A> {
     key: Arc<str>,
     slot: Arc<Slot>,
-    notes: mpsc::UnboundedSender<super::dist::Internal>,
+    notes: mpsc::UnboundedSender<super::dist::Note>,
     policy: SnapshotPolicy,
     since: u32,
     last: Instant,
@@ -231,7 +231,7 @@ impl<A: Keyed> Observer<A> for SnapObserver<A> {
         if first {
             let _ = self
                 .notes
-                .send(super::dist::Internal::Note(ChildNote::Snapshot {
+                .send(super::dist::Note::Child(ChildNote::Snapshot {
                     key: self.key.clone(),
                     slot: self.slot.clone(),
                 }));
@@ -262,7 +262,7 @@ pub(crate) trait HostType: Send + Sync {
         record: &'a Record,
         key: Arc<str>,
         slot: Arc<Slot>,
-        notes: mpsc::UnboundedSender<super::dist::Internal>,
+        notes: mpsc::UnboundedSender<super::dist::Note>,
     ) -> super::dist::BoxFuture<'a, Result<ActorHandle, String>>;
 
     /// How children of this type are stopped ([`Keyed::shutdown`]).
@@ -295,7 +295,7 @@ impl<A: Keyed> HostType for Host<A> {
         record: &'a Record,
         key: Arc<str>,
         slot: Arc<Slot>,
-        notes: mpsc::UnboundedSender<super::dist::Internal>,
+        notes: mpsc::UnboundedSender<super::dist::Note>,
     ) -> super::dist::BoxFuture<'a, Result<ActorHandle, String>> {
         Box::pin(async move {
             let args: A::Args =

@@ -395,7 +395,8 @@ pub(super) async fn link_loop(
             // gone: directories re-send. (A new incarnation is a new node: membership reports the
             // old one down first.)
             if let Some(s) = shared.upgrade() {
-                s.dists_notify(|| crate::cluster::dist::Internal::Reconnected(peer.id.clone()));
+                s.dists_notify(|| crate::cluster::dist::Input::Reconnected(peer.id.clone()))
+                    .await;
             }
         }
         let ended = run_conn(&shared, &peer, conn, &mut inbound_rx).await;
@@ -403,7 +404,8 @@ pub(super) async fn link_loop(
         if let Some(s) = shared.upgrade() {
             s.peer_lost(&peer.id);
             // After the close: no frame of this connection reaches a directory any more.
-            s.dists_notify(|| crate::cluster::dist::Internal::Disconnected(peer.id.clone()));
+            s.dists_notify(|| crate::cluster::dist::Input::Disconnected(peer.id.clone()))
+                .await;
         }
         match ended {
             Ended::Stopped => return,
@@ -734,6 +736,9 @@ pub(super) async fn deliver_cast(
 }
 
 /// Carry frames over one connection until it fails, is replaced, or the link stops.
+/// Why a connection was reset by its peer's backlog overflowing ([`Peer::send_now`]).
+const BACKLOG_RESET: &str = "backlog of frames for the peer overflowed; reconnecting to reconcile";
+
 pub(super) async fn run_conn(
     shared: &Weak<Shared>,
     peer: &Arc<Peer>,
@@ -812,6 +817,7 @@ pub(super) async fn run_conn(
                 biased;
                 _ = stop.cancelled() => break Ended::Stopped,
                 why = &mut lost_rx => break Ended::Lost(why.unwrap_or_else(|_| "reader ended".into())),
+                _ = peer.reset.notified() => break Ended::Lost(BACKLOG_RESET.into()),
                 c = inbound_rx.recv() => match c {
                     Some(c) => break Ended::Replaced(Box::new(c)),
                     None => break Ended::Stopped,
@@ -823,6 +829,7 @@ pub(super) async fn run_conn(
             biased;
             _ = stop.cancelled() => break Ended::Stopped,
             why = &mut lost_rx => break Ended::Lost(why.unwrap_or_else(|_| "reader ended".into())),
+            _ = peer.reset.notified() => break Ended::Lost(BACKLOG_RESET.into()),
             r = writer.batch(&control, &data, &peer.out) => r,
         };
         if let Err(why) = written {
@@ -897,6 +904,8 @@ impl Shared {
             return p.clone();
         }
         let (inbound, inbound_rx) = mpsc::channel(2);
+        let (backlog, backlog_rx) = mpsc::channel(BACKLOG_FRAMES);
+        let stop = self.stop.child_token();
         let peer = Arc::new(Peer {
             id: id.clone(),
             out: Outbox::new(Limits {
@@ -909,10 +918,15 @@ impl Shared {
             addr: Mutex::new(None),
             connected: std::sync::atomic::AtomicBool::new(false),
             dropped: std::sync::atomic::AtomicBool::new(false),
-            stop: self.stop.child_token(),
+            backlog,
+            backlog_len: std::sync::atomic::AtomicUsize::new(0),
+            reset: tokio::sync::Notify::new(),
+            stop: stop.clone(),
             tasks: self.tasks.clone(),
         });
         peers.insert(id.clone(), peer.clone());
+        self.tasks
+            .spawn(Peer::run_backlog(Arc::downgrade(&peer), backlog_rx, stop));
         self.tasks
             .spawn(link_task(Arc::downgrade(self), peer.clone(), inbound_rx));
         peer

@@ -18,7 +18,7 @@ pub(super) async fn membership_glue(
     let leaving = m.leaving();
     drop(m);
     if let Some(s) = shared.upgrade() {
-        s.view_reset(&members, &leaving);
+        s.view_reset(&members, &leaving).await;
     }
     loop {
         let event = tokio::select! {
@@ -27,11 +27,13 @@ pub(super) async fn membership_glue(
         };
         let Some(s) = shared.upgrade() else { return };
         match event {
-            Ok(MembershipEvent::NodeUp(info)) => s.member_changed(ClusterEvent::NodeUp(info)),
+            Ok(MembershipEvent::NodeUp(info)) => s.member_changed(ClusterEvent::NodeUp(info)).await,
             Ok(MembershipEvent::NodeLeaving(info)) => {
-                s.member_changed(ClusterEvent::NodeLeaving(info))
+                s.member_changed(ClusterEvent::NodeLeaving(info)).await
             }
-            Ok(MembershipEvent::NodeDown(info)) => s.member_changed(ClusterEvent::NodeDown(info)),
+            Ok(MembershipEvent::NodeDown(info)) => {
+                s.member_changed(ClusterEvent::NodeDown(info)).await
+            }
             Ok(MembershipEvent::Rejoined(info)) => {
                 tracing::warn!(node = %info.id, "this node was declared down and rejoined");
                 s.view.apply(ClusterEvent::Rejoined(info));
@@ -44,7 +46,7 @@ pub(super) async fn membership_glue(
                 };
                 let (members, fresh) = m.subscribe_with_members();
                 rx = fresh;
-                s.view_reset(&members, &m.leaving());
+                s.view_reset(&members, &m.leaving()).await;
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }
@@ -53,17 +55,21 @@ pub(super) async fn membership_glue(
 
 impl Shared {
     /// Install a full member list (see [`View::reset`]) and carry out what changed.
-    pub(super) fn view_reset(self: &Arc<Self>, members: &[MemberInfo], leaving: &[MemberInfo]) {
+    pub(super) async fn view_reset(
+        self: &Arc<Self>,
+        members: &[MemberInfo],
+        leaving: &[MemberInfo],
+    ) {
         self.names.members_view(members);
         for change in self.view.reset(members, leaving) {
             self.member_effects(&change);
         }
-        self.dists_view();
+        self.dists_view().await;
     }
 
     /// One membership change: the connections and the registry first, then the view (which tells
     /// the listeners), then the supervisors.
-    pub(super) fn member_changed(self: &Arc<Self>, event: ClusterEvent) {
+    pub(super) async fn member_changed(self: &Arc<Self>, event: ClusterEvent) {
         match &event {
             ClusterEvent::NodeUp(info) => {
                 tracing::info!(node = %info.id, incarnation = %info.incarnation, "node up");
@@ -78,10 +84,11 @@ impl Shared {
         }
         self.member_effects(&event);
         self.view.apply(event.clone());
-        self.dists_view();
+        self.dists_view().await;
         if let ClusterEvent::NodeDown(info) = event {
             let down = info.id;
-            self.dists_notify(|| crate::cluster::dist::Internal::NodeDown(down.clone()));
+            self.dists_notify(|| crate::cluster::dist::Input::NodeDown(down.clone()))
+                .await;
         }
     }
 

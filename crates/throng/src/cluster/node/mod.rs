@@ -168,10 +168,21 @@ pub(super) struct Peer {
     /// A supervisor dropped a frame for this peer while it was not connected
     /// ([`Peer::send_or_drop`]): the next connection tells the directories to reconcile.
     dropped: std::sync::atomic::AtomicBool,
+    /// Frames that found their lane full, from senders that must not wait ([`Peer::send_now`]),
+    /// moved into the outbox in order by the peer's backlog task.
+    backlog: mpsc::Sender<(Lane, Frame)>,
+    /// Frames in `backlog` or being moved: while there are any, later frames queue behind them.
+    backlog_len: std::sync::atomic::AtomicUsize,
+    /// Ends the current connection (the backlog overflowed: the peer reads slower than this
+    /// node sends, for too long); the next connection reconciles.
+    reset: tokio::sync::Notify,
     stop: CancellationToken,
     /// The node's tasks (see [`Shared::tasks`]).
     tasks: TaskTracker,
 }
+
+/// Frames a peer's backlog holds ([`Peer::send_now`]) before the connection is reset.
+pub(super) const BACKLOG_FRAMES: usize = 16_384;
 
 impl Peer {
     /// Queue `frame` for a sender that must not stall on a peer it cannot reach (a supervisor's
@@ -222,12 +233,61 @@ impl Peer {
         }
     }
 
-    /// Queue a control frame from a task of its own, once the lane has room.
+    /// Queue a control frame behind the backlog (its lane was full).
     fn control_later(self: &Arc<Self>, frame: Frame) {
-        let peer = self.clone();
-        self.tasks.spawn(async move {
-            let _ = peer.control(&frame).await;
-        });
+        self.backlog_push(Lane::Control, frame);
+    }
+
+    /// Queue `frame` for a sender that must never wait on the network (a supervisor's driver,
+    /// an actor answering a call): into `lane` at once if it has room and nothing is waiting in
+    /// the backlog, else into the backlog, which the peer's backlog task moves into the outbox in
+    /// order. Past [`BACKLOG_FRAMES`] the frame is dropped, and the connection is reset so that
+    /// the next one makes the directories reconcile (as after any lost connection).
+    pub(crate) fn send_now(&self, lane: Lane, frame: Frame) {
+        if self.backlog_len.load(Ordering::Acquire) == 0 {
+            match self.out.try_push(lane, |b| encode_frame(b, &frame)) {
+                Err(PushError::Full) => {}
+                Err(e) => {
+                    tracing::debug!(peer = %self.id, error = ?e, "frame not queued");
+                    return;
+                }
+                Ok(()) => return,
+            }
+        }
+        self.backlog_push(lane, frame);
+    }
+
+    fn backlog_push(&self, lane: Lane, frame: Frame) {
+        self.backlog_len.fetch_add(1, Ordering::AcqRel);
+        if self.backlog.try_send((lane, frame)).is_err() {
+            self.backlog_len.fetch_sub(1, Ordering::AcqRel);
+            self.dropped.store(true, Ordering::SeqCst);
+            if self.connected.load(Ordering::SeqCst) {
+                tracing::warn!(peer = %self.id, frames = BACKLOG_FRAMES,
+                    "peer backlog full: frame dropped, connection reset to reconcile");
+                self.reset.notify_one();
+            }
+        }
+    }
+
+    /// The backlog task: moves frames from the backlog into the outbox, in order, waiting for
+    /// room (or dropping them while the peer is disconnected, see [`Peer::send_or_drop`]).
+    async fn run_backlog(
+        peer: Weak<Peer>,
+        mut rx: mpsc::Receiver<(Lane, Frame)>,
+        stop: CancellationToken,
+    ) {
+        loop {
+            let next = tokio::select! {
+                _ = stop.cancelled() => return,
+                n = rx.recv() => n,
+            };
+            let (Some((lane, frame)), Some(p)) = (next, peer.upgrade()) else {
+                return;
+            };
+            let _ = p.send_or_drop(lane, &frame).await;
+            p.backlog_len.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     /// Send a call's outcome from the actor's task (see [`Peer::control_from_actor`]); a reply
@@ -531,7 +591,7 @@ impl Node {
             }
         }
         self.shared.view.leave_self();
-        self.shared.dists_view();
+        self.shared.dists_view().await;
         let started = std::time::Instant::now();
         if !self.shared.dists_leave(HANDOFF_TIMEOUT).await {
             tracing::warn!("hand-off not complete in time; the rest fails over from backups");
@@ -812,7 +872,7 @@ impl Shared {
                 }
             }
             FrameRef::Dir { sup, msg } => match self.find_dist(sup) {
-                Some(d) => d.deliver(peer.id.clone(), msg),
+                Some(d) => d.deliver(peer.id.clone(), msg).await,
                 None => tracing::debug!(peer = %peer.id, supervisor = sup,
                     "directory message for an unknown supervisor dropped"),
             },
@@ -838,6 +898,10 @@ mod tests {
     use super::*;
 
     fn peer(data_frames: usize) -> Peer {
+        peer_with_backlog(data_frames, mpsc::channel(1).0)
+    }
+
+    fn peer_with_backlog(data_frames: usize, backlog: mpsc::Sender<(Lane, Frame)>) -> Peer {
         Peer {
             id: NodeId::new("p").unwrap(),
             out: Outbox::new(Limits {
@@ -850,9 +914,77 @@ mod tests {
             addr: Mutex::new(None),
             connected: std::sync::atomic::AtomicBool::new(false),
             dropped: std::sync::atomic::AtomicBool::new(false),
+            backlog,
+            backlog_len: std::sync::atomic::AtomicUsize::new(0),
+            reset: tokio::sync::Notify::new(),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
         }
+    }
+
+    fn numbered(n: u8) -> Frame {
+        Frame::Dir {
+            sup: "s".into(),
+            msg: vec![n],
+        }
+    }
+
+    /// The numbers of the directory frames queued on the data lane, in order.
+    fn drain(p: &Peer) -> Vec<u8> {
+        let (mut control, mut data) = (Vec::new(), Vec::new());
+        p.out.take(&mut control, &mut data);
+        wire::frames(&data)
+            .map(|f| match f {
+                Ok(FrameRef::Dir { msg, .. }) => msg[0],
+                other => panic!("unexpected frame {other:?}"),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_sender_that_must_not_wait_queues_behind_a_full_lane_in_order() {
+        let (tx, rx) = mpsc::channel(BACKLOG_FRAMES);
+        let p = Arc::new(peer_with_backlog(2, tx));
+        p.connected.store(true, Ordering::SeqCst);
+        let mover = tokio::spawn(Peer::run_backlog(
+            Arc::downgrade(&p),
+            rx,
+            CancellationToken::new(),
+        ));
+        for n in 0..6 {
+            // Never waits, though the lane holds two frames.
+            p.send_now(Lane::Data, numbered(n));
+        }
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while got.len() < 6 {
+            assert!(tokio::time::Instant::now() < deadline, "got only {got:?}");
+            got.extend(drain(&p));
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(got, vec![0, 1, 2, 3, 4, 5]);
+        assert!(!p.dropped.load(Ordering::SeqCst));
+        mover.abort();
+    }
+
+    #[tokio::test]
+    async fn an_overflowing_backlog_drops_and_resets_the_connection() {
+        // A backlog of one frame, never moved: the lane (one frame) and the backlog fill up.
+        let (tx, _rx) = mpsc::channel(1);
+        let p = peer_with_backlog(1, tx);
+        p.connected.store(true, Ordering::SeqCst);
+        let reset = p.reset.notified();
+        p.send_now(Lane::Data, numbered(0));
+        p.send_now(Lane::Data, numbered(1));
+        assert!(!p.dropped.load(Ordering::SeqCst));
+        p.send_now(Lane::Data, numbered(2));
+        assert!(
+            p.dropped.load(Ordering::SeqCst),
+            "the next connection reconciles"
+        );
+        tokio::time::timeout(Duration::from_secs(5), reset)
+            .await
+            .expect("the connection is told to reset");
     }
 
     fn dir_frame() -> Frame {

@@ -1,34 +1,40 @@
 //! Distributed supervisors: keyed children placed by a distribution strategy, addressed by key in
 //! one hop, replicated to a backup node, failed over when their node dies.
 //!
-//! Each [`DistSupervisor`] runs, on every member node, one *driver* task that owns the node's
-//! [`Directory`] (the sans-io state machine in `throng-core`) and carries out its decisions:
-//! spawning and stopping local children, sending directory messages to peers, answering requests,
-//! telling listeners. Requests from other nodes and directory messages arrive as frames and are
-//! queued to the driver; children report their snapshots and exits to it.
+//! Each [`DistSupervisor`] runs, on every member node, one *driver* task ([`driver`]) that owns
+//! the node's [`Directory`] (the sans-io state machine in `throng-core`) inside a
+//! [`throng_core::driver::Driver`], the executor the simulator runs too, and carries out its
+//! decisions on tokio: spawning and stopping local children, sending directory messages to peers,
+//! answering requests, telling listeners. Requests from other nodes and directory messages arrive
+//! as frames and are queued to the driver; children report their snapshots and exits to it. This
+//! module holds the public API ([`DistSupervisor`]) and the per-node state ([`Dist`]).
 
-use std::collections::{BTreeSet, HashMap};
+mod driver;
+
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use throng_core::directory::{
-    Action, ChildEvent, DirConfig, DirMsg, Directory, Distribution, Record, StartError, StopReason,
-    Uniform,
+    ChildEvent, DirConfig, DirMsg, Directory, Distribution, Record, StartError, Uniform,
 };
-use throng_core::{ExitClass, Intensity, NodeId, Ring};
+use throng_core::driver::Driver;
+use throng_core::{Intensity, NodeId, Ring};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+pub(in crate::cluster) use driver::Answer;
+use driver::Cmd;
+pub(crate) use driver::{Input, Note};
+
 use super::export_id::ExportId;
-use super::keyed::{ChildError, ChildNote, Keyed, Slot};
-use super::node::{Peer, Pending, Shared};
-use super::outbox::Lane;
+use super::keyed::{ChildError, Keyed};
+use super::node::{Pending, Shared};
 use super::wire::{self, Frame, RemoteFailure};
 use super::Node;
-use crate::supervisor::Shutdown;
-use crate::{ActorHandle, ActorId, ActorRef, CallError, ExitReason, SendError};
+use crate::{ActorRef, CallError, SendError};
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -107,53 +113,8 @@ pub struct ChildInfo {
     pub actor_type: String,
 }
 
-/// Where a request's answer goes: to a caller on this node, or to a peer as a [`Frame::Reply`].
-pub(super) enum Answer<T> {
-    Local(oneshot::Sender<T>),
-    Remote { peer: Arc<Peer>, id: u64 },
-}
-
-impl<T: serde::Serialize> Answer<T> {
-    /// Deliver `value`; a remote answer waits for room in the peer's control lane.
-    pub(super) async fn send(self, value: T) {
-        match self {
-            Answer::Local(tx) => {
-                let _ = tx.send(value);
-            }
-            Answer::Remote { peer, id } => {
-                // A caller whose connection is lost fails with `NodeDown` anyway.
-                let result = Ok(wire::encode(&value));
-                let _ = peer
-                    .send_or_drop(Lane::Control, &Frame::Reply { id, result })
-                    .await;
-            }
-        }
-    }
-}
-
 fn stopped() -> StartError {
     StartError::Failed("supervisor stopped".into())
-}
-
-pub(super) enum Cmd {
-    Start {
-        record: Record,
-        reply: Answer<Result<(), StartError>>,
-    },
-    Terminate {
-        key: String,
-        reply: Answer<Result<(), StartError>>,
-    },
-    List {
-        reply: Answer<Vec<(String, String)>>,
-    },
-    Stats {
-        reply: oneshot::Sender<DistStats>,
-    },
-    /// This node leaves: hand every child off; answer once done.
-    Leave {
-        reply: oneshot::Sender<()>,
-    },
 }
 
 /// What one node's part of a distributed supervisor holds.
@@ -169,33 +130,6 @@ pub struct DistStats {
     pub unreplicated: usize,
 }
 
-pub(crate) enum Internal {
-    Note(ChildNote),
-    Spawned {
-        key: Arc<str>,
-        result: Result<ActorHandle, String>,
-        shutdown: Shutdown,
-    },
-    Exited {
-        key: Arc<str>,
-        id: ActorId,
-        class: ExitClass,
-    },
-    Msg {
-        from: NodeId,
-        msg: DirMsg,
-    },
-    /// The connection to this peer was lost and re-established.
-    Reconnected(NodeId),
-    /// The eligible nodes changed: owners (up, not leaving) and leaving ones.
-    View(Vec<NodeId>, Vec<NodeId>),
-    /// Membership declared this node down.
-    NodeDown(NodeId),
-    /// The connection to this peer closed (any cause): copies it sent here while outside the
-    /// view become orphans ([`Directory::disconnected`]).
-    Disconnected(NodeId),
-}
-
 /// The per-node state of one distributed supervisor.
 pub(crate) struct Dist {
     name: Arc<str>,
@@ -208,16 +142,17 @@ pub(crate) struct Dist {
     /// Whether this node hosts children of this supervisor.
     member: bool,
     cmds: mpsc::Sender<Cmd>,
-    internal: mpsc::UnboundedSender<Internal>,
+    input: mpsc::Sender<Input>,
     events: broadcast::Sender<DistEvent>,
 }
 
 impl Dist {
-    /// Deliver a directory message from `from` (called by the connection reader).
-    pub(crate) fn deliver(&self, from: NodeId, msg: &[u8]) {
+    /// Deliver a directory message from `from` (called by the connection reader, which waits
+    /// for room in the driver's queue: backpressure on the peer).
+    pub(crate) async fn deliver(&self, from: NodeId, msg: &[u8]) {
         match postcard::from_bytes::<DirMsg>(msg) {
             Ok(msg) => {
-                let _ = self.internal.send(Internal::Msg { from, msg });
+                let _ = self.input.send(Input::Msg { from, msg }).await;
             }
             Err(e) => tracing::warn!(peer = %from, error = %e, "bad directory message dropped"),
         }
@@ -230,14 +165,12 @@ impl Dist {
         let record: Record = match postcard::from_bytes(record) {
             Ok(r) => r,
             Err(e) => {
-                return answer
-                    .send(Err(StartError::Failed(format!("bad record: {e}"))))
-                    .await
+                return answer.send(Err(StartError::Failed(format!("bad record: {e}"))));
             }
         };
         if !self.member {
             let owner = self.owner(&record.key);
-            return answer.send(Err(StartError::NotOwner { owner })).await;
+            return answer.send(Err(StartError::NotOwner { owner }));
         }
         if let Err(mpsc::error::SendError(Cmd::Start { reply, .. })) = self
             .cmds
@@ -247,16 +180,14 @@ impl Dist {
             })
             .await
         {
-            reply.send(Err(stopped())).await;
+            reply.send(Err(stopped()));
         }
     }
 
     /// Queue a terminate of the child `key`; the outcome goes to `answer`.
     pub(super) async fn stop(&self, key: &str, answer: Answer<Result<(), StartError>>) {
         if !self.member {
-            return answer
-                .send(Err(StartError::NoSuchChild(key.to_owned())))
-                .await;
+            return answer.send(Err(StartError::NoSuchChild(key.to_owned())));
         }
         let cmd = Cmd::Terminate {
             key: key.to_owned(),
@@ -264,19 +195,19 @@ impl Dist {
         };
         if let Err(mpsc::error::SendError(Cmd::Terminate { reply, .. })) = self.cmds.send(cmd).await
         {
-            reply.send(Err(stopped())).await;
+            reply.send(Err(stopped()));
         }
     }
 
     /// Queue a list of the children running here; the list goes to `answer`.
     pub(super) async fn list(&self, answer: Answer<Vec<(String, String)>>) {
         if !self.member {
-            return answer.send(Vec::new()).await;
+            return answer.send(Vec::new());
         }
         if let Err(mpsc::error::SendError(Cmd::List { reply })) =
             self.cmds.send(Cmd::List { reply: answer }).await
         {
-            reply.send(Vec::new()).await;
+            reply.send(Vec::new());
         }
     }
 
@@ -298,8 +229,19 @@ impl Dist {
         rx.await.unwrap_or_default()
     }
 
-    /// The eligible nodes among `owners` (the node's placement view) and `leaving`.
-    pub(crate) fn set_view(&self, owners: &[NodeId], leaving: &[NodeId]) {
+    /// The eligible nodes among `owners` (the node's placement view) and `leaving`: the ring the
+    /// API reads at once, the driver's view in its turn.
+    pub(crate) async fn set_view(&self, owners: &[NodeId], leaving: &[NodeId]) {
+        if let Some(view) = self.set_ring(owners, leaving) {
+            // On the same queue as peers' directory messages, so that a message sent after a
+            // peer saw a view change is handled after this node's own view change is.
+            let _ = self.input.send(view).await;
+        }
+    }
+
+    /// Install the ring of the eligible nodes among `owners`; returns the view change for this
+    /// node's driver, if it has one.
+    fn set_ring(&self, owners: &[NodeId], leaving: &[NodeId]) -> Option<Input> {
         let eligible = |n: &&NodeId| self.opts.nodes.as_ref().is_none_or(|s| s.contains(*n));
         let nodes: Vec<NodeId> = owners.iter().filter(eligible).cloned().collect();
         let leaving: Vec<NodeId> = leaving.iter().filter(eligible).cloned().collect();
@@ -310,11 +252,7 @@ impl Dist {
             }
         }
         self.view_changed.notify_waiters();
-        if self.member {
-            // On the same queue as peers' directory messages, so that a message sent after a
-            // peer saw a view change is handled after this node's own view change is.
-            let _ = self.internal.send(Internal::View(nodes, leaving));
-        }
+        self.member.then_some(Input::View(nodes, leaving))
     }
 
     fn owner(&self, key: &str) -> Option<NodeId> {
@@ -329,360 +267,6 @@ impl Dist {
 
 fn export_name(sup: &str, key: &str) -> String {
     ExportId::Child { sup, key }.encode()
-}
-
-struct Running {
-    handle: ActorHandle,
-    slot: Arc<Slot>,
-    /// How it is stopped ([`Keyed::shutdown`] of its type).
-    shutdown: Shutdown,
-}
-
-/// The task that owns a node's directory of one supervisor.
-struct Driver {
-    dir: Directory,
-    dist: Weak<Dist>,
-    shared: Weak<Shared>,
-    me: NodeId,
-    requests: HashMap<u64, Answer<Result<(), StartError>>>,
-    next_req: u64,
-    /// By key; the key is shared with the child's exit watcher and snapshot observer.
-    running: HashMap<Arc<str>, Running>,
-    /// Slots of children being spawned, by key, until `Spawned` arrives.
-    pending_slots: HashMap<String, Arc<Slot>>,
-    /// Children stopping to merge another copy's state (`Action::Merge`), with that copy.
-    merging: HashMap<String, Record>,
-    /// `Node::leave` waiting for every child to be handed off.
-    leave_waiters: Vec<oneshot::Sender<()>>,
-    epoch: Instant,
-}
-
-impl Driver {
-    async fn run(
-        mut self,
-        mut cmds: mpsc::Receiver<Cmd>,
-        mut internal: mpsc::UnboundedReceiver<Internal>,
-        stop: tokio_util::sync::CancellationToken,
-    ) {
-        loop {
-            let actions = tokio::select! {
-                biased;
-                _ = stop.cancelled() => {
-                    // The node shuts down: its children stop with it.
-                    for r in self.running.values() {
-                        r.handle.stop(ExitReason::Shutdown);
-                    }
-                    return;
-                }
-                i = internal.recv() => match i {
-                    Some(i) => self.on_internal(i),
-                    None => return,
-                },
-                c = cmds.recv() => match c {
-                    Some(c) => self.on_cmd(c).await,
-                    None => return,
-                },
-            };
-            self.execute(actions).await;
-            if !self.leave_waiters.is_empty() && self.dir.handed_off() {
-                for w in self.leave_waiters.drain(..) {
-                    let _ = w.send(());
-                }
-            }
-        }
-    }
-
-    async fn on_cmd(&mut self, cmd: Cmd) -> Vec<Action> {
-        match cmd {
-            Cmd::Start { record, reply } => {
-                let req = self.req(reply);
-                self.dir.start(req, record)
-            }
-            Cmd::Terminate { key, reply } => {
-                let req = self.req(reply);
-                self.dir.terminate(req, &key)
-            }
-            Cmd::List { reply } => {
-                let list = self
-                    .dir
-                    .owned()
-                    .iter()
-                    .filter(|(k, _)| {
-                        self.running
-                            .get(k.as_str())
-                            .is_some_and(|r| r.handle.is_alive())
-                    })
-                    .map(|(k, o)| (k.clone(), o.record.actor_type.clone()))
-                    .collect();
-                reply.send(list).await;
-                Vec::new()
-            }
-            Cmd::Leave { reply } => {
-                self.leave_waiters.push(reply);
-                self.dir.leave()
-            }
-            Cmd::Stats { reply } => {
-                let _ = reply.send(DistStats {
-                    owned: self.dir.owned().len(),
-                    running: self
-                        .running
-                        .values()
-                        .filter(|r| r.handle.is_alive())
-                        .count(),
-                    backups: self.dir.backup_count(),
-                    unreplicated: self.dir.unreplicated(),
-                });
-                Vec::new()
-            }
-        }
-    }
-
-    fn req(&mut self, reply: Answer<Result<(), StartError>>) -> u64 {
-        self.next_req += 1;
-        self.requests.insert(self.next_req, reply);
-        self.next_req
-    }
-
-    fn on_internal(&mut self, i: Internal) -> Vec<Action> {
-        match i {
-            Internal::Note(ChildNote::Snapshot { key, slot }) => {
-                let current = self
-                    .running
-                    .get(&*key)
-                    .is_some_and(|r| Arc::ptr_eq(&r.slot, &slot));
-                let bytes = slot
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take();
-                match bytes {
-                    Some(b) if current => self.dir.snapshot(&key, b),
-                    _ => Vec::new(),
-                }
-            }
-            Internal::Spawned {
-                key,
-                result,
-                shutdown,
-            } => match result {
-                Ok(handle) => {
-                    let id = handle.id();
-                    let slot = self.slot_for(&key);
-                    self.running.insert(
-                        key.clone(),
-                        Running {
-                            handle: handle.clone(),
-                            slot,
-                            shutdown,
-                        },
-                    );
-                    let internal = self.dist.upgrade().map(|d| d.internal.clone());
-                    let k = key.clone();
-                    handle.on_exit(move |_, reason| {
-                        if let Some(tx) = internal {
-                            let _ = tx.send(Internal::Exited {
-                                key: k,
-                                id,
-                                class: reason.class(),
-                            });
-                        }
-                    });
-                    self.dir.spawned(&key, Ok(()))
-                }
-                Err(e) => {
-                    self.running.remove(&key);
-                    self.dir.spawned(&key, Err(e))
-                }
-            },
-            Internal::Exited { key, id, class } => {
-                let current = self.running.get(&key).is_some_and(|r| r.handle.id() == id);
-                if !current {
-                    return Vec::new();
-                }
-                let r = self.running.remove(&key).expect("present");
-                // A snapshot still waiting is newer than the one replicated; the final one newer
-                // still (taken as the child stopped cleanly).
-                let last = r.slot.last.lock().unwrap_or_else(|p| p.into_inner()).take();
-                let pending = r
-                    .slot
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take();
-                let mut out = Vec::new();
-                if let (Some(p), true) = (pending, last.is_none()) {
-                    out.extend(self.dir.snapshot(&key, p));
-                }
-                if let Some(theirs) = self.merging.remove(&*key) {
-                    // A conflict: the winner (this copy) stopped; merge the loser's state in.
-                    let ours = last.or_else(|| {
-                        self.dir
-                            .owned()
-                            .get(&*key)
-                            .and_then(|o| o.record.snapshot.clone())
-                    });
-                    let merged = self
-                        .host(&theirs.actor_type)
-                        .and_then(|h| h.merge(&key, ours.as_deref(), theirs.snapshot.as_deref()));
-                    out.extend(self.dir.merged(&key, merged));
-                    return out;
-                }
-                out.extend(self.dir.exited(&key, class, last, self.epoch.elapsed()));
-                out
-            }
-            Internal::Msg { from, msg } => self.dir.receive(&from, msg),
-            Internal::Reconnected(peer) => self.dir.reconnected(&peer),
-            Internal::View(owners, leaving) => self.dir.set_members(owners.iter(), leaving.iter()),
-            Internal::NodeDown(node) => self.dir.node_down(&node),
-            Internal::Disconnected(node) => self.dir.disconnected(&node),
-        }
-    }
-
-    fn host(&self, actor_type: &str) -> Option<Arc<dyn super::keyed::HostType>> {
-        self.shared
-            .upgrade()?
-            .types
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(actor_type)
-            .cloned()
-    }
-
-    /// The slot a child spawned for `key` reports to (created by `execute` before spawning).
-    fn slot_for(&mut self, key: &str) -> Arc<Slot> {
-        self.pending_slots.remove(key).unwrap_or_default()
-    }
-
-    async fn execute(&mut self, actions: Vec<Action>) {
-        let mut queue: std::collections::VecDeque<Action> = actions.into();
-        while let Some(action) = queue.pop_front() {
-            tracing::trace!(node = %self.me, ?action, "directory action");
-            match action {
-                Action::Spawn(record) => {
-                    if let Some(extra) = self.spawn(record) {
-                        queue.extend(extra);
-                    }
-                }
-                Action::Merge { key, theirs } => {
-                    self.merging.insert(key.clone(), theirs);
-                    queue.push_back(Action::Stop {
-                        key,
-                        reason: StopReason::Move,
-                    });
-                }
-                Action::Stop { key, reason } => {
-                    if let Some(r) = self.running.get(key.as_str()) {
-                        let handle = r.handle.clone();
-                        let grace = match r.shutdown {
-                            Shutdown::Brutal => {
-                                handle.kill();
-                                continue;
-                            }
-                            Shutdown::Timeout(d) => Some(d),
-                            Shutdown::Infinity => None,
-                        };
-                        match reason {
-                            // Drained: what it accepted is handled (and in its final snapshot);
-                            // what comes after is refused, so callers send it to the new owner.
-                            StopReason::Move | StopReason::Terminate => handle.drain_stop(),
-                            _ => handle.stop(ExitReason::Shutdown),
-                        }
-                        if let Some(grace) = grace {
-                            // Not one of the node's tasks: it ends within the child's grace, and
-                            // the node's shutdown does not wait for children to finish stopping.
-                            tokio::spawn(async move {
-                                if tokio::time::timeout(grace, handle.monitor()).await.is_err() {
-                                    handle.kill();
-                                }
-                            });
-                        }
-                    }
-                }
-                Action::Send { to, msg } => {
-                    if to == self.me {
-                        queue.extend(self.dir.receive(&self.me.clone(), msg));
-                        continue;
-                    }
-                    let (Some(shared), Some(dist)) = (self.shared.upgrade(), self.dist.upgrade())
-                    else {
-                        return;
-                    };
-                    let Some(peer) = shared.peer_handle(&to) else {
-                        tracing::debug!(peer = %to, "directory message to an unknown peer dropped");
-                        continue;
-                    };
-                    let frame = Frame::Dir {
-                        sup: dist.name.to_string(),
-                        msg: wire::encode(&msg),
-                    };
-                    let _ = peer.send_or_drop(Lane::Data, &frame).await;
-                }
-                Action::Reply { req, result } => {
-                    if let Some(answer) = self.requests.remove(&req) {
-                        answer.send(result).await;
-                    }
-                }
-                Action::Event(event) => {
-                    if let Some(dist) = self.dist.upgrade() {
-                        log_event(&dist.name, &event);
-                        let _ = dist.events.send(DistEvent {
-                            supervisor: dist.name.clone(),
-                            node: self.me.clone(),
-                            event,
-                        });
-                    }
-                }
-            }
-        }
-    }
-
-    /// Start the child of `record` on its own task; its outcome comes back as `Spawned`.
-    fn spawn(&mut self, record: Record) -> Option<Vec<Action>> {
-        let (shared, dist) = (self.shared.upgrade()?, self.dist.upgrade()?);
-        let host = shared
-            .types
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(record.actor_type.as_str())
-            .cloned();
-        let Some(host) = host else {
-            return Some(self.dir.spawned(
-                &record.key,
-                Err(format!("unknown actor type {}", record.actor_type)),
-            ));
-        };
-        let slot = Arc::new(Slot::default());
-        self.pending_slots.insert(record.key.clone(), slot.clone());
-        let internal = dist.internal.clone();
-        // Unbounded, yet bounded in practice: a child has at most one snapshot note pending
-        // (coalescing in its slot) and one exit.
-        let notes = internal.clone();
-        let export = dist.export_name(&record.key);
-        let key: Arc<str> = Arc::from(record.key.as_str());
-        let shutdown = host.shutdown();
-        shared.tasks.clone().spawn(async move {
-            let result = host
-                .spawn(&shared, &export, &record, key.clone(), slot, notes)
-                .await;
-            let _ = internal.send(Internal::Spawned {
-                key,
-                result,
-                shutdown,
-            });
-        });
-        None
-    }
-}
-
-fn log_event(sup: &str, event: &ChildEvent) {
-    // Per-child events come by the hundred thousand when a big node fails or a partition heals:
-    // they are for listeners (`DistSupervisor::events`) and debug logs, not for the default log.
-    match event {
-        ChildEvent::GaveUp { key, restarts } => {
-            tracing::warn!(supervisor = sup, %key, restarts, "child restarted too often; removed")
-        }
-        other => tracing::debug!(supervisor = sup, event = ?other, "child event"),
-    }
 }
 
 /// A handle on one distributed supervisor, from this node. Cheap to clone.
@@ -711,21 +295,18 @@ impl Shared {
         let member = opts.nodes.as_ref().is_none_or(|s| s.contains(&self.id));
         let ring_config = self.ring_config();
         let (cmds, cmd_rx) = mpsc::channel(DRIVER_QUEUE);
-        // Unbounded, and what bounds it: per child, at most one snapshot note (coalesced in its
-        // slot), one spawn outcome and one exit; per view change, one note; per peer, what its
-        // connection delivers (directory messages, read as fast as the driver's own sends to
-        // that peer are written). A bound with backpressure on the reader would let two drivers
-        // that each wait on the other's full lane deadlock through their readers; the way out
-        // (the driver never waiting on the network, with drop-and-reconcile at a byte budget
-        // per connection) is not built yet.
-        let (internal, internal_rx) = mpsc::unbounded_channel();
+        // Peers' messages, connection notices and view changes; producers wait for room (the
+        // driver never waits on the network, so it always drains this queue).
+        let (input, input_rx) = mpsc::channel(DRIVER_QUEUE);
+        // Children's notes: see `Note` for what bounds them.
+        let (notes, notes_rx) = mpsc::unbounded_channel();
         let dist = Arc::new(Dist {
             name: Arc::from(name),
             view: RwLock::new(Ring::new(ring_config)),
             view_changed: tokio::sync::Notify::new(),
             member,
             cmds,
-            internal,
+            input,
             events: broadcast::channel(CHILD_EVENT_CAPACITY).0,
             opts: opts.clone(),
         });
@@ -738,23 +319,18 @@ impl Shared {
             config.max_moves = opts.max_moves.max(1);
             // Copies made by this run are told apart from those of earlier runs of this node.
             config.incarnation = self.incarnation.get();
-            let driver = Driver {
-                dir: Directory::new(config),
-                dist: Arc::downgrade(&dist),
-                shared: Arc::downgrade(self),
-                me: self.id.clone(),
-                requests: HashMap::new(),
-                next_req: 0,
-                running: HashMap::new(),
-                pending_slots: HashMap::new(),
-                merging: HashMap::new(),
-                leave_waiters: Vec::new(),
-                epoch: Instant::now(),
+            let task = driver::Task::new(Driver::new(Directory::new(config)), &dist, self, notes);
+            let queues = driver::Queues {
+                cmds: cmd_rx,
+                input: input_rx,
+                notes: notes_rx,
             };
-            self.tasks
-                .spawn(driver.run(cmd_rx, internal_rx, self.stop_token()));
+            self.tasks.spawn(task.run(queues, self.stop_token()));
         }
-        dist.set_view(&self.owner_nodes(), &self.leaving_nodes());
+        if let Some(view) = dist.set_ring(&self.owner_nodes(), &self.leaving_nodes()) {
+            // The queue was just made: it has room.
+            let _ = dist.input.try_send(view);
+        }
         dists.insert(name.to_owned(), dist.clone());
         dist
     }
@@ -792,16 +368,23 @@ impl Shared {
             .unwrap_or(false)
     }
 
-    /// Queue `note()` to every supervisor's driver.
-    pub(crate) fn dists_notify(&self, note: impl Fn() -> Internal) {
-        let dists = self.dists.read().unwrap_or_else(|p| p.into_inner());
-        for d in dists.values() {
-            let _ = d.internal.send(note());
+    /// Queue `input()` to every supervisor's driver, waiting for room.
+    pub(crate) async fn dists_notify(&self, input: impl Fn() -> Input) {
+        let dists: Vec<Arc<Dist>> = self
+            .dists
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|d| d.member)
+            .cloned()
+            .collect();
+        for d in dists {
+            let _ = d.input.send(input()).await;
         }
     }
 
     /// Tell every supervisor the placement view changed.
-    pub(crate) fn dists_view(&self) {
+    pub(crate) async fn dists_view(&self) {
         let owners = self.owner_nodes();
         let leaving = self.leaving_nodes();
         let dists: Vec<Arc<Dist>> = self
@@ -812,7 +395,7 @@ impl Shared {
             .cloned()
             .collect();
         for d in dists {
-            d.set_view(&owners, &leaving);
+            d.set_view(&owners, &leaving).await;
         }
     }
 }

@@ -1,0 +1,451 @@
+//! The task that runs one supervisor's [`Driver`] on this node: its inputs (requests, peers'
+//! directory messages and connection notices, the view, children's notes) and the [`Host`] that
+//! carries the directory's decisions out on tokio.
+//!
+//! The driver never waits on the network: frames for peers go through [`Peer::send_now`], which
+//! queues them without waiting (a peer that stays behind for too long loses its connection and
+//! the directories reconcile on the next one). So every input queue can be bounded with
+//! backpressure on its producers (a connection's reader waits for room) without two drivers
+//! waiting on each other through their readers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+use throng_core::directory::{ChildEvent, DirMsg, Record, StartError, StopReason};
+use throng_core::driver::{Driver, Exit, Host};
+use throng_core::{ExitClass, NodeId};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Dist, DistEvent, DistStats};
+use crate::cluster::keyed::{ChildNote, HostType, Slot};
+use crate::cluster::node::{Peer, Shared};
+use crate::cluster::outbox::Lane;
+use crate::cluster::wire::{self, Frame};
+use crate::supervisor::Shutdown;
+use crate::{ActorHandle, ActorId, ExitReason};
+
+/// Where a request's answer goes: to a caller on this node, or to a peer as a [`Frame::Reply`].
+pub(in crate::cluster) enum Answer<T> {
+    Local(oneshot::Sender<T>),
+    Remote { peer: Arc<Peer>, id: u64 },
+}
+
+impl<T: serde::Serialize> Answer<T> {
+    /// Deliver `value`, without waiting (a remote answer is queued for the peer's control lane).
+    pub(in crate::cluster) fn send(self, value: T) {
+        match self {
+            Answer::Local(tx) => {
+                let _ = tx.send(value);
+            }
+            Answer::Remote { peer, id } => {
+                // A caller whose connection is lost fails with `NodeDown` anyway.
+                let result = Ok(wire::encode(&value));
+                peer.send_now(Lane::Control, Frame::Reply { id, result });
+            }
+        }
+    }
+}
+
+/// The answer to a start or terminate.
+pub(super) type Reply = Answer<Result<(), StartError>>;
+
+/// Requests, on the driver's bounded request queue.
+pub(super) enum Cmd {
+    Start {
+        record: Record,
+        reply: Reply,
+    },
+    Terminate {
+        key: String,
+        reply: Reply,
+    },
+    List {
+        reply: Answer<Vec<(String, String)>>,
+    },
+    Stats {
+        reply: oneshot::Sender<DistStats>,
+    },
+    /// This node leaves: hand every child off; answer once done.
+    Leave {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// What the node tells the driver, on its bounded input queue: peers' messages, connection
+/// notices and the view, in the order they happened (a message a peer sent after it saw a view
+/// change is handled after this node's own change, when this node saw it first).
+pub(crate) enum Input {
+    Msg {
+        from: NodeId,
+        msg: DirMsg,
+    },
+    /// The connection to this peer was lost and re-established.
+    Reconnected(NodeId),
+    /// The eligible nodes changed: owners (up, not leaving) and leaving ones.
+    View(Vec<NodeId>, Vec<NodeId>),
+    /// Membership declared this node down.
+    NodeDown(NodeId),
+    /// The connection to this peer closed (any cause): copies it sent here while outside the
+    /// view become orphans ([`throng_core::Directory::disconnected`]).
+    Disconnected(NodeId),
+}
+
+/// What the supervisor's own children tell the driver. Unbounded, and bounded by the children:
+/// per child, at most one snapshot note pending (later snapshots coalesce in its slot), one spawn
+/// outcome and one exit; nothing on it comes from the network.
+pub(crate) enum Note {
+    Child(ChildNote),
+    Spawned {
+        key: Arc<str>,
+        result: Result<ActorHandle, String>,
+        shutdown: Shutdown,
+    },
+    Exited {
+        key: Arc<str>,
+        id: ActorId,
+        class: ExitClass,
+    },
+}
+
+struct Running {
+    handle: ActorHandle,
+    slot: Arc<Slot>,
+    /// How it is stopped ([`crate::cluster::Keyed::shutdown`] of its type).
+    shutdown: Shutdown,
+}
+
+/// The driver's effects on tokio: the children it runs, and the way to peers and listeners.
+struct Runtime {
+    dist: Weak<Dist>,
+    shared: Weak<Shared>,
+    me: NodeId,
+    notes: mpsc::UnboundedSender<Note>,
+    /// By key; the key is shared with the child's exit watcher and snapshot observer.
+    running: HashMap<Arc<str>, Running>,
+    /// Slots of children being spawned, by key, until `Spawned` arrives.
+    pending_slots: HashMap<String, Arc<Slot>>,
+}
+
+impl Runtime {
+    fn host_type(&self, actor_type: &str) -> Option<Arc<dyn HostType>> {
+        self.shared
+            .upgrade()?
+            .types
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(actor_type)
+            .cloned()
+    }
+}
+
+impl Host for Runtime {
+    type Reply = Reply;
+
+    /// Start the child of `record` on its own task; its outcome comes back as `Spawned`.
+    fn spawn(&mut self, record: Record) {
+        let (Some(shared), Some(dist)) = (self.shared.upgrade(), self.dist.upgrade()) else {
+            return;
+        };
+        let key: Arc<str> = Arc::from(record.key.as_str());
+        let Some(host) = self.host_type(&record.actor_type) else {
+            let _ = self.notes.send(Note::Spawned {
+                key,
+                result: Err(format!("unknown actor type {}", record.actor_type)),
+                shutdown: Shutdown::Brutal,
+            });
+            return;
+        };
+        let slot = Arc::new(Slot::default());
+        self.pending_slots.insert(record.key.clone(), slot.clone());
+        let notes = self.notes.clone();
+        let export = dist.export_name(&record.key);
+        let shutdown = host.shutdown();
+        shared.tasks.clone().spawn(async move {
+            let result = host
+                .spawn(&shared, &export, &record, key.clone(), slot, notes.clone())
+                .await;
+            let _ = notes.send(Note::Spawned {
+                key,
+                result,
+                shutdown,
+            });
+        });
+    }
+
+    fn stop(&mut self, key: &str, reason: StopReason) {
+        let Some(r) = self.running.get(key) else {
+            return;
+        };
+        let handle = r.handle.clone();
+        let grace = match r.shutdown {
+            Shutdown::Brutal => {
+                handle.kill();
+                return;
+            }
+            Shutdown::Timeout(d) => Some(d),
+            Shutdown::Infinity => None,
+        };
+        match reason {
+            // Drained: what it accepted is handled (and in its final snapshot); what comes after
+            // is refused, so callers send it to the new owner.
+            StopReason::Move | StopReason::Terminate => handle.drain_stop(),
+            StopReason::Quorum => handle.stop(ExitReason::Shutdown),
+        }
+        if let Some(grace) = grace {
+            // Not one of the node's tasks: it ends within the child's grace, and the node's
+            // shutdown does not wait for children to finish stopping.
+            tokio::spawn(async move {
+                if tokio::time::timeout(grace, handle.monitor()).await.is_err() {
+                    handle.kill();
+                }
+            });
+        }
+    }
+
+    fn send(&mut self, to: &NodeId, msg: DirMsg) {
+        let (Some(shared), Some(dist)) = (self.shared.upgrade(), self.dist.upgrade()) else {
+            return;
+        };
+        let Some(peer) = shared.peer_handle(to) else {
+            tracing::debug!(peer = %to, "directory message to an unknown peer dropped");
+            return;
+        };
+        let frame = Frame::Dir {
+            sup: dist.name.to_string(),
+            msg: wire::encode(&msg),
+        };
+        peer.send_now(Lane::Data, frame);
+    }
+
+    fn reply(&mut self, reply: Reply, result: Result<(), StartError>) {
+        reply.send(result);
+    }
+
+    fn event(&mut self, event: ChildEvent) {
+        if let Some(dist) = self.dist.upgrade() {
+            log_event(&dist.name, &event);
+            let _ = dist.events.send(DistEvent {
+                supervisor: dist.name.clone(),
+                node: self.me.clone(),
+                event,
+            });
+        }
+    }
+
+    fn merge(
+        &mut self,
+        key: &str,
+        actor_type: &str,
+        ours: Option<&[u8]>,
+        theirs: Option<&[u8]>,
+    ) -> Option<Vec<u8>> {
+        self.host_type(actor_type)?.merge(key, ours, theirs)
+    }
+}
+
+/// The task that owns a node's directory of one supervisor.
+pub(super) struct Task {
+    driver: Driver<Reply>,
+    rt: Runtime,
+    /// `Node::leave` waiting for every child to be handed off.
+    leave_waiters: Vec<oneshot::Sender<()>>,
+    epoch: Instant,
+}
+
+/// The receiving ends of a driver's queues.
+pub(super) struct Queues {
+    pub(super) cmds: mpsc::Receiver<Cmd>,
+    pub(super) input: mpsc::Receiver<Input>,
+    pub(super) notes: mpsc::UnboundedReceiver<Note>,
+}
+
+impl Task {
+    pub(super) fn new(
+        driver: Driver<Reply>,
+        dist: &Arc<Dist>,
+        shared: &Arc<Shared>,
+        notes: mpsc::UnboundedSender<Note>,
+    ) -> Self {
+        Task {
+            driver,
+            rt: Runtime {
+                dist: Arc::downgrade(dist),
+                shared: Arc::downgrade(shared),
+                me: shared.id.clone(),
+                notes,
+                running: HashMap::new(),
+                pending_slots: HashMap::new(),
+            },
+            leave_waiters: Vec::new(),
+            epoch: Instant::now(),
+        }
+    }
+
+    pub(super) async fn run(mut self, mut q: Queues, stop: tokio_util::sync::CancellationToken) {
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => {
+                    // The node shuts down: its children stop with it.
+                    for r in self.rt.running.values() {
+                        r.handle.stop(ExitReason::Shutdown);
+                    }
+                    return;
+                }
+                n = q.notes.recv() => match n {
+                    Some(n) => self.on_note(n),
+                    None => return,
+                },
+                i = q.input.recv() => match i {
+                    Some(i) => self.on_input(i),
+                    None => return,
+                },
+                c = q.cmds.recv() => match c {
+                    Some(c) => self.on_cmd(c),
+                    None => return,
+                },
+            }
+            if !self.leave_waiters.is_empty() && self.driver.directory().handed_off() {
+                for w in self.leave_waiters.drain(..) {
+                    let _ = w.send(());
+                }
+            }
+        }
+    }
+
+    fn on_cmd(&mut self, cmd: Cmd) {
+        let rt = &mut self.rt;
+        match cmd {
+            Cmd::Start { record, reply } => self.driver.start(rt, record, reply),
+            Cmd::Terminate { key, reply } => self.driver.terminate(rt, &key, reply),
+            Cmd::List { reply } => {
+                let list = self
+                    .driver
+                    .directory()
+                    .owned()
+                    .iter()
+                    .filter(|(k, _)| {
+                        rt.running
+                            .get(k.as_str())
+                            .is_some_and(|r| r.handle.is_alive())
+                    })
+                    .map(|(k, o)| (k.clone(), o.record.actor_type.clone()))
+                    .collect();
+                reply.send(list);
+            }
+            Cmd::Leave { reply } => {
+                self.leave_waiters.push(reply);
+                self.driver.leave(rt);
+            }
+            Cmd::Stats { reply } => {
+                let dir = self.driver.directory();
+                let _ = reply.send(DistStats {
+                    owned: dir.owned().len(),
+                    running: rt.running.values().filter(|r| r.handle.is_alive()).count(),
+                    backups: dir.backup_count(),
+                    unreplicated: dir.unreplicated(),
+                });
+            }
+        }
+    }
+
+    fn on_input(&mut self, input: Input) {
+        let rt = &mut self.rt;
+        match input {
+            Input::Msg { from, msg } => self.driver.receive(rt, &from, msg),
+            Input::Reconnected(peer) => self.driver.reconnected(rt, &peer),
+            Input::View(owners, leaving) => self.driver.set_members(rt, &owners, &leaving),
+            Input::NodeDown(node) => self.driver.node_down(rt, &node),
+            Input::Disconnected(node) => self.driver.disconnected(rt, &node),
+        }
+    }
+
+    fn on_note(&mut self, note: Note) {
+        let rt = &mut self.rt;
+        match note {
+            Note::Child(ChildNote::Snapshot { key, slot }) => {
+                let current = rt
+                    .running
+                    .get(&*key)
+                    .is_some_and(|r| Arc::ptr_eq(&r.slot, &slot));
+                let bytes = slot
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take();
+                if let (Some(b), true) = (bytes, current) {
+                    self.driver.snapshot(rt, &key, b);
+                }
+            }
+            Note::Spawned {
+                key,
+                result,
+                shutdown,
+            } => match result {
+                Ok(handle) => {
+                    let id = handle.id();
+                    let slot = rt.pending_slots.remove(&*key).unwrap_or_default();
+                    rt.running.insert(
+                        key.clone(),
+                        Running {
+                            handle: handle.clone(),
+                            slot,
+                            shutdown,
+                        },
+                    );
+                    let notes = rt.notes.clone();
+                    let k = key.clone();
+                    handle.on_exit(move |_, reason| {
+                        let _ = notes.send(Note::Exited {
+                            key: k,
+                            id,
+                            class: reason.class(),
+                        });
+                    });
+                    self.driver.spawned(rt, &key, Ok(()));
+                }
+                Err(e) => {
+                    rt.running.remove(&key);
+                    rt.pending_slots.remove(&*key);
+                    self.driver.spawned(rt, &key, Err(e));
+                }
+            },
+            Note::Exited { key, id, class } => {
+                let current = rt.running.get(&key).is_some_and(|r| r.handle.id() == id);
+                if !current {
+                    return;
+                }
+                let Some(r) = rt.running.remove(&key) else {
+                    return;
+                };
+                // A snapshot still waiting is newer than the one replicated; the final one newer
+                // still (taken as the child stopped cleanly).
+                let last = r.slot.last.lock().unwrap_or_else(|p| p.into_inner()).take();
+                let pending = r
+                    .slot
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take();
+                let exit = Exit {
+                    class,
+                    last,
+                    pending,
+                };
+                self.driver.exited(rt, &key, exit, self.epoch.elapsed());
+            }
+        }
+    }
+}
+
+fn log_event(sup: &str, event: &ChildEvent) {
+    // Per-child events come by the hundred thousand when a big node fails or a partition heals:
+    // they are for listeners (`DistSupervisor::events`) and debug logs, not for the default log.
+    match event {
+        ChildEvent::GaveUp { key, restarts } => {
+            tracing::warn!(supervisor = sup, %key, restarts, "child restarted too often; removed")
+        }
+        other => tracing::debug!(supervisor = sup, event = ?other, "child event"),
+    }
+}

@@ -17,7 +17,7 @@ use throng::prelude::*;
 
 use crate::hero::{Hero, HeroMsg};
 use crate::home::{home, Counters, Dice, Home, CITY_EXPORT};
-use crate::roster::{HeroEntry, Roster, Tombstone};
+use crate::roster::{HeroEntry, HeroReport, Roster, Tombstone};
 
 /// How often a city sends what changed to its peers.
 pub const GOSSIP_EVERY: Duration = Duration::from_millis(500);
@@ -302,7 +302,7 @@ pub async fn run(h: &'static Home) {
                 .counters
                 .city_starts
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            h.set_city(Some(city.clone()));
+            set_local(h, Some(city.clone()));
             export_city(h, city.clone());
             if starts > 0 {
                 h.event(format!("{} was restarted with a clean state", h.city_name));
@@ -312,7 +312,7 @@ pub async fn run(h: &'static Home) {
             tracing::error!(error = %e, "cannot start the city");
         }
         let reason = sup.actor().monitor().await;
-        h.set_city(None);
+        set_local(h, None);
         h.event(format!(
             "{} fell: its supervisor gave up ({reason}); rebuilding in 5 s",
             h.city_name
@@ -336,4 +336,31 @@ fn export_city(h: &'static Home, city: ActorRef<City>) {
         }
         tracing::warn!("could not export the restarted city");
     });
+}
+
+/// This node's running city.
+static LOCAL: std::sync::RwLock<Option<ActorRef<City>>> = std::sync::RwLock::new(None);
+
+/// The running city of this node, if any (none while it is being rebuilt).
+pub fn local() -> Option<ActorRef<City>> {
+    LOCAL
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .filter(|c| c.is_alive())
+}
+
+/// Publish the city's current incarnation, and send heroes' reports to it.
+fn set_local(h: &Home, city: Option<ActorRef<City>>) {
+    let sink = city.clone().map(|c| -> crate::home::ReportSink {
+        std::sync::Arc::new(move |report| {
+            let msg = match report {
+                HeroReport::Status(entry) => CityMsg::HeroStatus(entry),
+                HeroReport::Gone { name, tombstone } => CityMsg::Gone { name, tombstone },
+            };
+            let _ = c.try_cast(msg);
+        })
+    });
+    h.set_reports(sink);
+    *LOCAL.write().unwrap_or_else(|p| p.into_inner()) = city;
 }

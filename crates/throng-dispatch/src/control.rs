@@ -90,7 +90,7 @@ pub fn act(h: &'static Home, msg: ControlMsg) -> ControlReply {
             });
             ControlReply::Done
         }
-        ControlMsg::Bomb => match h.city() {
+        ControlMsg::Bomb => match crate::city::local() {
             Some(city) => match city.try_cast(CityMsg::Bomb) {
                 Ok(()) => {
                     h.event(format!("{} is being bombed!", h.city_name));

@@ -12,9 +12,8 @@ use serde::{Deserialize, Serialize};
 use throng::cluster::{Keyed, RemoteActor, SnapshotPolicy};
 use throng::prelude::*;
 
-use crate::city::CityMsg;
 use crate::home::{home, now_ms, Counters, Dice};
-use crate::roster::{next_version, Activity, HeroEntry, Tombstone};
+use crate::roster::{next_version, Activity, HeroEntry, HeroReport, Tombstone};
 
 /// Health of a new hero, and the most any hero has.
 pub const MAX_HEALTH: i32 = 100;
@@ -89,9 +88,9 @@ impl Hero {
     /// Stamp a new version and tell the local city.
     fn publish(&mut self) {
         self.state.version = next_version(self.state.version, now_ms());
-        if let Some(city) = home().and_then(|h| h.city()) {
+        if let Some(h) = home() {
             // A full city mailbox drops this update; the next tick sends a newer one.
-            let _ = city.try_cast(CityMsg::HeroStatus(self.entry()));
+            h.report(HeroReport::Status(self.entry()));
         }
     }
 
@@ -104,15 +103,13 @@ impl Hero {
                 "{} was defeated by {by} ({} won, {} lost); retiring for good",
                 self.name, self.state.fights_won, self.state.fights_lost
             ));
-            if let Some(city) = h.city() {
-                let _ = city.try_cast(CityMsg::Gone {
-                    name: self.name.clone(),
-                    tombstone: Tombstone {
-                        version: self.state.version,
-                        defeated: true,
-                    },
-                });
-            }
+            h.report(HeroReport::Gone {
+                name: self.name.clone(),
+                tombstone: Tombstone {
+                    version: self.state.version,
+                    defeated: true,
+                },
+            });
         }
         ctx.stop();
     }

@@ -12,9 +12,8 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use throng::cluster::{DistSupervisor, Node};
-use throng::ActorRef;
 
-use crate::city::City;
+use crate::roster::HeroReport;
 
 /// Lines kept in the page's event log.
 pub const EVENT_LOG_LINES: usize = 40;
@@ -72,9 +71,13 @@ pub struct Home {
     pub tick: Duration,
     /// Counters for `/metrics`.
     pub counters: Counters,
-    city: RwLock<Option<ActorRef<City>>>,
+    /// Where heroes' reports go: the running city, if any.
+    reports: RwLock<Option<ReportSink>>,
     log: Mutex<VecDeque<String>>,
 }
+
+/// Takes heroes' reports to the city (set by the city as it starts).
+pub type ReportSink = Arc<dyn Fn(HeroReport) + Send + Sync>;
 
 static HOME: OnceLock<Arc<Home>> = OnceLock::new();
 
@@ -106,23 +109,26 @@ impl Home {
             heroes,
             tick,
             counters: Counters::default(),
-            city: RwLock::new(None),
+            reports: RwLock::new(None),
             log: Mutex::new(VecDeque::new()),
         }
     }
 
-    /// The running city, if any (none while it is being rebuilt).
-    pub fn city(&self) -> Option<ActorRef<City>> {
-        self.city
+    /// Tell the running city (if any) what a hero reports.
+    pub fn report(&self, report: HeroReport) {
+        let sink = self
+            .reports
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .filter(|c| c.is_alive())
+            .clone();
+        if let Some(sink) = sink {
+            sink(report);
+        }
     }
 
-    /// Publish the city's current incarnation.
-    pub fn set_city(&self, city: Option<ActorRef<City>>) {
-        *self.city.write().unwrap_or_else(|p| p.into_inner()) = city;
+    /// Where heroes' reports go from now on (the city's current incarnation, or none).
+    pub fn set_reports(&self, sink: Option<ReportSink>) {
+        *self.reports.write().unwrap_or_else(|p| p.into_inner()) = sink;
     }
 
     /// Log `line` (also to the page's event log).

@@ -288,3 +288,17 @@ mod tests {
         assert_eq!(next_version(10, 50), 50);
     }
 }
+
+/// What a hero running on a node tells that node's city.
+#[derive(Debug, Clone)]
+pub enum HeroReport {
+    /// The hero changed.
+    Status(HeroEntry),
+    /// The hero is gone.
+    Gone {
+        /// Its name.
+        name: String,
+        /// Its tombstone.
+        tombstone: Tombstone,
+    },
+}

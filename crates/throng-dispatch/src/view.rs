@@ -244,7 +244,7 @@ async fn refresh(view: Arc<View>, h: &'static Home) {
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        if let Some(city) = h.city() {
+        if let Some(city) = crate::city::local() {
             if let Ok(Ok(CityReply::Roster(_, r))) =
                 tokio::time::timeout(CITY_TIMEOUT, city.call(CityMsg::Get)).await
             {
@@ -289,7 +289,7 @@ fn build(view: &View, h: &Home, roster: &Roster) -> Snapshot {
             .filter(|r| r.node == name && r.status != "moving")
             .count();
         if let Some(i) = &k.info {
-            let status = if name == h.name && h.city().is_none() {
+            let status = if name == h.name && crate::city::local().is_none() {
                 "in ruins"
             } else if k.status == "up" {
                 "ok"

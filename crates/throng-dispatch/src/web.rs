@@ -123,7 +123,7 @@ async fn create(State(app): State<App>, body: Option<Json<Create>>) -> Response 
             "a name is 1 to 32 letters, digits, spaces, '-', '_' or '.'",
         );
     }
-    if let Some(city) = h.city() {
+    if let Some(city) = crate::city::local() {
         if let Ok(CityReply::Roster(_, r)) = city.call(CityMsg::Get).await {
             if r.is_defeated(&name) {
                 return error(
@@ -166,7 +166,7 @@ async fn terminate(State(app): State<App>, Path(name): Path<String>) -> Response
     let h = app.h;
     match h.heroes.terminate_child(&name).await {
         Ok(()) => {
-            if let Some(city) = h.city() {
+            if let Some(city) = crate::city::local() {
                 let _ = city
                     .cast(CityMsg::Gone {
                         name: name.clone(),
@@ -287,7 +287,7 @@ async fn metrics(State(app): State<App>) -> Response {
     let _ = writeln!(
         out,
         "throng_actors{{node=\"{me}\",kind=\"city\"}} {}",
-        u8::from(h.city().is_some())
+        u8::from(crate::city::local().is_some())
     );
     let _ = writeln!(
         out,

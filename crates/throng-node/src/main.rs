@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use serde::{Deserialize, Serialize};
-use throng::cluster::{tls, ChildEvent, ClusterEvent, Keyed, Node, NodeConfig, RemoteActor};
+use throng::cluster::{dev_certs, ChildEvent, ClusterEvent, Keyed, Node, NodeConfig, RemoteActor};
 use throng::prelude::*;
 use throng_core::NodeId;
 
@@ -193,7 +193,7 @@ enum Command {
         #[arg(long, value_name = "a,b,c")]
         nodes: String,
         /// Validity in days.
-        #[arg(long, default_value_t = tls::DEV_CERT_VALIDITY.as_secs() / 86_400,
+        #[arg(long, default_value_t = dev_certs::DEV_CERT_VALIDITY.as_secs() / 86_400,
               value_parser = clap::value_parser!(u64).range(1..))]
         days: u64,
     },
@@ -234,7 +234,7 @@ fn gen_certs(out: PathBuf, nodes: String, days: u64) -> ExitCode {
         return ExitCode::from(2);
     }
     let valid_for = std::time::Duration::from_secs(days.saturating_mul(86_400));
-    match tls::write_dev_certs(&out, &ids, valid_for) {
+    match dev_certs::write_dev_certs(&out, &ids, valid_for) {
         Ok(files) => {
             for f in files {
                 println!("{}", f.display());

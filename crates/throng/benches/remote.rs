@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
-use throng::cluster::tls::{CertAuthority, DEV_CERT_VALIDITY};
+use throng::cluster::dev_certs::{CertAuthority, DEV_CERT_VALIDITY};
 use throng::cluster::{Node, NodeOptions, RemoteActor, Security, TlsConfig};
 use throng::prelude::*;
 use throng_core::{Incarnation, NodeId};

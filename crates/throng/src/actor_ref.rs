@@ -262,7 +262,21 @@ pub struct ActorRef<A: Actor> {
 
 enum Route<A: Actor> {
     Local(Arc<Mailbox<Envelope<A>>>),
-    Remote(Arc<crate::cluster::RemoteRoute<A>>),
+    Remote(Arc<dyn RemoteSend<A>>),
+}
+
+/// A boxed future, as [`RemoteSend`] returns.
+pub(crate) type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// How an [`ActorRef`] reaches an actor on another node. The actor core defines it and knows
+/// nothing of the transport; the cluster's routes implement it.
+pub(crate) trait RemoteSend<A: Actor>: Send + Sync + 'static {
+    /// [`ActorRef::cast`] to the remote actor.
+    fn cast(&self, msg: A::Msg) -> BoxFut<'_, Result<(), SendError>>;
+    /// [`ActorRef::try_cast`] to the remote actor.
+    fn try_cast(&self, msg: A::Msg) -> Result<(), TrySendError<A::Msg>>;
+    /// [`ActorRef::call_timeout`] to the remote actor.
+    fn call(&self, msg: A::Msg, timeout: Duration) -> BoxFut<'_, Result<A::Reply, CallError>>;
 }
 
 impl<A: Actor> Clone for ActorRef<A> {
@@ -307,7 +321,7 @@ impl<A: Actor> ActorRef<A> {
 
     /// A reference to a remote actor; `proxy` is the local cell that stands for it (finished when
     /// the remote actor exits or its node goes down).
-    pub(crate) fn remote(route: Arc<crate::cluster::RemoteRoute<A>>, proxy: Arc<Cell>) -> Self {
+    pub(crate) fn remote(route: Arc<dyn RemoteSend<A>>, proxy: Arc<Cell>) -> Self {
         ActorRef {
             route: Route::Remote(route),
             handle: ActorHandle { cell: proxy },

@@ -479,7 +479,7 @@ async fn casts_through_bound_routes_survive_a_new_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_breaks_the_route_protocol_is_disconnected() {
     use futures_util::{SinkExt, StreamExt};
-    use throng::cluster::wire::{self, ClusterKey, Frame, Hello, HelloAck, Role};
+    use throng::cluster::testing::{self as wire, ClusterKey, Frame, Hello, HelloAck, Role};
     use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
     let n2 = node("v2", b"secret").await;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::eventually;
 use serde::{Deserialize, Serialize};
-use throng::cluster::tls::{write_dev_certs, CertAuthority, DEV_CERT_VALIDITY};
+use throng::cluster::dev_certs::{write_dev_certs, CertAuthority, DEV_CERT_VALIDITY};
 use throng::cluster::{Node, NodeOptions, RemoteActor, Security, TlsConfig};
 use throng::prelude::*;
 use throng_core::{Incarnation, NodeId};

@@ -131,11 +131,22 @@ impl NodeConfig {
     }
 
     /// Parse TOML `text` and overlay variables from `env` (a lookup such as `std::env::var`).
+    /// Without the `toml-config` feature (on by default), `text` must be empty: the settings
+    /// come from `env` alone.
     pub fn from_sources(
         text: &str,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
+        #[cfg(feature = "toml-config")]
         let mut raw: Raw = toml::from_str(text).map_err(|e| ConfigError::Toml(e.to_string()))?;
+        #[cfg(not(feature = "toml-config"))]
+        let mut raw = if text.trim().is_empty() {
+            Raw::default()
+        } else {
+            return Err(ConfigError::Toml(
+                "this build reads no TOML: enable throng's `toml-config` feature".into(),
+            ));
+        };
         let set = |slot: &mut Option<String>, var: &str| {
             if let Some(v) = env(var) {
                 *slot = Some(v);
@@ -444,8 +455,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("throng-config-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let nodes = [NodeId::new("n1").unwrap(), NodeId::new("n2").unwrap()];
-        crate::cluster::tls::write_dev_certs(&dir, &nodes, crate::cluster::tls::DEV_CERT_VALIDITY)
-            .unwrap();
+        crate::cluster::dev_certs::write_dev_certs(
+            &dir,
+            &nodes,
+            crate::cluster::dev_certs::DEV_CERT_VALIDITY,
+        )
+        .unwrap();
         dir
     }
 

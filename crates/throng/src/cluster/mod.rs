@@ -1,13 +1,16 @@
 //! Throng across machines: nodes, the authenticated transport between them, and actors addressed
 //! on other nodes.
 //!
-//! - [`wire`]: handshake, per-frame seal, frames; total decoders.
-//! - [`tls`]: mutual TLS (the production security mode) and a development certificate generator.
+//! - `wire` (crate-private): handshake, per-frame seal, frames; total decoders.
+//! - [`tls`]: mutual TLS (the production security mode); `dev_certs` (feature `dev-certs`) a
+//!   development certificate generator.
 //! - [`node`]: a [`Node`] listens for peers, keeps one connection per peer pair, exports local
 //!   actors under names, and hands out [`crate::ActorRef`]s to actors on other nodes.
 //! - `outbox`: a peer's outgoing lanes, into which senders encode frames directly.
 
 pub mod config;
+#[cfg(feature = "dev-certs")]
+pub mod dev_certs;
 pub mod dist;
 mod export_id;
 pub mod keyed;
@@ -16,13 +19,20 @@ pub mod node;
 mod outbox;
 pub mod tls;
 mod view;
-pub mod wire;
+pub(crate) mod wire;
+
+/// The wire protocol, for tests that forge a peer (malformed frames, unauthenticated peers).
+/// Not a stable API.
+#[doc(hidden)]
+pub mod testing {
+    pub use super::wire::*;
+}
 
 pub use config::{ConfigError, NodeConfig};
 pub use dist::{ChildInfo, DistEvent, DistOptions, DistStats, DistSupervisor, DEFAULT_SUPERVISOR};
 pub use keyed::{ChildError, Keyed, SnapshotPolicy};
 pub use names::{NameError, Names, NamesConfig, NamesError, NamesEvent, OnConflict};
-pub use node::{ExportError, Node, NodeError, NodeOptions, RemoteActor, RemoteRoute};
+pub use node::{ExportError, Node, NodeError, NodeOptions, RemoteActor};
 pub use throng_core::directory::{ChildEvent, Distribution, Uniform};
 pub use throng_core::strategies::{Explicit, UniformRandom};
 pub use throng_core::{Incarnation, NodeId};

@@ -1,13 +1,13 @@
 //! Distributed supervisors: keyed children placed by a distribution strategy, addressed by key in
 //! one hop, replicated to a backup node, failed over when their node dies.
 //!
-//! Each [`DistSupervisor`] runs, on every member node, one *driver* task ([`driver`]) that owns
+//! Each [`DistSupervisor`] runs, on every member node, one *driver* task (`driver`) that owns
 //! the node's [`Directory`] (the sans-io state machine in `throng-core`) inside a
 //! [`throng_core::driver::Driver`], the executor the simulator runs too, and carries out its
 //! decisions on tokio: spawning and stopping local children, sending directory messages to peers,
 //! answering requests, telling listeners. Requests from other nodes and directory messages arrive
 //! as frames and are queued to the driver; children report their snapshots and exits to it. This
-//! module holds the public API ([`DistSupervisor`]) and the per-node state ([`Dist`]).
+//! module holds the public API ([`DistSupervisor`]) and the per-node state (`Dist`).
 
 mod driver;
 

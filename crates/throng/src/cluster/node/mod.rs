@@ -3,7 +3,7 @@
 //! Connections: exactly one TCP connection per pair of nodes, dialed by the node whose name sorts
 //! first and accepted by the other, so two nodes never race to open duplicate connections and the
 //! order of frames between them is the order they were queued. The dialer reconnects with capped
-//! exponential backoff. Each connection starts with the authenticated handshake of [`super::wire`]
+//! exponential backoff. Each connection starts with the authenticated handshake of `cluster::wire`
 //! and then seals every frame — or, in TLS mode ([`Security::Tls`]), runs inside mutual TLS where
 //! each side's certificate must come from the cluster CA and name the node it claims to be.
 //!
@@ -18,7 +18,7 @@
 //! handled — the caller decides whether to retry).
 //!
 //! Files: this one holds the public [`Node`], the shared state and the frame demux (`on_frame`);
-//! `conn` the handshake, listener, links, writer and reader; `route` [`RemoteRoute`] and remote
+//! `conn` the handshake, listener, links, writer and reader; `route` `RemoteRoute` and remote
 //! references; `export` the export table; `glue` membership carried into the node.
 
 use std::collections::HashMap;
@@ -65,7 +65,6 @@ mod route;
 use conn::*;
 use export::*;
 use glue::*;
-pub use route::RemoteRoute;
 
 /// An actor that can be addressed from other nodes: its messages and replies are serde types, and it
 /// has a stable type name (checked on every remote request, since Rust type names are not stable

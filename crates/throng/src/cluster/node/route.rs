@@ -4,7 +4,7 @@
 use super::*;
 
 /// Sends to one remote actor: the route behind a remote [`ActorRef`].
-pub struct RemoteRoute<A: Actor> {
+pub(crate) struct RemoteRoute<A: Actor> {
     shared: Weak<Shared>,
     peer: NodeId,
     /// Whether `peer` is this node (a name resolved here: delivered without the transport).
@@ -234,7 +234,7 @@ impl<A: Actor> RemoteRoute<A> {
         }
     }
 
-    pub(crate) async fn cast(&self, msg: A::Msg) -> Result<(), SendError> {
+    async fn cast(&self, msg: A::Msg) -> Result<(), SendError> {
         if self.local {
             // Addressed to this node by name: deliver locally (failures of a cast are not reported).
             let shared = self.shared().map_err(SendError::NodeDown)?;
@@ -249,7 +249,7 @@ impl<A: Actor> RemoteRoute<A> {
             .map_err(|r| self.send_error(r))
     }
 
-    pub(crate) fn try_cast(&self, msg: A::Msg) -> Result<(), TrySendError<A::Msg>> {
+    fn try_cast(&self, msg: A::Msg) -> Result<(), TrySendError<A::Msg>> {
         if self.local {
             return Err(TrySendError::Exited(msg));
         }
@@ -270,7 +270,7 @@ impl<A: Actor> RemoteRoute<A> {
         }
     }
 
-    pub(crate) async fn call(&self, msg: A::Msg, timeout: Duration) -> Result<A::Reply, CallError> {
+    async fn call(&self, msg: A::Msg, timeout: Duration) -> Result<A::Reply, CallError> {
         if self.local {
             let body = (self.encode)(&msg).map_err(CallError::Codec)?;
             return self.call_body(body, timeout).await;
@@ -448,5 +448,23 @@ impl Shared {
             self.monitor_local(name, Arc::downgrade(&proxy));
         }
         ActorRef::remote(route, proxy)
+    }
+}
+
+impl<A: Actor> crate::actor_ref::RemoteSend<A> for RemoteRoute<A> {
+    fn cast(&self, msg: A::Msg) -> crate::actor_ref::BoxFut<'_, Result<(), SendError>> {
+        Box::pin(RemoteRoute::cast(self, msg))
+    }
+
+    fn try_cast(&self, msg: A::Msg) -> Result<(), TrySendError<A::Msg>> {
+        RemoteRoute::try_cast(self, msg)
+    }
+
+    fn call(
+        &self,
+        msg: A::Msg,
+        timeout: Duration,
+    ) -> crate::actor_ref::BoxFut<'_, Result<A::Reply, CallError>> {
+        Box::pin(RemoteRoute::call(self, msg, timeout))
     }
 }

@@ -57,12 +57,13 @@
 //!   [`ChildEvent::GaveUp`] (intensity is counted per child, so one crashing child cannot take its
 //!   siblings down). Restarts resume from the child's latest snapshot.
 //! - **Quorum.** With [`DirConfig::quorum`] set to the configured cluster size, a node that sees
-//!   fewer than half of it stops every child it runs and refuses starts and adoptions with
+//!   fewer than half of it stops every child it runs and refuses starts with
 //!   [`StartError::NoQuorum`] until the view grows back (the majority side fails the children
 //!   over). It keeps every copy it holds (backups, hand-off copies, orphans) and still takes and
 //!   acknowledges replications and removals — holding a copy runs nothing — because when no side
-//!   has a majority those copies are the children's last; when the quorum returns it reconciles
-//!   with every peer in its view ([`DirMsg::Held`]).
+//!   has a majority those copies are the children's last; an adoption is kept likewise, as an
+//!   orphan copy (not confirmed: its sender keeps its copy too). When the quorum returns it
+//!   reconciles with every peer in its view ([`DirMsg::Held`]).
 //!   A child stopped for quorum is not removed: nothing is buried and no copy elsewhere is told to
 //!   go (the majority side runs it from its backup). Its final record is kept here as an orphan
 //!   copy held for this node itself, failed over like any orphan once the quorum returns: if the
@@ -2008,12 +2009,12 @@ impl Directory {
         }) || self.handoffs.get(key).is_some_and(|ho| ho.olds.contains(h))
     }
 
-    /// Without a quorum nothing runs here: an adoption goes back to its sender (it keeps its
-    /// copy). True if `msg` was handled so. Every other message is handled as usual: a node
-    /// without a quorum still holds copies (backups are kept, and replications acknowledged, as
-    /// they run nothing: the sender sees a quorum and this node is the backup in its view), the
-    /// copies kept through the loss must still be dropped when their owner says so, and a
-    /// removal still wins.
+    /// Without a quorum nothing runs here: an adoption is kept as an orphan copy, run or handed
+    /// to its owner when the quorum returns (see `keep_adoption`). True if `msg` was handled so.
+    /// Every other message is handled as usual: a node without a quorum still holds copies
+    /// (backups are kept, and replications acknowledged, as they run nothing: the sender sees a
+    /// quorum and this node is the backup in its view), the copies kept through the loss must
+    /// still be dropped when their owner says so, and a removal still wins.
     fn refused_without_quorum(
         &mut self,
         from: &NodeId,
@@ -2023,47 +2024,44 @@ impl Directory {
         match msg {
             DirMsg::Adopt {
                 record,
-                hops,
-                tag,
-                holders,
-                moved,
-            } if *hops < MAX_HOPS => {
-                out.push(send(
-                    from,
-                    DirMsg::Adopt {
-                        record: record.clone(),
-                        hops: hops + 1,
-                        tag: *tag,
-                        holders: holders.clone(),
-                        moved: *moved,
-                    },
-                ));
-                true
-            }
-            DirMsg::Adopt {
-                record,
                 tag,
                 holders,
                 ..
             } => {
-                self.keep_adoption(from, record.clone(), *tag, holders.clone());
+                self.keep_adoption(from, record.clone(), *tag, holders.clone(), out);
                 true
             }
             _ => false,
         }
     }
 
-    /// An adoption that bounced between nodes without a quorum until its hops ran out: sent
-    /// back once more it could circle for ever (or be dropped, and the child with it). Kept
-    /// instead as an orphan copy held for this node, like a child stopped for the quorum: run
-    /// or handed to its owner when the quorum returns. The sender is not told it was taken (it
-    /// keeps its copy, as the child's other copy meanwhile): it is named among the copies that
-    /// this one drops once it is safe, and if the sender fails its copy over first, the two
-    /// copies meet and are merged.
-    fn keep_adoption(&mut self, from: &NodeId, record: Record, tag: u64, holders: Vec<Holder>) {
+    /// An adoption that arrived while this node has no quorum. Not sent back to its sender: the
+    /// record in flight back would be the child's only copy but the sender's (and its latest
+    /// state, if the sender ran it without a backup), and the sender may crash meanwhile; and
+    /// the sender would take it for its own hand-off refused and hand its record on again,
+    /// while a copy of it may be kept here already (the adoption was sent again after a
+    /// reconnection). Kept instead as an orphan copy held for this node, like a child stopped
+    /// for the quorum: run or handed to its owner when the quorum returns. The sender is not
+    /// told it was taken (it keeps its copy, as the child's other copy meanwhile): it is named
+    /// among the copies that this one drops once it is safe, and if the sender fails its copy
+    /// over first, the two copies meet and are merged.
+    ///
+    /// An adoption that is not kept is answered all the same, as it is with a quorum, or the
+    /// sender would hold its copy for ever, waiting for a confirmation: a copy of a removed
+    /// child goes (with the copies it names), and one taken here before whose copy moved on
+    /// since is confirmed.
+    fn keep_adoption(
+        &mut self,
+        from: &NodeId,
+        record: Record,
+        tag: u64,
+        holders: Vec<Holder>,
+        out: &mut Vec<Action>,
+    ) {
         let me = self.config.me.clone();
         let key = record.key.clone();
-        if self.buried(&key, record.generation) || !self.remember_adoption(from, tag) {
+        if !self.remember_adoption(from, tag) {
+            self.adopted_again(from, &key, tag, out);
             return;
         }
         let sender = Holder {
@@ -2073,17 +2071,96 @@ impl Directory {
             epoch: Epoch::default(),
         };
         let mut olds = vec![sender];
+        let removed = self.removing.contains_key(&key) || self.buried(&key, record.generation);
+        let mut record = record;
         for h in holders {
             if h.node == me {
-                // A copy held here itself: the orphan kept beside it covers it.
+                // A copy held here: it goes, and the copy kept is the newest of it and the
+                // adopted record (as with a quorum). A hand-off copy's hand-off from here is
+                // over: the copies it was to drop are the kept copy's.
+                for b in self.remove_copies(&key, |b| h.names(b)) {
+                    if b.record.generation == record.generation && b.record.version > record.version
+                    {
+                        record = b.record;
+                    }
+                    if let Some(ho) = self.handoffs.get_mut(&key) {
+                        if b.handoff == Some(ho.tag) && b.from == ho.to {
+                            ho.to = me.clone();
+                            ho.tag = 0;
+                            ho.moved = false;
+                            ho.source = None;
+                        }
+                    }
+                }
                 continue;
             }
             add_holder(&mut olds, h);
+        }
+        if removed {
+            // A copy of a removed child: it goes, with the copies it names.
+            self.discard(&key, record.generation, olds, out);
+            return;
         }
         self.hold_olds(&key, olds);
         self.next_tag += 1;
         let copy = orphan_copy(&me, record, Some(self.next_tag), Epoch::default());
         self.put_copy(&key, copy);
+    }
+
+    /// Without a quorum, the hand-off `tag` of `key` from `from`, taken here before, arrived
+    /// again (sent again after a reconnection). If the copy made from it is still held here
+    /// (stopped for the quorum, or kept without one) and names the sender among the copies it
+    /// drops once it is safe, nothing to do. Otherwise that copy moved on and was confirmed, or
+    /// was removed: the sender may forget its copy.
+    fn adopted_again(&mut self, from: &NodeId, key: &str, tag: u64, out: &mut Vec<Action>) {
+        let sender = Holder {
+            node: from.clone(),
+            origin: self.config.me.clone(),
+            tag: Some(tag),
+            epoch: Epoch::default(),
+        };
+        // The copies to drop with the copy kept here, held for this node itself.
+        let me = &self.config.me;
+        let kept = self
+            .handoffs
+            .get(key)
+            .is_some_and(|h| h.to == *me && h.olds.contains(&sender))
+            && self
+                .backups
+                .get(key)
+                .is_some_and(|list| list.iter().any(|b| b.from == *me));
+        if !kept {
+            out.push(sender.drop_msg(key, None));
+        }
+    }
+
+    /// A replication of lineage `epoch` of `key` arrived from `from` while this node holds an
+    /// orphan copy of another lineage from it (`from` left the view after replicating it: it
+    /// crashed and came back as a new incarnation, or was cut off, and runs the child anew, from
+    /// a copy that may be older than this one). That copy is not the backup being replaced: it
+    /// is kept, as a copy held for this node itself, and failed over like any orphan (merged into
+    /// the running copy if there is one), or the state it holds would be lost.
+    fn keep_orphan(&mut self, key: &str, from: &NodeId, epoch: Epoch) {
+        let orphan = |c: &Backup| c.from == *from && c.handoff.is_none() && c.orphan;
+        let other = self
+            .backups
+            .get(key)
+            .is_some_and(|list| list.iter().any(|c| orphan(c) && c.epoch != epoch));
+        if !other {
+            return;
+        }
+        self.next_tag += 1;
+        let tag = self.next_tag;
+        let me = self.config.me.clone();
+        if let Some(c) = self
+            .backups
+            .get_mut(key)
+            .and_then(|list| list.iter_mut().find(|c| orphan(c)))
+        {
+            c.from = me;
+            c.handoff = Some(tag);
+            c.epoch = Epoch::default();
+        }
     }
 
     /// A message from the directory on `from`.
@@ -2122,6 +2199,7 @@ impl Directory {
                 // Messages between two nodes arrive in order, so the latest record from an owner
                 // is its current one. Copies of other origins (other lineages, views that
                 // disagree) and hand-off copies are kept beside it.
+                self.keep_orphan(&key, from, epoch);
                 self.put_copy(
                     &key,
                     Backup {
@@ -2339,9 +2417,10 @@ impl Directory {
             tag: Some(tag),
             epoch: Epoch::default(),
         };
-        // This node's own hand-off to `from`, sent back as it was (`from` lost its quorum and
-        // cannot take it): the copy kept here until `from` confirms is this very record, and
-        // `from` kept nothing. It goes, or it would wait for a confirmation that never comes.
+        // This node's own hand-off to `from`, sent back as it was (by a node of an earlier
+        // version that lost its quorum: this version keeps such an adoption instead): the copy
+        // kept here until `from` confirms is this very record, and `from` kept nothing. It
+        // goes, or it would wait for a confirmation that never comes.
         let bounced = !self
             .remove_copies(&key, |b| b.from == *from && b.handoff == Some(tag))
             .is_empty();
@@ -3181,7 +3260,7 @@ mod tests {
     }
 
     #[test]
-    fn a_hand_off_sent_back_by_a_node_without_quorum_leaves_no_copy_behind() {
+    fn a_hand_off_to_a_node_without_quorum_is_kept_and_leaves_no_copy_behind() {
         let owners = [id("b"), id("c")];
         let mut net = Net::with_quorum(&["a", "b", "c"], 8, Some(3));
         let key = key_placed(&["a", "b", "c"], "a", "b");
@@ -3192,16 +3271,15 @@ mod tests {
         net.settle();
         net.call("a", |d| d.leave());
         net.call("c", |d| d.set_members(owners.iter(), [&id("a")]));
-        loop {
-            let (from, to, msg) = net.queue.pop_front().expect("the hand-off comes back");
-            let back = from == id("b") && to == id("a") && matches!(msg, DirMsg::Adopt { .. });
-            let actions = net.dirs.get_mut(&to).expect("node").receive(&from, msg);
-            net.apply(&to, actions);
-            if back {
-                break;
-            }
-        }
-        // `b` has its quorum again before `a` hands the child on once more.
+        net.settle();
+        let bounced = net.log.iter().any(|(n, a)| {
+            *n == id("b")
+                && matches!(a, Action::Send { to, msg: DirMsg::Adopt { .. } } if *to == id("a"))
+        });
+        assert!(!bounced, "the hand-off is kept, not sent back");
+        assert!(net.runs(&key).is_empty(), "nothing runs without a quorum");
+        assert!(!net.dir("a").handed_off(), "a keeps its copy meanwhile");
+        // `b` has its quorum again: it runs the child, and `a` may go.
         net.call("b", |d| d.set_members(owners.iter(), [&id("a")]));
         net.settle();
         assert_eq!(net.runs(&key), vec![id("b")]);
@@ -3210,6 +3288,134 @@ mod tests {
             "a still holds {:?}",
             net.dir("a").backups()
         );
+    }
+
+    /// `b` and `c` with quorum 3 (2 nodes), `b` cut off (no quorum); a key `b` owns.
+    fn b_without_quorum() -> (Net, String) {
+        let mut net = Net::with_quorum(&["b", "c"], 8, Some(3));
+        let key = key_owned_by(&["b", "c"], "b");
+        net.call("b", |d| d.set_view([&id("b")]));
+        net.settle();
+        assert!(!net.dir("b").has_quorum());
+        (net, key)
+    }
+
+    fn adopt_msg(r: Record, hops: u8, tag: u64) -> DirMsg {
+        DirMsg::Adopt {
+            record: r,
+            hops,
+            tag,
+            holders: Vec::new(),
+            moved: true,
+        }
+    }
+
+    #[test]
+    fn an_adoption_at_a_node_without_quorum_survives_its_sender_crashing() {
+        let (mut net, key) = b_without_quorum();
+        // `a` (gone by now: what is sent to it is lost) handed the child to `b` with its latest
+        // state, which no other node holds.
+        let mut r = record(&key);
+        r.generation = 7;
+        r.snapshot = Some(format!("<{key}>").into_bytes());
+        net.call("b", |d| d.receive(&id("a"), adopt_msg(r, 0, 1)));
+        net.settle();
+        assert!(net.runs(&key).is_empty(), "nothing runs without a quorum");
+        net.call("b", |d| d.set_view([&id("b"), &id("c")]));
+        net.settle();
+        assert_each_runs_once_with_its_state(&net, std::slice::from_ref(&key));
+    }
+
+    #[test]
+    fn an_adoption_of_a_removed_child_at_a_node_without_quorum_is_dropped_by_its_sender() {
+        let (mut net, key) = b_without_quorum();
+        let removed = DirMsg::Buried {
+            removed: vec![(key.clone(), 7)],
+        };
+        net.call("b", |d| d.receive(&id("c"), removed));
+        net.settle();
+        let mut r = record(&key);
+        r.generation = 7;
+        let actions = net.dir("b").receive(&id("a"), adopt_msg(r, MAX_HOPS, 1));
+        let dropped = actions.iter().any(|a| {
+            matches!(
+                a,
+                Action::Send {
+                    to,
+                    msg: DirMsg::Drop { tag: Some(1), remove: true, generation: 7, .. },
+                } if *to == id("a")
+            )
+        });
+        assert!(dropped, "the sender is told to drop its copy: {actions:?}");
+        assert!(net.dir("b").backups().is_empty());
+    }
+
+    #[test]
+    fn a_hand_off_sent_again_to_a_node_that_took_it_and_lost_its_quorum_is_not_sent_back() {
+        let mut net = Net::with_quorum(&["b", "c"], 8, Some(3));
+        let key = key_owned_by(&["b", "c"], "b");
+        let mut r = record(&key);
+        r.generation = 7;
+        r.version = 3;
+        r.snapshot = Some(format!("<{key}>").into_bytes());
+        net.call("b", |d| d.receive(&id("a"), adopt_msg(r.clone(), 0, 1)));
+        net.settle();
+        assert_eq!(net.runs(&key), vec![id("b")]);
+        net.call("b", |d| d.set_view([&id("b")]));
+        net.settle();
+        // `a` sends its (older) hand-off again after a reconnection.
+        let mut old = r;
+        old.version = 1;
+        old.snapshot = Some(b"<old>".to_vec());
+        let actions = net.dir("b").receive(&id("a"), adopt_msg(old, 0, 1));
+        let back = actions.iter().any(|a| {
+            matches!(
+                a,
+                Action::Send {
+                    msg: DirMsg::Adopt { .. },
+                    ..
+                }
+            )
+        });
+        assert!(!back, "not sent back: {actions:?}");
+        net.apply(&id("b"), actions);
+        net.call("b", |d| d.set_view([&id("b"), &id("c")]));
+        net.settle();
+        assert_each_runs_once_with_its_state(&net, std::slice::from_ref(&key));
+    }
+
+    #[test]
+    fn an_orphan_backup_is_not_replaced_by_a_new_lineage_of_its_owner() {
+        let nodes = ["a", "b", "c"];
+        let mut net = Net::with_quorum(&nodes, 8, Some(3));
+        let key = key_placed(&nodes, "a", "b");
+        net.call("a", |d| d.start(1, record(&key)));
+        net.settle();
+        let state = format!("<{key}>").into_bytes();
+        net.running.insert((id("a"), key.clone()), state.clone());
+        net.call("a", |d| d.snapshot(&key, state));
+        net.settle();
+        // `b` loses its quorum (its copy from `a` is an orphan, kept), then `a` crashes; its new
+        // incarnation runs the child from an older copy and replicates that to `b`.
+        net.call("b", |d| d.set_view([&id("b")]));
+        net.settle();
+        net.crash("a");
+        let generation = net.dir("b").backups()[&key][0].record.generation;
+        let mut stale = record(&key);
+        stale.generation = generation;
+        stale.snapshot = Some(b"<old>".to_vec());
+        let replicate = DirMsg::Replicate {
+            record: stale,
+            epoch: Epoch(1, 1),
+        };
+        net.call("b", |d| d.receive(&id("a"), replicate));
+        net.settle();
+        // The new incarnation goes too; `b` and `c` heal.
+        let owners = [id("b"), id("c")];
+        net.call("b", |d| d.set_view(owners.iter()));
+        net.call("c", |d| d.set_view(owners.iter()));
+        net.settle();
+        assert_each_runs_once_with_its_state(&net, std::slice::from_ref(&key));
     }
 
     #[test]

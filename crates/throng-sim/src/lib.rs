@@ -58,8 +58,9 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use throng_core::directory::{
-    Action, ChildEvent, DirConfig, DirMsg, Directory, Record, StartError,
+    Action, ChildEvent, DirConfig, DirMsg, Directory, Record, StartError, StopReason,
 };
+use throng_core::driver::{Driver, Exit, Host, PlantedBug};
 use throng_core::{ExitClass, NodeId, RestartPolicy};
 
 /// Parameters of a run.
@@ -83,9 +84,22 @@ pub struct SimConfig {
     pub gossip_cuts: bool,
     /// Print a trace of the steps to stderr.
     pub trace: bool,
+    /// A shell bug planted in every node's driver, to show the simulator catches it (tests
+    /// only).
+    #[doc(hidden)]
+    pub planted: Option<PlantedBug>,
 }
 
 impl SimConfig {
+    /// A node's driver over `dir`, with the planted bug if there is one.
+    fn driver(&self, dir: Directory) -> Driver<u64> {
+        let mut driver = Driver::new(dir);
+        if let Some(bug) = self.planted {
+            driver.plant(bug);
+        }
+        driver
+    }
+
     /// `nodes` nodes for `steps` steps, converging every 500 steps, at most `(nodes - 1) / 2`
     /// nodes down at once, no trace.
     pub fn new(nodes: usize, steps: u64) -> Self {
@@ -98,6 +112,7 @@ impl SimConfig {
             quorum: false,
             gossip_cuts: false,
             trace: false,
+            planted: None,
         }
     }
 }
@@ -381,15 +396,16 @@ struct Child {
     state: u64,
     phase: ChildPhase,
     instance: u64,
-    /// Stopping to merge this other copy into it ([`Action::Merge`]).
-    merging: Option<Record>,
+    /// Stopping to merge another copy into it ([`Action::Merge`]; the driver holds that copy).
+    merging: bool,
 }
 
 struct Node {
     alive: bool,
     inc: u64,
     side: u8,
-    dir: Directory,
+    /// The directory, inside the driver the runtime runs too.
+    drv: Driver<u64>,
     /// Who this node believes is up, with the incarnation it knows (itself included).
     view: BTreeMap<usize, u64>,
     /// The nodes of `view` this node knows are leaving (itself included if it leaves).
@@ -401,6 +417,66 @@ struct Node {
     deaf: bool,
     /// Its gossip out is cut: every peer drops it from its view (the network to it still works).
     mute: bool,
+}
+
+impl Node {
+    /// The node's directory, to read.
+    fn dir(&self) -> &Directory {
+        self.drv.directory()
+    }
+}
+
+/// What a node's driver asked of its simulated runtime, in order.
+enum Effect {
+    Spawn(Record),
+    Stop(String),
+    Send(NodeId, DirMsg),
+    Reply(u64, Result<(), StartError>),
+    Event(ChildEvent),
+}
+
+/// The simulated runtime as the driver sees it ([`Host`]): it records the effects asked of it,
+/// which the simulator then carries out (children spawn and stop after delays, messages travel
+/// the simulated network, replies go to the waiting clients).
+#[derive(Default)]
+struct SimHost {
+    effects: Vec<Effect>,
+}
+
+impl Host for SimHost {
+    type Reply = u64;
+
+    fn spawn(&mut self, record: Record) {
+        self.effects.push(Effect::Spawn(record));
+    }
+
+    fn stop(&mut self, key: &str, _reason: StopReason) {
+        self.effects.push(Effect::Stop(key.to_owned()));
+    }
+
+    fn send(&mut self, to: &NodeId, msg: DirMsg) {
+        self.effects.push(Effect::Send(to.clone(), msg));
+    }
+
+    fn reply(&mut self, reply: u64, result: Result<(), StartError>) {
+        self.effects.push(Effect::Reply(reply, result));
+    }
+
+    fn event(&mut self, event: ChildEvent) {
+        self.effects.push(Effect::Event(event));
+    }
+
+    /// The simulated actors' conflict rule: two counters that met keep the larger.
+    fn merge(
+        &mut self,
+        _key: &str,
+        _actor_type: &str,
+        ours: Option<&[u8]>,
+        theirs: Option<&[u8]>,
+    ) -> Option<Vec<u8>> {
+        let state = |s: Option<&[u8]>| s.and_then(decode).unwrap_or(0);
+        Some(encode(state(ours).max(state(theirs))))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -419,6 +495,9 @@ struct KeyTrack {
     removal_ok: bool,
     /// When the first removal began (see `removal_ok`).
     removal_began: Option<u64>,
+    /// The generations ([`Record::generation`]) of the children a removal began for, since
+    /// `removal_began`: a child of another generation was started after them.
+    removed: BTreeSet<u64>,
     /// The latest state a backup acknowledged.
     floor: u64,
     /// Nodes that crashed while holding a copy (run or backup) since the key was last fully
@@ -441,6 +520,20 @@ struct KeyTrack {
     moved_state: Option<(usize, u64)>,
     /// A copy was merged into another since the last convergence.
     merged: bool,
+}
+
+impl KeyTrack {
+    /// The key was started again after its child was removed: a new child, from its initial
+    /// state (`runs`: its state so far, with the updates it accepted before the answer).
+    fn reborn(&mut self, runs: Option<u64>) {
+        self.removal_ok = false;
+        self.removal_began = None;
+        self.removed.clear();
+        self.expect = Expect::Running;
+        self.floor = 0;
+        self.ledger = self.snapshots.then_some(runs.unwrap_or(0));
+        self.moved_state = None;
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -507,8 +600,11 @@ fn dir_config(id: &NodeId, incarnation: u64, quorum: Option<usize>) -> DirConfig
 }
 
 fn state_of(record: &Record) -> Option<u64> {
-    let s = record.snapshot.as_ref()?;
-    let bytes: [u8; 8] = s.as_slice().try_into().ok()?;
+    decode(record.snapshot.as_deref()?)
+}
+
+fn decode(snapshot: &[u8]) -> Option<u64> {
+    let bytes: [u8; 8] = snapshot.try_into().ok()?;
     Some(u64::from_le_bytes(bytes))
 }
 
@@ -617,7 +713,7 @@ impl Sim {
                 alive: true,
                 inc: 0,
                 side: 0,
-                dir,
+                drv: sim.config.driver(dir),
                 view: (0..n).map(|j| (j, 0)).collect(),
                 view_leaving: BTreeSet::new(),
                 leaving: false,
@@ -767,6 +863,7 @@ impl Sim {
                 expect: Expect::Unknown,
                 removal_ok: false,
                 removal_began: None,
+                removed: BTreeSet::new(),
                 floor: 0,
                 crashed_holders: BTreeSet::new(),
                 sole_copy_lost: false,
@@ -784,11 +881,23 @@ impl Sim {
         self.handle(Ev::ClientStart { key, attempt: 0 });
     }
 
-    fn begin_removal(&mut self, key: &str) {
+    /// The generation of the child `key` on `node` (0 if it does not run there).
+    fn generation_on(&self, node: usize, key: &str) -> u64 {
+        self.nodes[node]
+            .dir()
+            .owned()
+            .get(key)
+            .map_or(0, |o| o.record.generation)
+    }
+
+    /// A removal of the child `key` that runs on `node` (if it runs there) began.
+    fn begin_removal(&mut self, node: usize, key: &str) {
         let now = self.now;
+        let generation = Some(self.generation_on(node, key)).filter(|g| *g != 0);
         let t = self.keys.get_mut(key).expect("tracked");
         t.removal_ok = true;
         t.removal_began.get_or_insert(now);
+        t.removed.extend(generation);
     }
 
     fn op_terminate(&mut self) {
@@ -893,8 +1002,7 @@ impl Sim {
         }
         if t.snapshots && self.rng.random_bool(0.5) {
             trace!(self, "n{node}: {key} state {state}, snapshot");
-            let actions = self.nodes[node].dir.snapshot(&key, encode(state));
-            self.apply(node, actions);
+            self.drive(node, |d, h| d.snapshot(h, &key, encode(state)));
         } else {
             trace!(self, "n{node}: {key} state {state}");
         }
@@ -917,8 +1025,7 @@ impl Sim {
         trace!(self, "LEAVE n{j}");
         self.nodes[j].leaving = true;
         self.nodes[j].view_leaving.insert(j);
-        let actions = self.nodes[j].dir.leave();
-        self.apply(j, actions);
+        self.drive(j, |d, h| d.leave(h));
         self.others_learn_of(j);
     }
 
@@ -928,7 +1035,7 @@ impl Sim {
         if !n.alive || n.inc != inc || !n.leaving {
             return;
         }
-        let d = &n.dir;
+        let d = &n.dir();
         if !(d.handed_off() && d.owned().is_empty() && d.backups().is_empty()) {
             return;
         }
@@ -963,13 +1070,31 @@ impl Sim {
             .policy
             .restarts_after(ExitClass::Abnormal)
         {
-            self.begin_removal(&key);
+            self.begin_removal(node, &key);
         }
         let now = Duration::from_millis(self.now);
-        let actions = self.nodes[node]
-            .dir
-            .exited(&key, ExitClass::Abnormal, None, now);
-        self.apply(node, actions);
+        let generation = self.generation_on(node, &key);
+        let exit = Exit {
+            class: ExitClass::Abnormal,
+            last: None,
+            pending: None,
+        };
+        let effects = self.run_driver(node, |d, h| d.exited(h, &key, exit, now));
+        self.apply_exit(node, &key, generation, effects);
+    }
+
+    /// Applies the actions of a child's exit on `node`; a removal they begin (the directory
+    /// gave up on the child) is one of the child's generation.
+    fn apply_exit(&mut self, node: usize, key: &str, generation: u64, effects: Vec<Effect>) {
+        let gave_up = effects
+            .iter()
+            .any(|e| matches!(e, Effect::Event(ChildEvent::GaveUp { .. })));
+        if gave_up {
+            if let Some(t) = self.keys.get_mut(key) {
+                t.removed.insert(generation);
+            }
+        }
+        self.apply(node, effects);
     }
 
     fn op_child_exit_normal(&mut self) {
@@ -979,17 +1104,23 @@ impl Sim {
         let child = self.nodes[node].children.remove(&key).expect("picked");
         self.tally.event("op: child exits normally");
         trace!(self, "n{node}: {key} exits normally");
-        let track = self.keys.get_mut(&key).expect("tracked");
-        if !track.record.policy.restarts_after(ExitClass::Normal) {
-            track.removal_ok = true;
-            track.removal_began.get_or_insert(self.now);
+        if !self.keys[&key]
+            .record
+            .policy
+            .restarts_after(ExitClass::Normal)
+        {
+            self.begin_removal(node, &key);
         }
-        let snapshot = track.snapshots.then(|| encode(child.state));
+        let snapshot = self.keys[&key].snapshots.then(|| encode(child.state));
         let now = Duration::from_millis(self.now);
-        let actions = self.nodes[node]
-            .dir
-            .exited(&key, ExitClass::Normal, snapshot, now);
-        self.apply(node, actions);
+        let generation = self.generation_on(node, &key);
+        let exit = Exit {
+            class: ExitClass::Normal,
+            last: snapshot,
+            pending: None,
+        };
+        let effects = self.run_driver(node, |d, h| d.exited(h, &key, exit, now));
+        self.apply_exit(node, &key, generation, effects);
     }
 
     fn op_node_crash(&mut self) {
@@ -1007,7 +1138,7 @@ impl Sim {
         self.tally.event("fault: node crash");
         trace!(self, "CRASH n{j}");
         let held: BTreeSet<String> = {
-            let d = &self.nodes[j].dir;
+            let d = &self.nodes[j].dir();
             d.owned()
                 .keys()
                 .chain(d.backups().keys())
@@ -1031,9 +1162,9 @@ impl Sim {
         let mut elsewhere: BTreeSet<&str> = BTreeSet::new();
         for (i, n) in self.nodes.iter().enumerate() {
             if i != j && n.alive {
-                elsewhere.extend(n.dir.owned().keys().map(String::as_str));
+                elsewhere.extend(n.dir().owned().keys().map(String::as_str));
                 elsewhere.extend(
-                    n.dir
+                    n.dir()
                         .backups()
                         .iter()
                         .filter(|(k, list)| list.iter().any(|b| self.live_copy(k, b)))
@@ -1055,15 +1186,15 @@ impl Sim {
                 }
             }
         }
-        for p in self.nodes.iter().flat_map(|n| n.children.values()) {
-            if let Some(r) = &p.merging {
-                elsewhere.insert(r.key.as_str());
+        for (k, c) in self.nodes.iter().flat_map(|n| n.children.iter()) {
+            if c.merging {
+                elsewhere.insert(k.as_str());
             }
         }
         // A child the crashed node ran without a backup (it saw no other node) had its other
         // copies told to drop (confirmations in flight): it had the only durable copy.
         let unbacked: BTreeSet<&str> = self.nodes[j]
-            .dir
+            .dir()
             .owned()
             .iter()
             .filter(|(_, o)| o.backup.is_none())
@@ -1107,7 +1238,9 @@ impl Sim {
         let node = &mut self.nodes[j];
         node.alive = true;
         node.inc += 1;
-        node.dir = Directory::new(dir_config(&self.ids[j], node.inc, quorum));
+        node.drv = self
+            .config
+            .driver(Directory::new(dir_config(&self.ids[j], node.inc, quorum)));
         self.heard[j] = vec![None; self.nodes.len()];
         self.declared[j] = vec![None; self.nodes.len()];
         let node = &mut self.nodes[j];
@@ -1305,8 +1438,8 @@ impl Sim {
                 // The runtime reports every closed connection to the directory; it matters
                 // only for a peer out of the view (see `Directory::disconnected`).
                 if self.nodes[x].alive {
-                    let actions = self.nodes[x].dir.disconnected(&self.ids[y]);
-                    self.apply(x, actions);
+                    let peer = self.ids[y].clone();
+                    self.drive(x, |d, h| d.disconnected(h, &peer));
                 }
             }
         } else if !self.link_up[a][b] && up {
@@ -1322,8 +1455,8 @@ impl Sim {
             for (x, y) in [(a, b), (b, a)] {
                 if std::mem::take(&mut self.kept[x][y]) && self.nodes[x].alive {
                     trace!(self, "n{x}: reconnected to n{y}");
-                    let actions = self.nodes[x].dir.reconnected(&self.ids[y]);
-                    self.apply(x, actions);
+                    let peer = self.ids[y].clone();
+                    self.drive(x, |d, h| d.reconnected(h, &peer));
                 }
             }
         }
@@ -1416,8 +1549,7 @@ impl Sim {
             self.nodes[i].view_leaving
         );
         self.tally.event("view change");
-        let actions = self.nodes[i].dir.set_members(owners.iter(), leaving.iter());
-        self.apply(i, actions);
+        self.drive(i, |d, h| d.set_members(h, owners.iter(), leaving.iter()));
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1443,8 +1575,7 @@ impl Sim {
                     _ => return,
                 }
                 trace!(self, "n{node}: {key} spawned");
-                let actions = self.nodes[node].dir.spawned(&key, Ok(()));
-                self.apply(node, actions);
+                self.drive(node, |d, h| d.spawned(h, &key, Ok(())));
             }
             Ev::StopDone {
                 node,
@@ -1461,22 +1592,26 @@ impl Sim {
                     _ => return,
                 }
                 let child = n.children.remove(&key).expect("present");
-                if let Some(theirs) = &child.merging {
-                    let merged = child.state.max(state_of(theirs).unwrap_or(0));
+                let now = Duration::from_millis(self.now);
+                if child.merging {
+                    // The driver merges the other copy's state into this final one.
                     trace!(
                         self,
-                        "n{node}: {key} stopped to merge (state {} + theirs {:?} = {merged})",
-                        child.state,
-                        state_of(theirs)
+                        "n{node}: {key} stopped to merge (state {})",
+                        child.state
                     );
-                    let actions = self.nodes[node].dir.merged(&key, Some(encode(merged)));
-                    self.apply(node, actions);
+                    let exit = Exit {
+                        class: ExitClass::Shutdown,
+                        last: Some(encode(child.state)),
+                        pending: None,
+                    };
+                    self.drive(node, |d, h| d.exited(h, &key, exit, now));
                     return;
                 }
                 let snapshot = self.keys[&key].snapshots.then(|| encode(child.state));
                 trace!(self, "n{node}: {key} stopped (state {})", child.state);
                 let moving = self.nodes[node]
-                    .dir
+                    .dir()
                     .owned()
                     .get(&key)
                     .is_some_and(|o| o.phase == throng_core::directory::Phase::Moving);
@@ -1488,11 +1623,12 @@ impl Sim {
                     }
                     t.moved_state = Some((node, child.state));
                 }
-                let now = Duration::from_millis(self.now);
-                let actions = self.nodes[node]
-                    .dir
-                    .exited(&key, ExitClass::Shutdown, snapshot, now);
-                self.apply(node, actions);
+                let exit = Exit {
+                    class: ExitClass::Shutdown,
+                    last: snapshot,
+                    pending: None,
+                };
+                self.drive(node, |d, h| d.exited(h, &key, exit, now));
             }
             Ev::View { observer, subject } => self.view_event(observer, subject),
             Ev::ClientStart { key, attempt } => self.client_start(key, attempt),
@@ -1514,8 +1650,7 @@ impl Sim {
                 }
                 let record = self.keys[&key].record.clone();
                 trace!(self, "n{node}: start {key} (req {req})");
-                let actions = self.nodes[node].dir.start(req, record);
-                self.apply(node, actions);
+                self.drive(node, |d, h| d.start(h, record, req));
             }
             Ev::ClientTerm { key, attempt } => self.client_term(key, attempt),
             Ev::ClientUpdate { key, attempt } => self.client_update(key, attempt),
@@ -1537,10 +1672,9 @@ impl Sim {
                 p.arrived = true;
                 p.arrived_at = self.now;
                 let key = p.key.clone();
-                self.begin_removal(&key);
+                self.begin_removal(node, &key);
                 trace!(self, "n{node}: terminate {key} (req {req})");
-                let actions = self.nodes[node].dir.terminate(req, &key);
-                self.apply(node, actions);
+                self.drive(node, |d, h| d.terminate(h, &key, req));
             }
         }
     }
@@ -1549,7 +1683,7 @@ impl Sim {
     fn route(&mut self, key: &str) -> Option<usize> {
         let alive = self.alive_nodes();
         let client = alive[self.rng.random_range(0..alive.len())];
-        let owner = self.nodes[client].dir.owner(key)?;
+        let owner = self.nodes[client].dir().owner(key)?;
         let owner = self.index(&owner);
         self.reachable(client, owner).then_some(owner)
     }
@@ -1625,8 +1759,8 @@ impl Sim {
         if current.is_none() && heard.is_some() && heard_dead {
             // The membership reports a node this one never had in its view as dead, or back as
             // a new incarnation: the runtime reports the incarnation it heard from as down.
-            let actions = self.nodes[observer].dir.node_down(&self.ids[subject]);
-            self.apply(observer, actions);
+            let down = self.ids[subject].clone();
+            self.drive(observer, |d, h| d.node_down(h, &down));
         }
         let target_leaving = target.is_some() && self.nodes[subject].leaving;
         if current == target {
@@ -1690,7 +1824,7 @@ impl Sim {
             || b.orphan
             || !self.nodes[from].alive
             || self.nodes[from]
-                .dir
+                .dir()
                 .owned()
                 .get(key)
                 .is_some_and(|o| o.epoch == b.epoch)
@@ -1704,7 +1838,7 @@ impl Sim {
             DirMsg::Adopt { record, .. } => Some(record.key.as_str()),
             DirMsg::Replicate { record, epoch } => (!self.nodes[from].alive
                 || self.nodes[from]
-                    .dir
+                    .dir()
                     .owned()
                     .get(&record.key)
                     .is_some_and(|o| o.epoch == *epoch))
@@ -1721,8 +1855,8 @@ impl Sim {
         (0..n).any(|i| {
             i != node
                 && self.nodes[i].alive
-                && (self.nodes[i].dir.owned().contains_key(key)
-                    || self.nodes[i].dir.backups().get(key).is_some_and(|list| {
+                && (self.nodes[i].dir().owned().contains_key(key)
+                    || self.nodes[i].dir().backups().get(key).is_some_and(|list| {
                         // A copy handed to `node`, or a backup of `node`'s own copy, is
                         // the same lineage.
                         list.iter().any(|b| {
@@ -1732,8 +1866,8 @@ impl Sim {
                     })
                     || self.nodes[i]
                         .children
-                        .values()
-                        .any(|c| c.merging.as_ref().is_some_and(|r| r.key == key)))
+                        .iter()
+                        .any(|(k, c)| c.merging && k == key))
         }) || (0..n).filter(|&from| from != node).any(|from| {
             (0..n).filter(|&to| to != node).any(|to| {
                 self.nodes[to].alive
@@ -1780,8 +1914,8 @@ impl Sim {
                 self,
                 "n{to}: n{from} is back as a new incarnation (old one down)"
             );
-            let actions = self.nodes[to].dir.node_down(&self.ids[from]);
-            self.apply(to, actions);
+            let down = self.ids[from].clone();
+            self.drive(to, |d, h| d.node_down(h, &down));
         }
         trace!(self, "n{from}->n{to} {msg:?}");
         self.heard[to][from] = Some(from_inc);
@@ -1827,11 +1961,12 @@ impl Sim {
                 }
             }
         }
-        let actions = self.nodes[to].dir.receive(&self.ids[from], msg);
+        let sender = self.ids[from].clone();
+        let effects = self.run_driver(to, |d, h| d.receive(h, &sender, msg));
         if let Some((key, state)) = replicated {
-            let was_acked = actions.iter().any(
-                |a| matches!(a, Action::Send { msg: DirMsg::Ack { key: k, .. }, .. } if *k == key),
-            );
+            let was_acked = effects
+                .iter()
+                .any(|e| matches!(e, Effect::Send(_, DirMsg::Ack { key: k, .. }) if *k == key));
             if was_acked {
                 if let (Some(t), Some(s)) = (self.keys.get_mut(&key), state) {
                     t.floor = t.floor.max(s);
@@ -1841,12 +1976,12 @@ impl Sim {
         if let Some((key, version)) = acked {
             // The owner's current version is held by its backup, which is still up: the key is
             // fully replicated again, earlier crashes of its holders no longer matter.
-            let full = self.nodes[to].dir.owned().get(&key).is_some_and(|o| {
+            let full = self.nodes[to].dir().owned().get(&key).is_some_and(|o| {
                 o.record.version == version && o.backup.as_ref() == Some(&self.ids[from])
             }) && self.nodes[from].alive;
             if full {
                 let state = self.nodes[to]
-                    .dir
+                    .dir()
                     .owned()
                     .get(&key)
                     .and_then(|o| state_of(&o.record));
@@ -1861,7 +1996,7 @@ impl Sim {
                 }
             }
         }
-        self.apply(to, actions);
+        self.apply(to, effects);
         self.watch();
         if let Some(key) = dropped_by_dead {
             if !self.has_copy(&key) {
@@ -1883,7 +2018,7 @@ impl Sim {
         };
         let mut now = String::new();
         for (i, n) in self.nodes.iter().enumerate() {
-            if let Some(list) = n.dir.backups().get(&k) {
+            if let Some(list) = n.dir().backups().get(&k) {
                 let copies: Vec<_> = list
                     .iter()
                     .map(|b| (b.from.as_str(), b.handoff, b.epoch, b.record.version))
@@ -1900,17 +2035,31 @@ impl Sim {
     // -----------------------------------------------------------------------------------------
     // The runtime: executing actions.
 
-    fn apply(&mut self, node: usize, actions: Vec<Action>) {
-        for action in actions {
-            match action.clone() {
-                Action::Spawn(record) => self.spawn(node, record),
-                Action::Stop { key, .. } | Action::Merge { key, .. } => {
+    /// Runs `f` on `node`'s driver and carries out the effects it asked for.
+    fn drive(&mut self, node: usize, f: impl FnOnce(&mut Driver<u64>, &mut SimHost)) {
+        let effects = self.run_driver(node, f);
+        self.apply(node, effects);
+    }
+
+    /// Runs `f` on `node`'s driver; the effects it asked for, to carry out with `apply`.
+    fn run_driver(
+        &mut self,
+        node: usize,
+        f: impl FnOnce(&mut Driver<u64>, &mut SimHost),
+    ) -> Vec<Effect> {
+        let mut host = SimHost::default();
+        f(&mut self.nodes[node].drv, &mut host);
+        host.effects
+    }
+
+    fn apply(&mut self, node: usize, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Spawn(record) => self.spawn(node, record),
+                Effect::Stop(key) => {
                     let inc = self.nodes[node].inc;
-                    let merging = match &action {
-                        Action::Merge { theirs, .. } => Some(theirs.clone()),
-                        _ => None,
-                    };
-                    if merging.is_some() {
+                    let merging = self.nodes[node].drv.is_merging(&key);
+                    if merging {
                         if let Some(t) = self.keys.get_mut(&key) {
                             t.merged = true;
                             t.ledger = None;
@@ -1942,7 +2091,7 @@ impl Sim {
                         }
                     }
                 }
-                Action::Send { to, msg } => {
+                Effect::Send(to, msg) => {
                     let to = self.index(&to);
                     self.tally.event(match &msg {
                         DirMsg::Replicate { .. } => "message: replicate",
@@ -1992,16 +2141,14 @@ impl Sim {
                     });
                     self.schedule(ready - self.now, Ev::Pump { from: node, to });
                 }
-                Action::Reply { req, result } => self.reply(node, req, result),
-                Action::Event(e) => {
+                Effect::Reply(req, result) => self.reply(node, req, result),
+                Effect::Event(e) => {
                     self.tally.event(event_kind(&e));
                     trace!(self, "n{node}: {e:?}");
                     match e {
-                        ChildEvent::GaveUp { key, .. } => {
-                            if let Some(t) = self.keys.get_mut(&key) {
-                                t.removal_ok = true;
-                                t.removal_began.get_or_insert(self.now);
-                            }
+                        // (Its generation is added by `apply_exit`.)
+                        ChildEvent::GaveUp { key, .. } if self.keys.contains_key(&key) => {
+                            self.begin_removal(node, &key);
                         }
                         ChildEvent::FailedOver { key, .. } => {
                             // A backup on the other side of a partition (or of a false
@@ -2041,9 +2188,9 @@ impl Sim {
         let n = &self.nodes[node];
         if n.alive
             && n.leaving
-            && n.dir.handed_off()
-            && n.dir.owned().is_empty()
-            && n.dir.backups().is_empty()
+            && n.dir().handed_off()
+            && n.dir().owned().is_empty()
+            && n.dir().backups().is_empty()
         {
             let inc = n.inc;
             self.schedule(1, Ev::Exit { node, inc });
@@ -2108,7 +2255,7 @@ impl Sim {
                 state,
                 phase: ChildPhase::Starting,
                 instance,
-                merging: None,
+                merging: false,
             },
         );
         let inc = self.nodes[node].inc;
@@ -2141,6 +2288,11 @@ impl Sim {
         );
         // The new child's state so far (updates it accepted before this answer).
         let runs = self.nodes[node].children.get(&p.key).map(|c| c.state);
+        let generation = self.nodes[node]
+            .dir()
+            .owned()
+            .get(&p.key)
+            .map(|o| o.record.generation);
         let t = self.keys.get_mut(&p.key).expect("tracked");
         if p.kind == ReqKind::Start && t.removal_began.is_some_and(|r| p.arrived_at >= r) {
             t.late_starts = t.late_starts.saturating_sub(1);
@@ -2151,12 +2303,7 @@ impl Sim {
                 if t.expect == Expect::Gone && t.removal_began.is_some_and(|r| p.arrived_at > r) {
                     // Started again after it was removed: a new child of the same key, from
                     // its initial state (plus the updates it accepted before this answer).
-                    t.removal_ok = false;
-                    t.removal_began = None;
-                    t.expect = Expect::Running;
-                    t.floor = 0;
-                    t.ledger = t.snapshots.then_some(runs.unwrap_or(0));
-                    t.moved_state = None;
+                    t.reborn(runs);
                 }
                 if t.expect != Expect::Gone {
                     t.expect = Expect::Running;
@@ -2169,6 +2316,15 @@ impl Sim {
             (ReqKind::Start, Err(StartError::AlreadyStarted(_))) if p.attempt > 0 => {
                 // An earlier attempt started it, and it moved before the answer: it exists.
                 self.tally.event("reply: already started (retry)");
+                if t.expect == Expect::Gone
+                    && t.removal_began.is_some_and(|r| p.arrived_at > r)
+                    && generation.is_some_and(|g| !t.removed.contains(&g))
+                {
+                    // The child running here is not the one removed: an earlier attempt that
+                    // arrived after the removal began (waiting for it, at a node that answered
+                    // `NotOwner` once the new child moved on) started it again.
+                    t.reborn(runs);
+                }
                 if t.expect != Expect::Gone {
                     t.expect = Expect::Running;
                 }
@@ -2269,8 +2425,8 @@ impl Sim {
                 .all(|&j| self.nodes[j].view.keys().all(|k| !side.contains(k)));
             if side != view
                 || !closed
-                || !self.nodes[i].dir.has_quorum()
-                || self.nodes[i].dir.ring().is_empty()
+                || !self.nodes[i].dir().has_quorum()
+                || self.nodes[i].dir().ring().is_empty()
             {
                 // Views that disagree (a one-way cut), a side without a quorum, or a side of
                 // leaving nodes only (a leaving node owns nothing: it hands its children off and
@@ -2279,7 +2435,7 @@ impl Sim {
             }
             let mut held: BTreeSet<String> = BTreeSet::new();
             for &j in &side {
-                let d = &self.nodes[j].dir;
+                let d = &self.nodes[j].dir();
                 held.extend(d.owned().keys().cloned());
                 held.extend(d.backups().keys().cloned());
             }
@@ -2305,7 +2461,7 @@ impl Sim {
         for &i in &alive {
             let view: Vec<usize> = self.nodes[i].view.keys().copied().collect();
             let ring: Vec<usize> = self.nodes[i]
-                .dir
+                .dir()
                 .ring()
                 .nodes()
                 .iter()
@@ -2334,14 +2490,14 @@ impl Sim {
         for &i in &alive {
             self.check(Invariant::Runtime);
             let mut bad = Vec::new();
-            for (key, o) in self.nodes[i].dir.owned() {
+            for (key, o) in self.nodes[i].dir().owned() {
                 let child = self.nodes[i].children.get(key);
                 if o.phase != throng_core::directory::Phase::Running || child.is_none() {
                     bad.push(format!("{key}: directory {:?}, runtime {child:?}", o.phase));
                 }
             }
             for key in self.nodes[i].children.keys() {
-                if !self.nodes[i].dir.owned().contains_key(key) {
+                if !self.nodes[i].dir().owned().contains_key(key) {
                     bad.push(format!("{key}: runs but the directory does not know it"));
                 }
             }
@@ -2425,7 +2581,7 @@ impl Sim {
                 self.check(Invariant::Placement);
                 let owners: BTreeSet<Option<NodeId>> = alive
                     .iter()
-                    .map(|&i| self.nodes[i].dir.owner(&key))
+                    .map(|&i| self.nodes[i].dir().owner(&key))
                     .collect();
                 if owners.len() != 1 || owners.first() != Some(&Some(self.ids[x].clone())) {
                     self.fail(
@@ -2435,7 +2591,7 @@ impl Sim {
                 }
                 // Replicated.
                 self.check(Invariant::Replicated);
-                let dir = &self.nodes[x].dir;
+                let dir = &self.nodes[x].dir();
                 let o = &dir.owned()[&key];
                 let want = dir.backup_of(&key);
                 let version = o.record.version;
@@ -2443,7 +2599,7 @@ impl Sim {
                 let ok = o.backup == want
                     && want.as_ref().is_none_or(|b| {
                         let b = self.index(b);
-                        self.nodes[b].dir.backups().get(&key).is_some_and(|list| {
+                        self.nodes[b].dir().backups().get(&key).is_some_and(|list| {
                             list.iter().any(|h| {
                                 h.from == self.ids[x]
                                     && h.handoff.is_none()
@@ -2500,7 +2656,7 @@ impl Sim {
             };
             let durable = match nodes[..] {
                 [x] => self.nodes[x]
-                    .dir
+                    .dir()
                     .owned()
                     .get(&key)
                     .and_then(|o| state_of(&o.record)),
@@ -2525,7 +2681,7 @@ impl Sim {
         let mut bad = Vec::new();
         for &b in &alive {
             for (key, h) in self.nodes[b]
-                .dir
+                .dir()
                 .backups()
                 .iter()
                 .flat_map(|(k, list)| list.iter().map(move |h| (k, h)))
@@ -2534,7 +2690,7 @@ impl Sim {
                 let from = self.index(&h.from);
                 let valid = self.nodes[from].alive
                     && h.handoff.is_none()
-                    && self.nodes[from].dir.owned().get(key).is_some_and(|o| {
+                    && self.nodes[from].dir().owned().get(key).is_some_and(|o| {
                         o.backup.as_ref() == Some(&self.ids[b]) && o.epoch == h.epoch
                     });
                 if !valid {

@@ -77,3 +77,22 @@ fn a_seed_replays_exactly() {
     assert_eq!(a.tally.events, b.tally.events);
     assert_eq!(a.failures, b.failures);
 }
+
+/// The simulator runs the driver the runtime runs: a bug planted in the driver (it forgets to
+/// answer successful starts) is caught as unanswered requests.
+#[test]
+fn a_shell_bug_planted_in_the_driver_is_caught() {
+    let mut config = SimConfig::new(5, 1000);
+    config.planted = Some(throng_core::driver::PlantedBug::ForgetStartReply);
+    let (tally, failing) = run_seeds(0, 5, &config);
+    assert!(
+        tally.violations[Invariant::Replies as usize] > 0,
+        "the forgotten replies went unnoticed: {}",
+        describe(&tally)
+    );
+    assert_eq!(
+        failing.len(),
+        5,
+        "every seed starts children, so every seed fails"
+    );
+}

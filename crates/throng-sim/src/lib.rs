@@ -1,8 +1,10 @@
 //! Seeded deterministic simulator for the distributed supervisor's directory
 //! ([`throng_core::directory::Directory`]).
 //!
-//! One seed is one run: `nodes` nodes, each with a `Directory` and a simulated runtime that executes
-//! its [`Action`]s (spawning and stopping children, sending [`DirMsg`]s, answering requests), driven
+//! One seed is one run: `nodes` nodes, each with a `Directory` inside the driver production runs
+//! ([`throng_core::driver::Driver`]) and a simulated runtime, the driver's [`Host`], that carries
+//! out the effects the driver asks for (spawning and stopping children, sending [`DirMsg`]s,
+//! answering requests, merging two states with the counters' rule, the larger wins), driven
 //! for `steps` ticks of virtual time. Every tick, due events are delivered (messages, spawn and stop
 //! completions, membership-view updates, client requests) and random operations are injected:
 //! client starts and terminates, client updates, snapshots, child crashes and normal exits, node
@@ -515,9 +517,9 @@ struct KeyTrack {
     /// The state every accepted update should have led to (snapshot-taking children only);
     /// `None` once a fault allowed by the model may have lost or merged updates.
     ledger: Option<u64>,
-    /// The state of the child at its latest drain-stop for a move.
-    /// The node and state of the child at its latest drain-stop for a move not yet adopted.
-    moved_state: Option<(usize, u64)>,
+    /// The node, state and record (generation, version) of the child at its latest drain-stop
+    /// for a move not yet adopted.
+    moved_state: Option<(usize, u64, (u64, u64))>,
     /// A copy was merged into another since the last convergence.
     merged: bool,
 }
@@ -1614,14 +1616,15 @@ impl Sim {
                     .dir()
                     .owned()
                     .get(&key)
-                    .is_some_and(|o| o.phase == throng_core::directory::Phase::Moving);
-                if moving {
+                    .filter(|o| o.phase == throng_core::directory::Phase::Moving)
+                    .map(|o| (o.record.generation, o.record.version));
+                if let Some(record) = moving {
                     let t = self.keys.get_mut(&key).expect("tracked");
-                    if t.moved_state.is_some_and(|(other, _)| other != node) {
+                    if t.moved_state.is_some_and(|(other, _, _)| other != node) {
                         // Another copy is moving too and was not adopted yet: two lineages.
                         t.split = true;
                     }
-                    t.moved_state = Some((node, child.state));
+                    t.moved_state = Some((node, child.state, record));
                 }
                 let exit = Exit {
                     class: ExitClass::Shutdown,
@@ -2203,10 +2206,24 @@ impl Sim {
         let Some(t) = self.keys.get(key) else {
             return;
         };
-        let (Some((_, moved)), true) = (t.moved_state, t.snapshots) else {
+        let (Some((_, moved, (generation, version))), true) = (t.moved_state, t.snapshots) else {
             return;
         };
-        let excuse = lossy_excuse(t);
+        let adopted = self.nodes[node]
+            .dir()
+            .owned()
+            .get(key)
+            .map(|o| (o.record.generation, o.record.version));
+        let excuse = match adopted {
+            // An older copy of the same child, from before the drain-stop: a hand-off copy
+            // whose confirmation was lost (a partition, a restart) sent again, which arrived
+            // before the newer one. Not this move's hand-off: the newer copy is merged into it
+            // when it arrives, and the state is checked at convergence.
+            Some((g, v)) if g == generation && v < version => {
+                Some("an older hand-off copy sent again arrived first (merged)")
+            }
+            _ => lossy_excuse(t),
+        };
         self.keys.get_mut(key).expect("tracked").moved_state = None;
         let Some(state) = self.nodes[node].children.get(key).map(|c| c.state) else {
             return;

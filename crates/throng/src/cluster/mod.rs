@@ -6,6 +6,8 @@
 //!   development certificate generator.
 //! - [`node`]: a [`Node`] listens for peers, keeps one connection per peer pair, exports local
 //!   actors under names, and hands out [`crate::ActorRef`]s to actors on other nodes.
+//! - `transport` (crate-private): connections, frames, exports, remote references and calls;
+//!   it hands what it does not own to the node (its `Sink`).
 //! - `outbox`: a peer's outgoing lanes, into which senders encode frames directly.
 
 pub mod config;
@@ -18,6 +20,7 @@ pub mod names;
 pub mod node;
 mod outbox;
 pub mod tls;
+pub(crate) mod transport;
 mod view;
 pub(crate) mod wire;
 

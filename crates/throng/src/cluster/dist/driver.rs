@@ -17,10 +17,11 @@ use throng_core::driver::{Driver, Exit, Host};
 use throng_core::{ExitClass, NodeId};
 use tokio::sync::{mpsc, oneshot};
 
+use super::host::{ChildNote, HostType, Slot};
+use super::Supervisors;
 use super::{Dist, DistEvent, DistStats};
-use crate::cluster::keyed::{ChildNote, HostType, Slot};
-use crate::cluster::node::{Peer, Shared};
 use crate::cluster::outbox::Lane;
+use crate::cluster::transport::Peer;
 use crate::cluster::wire::{self, Frame};
 use crate::supervisor::Shutdown;
 use crate::{ActorHandle, ActorId, ExitReason};
@@ -118,7 +119,7 @@ struct Running {
 /// The driver's effects on tokio: the children it runs, and the way to peers and listeners.
 struct Runtime {
     dist: Weak<Dist>,
-    shared: Weak<Shared>,
+    shared: Weak<Supervisors>,
     me: NodeId,
     notes: mpsc::UnboundedSender<Note>,
     /// By key; the key is shared with the child's exit watcher and snapshot observer.
@@ -129,13 +130,7 @@ struct Runtime {
 
 impl Runtime {
     fn host_type(&self, actor_type: &str) -> Option<Arc<dyn HostType>> {
-        self.shared
-            .upgrade()?
-            .types
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(actor_type)
-            .cloned()
+        self.shared.upgrade()?.host_type(actor_type)
     }
 }
 
@@ -161,9 +156,10 @@ impl Host for Runtime {
         let notes = self.notes.clone();
         let export = dist.export_name(&record.key);
         let shutdown = host.shutdown();
-        shared.tasks.clone().spawn(async move {
+        let t = shared.t.clone();
+        shared.t.tasks.clone().spawn(async move {
             let result = host
-                .spawn(&shared, &export, &record, key.clone(), slot, notes.clone())
+                .spawn(&t, &export, &record, key.clone(), slot, notes.clone())
                 .await;
             let _ = notes.send(Note::Spawned {
                 key,
@@ -207,7 +203,7 @@ impl Host for Runtime {
         let (Some(shared), Some(dist)) = (self.shared.upgrade(), self.dist.upgrade()) else {
             return;
         };
-        let Some(peer) = shared.peer_handle(to) else {
+        let Some(peer) = shared.t.peer_handle(to) else {
             tracing::debug!(peer = %to, "directory message to an unknown peer dropped");
             return;
         };
@@ -264,7 +260,7 @@ impl Task {
     pub(super) fn new(
         driver: Driver<Reply>,
         dist: &Arc<Dist>,
-        shared: &Arc<Shared>,
+        shared: &Arc<Supervisors>,
         notes: mpsc::UnboundedSender<Note>,
     ) -> Self {
         Task {
@@ -272,7 +268,7 @@ impl Task {
             rt: Runtime {
                 dist: Arc::downgrade(dist),
                 shared: Arc::downgrade(shared),
-                me: shared.id.clone(),
+                me: shared.t.id.clone(),
                 notes,
                 running: HashMap::new(),
                 pending_slots: HashMap::new(),

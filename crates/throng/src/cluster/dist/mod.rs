@@ -10,10 +10,9 @@
 //! module holds the public API ([`DistSupervisor`]) and the per-node state (`Dist`).
 
 mod driver;
+mod host;
 
-use std::collections::BTreeSet;
-use std::future::Future;
-use std::pin::Pin;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -28,17 +27,17 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 pub(in crate::cluster) use driver::Answer;
 use driver::Cmd;
 pub(crate) use driver::{Input, Note};
+use host::HostType;
 
 use super::export_id::ExportId;
 use super::keyed::{ChildError, Keyed};
-use super::node::{Pending, Shared};
+use super::transport::{Pending, Transport};
 use super::wire::{self, Frame, RemoteFailure};
-use super::Node;
 use crate::{ActorRef, CallError, SendError};
 
-pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub(crate) use super::transport::BoxFuture;
 
-/// The name of the supervisor behind [`Node::start_child`] and friends.
+/// The name of the supervisor behind [`Node::start_child`](crate::cluster::Node::start_child) and friends.
 pub const DEFAULT_SUPERVISOR: &str = "default";
 
 /// How long distributed-child operations wait for the owner to answer.
@@ -273,27 +272,71 @@ fn export_name(sup: &str, key: &str) -> String {
 #[derive(Clone)]
 pub struct DistSupervisor {
     dist: Arc<Dist>,
-    shared: Arc<Shared>,
+    shared: Arc<Supervisors>,
 }
 
 impl std::fmt::Debug for DistSupervisor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DistSupervisor")
             .field("name", &self.dist.name)
-            .field("node", &self.shared.id)
+            .field("node", &self.shared.t.id)
             .finish()
     }
 }
 
-impl Shared {
+/// The distributed supervisors of one node and the actor types it hosts.
+pub(crate) struct Supervisors {
+    /// The node's transport.
+    pub(crate) t: Arc<Transport>,
+    /// Actor types this node can host as distributed children, by type name.
+    types: RwLock<HashMap<&'static str, Arc<dyn HostType>>>,
+    /// The distributed supervisors running on this node, by name.
+    dists: RwLock<HashMap<String, Arc<Dist>>>,
+}
+
+impl Supervisors {
+    /// No supervisors yet, over `t`.
+    pub(crate) fn new(t: Arc<Transport>) -> Arc<Self> {
+        Arc::new(Supervisors {
+            t,
+            types: RwLock::new(HashMap::new()),
+            dists: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// Allow this node to host distributed children of type `A`.
+    pub(crate) fn register<A: Keyed>(&self) {
+        self.types
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(A::TYPE, Arc::new(host::Host::<A>(std::marker::PhantomData)));
+    }
+
+    /// The registered type `actor_type`.
+    fn host_type(&self, actor_type: &str) -> Option<Arc<dyn HostType>> {
+        self.types
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(actor_type)
+            .cloned()
+    }
+
+    /// A handle on the supervisor `name`, started with `opts` if it is not running yet.
+    pub(crate) fn supervisor(self: &Arc<Self>, name: &str, opts: DistOptions) -> DistSupervisor {
+        DistSupervisor {
+            dist: self.dist(name, opts),
+            shared: self.clone(),
+        }
+    }
+
     /// Create (or return) the supervisor `name` on this node.
     pub(crate) fn dist(self: &Arc<Self>, name: &str, opts: DistOptions) -> Arc<Dist> {
         let mut dists = self.dists.write().unwrap_or_else(|p| p.into_inner());
         if let Some(d) = dists.get(name) {
             return d.clone();
         }
-        let member = opts.nodes.as_ref().is_none_or(|s| s.contains(&self.id));
-        let ring_config = self.ring_config();
+        let member = opts.nodes.as_ref().is_none_or(|s| s.contains(&self.t.id));
+        let ring_config = self.t.ring_config();
         let (cmds, cmd_rx) = mpsc::channel(DRIVER_QUEUE);
         // Peers' messages, connection notices and view changes; producers wait for room (the
         // driver never waits on the network, so it always drains this queue).
@@ -311,23 +354,23 @@ impl Shared {
             opts: opts.clone(),
         });
         if member {
-            let mut config = DirConfig::new(self.id.clone());
+            let mut config = DirConfig::new(self.t.id.clone());
             config.ring = ring_config;
             config.distribution = opts.distribution.clone();
             config.intensity = opts.intensity;
             config.quorum = opts.quorum;
             config.max_moves = opts.max_moves.max(1);
             // Copies made by this run are told apart from those of earlier runs of this node.
-            config.incarnation = self.incarnation.get();
+            config.incarnation = self.t.incarnation.get();
             let task = driver::Task::new(Driver::new(Directory::new(config)), &dist, self, notes);
             let queues = driver::Queues {
                 cmds: cmd_rx,
                 input: input_rx,
                 notes: notes_rx,
             };
-            self.tasks.spawn(task.run(queues, self.stop_token()));
+            self.t.tasks.spawn(task.run(queues, self.t.stop_token()));
         }
-        if let Some(view) = dist.set_ring(&self.owner_nodes(), &self.leaving_nodes()) {
+        if let Some(view) = dist.set_ring(&self.t.owner_nodes(), &self.t.leaving_nodes()) {
             // The queue was just made: it has room.
             let _ = dist.input.try_send(view);
         }
@@ -385,8 +428,8 @@ impl Shared {
 
     /// Tell every supervisor the placement view changed.
     pub(crate) async fn dists_view(&self) {
-        let owners = self.owner_nodes();
-        let leaving = self.leaving_nodes();
+        let owners = self.t.owner_nodes();
+        let leaving = self.t.leaving_nodes();
         let dists: Vec<Arc<Dist>> = self
             .dists
             .read()
@@ -397,65 +440,6 @@ impl Shared {
         for d in dists {
             d.set_view(&owners, &leaving).await;
         }
-    }
-}
-
-impl Node {
-    /// Allow this node to host distributed children of type `A`. Register the same types on every
-    /// node that may own keys.
-    pub fn register<A: Keyed>(&self) {
-        self.shared
-            .types
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                A::TYPE,
-                Arc::new(super::keyed::Host::<A>(std::marker::PhantomData)),
-            );
-    }
-
-    /// The distributed supervisor `name` on this node, started with `opts` if it is not running
-    /// yet (`opts` is ignored otherwise). Start it with the same options on every node.
-    pub fn supervisor(&self, name: &str, opts: DistOptions) -> DistSupervisor {
-        DistSupervisor {
-            dist: self.shared.dist(name, opts),
-            shared: self.shared.clone(),
-        }
-    }
-
-    /// The default distributed supervisor ([`DEFAULT_SUPERVISOR`], uniform placement over all
-    /// nodes).
-    pub fn default_supervisor(&self) -> DistSupervisor {
-        self.supervisor(DEFAULT_SUPERVISOR, DistOptions::default())
-    }
-
-    /// [`DistSupervisor::start_child`] on the default supervisor.
-    pub async fn start_child<A: Keyed>(
-        &self,
-        key: &str,
-        args: A::Args,
-    ) -> Result<ActorRef<A>, ChildError> {
-        self.default_supervisor().start_child::<A>(key, args).await
-    }
-
-    /// [`DistSupervisor::terminate_child`] on the default supervisor.
-    pub async fn terminate_child<A: Keyed>(&self, key: &str) -> Result<(), ChildError> {
-        self.default_supervisor().terminate_child(key).await
-    }
-
-    /// [`DistSupervisor::children`] on the default supervisor.
-    pub async fn children(&self) -> Result<Vec<ChildInfo>, ChildError> {
-        self.default_supervisor().children().await
-    }
-
-    /// [`DistSupervisor::hosts`] on the default supervisor.
-    pub fn hosts<A: Keyed>(&self, key: &str) -> bool {
-        self.default_supervisor().hosts(key)
-    }
-
-    /// [`DistSupervisor::child`] on the default supervisor.
-    pub fn child<A: Keyed>(&self, key: &str) -> Option<ActorRef<A>> {
-        self.default_supervisor().child::<A>(key)
     }
 }
 
@@ -509,12 +493,12 @@ impl DistSupervisor {
 
     /// Whether this node owns `key`.
     pub fn mine(&self, key: &str) -> bool {
-        self.node_for(key).as_ref() == Some(&self.shared.id)
+        self.node_for(key).as_ref() == Some(&self.shared.t.id)
     }
 
     /// Whether the child `key` runs on this node.
     pub fn hosts(&self, key: &str) -> bool {
-        self.shared.is_exported(&self.dist.export_name(key))
+        self.shared.t.is_exported(&self.dist.export_name(key))
     }
 
     /// Subscribe to child events reported by this node (started, restarted, stopped, failed over,
@@ -531,7 +515,9 @@ impl DistSupervisor {
     }
 
     fn remote<A: Keyed>(&self, owner: &NodeId, key: &str) -> ActorRef<A> {
-        self.shared.remote::<A>(owner, &self.dist.export_name(key))
+        self.shared
+            .t
+            .remote::<A>(owner, &self.dist.export_name(key))
     }
 
     /// Call the child `key` and wait for its reply, at most [`crate::DEFAULT_CALL_TIMEOUT`]: one
@@ -567,20 +553,21 @@ impl DistSupervisor {
                 .node_for(key)
                 .ok_or_else(|| CallError::NodeDown("(no node owns keys)".into()))?;
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let result = if owner == self.shared.id {
+            let result = if owner == self.shared.t.id {
                 let msg = match first.take() {
                     Some(m) => m,
                     None => {
                         postcard::from_bytes(&body).map_err(|e| CallError::Codec(e.to_string()))?
                     }
                 };
-                match self.shared.local_export::<A>(&name) {
+                match self.shared.t.local_export::<A>(&name) {
                     Some(child) => child.call_timeout(msg, left).await,
                     None => Err(CallError::NoSuchActor(ExportId::describe(&name))),
                 }
             } else {
                 first = None;
                 self.shared
+                    .t
                     .route::<A>(&owner, &name)
                     .call_body(body.clone(), left)
                     .await
@@ -604,12 +591,13 @@ impl DistSupervisor {
             .node_for(key)
             .ok_or_else(|| SendError::NodeDown("(no node owns keys)".into()))?;
         let name = self.dist.export_name(key);
-        if owner == self.shared.id {
-            if let Some(child) = self.shared.local_export::<A>(&name) {
+        if owner == self.shared.t.id {
+            if let Some(child) = self.shared.t.local_export::<A>(&name) {
                 return child.cast(msg).await;
             }
         }
         self.shared
+            .t
             .remote_ref::<A>(&owner, &name, false)
             .cast(msg)
             .await
@@ -636,7 +624,7 @@ impl DistSupervisor {
             .node_for(key)
             .ok_or_else(|| ChildError::NodeDown("(no node owns keys)".into()))?;
         for _ in 0..4 {
-            let result = if owner == self.shared.id {
+            let result = if owner == self.shared.t.id {
                 self.dist.request_start(&encoded).await
             } else {
                 let sup = self.dist.name.to_string();
@@ -675,7 +663,7 @@ impl DistSupervisor {
         let owner = self
             .node_for(key)
             .ok_or_else(|| ChildError::NodeDown("(no node owns keys)".into()))?;
-        let result = if owner == self.shared.id {
+        let result = if owner == self.shared.t.id {
             self.dist.request_stop(key).await
         } else {
             let (sup, key) = (self.dist.name.to_string(), key.to_owned());
@@ -691,7 +679,7 @@ impl DistSupervisor {
     /// [`CHILD_OP_TIMEOUT`].
     pub async fn children(&self) -> Result<Vec<ChildInfo>, ChildError> {
         let asks = self.nodes().into_iter().map(|node| async move {
-            let list = if node == self.shared.id {
+            let list = if node == self.shared.t.id {
                 self.dist.request_list().await
             } else {
                 let sup = self.dist.name.to_string();
@@ -740,7 +728,7 @@ impl DistSupervisor {
         peer_id: &NodeId,
         frame: impl FnOnce(u64) -> Frame,
     ) -> Result<Vec<u8>, ChildError> {
-        let shared = &self.shared;
+        let shared = &self.shared.t;
         let down = || ChildError::NodeDown(peer_id.to_string());
         let peer = shared.peer_handle(peer_id).ok_or_else(down)?;
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);

@@ -6,7 +6,7 @@ use super::*;
 /// from [`Node::names`](crate::cluster::Node::names).
 #[derive(Clone)]
 pub struct Names {
-    shared: Weak<Shared>,
+    shared: Weak<Registry>,
 }
 
 impl std::fmt::Debug for Names {
@@ -16,11 +16,11 @@ impl std::fmt::Debug for Names {
 }
 
 impl Names {
-    pub(crate) fn new(shared: Weak<Shared>) -> Self {
+    pub(crate) fn new(shared: Weak<Registry>) -> Self {
         Names { shared }
     }
 
-    pub(super) fn shared(&self) -> Result<Arc<Shared>, NamesError> {
+    pub(super) fn shared(&self) -> Result<Arc<Registry>, NamesError> {
         self.shared.upgrade().ok_or(NamesError::Stopped)
     }
 
@@ -43,7 +43,7 @@ impl Names {
     }
 
     /// Hooks the actor's exit (once per actor) to drop its registrations.
-    fn hook_exit<A: RemoteActor>(shared: &Arc<Shared>, actor: &ActorRef<A>) {
+    fn hook_exit<A: RemoteActor>(shared: &Arc<Registry>, actor: &ActorRef<A>) {
         let weak = Arc::downgrade(shared);
         actor.handle().on_exit(move |id, _| {
             if let Some(s) = weak.upgrade() {
@@ -80,7 +80,7 @@ impl Names {
             inner.queue(delta);
             // Exported under the lock, so that a concurrent conflict or unregistration cannot
             // interleave; the name is ours, so any previous export under it is stale.
-            if shared.export_typed(&export, actor, true).is_err() {
+            if shared.t.export_typed(&export, actor, true).is_err() {
                 if let Ok(d) = inner.table.unregister(name) {
                     inner.queue(d);
                 }
@@ -122,7 +122,7 @@ impl Names {
         };
         shared.names.notify.notify_one();
         if let Some(id) = holder {
-            shared.unexport(&reg_export(name), id);
+            shared.t.unexport(&reg_export(name), id);
             let _ = shared.names.events.send(NamesEvent::Unregistered {
                 name: name.to_owned(),
                 actor: id,
@@ -154,7 +154,7 @@ impl Names {
             let (node, entry) = inner.table.lookup(name)?;
             (node.clone(), Addr::decode(&entry.value)?)
         };
-        (addr.actor_type == A::TYPE).then(|| shared.remote::<A>(&node, &addr.export(name)))
+        (addr.actor_type == A::TYPE).then(|| shared.t.remote::<A>(&node, &addr.export(name)))
     }
 
     /// The node holding `name`, if it is registered.
@@ -222,7 +222,7 @@ impl Names {
             let mut inner = shared.names.write();
             let delta = inner.table.join_group(group, value.clone(), meta)?;
             inner.queue(delta);
-            if shared.export_typed(&export, actor, true).is_err() {
+            if shared.t.export_typed(&export, actor, true).is_err() {
                 if let Ok(d) = inner.table.leave_group(group, &value) {
                     inner.queue(d);
                 }
@@ -271,7 +271,7 @@ impl Names {
         };
         shared.names.notify.notify_one();
         if unexport {
-            shared.unexport(&export, id);
+            shared.t.unexport(&export, id);
         }
         Ok(())
     }
@@ -299,7 +299,7 @@ impl Names {
         };
         found
             .into_iter()
-            .map(|(node, addr, meta)| (shared.remote::<A>(&node, &addr.export(group)), meta))
+            .map(|(node, addr, meta)| (shared.t.remote::<A>(&node, &addr.export(group)), meta))
             .collect()
     }
 
@@ -321,7 +321,7 @@ impl Names {
         };
         found
             .into_iter()
-            .map(|(node, addr)| shared.remote::<A>(&node, &addr.export(group)))
+            .map(|(node, addr)| shared.t.remote::<A>(&node, &addr.export(group)))
             .collect()
     }
 

@@ -195,7 +195,7 @@ async fn send_all(peer: Arc<Peer>, frames: Vec<Vec<u8>>) {
 
 /// The node's registry flusher: sends queued deltas, full states, sync requests and heartbeats to
 /// peers. Runs until the node stops.
-pub(crate) async fn flusher(shared: Weak<Shared>, stop: CancellationToken) {
+pub(crate) async fn flusher(shared: Weak<Registry>, stop: CancellationToken) {
     let Some(notify) = shared.upgrade().map(|s| s.names.notify.clone()) else {
         return;
     };
@@ -208,7 +208,7 @@ pub(crate) async fn flusher(shared: Weak<Shared>, stop: CancellationToken) {
             _ = tick.tick() => true,
         };
         let Some(s) = shared.upgrade() else { return };
-        let peers = s.peer_list();
+        let peers = s.t.peer_list();
         let linked: HashSet<NodeId> = peers.iter().map(|(id, _)| id.clone()).collect();
         let work = s.names.take_work(heartbeat, &linked);
         drop(s);

@@ -62,7 +62,7 @@ use tokio_util::sync::CancellationToken;
 pub use throng_core::names::{NameError, NameEvent, NamesConfig};
 
 use super::export_id::ExportId;
-use super::node::{Peer, RemoteActor, Shared};
+use super::transport::{Peer, RemoteActor, Transport};
 use super::wire::Frame;
 use crate::{ActorId, ActorRef};
 
@@ -272,7 +272,15 @@ impl Inner {
     }
 }
 
-/// The registry state of one node, owned by its `Shared`.
+/// One node's registry: its state and the transport it reaches peers and exports through.
+pub(crate) struct Registry {
+    /// The node's transport.
+    pub(crate) t: Arc<Transport>,
+    /// The registry's state.
+    pub(crate) names: NamesState,
+}
+
+/// The registry state of one node, owned by its [`Registry`].
 pub(crate) struct NamesState {
     me: Member,
     inner: RwLock<Inner>,
@@ -422,7 +430,7 @@ impl NamesState {
 
     /// A [`Frame::Names`] from the authenticated peer `peer`. Runs on the connection's reader: it
     /// only updates the table and queues work for the flusher, never waits.
-    pub(crate) fn receive(&self, shared: &Arc<Shared>, peer: &NodeId, bytes: &[u8]) {
+    pub(crate) fn receive(&self, shared: &Transport, peer: &NodeId, bytes: &[u8]) {
         let msg: Msg = match postcard::from_bytes(bytes) {
             Ok(m) => m,
             Err(e) => {
@@ -516,7 +524,7 @@ impl NamesState {
     }
 
     /// Takes lost names away from their actors' exports and tells listeners.
-    fn report(&self, shared: &Arc<Shared>, lost: Vec<(String, NodeId, ActorId)>) {
+    fn report(&self, shared: &Transport, lost: Vec<(String, NodeId, ActorId)>) {
         for (name, winner, actor) in lost {
             let export = reg_export(&name);
             let handle = shared.exported_handle(&export).filter(|h| h.id() == actor);

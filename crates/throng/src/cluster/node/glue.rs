@@ -36,7 +36,7 @@ pub(super) async fn membership_glue(
             }
             Ok(MembershipEvent::Rejoined(info)) => {
                 tracing::warn!(node = %info.id, "this node was declared down and rejoined");
-                s.view.apply(ClusterEvent::Rejoined(info));
+                s.t.view.apply(ClusterEvent::Rejoined(info));
             }
             Ok(_) => {}
             Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -60,11 +60,11 @@ impl Shared {
         members: &[MemberInfo],
         leaving: &[MemberInfo],
     ) {
-        self.names.members_view(members);
-        for change in self.view.reset(members, leaving) {
+        self.names.names.members_view(members);
+        for change in self.t.view.reset(members, leaving) {
             self.member_effects(&change);
         }
-        self.dists_view().await;
+        self.sups.dists_view().await;
     }
 
     /// One membership change: the connections and the registry first, then the view (which tells
@@ -73,21 +73,22 @@ impl Shared {
         match &event {
             ClusterEvent::NodeUp(info) => {
                 tracing::info!(node = %info.id, incarnation = %info.incarnation, "node up");
-                self.names.node_up(&info.member());
+                self.names.names.node_up(&info.member());
             }
             ClusterEvent::NodeLeaving(info) => tracing::info!(node = %info.id, "node leaving"),
             ClusterEvent::NodeDown(info) => {
                 tracing::warn!(node = %info.id, incarnation = %info.incarnation, "node down");
-                self.names.node_down(&info.id);
+                self.names.names.node_down(&info.id);
             }
             ClusterEvent::Rejoined(_) => {}
         }
         self.member_effects(&event);
-        self.view.apply(event.clone());
-        self.dists_view().await;
+        self.t.view.apply(event.clone());
+        self.sups.dists_view().await;
         if let ClusterEvent::NodeDown(info) = event {
             let down = info.id;
-            self.dists_notify(|| crate::cluster::dist::Input::NodeDown(down.clone()))
+            self.sups
+                .dists_notify(|| Input::NodeDown(down.clone()))
                 .await;
         }
     }
@@ -95,8 +96,8 @@ impl Shared {
     /// What a change means for the connections.
     pub(super) fn member_effects(self: &Arc<Self>, event: &ClusterEvent) {
         match event {
-            ClusterEvent::NodeUp(info) => self.add_peer(info.id.clone(), info.rpc_addr),
-            ClusterEvent::NodeDown(info) => self.remove_peer(&info.id),
+            ClusterEvent::NodeUp(info) => self.t.add_peer(info.id.clone(), info.rpc_addr),
+            ClusterEvent::NodeDown(info) => self.t.remove_peer(&info.id),
             ClusterEvent::NodeLeaving(_) | ClusterEvent::Rejoined(_) => {}
         }
     }

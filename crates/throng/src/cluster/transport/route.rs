@@ -5,7 +5,7 @@ use super::*;
 
 /// Sends to one remote actor: the route behind a remote [`ActorRef`].
 pub(crate) struct RemoteRoute<A: Actor> {
-    shared: Weak<Shared>,
+    shared: Weak<Transport>,
     peer: NodeId,
     /// Whether `peer` is this node (a name resolved here: delivered without the transport).
     local: bool,
@@ -42,7 +42,7 @@ pub(super) type AppendRequest<A> =
 pub(super) const REQUEST_HEAD: usize = 48;
 
 impl<A: RemoteActor> RemoteRoute<A> {
-    pub(super) fn new(shared: &Arc<Shared>, peer: &NodeId, name: &str) -> Self {
+    pub(super) fn new(shared: &Arc<Transport>, peer: &NodeId, name: &str) -> Self {
         RemoteRoute {
             shared: Arc::downgrade(shared),
             peer: peer.clone(),
@@ -81,7 +81,7 @@ pub(super) enum Refused {
 }
 
 impl<A: Actor> RemoteRoute<A> {
-    pub(super) fn shared(&self) -> Result<Arc<Shared>, String> {
+    pub(super) fn shared(&self) -> Result<Arc<Transport>, String> {
         self.shared.upgrade().ok_or_else(|| self.peer.to_string())
     }
 
@@ -380,8 +380,8 @@ impl<A: Actor> RemoteRoute<A> {
     }
 }
 
-impl Shared {
-    /// See [`Node::remote`].
+impl Transport {
+    /// See `Node::remote`.
     pub(in crate::cluster) fn remote<A: RemoteActor>(
         self: &Arc<Self>,
         peer: &NodeId,
@@ -402,7 +402,7 @@ impl Shared {
         })
     }
 
-    /// [`Shared::remote`]; without `monitor`, a transient reference for one request: no monitor
+    /// [`Transport::remote`]; without `monitor`, a transient reference for one request: no monitor
     /// is set up, so its handle does not follow the remote actor's exit.
     /// A route to the actor exported as `name` on `peer`, for requests only (no handle, no
     /// monitor).

@@ -78,7 +78,7 @@ pub(super) fn nonce() -> [u8; 32] {
 }
 
 pub(super) async fn dial(
-    shared: &Shared,
+    shared: &Transport,
     expected: &NodeId,
     addr: SocketAddr,
 ) -> Result<Conn, WireError> {
@@ -136,7 +136,7 @@ pub(super) async fn dial(
 pub(super) const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 pub(super) async fn accept(
-    shared: &Shared,
+    shared: &Transport,
     stream: TcpStream,
 ) -> Result<(NodeId, Conn), WireError> {
     let _ = stream.set_nodelay(true);
@@ -216,7 +216,7 @@ pub(super) async fn accept(
 }
 
 pub(super) async fn accept_loop(
-    shared: Weak<Shared>,
+    shared: Weak<Transport>,
     listener: TcpListener,
     stop: CancellationToken,
 ) {
@@ -285,7 +285,7 @@ pub(super) enum Ended {
 }
 
 pub(super) async fn link_task(
-    shared: Weak<Shared>,
+    shared: Weak<Transport>,
     peer: Arc<Peer>,
     inbound_rx: mpsc::Receiver<Conn>,
 ) {
@@ -296,7 +296,7 @@ pub(super) async fn link_task(
 }
 
 pub(super) async fn link_loop(
-    shared: Weak<Shared>,
+    shared: Weak<Transport>,
     peer: Arc<Peer>,
     mut inbound_rx: mpsc::Receiver<Conn>,
 ) {
@@ -394,9 +394,8 @@ pub(super) async fn link_loop(
             // Frames in flight on the lost connection, or dropped while it was down, may be
             // gone: directories re-send. (A new incarnation is a new node: membership reports the
             // old one down first.)
-            if let Some(s) = shared.upgrade() {
-                s.dists_notify(|| crate::cluster::dist::Input::Reconnected(peer.id.clone()))
-                    .await;
+            if let Some(sink) = shared.upgrade().and_then(|s| s.sink()) {
+                sink.reconnected(&peer.id).await;
             }
         }
         let ended = run_conn(&shared, &peer, conn, &mut inbound_rx).await;
@@ -404,8 +403,9 @@ pub(super) async fn link_loop(
         if let Some(s) = shared.upgrade() {
             s.peer_lost(&peer.id);
             // After the close: no frame of this connection reaches a directory any more.
-            s.dists_notify(|| crate::cluster::dist::Input::Disconnected(peer.id.clone()))
-                .await;
+            if let Some(sink) = s.sink() {
+                sink.disconnected(&peer.id).await;
+            }
         }
         match ended {
             Ended::Stopped => return,
@@ -570,7 +570,7 @@ pub(super) struct ExportCache {
 pub(super) const EXPORT_CACHE: usize = 256;
 
 impl ExportCache {
-    pub(super) fn get(&mut self, shared: &Shared, name: &str) -> Option<Arc<dyn Export>> {
+    pub(super) fn get(&mut self, shared: &Transport, name: &str) -> Option<Arc<dyn Export>> {
         let version = shared.exports_version.load(Ordering::Acquire);
         if version != self.version {
             self.entries.clear();
@@ -612,7 +612,7 @@ impl Inbound {
     /// Handle one frame of a record; an error ends the connection.
     pub(super) async fn frame(
         &mut self,
-        shared: &Arc<Shared>,
+        shared: &Arc<Transport>,
         frame: FrameRef<'_>,
     ) -> Result<(), String> {
         let FrameRef::Chunk { last, bytes } = frame else {
@@ -643,7 +643,7 @@ impl Inbound {
     /// Handle one whole frame.
     pub(super) async fn deliver(
         &mut self,
-        shared: &Arc<Shared>,
+        shared: &Arc<Transport>,
         frame: FrameRef<'_>,
     ) -> Result<(), String> {
         let outcome = match frame {
@@ -740,7 +740,7 @@ pub(super) async fn deliver_cast(
 const BACKLOG_RESET: &str = "backlog of frames for the peer overflowed; reconnecting to reconcile";
 
 pub(super) async fn run_conn(
-    shared: &Weak<Shared>,
+    shared: &Weak<Transport>,
     peer: &Arc<Peer>,
     conn: Conn,
     inbound_rx: &mut mpsc::Receiver<Conn>,
@@ -845,7 +845,7 @@ pub(super) async fn run_conn(
     ended
 }
 
-impl Shared {
+impl Transport {
     /// Log an incoming connection refused: at warn the first time per address and reason in
     /// [`REFUSAL_LOG_INTERVAL`], at debug otherwise.
     pub(super) fn log_refusal(&self, addr: SocketAddr, why: String) {
@@ -876,7 +876,7 @@ impl Shared {
         }
     }
 
-    pub(super) fn add_peer(self: &Arc<Self>, peer: NodeId, addr: SocketAddr) {
+    pub(crate) fn add_peer(self: &Arc<Self>, peer: NodeId, addr: SocketAddr) {
         if peer == self.id {
             return;
         }
@@ -884,7 +884,7 @@ impl Shared {
         *lock(&link.addr) = Some(addr);
     }
 
-    pub(super) fn remove_peer(&self, peer: &NodeId) {
+    pub(crate) fn remove_peer(&self, peer: &NodeId) {
         let removed = lock(&self.peers).remove(peer);
         if let Some(p) = removed {
             p.stop.cancel();
@@ -893,7 +893,18 @@ impl Shared {
         self.peer_lost(peer);
     }
 
-    pub(super) fn peer(&self, id: &NodeId) -> Option<Arc<Peer>> {
+    /// Whether an authenticated connection to `peer` is up right now.
+    pub(crate) fn is_connected(&self, peer: &NodeId) -> bool {
+        self.peer(peer)
+            .is_some_and(|p| p.connected.load(Ordering::Acquire))
+    }
+
+    /// The peers this node has a link to (connected or connecting), in no order.
+    pub(crate) fn peer_ids(&self) -> Vec<NodeId> {
+        lock(&self.peers).keys().cloned().collect()
+    }
+
+    pub(crate) fn peer(&self, id: &NodeId) -> Option<Arc<Peer>> {
         lock(&self.peers).get(id).cloned()
     }
 

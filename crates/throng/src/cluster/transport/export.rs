@@ -106,7 +106,7 @@ pub(super) enum Delivery {
     Wait(BoxFuture<'static, Result<(), RemoteFailure>>),
 }
 
-impl Shared {
+impl Transport {
     /// Export `actor` as `name`; with `replace`, a live holder is replaced (a restarted keyed child
     /// taking over its name), otherwise it is an error. The export disappears when the actor exits.
     pub(in crate::cluster) fn export_typed<A: RemoteActor>(

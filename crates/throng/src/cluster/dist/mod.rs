@@ -13,7 +13,6 @@ mod driver;
 mod host;
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -31,7 +30,7 @@ use host::HostType;
 
 use super::export_id::ExportId;
 use super::keyed::{ChildError, Keyed};
-use super::transport::{Pending, Transport};
+use super::transport::Transport;
 use super::wire::{self, Frame, RemoteFailure};
 use crate::{ActorRef, CallError, SendError};
 
@@ -728,37 +727,14 @@ impl DistSupervisor {
         peer_id: &NodeId,
         frame: impl FnOnce(u64) -> Frame,
     ) -> Result<Vec<u8>, ChildError> {
-        let shared = &self.shared.t;
+        let t = &self.shared.t;
         let down = || ChildError::NodeDown(peer_id.to_string());
-        let peer = shared.peer_handle(peer_id).ok_or_else(down)?;
-        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        shared
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                id,
-                Pending {
-                    peer: peer_id.clone(),
-                    tx,
-                },
-            );
-        let exchange = async {
-            peer.send(&frame(id)).await.map_err(|_| down())?;
-            rx.await.map_err(|_| down())
-        };
-        let result = match tokio::time::timeout(CHILD_OP_TIMEOUT, exchange).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) | Err(_) => {
-                shared
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
-                return Err(down());
-            }
-        };
+        let peer = t.peer_handle(peer_id).ok_or_else(down)?;
+        let send = |id| async move { peer.send(&frame(id)).await };
+        let result = t
+            .request(peer_id, CHILD_OP_TIMEOUT, send)
+            .await
+            .map_err(|_| down())?;
         result.map_err(|f| match f {
             RemoteFailure::NoSuchActor(s) => ChildError::NoSupervisor(s),
             other => ChildError::Failed(format!("{other:?}")),

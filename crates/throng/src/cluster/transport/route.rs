@@ -314,40 +314,16 @@ impl<A: Actor> RemoteRoute<A> {
     ) -> Result<A::Reply, CallError> {
         let down = || CallError::NodeDown(self.peer.to_string());
         let shared = self.shared().map_err(|_| down())?;
-        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         let timeout_ms = timeout.as_millis().min(u64::MAX as u128) as u64;
-        let (tx, rx) = oneshot::channel();
-        lock(&shared.pending).insert(
-            id,
-            Pending {
-                peer: self.peer.clone(),
-                tx,
-            },
-        );
-        let exchange = async {
-            self.send_request(id, msg, timeout_ms)
-                .await
-                .map_err(|r| match r {
-                    Refused::NodeDown => down(),
-                    Refused::TooLarge { size, max } => CallError::TooLarge { size, max },
-                    Refused::Codec(e) => CallError::Codec(e),
-                })?;
-            rx.await.map_err(|_| down())
-        };
-        let outcome = tokio::time::timeout(timeout, exchange).await;
-        let result = match outcome {
-            Ok(r) => r,
-            Err(_) => {
-                lock(&shared.pending).remove(&id);
-                return Err(CallError::Timeout(timeout));
-            }
-        };
-        match result {
-            Err(e) => {
-                lock(&shared.pending).remove(&id);
-                Err(e)
-            }
+        let send = |id| self.send_request(id, msg, timeout_ms);
+        match shared.request(&self.peer, timeout, send).await {
             Ok(r) => self.finish_call(r.map_err(Ok), timeout),
+            Err(RequestError::Send(Refused::NodeDown) | RequestError::Lost) => Err(down()),
+            Err(RequestError::Send(Refused::TooLarge { size, max })) => {
+                Err(CallError::TooLarge { size, max })
+            }
+            Err(RequestError::Send(Refused::Codec(e))) => Err(CallError::Codec(e)),
+            Err(RequestError::Timeout) => Err(CallError::Timeout(timeout)),
         }
     }
 
@@ -380,7 +356,55 @@ impl<A: Actor> RemoteRoute<A> {
     }
 }
 
+/// Why a request got no reply (see [`Transport::request`]).
+#[derive(Debug)]
+pub(crate) enum RequestError<E> {
+    /// The request could not be queued.
+    Send(E),
+    /// The connection to the peer was lost (the request may or may not have been handled).
+    Lost,
+    /// No reply in time (the request may or may not have been handled).
+    Timeout,
+}
+
 impl Transport {
+    /// One request to `peer`, the one path every request with a reply takes (remote calls,
+    /// supervisors' start, stop and list, ...): a fresh id and a pending entry that the reply
+    /// completes; `send(id)` queues the request frame; waits for the reply at most `timeout`.
+    /// The pending entry never outlives the request.
+    pub(crate) async fn request<E, F, Fut>(
+        &self,
+        peer: &NodeId,
+        timeout: Duration,
+        send: F,
+    ) -> Result<Result<Vec<u8>, RemoteFailure>, RequestError<E>>
+    where
+        F: FnOnce(u64) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+    {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(
+            id,
+            Pending {
+                peer: peer.clone(),
+                tx,
+            },
+        );
+        let exchange = async {
+            send(id).await.map_err(RequestError::Send)?;
+            // The entry is dropped without a reply when the connection is lost.
+            rx.await.map_err(|_| RequestError::Lost)
+        };
+        let result = tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or(Err(RequestError::Timeout));
+        if result.is_err() {
+            lock(&self.pending).remove(&id);
+        }
+        result
+    }
+
     /// See `Node::remote`.
     pub(in crate::cluster) fn remote<A: RemoteActor>(
         self: &Arc<Self>,

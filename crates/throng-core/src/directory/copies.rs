@@ -1,0 +1,359 @@
+//! The copies of children held on this node for others — backups, hand-off copies, orphans — and
+//! the messages that keep them in step: replication and its acknowledgement, drops (make before
+//! break) and their answers, reconciliation with a peer ([`DirMsg::Held`]), and the meeting of a
+//! copy with a running copy of the same child (the conflict rule).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{
+    add_holder, reply, send, Action, Backup, ChildEvent, DirMsg, Directory, Epoch, Holder, Phase,
+    Record, Source,
+};
+use crate::NodeId;
+
+impl Directory {
+    /// Adds a copy of `key`, replacing the one of the same origin and kind.
+    pub(super) fn put_copy(&mut self, key: &str, b: Backup) {
+        let list = self.backups.entry(key.to_owned()).or_default();
+        match list
+            .iter_mut()
+            .find(|c| c.from == b.from && c.handoff == b.handoff)
+        {
+            Some(c) => *c = b,
+            None => list.push(b),
+        }
+    }
+
+    /// Removes the copies of `key` held here that `pred` selects.
+    pub(super) fn remove_copies(
+        &mut self,
+        key: &str,
+        pred: impl Fn(&Backup) -> bool,
+    ) -> Vec<Backup> {
+        let Some(list) = self.backups.get_mut(key) else {
+            return Vec::new();
+        };
+        let mut removed = Vec::new();
+        let mut i = 0;
+        while i < list.len() {
+            if pred(&list[i]) {
+                removed.push(list.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        if list.is_empty() {
+            self.backups.remove(key);
+        }
+        removed
+    }
+
+    /// Tells the holders of other copies of `key` to drop them; a removal of `key` that begins
+    /// before they confirm waits for them too (a copy not dropped yet may still be failed over).
+    pub(super) fn drop_copies(&mut self, key: &str, holders: Vec<Holder>, out: &mut Vec<Action>) {
+        for h in holders {
+            out.push(h.drop_msg(key, None));
+            if self.may_answer(&h.node) {
+                let list = self.dropping.entry(key.to_owned()).or_default();
+                add_holder(list, h);
+            }
+        }
+    }
+
+    /// A copy of the running child `key` arrived from `from` (an adoption, or an orphaned backup
+    /// found while a copy runs here): the copy here wins; the other copy's state is merged into it
+    /// and `from` forgets its copy once this copy's backup holds the result.
+    pub(super) fn take_copy(
+        &mut self,
+        key: &str,
+        theirs: Record,
+        sender: Option<Holder>,
+        olds: Vec<Holder>,
+        out: &mut Vec<Action>,
+    ) {
+        let me = self.config.me.clone();
+        let Some(o) = self.owned.get_mut(key) else {
+            return;
+        };
+        for h in olds.into_iter().chain(sender.clone()) {
+            if h.node != me {
+                add_holder(&mut o.old_backups, h);
+            }
+        }
+        if let Some(s) = sender.filter(|s| s.node != me) {
+            out.push(Action::Event(ChildEvent::Conflict {
+                key: key.to_owned(),
+                other: s.node.clone(),
+                here_lost: false,
+            }));
+            out.push(send(
+                &s.node,
+                DirMsg::Conflict {
+                    key: key.to_owned(),
+                },
+            ));
+        }
+        let merge = theirs.snapshot.is_some();
+        if merge {
+            o.merges.push(theirs);
+        }
+        if o.phase == Phase::Running && merge {
+            self.next_merge(key, out);
+        } else if !merge {
+            // Nothing to merge: refresh the backup so the confirmation to `from` follows.
+            if let Some(b) = &o.backup {
+                o.acked = false;
+                out.push(send(b, o.replicate()));
+            }
+        }
+        // A merge in progress (or deferred until the child runs) replicates its result, and
+        // that acknowledgement drops the copies to drop.
+        self.settle(key, out);
+    }
+
+    /// Marks the copies held for `nodes` (which left the view, or died) as orphans.
+    pub(super) fn orphan_copies(&mut self, nodes: &BTreeSet<NodeId>) {
+        if nodes.is_empty() {
+            return;
+        }
+        for b in self.backups.values_mut().flatten() {
+            if nodes.contains(&b.from) {
+                b.orphan = true;
+            }
+        }
+    }
+
+    /// Whether the copy of `key` that `from` holds for this node (lineage `epoch`, holder `h`) is
+    /// still needed: it backs the running copy, or an old backup or hand-off not yet settled.
+    fn wants_copy(&self, key: &str, from: &NodeId, epoch: Epoch, h: &Holder) -> bool {
+        self.owned.get(key).is_some_and(|o| {
+            (o.epoch == epoch && o.backup.as_ref() == Some(from)) || o.old_backups.contains(h)
+        }) || self.handoffs.get(key).is_some_and(|ho| ho.olds.contains(h))
+    }
+
+    /// A replication of lineage `epoch` of `key` arrived from `from` while this node holds an
+    /// orphan copy of another lineage from it (`from` left the view after replicating it: it
+    /// crashed and came back as a new incarnation, or was cut off, and runs the child anew, from
+    /// a copy that may be older than this one). That copy is not the backup being replaced: it
+    /// is kept, as a copy held for this node itself, and failed over like any orphan (merged into
+    /// the running copy if there is one), or the state it holds would be lost.
+    fn keep_orphan(&mut self, key: &str, from: &NodeId, epoch: Epoch) {
+        let orphan = |c: &Backup| c.from == *from && c.handoff.is_none() && c.orphan;
+        let other = self
+            .backups
+            .get(key)
+            .is_some_and(|list| list.iter().any(|c| orphan(c) && c.epoch != epoch));
+        if !other {
+            return;
+        }
+        self.next_tag += 1;
+        let tag = self.next_tag;
+        let me = self.config.me.clone();
+        if let Some(c) = self
+            .backups
+            .get_mut(key)
+            .and_then(|list| list.iter_mut().find(|c| orphan(c)))
+        {
+            c.from = me;
+            c.handoff = Some(tag);
+            c.epoch = Epoch::default();
+        }
+    }
+
+    /// [`DirMsg::Replicate`] from `from`: keep its record as the backup of lineage `epoch`
+    /// (replacing an older version) and acknowledge it, unless the child was removed.
+    pub(super) fn on_replicate(
+        &mut self,
+        from: &NodeId,
+        record: Record,
+        epoch: Epoch,
+        out: &mut Vec<Action>,
+    ) {
+        let key = record.key.clone();
+        let version = record.version;
+        if self.buried(&key, record.generation) {
+            // A copy of a removed child: sent before the removal, which overtook it from
+            // another node, or replicated by a copy that survived the removal on the
+            // other side of a partition. Refused (keeping it would fail the child over);
+            // the sender's copy, if it still runs, is stopped.
+            out.push(send(
+                from,
+                DirMsg::Removed {
+                    key,
+                    generation: record.generation,
+                },
+            ));
+            return;
+        }
+        // If a copy runs here too, views disagree: it is kept as the sender's backup all
+        // the same (the sender waits for the acknowledgement); whichever copy is not on
+        // the owner once views converge moves to it and is merged there, and if the
+        // sender leaves the view first, this backup is merged into the copy here.
+        // Messages between two nodes arrive in order, so the latest record from an owner
+        // is its current one. Copies of other origins (other lineages, views that
+        // disagree) and hand-off copies are kept beside it.
+        self.keep_orphan(&key, from, epoch);
+        self.put_copy(
+            &key,
+            Backup {
+                from: from.clone(),
+                record,
+                handoff: None,
+                epoch,
+                orphan: false,
+            },
+        );
+        out.push(send(
+            from,
+            DirMsg::Ack {
+                key,
+                version,
+                epoch,
+            },
+        ));
+    }
+
+    /// [`DirMsg::Ack`] from `from`: the backup there holds `version` of lineage `epoch` of `key`;
+    /// the copies to drop may go, and the start requests waiting for the backup are answered.
+    pub(super) fn on_ack(
+        &mut self,
+        from: &NodeId,
+        key: String,
+        version: u64,
+        epoch: Epoch,
+        out: &mut Vec<Action>,
+    ) {
+        let h = Holder::backup(from.clone(), &self.config.me, epoch);
+        if !self.wants_copy(&key, from, epoch, &h) {
+            // A late replication (held by a partition, or sent before a move): the
+            // copy it left at `from` is not needed.
+            out.push(h.drop_msg(&key, None));
+            return;
+        }
+        if let Some(o) = self.owned.get_mut(&key) {
+            if o.backup.as_ref() == Some(from) && o.epoch == epoch && o.record.version == version {
+                o.acked = true;
+                let olds = if o.merges.is_empty() && o.merging.is_none() {
+                    std::mem::take(&mut o.old_backups)
+                } else {
+                    Vec::new()
+                };
+                if o.phase == Phase::Running {
+                    for req in o.waiting.drain(..) {
+                        out.push(reply(req, Ok(())));
+                    }
+                }
+                self.drop_copies(&key, olds, out);
+            }
+        }
+    }
+
+    /// [`DirMsg::Drop`] from `from`: forget the copy of `key` it names (a confirmed hand-off
+    /// drops the copies it carried), bury a removed child and chase the copies made from the
+    /// dropped one; answered with [`DirMsg::Dropped`].
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_drop(
+        &mut self,
+        from: &NodeId,
+        key: String,
+        origin: NodeId,
+        tag: Option<u64>,
+        epoch: Epoch,
+        remove: bool,
+        generation: u64,
+        out: &mut Vec<Action>,
+    ) {
+        let h = Holder {
+            node: self.config.me.clone(),
+            origin: origin.clone(),
+            tag,
+            epoch,
+        };
+        self.remove_copies(&key, |b| h.names(b));
+        let source = Source::Held {
+            origin: origin.clone(),
+            tag,
+            epoch,
+        };
+        if tag.is_some()
+            && self
+                .handoffs
+                .get(&key)
+                .is_some_and(|ho| ho.to == origin && Some(ho.tag) == tag)
+        {
+            // The hand-off to `origin` is confirmed.
+            self.confirm_handoff(&key, &origin, out);
+        }
+        let answer = DirMsg::Dropped {
+            key: key.clone(),
+            origin,
+            tag,
+            epoch,
+            remove,
+            next: None,
+        };
+        if remove {
+            self.bury(&key, generation);
+            self.chase_here(from, &key, &source, answer, out);
+        } else {
+            out.push(send(from, answer));
+        }
+    }
+
+    /// [`DirMsg::Dropped`] from `from`: the drop it answers is no longer waited for; for a
+    /// removal, the copy it names next is chased.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_dropped(
+        &mut self,
+        from: &NodeId,
+        key: String,
+        origin: NodeId,
+        tag: Option<u64>,
+        epoch: Epoch,
+        remove: bool,
+        next: Option<(NodeId, u64)>,
+        out: &mut Vec<Action>,
+    ) {
+        let h = Holder {
+            node: from.clone(),
+            origin,
+            tag,
+            epoch,
+        };
+        if let Some(list) = self.dropping.get_mut(&key) {
+            list.retain(|w| *w != h);
+            if list.is_empty() {
+                self.dropping.remove(&key);
+            }
+        }
+        if remove {
+            self.removal_answered(&key, from, next, out, |r| r.waiting_on.retain(|w| *w != h));
+        }
+    }
+
+    /// [`DirMsg::Held`] from `from`: the copies it holds for this node. Those it should hold
+    /// and does not are replicated again; those no longer needed are dropped.
+    pub(super) fn on_held(
+        &mut self,
+        from: &NodeId,
+        keys: Vec<(String, Epoch)>,
+        out: &mut Vec<Action>,
+    ) {
+        // The records `from` should hold for this node and does not: send them again.
+        let held: BTreeMap<&String, Epoch> = keys.iter().map(|(k, e)| (k, *e)).collect();
+        // (Not without a quorum: the children here are stopping, not to be backed up.)
+        let replicate = !self.quorum_lost;
+        for o in self.owned.values_mut().filter(|_| replicate) {
+            if o.backup.as_ref() == Some(from) && held.get(&o.record.key) != Some(&o.epoch) {
+                o.acked = false;
+                out.push(send(from, o.replicate()));
+            }
+        }
+        for (key, epoch) in keys {
+            let h = Holder::backup(from.clone(), &self.config.me, epoch);
+            if !self.wants_copy(&key, from, epoch, &h) {
+                out.push(h.drop_msg(&key, None));
+            }
+        }
+    }
+}

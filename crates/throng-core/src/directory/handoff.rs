@@ -1,0 +1,498 @@
+//! Moving children between nodes: leaving gracefully, re-deriving placement after a view change
+//! (rebalance, failover of orphaned copies), the move throttle ([`DirConfig::max_moves`](super::DirConfig::max_moves)), handing
+//! a child off ([`DirMsg::Adopt`]) and holding its copy until the receiver confirms, and taking a
+//! child handed to this node.
+
+use super::{
+    add_holder, reply, send, stop, Action, Backup, ChildEvent, DirMsg, Directory, Epoch, Holder,
+    Phase, Record, Source, StartError, StopReason, MAX_HOPS,
+};
+use crate::NodeId;
+
+/// A hand-off from here not yet confirmed by its receiver.
+#[derive(Debug, Clone)]
+pub(super) struct HandOff {
+    /// The receiver; this node itself while the copy is not handed off (only held, with the
+    /// copies to drop once the copy run here is safe).
+    pub(super) to: NodeId,
+    /// The tag of the hand-off ([`DirMsg::Adopt`]); 0 while `to` is this node.
+    pub(super) tag: u64,
+    /// A graceful move (see [`DirMsg::Adopt`]).
+    pub(super) moved: bool,
+    /// Copies to drop once it is confirmed.
+    pub(super) olds: Vec<Holder>,
+    /// The copy handed off was made from this one (a removal naming it is chased to `to`).
+    pub(super) source: Option<Source>,
+}
+
+impl Directory {
+    /// This node leaves gracefully: it owns nothing from now on, and every child it runs moves
+    /// to its new owner (drain-stop, final snapshot, [`DirMsg::Adopt`]), at most
+    /// [`DirConfig::max_moves`](super::DirConfig::max_moves) at a time. Start requests are answered `NotOwner`. Poll
+    /// [`Directory::handed_off`] to know when the node may exit.
+    pub fn leave(&mut self) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.me_leaving {
+            return self.checked(out);
+        }
+        self.me_leaving = true;
+        self.ring.remove(&self.config.me);
+        self.quorum_lost = !self.has_quorum();
+        if !self.quorum_lost {
+            self.rebalance(&mut out);
+        }
+        self.checked(out)
+    }
+
+    /// Re-derive every local decision from the current view. Costs O(owned + backups) ring
+    /// lookups.
+    pub(super) fn rebalance(&mut self, out: &mut Vec<Action>) {
+        let me = self.config.me.clone();
+        // Children running here.
+        let keys: Vec<String> = self.owned.keys().cloned().collect();
+        for key in keys {
+            let owner = self.owner(&key);
+            let backup = self.backup_of(&key).filter(|b| *b != self.config.me);
+            let o = self.owned.get_mut(&key).expect("present");
+            if owner.as_ref().is_some_and(|n| *n != me) {
+                if matches!(o.phase, Phase::Starting | Phase::Running) {
+                    self.move_queue.insert(key);
+                }
+                continue;
+            }
+            if matches!(o.phase, Phase::Stopping | Phase::Moving | Phase::Abandoning) {
+                continue;
+            }
+            if o.backup != backup {
+                // The former backup keeps its copy until the new one acknowledged (it is
+                // dropped then, even if it left the view: it may be alive behind a partition or
+                // a false suspicion, and a stale backup would fail over later).
+                if let Some(old) = o.backup_holder(&me) {
+                    add_holder(&mut o.old_backups, old);
+                }
+                // The new backup's copy is replaced by the replication (a drop of this lineage
+                // arriving after it would delete it).
+                let epoch = o.epoch;
+                let supersedes = |h: &Holder| {
+                    h.tag.is_none()
+                        && h.origin == me
+                        && h.epoch == epoch
+                        && Some(&h.node) == backup.as_ref()
+                };
+                o.old_backups.retain(|h| !supersedes(h));
+                if let Some(list) = self.dropping.get_mut(&key) {
+                    // Nor is a drop sent to it earlier sent again on a reconnection.
+                    list.retain(|h| !supersedes(h));
+                    if list.is_empty() {
+                        self.dropping.remove(&key);
+                    }
+                }
+                o.backup = backup.clone();
+                if let Some(b) = &backup {
+                    o.acked = false;
+                    out.push(send(b, o.replicate()));
+                }
+                self.settle(&key, out);
+            }
+        }
+        // Backups whose origin left the view.
+        let orphaned: Vec<(String, NodeId, Option<u64>)> = self
+            .backups
+            .iter()
+            .flat_map(|(k, list)| list.iter().map(move |b| (k, b)))
+            .filter(|(_, b)| b.orphan || self.departed.contains(&b.from))
+            .map(|(k, b)| (k.clone(), b.from.clone(), b.handoff))
+            .collect();
+        for (key, from, handoff) in orphaned {
+            if self.owner(&key).is_none() {
+                // Nobody to run it (this node leaves and sees no owner): keep the copy until
+                // the view has one.
+                continue;
+            }
+            if self
+                .owned
+                .get(&key)
+                .is_some_and(|o| o.phase == Phase::Abandoning)
+            {
+                // Its copy here is still stopping for a quorum lost meanwhile: it joins this
+                // copy when it exited (`abandoned`).
+                continue;
+            }
+            let Some(b) = self
+                .remove_copies(&key, |b| b.from == from && b.handoff == handoff)
+                .pop()
+            else {
+                continue;
+            };
+            // A hand-off to the departed node is over: its copies to drop go with this copy.
+            let olds = match self.handoffs.get(&key) {
+                Some(h) if h.to == b.from => self.handoffs.remove(&key).map(|h| h.olds),
+                _ => None,
+            }
+            .unwrap_or_default();
+            let source = Source::held(&b);
+            if !self.owned.contains_key(&key)
+                && (self.removing.contains_key(&key) || self.buried(&key, b.record.generation))
+            {
+                // A copy of a removed child: it goes too, with the copies it carried.
+                self.discard(&key, b.record.generation, olds, out);
+                continue;
+            }
+            match self.owner(&key) {
+                Some(o) if o == me => {
+                    if self.owned.contains_key(&key) {
+                        // A copy runs here already: two copies met (views disagreed).
+                        self.take_copy(&key, b.record, None, olds, out);
+                        continue;
+                    }
+                    let first = if b.from == me {
+                        // Its own copy, stopped when this node lost its quorum.
+                        ChildEvent::Restarted { key: key.clone() }
+                    } else {
+                        ChildEvent::FailedOver {
+                            key: key.clone(),
+                            from: b.from.clone(),
+                            from_snapshot: b.record.snapshot.is_some(),
+                        }
+                    };
+                    self.hold_olds(&key, olds);
+                    self.insert_owned(b.record, Vec::new(), first, Some(source), out);
+                }
+                Some(o) => self.hand_off(&o, b.record, 0, olds, false, Some(source), out),
+                None => {}
+            }
+        }
+        self.pump_moves(out);
+    }
+
+    /// Starts moves from the queue while fewer than [`DirConfig::max_moves`](super::DirConfig::max_moves) are in progress.
+    pub(super) fn pump_moves(&mut self, out: &mut Vec<Action>) {
+        let max = self.config.max_moves.max(1);
+        while self.moving.len() < max {
+            let Some(key) = self.move_queue.pop_first() else {
+                break;
+            };
+            let owner = self.owner(&key);
+            let Some(o) = self.owned.get_mut(&key) else {
+                continue;
+            };
+            if owner.is_none_or(|n| n == self.config.me)
+                || !matches!(o.phase, Phase::Starting | Phase::Running)
+                || !o.merges.is_empty()
+            {
+                // No longer to move, or merges first (`merged` moves it afterwards).
+                continue;
+            }
+            let was = o.phase;
+            o.phase = Phase::Moving;
+            self.moving.insert(key.clone());
+            if was == Phase::Running {
+                out.push(stop(&key, StopReason::Move));
+            }
+        }
+    }
+
+    /// The child `key` stopped in order to move: hand it to whoever owns the key now.
+    pub(super) fn moved(&mut self, key: &str, out: &mut Vec<Action>) {
+        self.moving.remove(key);
+        let o = self.owned.remove(key).expect("present");
+        let current = o.backup_holder(&self.config.me);
+        match self.owner(key) {
+            Some(to) if to != self.config.me && o.merges.is_empty() => {
+                // Start requests still waiting are retried at the new owner.
+                for req in o.waiting {
+                    out.push(reply(
+                        req,
+                        Err(StartError::NotOwner {
+                            owner: Some(to.clone()),
+                        }),
+                    ));
+                }
+                for req in o.stopping_reqs {
+                    out.push(reply(req, Err(StartError::NoSuchChild(key.to_owned()))));
+                }
+                // The backups keep their copies until `to` confirms it took the child.
+                let olds = current.into_iter().chain(o.old_backups).collect();
+                out.push(Action::Event(ChildEvent::Migrated {
+                    key: key.to_owned(),
+                    to: to.clone(),
+                }));
+                let source = o.source.map(|s| *s);
+                self.hand_off(&to, o.record, 0, olds, true, source, out);
+            }
+            _ => {
+                // The key came back to this node (or no owner), or other copies wait to be
+                // merged into it first (it moves after the merge): run it again here.
+                let first = ChildEvent::Restarted {
+                    key: key.to_owned(),
+                };
+                let merges = o.merges;
+                let carried: Vec<Holder> = current.into_iter().chain(o.old_backups).collect();
+                self.hold_olds(key, carried);
+                let source = o.source.map(|s| *s);
+                self.insert_owned(o.record, o.waiting, first, source, out);
+                if let Some(n) = self.owned.get_mut(key) {
+                    n.merges.extend(merges);
+                    n.stopping_reqs = o.stopping_reqs;
+                }
+            }
+        }
+        self.pump_moves(out);
+    }
+
+    /// A copy of a child sent by `from` to run here ([`DirMsg::Adopt`]).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn adopt(
+        &mut self,
+        from: &NodeId,
+        record: Record,
+        hops: u8,
+        tag: u64,
+        holders: Vec<Holder>,
+        moved: bool,
+        out: &mut Vec<Action>,
+    ) {
+        let key = record.key.clone();
+        let owner = self.owner(&key);
+        let me = self.config.me.clone();
+        let sender = Holder {
+            node: from.clone(),
+            origin: me.clone(),
+            tag: Some(tag),
+            epoch: Epoch::default(),
+        };
+        // This node's own hand-off to `from`, sent back as it was (by a node of an earlier
+        // version that lost its quorum: this version keeps such an adoption instead): the copy
+        // kept here until `from` confirms is this very record, and `from` kept nothing. It
+        // goes, or it would wait for a confirmation that never comes.
+        let bounced = !self
+            .remove_copies(&key, |b| b.from == *from && b.handoff == Some(tag))
+            .is_empty();
+        let mut copies: Vec<Holder> = (!bounced).then(|| sender.clone()).into_iter().collect();
+        let mut record = record;
+        for h in holders.iter() {
+            if h.node == me {
+                // A copy held here: it goes, the newest of it and the adopted record runs (the
+                // adopted one is usually at least as recent, unless it is an older hand-off sent
+                // again after a reconnection).
+                for b in self.remove_copies(&key, |b| h.names(b)) {
+                    if b.record.generation == record.generation && b.record.version > record.version
+                    {
+                        record = b.record;
+                    }
+                }
+            } else {
+                add_holder(&mut copies, h.clone());
+            }
+        }
+        // The same hand-off sent again (its confirmation was lost, or overtaken by the sender's
+        // reconnection) while the copy it made runs here or was handed on: nothing new to run;
+        // the copies it names go with the copy made from it.
+        let again = Source::Adopted {
+            from: from.clone(),
+            tag,
+        };
+        if let Some(o) = self.owned.get_mut(&key) {
+            if o.source.as_deref() == Some(&again) {
+                for h in copies {
+                    add_holder(&mut o.old_backups, h);
+                }
+                if matches!(o.phase, Phase::Starting | Phase::Running) {
+                    if let Some(b) = &o.backup {
+                        // The acknowledgement drops them.
+                        o.acked = false;
+                        out.push(send(b, o.replicate()));
+                    }
+                    self.settle(&key, out);
+                }
+                return;
+            }
+        } else if let Some(h) = self.handoffs.get_mut(&key) {
+            if h.to != me && h.source.as_ref() == Some(&again) {
+                for c in copies {
+                    if c.node != h.to {
+                        add_holder(&mut h.olds, c);
+                    }
+                }
+                return;
+            }
+        }
+        if !self.remember_adoption(from, tag) {
+            // Taken before, and the copy it made has moved on since (confirmed by its next
+            // holder) or was removed: the sender may forget its copy; nothing to run again.
+            out.push(sender.drop_msg(&key, None));
+            return;
+        }
+        if !self.owned.contains_key(&key)
+            && (self.removing.contains_key(&key) || self.buried(&key, record.generation))
+        {
+            // A copy of a removed child: it goes too (its holders drop it).
+            self.discard(&key, record.generation, copies, out);
+            return;
+        }
+        if let Some(o) = self.owned.get_mut(&key) {
+            match o.phase {
+                Phase::Stopping => {
+                    // Terminated here: the other copy goes too (its holders are told when
+                    // the child has stopped, and the removal waits for them).
+                    for h in copies {
+                        add_holder(&mut o.old_backups, h);
+                    }
+                }
+                Phase::Moving | Phase::Abandoning => match owner.filter(|n| *n != me) {
+                    Some(to) if hops < MAX_HOPS => {
+                        // The copy here is on its way out: this record goes where it
+                        // goes (the sender keeps its copy until the next node confirms).
+                        let source = Source::Adopted {
+                            from: from.clone(),
+                            tag,
+                        };
+                        self.hand_off(&to, record, hops + 1, copies, moved, Some(source), out);
+                    }
+                    _ => {
+                        if record.snapshot.is_some() {
+                            o.merges.push(record);
+                        }
+                        for h in copies {
+                            add_holder(&mut o.old_backups, h);
+                        }
+                    }
+                },
+                Phase::Starting | Phase::Running | Phase::Merging => {
+                    let sender = (!bounced).then_some(sender);
+                    self.take_copy(&key, record, sender, holders, out);
+                }
+            }
+            return;
+        }
+        match owner {
+            Some(o) if o != self.config.me && hops < MAX_HOPS => {
+                // Views disagree: pass it on to the owner in this node's view (the sender
+                // keeps its copy until that node confirms).
+                let source = Source::Adopted {
+                    from: from.clone(),
+                    tag,
+                };
+                self.hand_off(&o, record, hops + 1, copies, moved, Some(source), out);
+            }
+            _ => {
+                // Ours, or passed around too often while views settle: run it here; the
+                // next view change moves it if it is not ours.
+                let first = if moved {
+                    ChildEvent::Adopted {
+                        key: key.clone(),
+                        from: from.clone(),
+                    }
+                } else {
+                    ChildEvent::FailedOver {
+                        key: key.clone(),
+                        from: from.clone(),
+                        from_snapshot: record.snapshot.is_some(),
+                    }
+                };
+                self.hold_olds(&key, copies);
+                let source = Source::Adopted {
+                    from: from.clone(),
+                    tag,
+                };
+                self.insert_owned(record, Vec::new(), first, Some(source), out);
+                if owner.is_some_and(|o| o != me) {
+                    // Not ours (kept after too many hops): it moves to its owner as soon as it
+                    // runs, rather than at the next view change (a leaving node must not keep
+                    // it, and the views may have settled already).
+                    self.move_queue.insert(key);
+                    self.pump_moves(out);
+                }
+            }
+        }
+    }
+
+    /// Remembers the hand-off `tag` from `from` (the newest [`MAX_ADOPTIONS`](super::MAX_ADOPTIONS)); false if it was
+    /// taken before.
+    pub(super) fn remember_adoption(&mut self, from: &NodeId, tag: u64) -> bool {
+        self.adoptions.insert((from.clone(), tag))
+    }
+
+    /// `to` confirmed it took the child `key` handed off to it: the former backups may forget it.
+    pub(super) fn confirm_handoff(&mut self, key: &str, to: &NodeId, out: &mut Vec<Action>) {
+        let Some(h) = self.handoffs.remove(key) else {
+            return;
+        };
+        let me = &self.config.me;
+        let olds = h
+            .olds
+            .into_iter()
+            .filter(|old| old.node != *to && old.node != *me)
+            .collect();
+        self.drop_copies(key, olds, out);
+    }
+
+    /// Copies to drop once the copy of `key` about to be run or handed off from here is safe.
+    pub(super) fn hold_olds(&mut self, key: &str, olds: Vec<Holder>) {
+        let me = self.config.me.clone();
+        let h = self.handoffs.entry(key.to_owned()).or_insert(HandOff {
+            to: me.clone(),
+            tag: 0,
+            moved: false,
+            olds: Vec::new(),
+            source: None,
+        });
+        for o in olds {
+            if o.node != me {
+                add_holder(&mut h.olds, o);
+            }
+        }
+    }
+
+    /// Send `record` to `to` to run, and hold a copy until `to` confirms it took it (with a
+    /// [`DirMsg::Drop`], or by replicating to this node): the copy is kept as a backup *from*
+    /// `to`, so if `to` leaves the view first, the usual failover of orphaned backups re-sends or
+    /// runs it instead of losing the child with the message.
+    #[allow(clippy::too_many_arguments)]
+    fn hand_off(
+        &mut self,
+        to: &NodeId,
+        record: Record,
+        hops: u8,
+        old_backups: Vec<Holder>,
+        moved: bool,
+        source: Option<Source>,
+        out: &mut Vec<Action>,
+    ) {
+        let key = record.key.clone();
+        self.hold_olds(&key, old_backups);
+        self.next_tag += 1;
+        let tag = self.next_tag;
+        let h = self.handoffs.get_mut(&key).expect("held");
+        h.to = to.clone();
+        h.tag = tag;
+        h.moved = moved;
+        h.source = source;
+        // The receiver drops the copies it holds itself as soon as it gets the record (which is
+        // at least as recent): a backup of the child, or a hand-off copy of its own that came
+        // back to it (views disagreed, the child was passed around).
+        let holders: Vec<Holder> = h.olds.clone();
+        // The copy is held until `to` confirms (beside a backup from `to`, if any: that one
+        // backs up another copy).
+        self.put_copy(
+            &key,
+            Backup {
+                from: to.clone(),
+                record: record.clone(),
+                handoff: Some(tag),
+                epoch: Epoch::default(),
+                orphan: false,
+            },
+        );
+        out.push(send(
+            to,
+            DirMsg::Adopt {
+                record,
+                hops,
+                tag,
+                holders,
+                moved,
+            },
+        ));
+    }
+}

@@ -154,11 +154,14 @@ pub enum Invariant {
     /// Quiet before a heal: a side (nodes that all see exactly each other, with a quorum if one
     /// is configured) runs every child of which one of its nodes holds a copy.
     SideRuns,
+    /// Every live node's directory passes its own check ([`Directory::check`]) after every step,
+    /// not only after convergence.
+    Directory,
 }
 
 impl Invariant {
     /// Every invariant, in report order.
-    pub const ALL: [Invariant; 13] = [
+    pub const ALL: [Invariant; 14] = [
         Invariant::Lost,
         Invariant::Duplicate,
         Invariant::Resurrected,
@@ -172,6 +175,7 @@ impl Invariant {
         Invariant::HandOff,
         Invariant::Updates,
         Invariant::SideRuns,
+        Invariant::Directory,
     ];
 
     /// A short name.
@@ -190,6 +194,7 @@ impl Invariant {
             Invariant::HandOff => "hand-off keeps state",
             Invariant::Updates => "updates exactly once",
             Invariant::SideRuns => "a side runs its copies",
+            Invariant::Directory => "directory check",
         }
     }
 }
@@ -198,9 +203,9 @@ impl Invariant {
 #[derive(Debug, Clone, Default)]
 pub struct Tally {
     /// Checks performed, per invariant (indexed like [`Invariant::ALL`]).
-    pub checks: [u64; 13],
+    pub checks: [u64; 14],
     /// Violations found, per invariant.
-    pub violations: [u64; 13],
+    pub violations: [u64; 14],
     /// Checks skipped because the fault model allows the failure, by reason.
     pub excused: BTreeMap<&'static str, u64>,
     /// What happened: faults injected, messages, directory events, by kind.
@@ -795,11 +800,25 @@ impl Sim {
             self.now += 1;
             self.deliver_due();
             self.inject();
+            self.check_directories();
             if step % self.config.converge_every == 0 && step != self.config.steps {
                 self.converge_and_check();
             }
         }
         self.converge_and_check();
+    }
+
+    /// [`Invariant::Directory`]: every live node's directory is consistent in itself.
+    fn check_directories(&mut self) {
+        for i in 0..self.nodes.len() {
+            if !self.nodes[i].alive {
+                continue;
+            }
+            self.check(Invariant::Directory);
+            if let Err(broken) = self.nodes[i].dir().check() {
+                self.fail(Invariant::Directory, format!("n{i}: {broken}"));
+            }
+        }
     }
 
     fn deliver_due(&mut self) {

@@ -23,7 +23,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use crate::directory::{Action, ChildEvent, DirMsg, Directory, Record, StartError, StopReason};
+use crate::directory::{
+    Action, ChildEvent, DirMsg, Directory, Record, SpawnError, StartError, StopReason,
+};
 use crate::{ExitClass, NodeId};
 
 /// The effects a [`Driver`] asks of the runtime. Every method is called synchronously, from the
@@ -174,7 +176,7 @@ impl<R> Driver<R> {
         &mut self,
         host: &mut H,
         key: &str,
-        result: Result<(), String>,
+        result: Result<(), SpawnError>,
     ) {
         let actions = self.dir.spawned(key, result);
         self.execute(host, actions);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::{
     generation_of, reply, send, stop, Action, ChildEvent, DirMsg, Directory, Owned, Phase, Record,
-    Source, StartError, StopReason,
+    Source, SpawnError, StartError, StopReason,
 };
 use crate::{ExitClass, RestartDecision, RestartWindow};
 
@@ -131,7 +131,7 @@ impl Directory {
     }
 
     /// The runtime spawned (`Ok`) or failed to spawn (`Err`) the child `key`.
-    pub fn spawned(&mut self, key: &str, result: Result<(), String>) -> Vec<Action> {
+    pub fn spawned(&mut self, key: &str, result: Result<(), SpawnError>) -> Vec<Action> {
         let mut out = Vec::new();
         let Some(o) = self.owned.get_mut(key) else {
             return self.checked(out);
@@ -180,7 +180,7 @@ impl Directory {
             Err(why) => {
                 let never_ran = matches!(o.first.as_deref(), Some(ChildEvent::Started { .. }));
                 for req in o.waiting.drain(..) {
-                    out.push(reply(req, Err(StartError::Failed(why.clone()))));
+                    out.push(reply(req, Err(why.clone().into())));
                 }
                 self.remove(key, !never_ran, &mut out);
             }

@@ -176,7 +176,7 @@ pub enum StartError {
         /// The owner in this node's view, if any.
         owner: Option<NodeId>,
     },
-    /// The child failed to start (unknown type, bad arguments, `started` failed or panicked).
+    /// The child failed to start (bad arguments, `started` failed or panicked).
     #[error("child failed to start: {0}")]
     Failed(String),
     /// The supervisor is limited to a quorum and this node does not see one.
@@ -190,6 +190,32 @@ pub enum StartError {
     /// The key is not running here.
     #[error("no child {0:?}")]
     NoSuchChild(String),
+    /// The owner does not host children of this actor type (it was not registered there).
+    #[error("actor type {actor_type:?} is not hosted here")]
+    UnknownType {
+        /// The type.
+        actor_type: String,
+    },
+}
+
+/// Why the runtime could not spawn a child ([`Directory::spawned`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpawnError {
+    /// This node does not host children of the record's actor type.
+    #[error("actor type {0:?} is not hosted here")]
+    UnknownType(String),
+    /// The child failed to start (bad arguments, `started` failed or panicked).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<SpawnError> for StartError {
+    fn from(e: SpawnError) -> Self {
+        match e {
+            SpawnError::UnknownType(actor_type) => StartError::UnknownType { actor_type },
+            SpawnError::Failed(why) => StartError::Failed(why),
+        }
+    }
 }
 
 /// What listeners hear about children.

@@ -1095,3 +1095,21 @@ fn check_finds_a_memory_over_its_bound() {
     };
     assert_eq!(d.check(), Err(want));
 }
+
+#[test]
+fn a_start_of_a_type_the_owner_does_not_host_is_answered_with_a_typed_error() {
+    let mut d = Directory::new(DirConfig::new(id("a")));
+    drop(d.set_view([&id("a")]));
+    let actions = d.start(7, record("k"));
+    assert!(actions.iter().any(|a| matches!(a, Action::Spawn(_))));
+    let actions = d.spawned("k", Err(SpawnError::UnknownType("t".into())));
+    let answered = actions.iter().any(|a| {
+        matches!(a, Action::Reply { req: 7, result: Err(StartError::UnknownType { actor_type }) }
+            if actor_type == "t")
+    });
+    assert!(answered, "{actions:?}");
+    assert!(
+        d.owned().is_empty(),
+        "nothing is kept of a child that never ran"
+    );
+}

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
-use throng_core::directory::{ChildEvent, DirMsg, Record, StartError, StopReason};
+use throng_core::directory::{ChildEvent, DirMsg, Record, SpawnError, StartError, StopReason};
 use throng_core::driver::{Driver, Exit, Host};
 use throng_core::{ExitClass, NodeId};
 use tokio::sync::{mpsc, oneshot};
@@ -99,7 +99,7 @@ pub(crate) enum Note {
     Child(ChildNote),
     Spawned {
         key: Arc<str>,
-        result: Result<ActorHandle, String>,
+        result: Result<ActorHandle, SpawnError>,
         shutdown: Shutdown,
     },
     Exited {
@@ -146,7 +146,7 @@ impl Host for Runtime {
         let Some(host) = self.host_type(&record.actor_type) else {
             let _ = self.notes.send(Note::Spawned {
                 key,
-                result: Err(format!("unknown actor type {}", record.actor_type)),
+                result: Err(SpawnError::UnknownType(record.actor_type.clone())),
                 shutdown: Shutdown::Brutal,
             });
             return;
@@ -160,7 +160,8 @@ impl Host for Runtime {
         shared.t.tasks.clone().spawn(async move {
             let result = host
                 .spawn(&t, &export, &record, key.clone(), slot, notes.clone())
-                .await;
+                .await
+                .map_err(SpawnError::Failed);
             let _ = notes.send(Note::Spawned {
                 key,
                 result,

@@ -650,7 +650,7 @@ impl DistSupervisor {
                         .ok_or_else(|| ChildError::NodeDown("(no node owns keys)".into()))?;
                     continue;
                 }
-                Err(e) => return Err(child_error(e, &owner, A::TYPE)),
+                Err(e) => return Err(child_error(e, &owner)),
             }
         }
         Err(ChildError::Unsettled(key.to_owned()))
@@ -670,7 +670,7 @@ impl DistSupervisor {
             postcard::from_bytes::<Result<(), StartError>>(&bytes)
                 .map_err(|e| ChildError::Codec(e.to_string()))?
         };
-        result.map_err(|e| child_error(e, &owner, ""))
+        result.map_err(|e| child_error(e, &owner))
     }
 
     /// Every child of this supervisor in the cluster with the node it runs on, asking every
@@ -742,15 +742,15 @@ impl DistSupervisor {
     }
 }
 
-fn child_error(e: StartError, owner: &NodeId, actor_type: &str) -> ChildError {
+fn child_error(e: StartError, owner: &NodeId) -> ChildError {
     match e {
         StartError::AlreadyStarted(k) => ChildError::AlreadyStarted(k),
         StartError::NoSuchChild(k) => ChildError::NoSuchChild(k),
         StartError::NoQuorum { seen, needed } => ChildError::NoQuorum { seen, needed },
         StartError::NotOwner { .. } => ChildError::Unsettled(e.to_string()),
-        StartError::Failed(m) if m.starts_with("unknown actor type") => ChildError::UnknownType {
+        StartError::UnknownType { actor_type } => ChildError::UnknownType {
             node: owner.to_string(),
-            actor_type: actor_type.to_owned(),
+            actor_type,
         },
         StartError::Failed(m) => ChildError::Failed(m),
     }

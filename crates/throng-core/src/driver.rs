@@ -24,7 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use crate::directory::{
-    Action, ChildEvent, DirMsg, Directory, Record, SpawnError, StartError, StopReason,
+    Action, ChildEvent, DirMsg, Directory, Record, SpawnError, StartError, StartSpec, StopReason,
 };
 use crate::{ExitClass, NodeId};
 
@@ -151,10 +151,10 @@ impl<R> Driver<R> {
         self.next_req
     }
 
-    /// Start the child of `record` (see [`Directory::start`]); the answer goes to `reply`.
-    pub fn start<H: Host<Reply = R>>(&mut self, host: &mut H, record: Record, reply: R) {
+    /// Start the child of `spec` (see [`Directory::start`]); the answer goes to `reply`.
+    pub fn start<H: Host<Reply = R>>(&mut self, host: &mut H, spec: StartSpec, reply: R) {
         let req = self.request(ReqKind::Start, reply);
-        let actions = self.dir.start(req, record);
+        let actions = self.dir.start(req, spec);
         self.execute(host, actions);
     }
 
@@ -345,15 +345,12 @@ mod tests {
         NodeId::new(s).expect("valid id")
     }
 
-    fn record(key: &str) -> Record {
-        Record {
+    fn spec(key: &str) -> StartSpec {
+        StartSpec {
             key: key.into(),
             actor_type: "counter".into(),
             args: Vec::new(),
             policy: RestartPolicy::Permanent,
-            snapshot: None,
-            version: 0,
-            generation: 0,
         }
     }
 
@@ -368,7 +365,7 @@ mod tests {
     fn a_start_is_answered_once_with_the_callers_handle() {
         let mut d = alone();
         let mut log = Log::default();
-        d.start(&mut log, record("k"), 7);
+        d.start(&mut log, spec("k"), 7);
         assert_eq!(log.spawned, vec!["k".to_string()]);
         assert!(log.replies.is_empty(), "answered before the child runs");
         d.spawned(&mut log, "k", Ok(()));
@@ -381,7 +378,7 @@ mod tests {
         let mut d = alone();
         d.plant(PlantedBug::ForgetStartReply);
         let mut log = Log::default();
-        d.start(&mut log, record("k"), 7);
+        d.start(&mut log, spec("k"), 7);
         d.spawned(&mut log, "k", Ok(()));
         assert!(log.replies.is_empty());
     }
@@ -390,7 +387,7 @@ mod tests {
     fn a_pending_snapshot_is_applied_before_the_exit_unless_a_final_one_came() {
         let mut d = alone();
         let mut log = Log::default();
-        d.start(&mut log, record("k"), 1);
+        d.start(&mut log, spec("k"), 1);
         d.spawned(&mut log, "k", Ok(()));
         d.exited(
             &mut log,

@@ -15,8 +15,8 @@ pub mod restart;
 pub mod strategies;
 
 pub use directory::{
-    Action, ChildEvent, DirConfig, DirMsg, Directory, Distribution, Holder, Record, StartError,
-    StopReason, Uniform,
+    Action, ChildEvent, DirConfig, DirMsg, Directory, Distribution, Generation, Holder, Record,
+    StartError, StartSpec, StopReason, Tag, Uniform, Version,
 };
 pub use names::{
     Delta, Entry, FullState, GroupMember, GroupMemberRef, NameError, NameEvent, NameTable,

@@ -60,7 +60,8 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use throng_core::directory::{
-    Action, ChildEvent, DirConfig, DirMsg, Directory, Record, StartError, StopReason,
+    Action, ChildEvent, DirConfig, DirMsg, Directory, Generation, Record, StartError, StartSpec,
+    StopReason, Version,
 };
 use throng_core::driver::{Driver, Exit, Host, PlantedBug};
 use throng_core::{ExitClass, NodeId, RestartPolicy};
@@ -495,7 +496,8 @@ enum Expect {
 
 #[derive(Debug, Clone)]
 struct KeyTrack {
-    record: Record,
+    /// What its start requests carry.
+    spec: StartSpec,
     expect: Expect,
     /// A terminate was issued, or an exit that the policy does not restart happened, or the
     /// directory gave up: a `Stopped` event for this key is legitimate.
@@ -504,7 +506,7 @@ struct KeyTrack {
     removal_began: Option<u64>,
     /// The generations ([`Record::generation`]) of the children a removal began for, since
     /// `removal_began`: a child of another generation was started after them.
-    removed: BTreeSet<u64>,
+    removed: BTreeSet<Generation>,
     /// The latest state a backup acknowledged.
     floor: u64,
     /// Nodes that crashed while holding a copy (run or backup) since the key was last fully
@@ -524,7 +526,7 @@ struct KeyTrack {
     ledger: Option<u64>,
     /// The node, state and record (generation, version) of the child at its latest drain-stop
     /// for a move not yet adopted.
-    moved_state: Option<(usize, u64, (u64, u64))>,
+    moved_state: Option<(usize, u64, (Generation, Version))>,
     /// A copy was merged into another since the last convergence.
     merged: bool,
 }
@@ -868,19 +870,16 @@ impl Sim {
             16..19 => RestartPolicy::Transient,
             _ => RestartPolicy::Temporary,
         };
-        let record = Record {
+        let spec = StartSpec {
             key: key.clone(),
             actor_type: "counter".into(),
             args: Vec::new(),
             policy,
-            snapshot: None,
-            version: 0,
-            generation: 0,
         };
         self.keys.insert(
             key.clone(),
             KeyTrack {
-                record,
+                spec,
                 expect: Expect::Unknown,
                 removal_ok: false,
                 removal_began: None,
@@ -890,8 +889,8 @@ impl Sim {
                 sole_copy_lost: false,
                 split: false,
                 late_starts: 0,
-                snapshots: id % 4 != 0,
-                ledger: (id % 4 != 0).then_some(0),
+                snapshots: !id.is_multiple_of(4),
+                ledger: (!id.is_multiple_of(4)).then_some(0),
                 moved_state: None,
                 merged: false,
             },
@@ -902,19 +901,19 @@ impl Sim {
         self.handle(Ev::ClientStart { key, attempt: 0 });
     }
 
-    /// The generation of the child `key` on `node` (0 if it does not run there).
-    fn generation_on(&self, node: usize, key: &str) -> u64 {
+    /// The generation of the child `key` on `node` (`None` if it does not run there).
+    fn generation_on(&self, node: usize, key: &str) -> Option<Generation> {
         self.nodes[node]
             .dir()
             .owned()
             .get(key)
-            .map_or(0, |o| o.record.generation)
+            .map(|o| o.record.generation)
     }
 
     /// A removal of the child `key` that runs on `node` (if it runs there) began.
     fn begin_removal(&mut self, node: usize, key: &str) {
         let now = self.now;
-        let generation = Some(self.generation_on(node, key)).filter(|g| *g != 0);
+        let generation = self.generation_on(node, key);
         let t = self.keys.get_mut(key).expect("tracked");
         t.removal_ok = true;
         t.removal_began.get_or_insert(now);
@@ -1087,7 +1086,7 @@ impl Sim {
         // It restarts from its latest snapshot: the updates since are lost (allowed).
         self.keys.get_mut(&key).expect("tracked").ledger = None;
         if !self.keys[&key]
-            .record
+            .spec
             .policy
             .restarts_after(ExitClass::Abnormal)
         {
@@ -1106,13 +1105,19 @@ impl Sim {
 
     /// Applies the actions of a child's exit on `node`; a removal they begin (the directory
     /// gave up on the child) is one of the child's generation.
-    fn apply_exit(&mut self, node: usize, key: &str, generation: u64, effects: Vec<Effect>) {
+    fn apply_exit(
+        &mut self,
+        node: usize,
+        key: &str,
+        generation: Option<Generation>,
+        effects: Vec<Effect>,
+    ) {
         let gave_up = effects
             .iter()
             .any(|e| matches!(e, Effect::Event(ChildEvent::GaveUp { .. })));
         if gave_up {
             if let Some(t) = self.keys.get_mut(key) {
-                t.removed.insert(generation);
+                t.removed.extend(generation);
             }
         }
         self.apply(node, effects);
@@ -1126,7 +1131,7 @@ impl Sim {
         self.tally.event("op: child exits normally");
         trace!(self, "n{node}: {key} exits normally");
         if !self.keys[&key]
-            .record
+            .spec
             .policy
             .restarts_after(ExitClass::Normal)
         {
@@ -1670,9 +1675,9 @@ impl Sim {
                 if t.removal_began.is_some() {
                     t.late_starts += 1;
                 }
-                let record = self.keys[&key].record.clone();
+                let spec = self.keys[&key].spec.clone();
                 trace!(self, "n{node}: start {key} (req {req})");
-                self.drive(node, |d, h| d.start(h, record, req));
+                self.drive(node, |d, h| d.start(h, spec, req));
             }
             Ev::ClientTerm { key, attempt } => self.client_term(key, attempt),
             Ev::ClientUpdate { key, attempt } => self.client_update(key, attempt),
@@ -2591,7 +2596,7 @@ impl Sim {
                             None => {
                                 let what = format!(
                                     "{key} ({:?}) acknowledged but runs nowhere",
-                                    t.record.policy
+                                    t.spec.policy
                                 );
                                 self.fail(Invariant::Lost, what);
                             }

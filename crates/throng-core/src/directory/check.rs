@@ -2,7 +2,7 @@
 //! converged: [`Directory::check`], run after every public input in debug builds (a broken one
 //! is a bug in the directory, never in its input) and available to the simulator after every step.
 
-use super::{Action, Directory, Phase, MAX_ADOPTIONS, MAX_TOMBSTONES};
+use super::{Action, Directory, Phase, Tag, MAX_ADOPTIONS, MAX_TOMBSTONES};
 use crate::NodeId;
 
 /// Up to this many entries, a debug build checks a directory's invariants after every input;
@@ -137,14 +137,14 @@ pub enum Broken {
     },
     /// A hand-off held for this node itself carries a tag, a move or a source, or a hand-off to
     /// another node has no tag.
-    #[error("hand-off of {key:?} to {to} with tag {tag}")]
+    #[error("hand-off of {key:?} to {to} with tag {tag:?}")]
     HandOffTag {
         /// The key.
         key: String,
         /// The receiver.
         to: NodeId,
-        /// The tag.
-        tag: u64,
+        /// The tag (`None`: none).
+        tag: Option<Tag>,
     },
     /// A node is both in the view and among the departed nodes.
     #[error("{node} is in the view and departed")]
@@ -274,8 +274,8 @@ impl Directory {
         let me = &self.config.me;
         for (key, h) in &self.handoffs {
             let to_me = h.to == *me;
-            let held_only = h.tag == 0 && !h.moved && h.source.is_none();
-            if (to_me && !held_only) || (!to_me && h.tag == 0) {
+            let held_only = h.tag.is_none() && !h.moved && h.source.is_none();
+            if (to_me && !held_only) || (!to_me && h.tag.is_none()) {
                 let (key, to, tag) = (key.clone(), h.to.clone(), h.tag);
                 return Err(Broken::HandOffTag { key, to, tag });
             }

@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
-    add_holder, reply, send, Action, Backup, ChildEvent, DirMsg, Directory, Epoch, Holder, Phase,
-    Record, Source,
+    add_holder, reply, send, Action, Backup, ChildEvent, DirMsg, Directory, Epoch, Generation,
+    Holder, Phase, Record, Source, Tag, Version,
 };
 use crate::NodeId;
 
@@ -146,8 +146,7 @@ impl Directory {
         if !other {
             return;
         }
-        self.next_tag += 1;
-        let tag = self.next_tag;
+        let tag = self.next_hand_off_tag();
         let me = self.config.me.clone();
         if let Some(c) = self
             .backups
@@ -219,7 +218,7 @@ impl Directory {
         &mut self,
         from: &NodeId,
         key: String,
-        version: u64,
+        version: Version,
         epoch: Epoch,
         out: &mut Vec<Action>,
     ) {
@@ -257,10 +256,9 @@ impl Directory {
         from: &NodeId,
         key: String,
         origin: NodeId,
-        tag: Option<u64>,
+        tag: Option<Tag>,
         epoch: Epoch,
-        remove: bool,
-        generation: u64,
+        remove: Option<Generation>,
         out: &mut Vec<Action>,
     ) {
         let h = Holder {
@@ -279,7 +277,7 @@ impl Directory {
             && self
                 .handoffs
                 .get(&key)
-                .is_some_and(|ho| ho.to == origin && Some(ho.tag) == tag)
+                .is_some_and(|ho| ho.to == origin && ho.tag == tag)
         {
             // The hand-off to `origin` is confirmed.
             self.confirm_handoff(&key, &origin, out);
@@ -289,10 +287,10 @@ impl Directory {
             origin,
             tag,
             epoch,
-            remove,
+            remove: remove.is_some(),
             next: None,
         };
-        if remove {
+        if let Some(generation) = remove {
             self.bury(&key, generation);
             self.chase_here(from, &key, &source, answer, out);
         } else {
@@ -308,10 +306,10 @@ impl Directory {
         from: &NodeId,
         key: String,
         origin: NodeId,
-        tag: Option<u64>,
+        tag: Option<Tag>,
         epoch: Epoch,
         remove: bool,
-        next: Option<(NodeId, u64)>,
+        next: Option<(NodeId, Tag)>,
         out: &mut Vec<Action>,
     ) {
         let h = Holder {

@@ -5,7 +5,7 @@
 
 use super::{
     add_holder, reply, send, stop, Action, Backup, ChildEvent, DirMsg, Directory, Epoch, Holder,
-    Phase, Record, Source, StartError, StopReason, MAX_HOPS,
+    Phase, Record, Source, StartError, StopReason, Tag, MAX_HOPS,
 };
 use crate::NodeId;
 
@@ -15,8 +15,8 @@ pub(super) struct HandOff {
     /// The receiver; this node itself while the copy is not handed off (only held, with the
     /// copies to drop once the copy run here is safe).
     pub(super) to: NodeId,
-    /// The tag of the hand-off ([`DirMsg::Adopt`]); 0 while `to` is this node.
-    pub(super) tag: u64,
+    /// The tag of the hand-off ([`DirMsg::Adopt`]); `None` while `to` is this node.
+    pub(super) tag: Option<Tag>,
     /// A graceful move (see [`DirMsg::Adopt`]).
     pub(super) moved: bool,
     /// Copies to drop once it is confirmed.
@@ -96,7 +96,7 @@ impl Directory {
             }
         }
         // Backups whose origin left the view.
-        let orphaned: Vec<(String, NodeId, Option<u64>)> = self
+        let orphaned: Vec<(String, NodeId, Option<Tag>)> = self
             .backups
             .iter()
             .flat_map(|(k, list)| list.iter().map(move |b| (k, b)))
@@ -247,7 +247,7 @@ impl Directory {
         from: &NodeId,
         record: Record,
         hops: u8,
-        tag: u64,
+        tag: Tag,
         holders: Vec<Holder>,
         moved: bool,
         out: &mut Vec<Action>,
@@ -409,7 +409,7 @@ impl Directory {
 
     /// Remembers the hand-off `tag` from `from` (the newest [`MAX_ADOPTIONS`](super::MAX_ADOPTIONS)); false if it was
     /// taken before.
-    pub(super) fn remember_adoption(&mut self, from: &NodeId, tag: u64) -> bool {
+    pub(super) fn remember_adoption(&mut self, from: &NodeId, tag: Tag) -> bool {
         self.adoptions.insert((from.clone(), tag))
     }
 
@@ -432,7 +432,7 @@ impl Directory {
         let me = self.config.me.clone();
         let h = self.handoffs.entry(key.to_owned()).or_insert(HandOff {
             to: me.clone(),
-            tag: 0,
+            tag: None,
             moved: false,
             olds: Vec::new(),
             source: None,
@@ -461,11 +461,10 @@ impl Directory {
     ) {
         let key = record.key.clone();
         self.hold_olds(&key, old_backups);
-        self.next_tag += 1;
-        let tag = self.next_tag;
+        let tag = self.next_hand_off_tag();
         let h = self.handoffs.get_mut(&key).expect("held");
         h.to = to.clone();
-        h.tag = tag;
+        h.tag = Some(tag);
         h.moved = moved;
         h.source = source;
         // The receiver drops the copies it holds itself as soon as it gets the record (which is

@@ -6,43 +6,42 @@
 use std::time::Duration;
 
 use super::{
-    generation_of, reply, send, stop, Action, ChildEvent, DirMsg, Directory, Owned, Phase, Record,
-    Source, SpawnError, StartError, StopReason,
+    reply, send, stop, Action, ChildEvent, DirMsg, Directory, Owned, Phase, Record, Source,
+    SpawnError, StartError, StartSpec, StopReason, Version,
 };
 use crate::{ExitClass, RestartDecision, RestartWindow};
 
 impl Directory {
-    /// A start request for `record` arrived here (request id `req`, answered by an
-    /// [`Action::Reply`] once the child runs and its backup holds it).
-    pub fn start(&mut self, req: u64, record: Record) -> Vec<Action> {
+    /// A start request for the child of `spec` arrived here (request id `req`, answered by an
+    /// [`Action::Reply`] once the child runs and its backup holds it). This node, its owner,
+    /// draws its [`Generation`](super::Generation) and makes its [`Record`] ([`Record::new`]).
+    pub fn start(&mut self, req: u64, spec: StartSpec) -> Vec<Action> {
         let mut out = Vec::new();
-        self.start_into(req, record, &mut out);
+        self.start_into(req, spec, &mut out);
         self.checked(out)
     }
 
-    pub(super) fn start_into(&mut self, req: u64, record: Record, out: &mut Vec<Action>) {
+    pub(super) fn start_into(&mut self, req: u64, spec: StartSpec, out: &mut Vec<Action>) {
         if self.quorum_lost {
             out.push(reply(req, Err(self.quorum_error())));
             return;
         }
-        if let Some(r) = self.removing.get_mut(&record.key) {
+        if let Some(r) = self.removing.get_mut(&spec.key) {
             // The previous child of this key is still being removed: start after it.
-            r.starts.push((req, record));
+            r.starts.push((req, spec));
             return;
         }
-        let owner = self.owner(&record.key);
+        let owner = self.owner(&spec.key);
         if owner.as_ref() != Some(&self.config.me) {
             out.push(reply(req, Err(StartError::NotOwner { owner })));
             return;
         }
-        if self.owned.contains_key(&record.key) {
-            out.push(reply(req, Err(StartError::AlreadyStarted(record.key))));
+        if self.owned.contains_key(&spec.key) {
+            out.push(reply(req, Err(StartError::AlreadyStarted(spec.key))));
             return;
         }
-        let key = record.key.clone();
-        let mut record = record;
-        self.next_tag += 1;
-        record.generation = generation_of(&self.config.me, self.config.incarnation, self.next_tag);
+        let key = spec.key.clone();
+        let record = Record::new(spec, self.next_generation());
         self.insert_owned(record, vec![req], ChildEvent::Started { key }, None, out);
     }
 
@@ -210,7 +209,7 @@ impl Directory {
         let mut out = Vec::new();
         if let Some(o) = self.owned.get_mut(key) {
             o.record.snapshot = Some(snapshot);
-            o.record.version += 1;
+            o.record.version = o.record.version.next();
             match &o.backup {
                 // Stopped for the quorum: the other side may run it already from its backup.
                 _ if o.phase == Phase::Abandoning => {}
@@ -273,7 +272,7 @@ impl Directory {
         let bumped = final_snapshot.is_some();
         if let Some(s) = final_snapshot {
             o.record.snapshot = Some(s);
-            o.record.version += 1;
+            o.record.version = o.record.version.next();
         }
         match o.phase {
             Phase::Moving => self.moved(key, &mut out),
@@ -329,11 +328,11 @@ impl Directory {
         let Some(o) = self.owned.get_mut(key) else {
             return self.checked(out);
         };
-        let theirs_version = o.merging.take().map_or(0, |r| r.version);
+        let theirs_version = o.merging.take().map_or(Version::INITIAL, |r| r.version);
         if let Some(s) = merged {
             o.record.snapshot = Some(s);
         }
-        o.record.version = o.record.version.max(theirs_version) + 1;
+        o.record.version = o.record.version.max(theirs_version).next();
         match o.phase {
             Phase::Merging => {
                 if self.owner(key).is_some_and(|n| n != self.config.me) {

@@ -73,7 +73,8 @@
 //! # Files
 //! One file per protocol, each an `impl Directory` block over the state declared here:
 //! - `msg.rs`: the wire contract, [`DirMsg`] and the types it carries ([`Record`], [`Epoch`],
-//!   [`Holder`]).
+//!   [`Holder`], and the newtypes [`Generation`], [`Version`] and [`Tag`]), and what a start
+//!   request carries ([`StartSpec`]).
 //! - `lifecycle.rs`: a child's life on its owner: start, spawn, snapshot, exit and restart,
 //!   terminate, merge.
 //! - `copies.rs`: the copies held here: backups, hand-off copies, orphans; replication,
@@ -111,7 +112,7 @@ use handoff::HandOff;
 use removal::{Removal, Source};
 
 pub use check::Broken;
-pub use msg::{DirMsg, Epoch, Holder, Record};
+pub use msg::{DirMsg, Epoch, Generation, Holder, Record, StartSpec, Tag, Version};
 
 /// Where a key lives, given the eligible nodes. The ring ([`Uniform`]) is the default.
 pub trait Distribution: Send + Sync + 'static {
@@ -473,7 +474,7 @@ pub struct Backup {
     /// The record.
     pub record: Record,
     /// `Some(tag)`: a copy of a child handed off from here (see [`DirMsg::Adopt`]).
-    pub handoff: Option<u64>,
+    pub handoff: Option<Tag>,
     /// For a backup: the lineage of the copy it backs up.
     pub epoch: Epoch,
     /// `from` left this node's view after this copy was made: the copy is failed over (or handed
@@ -502,8 +503,8 @@ pub struct Directory {
     /// Keys handed off ([`DirMsg::Adopt`]) whose copy is held in `backups` until the receiver
     /// confirms, with the copies to drop at the confirmation.
     handoffs: BTreeMap<String, HandOff>,
-    /// Tags of hand-off copies, counters of lineages ([`Epoch`]) and of generations; starts at a
-    /// point drawn from this node and incarnation.
+    /// The counter of hand-off copies' [`Tag`]s, of lineages ([`Epoch`]) and of generations
+    /// (the last one used); starts at a point drawn from this node and incarnation.
     next_tag: u64,
     /// Removed children waiting for their backups to confirm the drop.
     removing: BTreeMap<String, Removal>,
@@ -513,10 +514,10 @@ pub struct Directory {
     /// The generations of removed children this node learned of, by key (the newest
     /// [`MAX_TOMBSTONES`]): a copy of one arriving later (a replication or a hand-off sent
     /// before the removal and overtaken by it) is refused, not run again.
-    tombstones: CappedSet<(String, u64)>,
+    tombstones: CappedSet<(String, Generation)>,
     /// The hand-offs taken here, by sender and tag (the newest [`MAX_ADOPTIONS`]): one sent again
     /// after its copy moved on is confirmed, not run a second time.
-    adoptions: CappedSet<(NodeId, u64)>,
+    adoptions: CappedSet<(NodeId, Tag)>,
     /// Drops of other copies sent and not confirmed yet, by key.
     dropping: BTreeMap<String, Vec<Holder>>,
     /// Running children whose key belongs to another node, waiting for a move slot.
@@ -535,7 +536,7 @@ impl Directory {
         let ring = Ring::from_nodes(config.ring, [config.me.clone()])
             .unwrap_or_else(|_| Ring::new(config.ring));
         let view = BTreeSet::from([config.me.clone()]);
-        let first_tag = generation_of(&config.me, config.incarnation, 0) >> 2;
+        let first_tag = generation_of(&config.me, config.incarnation, 0).get() >> 2;
         let mut d = Directory {
             config,
             ring,
@@ -627,6 +628,19 @@ impl Directory {
         Epoch(self.config.incarnation, self.next_tag)
     }
 
+    /// A fresh tag for a copy handed off (or held) here.
+    fn next_hand_off_tag(&mut self) -> Tag {
+        self.next_tag += 1;
+        // The counter starts below 2^62 and only grows by one: it never wraps to 0.
+        Tag::new(self.next_tag).expect("the tag counter never wraps")
+    }
+
+    /// A fresh generation for a child started here.
+    fn next_generation(&mut self) -> Generation {
+        self.next_tag += 1;
+        generation_of(&self.config.me, self.config.incarnation, self.next_tag)
+    }
+
     /// How many children run here whose current record is not yet held by their backup
     /// (replication in flight). Zero once every snapshot taken so far is replicated.
     pub fn unreplicated(&self) -> usize {
@@ -673,18 +687,18 @@ impl Directory {
 pub const MAX_HOPS: u8 = 8;
 
 /// A generation ([`Record::generation`]) drawn by `me`: unique across nodes and their runs (a
-/// collision needs equal 64-bit hashes), never 0.
-fn generation_of(me: &NodeId, incarnation: u64, counter: u64) -> u64 {
+/// collision needs equal 64-bit hashes); a hash of 0 is taken as 1.
+fn generation_of(me: &NodeId, incarnation: u64, counter: u64) -> Generation {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     h.update(me.as_str().as_bytes());
     h.update(&incarnation.to_le_bytes());
     h.update(&counter.to_le_bytes());
-    h.digest().max(1)
+    Generation::new(h.digest()).unwrap_or(Generation::MIN)
 }
 
 /// A copy of `record` held for `me` itself: a child it stopped when it lost its quorum (or a copy
 /// that was to be merged into one), failed over as soon as the view has an owner for it.
-fn orphan_copy(me: &NodeId, record: Record, handoff: Option<u64>, epoch: Epoch) -> Backup {
+fn orphan_copy(me: &NodeId, record: Record, handoff: Option<Tag>, epoch: Epoch) -> Backup {
     Backup {
         from: me.clone(),
         record,

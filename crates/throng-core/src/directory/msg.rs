@@ -2,10 +2,132 @@
 //! and the types it carries. Everything here is serialized by the runtime and must stay
 //! compatible across the versions of a rolling upgrade; the behaviour lives in the sibling files.
 
+use std::fmt;
+use std::num::NonZeroU64;
+
 use serde::{Deserialize, Serialize};
 
 use super::{send, Action, Backup};
 use crate::{NodeId, RestartPolicy};
+
+/// Names one child among the children that ever had its key ([`Record::generation`]): drawn by
+/// the owner when the child is started, and kept across restarts, failovers and moves. A removal
+/// buries it, so a late copy of a removed child is refused, not run again.
+///
+/// Never 0: on the wire it is the plain integer (the encoding of a `u64`), and decoding a 0 is an
+/// error. Where a message may carry no generation it is an `Option<Generation>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Generation(NonZeroU64);
+
+impl Generation {
+    /// The smallest generation, 1.
+    pub const MIN: Generation = Generation(NonZeroU64::MIN);
+
+    /// The generation numbered `n`, or `None` for 0 (which names no generation).
+    pub const fn new(n: u64) -> Option<Self> {
+        match NonZeroU64::new(n) {
+            Some(n) => Some(Generation(n)),
+            None => None,
+        }
+    }
+
+    /// Its number (never 0).
+    pub const fn get(self) -> u64 {
+        self.0.get()
+    }
+}
+
+impl fmt::Display for Generation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The version of a child's [`Record`] ([`Record::version`]): [`Version::INITIAL`] when the child
+/// is started, and bumped at every new snapshot (and merge), so it orders the copies of one
+/// child (of one [`Generation`]). On the wire it is the plain integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Version(u64);
+
+impl Version {
+    /// The version of a record before its first snapshot.
+    pub const INITIAL: Version = Version(0);
+
+    /// The version numbered `n`.
+    pub const fn new(n: u64) -> Self {
+        Version(n)
+    }
+
+    /// Its number.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+
+    /// The version after this one.
+    #[must_use]
+    pub const fn next(self) -> Self {
+        Version(self.0 + 1)
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Names one hand-off of a child ([`DirMsg::Adopt`]) among those of its sender: the sender keeps
+/// its copy, tagged so, until the receiver confirms it with a [`DirMsg::Drop`] of the same tag,
+/// and a receiver recognizes a hand-off sent again by its sender and tag. Drawn from a counter
+/// of the sender that a new incarnation does not reuse.
+///
+/// Never 0: on the wire it is the plain integer (the encoding of a `u64`), and decoding a 0 is an
+/// error. Where a copy or a message may carry no tag it is an `Option<Tag>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Tag(NonZeroU64);
+
+impl Tag {
+    /// The tag numbered `n`, or `None` for 0 (which names no hand-off).
+    pub const fn new(n: u64) -> Option<Self> {
+        match NonZeroU64::new(n) {
+            Some(n) => Some(Tag(n)),
+            None => None,
+        }
+    }
+
+    /// Its number (never 0).
+    pub const fn get(self) -> u64 {
+        self.0.get()
+    }
+}
+
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// What a start request carries ([`Directory::start`](super::Directory::start)): the child's
+/// spec, without the state that only its owner gives it. The owner makes the child's [`Record`]
+/// from it ([`Record::new`]): it draws the [`Generation`], and the record starts without a
+/// snapshot at [`Version::INITIAL`].
+///
+/// On the wire (a start request sent to the owner) it is encoded as the first four fields of a
+/// [`Record`], in the same order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartSpec {
+    /// The child's key, unique within its supervisor.
+    pub key: String,
+    /// The registered actor type that runs it.
+    pub actor_type: String,
+    /// The start arguments, encoded by the runtime.
+    pub args: Vec<u8>,
+    /// Restart policy.
+    pub policy: RestartPolicy,
+}
 
 /// Everything a node needs to run a child, and what it replicates to the child's backup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,11 +143,33 @@ pub struct Record {
     /// The latest state snapshot, encoded by the runtime, if the actor takes snapshots.
     pub snapshot: Option<Vec<u8>>,
     /// Bumped at every new snapshot; orders copies of the same child.
-    pub version: u64,
+    pub version: Version,
     /// Names this child among the children that ever had its key: drawn by the owner when the
-    /// child is started (callers pass 0) and kept across restarts, failovers and moves. A
+    /// child is started ([`Record::new`]) and kept across restarts, failovers and moves. A
     /// removal buries it, so a late copy of a removed child is refused, not run again.
-    pub generation: u64,
+    pub generation: Generation,
+}
+
+impl Record {
+    /// The record of a child started from `spec` as `generation`: no snapshot yet, at
+    /// [`Version::INITIAL`].
+    pub fn new(spec: StartSpec, generation: Generation) -> Self {
+        let StartSpec {
+            key,
+            actor_type,
+            args,
+            policy,
+        } = spec;
+        Record {
+            key,
+            actor_type,
+            args,
+            policy,
+            snapshot: None,
+            version: Version::INITIAL,
+            generation,
+        }
+    }
 }
 
 /// Names one *lineage* of a child on its owner: every time a node starts running a child (a
@@ -53,7 +197,7 @@ pub enum DirMsg {
         /// The key.
         key: String,
         /// The version held.
-        version: u64,
+        version: Version,
         /// The lineage it belongs to.
         epoch: Epoch,
     },
@@ -67,16 +211,16 @@ pub enum DirMsg {
         origin: NodeId,
         /// `None`: a backup. `Some(tag)`: the copy the receiver handed off with
         /// [`DirMsg::Adopt`] `tag` (the hand-off is confirmed).
-        tag: Option<u64>,
+        tag: Option<Tag>,
         /// For a backup: drop it only if its lineage is this one or older.
         epoch: Epoch,
-        /// The child is removed (terminated, or removed by its policy): if the receiver already
+        /// `Some(generation)`: the child is removed (terminated, or removed by its policy), and
+        /// this is its [`Record::generation`], which the receiver buries. If the receiver already
         /// made a copy of its own from this one (failed it over, or handed it on), that copy is
         /// removed too — it is stopped for good before the answer, or the answer names where it
-        /// was handed on so the remover chases it there ([`DirMsg::Chase`]).
-        remove: bool,
-        /// For a removal: the removed child's [`Record::generation`], which the receiver buries.
-        generation: u64,
+        /// was handed on so the remover chases it there ([`DirMsg::Chase`]). `None`: a plain
+        /// drop.
+        remove: Option<Generation>,
     },
     /// Answer to [`DirMsg::Drop`]: the receiver holds no such copy of `key` any more.
     Dropped {
@@ -85,14 +229,14 @@ pub enum DirMsg {
         /// As in the [`DirMsg::Drop`] answered.
         origin: NodeId,
         /// As in the [`DirMsg::Drop`] answered.
-        tag: Option<u64>,
+        tag: Option<Tag>,
         /// As in the [`DirMsg::Drop`] answered.
         epoch: Epoch,
-        /// As in the [`DirMsg::Drop`] answered.
+        /// Whether the [`DirMsg::Drop`] answered was a removal (its `remove` was `Some`).
         remove: bool,
         /// For a removal: the copy had been handed on, with [`DirMsg::Adopt`] `tag`, to this
         /// node, not confirmed yet: the remover chases it there.
-        next: Option<(NodeId, u64)>,
+        next: Option<(NodeId, Tag)>,
     },
     /// From a node removing `key`: the copy that `from` handed to the receiver with
     /// [`DirMsg::Adopt`] `tag` is removed: stop it for good if it runs there (answered once its
@@ -104,9 +248,9 @@ pub enum DirMsg {
         /// The node that handed the copy to the receiver.
         from: NodeId,
         /// The tag of that hand-off.
-        tag: u64,
+        tag: Tag,
         /// The removed child's [`Record::generation`], which the receiver buries.
-        generation: u64,
+        generation: Generation,
     },
     /// The child of `key` and `generation` was removed (the sender learned it from the removal):
     /// the receiver, which replicated a copy of it, stops that copy for good. Sent when a copy
@@ -115,7 +259,7 @@ pub enum DirMsg {
         /// The key.
         key: String,
         /// The removed child's [`Record::generation`].
-        generation: u64,
+        generation: Generation,
     },
     /// Reconciliation, from a node to a peer it (re)connected to or that (re)joined its view: the
     /// removed children it knows of (key and [`Record::generation`], at most [`MAX_TOMBSTONES`](super::MAX_TOMBSTONES)).
@@ -123,7 +267,7 @@ pub enum DirMsg {
     /// partition: a removal wins after a heal.
     Buried {
         /// The removed children.
-        removed: Vec<(String, u64)>,
+        removed: Vec<(String, Generation)>,
     },
     /// Answer to [`DirMsg::Chase`].
     Chased {
@@ -132,9 +276,9 @@ pub enum DirMsg {
         /// As in the [`DirMsg::Chase`] answered.
         from: NodeId,
         /// As in the [`DirMsg::Chase`] answered.
-        tag: u64,
+        tag: Tag,
         /// The copy had been handed on to this node with this tag: chase it there.
-        next: Option<(NodeId, u64)>,
+        next: Option<(NodeId, Tag)>,
     },
     /// Run this child here: the sender moved it, or held its backup when its owner left.
     Adopt {
@@ -144,7 +288,7 @@ pub enum DirMsg {
         hops: u8,
         /// Names the copy the sender keeps until the receiver confirms (a [`DirMsg::Drop`] with
         /// this tag).
-        tag: u64,
+        tag: Tag,
         /// Other nodes that still hold a copy (the child's former backups, earlier senders),
         /// dropped once the receiver's copy is safe; a removal waits for them too.
         holders: Vec<Holder>,
@@ -177,7 +321,7 @@ pub struct Holder {
     /// The node its copy is held for ([`Backup::from`](super::Backup::from)).
     pub origin: NodeId,
     /// `None`: a backup; `Some(tag)`: a hand-off copy (see [`DirMsg::Adopt`]).
-    pub tag: Option<u64>,
+    pub tag: Option<Tag>,
     /// For a backup: the lineage of the copy it backs up.
     pub epoch: Epoch,
 }
@@ -194,7 +338,7 @@ impl Holder {
     }
 
     /// A drop of this copy; `removed`: the generation of the removed child, for a removal.
-    pub(super) fn drop_msg(&self, key: &str, removed: Option<u64>) -> Action {
+    pub(super) fn drop_msg(&self, key: &str, removed: Option<Generation>) -> Action {
         send(
             &self.node,
             DirMsg::Drop {
@@ -202,8 +346,7 @@ impl Holder {
                 origin: self.origin.clone(),
                 tag: self.tag,
                 epoch: self.epoch,
-                remove: removed.is_some(),
-                generation: removed.unwrap_or(0),
+                remove: removed,
             },
         )
     }

@@ -2,7 +2,7 @@
 //! each, and what a node without a quorum does with an adoption (it keeps it as an orphan copy).
 
 use super::{
-    add_holder, orphan_copy, Action, ChildEvent, DirMsg, Directory, Epoch, Holder, Record,
+    add_holder, orphan_copy, Action, ChildEvent, DirMsg, Directory, Epoch, Holder, Record, Tag,
     MAX_TOMBSTONES,
 };
 use crate::NodeId;
@@ -32,8 +32,7 @@ impl Directory {
                 tag,
                 epoch,
                 remove,
-                generation,
-            } => self.on_drop(from, key, origin, tag, epoch, remove, generation, &mut out),
+            } => self.on_drop(from, key, origin, tag, epoch, remove, &mut out),
             DirMsg::Dropped {
                 key,
                 origin,
@@ -126,7 +125,7 @@ impl Directory {
         &mut self,
         from: &NodeId,
         record: Record,
-        tag: u64,
+        tag: Tag,
         holders: Vec<Holder>,
         out: &mut Vec<Action>,
     ) {
@@ -156,9 +155,9 @@ impl Directory {
                         record = b.record;
                     }
                     if let Some(ho) = self.handoffs.get_mut(&key) {
-                        if b.handoff == Some(ho.tag) && b.from == ho.to {
+                        if b.handoff.is_some() && b.handoff == ho.tag && b.from == ho.to {
                             ho.to = me.clone();
-                            ho.tag = 0;
+                            ho.tag = None;
                             ho.moved = false;
                             ho.source = None;
                         }
@@ -174,8 +173,8 @@ impl Directory {
             return;
         }
         self.hold_olds(&key, olds);
-        self.next_tag += 1;
-        let copy = orphan_copy(&me, record, Some(self.next_tag), Epoch::default());
+        let tag = self.next_hand_off_tag();
+        let copy = orphan_copy(&me, record, Some(tag), Epoch::default());
         self.put_copy(&key, copy);
     }
 
@@ -184,7 +183,7 @@ impl Directory {
     /// (stopped for the quorum, or kept without one) and names the sender among the copies it
     /// drops once it is safe, nothing to do. Otherwise that copy moved on and was confirmed, or
     /// was removed: the sender may forget its copy.
-    fn adopted_again(&mut self, from: &NodeId, key: &str, tag: u64, out: &mut Vec<Action>) {
+    fn adopted_again(&mut self, from: &NodeId, key: &str, tag: Tag, out: &mut Vec<Action>) {
         let sender = Holder {
             node: from.clone(),
             origin: self.config.me.clone(),

@@ -3,8 +3,8 @@
 //! a late copy of a removed child be refused rather than run again.
 
 use super::{
-    add_holder, reply, send, Action, Backup, ChildEvent, DirMsg, Directory, Epoch, Holder, Record,
-    StartError, MAX_CHASES,
+    add_holder, reply, send, Action, Backup, ChildEvent, DirMsg, Directory, Epoch, Generation,
+    Holder, StartError, StartSpec, Tag, MAX_CHASES,
 };
 use crate::NodeId;
 
@@ -17,7 +17,7 @@ pub(super) enum Source {
         /// As in [`Holder::origin`].
         origin: NodeId,
         /// As in [`Holder::tag`].
-        tag: Option<u64>,
+        tag: Option<Tag>,
         /// As in [`Holder::epoch`].
         epoch: Epoch,
     },
@@ -26,7 +26,7 @@ pub(super) enum Source {
         /// The sender of the hand-off.
         from: NodeId,
         /// Its tag.
-        tag: u64,
+        tag: Tag,
     },
 }
 
@@ -64,9 +64,9 @@ pub(super) struct Chase {
     /// The node that handed it on.
     pub(super) from: NodeId,
     /// The tag of that hand-off.
-    pub(super) tag: u64,
+    pub(super) tag: Tag,
     /// The removed child's generation.
-    pub(super) generation: u64,
+    pub(super) generation: Generation,
 }
 
 impl Chase {
@@ -95,13 +95,13 @@ pub(super) struct Removal {
     /// How many chases were started (bounded by [`MAX_CHASES`]).
     pub(super) chases: u8,
     /// The removed child's generation.
-    pub(super) generation: u64,
+    pub(super) generation: Generation,
     /// Terminate requests answered when the removal is complete.
     pub(super) reqs: Vec<u64>,
     /// Whether a `Stopped` event is due at the end.
     pub(super) event: bool,
     /// Start requests for the same key, handled once the removal is complete.
-    pub(super) starts: Vec<(u64, Record)>,
+    pub(super) starts: Vec<(u64, StartSpec)>,
 }
 
 impl Directory {
@@ -146,7 +146,7 @@ impl Directory {
     pub(super) fn discard(
         &mut self,
         key: &str,
-        generation: u64,
+        generation: Generation,
         copies: Vec<Holder>,
         out: &mut Vec<Action>,
     ) {
@@ -202,8 +202,8 @@ impl Directory {
                 key: key.to_owned(),
             }));
         }
-        for (req, record) in r.starts {
-            self.start_into(req, record, out);
+        for (req, spec) in r.starts {
+            self.start_into(req, spec, out);
         }
     }
 
@@ -236,7 +236,8 @@ impl Directory {
             h.to != self.config.me && h.source.as_ref().is_some_and(|s| s.named_by(source))
         });
         if let Some(h) = handed {
-            let hop = Some((h.to.clone(), h.tag));
+            // (A hand-off to another node always has a tag: see `Broken::HandOffTag`.)
+            let hop = h.tag.map(|tag| (h.to.clone(), tag));
             match &mut answer {
                 DirMsg::Dropped { next, .. } | DirMsg::Chased { next, .. } => *next = hop,
                 _ => {}
@@ -247,30 +248,31 @@ impl Directory {
 
     /// Remembers that the child of `key` and `generation` was removed (the newest
     /// [`MAX_TOMBSTONES`](super::MAX_TOMBSTONES)).
-    pub(super) fn bury(&mut self, key: &str, generation: u64) {
-        if generation == 0 {
-            return;
-        }
+    pub(super) fn bury(&mut self, key: &str, generation: Generation) {
         self.tombstones.insert((key.to_owned(), generation));
     }
 
     /// The child of `key` and `generation` was removed elsewhere: remember it, and stop its copy
     /// here if one runs (it survived the removal on the other side of a partition).
-    pub(super) fn bury_and_stop(&mut self, key: &str, generation: u64, out: &mut Vec<Action>) {
+    pub(super) fn bury_and_stop(
+        &mut self,
+        key: &str,
+        generation: Generation,
+        out: &mut Vec<Action>,
+    ) {
         self.bury(key, generation);
-        if generation != 0
-            && self
-                .owned
-                .get(key)
-                .is_some_and(|o| o.record.generation == generation)
+        if self
+            .owned
+            .get(key)
+            .is_some_and(|o| o.record.generation == generation)
         {
             self.stop_for_good(key, out);
         }
     }
 
     /// Whether the child of `key` and `generation` is known to be removed.
-    pub(super) fn buried(&self, key: &str, generation: u64) -> bool {
-        generation != 0 && self.tombstones.contains(&(key.to_owned(), generation))
+    pub(super) fn buried(&self, key: &str, generation: Generation) -> bool {
+        self.tombstones.contains(&(key.to_owned(), generation))
     }
 
     /// `from` answered a drop or a chase of the removal of `key` (`answered` forgets what it
@@ -280,7 +282,7 @@ impl Directory {
         &mut self,
         key: &str,
         from: &NodeId,
-        next: Option<(NodeId, u64)>,
+        next: Option<(NodeId, Tag)>,
         out: &mut Vec<Action>,
         answered: impl FnOnce(&mut Removal),
     ) {
@@ -297,7 +299,7 @@ impl Directory {
     }
 
     /// The removal of `key` chases the copy `from` handed to `node` with `tag`.
-    fn chase(&mut self, key: &str, node: NodeId, from: &NodeId, tag: u64, out: &mut Vec<Action>) {
+    fn chase(&mut self, key: &str, node: NodeId, from: &NodeId, tag: Tag, out: &mut Vec<Action>) {
         if node == self.config.me || !self.may_answer(&node) {
             return;
         }
@@ -325,8 +327,8 @@ impl Directory {
         from: &NodeId,
         key: String,
         f: NodeId,
-        tag: u64,
-        generation: u64,
+        tag: Tag,
+        generation: Generation,
         out: &mut Vec<Action>,
     ) {
         self.bury(&key, generation);
@@ -350,8 +352,8 @@ impl Directory {
         from: &NodeId,
         key: String,
         f: NodeId,
-        tag: u64,
-        next: Option<(NodeId, u64)>,
+        tag: Tag,
+        next: Option<(NodeId, Tag)>,
         out: &mut Vec<Action>,
     ) {
         self.removal_answered(&key, from, next, out, |r| {

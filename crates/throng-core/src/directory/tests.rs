@@ -11,16 +11,26 @@ fn id(n: &str) -> NodeId {
     NodeId::new(n).expect("valid")
 }
 
-fn record(key: &str) -> Record {
-    Record {
+fn spec(key: &str) -> StartSpec {
+    StartSpec {
         key: key.to_owned(),
         actor_type: "t".into(),
         args: Vec::new(),
         policy: RestartPolicy::Permanent,
-        snapshot: None,
-        version: 0,
-        generation: 0,
     }
+}
+
+/// A record of generation 1, as an owner would have started it.
+fn record(key: &str) -> Record {
+    Record::new(spec(key), generation(1))
+}
+
+fn generation(n: u64) -> Generation {
+    Generation::new(n).expect("not 0")
+}
+
+fn tag(n: u64) -> Tag {
+    Tag::new(n).expect("not 0")
 }
 
 /// Directories wired together, with a runtime that spawns and stops at once and merges
@@ -66,7 +76,7 @@ impl Net {
     fn running(nodes: &[&str], key: &str) -> Self {
         let mut net = Net::new(nodes, 8);
         let owner = net.dirs.values().next().and_then(|d| d.owner(key)).unwrap();
-        net.call(owner.as_str(), |d| d.start(1, record(key)));
+        net.call(owner.as_str(), |d| d.start(1, spec(key)));
         net.settle();
         net
     }
@@ -197,7 +207,7 @@ fn quorum_net(count: usize) -> (Net, Vec<String>) {
     let keys: Vec<String> = (0..count).map(|i| format!("k{i}")).collect();
     for (i, key) in keys.iter().enumerate() {
         let owner = net.dir("a").owner(key).unwrap();
-        net.call(owner.as_str(), |d| d.start(i as u64, record(key)));
+        net.call(owner.as_str(), |d| d.start(i as u64, spec(key)));
         net.settle();
         let state = format!("<{key}>").into_bytes();
         net.running
@@ -240,7 +250,10 @@ fn a_quorum_partition_that_heals_loses_no_child() {
             && matches!(
                 a,
                 Action::Send {
-                    msg: DirMsg::Drop { remove: true, .. },
+                    msg: DirMsg::Drop {
+                        remove: Some(_),
+                        ..
+                    },
                     ..
                 }
             )
@@ -331,7 +344,7 @@ fn a_backup_without_quorum_still_takes_its_owners_replications() {
     let all = [id("a"), id("b"), id("c")];
     let mut net = Net::with_quorum(&["a", "b", "c"], 8, Some(3));
     let key = key_placed(&["a", "b", "c"], "a", "b");
-    net.call("a", |d| d.start(1, record(&key)));
+    net.call("a", |d| d.start(1, spec(&key)));
     net.settle();
     // Only `b` loses the others (one-way gossip loss): `a` keeps running the child and
     // replicating its new state to `b`.
@@ -345,7 +358,7 @@ fn a_backup_without_quorum_still_takes_its_owners_replications() {
     net.call("b", |d| d.set_view(all.iter()));
     net.settle();
     let version = net.dir("a").owned()[&key].record.version;
-    let held: Vec<u64> = net.dir("b").backups()[&key]
+    let held: Vec<Version> = net.dir("b").backups()[&key]
         .iter()
         .map(|c| c.record.version)
         .collect();
@@ -362,12 +375,12 @@ fn an_adoption_out_of_hops_at_a_node_without_quorum_runs_when_the_quorum_returns
     net.settle();
     // Passed around between nodes whose views disagree until its hops ran out.
     let mut r = record(&key);
-    r.generation = 7;
+    r.generation = generation(7);
     r.snapshot = Some(format!("<{key}>").into_bytes());
     let adopt = DirMsg::Adopt {
         record: r,
         hops: MAX_HOPS,
-        tag: 1,
+        tag: tag(1),
         holders: Vec::new(),
         moved: true,
     };
@@ -389,7 +402,7 @@ fn a_stranger_backed_up_by_b() -> (Net, String) {
     net.call("b", |d| d.set_view([&id("b"), &id("c")]));
     net.call("c", |d| d.set_view([&id("b"), &id("c")]));
     net.settle();
-    net.call("a", |d| d.start(1, record(&key)));
+    net.call("a", |d| d.start(1, spec(&key)));
     net.settle();
     assert!(net.dir("b").backups().contains_key(&key));
     (net, key)
@@ -420,7 +433,7 @@ fn a_hand_off_to_a_node_without_quorum_is_kept_and_leaves_no_copy_behind() {
     let owners = [id("b"), id("c")];
     let mut net = Net::with_quorum(&["a", "b", "c"], 8, Some(3));
     let key = key_placed(&["a", "b", "c"], "a", "b");
-    net.call("a", |d| d.start(1, record(&key)));
+    net.call("a", |d| d.start(1, spec(&key)));
     net.settle();
     // `b` sees only itself (no quorum) when `a` leaves and hands the child to it.
     net.call("b", |d| d.set_view([&id("b")]));
@@ -456,11 +469,11 @@ fn b_without_quorum() -> (Net, String) {
     (net, key)
 }
 
-fn adopt_msg(r: Record, hops: u8, tag: u64) -> DirMsg {
+fn adopt_msg(r: Record, hops: u8, n: u64) -> DirMsg {
     DirMsg::Adopt {
         record: r,
         hops,
-        tag,
+        tag: tag(n),
         holders: Vec::new(),
         moved: true,
     }
@@ -472,7 +485,7 @@ fn an_adoption_at_a_node_without_quorum_survives_its_sender_crashing() {
     // `a` (gone by now: what is sent to it is lost) handed the child to `b` with its latest
     // state, which no other node holds.
     let mut r = record(&key);
-    r.generation = 7;
+    r.generation = generation(7);
     r.snapshot = Some(format!("<{key}>").into_bytes());
     net.call("b", |d| d.receive(&id("a"), adopt_msg(r, 0, 1)));
     net.settle();
@@ -486,20 +499,20 @@ fn an_adoption_at_a_node_without_quorum_survives_its_sender_crashing() {
 fn an_adoption_of_a_removed_child_at_a_node_without_quorum_is_dropped_by_its_sender() {
     let (mut net, key) = b_without_quorum();
     let removed = DirMsg::Buried {
-        removed: vec![(key.clone(), 7)],
+        removed: vec![(key.clone(), generation(7))],
     };
     net.call("b", |d| d.receive(&id("c"), removed));
     net.settle();
     let mut r = record(&key);
-    r.generation = 7;
+    r.generation = generation(7);
     let actions = net.dir("b").receive(&id("a"), adopt_msg(r, MAX_HOPS, 1));
     let dropped = actions.iter().any(|a| {
         matches!(
             a,
             Action::Send {
                 to,
-                msg: DirMsg::Drop { tag: Some(1), remove: true, generation: 7, .. },
-            } if *to == id("a")
+                msg: DirMsg::Drop { tag: Some(t), remove: Some(g), .. },
+            } if *to == id("a") && t.get() == 1 && g.get() == 7
         )
     });
     assert!(dropped, "the sender is told to drop its copy: {actions:?}");
@@ -511,8 +524,8 @@ fn a_hand_off_sent_again_to_a_node_that_took_it_and_lost_its_quorum_is_not_sent_
     let mut net = Net::with_quorum(&["b", "c"], 8, Some(3));
     let key = key_owned_by(&["b", "c"], "b");
     let mut r = record(&key);
-    r.generation = 7;
-    r.version = 3;
+    r.generation = generation(7);
+    r.version = Version::new(3);
     r.snapshot = Some(format!("<{key}>").into_bytes());
     net.call("b", |d| d.receive(&id("a"), adopt_msg(r.clone(), 0, 1)));
     net.settle();
@@ -521,7 +534,7 @@ fn a_hand_off_sent_again_to_a_node_that_took_it_and_lost_its_quorum_is_not_sent_
     net.settle();
     // `a` sends its (older) hand-off again after a reconnection.
     let mut old = r;
-    old.version = 1;
+    old.version = Version::new(1);
     old.snapshot = Some(b"<old>".to_vec());
     let actions = net.dir("b").receive(&id("a"), adopt_msg(old, 0, 1));
     let back = actions.iter().any(|a| {
@@ -545,7 +558,7 @@ fn an_orphan_backup_is_not_replaced_by_a_new_lineage_of_its_owner() {
     let nodes = ["a", "b", "c"];
     let mut net = Net::with_quorum(&nodes, 8, Some(3));
     let key = key_placed(&nodes, "a", "b");
-    net.call("a", |d| d.start(1, record(&key)));
+    net.call("a", |d| d.start(1, spec(&key)));
     net.settle();
     let state = format!("<{key}>").into_bytes();
     net.running.insert((id("a"), key.clone()), state.clone());
@@ -579,7 +592,7 @@ fn a_transient_child_done_before_its_backup_acknowledged_was_started() {
     let nodes = ["a", "b"];
     let mut net = Net::new(&nodes, 8);
     let key = key_owned_by(&nodes, "a");
-    let mut r = record(&key);
+    let mut r = spec(&key);
     r.policy = RestartPolicy::Transient;
     // Spawned at once; the replication to `b` is still on its way.
     net.call("a", |d| d.start(1, r));
@@ -600,7 +613,7 @@ fn a_transient_child_done_before_its_backup_acknowledged_was_started() {
 fn terminate_is_answered_only_after_the_backup_dropped_its_copy() {
     let mut net = Net::new(&["a", "b"], 8);
     let key = key_owned_by(&["a", "b"], "a");
-    net.call("a", |d| d.start(1, record(&key)));
+    net.call("a", |d| d.start(1, spec(&key)));
     net.settle();
     assert_eq!(net.replies(), vec![(1, Ok(()))]);
     assert!(net.dir("b").backups().contains_key(&key));
@@ -661,7 +674,6 @@ fn a_late_copy_of_a_removed_child_is_refused() {
     let key = key_owned_by(&nodes, "a");
     let mut net = Net::running(&nodes, &key);
     let owned = net.dir("a").owned()[&key].clone();
-    assert_ne!(owned.record.generation, 0, "the owner draws a generation");
     let backup = owned.backup.clone().expect("a backup");
     net.call("a", |d| d.terminate(2, &key));
     net.settle();
@@ -684,7 +696,7 @@ fn a_late_copy_of_a_removed_child_is_refused() {
         DirMsg::Adopt {
             record: owned.record.clone(),
             hops: 0,
-            tag: 77,
+            tag: tag(77),
             holders: Vec::new(),
             moved: false,
         },
@@ -692,7 +704,7 @@ fn a_late_copy_of_a_removed_child_is_refused() {
     net.settle();
     assert!(net.runs(&key).is_empty(), "runs on {:?}", net.runs(&key));
     // A new start of the key is a new child, not refused.
-    net.call("a", |d| d.start(3, record(&key)));
+    net.call("a", |d| d.start(3, spec(&key)));
     net.settle();
     assert_eq!(net.runs(&key), vec![id("a")]);
     assert!(net.dir(backup.as_str()).backups().contains_key(&key));
@@ -758,12 +770,12 @@ fn a_hand_off_sent_again_after_its_copy_moved_on_is_not_taken_twice() {
     let mut net = Net::new(&nodes, 8);
     let key = key_owned_by(&nodes, "c");
     let mut r = record(&key);
-    r.generation = 7;
+    r.generation = generation(7);
     r.snapshot = Some(b"s".to_vec());
     let adopt = DirMsg::Adopt {
         record: r,
         hops: 0,
-        tag: 5,
+        tag: tag(5),
         holders: Vec::new(),
         moved: true,
     };
@@ -789,7 +801,7 @@ fn a_hand_off_sent_again_after_its_copy_moved_on_is_not_taken_twice() {
     assert!(!taken_again, "{:?}", &net.log[before..]);
     let confirmed = net.log[before..].iter().any(|(n, a)| {
         *n == id("b")
-            && matches!(a, Action::Send { to, msg: DirMsg::Drop { tag: Some(5), .. } } if *to == id("a"))
+            && matches!(a, Action::Send { to, msg: DirMsg::Drop { tag: Some(t), .. } } if *to == id("a") && t.get() == 5)
     });
     assert!(confirmed);
 }
@@ -799,7 +811,7 @@ fn a_leaving_node_hands_its_children_off_with_their_state() {
     let nodes = ["a", "b", "c"];
     let mut net = Net::new(&nodes, 8);
     let key = key_owned_by(&nodes, "a");
-    net.call("a", |d| d.start(1, record(&key)));
+    net.call("a", |d| d.start(1, spec(&key)));
     net.settle();
     net.running
         .insert((id("a"), key.clone()), b"state".to_vec());
@@ -810,7 +822,7 @@ fn a_leaving_node_hands_its_children_off_with_their_state() {
     net.call("a", |d| d.leave());
     // Start requests at a leaving node are refused with the new owner.
     let other = key_owned_by(&nodes, "a");
-    net.call("a", |d| d.start(3, record(&other)));
+    net.call("a", |d| d.start(3, spec(&other)));
     assert!(matches!(
         net.replies().last(),
         Some((3, Err(StartError::NotOwner { owner: Some(_) })))
@@ -852,7 +864,7 @@ fn the_backups_of_a_leaving_node_are_not_failed_over() {
     let nodes = ["a", "b"];
     let mut net = Net::new(&nodes, 8);
     let key = key_owned_by(&nodes, "a");
-    net.call("a", |d| d.start(1, record(&key)));
+    net.call("a", |d| d.start(1, spec(&key)));
     net.settle();
     net.call("b", |d| d.set_members([&id("b")], [&id("a")]));
     assert!(net.runs(&key) == vec![id("a")]);
@@ -877,7 +889,7 @@ fn moves_are_throttled() {
         })
         .collect();
     for (i, k) in keys.iter().enumerate() {
-        net.call("a", |d| d.start(i as u64, record(k)));
+        net.call("a", |d| d.start(i as u64, spec(k)));
     }
     // `b` joins: all three keys move to it, one at a time. Hold the stops to count them.
     let actions = net.dir("a").set_view([&id("a"), &id("b")]);
@@ -902,18 +914,18 @@ fn an_adopted_copy_of_a_running_child_is_merged_into_it() {
     let nodes = ["a", "b"];
     let mut net = Net::new(&nodes, 8);
     let key = key_owned_by(&nodes, "a");
-    net.call("a", |d| d.start(1, record(&key)));
+    net.call("a", |d| d.start(1, spec(&key)));
     net.settle();
     net.running.insert((id("a"), key.clone()), b"ours".to_vec());
     let mut theirs = record(&key);
     theirs.snapshot = Some(b"+theirs".to_vec());
-    theirs.version = 7;
+    theirs.version = Version::new(7);
     let actions = net.dir("a").receive(
         &id("b"),
         DirMsg::Adopt {
             record: theirs,
             hops: 0,
-            tag: 1,
+            tag: tag(1),
             holders: Vec::new(),
             moved: false,
         },
@@ -934,7 +946,7 @@ fn an_adopted_copy_of_a_running_child_is_merged_into_it() {
         b"ours+theirs".to_vec()
     );
     let o = &net.dir("a").owned()[&key];
-    assert!(o.record.version > 7);
+    assert!(o.record.version > Version::new(7));
     assert_eq!(o.phase, Phase::Running);
 }
 
@@ -954,7 +966,7 @@ fn running_alone() -> (Directory, String) {
 #[test]
 fn the_invariants_hold_in_a_settled_net() {
     let mut net = Net::running(&["a", "b", "c"], "k0");
-    net.call("a", |d| d.start(2, record("k1")));
+    net.call("a", |d| d.start(2, spec("k1")));
     net.settle();
     for d in net.dirs.values() {
         assert_eq!(d.check(), Ok(()));
@@ -999,7 +1011,7 @@ fn check_finds_copies_out_of_shape() {
         key.clone(),
         HandOff {
             to: id("b"),
-            tag: 0,
+            tag: None,
             moved: false,
             olds: Vec::new(),
             source: None,
@@ -1048,7 +1060,7 @@ fn check_finds_removals_that_wait_for_nothing_or_for_a_node_out_of_view() {
         waiting_on: Vec::new(),
         chasing: Vec::new(),
         chases: 0,
-        generation: 1,
+        generation: generation(1),
         reqs: Vec::new(),
         event: false,
         starts: Vec::new(),
@@ -1086,7 +1098,7 @@ fn check_finds_a_memory_over_its_bound() {
     let (mut d, _) = running_alone();
     d.tombstones = CappedSet::new(MAX_TOMBSTONES + 1);
     for g in 1..=MAX_TOMBSTONES as u64 + 1 {
-        d.tombstones.insert(("k".to_owned(), g));
+        d.tombstones.insert(("k".to_owned(), generation(g)));
     }
     let want = Broken::Memory {
         what: "tombstones",
@@ -1100,7 +1112,7 @@ fn check_finds_a_memory_over_its_bound() {
 fn a_start_of_a_type_the_owner_does_not_host_is_answered_with_a_typed_error() {
     let mut d = Directory::new(DirConfig::new(id("a")));
     drop(d.set_view([&id("a")]));
-    let actions = d.start(7, record("k"));
+    let actions = d.start(7, spec("k"));
     assert!(actions.iter().any(|a| matches!(a, Action::Spawn(_))));
     let actions = d.spawned("k", Err(SpawnError::UnknownType("t".into())));
     let answered = actions.iter().any(|a| {
@@ -1111,5 +1123,35 @@ fn a_start_of_a_type_the_owner_does_not_host_is_answered_with_a_typed_error() {
     assert!(
         d.owned().is_empty(),
         "nothing is kept of a child that never ran"
+    );
+}
+
+#[test]
+fn a_zero_generation_or_tag_does_not_decode() {
+    use serde::de::value::{Error, U64Deserializer};
+    use serde::de::IntoDeserializer;
+    let zero: U64Deserializer<Error> = 0u64.into_deserializer();
+    assert!(Generation::deserialize(zero).is_err());
+    assert!(Tag::deserialize(zero).is_err());
+    let seven: U64Deserializer<Error> = 7u64.into_deserializer();
+    assert_eq!(Generation::deserialize(seven), Ok(generation(7)));
+    assert_eq!(Tag::deserialize(seven), Ok(tag(7)));
+    assert_eq!(Version::deserialize(zero), Ok(Version::INITIAL));
+    assert_eq!(Generation::new(0), None);
+    assert_eq!(Tag::new(0), None);
+}
+
+#[test]
+fn a_started_record_is_at_its_initial_version_with_the_generation_drawn() {
+    let r = Record::new(spec("k"), generation(9));
+    assert_eq!(
+        (r.version, r.generation, r.snapshot),
+        (Version::INITIAL, generation(9), None)
+    );
+    assert!(Version::INITIAL < Version::INITIAL.next());
+    assert_eq!(Version::new(4).next().get(), 5);
+    assert_eq!(
+        format!("{} {} {}", generation(3), tag(4), Version::new(5)),
+        "3 4 5"
     );
 }

@@ -169,8 +169,7 @@ impl Directory {
         self.hold_olds(key, olds);
         // Copies waiting to be merged into it are kept beside it (merged when it runs again).
         for theirs in o.merges.into_iter().chain(o.merging.map(|r| *r)) {
-            self.next_tag += 1;
-            let tag = Some(self.next_tag);
+            let tag = Some(self.next_hand_off_tag());
             self.put_copy(key, orphan_copy(&me, theirs, tag, Epoch::default()));
         }
         self.put_copy(key, orphan_copy(&me, o.record, None, o.epoch));
@@ -266,7 +265,7 @@ impl Directory {
                 let h = self
                     .handoffs
                     .get(key)
-                    .filter(|h| h.to == *peer && h.tag == tag);
+                    .filter(|h| h.to == *peer && h.tag == Some(tag));
                 out.push(send(
                     peer,
                     DirMsg::Adopt {

@@ -99,7 +99,7 @@ mod tests {
 
     #[test]
     fn golden_encodings() {
-        // The wire contract (protocol version 5): changing these changes the protocol.
+        // The wire contract (protocol version 6): changing these changes the protocol.
         assert_eq!(ExportId::User("counter").encode(), "ucounter");
         assert_eq!(
             ExportId::Child {

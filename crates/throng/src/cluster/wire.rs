@@ -19,7 +19,7 @@ use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
 use serde::{Deserialize, Serialize};
 
 /// Version of the node-to-node protocol, checked in the handshake.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// First bytes of every handshake hello.
 pub const MAGIC: [u8; 4] = *b"THRG";
@@ -257,7 +257,8 @@ pub enum Frame {
         id: u64,
         /// The distributed supervisor's name.
         sup: String,
-        /// The child's record (`throng_core::directory::Record`), encoded.
+        /// What the child is started from (`throng_core::directory::StartSpec`: its owner draws
+        /// its generation and makes its record), encoded.
         record: Vec<u8>,
     },
     /// Terminate (stop for good) the distributed child `key` on its owner; answered with a
@@ -368,7 +369,7 @@ pub enum FrameRef<'a> {
         id: u64,
         /// The supervisor.
         sup: &'a str,
-        /// The encoded record.
+        /// The encoded start spec.
         record: &'a [u8],
     },
     /// See [`Frame::Stop`].
@@ -988,8 +989,8 @@ mod tests {
     }
 
     const GOLDEN: &[&str] = &[
-        "Hello 5448524705026e31070101010101010101010101010101010101010101010101010101010101010101",
-        "HelloAck 05026e320802020202020202020202020202020202020202020202020202020202020202020303030303030303030303030303030303030303030303030303030303030303",
+        "Hello 5448524706026e31070101010101010101010101010101010101010101010101010101010101010101",
+        "HelloAck 06026e320802020202020202020202020202020202020202020202020202020202020202020303030303030303030303030303030303030303030303030303030303030303",
         "Auth 0404040404040404040404040404040404040404040404040404040404040404",
         "RemoteFailure 000161",
         "RemoteFailure 0101650166",
@@ -1034,6 +1035,147 @@ mod tests {
             .collect();
         let want: Vec<String> = GOLDEN.iter().map(|s| s.to_string()).collect();
         assert_eq!(hex, want, "the wire format changed: bump PROTOCOL_VERSION");
+    }
+
+    /// The directory's messages (carried by [`Frame::Dir`]) and the start spec (carried by
+    /// [`Frame::Start`]), encoded, as hex: also part of the protocol.
+    fn directory_golden_values() -> Vec<(&'static str, Vec<u8>)> {
+        use throng_core::directory::{
+            DirMsg, Epoch, Generation, Holder, Record, StartSpec, Tag as HandOffTag, Version,
+        };
+        use throng_core::{NodeId, RestartPolicy};
+        let n = |s: &str| NodeId::new(s).unwrap();
+        let k = || "k".to_owned();
+        let g = Generation::new(300).unwrap();
+        let t = |x| HandOffTag::new(x).unwrap();
+        let e = Epoch(4, 5);
+        let spec = StartSpec {
+            key: k(),
+            actor_type: "t".into(),
+            args: vec![1],
+            policy: RestartPolicy::Transient,
+        };
+        let mut record = Record::new(spec.clone(), g);
+        record.snapshot = Some(vec![2]);
+        record.version = Version::new(3);
+        let holder = Holder {
+            node: n("b"),
+            origin: n("a"),
+            tag: Some(t(6)),
+            epoch: e,
+        };
+        let msgs = [
+            DirMsg::Replicate {
+                record: record.clone(),
+                epoch: e,
+            },
+            DirMsg::Ack {
+                key: k(),
+                version: Version::new(3),
+                epoch: e,
+            },
+            DirMsg::Drop {
+                key: k(),
+                origin: n("a"),
+                tag: None,
+                epoch: e,
+                remove: None,
+            },
+            DirMsg::Drop {
+                key: k(),
+                origin: n("a"),
+                tag: Some(t(6)),
+                epoch: e,
+                remove: Some(g),
+            },
+            DirMsg::Dropped {
+                key: k(),
+                origin: n("a"),
+                tag: Some(t(6)),
+                epoch: e,
+                remove: true,
+                next: Some((n("c"), t(7))),
+            },
+            DirMsg::Chase {
+                key: k(),
+                from: n("a"),
+                tag: t(6),
+                generation: g,
+            },
+            DirMsg::Removed {
+                key: k(),
+                generation: g,
+            },
+            DirMsg::Buried {
+                removed: vec![(k(), g)],
+            },
+            DirMsg::Chased {
+                key: k(),
+                from: n("a"),
+                tag: t(6),
+                next: None,
+            },
+            DirMsg::Adopt {
+                record: record.clone(),
+                hops: 1,
+                tag: t(6),
+                holders: vec![holder],
+                moved: true,
+            },
+            DirMsg::Held {
+                keys: vec![(k(), e)],
+            },
+            DirMsg::Conflict { key: k() },
+        ];
+        let mut v = vec![("StartSpec", encode(&spec)), ("Record", encode(&record))];
+        v.extend(msgs.iter().map(|m| ("DirMsg", encode(m))));
+        v
+    }
+
+    const DIRECTORY_GOLDEN: &[&str] = &[
+        "StartSpec 016b0174010101",
+        "Record 016b017401010101010203ac02",
+        "DirMsg 00016b017401010101010203ac020405",
+        "DirMsg 01016b030405",
+        "DirMsg 02016b016100040500",
+        "DirMsg 02016b01610106040501ac02",
+        "DirMsg 03016b0161010604050101016307",
+        "DirMsg 04016b016106ac02",
+        "DirMsg 05016bac02",
+        "DirMsg 0601016bac02",
+        "DirMsg 07016b01610600",
+        "DirMsg 08016b017401010101010203ac02010601016201610106040501",
+        "DirMsg 0901016b0405",
+        "DirMsg 0a016b",
+    ];
+
+    #[test]
+    fn golden_bytes_of_directory_messages() {
+        let hex: Vec<String> = directory_golden_values()
+            .iter()
+            .map(|(name, bytes)| {
+                let h: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                format!("{name} {h}")
+            })
+            .collect();
+        let want: Vec<String> = DIRECTORY_GOLDEN.iter().map(|s| s.to_string()).collect();
+        assert_eq!(hex, want, "the wire format changed: bump PROTOCOL_VERSION");
+    }
+
+    #[test]
+    fn a_zero_generation_or_tag_is_a_decode_error() {
+        use throng_core::directory::{DirMsg, Record};
+        // A record of generation 0 (what a start request carried before version 6).
+        let mut record = [0x01, 0x6b, 0x01, 0x74, 0x01, 0x01, 0x01, 0x00, 0x00, 0x00];
+        assert!(decode::<Record>(&record).is_err());
+        // `Removed` of generation 0, `Chase` of tag 0 (generation 1).
+        assert!(decode::<DirMsg>(&[0x05, 0x01, 0x6b, 0x00]).is_err());
+        assert!(decode::<DirMsg>(&[0x04, 0x01, 0x6b, 0x01, 0x61, 0x00, 0x01]).is_err());
+        // The same with a 1 decode.
+        record[9] = 0x01;
+        assert_eq!(decode::<Record>(&record).map(|r| r.generation.get()), Ok(1));
+        assert!(decode::<DirMsg>(&[0x05, 0x01, 0x6b, 0x01]).is_ok());
+        assert!(decode::<DirMsg>(&[0x04, 0x01, 0x6b, 0x01, 0x61, 0x01, 0x01]).is_ok());
     }
 
     #[test]

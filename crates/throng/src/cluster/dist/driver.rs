@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
-use throng_core::directory::{ChildEvent, DirMsg, Record, SpawnError, StartError, StopReason};
+use throng_core::directory::{
+    ChildEvent, DirMsg, Record, SpawnError, StartError, StartSpec, StopReason,
+};
 use throng_core::driver::{Driver, Exit, Host};
 use throng_core::{ExitClass, NodeId};
 use tokio::sync::{mpsc, oneshot};
@@ -54,7 +56,7 @@ pub(super) type Reply = Answer<Result<(), StartError>>;
 /// Requests, on the driver's bounded request queue.
 pub(super) enum Cmd {
     Start {
-        record: Record,
+        spec: StartSpec,
         reply: Reply,
     },
     Terminate {
@@ -314,7 +316,7 @@ impl Task {
     fn on_cmd(&mut self, cmd: Cmd) {
         let rt = &mut self.rt;
         match cmd {
-            Cmd::Start { record, reply } => self.driver.start(rt, record, reply),
+            Cmd::Start { spec, reply } => self.driver.start(rt, spec, reply),
             Cmd::Terminate { key, reply } => self.driver.terminate(rt, &key, reply),
             Cmd::List { reply } => {
                 let list = self

@@ -17,7 +17,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use throng_core::directory::{
-    ChildEvent, DirConfig, DirMsg, Directory, Distribution, Record, StartError, Uniform,
+    ChildEvent, DirConfig, DirMsg, Directory, Distribution, StartError, StartSpec, Uniform,
 };
 use throng_core::driver::Driver;
 use throng_core::{Intensity, NodeId, Ring};
@@ -156,24 +156,24 @@ impl Dist {
         }
     }
 
-    /// Queue a start of the child whose encoded record is `record`; the outcome goes to
+    /// Queue a start of the child whose encoded [`StartSpec`] is `record`; the outcome goes to
     /// `answer`. Waits for room in the driver's queue (backpressure on the caller, the
     /// connection's reader included).
     pub(super) async fn start(&self, record: &[u8], answer: Answer<Result<(), StartError>>) {
-        let record: Record = match postcard::from_bytes(record) {
-            Ok(r) => r,
+        let spec: StartSpec = match postcard::from_bytes(record) {
+            Ok(s) => s,
             Err(e) => {
                 return answer.send(Err(StartError::Failed(format!("bad record: {e}"))));
             }
         };
         if !self.member {
-            let owner = self.owner(&record.key);
+            let owner = self.owner(&spec.key);
             return answer.send(Err(StartError::NotOwner { owner }));
         }
         if let Err(mpsc::error::SendError(Cmd::Start { reply, .. })) = self
             .cmds
             .send(Cmd::Start {
-                record,
+                spec,
                 reply: answer,
             })
             .await
@@ -609,16 +609,14 @@ impl DistSupervisor {
         key: &str,
         args: A::Args,
     ) -> Result<ActorRef<A>, ChildError> {
-        let record = Record {
+        // The owner draws the child's generation and makes its record.
+        let spec = StartSpec {
             key: key.to_owned(),
             actor_type: A::TYPE.to_owned(),
             args: postcard::to_allocvec(&args).map_err(|e| ChildError::Codec(e.to_string()))?,
             policy: A::restart(),
-            snapshot: None,
-            version: 0,
-            generation: 0,
         };
-        let encoded = wire::encode(&record);
+        let encoded = wire::encode(&spec);
         let mut owner = self
             .node_for(key)
             .ok_or_else(|| ChildError::NodeDown("(no node owns keys)".into()))?;

@@ -20,11 +20,12 @@
 //! connections; `throng-sim` implements it over its simulated nodes and network, so the simulator
 //! checks the code that runs in production, not a copy of it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use crate::directory::{
-    Action, ChildEvent, DirMsg, Directory, Record, SpawnError, StartError, StartSpec, StopReason,
+    Action, ChildEvent, DirMsg, Directory, DurableEntry, Record, SpawnError, StartError, StartSpec,
+    StopReason,
 };
 use crate::{ExitClass, NodeId};
 
@@ -54,8 +55,13 @@ pub trait Host {
     /// Tell listeners.
     fn event(&mut self, event: ChildEvent);
 
-    /// Merge two states of the child `key` (of type `actor_type`) that met: `ours` is the winning
-    /// copy's final state, `theirs` the other's. `None` keeps `ours`.
+    /// The durable entries ([`Directory::durable`]) of `keys` may have changed: write them,
+    /// coalesced (called only with [`DirConfig::durable`](crate::directory::DirConfig::durable)).
+    fn touched(&mut self, keys: BTreeSet<String>);
+
+    /// Merge two states of the child `key` (of type `actor_type`) that met: `ours` is the newer
+    /// copy's state (the winning copy's, unless the other is a later version of the same child:
+    /// [`Directory::is_newer_copy`]), `theirs` the other's. `None` keeps `ours`.
     fn merge(
         &mut self,
         key: &str,
@@ -165,6 +171,16 @@ impl<R> Driver<R> {
         self.execute(host, actions);
     }
 
+    /// Take back what a previous run of this node kept on disk (see [`Directory::recover`]).
+    pub fn recover<H: Host<Reply = R>>(
+        &mut self,
+        host: &mut H,
+        entries: impl IntoIterator<Item = (String, DurableEntry)>,
+    ) {
+        let actions = self.dir.recover(entries);
+        self.execute(host, actions);
+    }
+
     /// This node leaves: hand every child off (see [`Directory::leave`]).
     pub fn leave<H: Host<Reply = R>>(&mut self, host: &mut H) {
         let actions = self.dir.leave();
@@ -213,12 +229,12 @@ impl<R> Driver<R> {
                     .get(key)
                     .and_then(|o| o.record.snapshot.clone())
             });
-            let merged = host.merge(
-                key,
-                &theirs.actor_type,
-                ours.as_deref(),
-                theirs.snapshot.as_deref(),
-            );
+            let (ours, theirs_state) = if self.dir.is_newer_copy(key, &theirs) {
+                (theirs.snapshot.as_deref(), ours.as_deref())
+            } else {
+                (ours.as_deref(), theirs.snapshot.as_deref())
+            };
+            let merged = host.merge(key, &theirs.actor_type, ours, theirs_state);
             actions.extend(self.dir.merged(key, merged));
         } else {
             actions.extend(self.dir.exited(key, class, last, now));
@@ -292,6 +308,9 @@ impl<R> Driver<R> {
                 Action::Event(event) => host.event(event),
             }
         }
+        if self.dir.touched_len() > 0 {
+            host.touched(self.dir.take_touched());
+        }
     }
 }
 
@@ -328,6 +347,7 @@ mod tests {
         fn event(&mut self, event: ChildEvent) {
             self.events.push(event);
         }
+        fn touched(&mut self, _keys: BTreeSet<String>) {}
         fn merge(
             &mut self,
             _key: &str,

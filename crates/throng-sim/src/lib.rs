@@ -470,6 +470,9 @@ impl Host for SimHost {
         self.effects.push(Effect::Reply(reply, result));
     }
 
+    /// Simulated directories are not durable (yet): nothing is touched.
+    fn touched(&mut self, _keys: BTreeSet<String>) {}
+
     fn event(&mut self, event: ChildEvent) {
         self.effects.push(Effect::Event(event));
     }

@@ -31,17 +31,29 @@ impl<T: Ord + Clone> CappedSet<T> {
     /// Adds `entry`, forgetting the oldest entry if the set is full. False (and nothing changes)
     /// if `entry` is held already.
     pub(super) fn insert(&mut self, entry: T) -> bool {
+        self.insert_evicting(entry).0
+    }
+
+    /// Like [`CappedSet::insert`], and also returns the entry forgotten to make room, if any.
+    pub(super) fn insert_evicting(&mut self, entry: T) -> (bool, Option<T>) {
         if self.set.contains(&entry) {
-            return false;
+            return (false, None);
         }
+        let mut evicted = None;
         if self.order.len() >= self.cap {
             if let Some(oldest) = self.order.pop_front() {
                 self.set.remove(&oldest);
+                evicted = Some(oldest);
             }
         }
         self.set.insert(entry.clone());
         self.order.push_back(entry);
-        true
+        (true, evicted)
+    }
+
+    /// The entries from `from` on, in order.
+    pub(super) fn range_from<'a>(&'a self, from: &T) -> impl Iterator<Item = &'a T> + 'a {
+        self.set.range(from.clone()..)
     }
 
     /// Whether `entry` is held.

@@ -14,6 +14,7 @@ use crate::NodeId;
 impl Directory {
     /// Adds a copy of `key`, replacing the one of the same origin and kind.
     pub(super) fn put_copy(&mut self, key: &str, b: Backup) {
+        self.touch(key);
         let list = self.backups.entry(key.to_owned()).or_default();
         match list
             .iter_mut()
@@ -33,6 +34,9 @@ impl Directory {
         let Some(list) = self.backups.get_mut(key) else {
             return Vec::new();
         };
+        if self.config.durable {
+            self.touched.insert(key.to_owned());
+        }
         let mut removed = Vec::new();
         let mut i = 0;
         while i < list.len() {

@@ -195,6 +195,7 @@ impl Directory {
     /// The child `key` stopped in order to move: hand it to whoever owns the key now.
     pub(super) fn moved(&mut self, key: &str, out: &mut Vec<Action>) {
         self.moving.remove(key);
+        self.touch(key);
         let o = self.owned.remove(key).expect("present");
         let current = o.backup_holder(&self.config.me);
         match self.owner(key) {

@@ -54,6 +54,7 @@ impl Directory {
         out: &mut Vec<Action>,
     ) {
         let key = record.key.clone();
+        self.touch(&key);
         let epoch = self.next_epoch();
         // Copies held here of other copies: merged into this one once it runs.
         let others: Vec<Record> = self
@@ -207,6 +208,7 @@ impl Directory {
     /// A new state snapshot of the local child `key` (ignored for unknown keys).
     pub fn snapshot(&mut self, key: &str, snapshot: Vec<u8>) -> Vec<Action> {
         let mut out = Vec::new();
+        self.touch(key);
         if let Some(o) = self.owned.get_mut(key) {
             o.record.snapshot = Some(snapshot);
             o.record.version = o.record.version.next();
@@ -266,6 +268,7 @@ impl Directory {
         now: Duration,
     ) -> Vec<Action> {
         let mut out = Vec::new();
+        self.touch(key);
         let Some(o) = self.owned.get_mut(key) else {
             return self.checked(out);
         };
@@ -325,6 +328,7 @@ impl Directory {
     /// `resolve_conflict(ours, theirs)` (`None`: keep the record's latest snapshot).
     pub fn merged(&mut self, key: &str, merged: Option<Vec<u8>>) -> Vec<Action> {
         let mut out = Vec::new();
+        self.touch(key);
         let Some(o) = self.owned.get_mut(key) else {
             return self.checked(out);
         };

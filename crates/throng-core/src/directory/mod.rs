@@ -97,6 +97,7 @@ use crate::{Ring, RingConfig};
 mod capped;
 mod check;
 mod copies;
+mod durable;
 mod handoff;
 mod lifecycle;
 mod msg;
@@ -112,6 +113,7 @@ use handoff::HandOff;
 use removal::{Removal, Source};
 
 pub use check::Broken;
+pub use durable::DurableEntry;
 pub use msg::{DirMsg, Epoch, Generation, Holder, Record, StartSpec, Tag, Version};
 
 /// Where a key lives, given the eligible nodes. The ring ([`Uniform`]) is the default.
@@ -367,6 +369,9 @@ pub struct DirConfig {
     /// This node's incarnation (e.g. its start time in milliseconds): must grow across restarts
     /// of the node, so the lineages ([`Epoch`]) of a new incarnation are above the old ones.
     pub incarnation: u64,
+    /// Whether the node keeps this supervisor's records on disk: the directory then tracks the
+    /// keys whose durable entry changed ([`Directory::take_touched`], [`Directory::durable`]).
+    pub durable: bool,
 }
 
 impl std::fmt::Debug for DirConfig {
@@ -378,6 +383,7 @@ impl std::fmt::Debug for DirConfig {
             .field("quorum", &self.quorum)
             .field("max_moves", &self.max_moves)
             .field("incarnation", &self.incarnation)
+            .field("durable", &self.durable)
             .finish_non_exhaustive()
     }
 }
@@ -393,6 +399,7 @@ impl DirConfig {
             quorum: None,
             max_moves: DEFAULT_MAX_MOVES,
             incarnation: 0,
+            durable: false,
         }
     }
 }
@@ -528,6 +535,9 @@ pub struct Directory {
     quorum_lost: bool,
     /// Inputs since [`Directory::check`] last ran in a debug build (see `Directory::checked`).
     unchecked: usize,
+    /// Keys whose durable entry may have changed since [`Directory::take_touched`] (only with
+    /// [`DirConfig::durable`]).
+    touched: BTreeSet<String>,
 }
 
 impl Directory {
@@ -560,6 +570,7 @@ impl Directory {
             moving: BTreeSet::new(),
             quorum_lost: false,
             unchecked: 0,
+            touched: BTreeSet::new(),
         };
         d.quorum_lost = !d.has_quorum();
         d

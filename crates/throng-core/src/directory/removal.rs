@@ -109,6 +109,7 @@ impl Directory {
     /// terminate requests and the `Stopped` event (if `event`) wait for their confirmations.
     pub(super) fn remove(&mut self, key: &str, event: bool, out: &mut Vec<Action>) {
         self.moving.remove(key);
+        self.touch(key);
         let Some(o) = self.owned.remove(key) else {
             return;
         };
@@ -249,7 +250,13 @@ impl Directory {
     /// Remembers that the child of `key` and `generation` was removed (the newest
     /// [`MAX_TOMBSTONES`](super::MAX_TOMBSTONES)).
     pub(super) fn bury(&mut self, key: &str, generation: Generation) {
-        self.tombstones.insert((key.to_owned(), generation));
+        self.touch(key);
+        if let (_, Some((forgotten, _))) = self
+            .tombstones
+            .insert_evicting((key.to_owned(), generation))
+        {
+            self.touch(&forgotten);
+        }
     }
 
     /// The child of `key` and `generation` was removed elsewhere: remember it, and stop its copy

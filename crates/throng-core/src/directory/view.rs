@@ -153,6 +153,7 @@ impl Directory {
     pub(super) fn abandoned(&mut self, key: &str, out: &mut Vec<Action>) {
         self.moving.remove(key);
         self.move_queue.remove(key);
+        self.touch(key);
         let Some(o) = self.owned.remove(key) else {
             return;
         };

@@ -85,6 +85,7 @@ struct Raw {
     tls_key: Option<PathBuf>,
     multicast: Option<String>,
     multicast_interface: Option<String>,
+    data_dir: Option<PathBuf>,
 }
 
 /// Everything a node needs to join a cluster.
@@ -100,6 +101,10 @@ pub struct NodeConfig {
     pub ring: RingConfig,
     /// Transport limits and security (`transport.security`: shared secret or mutual TLS).
     pub transport: NodeOptions,
+    /// Where the node keeps its durable store (`data_dir`, `THRONG_DATA_DIR`): the records of
+    /// the children of supervisors with a [`Durability`](crate::cluster::Durability) other
+    /// than `None`. One directory per node; `None` keeps nothing on disk.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -115,6 +120,7 @@ impl NodeConfig {
             membership,
             ring: RingConfig::default(),
             transport: NodeOptions::default(),
+            data_dir: None,
         })
     }
 
@@ -171,6 +177,9 @@ impl NodeConfig {
         }
         if let Some(v) = env("THRONG_SECRET_FILE") {
             raw.secret_file = Some(v.into());
+        }
+        if let Some(v) = env("THRONG_DATA_DIR") {
+            raw.data_dir = Some(v.into());
         }
         for (slot, var) in [
             (&mut raw.tls_ca, "THRONG_TLS_CA"),
@@ -296,6 +305,7 @@ impl NodeConfig {
             membership,
             ring,
             transport,
+            data_dir: raw.data_dir.filter(|d| !d.as_os_str().is_empty()),
         })
     }
 }

@@ -164,4 +164,8 @@ pub enum ChildError {
     /// The views of the nodes kept disagreeing on the owner (retry once membership settles).
     #[error("owner of {0:?} unsettled: views disagree")]
     Unsettled(String),
+    /// The supervisor asks for a [`Durability`](crate::cluster::Durability) this node cannot
+    /// give (it has no `data_dir`).
+    #[error("{0}")]
+    NotDurable(String),
 }

@@ -32,7 +32,9 @@ pub mod testing {
 }
 
 pub use config::{ConfigError, NodeConfig};
-pub use dist::{ChildInfo, DistEvent, DistOptions, DistStats, DistSupervisor, DEFAULT_SUPERVISOR};
+pub use dist::{
+    ChildInfo, DistEvent, DistOptions, DistStats, DistSupervisor, Durability, DEFAULT_SUPERVISOR,
+};
 pub use keyed::{ChildError, Keyed, SnapshotPolicy};
 pub use names::{NameError, Names, NamesConfig, NamesError, NamesEvent, OnConflict};
 pub use node::{ExportError, Node, NodeError, NodeOptions, RemoteActor};

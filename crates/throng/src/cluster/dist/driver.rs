@@ -8,9 +8,9 @@
 //! backpressure on its producers (a connection's reader waits for room) without two drivers
 //! waiting on each other through their readers.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use throng_core::directory::{
     ChildEvent, DirMsg, Record, SpawnError, StartError, StartSpec, StopReason,
@@ -20,6 +20,7 @@ use throng_core::{ExitClass, NodeId};
 use tokio::sync::{mpsc, oneshot};
 
 use super::host::{ChildNote, HostType, Slot};
+use super::persist::Persister;
 use super::Supervisors;
 use super::{Dist, DistEvent, DistStats};
 use crate::cluster::outbox::Lane;
@@ -27,6 +28,10 @@ use crate::cluster::transport::Peer;
 use crate::cluster::wire::{self, Frame};
 use crate::supervisor::Shutdown;
 use crate::{ActorHandle, ActorId, ExitReason};
+
+/// A durable supervisor takes back what its node kept on disk once the view has not changed for
+/// this long (the other nodes of a cluster restarted at once have joined by then).
+const RECOVERY_SETTLE: Duration = Duration::from_secs(1);
 
 /// Where a request's answer goes: to a caller on this node, or to a peer as a [`Frame::Reply`].
 pub(in crate::cluster) enum Answer<T> {
@@ -128,6 +133,8 @@ struct Runtime {
     running: HashMap<Arc<str>, Running>,
     /// Slots of children being spawned, by key, until `Spawned` arrives.
     pending_slots: HashMap<String, Arc<Slot>>,
+    /// The writer of a durable supervisor.
+    persist: Option<Persister>,
 }
 
 impl Runtime {
@@ -232,6 +239,12 @@ impl Host for Runtime {
         }
     }
 
+    fn touched(&mut self, keys: BTreeSet<String>) {
+        if let Some(p) = &mut self.persist {
+            p.touched(keys);
+        }
+    }
+
     fn merge(
         &mut self,
         key: &str,
@@ -265,6 +278,7 @@ impl Task {
         dist: &Arc<Dist>,
         shared: &Arc<Supervisors>,
         notes: mpsc::UnboundedSender<Note>,
+        persist: Option<Persister>,
     ) -> Self {
         Task {
             driver,
@@ -275,6 +289,7 @@ impl Task {
                 notes,
                 running: HashMap::new(),
                 pending_slots: HashMap::new(),
+                persist,
             },
             leave_waiters: Vec::new(),
             epoch: Instant::now(),
@@ -282,22 +297,61 @@ impl Task {
     }
 
     pub(super) async fn run(mut self, mut q: Queues, stop: tokio_util::sync::CancellationToken) {
+        // What a previous run of this node kept on disk: taken back once the view has settled,
+        // so that each child runs again on its owner rather than on the first node up.
+        let mut recovery = match &self.rt.persist {
+            Some(p) => match p.load().await {
+                Ok(entries) => Some(entries),
+                Err(e) => {
+                    tracing::error!(error = %e, "the durable store could not be read; nothing is recovered");
+                    None
+                }
+            },
+            None => None,
+        };
+        let mut settled_at = tokio::time::Instant::now() + RECOVERY_SETTLE;
         loop {
+            let flush_at = self.rt.persist.as_ref().and_then(Persister::due);
+            let writing = self.rt.persist.as_ref().is_some_and(Persister::is_writing);
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => {
-                    // The node shuts down: its children stop with it.
+                    // The node shuts down: its children stop with it; what is touched is
+                    // written first.
                     for r in self.rt.running.values() {
                         r.handle.stop(ExitReason::Shutdown);
                     }
+                    if let Some(p) = &mut self.rt.persist {
+                        p.drain(self.driver.directory()).await;
+                    }
                     return;
+                }
+                outcome = async { self.rt.persist.as_mut().expect("writing").written().await }, if writing => {
+                    if let Some(p) = &mut self.rt.persist {
+                        p.done(outcome);
+                    }
+                }
+                _ = tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)), if flush_at.is_some() => {
+                    if let Some(p) = &mut self.rt.persist {
+                        p.flush(self.driver.directory());
+                    }
+                }
+                _ = tokio::time::sleep_until(settled_at), if recovery.is_some() => {
+                    let entries = recovery.take().unwrap_or_default();
+                    tracing::info!(children = entries.len(), "recovering durable children");
+                    self.driver.recover(&mut self.rt, entries);
                 }
                 n = q.notes.recv() => match n {
                     Some(n) => self.on_note(n),
                     None => return,
                 },
                 i = q.input.recv() => match i {
-                    Some(i) => self.on_input(i),
+                    Some(i) => {
+                        if matches!(i, Input::View(..)) {
+                            settled_at = tokio::time::Instant::now() + RECOVERY_SETTLE;
+                        }
+                        self.on_input(i)
+                    }
                     None => return,
                 },
                 c = q.cmds.recv() => match c {

@@ -11,6 +11,7 @@
 
 mod driver;
 mod host;
+mod persist;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
@@ -64,6 +65,34 @@ pub struct DistOptions {
     /// Rebalancing throttle: at most this many children of this supervisor are moving off this
     /// node at once (a join or a leave moves the rest as these complete).
     pub max_moves: usize,
+    /// Whether the children's records are kept on disk (the node's `data_dir`), so that they
+    /// survive a restart of every node. Default: [`Durability::None`].
+    pub durability: Durability,
+}
+
+/// Whether a supervisor's children survive the loss of every copy in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Durability {
+    /// In memory only: a child survives the loss of its owner or of its backup, not of both.
+    #[default]
+    None,
+    /// Every node also writes what it holds (the records of the children it runs, the copies it
+    /// keeps, the tombstones of removed children) to its store under `data_dir`, in group
+    /// commits at most `max_lag` after the change. After a restart of every node, each child
+    /// runs again on its owner from its last durable state, and a removed child stays removed.
+    /// Needs [`NodeConfig::data_dir`](crate::cluster::NodeConfig::data_dir) on every node.
+    Async {
+        /// How long a change may wait to be written with others (the coalescing window).
+        max_lag: Duration,
+    },
+}
+
+impl Durability {
+    /// [`Durability::Async`] with a 10 ms window.
+    pub const ASYNC: Durability = Durability::Async {
+        max_lag: Duration::from_millis(10),
+    };
 }
 
 impl Default for DistOptions {
@@ -74,6 +103,7 @@ impl Default for DistOptions {
             nodes: None,
             intensity: Intensity::default(),
             max_moves: throng_core::directory::DEFAULT_MAX_MOVES,
+            durability: Durability::None,
         }
     }
 }
@@ -85,6 +115,7 @@ impl std::fmt::Debug for DistOptions {
             .field("nodes", &self.nodes)
             .field("intensity", &self.intensity)
             .field("max_moves", &self.max_moves)
+            .field("durability", &self.durability)
             .finish_non_exhaustive()
     }
 }
@@ -142,6 +173,8 @@ pub(crate) struct Dist {
     cmds: mpsc::Sender<Cmd>,
     input: mpsc::Sender<Input>,
     events: broadcast::Sender<DistEvent>,
+    /// Why this supervisor refuses starts (durability asked of a node without a store).
+    refused: Option<String>,
 }
 
 impl Dist {
@@ -291,6 +324,8 @@ pub(crate) struct Supervisors {
     types: RwLock<HashMap<&'static str, Arc<dyn HostType>>>,
     /// The distributed supervisors running on this node, by name.
     dists: RwLock<HashMap<String, Arc<Dist>>>,
+    /// The node's durable store (its `data_dir`), if it has one.
+    pub(crate) store: std::sync::OnceLock<Arc<dyn throng_store::Store>>,
 }
 
 impl Supervisors {
@@ -300,6 +335,7 @@ impl Supervisors {
             t,
             types: RwLock::new(HashMap::new()),
             dists: RwLock::new(HashMap::new()),
+            store: std::sync::OnceLock::new(),
         })
     }
 
@@ -342,6 +378,18 @@ impl Supervisors {
         let (input, input_rx) = mpsc::channel(DRIVER_QUEUE);
         // Children's notes: see `Note` for what bounds them.
         let (notes, notes_rx) = mpsc::unbounded_channel();
+        let store = match opts.durability {
+            Durability::None => None,
+            Durability::Async { .. } => self.store.get().cloned(),
+        };
+        let refused = (opts.durability != Durability::None && store.is_none()).then(|| {
+            let why = format!(
+                "supervisor {name:?} asks for durability {:?}, but node {} has no data_dir (THRONG_DATA_DIR)",
+                opts.durability, self.t.id
+            );
+            tracing::error!("{why}");
+            why
+        });
         let dist = Arc::new(Dist {
             name: Arc::from(name),
             view: RwLock::new(Ring::new(ring_config)),
@@ -351,6 +399,7 @@ impl Supervisors {
             input,
             events: broadcast::channel(CHILD_EVENT_CAPACITY).0,
             opts: opts.clone(),
+            refused,
         });
         if member {
             let mut config = DirConfig::new(self.t.id.clone());
@@ -361,7 +410,20 @@ impl Supervisors {
             config.max_moves = opts.max_moves.max(1);
             // Copies made by this run are told apart from those of earlier runs of this node.
             config.incarnation = self.t.incarnation.get();
-            let task = driver::Task::new(Driver::new(Directory::new(config)), &dist, self, notes);
+            let persister = match (store, opts.durability) {
+                (Some(store), Durability::Async { max_lag }) => {
+                    config.durable = true;
+                    Some(persist::Persister::new(store, name, max_lag))
+                }
+                _ => None,
+            };
+            let task = driver::Task::new(
+                Driver::new(Directory::new(config)),
+                &dist,
+                self,
+                notes,
+                persister,
+            );
             let queues = driver::Queues {
                 cmds: cmd_rx,
                 input: input_rx,
@@ -609,6 +671,9 @@ impl DistSupervisor {
         key: &str,
         args: A::Args,
     ) -> Result<ActorRef<A>, ChildError> {
+        if let Some(why) = &self.dist.refused {
+            return Err(ChildError::NotDurable(why.clone()));
+        }
         // The owner draws the child's generation and makes its record.
         let spec = StartSpec {
             key: key.to_owned(),

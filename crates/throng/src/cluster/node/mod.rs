@@ -92,6 +92,10 @@ pub enum NodeError {
     /// Membership could not start.
     #[error("membership: {0}")]
     Membership(#[from] throng_membership::MembershipError),
+    /// The durable store in `data_dir` could not be opened (another node's, damaged, newer,
+    /// in use).
+    #[error("durable store (data_dir / THRONG_DATA_DIR): {0}")]
+    Store(#[from] throng_store::StoreError),
 }
 
 /// How long [`Node::leave`] waits for its distributed children to be handed off.
@@ -213,6 +217,18 @@ impl Node {
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(1),
         );
+        // The store first: a bad data_dir is refused before the node is seen by anyone.
+        let store = match &config.data_dir {
+            Some(dir) => {
+                let (dir, name) = (dir.clone(), config.name.to_string());
+                let store =
+                    tokio::task::spawn_blocking(move || throng_store::RedbStore::open(&dir, &name))
+                        .await
+                        .map_err(|e| NodeError::Config(format!("opening the store: {e}")))??;
+                Some(Arc::new(store) as Arc<dyn throng_store::Store>)
+            }
+            None => None,
+        };
         let mut node = Node::start_with_ring(
             config.name.clone(),
             incarnation,
@@ -222,6 +238,9 @@ impl Node {
             config.ring,
         )
         .await?;
+        if let Some(store) = store {
+            let _ = node.shared.sups.store.set(store);
+        }
         let membership =
             Membership::start(config.name, incarnation, node.rpc_addr(), config.membership).await?;
         let membership = Arc::new(membership);

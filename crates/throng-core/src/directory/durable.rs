@@ -1,0 +1,285 @@
+//! What a node keeps on disk for a supervisor, and how it comes back from it.
+//!
+//! With [`DirConfig::durable`](super::DirConfig::durable) the directory tracks the keys whose
+//! *durable entry* changed: the records it holds for the key (the child it runs, the copies it
+//! keeps for other nodes, hand-off copies not yet confirmed) and the generations of the key it
+//! buried. The runtime writes [`Directory::durable`] of each key [`Directory::take_touched`]
+//! names (coalesced, in group commits), so the disk mirrors the directory's holdings: a copy
+//! the directory drops is deleted from disk too, and a removed child's tombstone is kept.
+//!
+//! After a restart, [`Directory::recover`] takes the entries back: every record becomes an orphan
+//! copy held for this node — run here if this node owns the key, handed to its owner otherwise,
+//! merged with another copy when two meet (the copy of a child with the higher version is the
+//! newer state: see [`Directory::is_newer_copy`]) — and every buried generation is buried again,
+//! so a removed child never comes back.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::{orphan_copy, Action, Directory, Epoch, Generation, Record};
+
+/// What a node keeps on disk for one key of a supervisor.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DurableEntry {
+    /// The records held for the key: the child this node runs first (if it runs one), then the
+    /// copies it keeps (backups, hand-off copies, orphans).
+    pub records: Vec<Record>,
+    /// Generations of the key this node buried (removed children).
+    pub buried: Vec<Generation>,
+}
+
+impl Directory {
+    /// Notes that the durable entry of `key` may have changed.
+    pub(super) fn touch(&mut self, key: &str) {
+        if self.config.durable && !self.touched.contains(key) {
+            self.touched.insert(key.to_owned());
+        }
+    }
+
+    /// The keys whose durable entry may have changed since the last call (always empty without
+    /// [`DirConfig::durable`](super::DirConfig::durable)). The runtime writes
+    /// [`Directory::durable`] of each (an absent entry deletes the key's).
+    pub fn take_touched(&mut self) -> BTreeSet<String> {
+        std::mem::take(&mut self.touched)
+    }
+
+    /// How many keys are touched and not taken yet.
+    pub fn touched_len(&self) -> usize {
+        self.touched.len()
+    }
+
+    /// The durable entry of `key` now; `None` when this node holds nothing about it.
+    pub fn durable(&self, key: &str) -> Option<DurableEntry> {
+        let mut records: Vec<Record> = Vec::new();
+        if let Some(o) = self.owned.get(key) {
+            records.push(o.record.clone());
+        }
+        for b in self.backups.get(key).into_iter().flatten() {
+            if !records.contains(&b.record) {
+                records.push(b.record.clone());
+            }
+        }
+        let buried: Vec<Generation> = self
+            .tombstones
+            .range_from(&(key.to_owned(), Generation::MIN))
+            .take_while(|(k, _)| k == key)
+            .map(|(_, g)| *g)
+            .collect();
+        if records.is_empty() && buried.is_empty() {
+            None
+        } else {
+            Some(DurableEntry { records, buried })
+        }
+    }
+
+    /// Takes back the entries a previous run of this node kept (read from its store at start,
+    /// before any other input). Buried generations are buried again; of the records of one
+    /// child (one generation) only the newest version is kept, and a buried one is dropped; each
+    /// kept record becomes an orphan copy held for this node, failed over as the view allows:
+    /// run here if this node owns the key, handed to its owner otherwise (without a quorum,
+    /// when it returns).
+    pub fn recover(
+        &mut self,
+        entries: impl IntoIterator<Item = (String, DurableEntry)>,
+    ) -> Vec<Action> {
+        let mut out = Vec::new();
+        let me = self.config.me.clone();
+        let mut recovered = 0usize;
+        for (key, entry) in entries {
+            for g in &entry.buried {
+                self.tombstones.insert((key.clone(), *g));
+            }
+            let mut newest: Vec<Record> = Vec::new();
+            for r in entry.records {
+                if r.key != key || self.buried(&key, r.generation) {
+                    continue;
+                }
+                match newest.iter_mut().find(|n| n.generation == r.generation) {
+                    Some(n) if n.version >= r.version => {}
+                    Some(n) => *n = r,
+                    None => newest.push(r),
+                }
+            }
+            // The newest first: it is the copy the others (other children of the key) meet.
+            newest.sort_by_key(|r| std::cmp::Reverse(r.version));
+            for (i, r) in newest.into_iter().enumerate() {
+                let tag = (i > 0).then(|| self.next_hand_off_tag());
+                let list = self.backups.entry(key.clone()).or_default();
+                list.push(orphan_copy(&me, r, tag, Epoch::default()));
+                recovered += 1;
+            }
+        }
+        if recovered > 0 && !self.quorum_lost {
+            self.rebalance(&mut out);
+        }
+        self.checked(out)
+    }
+
+    /// Whether `theirs`, a copy of the child `key` that met the one running here, is a later
+    /// state of the same child: the same generation at a higher version. In a merge its state is
+    /// then `ours` (the newer one), the running copy's `theirs`: a copy failed over or recovered
+    /// from an older version does not overwrite a newer one with the default conflict rule.
+    pub fn is_newer_copy(&self, key: &str, theirs: &Record) -> bool {
+        self.owned.get(key).is_some_and(|o| {
+            o.record.generation == theirs.generation && theirs.version > o.record.version
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::directory::{DirConfig, DirMsg, StartSpec, Version};
+    use crate::{ExitClass, NodeId, RestartPolicy};
+
+    fn id(n: &str) -> NodeId {
+        NodeId::new(n).expect("valid")
+    }
+
+    fn durable_dir(me: &str, nodes: &[&str]) -> Directory {
+        let mut config = DirConfig::new(id(me));
+        config.durable = true;
+        let mut d = Directory::new(config);
+        let ids: Vec<NodeId> = nodes.iter().map(|n| id(n)).collect();
+        d.set_view(ids.iter());
+        d
+    }
+
+    fn spec(key: &str) -> StartSpec {
+        StartSpec {
+            key: key.to_owned(),
+            actor_type: "t".into(),
+            args: Vec::new(),
+            policy: RestartPolicy::Permanent,
+        }
+    }
+
+    fn record(key: &str, generation: u64, version: u64, state: u8) -> Record {
+        let mut r = Record::new(spec(key), Generation::new(generation).expect("not 0"));
+        r.version = Version::new(version);
+        r.snapshot = Some(vec![state]);
+        r
+    }
+
+    fn spawned(actions: &[Action]) -> Vec<&Record> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Spawn(r) => Some(r),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_entry_of_a_child_follows_its_record_and_keeps_its_tombstone_after_removal() {
+        let mut d = durable_dir("a", &["a"]);
+        d.start(1, spec("k"));
+        d.spawned("k", Ok(()));
+        assert!(d.take_touched().contains("k"));
+        let entry = d.durable("k").expect("held");
+        assert_eq!(entry.records.len(), 1);
+        let generation = entry.records[0].generation;
+
+        d.snapshot("k", vec![7]);
+        assert_eq!(d.take_touched(), BTreeSet::from(["k".to_owned()]));
+        let entry = d.durable("k").expect("held");
+        assert_eq!(entry.records[0].snapshot.as_deref(), Some(&[7u8][..]));
+
+        d.terminate(2, "k");
+        d.exited("k", ExitClass::Shutdown, None, Duration::ZERO);
+        assert!(d.take_touched().contains("k"));
+        assert_eq!(
+            d.durable("k"),
+            Some(DurableEntry {
+                records: Vec::new(),
+                buried: vec![generation],
+            }),
+            "the record is gone and the removal is remembered"
+        );
+    }
+
+    #[test]
+    fn a_directory_that_is_not_durable_touches_nothing() {
+        let mut d = Directory::new(DirConfig::new(id("a")));
+        d.start(1, spec("k"));
+        d.spawned("k", Ok(()));
+        assert!(d.take_touched().is_empty());
+    }
+
+    #[test]
+    fn recovered_records_run_on_their_owner_from_the_newest_version_of_each_child() {
+        let mut d = durable_dir("a", &["a"]);
+        let entry = DurableEntry {
+            records: vec![
+                record("k", 5, 3, 3),
+                record("k", 5, 9, 9),
+                record("k", 5, 4, 4),
+            ],
+            buried: Vec::new(),
+        };
+        let actions = d.recover([("k".to_owned(), entry)]);
+        let runs = spawned(&actions);
+        assert_eq!(runs.len(), 1, "{actions:?}");
+        assert_eq!(runs[0].version, Version::new(9));
+        assert_eq!(runs[0].snapshot.as_deref(), Some(&[9u8][..]));
+    }
+
+    #[test]
+    fn a_recovered_record_of_a_buried_generation_never_runs_again() {
+        let mut d = durable_dir("a", &["a"]);
+        let g = Generation::new(5).expect("not 0");
+        let entry = DurableEntry {
+            records: vec![record("k", 5, 3, 3)],
+            buried: vec![g],
+        };
+        let actions = d.recover([("k".to_owned(), entry)]);
+        assert!(spawned(&actions).is_empty(), "{actions:?}");
+        assert!(d.buried("k", g));
+        // The tombstone stays on disk.
+        assert_eq!(d.durable("k").map(|e| e.buried), Some(vec![g]));
+    }
+
+    #[test]
+    fn a_recovered_record_of_a_key_owned_elsewhere_is_handed_to_its_owner() {
+        let mut d = durable_dir("a", &["a", "b"]);
+        let key = (0..1000)
+            .map(|i| format!("k{i}"))
+            .find(|k| d.owner(k) == Some(id("b")))
+            .expect("some key owned by b");
+        let entry = DurableEntry {
+            records: vec![record(&key, 5, 3, 3)],
+            buried: Vec::new(),
+        };
+        let actions = d.recover([(key.clone(), entry)]);
+        assert!(spawned(&actions).is_empty());
+        assert!(
+            actions.iter().any(|a| matches!(a,
+                Action::Send { to, msg: DirMsg::Adopt { record, .. } }
+                    if *to == id("b") && record.key == key && record.version == Version::new(3))),
+            "{actions:?}"
+        );
+    }
+
+    #[test]
+    fn a_later_version_of_the_same_child_is_the_newer_copy() {
+        let mut d = durable_dir("a", &["a"]);
+        d.recover([(
+            "k".to_owned(),
+            DurableEntry {
+                records: vec![record("k", 5, 3, 3)],
+                buried: Vec::new(),
+            },
+        )]);
+        assert!(d.is_newer_copy("k", &record("k", 5, 4, 4)));
+        assert!(!d.is_newer_copy("k", &record("k", 5, 3, 3)));
+        assert!(
+            !d.is_newer_copy("k", &record("k", 6, 9, 9)),
+            "another child"
+        );
+        assert!(!d.is_newer_copy("other", &record("other", 5, 9, 9)));
+    }
+}

@@ -1,0 +1,204 @@
+//! Durable supervisors: children's records kept in each node's store (`data_dir`) come back,
+//! with their state, after every node of the cluster stopped; a removed child stays removed; bad
+//! data directories and a durability the node cannot give are refused with clear errors.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::eventually;
+use serde::{Deserialize, Serialize};
+use throng::cluster::{
+    ChildError, DistOptions, DistSupervisor, Durability, Keyed, Node, NodeConfig, NodeError,
+    RemoteActor,
+};
+use throng::prelude::*;
+
+const SECRET: &[u8] = b"durable-test-secret-0123456789";
+
+struct Counter {
+    n: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum CounterMsg {
+    Add(u64),
+    Get,
+}
+
+impl Actor for Counter {
+    type Msg = CounterMsg;
+    type Reply = u64;
+    async fn handle(&mut self, msg: CounterMsg, _ctx: &mut Context<Self>) -> ActorResult<u64> {
+        if let CounterMsg::Add(d) = msg {
+            self.n += d;
+        }
+        Ok(self.n)
+    }
+}
+
+impl RemoteActor for Counter {
+    const TYPE: &'static str = "test.DurableCounter";
+}
+
+impl Keyed for Counter {
+    type Args = ();
+    type State = u64;
+    fn start(_key: &str, _: ()) -> Self {
+        Counter { n: 0 }
+    }
+    fn snapshot(&self) -> Option<u64> {
+        Some(self.n)
+    }
+    fn restore(_key: &str, _: (), n: u64) -> Self {
+        Counter { n }
+    }
+}
+
+/// A fresh directory for one test, removed when dropped.
+struct Dirs(PathBuf);
+
+impl Dirs {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("throng-durable-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Dirs(dir)
+    }
+
+    fn of(&self, node: &str) -> PathBuf {
+        self.0.join(node)
+    }
+}
+
+impl Drop for Dirs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn opts() -> DistOptions {
+    DistOptions {
+        durability: Durability::ASYNC,
+        ..DistOptions::default()
+    }
+}
+
+/// Nodes `names` with their data directories under `dirs`, each running the durable supervisor
+/// "counters", once every node sees all of them.
+async fn cluster(names: &[&str], dirs: &Dirs) -> (Vec<Node>, Vec<DistSupervisor>) {
+    let wait = Duration::from_secs(15);
+    let mut nodes: Vec<Node> = Vec::new();
+    for name in names {
+        let mut c = NodeConfig::local(name, SECRET).unwrap();
+        c.data_dir = Some(dirs.of(name));
+        if let Some(first) = nodes.first() {
+            c.membership.seeds = vec![first.gossip_addr().unwrap().to_string()];
+        }
+        let node = Node::join(c).await.unwrap();
+        node.register::<Counter>();
+        nodes.push(node);
+    }
+    for n in &nodes {
+        eventually("full ring", wait, || n.owners().len() == names.len()).await;
+    }
+    let sups = nodes
+        .iter()
+        .map(|n| n.supervisor("counters", opts()))
+        .collect();
+    (nodes, sups)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_child_comes_back_with_its_state_after_every_node_stopped_and_removed_ones_stay_gone()
+{
+    let dirs = Dirs::new("restart");
+    let names = ["d1", "d2", "d3"];
+    let keys: Vec<String> = (0..300).map(|i| format!("c-{i}")).collect();
+    let removed: Vec<String> = keys.iter().step_by(10).cloned().collect();
+    {
+        let (nodes, sups) = cluster(&names, &dirs).await;
+        for (i, k) in keys.iter().enumerate() {
+            sups[i % 3].start_child::<Counter>(k, ()).await.unwrap();
+        }
+        for (i, k) in keys.iter().enumerate() {
+            let n = sups[(i + 1) % 3]
+                .call::<Counter>(k, CounterMsg::Add(i as u64 + 1))
+                .await
+                .unwrap();
+            assert_eq!(n, i as u64 + 1);
+        }
+        for k in &removed {
+            sups[0].terminate_child(k).await.unwrap();
+        }
+        // Every node stops at once: no leave, no hand-off (a full-cluster restart).
+        for n in nodes {
+            n.shutdown().await;
+        }
+    }
+    let (_nodes, sups) = cluster(&names, &dirs).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for (i, k) in keys.iter().enumerate() {
+        if removed.contains(k) {
+            continue;
+        }
+        loop {
+            match sups[i % 3].call::<Counter>(k, CounterMsg::Get).await {
+                Ok(n) => {
+                    assert_eq!(n, i as u64 + 1, "{k} came back with another state");
+                    break;
+                }
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("{k} did not come back: {e}"),
+            }
+        }
+    }
+    // Once the others are back, the removed ones are not: no node runs them or answers for them.
+    for k in &removed {
+        assert!(
+            sups.iter().all(|s| !s.hosts(k)),
+            "removed child {k} came back"
+        );
+    }
+    assert!(sups[0]
+        .call::<Counter>(&removed[0], CounterMsg::Get)
+        .await
+        .is_err());
+    let count = sups[0].count_children().await.unwrap();
+    assert_eq!(count, keys.len() - removed.len(), "each child runs once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_supervisor_on_a_node_without_a_data_dir_refuses_starts_and_says_why() {
+    let node = Node::join(NodeConfig::local("nodisk", SECRET).unwrap())
+        .await
+        .unwrap();
+    node.register::<Counter>();
+    let sup = node.supervisor("counters", opts());
+    let err = sup.start_child::<Counter>("k", ()).await.unwrap_err();
+    assert!(
+        matches!(&err, ChildError::NotDurable(why) if why.contains("data_dir")),
+        "{err}"
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_of_another_node_is_refused_at_join() {
+    let dirs = Dirs::new("foreign");
+    let mut c = NodeConfig::local("owner", SECRET).unwrap();
+    c.data_dir = Some(dirs.of("shared"));
+    Node::join(c).await.unwrap().shutdown().await;
+    let mut c = NodeConfig::local("intruder", SECRET).unwrap();
+    c.data_dir = Some(dirs.of("shared"));
+    let err = Node::join(c).await.err().expect("refused");
+    assert!(matches!(err, NodeError::Store(_)), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("owner") && text.contains("data_dir"),
+        "{text}"
+    );
+}

@@ -9,8 +9,12 @@
 //! gracefully. Exports a `counter` actor (type `throng.Counter`) so that peers can call it.
 //!
 //! Commands on stdin drive keyed counters (distributed children of type `throng.KeyedCounter`):
-//! `start N`, `bump N`, `check N` (answers `started`, `bumped`, `checked` lines); child conflicts
-//! and failovers are printed as `child_conflict` / `child_failed_over` lines.
+//! `start N`, `bump N`, `check N`, `settle 0`, `durable 0`, `running 0` (answers `started`,
+//! `bumped`, `checked`, `settled`, `durable`, `running` lines); child conflicts and failovers are printed as
+//! `child_conflict` / `child_failed_over` lines. With a `data_dir` (`THRONG_DATA_DIR`) the
+//! counters belong to the durable supervisor `counters` ([`Durability::ASYNC`]): they come back
+//! with their counts after every node of the cluster was stopped or killed. Without one they
+//! belong to the node's default supervisor (in memory).
 //!
 //! `throng-node gen-certs --out DIR --nodes a,b,c` writes a development CA and one certificate per
 //! node, so that a cluster can run with mutual TLS (`THRONG_TLS_CA`, `THRONG_TLS_CERT`,
@@ -20,7 +24,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use serde::{Deserialize, Serialize};
-use throng::cluster::{dev_certs, ChildEvent, ClusterEvent, Keyed, Node, NodeConfig, RemoteActor};
+use throng::cluster::{
+    dev_certs, ChildEvent, ClusterEvent, DistOptions, DistSupervisor, Durability, Keyed, Node,
+    NodeConfig, RemoteActor,
+};
 use throng::prelude::*;
 use throng_core::NodeId;
 
@@ -85,12 +92,29 @@ impl Keyed for KeyedCounter {
     }
 }
 
+/// The supervisor of the keyed counters: durable when the node has a data_dir.
+fn counters(node: &Node) -> DistSupervisor {
+    if node.has_store() {
+        node.supervisor(
+            "counters",
+            DistOptions {
+                durability: Durability::ASYNC,
+                ..DistOptions::default()
+            },
+        )
+    } else {
+        node.default_supervisor()
+    }
+}
+
 /// How many requests the stdin commands keep in flight.
 const IN_FLIGHT: usize = 64;
 
 /// One stdin command: `start N` (children `c-0`..`c-N-1` from this node), `bump N` (add 1 to
 /// each), `check N` (call each; report how many answered, their values, and how many run here),
-/// `settle 0` (wait until this node's snapshots are all replicated).
+/// `settle 0` (wait until this node's snapshots are all replicated), `durable 0` (wait until
+/// everything this node holds is written to its store), `running 0` (how many counters run
+/// here).
 async fn command(node: &Node, me: &str, cmd: &str) {
     use futures_util::stream::{self, StreamExt};
     let mut words = cmd.split_whitespace();
@@ -101,31 +125,41 @@ async fn command(node: &Node, me: &str, cmd: &str) {
         line("bad_command", me, &format!(",\"command\":{cmd:?}"));
         return;
     };
-    let sup = node.default_supervisor();
+    let sup = counters(node);
     let key = |i: u64| format!("c-{i}");
     match verb {
         "start" | "bump" => {
-            let failed: usize = stream::iter(0..n)
+            let errors: Vec<String> = stream::iter(0..n)
                 .map(|i| {
                     let sup = &sup;
                     async move {
-                        let ok = if verb == "start" {
-                            sup.start_child::<KeyedCounter>(&key(i), 0).await.is_ok()
+                        if verb == "start" {
+                            sup.start_child::<KeyedCounter>(&key(i), 0)
+                                .await
+                                .err()
+                                .map(|e| e.to_string())
                         } else {
                             sup.call::<KeyedCounter>(&key(i), CounterMsg::Add(1))
                                 .await
-                                .is_ok()
-                        };
-                        usize::from(!ok)
+                                .err()
+                                .map(|e| e.to_string())
+                        }
                     }
                 })
                 .buffer_unordered(IN_FLIGHT)
-                .collect::<Vec<_>>()
-                .await
-                .into_iter()
-                .sum();
+                .filter_map(|e| async move { e })
+                .collect()
+                .await;
             let event = if verb == "start" { "started" } else { "bumped" };
-            line(event, me, &format!(",\"n\":{n},\"failed\":{failed}"));
+            let first = errors.first().map(String::as_str).unwrap_or("");
+            line(
+                event,
+                me,
+                &format!(
+                    ",\"n\":{n},\"failed\":{},\"first_error\":{first:?}",
+                    errors.len()
+                ),
+            );
         }
         "settle" => {
             // Wait until every snapshot taken here is held by its backup.
@@ -133,6 +167,17 @@ async fn command(node: &Node, me: &str, cmd: &str) {
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             }
             line("settled", me, "");
+        }
+        "running" => {
+            let stats = sup.stats().await;
+            line("running", me, &format!(",\"running\":{}", stats.running));
+        }
+        "durable" => {
+            // Wait until every change held here is in the store.
+            while sup.stats().await.unwritten != 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            line("durable", me, "");
         }
         "check" => {
             let values: Vec<Option<i64>> = stream::iter(0..n)
@@ -289,7 +334,7 @@ async fn main() -> ExitCode {
     // The members up now and every change after them, taken atomically: none is missed.
     let cluster = node.subscribe();
     let mut events = cluster.events;
-    let mut children = node.default_supervisor().events();
+    let mut children = counters(&node).events();
     line(
         "ready",
         &me,

@@ -1,5 +1,7 @@
 //! Real OS processes on loopback: three `throng-node` binaries form a cluster, one is killed with
 //! SIGKILL and the others declare it down; another leaves gracefully and is seen leaving first.
+//! With data directories, every node is killed with SIGKILL at once and started again: every
+//! keyed counter comes back with its count.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -17,15 +19,40 @@ struct Proc {
 
 impl Proc {
     fn start(name: &str, gossip: u16, seeds: &str, secret: &str) -> Proc {
+        Proc::start_with(name, gossip, seeds, secret, &[])
+    }
+
+    /// Like [`Proc::start`], with more environment variables, and commands on stdin.
+    fn start_with(
+        name: &str,
+        gossip: u16,
+        seeds: &str,
+        secret: &str,
+        env: &[(&str, String)],
+    ) -> Proc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_throng-node"))
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("THRONG_NAME", name)
             .env("THRONG_SECRET", secret)
             .env("THRONG_GOSSIP_BIND", format!("127.0.0.1:{gossip}"))
             .env("THRONG_SEEDS", seeds)
             .env("THRONG_DETECTION", "fast")
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("THRONG_TEST_LOG_LEVEL").unwrap_or("warn".into()),
+            )
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            // THRONG_TEST_LOGS=DIR keeps each node's log (at THRONG_TEST_LOG_LEVEL) for a look
+            // after a failure.
+            .stderr(match std::env::var("THRONG_TEST_LOGS") {
+                Ok(dir) => {
+                    std::fs::File::create(format!("{dir}/{name}-{}.log", std::process::id()))
+                        .map(Stdio::from)
+                        .unwrap_or_else(|_| Stdio::null())
+                }
+                Err(_) => Stdio::null(),
+            })
             .spawn()
             .expect("spawn throng-node");
         let out = child.stdout.take().expect("stdout");
@@ -65,6 +92,38 @@ impl Proc {
                 Err(_) => panic!(
                     "{}: no line with {fragments:?} within {deadline:?}; saw {:?}",
                     self.name, self.seen
+                ),
+            }
+        }
+    }
+
+    /// Writes one command line to the node's stdin.
+    fn send(&mut self, cmd: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{cmd}").expect("write a command");
+        stdin.flush().expect("flush");
+    }
+
+    /// Sends `cmd` and waits for its answer line (the `n`-th line of that kind, counting from 1).
+    fn ask(&mut self, cmd: &str, answer: &str, nth: usize, deadline: Duration) -> String {
+        self.send(cmd);
+        let end = Instant::now() + deadline;
+        loop {
+            let seen: Vec<&String> = self
+                .seen
+                .iter()
+                .filter(|l| l.contains(&format!("\"event\":\"{answer}\"")))
+                .collect();
+            if seen.len() >= nth {
+                return seen[nth - 1].clone();
+            }
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => self.seen.push(l),
+                Err(_) => panic!(
+                    "{}: no {answer} answer to {cmd:?} within {deadline:?}",
+                    self.name
                 ),
             }
         }
@@ -156,4 +215,119 @@ fn sigkilled_node_is_declared_down_and_a_leaving_node_is_seen_leaving() {
         intruder.saw(&["node_up"]).is_none(),
         "the intruder saw a member"
     );
+}
+
+/// The value of `"field":N` in a JSON line.
+fn field(line: &str, field: &str) -> i64 {
+    let at = line
+        .find(&format!("\"{field}\":"))
+        .unwrap_or_else(|| panic!("no {field} in {line}"));
+    line[at + field.len() + 3..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '-')
+        .collect::<String>()
+        .parse()
+        .unwrap_or_else(|_| panic!("bad {field} in {line}"))
+}
+
+#[test]
+fn every_counter_comes_back_with_its_count_after_every_node_is_killed_at_once() {
+    const N: u64 = 10_000;
+    let data = std::env::temp_dir().join(format!("throng-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let names = ["r1", "r2", "r3"];
+    let ports = free_udp_ports(3);
+    let seeds = ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let start = |i: usize| {
+        let env = [("THRONG_DATA_DIR", data.join(names[i]).display().to_string())];
+        Proc::start_with(names[i], ports[i], &seeds, SECRET, &env)
+    };
+    let up = Duration::from_secs(20);
+    let wait_up = |nodes: &mut [Proc]| {
+        for p in nodes.iter_mut() {
+            for o in names {
+                if o != p.name {
+                    p.wait_for(&["node_up", &format!("\"node\":\"{o}\"")], up);
+                }
+            }
+        }
+    };
+    let mut nodes: Vec<Proc> = (0..3).map(start).collect();
+    wait_up(&mut nodes);
+    let started = nodes[0].ask(
+        &format!("start {N}"),
+        "started",
+        1,
+        Duration::from_secs(120),
+    );
+    assert_eq!(field(&started, "failed"), 0, "{started}");
+    for round in 1..=3 {
+        let bumped =
+            nodes[round % 3].ask(&format!("bump {N}"), "bumped", 1, Duration::from_secs(120));
+        assert_eq!(field(&bumped, "failed"), 0, "{bumped}");
+    }
+    // Every acknowledged bump is durable on some node before the kill.
+    for p in nodes.iter_mut() {
+        p.ask("durable 0", "durable", 1, Duration::from_secs(60));
+    }
+    for p in nodes.iter_mut() {
+        p.child.kill().unwrap();
+        let _ = p.child.wait();
+    }
+    drop(nodes);
+
+    let began = Instant::now();
+    let mut nodes: Vec<Proc> = (0..3).map(start).collect();
+    wait_up(&mut nodes);
+    // Until every counter runs again (each node counts its own)...
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut asked = 0;
+    loop {
+        asked += 1;
+        let running: i64 = nodes
+            .iter_mut()
+            .map(|p| {
+                let l = p.ask("running 0", "running", asked, Duration::from_secs(30));
+                field(&l, "running")
+            })
+            .sum();
+        if running >= N as i64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{running} of {N} counters came back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "{N} counters run again {:?} after the restart began",
+        began.elapsed()
+    );
+    // ...each with its count, and once.
+    let checked = nodes[1].ask(
+        &format!("check {N}"),
+        "checked",
+        1,
+        Duration::from_secs(120),
+    );
+    assert_eq!(field(&checked, "answered"), N as i64, "{checked}");
+    assert_eq!(
+        (field(&checked, "min"), field(&checked, "max")),
+        (3, 3),
+        "{checked}"
+    );
+    let running: i64 = nodes
+        .iter_mut()
+        .map(|p| {
+            let l = p.ask("running 0", "running", asked + 1, Duration::from_secs(30));
+            field(&l, "running")
+        })
+        .sum();
+    assert_eq!(running, N as i64, "each counter runs once");
+    let _ = std::fs::remove_dir_all(&data);
 }

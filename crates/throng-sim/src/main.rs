@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! throng-sim [--seeds N] [--first S] [--nodes N] [--steps N] [--converge-every N] [--max-down N]
-//!            [--partitions 0|1] [--quorum 0|1] [--gossip-cuts 0|1]
+//!            [--partitions 0|1] [--quorum 0|1] [--gossip-cuts 0|1] [--shell-faults 0|1]
+//!            [--durable 0|1]
 //! throng-sim --seed S [--nodes N] [--steps N] ...     # replay one seed, trace on stderr
 //! ```
 
@@ -12,7 +13,8 @@ use std::time::Instant;
 use throng_sim::{run_seed, run_seeds, Invariant, SimConfig, Tally};
 
 const USAGE: &str = "usage: throng-sim [--seeds N] [--first S] [--nodes N] [--steps N] \
-[--converge-every N] [--max-down N] [--partitions 0|1] [--quorum 0|1] [--gossip-cuts 0|1] | --seed S [same options]
+[--converge-every N] [--max-down N] [--partitions 0|1] [--quorum 0|1] [--gossip-cuts 0|1] \
+[--shell-faults 0|1] [--durable 0|1] | --seed S [same options]
 environment: SIM_LIST=1 lists every failing seed; with --seed, SIM_WATCH=key follows one key";
 
 struct Args {
@@ -33,6 +35,8 @@ fn parse() -> Result<Args, String> {
     let mut partitions = true;
     let mut quorum = false;
     let mut gossip_cuts = false;
+    let mut shell_faults = false;
+    let mut durable = false;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
@@ -55,6 +59,8 @@ fn parse() -> Result<Args, String> {
             "--partitions" => partitions = n != 0,
             "--quorum" => quorum = n != 0,
             "--gossip-cuts" => gossip_cuts = n != 0,
+            "--shell-faults" => shell_faults = n != 0,
+            "--durable" => durable = n != 0,
             _ => return Err(format!("unknown option {flag}\n{USAGE}")),
         }
     }
@@ -71,6 +77,8 @@ fn parse() -> Result<Args, String> {
     config.partitions = partitions;
     config.quorum = quorum;
     config.gossip_cuts = gossip_cuts;
+    config.shell_faults = shell_faults;
+    config.durable = durable;
     Ok(Args {
         seeds,
         first,
@@ -82,14 +90,17 @@ fn parse() -> Result<Args, String> {
 fn replay_command(seed: u64, config: &SimConfig) -> String {
     format!(
         "cargo run --release -p throng-sim -- --seed {seed} --nodes {} --steps {} \
-         --converge-every {} --max-down {} --partitions {} --quorum {} --gossip-cuts {}",
+         --converge-every {} --max-down {} --partitions {} --quorum {} --gossip-cuts {} \
+         --shell-faults {} --durable {}",
         config.nodes,
         config.steps,
         config.converge_every,
         config.max_down,
         u8::from(config.partitions),
         u8::from(config.quorum),
-        u8::from(config.gossip_cuts)
+        u8::from(config.gossip_cuts),
+        u8::from(config.shell_faults),
+        u8::from(config.durable)
     )
 }
 

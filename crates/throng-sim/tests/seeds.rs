@@ -96,3 +96,29 @@ fn a_shell_bug_planted_in_the_driver_is_caught() {
         "every seed starts children, so every seed fails"
     );
 }
+
+/// The shell's faults (slow spawns, replies lost on their way to the client, connection resets
+/// without a membership change) keep every invariant, and each of them happens.
+#[test]
+fn shell_faults_keep_the_invariants() {
+    let mut config = SimConfig::new(5, 2000);
+    config.shell_faults = true;
+    let (tally, failing) = run_seeds(0, 30, &config);
+    for fault in [
+        "fault: slow spawn",
+        "fault: reply lost",
+        "fault: connection reset",
+    ] {
+        assert!(
+            tally.events.get(fault).copied().unwrap_or(0) > 0,
+            "{fault} never happened"
+        );
+    }
+    let first = failing.first().map(|r| (r.seed, r.failures.clone()));
+    assert_eq!(
+        tally.total_violations(),
+        0,
+        "{}\nfirst failing: {first:#?}",
+        describe(&tally)
+    );
+}

@@ -7,7 +7,7 @@ use crate::NodeId;
 
 /// Up to this many entries, a debug build checks a directory's invariants after every input;
 /// above, every `entries / CHECK_EVERY_INPUT_UP_TO` inputs (see `Directory::checked`).
-const CHECK_EVERY_INPUT_UP_TO: usize = 1024;
+const CHECK_EVERY_INPUT_UP_TO: usize = 256;
 
 /// An invariant of a [`Directory`] that does not hold: a bug in the directory. Names the
 /// invariant and the key (or node) where it failed.
@@ -187,7 +187,8 @@ impl Directory {
 
     /// Returns `out`, the actions of an input, after checking the invariants in debug builds (see
     /// [`Directory::check`]): after every input while the directory holds at most
-    /// [`CHECK_EVERY_INPUT_UP_TO`] entries (children, keys of copies, removals), and every
+    /// [`CHECK_EVERY_INPUT_UP_TO`] entries (children, keys of copies, removals, remembered
+    /// hand-offs and tombstones), and every
     /// `entries / CHECK_EVERY_INPUT_UP_TO` inputs above that, so a debug build of a directory with
     /// many children stays linear in its inputs (a check costs O(entries)).
     pub(super) fn checked(&mut self, out: Vec<Action>) -> Vec<Action> {
@@ -195,7 +196,12 @@ impl Directory {
             return out;
         }
         self.unchecked += 1;
-        let entries = self.owned.len() + self.backups.len() + self.removing.len();
+        // Everything a check visits, the bounded memories included.
+        let entries = self.owned.len()
+            + self.backups.len()
+            + self.removing.len()
+            + self.adoptions.len()
+            + self.tombstones.len();
         if self.unchecked.saturating_mul(CHECK_EVERY_INPUT_UP_TO) < entries {
             return out;
         }

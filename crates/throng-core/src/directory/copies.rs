@@ -84,7 +84,12 @@ impl Directory {
                 add_holder(&mut o.old_backups, h);
             }
         }
-        if let Some(s) = sender.filter(|s| s.node != me) {
+        // A copy identical to this one (a restarted node's record of the state this copy runs
+        // from: its owner and its backup both kept it) has nothing to add: no conflict, no merge.
+        let same = theirs.generation == o.record.generation
+            && theirs.version <= o.record.version
+            && theirs.snapshot == o.record.snapshot;
+        if let Some(s) = sender.filter(|s| s.node != me && !same) {
             out.push(Action::Event(ChildEvent::Conflict {
                 key: key.to_owned(),
                 other: s.node.clone(),
@@ -97,7 +102,7 @@ impl Directory {
                 },
             ));
         }
-        let merge = theirs.snapshot.is_some();
+        let merge = theirs.snapshot.is_some() && !same;
         if merge {
             o.merges.push(theirs);
         }

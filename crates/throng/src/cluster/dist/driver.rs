@@ -398,6 +398,8 @@ impl Task {
                     running: rt.running.values().filter(|r| r.handle.is_alive()).count(),
                     backups: dir.backup_count(),
                     unreplicated: dir.unreplicated(),
+                    unwritten: rt.persist.as_ref().map_or(0, Persister::unwritten)
+                        + dir.touched_len(),
                 });
             }
         }

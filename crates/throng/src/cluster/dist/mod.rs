@@ -157,6 +157,9 @@ pub struct DistStats {
     pub backups: usize,
     /// Children whose latest record is not yet acknowledged by their backup.
     pub unreplicated: usize,
+    /// Keys whose durable entry changed and is not yet written to the store (0 without
+    /// durability).
+    pub unwritten: usize,
 }
 
 /// The per-node state of one distributed supervisor.

@@ -33,6 +33,8 @@ pub(crate) struct Persister {
     since: Option<Instant>,
     /// The commit in flight: its outcome and its keys.
     in_flight: Option<oneshot::Receiver<Outcome>>,
+    /// How many keys the commit in flight writes.
+    in_flight_keys: usize,
     /// Failed commits in a row (for the back-off).
     failures: u32,
     /// Not before this (after a failed commit).
@@ -48,6 +50,7 @@ impl Persister {
             dirty: BTreeSet::new(),
             since: None,
             in_flight: None,
+            in_flight_keys: 0,
             failures: 0,
             not_before: None,
         }
@@ -113,6 +116,7 @@ impl Persister {
             keys.push(k);
         }
         self.since = (!self.dirty.is_empty()).then(Instant::now);
+        self.in_flight_keys = keys.len();
         let mut values: Vec<Option<Vec<u8>>> = Vec::with_capacity(keys.len());
         for k in &keys {
             values.push(dir.durable(k).and_then(|e| match postcard::to_allocvec(&e) {
@@ -152,10 +156,16 @@ impl Persister {
             Some(rx) => {
                 let outcome = rx.await.ok();
                 self.in_flight = None;
+                self.in_flight_keys = 0;
                 outcome
             }
             None => std::future::pending().await,
         }
+    }
+
+    /// Keys not written yet: dirty, or in the commit in flight.
+    pub(super) fn unwritten(&self) -> usize {
+        self.dirty.len() + self.in_flight_keys
     }
 
     pub(super) fn is_writing(&self) -> bool {
@@ -192,6 +202,7 @@ impl Persister {
     pub(super) async fn drain(&mut self, dir: &Directory) {
         if let Some(outcome) = self.in_flight.take() {
             let outcome = outcome.await.ok();
+            self.in_flight_keys = 0;
             self.done(outcome);
         }
         self.not_before = None;

@@ -253,6 +253,12 @@ impl Node {
         Ok(node)
     }
 
+    /// Whether this node has a durable store (`data_dir`): supervisors with a
+    /// [`Durability`](crate::cluster::Durability) other than `None` need one.
+    pub fn has_store(&self) -> bool {
+        self.shared.sups.store.get().is_some()
+    }
+
     /// Subscribe to the cluster: the members up now and every change after them, taken
     /// atomically, so that a listener never misses a member. Handle the snapshot first
     /// ([`ClusterSubscription::replay`] gives it as events), then the stream; on `Lagged`,

@@ -1,0 +1,172 @@
+//! What a run reports: the invariants checked ([`Invariant`]), the counters ([`Tally`]) and the
+//! outcome of one seed ([`SeedReport`]).
+
+use std::collections::BTreeMap;
+
+/// What is checked after every convergence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Invariant {
+    /// A child whose start was acknowledged, and that was not terminated or removed by its policy,
+    /// runs somewhere.
+    Lost,
+    /// No child runs on more than one node.
+    Duplicate,
+    /// A child that was terminated or removed by its policy runs nowhere.
+    Resurrected,
+    /// A running child runs on the owner of its key, and every node agrees on that owner.
+    Placement,
+    /// A running child's backup node holds its current record.
+    Replicated,
+    /// No node holds a backup that no live owner replicated to it (a stale backup would fail the
+    /// child over again on a later crash, or resurrect a removed one).
+    StaleBackup,
+    /// A running child's state is at least the latest state its backup acknowledged.
+    StateKept,
+    /// Every request sent to a node that is still up was answered.
+    Replies,
+    /// The runtime contract: no double spawn, no stop of a child that is not running, and the
+    /// runtime and the directory agree on which children run.
+    Runtime,
+    /// The system becomes quiet once faults stop (no message storm or livelock).
+    Quiescence,
+    /// A child handed off gracefully (a move: a node joined or leaves) starts on its new owner
+    /// from exactly its state at the drain-stop, every accepted update included.
+    HandOff,
+    /// Every update a child accepted (the client was told it was delivered) is in its state
+    /// exactly once: none lost, none applied twice, across moves and graceful leaves.
+    Updates,
+    /// Quiet before a heal: a side (nodes that all see exactly each other, with a quorum if one
+    /// is configured) runs every child of which one of its nodes holds a copy.
+    SideRuns,
+    /// Every live node's directory passes its own check ([`Directory::check`]) after every step,
+    /// not only after convergence.
+    ///
+    /// [`Directory::check`]: throng_core::directory::Directory::check
+    Directory,
+    /// With [`SimConfig::durable`]: whenever a node's writer has written everything its
+    /// directory touched, its disk holds exactly the directory's durable entries (every key the
+    /// directory's holdings changed for was touched). Keys a previous run left on the disk count
+    /// once this run writes them.
+    ///
+    /// [`SimConfig::durable`]: crate::SimConfig::durable
+    DiskMirror,
+    /// With [`SimConfig::durable`], after a full-cluster restart converges: every child whose
+    /// start was acknowledged (and no removal begun) and whose record a disk held runs again,
+    /// from at least the newest state the disks held; and that is the newest state ever written
+    /// to a disk, unless a write of it was lost with its node (pending at a crash) or a disk was.
+    ///
+    /// [`SimConfig::durable`]: crate::SimConfig::durable
+    Durable,
+    /// With [`SimConfig::durable`], after every convergence: a child whose removal was
+    /// acknowledged never runs again, whatever restarts happened (the tombstones are durable),
+    /// unless a write of its key was lost with its node or a disk (or views were split).
+    ///
+    /// [`SimConfig::durable`]: crate::SimConfig::durable
+    StaysRemoved,
+}
+
+impl Invariant {
+    /// Every invariant, in report order.
+    pub const ALL: [Invariant; 17] = [
+        Invariant::Lost,
+        Invariant::Duplicate,
+        Invariant::Resurrected,
+        Invariant::Placement,
+        Invariant::Replicated,
+        Invariant::StaleBackup,
+        Invariant::StateKept,
+        Invariant::Replies,
+        Invariant::Runtime,
+        Invariant::Quiescence,
+        Invariant::HandOff,
+        Invariant::Updates,
+        Invariant::SideRuns,
+        Invariant::Directory,
+        Invariant::DiskMirror,
+        Invariant::Durable,
+        Invariant::StaysRemoved,
+    ];
+
+    /// A short name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Invariant::Lost => "exactly-once: lost",
+            Invariant::Duplicate => "exactly-once: duplicated",
+            Invariant::Resurrected => "gone stays gone",
+            Invariant::Placement => "placement agrees",
+            Invariant::Replicated => "replicated",
+            Invariant::StaleBackup => "no stale backups",
+            Invariant::StateKept => "state kept",
+            Invariant::Replies => "requests answered",
+            Invariant::Runtime => "runtime contract",
+            Invariant::Quiescence => "quiescence",
+            Invariant::HandOff => "hand-off keeps state",
+            Invariant::Updates => "updates exactly once",
+            Invariant::SideRuns => "a side runs its copies",
+            Invariant::Directory => "directory check",
+            Invariant::DiskMirror => "disk mirrors directory",
+            Invariant::Durable => "durable children return",
+            Invariant::StaysRemoved => "removed stays removed",
+        }
+    }
+}
+
+/// Counters of one seed or of many.
+#[derive(Debug, Clone, Default)]
+pub struct Tally {
+    /// Checks performed, per invariant (indexed like [`Invariant::ALL`]).
+    pub checks: [u64; Invariant::ALL.len()],
+    /// Violations found, per invariant.
+    pub violations: [u64; Invariant::ALL.len()],
+    /// Checks skipped because the fault model allows the failure, by reason.
+    pub excused: BTreeMap<&'static str, u64>,
+    /// What happened: faults injected, messages, directory events, by kind.
+    pub events: BTreeMap<&'static str, u64>,
+}
+
+impl Tally {
+    /// Adds `other` into `self`.
+    pub fn merge(&mut self, other: &Tally) {
+        for i in 0..self.checks.len() {
+            self.checks[i] += other.checks[i];
+            self.violations[i] += other.violations[i];
+        }
+        for (k, v) in &other.excused {
+            *self.excused.entry(k).or_default() += v;
+        }
+        for (k, v) in &other.events {
+            *self.events.entry(k).or_default() += v;
+        }
+    }
+
+    /// Total violations.
+    pub fn total_violations(&self) -> u64 {
+        self.violations.iter().sum()
+    }
+
+    pub(crate) fn event(&mut self, kind: &'static str) {
+        *self.events.entry(kind).or_default() += 1;
+    }
+
+    pub(crate) fn excuse(&mut self, why: &'static str) {
+        *self.excused.entry(why).or_default() += 1;
+    }
+}
+
+/// The outcome of one seed.
+#[derive(Debug, Clone)]
+pub struct SeedReport {
+    /// The seed.
+    pub seed: u64,
+    /// Its counters.
+    pub tally: Tally,
+    /// The first violations found (at most a few), with the step they were found at.
+    pub failures: Vec<String>,
+}
+
+impl SeedReport {
+    /// Total violations of this seed.
+    pub fn violations(&self) -> u64 {
+        self.tally.total_violations()
+    }
+}

@@ -1,0 +1,165 @@
+//! The loop: every tick delivers the due events and injects at most one random operation; every
+//! `converge_every` ticks (and at the end) faults stop, the system converges and the invariants
+//! are checked.
+
+use rand::RngExt;
+
+use crate::report::Invariant;
+use crate::world::{trace, Ev, Sim};
+
+/// Events processed while converging before the run is declared not quiet.
+const QUIESCENCE_BUDGET: u64 = 500_000;
+
+/// A random operation the loop may inject.
+type Op = fn(&mut Sim);
+
+impl Sim {
+    pub(crate) fn run(&mut self) {
+        trace!(
+            self,
+            "seed {} nodes {} steps {}",
+            self.seed,
+            self.config.nodes,
+            self.config.steps
+        );
+        for step in 1..=self.config.steps {
+            self.now += 1;
+            self.deliver_due();
+            self.inject();
+            self.check_directories();
+            if step % self.config.converge_every == 0 && step != self.config.steps {
+                self.converge_and_check();
+            }
+        }
+        self.converge_and_check();
+    }
+
+    fn deliver_due(&mut self) {
+        while self.queue.peek().is_some_and(|s| s.time <= self.now) {
+            let s = self.queue.pop().expect("peeked");
+            self.handle(s.ev);
+        }
+    }
+
+    fn inject(&mut self) {
+        let r: f64 = self.rng.random();
+        // One operation at most per step, by weight.
+        let ops: [(f64, Op); 15] = [
+            (0.08, Sim::op_start),
+            (0.01, Sim::op_terminate),
+            (0.15, Sim::op_update),
+            (0.01, Sim::op_child_crash),
+            (0.004, Sim::op_child_exit_normal),
+            (0.004, Sim::op_node_crash),
+            (0.01, Sim::op_node_restart),
+            (0.003, Sim::op_partition),
+            (0.01, Sim::op_heal),
+            (0.003, Sim::op_suspect),
+            (0.003, Sim::op_leave),
+            (0.003, Sim::op_cut_gossip),
+            (0.006, Sim::op_heal_gossip),
+            // Last, so that without shell faults or durability the other operations are drawn
+            // as before.
+            (0.004, Sim::op_reset_connection),
+            (0.0008, Sim::op_full_restart),
+        ];
+        let mut acc = 0.0;
+        for (p, op) in ops {
+            acc += p;
+            if r < acc {
+                op(self);
+                return;
+            }
+        }
+    }
+
+    pub(crate) fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Pump { from, to } => self.pump(from, to),
+            Ev::SpawnDone {
+                node,
+                inc,
+                key,
+                instance,
+            } => self.spawn_done(node, inc, key, instance),
+            Ev::StopDone {
+                node,
+                inc,
+                key,
+                instance,
+            } => self.stop_done(node, inc, key, instance),
+            Ev::View { observer, subject } => self.view_event(observer, subject),
+            Ev::ClientStart { key, attempt } => self.client_start(key, attempt),
+            Ev::StartArrive { node, inc, req } => self.start_arrive(node, inc, req),
+            Ev::ClientTerm { key, attempt } => self.client_term(key, attempt),
+            Ev::ClientUpdate { key, attempt } => self.client_update(key, attempt),
+            Ev::UpdateArrive {
+                node,
+                inc,
+                key,
+                attempt,
+            } => self.update_arrive(node, inc, key, attempt),
+            Ev::Exit { node, inc } => self.exit(node, inc),
+            Ev::TermArrive { node, inc, req } => self.term_arrive(node, inc, req),
+            Ev::Reconnect { a, b } => self.reconnect(a, b),
+            Ev::Flush { node, inc } => self.flush(node, inc),
+            Ev::Recover { node, inc } => self.recover_due(node, inc),
+            Ev::Restart { node } => self.restart_due(node),
+        }
+    }
+
+    fn converge_and_check(&mut self) {
+        if self.config.gossip_cuts && (self.partitioned || self.gossip_cut()) && !self.quiet_sides()
+        {
+            return;
+        }
+        trace!(self, "CONVERGE");
+        self.tally.event("convergence");
+        self.heal();
+        self.all_views_refresh((1, 20));
+        let mut budget = QUIESCENCE_BUDGET;
+        while let Some(s) = self.queue.pop() {
+            self.now = self.now.max(s.time);
+            self.handle(s.ev);
+            budget -= 1;
+            if budget == 0 {
+                self.check(Invariant::Quiescence);
+                self.fail(
+                    Invariant::Quiescence,
+                    format!("still busy after {QUIESCENCE_BUDGET} events"),
+                );
+                self.queue.clear();
+                return;
+            }
+        }
+        self.check(Invariant::Quiescence);
+        self.check_invariants();
+        self.views_split = self.partitioned;
+    }
+
+    /// Faults stop but the partition and the gossip cuts stay: the views settle on what each node
+    /// hears and every event is delivered until the system is quiet; then
+    /// [`Invariant::SideRuns`] is checked. False when it did not become quiet (reported).
+    fn quiet_sides(&mut self) -> bool {
+        trace!(self, "QUIET (partition and gossip cuts kept)");
+        self.tally.event("quiet before a heal");
+        self.all_views_refresh((1, 20));
+        let mut budget = QUIESCENCE_BUDGET;
+        while let Some(s) = self.queue.pop() {
+            self.now = self.now.max(s.time);
+            self.handle(s.ev);
+            budget -= 1;
+            if budget == 0 {
+                self.check(Invariant::Quiescence);
+                self.fail(
+                    Invariant::Quiescence,
+                    format!("still busy after {QUIESCENCE_BUDGET} events (partitioned)"),
+                );
+                self.queue.clear();
+                return false;
+            }
+        }
+        self.check_sides();
+        true
+    }
+}

@@ -331,3 +331,87 @@ fn every_counter_comes_back_with_its_count_after_every_node_is_killed_at_once() 
     assert_eq!(running, N as i64, "each counter runs once");
     let _ = std::fs::remove_dir_all(&data);
 }
+
+#[test]
+fn no_counter_is_lost_when_two_of_five_nodes_are_killed_at_once_and_one_comes_back() {
+    const N: u64 = 2_000;
+    let data = std::env::temp_dir().join(format!("throng-double-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let names = ["f1", "f2", "f3", "f4", "f5"];
+    let ports = free_udp_ports(5);
+    let seeds = ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let start = |i: usize| {
+        let env = [("THRONG_DATA_DIR", data.join(names[i]).display().to_string())];
+        Proc::start_with(names[i], ports[i], &seeds, SECRET, &env)
+    };
+    let up = Duration::from_secs(30);
+    let mut nodes: Vec<Proc> = (0..5).map(start).collect();
+    for p in nodes.iter_mut() {
+        for o in names {
+            if o != p.name {
+                p.wait_for(&["node_up", &format!("\"node\":\"{o}\"")], up);
+            }
+        }
+    }
+    let started = nodes[0].ask(&format!("start {N}"), "started", 1, Duration::from_secs(120));
+    assert_eq!(field(&started, "failed"), 0, "{started}");
+    for round in 1..=2 {
+        let bumped = nodes[round].ask(&format!("bump {N}"), "bumped", 1, Duration::from_secs(120));
+        assert_eq!(field(&bumped, "failed"), 0, "{bumped}");
+    }
+    for p in nodes.iter_mut() {
+        p.ask("durable 0", "durable", 1, Duration::from_secs(60));
+    }
+    // f4 and f5 die together: the children whose owner and backup were these two lose both
+    // copies in memory.
+    for p in &mut nodes[3..] {
+        p.child.kill().unwrap();
+        let _ = p.child.wait();
+    }
+    nodes.truncate(3);
+    for p in nodes.iter_mut() {
+        for dead in ["f4", "f5"] {
+            p.wait_for(
+                &["node_down", &format!("\"node\":\"{dead}\"")],
+                Duration::from_secs(20),
+            );
+        }
+    }
+    // f4 comes back with its disk: what only it and f5 held runs again.
+    nodes.push(start(3));
+    for o in ["f1", "f2", "f3"] {
+        nodes[3].wait_for(&["node_up", &format!("\"node\":\"{o}\"")], up);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut asked = 0;
+    loop {
+        asked += 1;
+        let running: i64 = nodes
+            .iter_mut()
+            .map(|p| {
+                let l = p.ask("running 0", "running", asked, Duration::from_secs(30));
+                field(&l, "running")
+            })
+            .sum();
+        if running >= N as i64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{running} of {N} counters run after f4 came back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let checked = nodes[0].ask(&format!("check {N}"), "checked", 1, Duration::from_secs(120));
+    assert_eq!(field(&checked, "answered"), N as i64, "{checked}");
+    assert_eq!(
+        (field(&checked, "min"), field(&checked, "max")),
+        (2, 2),
+        "{checked}"
+    );
+    let _ = std::fs::remove_dir_all(&data);
+}

@@ -241,7 +241,10 @@ impl Directory {
         self.pump_moves(out);
     }
 
-    /// A copy of a child sent by `from` to run here ([`DirMsg::Adopt`]).
+    /// A copy of a child sent by `from` to run here ([`DirMsg::Adopt`]): the copies it names are
+    /// gathered; a hand-off taken before is answered, not run again; a copy of a removed child
+    /// goes; otherwise the record meets the copy running here, is passed on to the owner in this
+    /// node's view, or runs here.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn adopt(
         &mut self,
@@ -254,14 +257,51 @@ impl Directory {
         out: &mut Vec<Action>,
     ) {
         let key = record.key.clone();
-        let owner = self.owner(&key);
-        let me = self.config.me.clone();
-        let sender = Holder {
-            node: from.clone(),
-            origin: me.clone(),
-            tag: Some(tag),
-            epoch: Epoch::default(),
+        let (record, copies, bounced) = self.gather_adoption(from, record, tag, &holders);
+        let source = Source::Adopted {
+            from: from.clone(),
+            tag,
         };
+        let Some(copies) = self.adoption_made_here(&key, &source, copies, out) else {
+            return;
+        };
+        if !self.remember_adoption(from, tag) {
+            // Taken before, and the copy it made has moved on since (confirmed by its next
+            // holder) or was removed: the sender may forget its copy; nothing to run again.
+            let sender = Holder::hand_off_sender(from, &self.config.me, tag);
+            out.push(sender.drop_msg(&key, None));
+            return;
+        }
+        if !self.owned.contains_key(&key)
+            && (self.removing.contains_key(&key) || self.buried(&key, record.generation))
+        {
+            // A copy of a removed child: it goes too (its holders drop it).
+            self.discard(&key, record.generation, copies, out);
+            return;
+        }
+        if self.owned.contains_key(&key) {
+            let sender = (!bounced).then(|| Holder::hand_off_sender(from, &self.config.me, tag));
+            self.adopt_beside(
+                &key, record, hops, copies, moved, source, sender, holders, out,
+            );
+        } else {
+            self.run_or_pass_on(from, record, hops, copies, moved, source, out);
+        }
+    }
+
+    /// The copies an adoption from `from` with `tag` names: the sender's (unless the record is
+    /// this node's own hand-off sent back as it was) and the other holders'. A copy of it held
+    /// here goes, and the newer of it and `record` is the one adopted. Returns the record, the
+    /// copies held elsewhere, and whether it was bounced.
+    fn gather_adoption(
+        &mut self,
+        from: &NodeId,
+        mut record: Record,
+        tag: Tag,
+        holders: &[Holder],
+    ) -> (Record, Vec<Holder>, bool) {
+        let key = record.key.clone();
+        let me = self.config.me.clone();
         // This node's own hand-off to `from`, sent back as it was (by a node of an earlier
         // version that lost its quorum: this version keeps such an adoption instead): the copy
         // kept here until `from` confirms is this very record, and `from` kept nothing. It
@@ -269,9 +309,9 @@ impl Directory {
         let bounced = !self
             .remove_copies(&key, |b| b.from == *from && b.handoff == Some(tag))
             .is_empty();
-        let mut copies: Vec<Holder> = (!bounced).then(|| sender.clone()).into_iter().collect();
-        let mut record = record;
-        for h in holders.iter() {
+        let sender = Holder::hand_off_sender(from, &me, tag);
+        let mut copies: Vec<Holder> = (!bounced).then_some(sender).into_iter().collect();
+        for h in holders {
             if h.node == me {
                 // A copy held here: it goes, the newest of it and the adopted record runs (the
                 // adopted one is usually at least as recent, unless it is an older hand-off sent
@@ -286,99 +326,124 @@ impl Directory {
                 add_holder(&mut copies, h.clone());
             }
         }
-        // The same hand-off sent again (its confirmation was lost, or overtaken by the sender's
-        // reconnection) while the copy it made runs here or was handed on: nothing new to run;
-        // the copies it names go with the copy made from it.
-        let again = Source::Adopted {
-            from: from.clone(),
-            tag,
-        };
-        if let Some(o) = self.owned.get_mut(&key) {
-            if o.source.as_deref() == Some(&again) {
-                for h in copies {
-                    add_holder(&mut o.old_backups, h);
-                }
-                if matches!(o.phase, Phase::Starting | Phase::Running) {
-                    if let Some(b) = &o.backup {
-                        // The acknowledgement drops them.
-                        o.acked = false;
-                        out.push(send(b, o.replicate()));
-                    }
-                    self.settle(&key, out);
-                }
-                return;
+        (record, copies, bounced)
+    }
+
+    /// The same hand-off sent again (its confirmation was lost, or overtaken by the sender's
+    /// reconnection) while the copy it made runs here or was handed on: nothing new to run; the
+    /// copies it names go with the copy made from it. `None` if so; the copies otherwise.
+    fn adoption_made_here(
+        &mut self,
+        key: &str,
+        again: &Source,
+        copies: Vec<Holder>,
+        out: &mut Vec<Action>,
+    ) -> Option<Vec<Holder>> {
+        let me = self.config.me.clone();
+        if let Some(o) = self.owned.get_mut(key) {
+            if o.source.as_deref() != Some(again) {
+                return Some(copies);
             }
-        } else if let Some(h) = self.handoffs.get_mut(&key) {
-            if h.to != me && h.source.as_ref() == Some(&again) {
+            for h in copies {
+                add_holder(&mut o.old_backups, h);
+            }
+            if matches!(o.phase, Phase::Starting | Phase::Running) {
+                if let Some(b) = &o.backup {
+                    // The acknowledgement drops them.
+                    o.acked = false;
+                    out.push(send(b, o.replicate()));
+                }
+                self.settle(key, out);
+            }
+            return None;
+        }
+        match self.handoffs.get_mut(key) {
+            Some(h) if h.to != me && h.source.as_ref() == Some(again) => {
                 for c in copies {
                     if c.node != h.to {
                         add_holder(&mut h.olds, c);
                     }
                 }
-                return;
+                None
             }
+            _ => Some(copies),
         }
-        if !self.remember_adoption(from, tag) {
-            // Taken before, and the copy it made has moved on since (confirmed by its next
-            // holder) or was removed: the sender may forget its copy; nothing to run again.
-            out.push(sender.drop_msg(&key, None));
+    }
+
+    /// An adopted `record` of `key`, which a copy here runs (or is stopping): it joins that copy
+    /// according to the copy's phase.
+    #[allow(clippy::too_many_arguments)]
+    fn adopt_beside(
+        &mut self,
+        key: &str,
+        record: Record,
+        hops: u8,
+        copies: Vec<Holder>,
+        moved: bool,
+        source: Source,
+        sender: Option<Holder>,
+        holders: Vec<Holder>,
+        out: &mut Vec<Action>,
+    ) {
+        let me = self.config.me.clone();
+        let owner = self.owner(key);
+        let Some(o) = self.owned.get_mut(key) else {
             return;
-        }
-        if !self.owned.contains_key(&key)
-            && (self.removing.contains_key(&key) || self.buried(&key, record.generation))
-        {
-            // A copy of a removed child: it goes too (its holders drop it).
-            self.discard(&key, record.generation, copies, out);
-            return;
-        }
-        if let Some(o) = self.owned.get_mut(&key) {
-            match o.phase {
-                Phase::Stopping => {
-                    // Terminated here: the other copy goes too (its holders are told when
-                    // the child has stopped, and the removal waits for them).
+        };
+        match o.phase {
+            Phase::Stopping => {
+                // Terminated here: the other copy goes too (its holders are told when the child
+                // has stopped, and the removal waits for them).
+                for h in copies {
+                    add_holder(&mut o.old_backups, h);
+                }
+            }
+            Phase::Moving | Phase::Abandoning => match owner.filter(|n| *n != me) {
+                Some(to) if hops < MAX_HOPS => {
+                    // The copy here is on its way out: this record goes where it goes (the
+                    // sender keeps its copy until the next node confirms).
+                    self.hand_off(&to, record, hops + 1, copies, moved, Some(source), out);
+                }
+                _ => {
+                    if record.snapshot.is_some() {
+                        o.merges.push(record);
+                    }
                     for h in copies {
                         add_holder(&mut o.old_backups, h);
                     }
                 }
-                Phase::Moving | Phase::Abandoning => match owner.filter(|n| *n != me) {
-                    Some(to) if hops < MAX_HOPS => {
-                        // The copy here is on its way out: this record goes where it
-                        // goes (the sender keeps its copy until the next node confirms).
-                        let source = Source::Adopted {
-                            from: from.clone(),
-                            tag,
-                        };
-                        self.hand_off(&to, record, hops + 1, copies, moved, Some(source), out);
-                    }
-                    _ => {
-                        if record.snapshot.is_some() {
-                            o.merges.push(record);
-                        }
-                        for h in copies {
-                            add_holder(&mut o.old_backups, h);
-                        }
-                    }
-                },
-                Phase::Starting | Phase::Running | Phase::Merging => {
-                    let sender = (!bounced).then_some(sender);
-                    self.take_copy(&key, record, sender, holders, out);
-                }
+            },
+            Phase::Starting | Phase::Running | Phase::Merging => {
+                self.take_copy(key, record, sender, holders, out);
             }
-            return;
         }
-        match owner {
-            Some(o) if o != self.config.me && hops < MAX_HOPS => {
-                // Views disagree: pass it on to the owner in this node's view (the sender
-                // keeps its copy until that node confirms).
-                let source = Source::Adopted {
-                    from: from.clone(),
-                    tag,
-                };
-                self.hand_off(&o, record, hops + 1, copies, moved, Some(source), out);
+    }
+
+    /// An adopted `record` that no copy here runs: passed on to the owner in this node's view if
+    /// that is another node (views disagree), run here otherwise.
+    #[allow(clippy::too_many_arguments)]
+    fn run_or_pass_on(
+        &mut self,
+        from: &NodeId,
+        record: Record,
+        hops: u8,
+        copies: Vec<Holder>,
+        moved: bool,
+        source: Source,
+        out: &mut Vec<Action>,
+    ) {
+        let key = record.key.clone();
+        let me = self.config.me.clone();
+        let owner = self.owner(&key);
+        match &owner {
+            Some(o) if *o != me && hops < MAX_HOPS => {
+                // Views disagree: pass it on to the owner in this node's view (the sender keeps
+                // its copy until that node confirms).
+                self.hand_off(o, record, hops + 1, copies, moved, Some(source), out);
             }
             _ => {
-                // Ours, or passed around too often while views settle: run it here; the
-                // next view change moves it if it is not ours.
+                // Ours, or passed around too often while views settle: run it here; the next
+                // view change moves it if it is not ours.
                 let first = if moved {
                     ChildEvent::Adopted {
                         key: key.clone(),
@@ -392,10 +457,6 @@ impl Directory {
                     }
                 };
                 self.hold_olds(&key, copies);
-                let source = Source::Adopted {
-                    from: from.clone(),
-                    tag,
-                };
                 self.insert_owned(record, Vec::new(), first, Some(source), out);
                 if owner.is_some_and(|o| o != me) {
                     // Not ours (kept after too many hops): it moves to its owner as soon as it

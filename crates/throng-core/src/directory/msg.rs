@@ -327,6 +327,17 @@ pub struct Holder {
 }
 
 impl Holder {
+    /// The sender `from` of a hand-off with `tag` to `me`: it keeps its copy (held for `me`)
+    /// until `me` confirms.
+    pub(super) fn hand_off_sender(from: &NodeId, me: &NodeId, tag: Tag) -> Self {
+        Holder {
+            node: from.clone(),
+            origin: me.clone(),
+            tag: Some(tag),
+            epoch: Epoch::default(),
+        }
+    }
+
     /// The holder of the backup on `node` of `origin`'s copy of lineage `epoch`.
     pub(super) fn backup(node: NodeId, origin: &NodeId, epoch: Epoch) -> Self {
         Holder {

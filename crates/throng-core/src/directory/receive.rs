@@ -135,12 +135,7 @@ impl Directory {
             self.adopted_again(from, &key, tag, out);
             return;
         }
-        let sender = Holder {
-            node: from.clone(),
-            origin: me.clone(),
-            tag: Some(tag),
-            epoch: Epoch::default(),
-        };
+        let sender = Holder::hand_off_sender(from, &me, tag);
         let mut olds = vec![sender];
         let removed = self.removing.contains_key(&key) || self.buried(&key, record.generation);
         let mut record = record;
@@ -184,12 +179,7 @@ impl Directory {
     /// drops once it is safe, nothing to do. Otherwise that copy moved on and was confirmed, or
     /// was removed: the sender may forget its copy.
     fn adopted_again(&mut self, from: &NodeId, key: &str, tag: Tag, out: &mut Vec<Action>) {
-        let sender = Holder {
-            node: from.clone(),
-            origin: self.config.me.clone(),
-            tag: Some(tag),
-            epoch: Epoch::default(),
-        };
+        let sender = Holder::hand_off_sender(from, &self.config.me, tag);
         // The copies to drop with the copy kept here, held for this node itself.
         let me = &self.config.me;
         let kept = self

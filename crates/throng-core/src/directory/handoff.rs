@@ -44,58 +44,75 @@ impl Directory {
         self.checked(out)
     }
 
-    /// Re-derive every local decision from the current view. Costs O(owned + backups) ring
-    /// lookups.
+    /// Re-derive every local decision from the current view: each child running here (moved
+    /// away if another node owns its key, given a new backup if its backup changed), then every
+    /// orphan copy (failed over or handed to its owner), then the moves. Costs O(owned +
+    /// backups) ring lookups.
     pub(super) fn rebalance(&mut self, out: &mut Vec<Action>) {
-        let me = self.config.me.clone();
-        // Children running here.
         let keys: Vec<String> = self.owned.keys().cloned().collect();
         for key in keys {
-            let owner = self.owner(&key);
-            let backup = self.backup_of(&key).filter(|b| *b != self.config.me);
-            let o = self.owned.get_mut(&key).expect("present");
-            if owner.as_ref().is_some_and(|n| *n != me) {
-                if matches!(o.phase, Phase::Starting | Phase::Running) {
-                    self.move_queue.insert(key);
-                }
-                continue;
-            }
-            if matches!(o.phase, Phase::Stopping | Phase::Moving | Phase::Abandoning) {
-                continue;
-            }
-            if o.backup != backup {
-                // The former backup keeps its copy until the new one acknowledged (it is
-                // dropped then, even if it left the view: it may be alive behind a partition or
-                // a false suspicion, and a stale backup would fail over later).
-                if let Some(old) = o.backup_holder(&me) {
-                    add_holder(&mut o.old_backups, old);
-                }
-                // The new backup's copy is replaced by the replication (a drop of this lineage
-                // arriving after it would delete it).
-                let epoch = o.epoch;
-                let supersedes = |h: &Holder| {
-                    h.tag.is_none()
-                        && h.origin == me
-                        && h.epoch == epoch
-                        && Some(&h.node) == backup.as_ref()
-                };
-                o.old_backups.retain(|h| !supersedes(h));
-                if let Some(list) = self.dropping.get_mut(&key) {
-                    // Nor is a drop sent to it earlier sent again on a reconnection.
-                    list.retain(|h| !supersedes(h));
-                    if list.is_empty() {
-                        self.dropping.remove(&key);
-                    }
-                }
-                o.backup = backup.clone();
-                if let Some(b) = &backup {
-                    o.acked = false;
-                    out.push(send(b, o.replicate()));
-                }
-                self.settle(&key, out);
-            }
+            self.rebalance_child(key, out);
         }
-        // Backups whose origin left the view.
+        self.fail_over_orphans(out);
+        self.pump_moves(out);
+    }
+
+    /// The child `key` running here, under the current view: queued to move if another node
+    /// owns its key; replicated to its new backup if its backup changed.
+    fn rebalance_child(&mut self, key: String, out: &mut Vec<Action>) {
+        let me = self.config.me.clone();
+        let owner = self.owner(&key);
+        let backup = self.backup_of(&key).filter(|b| *b != self.config.me);
+        let Some(o) = self.owned.get_mut(&key) else {
+            return;
+        };
+        if owner.as_ref().is_some_and(|n| *n != me) {
+            if matches!(o.phase, Phase::Starting | Phase::Running) {
+                self.move_queue.insert(key);
+            }
+            return;
+        }
+        if matches!(o.phase, Phase::Stopping | Phase::Moving | Phase::Abandoning) {
+            return;
+        }
+        if o.backup != backup {
+            // The former backup keeps its copy until the new one acknowledged (it is
+            // dropped then, even if it left the view: it may be alive behind a partition or
+            // a false suspicion, and a stale backup would fail over later).
+            if let Some(old) = o.backup_holder(&me) {
+                add_holder(&mut o.old_backups, old);
+            }
+            // The new backup's copy is replaced by the replication (a drop of this lineage
+            // arriving after it would delete it).
+            let epoch = o.epoch;
+            let supersedes = |h: &Holder| {
+                h.tag.is_none()
+                    && h.origin == me
+                    && h.epoch == epoch
+                    && Some(&h.node) == backup.as_ref()
+            };
+            o.old_backups.retain(|h| !supersedes(h));
+            if let Some(list) = self.dropping.get_mut(&key) {
+                // Nor is a drop sent to it earlier sent again on a reconnection.
+                list.retain(|h| !supersedes(h));
+                if list.is_empty() {
+                    self.dropping.remove(&key);
+                }
+            }
+            o.backup = backup.clone();
+            if let Some(b) = &backup {
+                o.acked = false;
+                out.push(send(b, o.replicate()));
+            }
+            self.settle(&key, out);
+        }
+    }
+
+    /// Copies whose origin left the view: each is failed over (run here if this node owns the
+    /// key, merged into the copy running here if there is one), handed to its owner, or dropped
+    /// with its child if that child was removed.
+    fn fail_over_orphans(&mut self, out: &mut Vec<Action>) {
+        let me = self.config.me.clone();
         let orphaned: Vec<(String, NodeId, Option<Tag>)> = self
             .backups
             .iter()
@@ -104,65 +121,76 @@ impl Directory {
             .map(|(k, b)| (k.clone(), b.from.clone(), b.handoff))
             .collect();
         for (key, from, handoff) in orphaned {
-            if self.owner(&key).is_none() {
-                // Nobody to run it (this node leaves and sees no owner): keep the copy until
-                // the view has one.
-                continue;
-            }
-            if self
-                .owned
-                .get(&key)
-                .is_some_and(|o| o.phase == Phase::Abandoning)
-            {
-                // Its copy here is still stopping for a quorum lost meanwhile: it joins this
-                // copy when it exited (`abandoned`).
-                continue;
-            }
-            let Some(b) = self
-                .remove_copies(&key, |b| b.from == from && b.handoff == handoff)
-                .pop()
-            else {
-                continue;
-            };
-            // A hand-off to the departed node is over: its copies to drop go with this copy.
-            let olds = match self.handoffs.get(&key) {
-                Some(h) if h.to == b.from => self.handoffs.remove(&key).map(|h| h.olds),
-                _ => None,
-            }
-            .unwrap_or_default();
-            let source = Source::held(&b);
-            if !self.owned.contains_key(&key)
-                && (self.removing.contains_key(&key) || self.buried(&key, b.record.generation))
-            {
-                // A copy of a removed child: it goes too, with the copies it carried.
-                self.discard(&key, b.record.generation, olds, out);
-                continue;
-            }
-            match self.owner(&key) {
-                Some(o) if o == me => {
-                    if self.owned.contains_key(&key) {
-                        // A copy runs here already: two copies met (views disagreed).
-                        self.take_copy(&key, b.record, None, olds, out);
-                        continue;
-                    }
-                    let first = if b.from == me {
-                        // Its own copy, stopped when this node lost its quorum.
-                        ChildEvent::Restarted { key: key.clone() }
-                    } else {
-                        ChildEvent::FailedOver {
-                            key: key.clone(),
-                            from: b.from.clone(),
-                            from_snapshot: b.record.snapshot.is_some(),
-                        }
-                    };
-                    self.hold_olds(&key, olds);
-                    self.insert_owned(b.record, Vec::new(), first, Some(source), out);
-                }
-                Some(o) => self.hand_off(&o, b.record, 0, olds, false, Some(source), out),
-                None => {}
-            }
+            self.fail_over_orphan(&me, key, from, handoff, out);
         }
-        self.pump_moves(out);
+    }
+
+    /// The orphan copy of `key` that `from` made (hand-off `handoff`, if any).
+    fn fail_over_orphan(
+        &mut self,
+        me: &NodeId,
+        key: String,
+        from: NodeId,
+        handoff: Option<Tag>,
+        out: &mut Vec<Action>,
+    ) {
+        if self.owner(&key).is_none() {
+            // Nobody to run it (this node leaves and sees no owner): keep the copy until
+            // the view has one.
+            return;
+        }
+        if self
+            .owned
+            .get(&key)
+            .is_some_and(|o| o.phase == Phase::Abandoning)
+        {
+            // Its copy here is still stopping for a quorum lost meanwhile: it joins this
+            // copy when it exited (`abandoned`).
+            return;
+        }
+        let Some(b) = self
+            .remove_copies(&key, |b| b.from == from && b.handoff == handoff)
+            .pop()
+        else {
+            return;
+        };
+        // A hand-off to the departed node is over: its copies to drop go with this copy.
+        let olds = match self.handoffs.get(&key) {
+            Some(h) if h.to == b.from => self.handoffs.remove(&key).map(|h| h.olds),
+            _ => None,
+        }
+        .unwrap_or_default();
+        let source = Source::held(&b);
+        if !self.owned.contains_key(&key)
+            && (self.removing.contains_key(&key) || self.buried(&key, b.record.generation))
+        {
+            // A copy of a removed child: it goes too, with the copies it carried.
+            self.discard(&key, b.record.generation, olds, out);
+            return;
+        }
+        match self.owner(&key) {
+            Some(o) if o == *me => {
+                if self.owned.contains_key(&key) {
+                    // A copy runs here already: two copies met (views disagreed).
+                    self.take_copy(&key, b.record, None, olds, out);
+                    return;
+                }
+                let first = if b.from == *me {
+                    // Its own copy, stopped when this node lost its quorum.
+                    ChildEvent::Restarted { key: key.clone() }
+                } else {
+                    ChildEvent::FailedOver {
+                        key: key.clone(),
+                        from: b.from.clone(),
+                        from_snapshot: b.record.snapshot.is_some(),
+                    }
+                };
+                self.hold_olds(&key, olds);
+                self.insert_owned(b.record, Vec::new(), first, Some(source), out);
+            }
+            Some(o) => self.hand_off(&o, b.record, 0, olds, false, Some(source), out),
+            None => {}
+        }
     }
 
     /// Starts moves from the queue while fewer than [`DirConfig::max_moves`](super::DirConfig::max_moves) are in progress.

@@ -112,10 +112,28 @@ pub fn info(h: &Home) -> NodeInfo {
     }
 }
 
-/// Leave the cluster (the others take the heroes over from their replicated snapshots) and exit.
+/// Leave the cluster (the others take the heroes over from their replicated snapshots) and exit:
+/// how one node stops while the others go on (the page's "stop", SIGTERM, Ctrl-C of a `node`
+/// run by hand).
 pub async fn stop_gracefully(h: &Home) -> ! {
     h.event(format!("{} leaves the cluster gracefully", h.name));
     h.node.leave().await;
     tracing::info!(node = %h.name, "left the cluster; bye");
+    std::process::exit(0)
+}
+
+/// Stop at once without leaving, and exit: how every node of the demo stops when the demo stops.
+/// A graceful leave would hand this node's heroes to the other nodes, which are stopping too;
+/// instead each node writes what it holds to its data directory first (if it has one), and the
+/// heroes come back with their state when the nodes start again.
+pub async fn shut_down(h: &Home) -> ! {
+    let kept = if h.node.has_store() {
+        "its heroes stay in its data directory"
+    } else {
+        "no data directory: its heroes are not kept"
+    };
+    h.event(format!("{} shuts down with the demo ({kept})", h.name));
+    h.node.shutdown().await;
+    tracing::info!(node = %h.name, "shut down; bye");
     std::process::exit(0)
 }

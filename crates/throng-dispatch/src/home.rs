@@ -7,7 +7,7 @@
 //! a process-wide cell: one process runs one node.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -71,6 +71,10 @@ pub struct Home {
     pub tick: Duration,
     /// Counters for `/metrics`.
     pub counters: Counters,
+    /// Heroes of an earlier run are coming back from the data directory (set at start when it
+    /// holds data, cleared once their number has settled): a hero started again from this
+    /// node's own copy is reported as back, not as crashed.
+    pub recovering: AtomicBool,
     /// Where heroes' reports go: the running city, if any.
     reports: RwLock<Option<ReportSink>>,
     log: Mutex<VecDeque<String>>,
@@ -109,6 +113,7 @@ impl Home {
             heroes,
             tick,
             counters: Counters::default(),
+            recovering: AtomicBool::new(false),
             reports: RwLock::new(None),
             log: Mutex::new(VecDeque::new()),
         }

@@ -6,7 +6,8 @@
 //! - [`control`]: the actor every node exports so any page can stop, crash or bomb any node.
 //! - [`snapshot`], [`view`], [`page`], [`web`]: what the page shows, how it is kept current, how it
 //!   is drawn, and the live page (SSE), the JSON API and `/metrics`.
-//! - [`run`]: the `node` and `demo` commands.
+//! - [`run`]: the `node` and `demo` commands, and where a node keeps its heroes across restarts
+//!   (its data directory).
 //!
 //! Everything here uses only Throng's public API.
 

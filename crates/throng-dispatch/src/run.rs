@@ -1,17 +1,34 @@
 //! The two commands: `node` (one dispatch center: a Throng node, its city, its page) and `demo`
 //! (three nodes as separate processes on loopback, Gotham, Metropolis and Capitol).
+//!
+//! ## Where the heroes are kept
+//!
+//! A node with a data directory (`--data-dir`, `THRONG_DATA_DIR`, or `data_dir` in `--config`)
+//! runs the heroes' supervisor with [`Durability::ASYNC`]: every node writes the heroes it runs
+//! and the copies it keeps to its store there, so after every node stopped (the demo's Ctrl-C, a
+//! crash, `kill -9`) and started again with the same names and directories, each hero runs again
+//! with its health and record. A node without one keeps its heroes in memory only.
+//!
+//! `demo` gives each node the directory `<base>/<node>`, where `<base>` is `--data-dir`, else
+//! `THRONG_DATA_DIR`, else `$XDG_DATA_HOME/throng-dispatch`, else
+//! `$HOME/.local/share/throng-dispatch` (see [`demo_data_base`]); `demo --fresh` removes the
+//! three nodes' directories first. When the demo as a whole stops, its nodes shut down without
+//! leaving the cluster (see [`crate::control::shut_down`]): a graceful leave of all three at once
+//! would hand heroes to nodes that are stopping too.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, IsTerminal, Read};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use throng::cluster::{ConfigError, DetectionProfile, DistOptions, Node, NodeConfig};
+use throng::cluster::{
+    ConfigError, DetectionProfile, DistOptions, Durability, Node, NodeConfig, NodeError,
+};
 
-use crate::control::{stop_gracefully, Control};
+use crate::control::{shut_down, stop_gracefully, Control};
 use crate::hero::Hero;
 use crate::home::{install, Home, CONTROL_EXPORT, HEROES_SUPERVISOR};
 use crate::view::View;
@@ -32,6 +49,17 @@ pub const DEMO_NODES: [(&str, &str); 3] = [
 
 /// How long `demo` waits for its nodes to stop after Ctrl-C before killing them.
 const DEMO_STOP_WAIT: Duration = Duration::from_secs(10);
+
+/// The directory under the per-user data directory (`$XDG_DATA_HOME`, `~/.local/share`) where
+/// `demo` keeps its nodes' data by default.
+pub const DATA_SUBDIR: &str = "throng-dispatch";
+
+/// How long a node's count of running heroes must stay still before it reports how many came
+/// back from its data directory.
+const RECOVERY_QUIET: Duration = Duration::from_secs(3);
+
+/// The longest a node waits before it reports the heroes it recovered.
+const RECOVERY_REPORT_LIMIT: Duration = Duration::from_secs(60);
 
 /// Options of `node`.
 #[derive(Debug, Clone, Default)]
@@ -54,7 +82,12 @@ pub struct NodeArgs {
     pub config: Option<PathBuf>,
     /// The page's URL as other nodes should link to it.
     pub public_url: Option<String>,
-    /// Leave and exit when standard input closes (set by `demo`, so no node outlives it).
+    /// Where the node keeps its heroes (overrides `THRONG_DATA_DIR` and `data_dir` in the
+    /// config; none of them: in memory only).
+    pub data_dir: Option<PathBuf>,
+    /// Part of a `demo`: shut down (keeping the data directory, without leaving the cluster)
+    /// when standard input closes or on Ctrl-C, so no node outlives the demo and no node hands
+    /// its heroes to another that is stopping too.
     pub exit_with_parent: bool,
 }
 
@@ -65,6 +98,10 @@ pub struct DemoArgs {
     pub tick_ms: u64,
     /// First HTTP port (then +1, +2); gossip ports are +10, +11, +12.
     pub base_port: u16,
+    /// The directory with one data directory per node (default: [`demo_data_base`]).
+    pub data_dir: Option<PathBuf>,
+    /// Remove the nodes' data first and start with no heroes.
+    pub fresh: bool,
 }
 
 /// Parse `node` arguments.
@@ -90,6 +127,7 @@ pub fn parse_node(args: &[String]) -> Result<NodeArgs, String> {
             "--city" => a.city = Some(value()?),
             "--config" => a.config = Some(value()?.into()),
             "--public-url" => a.public_url = Some(value()?),
+            "--data-dir" => a.data_dir = Some(parse_dir(&value()?)?),
             "--exit-with-parent" => a.exit_with_parent = true,
             other => return Err(format!("unknown option {other:?} for `node`")),
         }
@@ -102,6 +140,8 @@ pub fn parse_demo(args: &[String]) -> Result<DemoArgs, String> {
     let mut a = DemoArgs {
         tick_ms: DEFAULT_TICK_MS,
         base_port: 4900,
+        data_dir: None,
+        fresh: false,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -115,6 +155,8 @@ pub fn parse_demo(args: &[String]) -> Result<DemoArgs, String> {
             "--base-port" => {
                 a.base_port = value()?.parse().map_err(|e| format!("--base-port: {e}"))?
             }
+            "--data-dir" => a.data_dir = Some(parse_dir(&value()?)?),
+            "--fresh" => a.fresh = true,
             other => return Err(format!("unknown option {other:?} for `demo`")),
         }
     }
@@ -131,6 +173,70 @@ fn parse_tick(v: &str) -> Result<u64, String> {
             "--tick-ms {v:?}: expected milliseconds in 10..=3600000"
         )),
     }
+}
+
+fn parse_dir(v: &str) -> Result<PathBuf, String> {
+    if v.trim().is_empty() {
+        return Err("--data-dir needs a directory".into());
+    }
+    Ok(PathBuf::from(v))
+}
+
+/// Where `demo` keeps its nodes' data (one directory per node under it) unless `--data-dir`
+/// says: `THRONG_DATA_DIR`, else `$XDG_DATA_HOME/throng-dispatch` (when it is an absolute path,
+/// as the XDG base directory specification asks), else `$HOME/.local/share/throng-dispatch`.
+/// `env` looks variables up (`std::env::var` in the binary). `None` when none of them is set.
+pub fn demo_data_base(env: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    let set = |k: &str| env(k).filter(|v| !v.is_empty());
+    if let Some(dir) = set("THRONG_DATA_DIR") {
+        return Some(dir.into());
+    }
+    if let Some(xdg) = set("XDG_DATA_HOME").map(PathBuf::from) {
+        if xdg.is_absolute() {
+            return Some(xdg.join(DATA_SUBDIR));
+        }
+    }
+    set("HOME").map(|home| Path::new(&home).join(".local/share").join(DATA_SUBDIR))
+}
+
+/// `path` with the home directory shown as `~` (for messages).
+pub fn show_path(path: &Path) -> String {
+    if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        if let Ok(rest) = path.strip_prefix(&home) {
+            return Path::new("~").join(rest).display().to_string();
+        }
+    }
+    path.display().to_string()
+}
+
+/// Whether `dir` holds data of an earlier run (it exists and is not empty).
+pub fn has_data(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some())
+}
+
+/// Remove a node's data directory `dir` (`demo --fresh`). Only a directory that holds nothing
+/// but the node's store (files named `throng*`) is removed, so that a mistaken `--data-dir`
+/// never deletes anything else. Returns whether there was anything to remove.
+pub fn remove_node_data(dir: &Path) -> Result<bool, String> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(format!("{}: {e}", dir.display())),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if !is_file || !entry.file_name().to_string_lossy().starts_with("throng") {
+            return Err(format!(
+                "{} holds {:?}, which is not a node's data: not removing it (remove the \
+                 directory yourself, or choose another --data-dir)",
+                dir.display(),
+                entry.file_name()
+            ));
+        }
+    }
+    std::fs::remove_dir_all(dir).map_err(|e| format!("cannot remove {}: {e}", dir.display()))?;
+    Ok(true)
 }
 
 /// `4900` means `127.0.0.1:4900`.
@@ -189,6 +295,7 @@ fn config(args: &NodeArgs) -> Result<NodeConfig, String> {
     if let Some(v) = &args.seeds {
         over.insert("THRONG_SEEDS", v.clone());
     }
+
     let load = |over: &HashMap<&str, String>| {
         NodeConfig::from_sources(&text, |k| {
             over.get(k).cloned().or_else(|| std::env::var(k).ok())
@@ -215,6 +322,9 @@ fn config(args: &NodeArgs) -> Result<NodeConfig, String> {
         // On one machine, detect a crashed node in about a second rather than in several.
         config.membership.profile = DetectionProfile::Fast;
     }
+    if let Some(dir) = &args.data_dir {
+        config.data_dir = Some(dir.clone());
+    }
     Ok(config)
 }
 
@@ -238,13 +348,17 @@ pub async fn node(args: NodeArgs) -> Result<(), String> {
         };
         format!("http://{}", SocketAddr::new(ip, http.port()))
     });
-    let node = Arc::new(
-        Node::join(config)
-            .await
-            .map_err(|e| format!("cannot start node {name}: {e}"))?,
-    );
+    let data_dir = config.data_dir.clone();
+    let earlier_data = data_dir.as_deref().is_some_and(has_data);
+    let node = Arc::new(Node::join(config).await.map_err(|e| match e {
+        NodeError::Store(_) => format!(
+            "cannot start node {name}: {e}\n(each node needs a data directory of its own; \
+             `demo --fresh` or another --data-dir starts empty)"
+        ),
+        e => format!("cannot start node {name}: {e}"),
+    })?);
     node.register::<Hero>();
-    let heroes = node.supervisor(HEROES_SUPERVISOR, DistOptions::default());
+    let heroes = node.supervisor(HEROES_SUPERVISOR, heroes_options(&node));
     let city = args.city.clone().unwrap_or_else(|| city_for(&name));
     let h = install(Arc::new(Home::new(
         node.clone(),
@@ -253,6 +367,11 @@ pub async fn node(args: NodeArgs) -> Result<(), String> {
         heroes,
         Duration::from_millis(args.tick_ms),
     )));
+    if earlier_data && node.has_store() {
+        // Before anything watches the heroes: they come back at the earliest a second from now.
+        h.recovering
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let control = throng::spawn(Control);
     node.export(CONTROL_EXPORT, &control)
         .map_err(|e| format!("cannot export the control actor: {e}"))?;
@@ -263,6 +382,20 @@ pub async fn node(args: NodeArgs) -> Result<(), String> {
         "{} dispatch center (node {name}) open on {public_url}",
         h.city_name
     ));
+    match (&data_dir, node.has_store()) {
+        (Some(dir), true) if earlier_data => {
+            h.event(format!(
+                "{name}: data in {} (earlier data found: its heroes come back once the nodes have met)",
+                show_path(dir)
+            ));
+            tokio::spawn(report_recovery(h, show_path(dir)));
+        }
+        (Some(dir), true) => h.event(format!("{name}: data in {} (new)", show_path(dir))),
+        _ => h.event(format!(
+            "{name}: no data directory: heroes are kept in memory only (--data-dir DIR keeps them \
+             across restarts)"
+        )),
+    }
     let (quit_tx, mut quit_rx) = tokio::sync::mpsc::channel::<&'static str>(1);
     if args.exit_with_parent {
         let tx = quit_tx.clone();
@@ -282,10 +415,61 @@ pub async fn node(args: NodeArgs) -> Result<(), String> {
     let server = axum::serve(listener, crate::web::router(h, view));
     tokio::select! {
         r = server => return r.map_err(|e| format!("http server: {e}")),
-        why = quit_rx.recv() => tracing::info!("stopping: {}", why.unwrap_or("?")),
+        why = quit_rx.recv() => {
+            let why = why.unwrap_or("?");
+            tracing::info!("stopping: {why}");
+            if args.exit_with_parent {
+                // The whole demo stops (its Ctrl-C reaches every node of it): no leave, so that
+                // no hero is handed to a node that is stopping too; the data directory keeps
+                // them for the next start.
+                shut_down(h).await
+            }
+        }
         _ = sigterm(&mut term) => tracing::info!("stopping: SIGTERM"),
     }
+    // This node alone stops: its heroes move to the others with their state.
     stop_gracefully(h).await
+}
+
+/// The heroes' supervisor: durable when the node has a data directory (its heroes survive a
+/// restart of every node), in memory otherwise.
+pub fn heroes_options(node: &Node) -> DistOptions {
+    let durability = if node.has_store() {
+        Durability::ASYNC
+    } else {
+        Durability::None
+    };
+    DistOptions {
+        durability,
+        ..DistOptions::default()
+    }
+}
+
+/// Tell how many heroes run here once recovery from the data directory `dir` has settled (the
+/// count of heroes running here has not changed for [`RECOVERY_QUIET`]).
+async fn report_recovery(h: &'static Home, dir: String) {
+    let began = Instant::now();
+    let (mut last, mut since) = (None, Instant::now());
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let running = h.heroes.stats().await.running;
+        if last != Some(running) {
+            (last, since) = (Some(running), Instant::now());
+        }
+        // None running here yet: recovery may not have begun (the other nodes are still
+        // coming up); wait longer before saying so.
+        let quiet = since.elapsed() >= RECOVERY_QUIET
+            && (running > 0 || began.elapsed() >= 5 * RECOVERY_QUIET);
+        if quiet || began.elapsed() >= RECOVERY_REPORT_LIMIT {
+            h.recovering
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            h.event(format!(
+                "{}: {running} heroes running here after recovery from {dir}",
+                h.name
+            ));
+            return;
+        }
+    }
 }
 
 async fn sigterm(s: &mut tokio::signal::unix::Signal) {
@@ -300,10 +484,32 @@ pub fn demo(args: DemoArgs) -> Result<(), String> {
         .collect();
     let seeds = seeds.join(",");
     let color = std::io::stdout().is_terminal();
+    let base = match &args.data_dir {
+        Some(dir) => dir.clone(),
+        None => demo_data_base(|k| std::env::var(k).ok()).ok_or(
+            "no directory for the demo's data: pass --data-dir DIR (or set THRONG_DATA_DIR, \
+             XDG_DATA_HOME or HOME)",
+        )?,
+    };
+    if args.fresh {
+        for (name, _) in DEMO_NODES {
+            let dir = base.join(name);
+            if remove_node_data(&dir)? {
+                println!("Removed the data of {name} in {}", show_path(&dir));
+            }
+        }
+    }
     let mut children: Vec<(String, Vec<String>, Option<Child>)> = Vec::new();
+    let mut printers = Vec::new();
     println!("Throng dispatch demo: three nodes, one process each.\n");
     for (i, (name, city)) in DEMO_NODES.iter().enumerate() {
         let http = args.base_port + i as u16;
+        let data_dir = base.join(name);
+        let data_note = if has_data(&data_dir) {
+            "earlier heroes come back"
+        } else {
+            "new"
+        };
         let node_args = vec![
             "node".to_owned(),
             "--name".into(),
@@ -316,6 +522,8 @@ pub fn demo(args: DemoArgs) -> Result<(), String> {
             seeds.clone(),
             "--tick-ms".into(),
             args.tick_ms.to_string(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
         ];
         let mut cmd = Command::new(&exe);
         cmd.args(&node_args)
@@ -335,17 +543,21 @@ pub fn demo(args: DemoArgs) -> Result<(), String> {
         let reset = if color { "\x1b[0m" } else { "" };
         let prefix = format!("{paint}[{name:<10}]{reset} ");
         if let Some(out) = child.stdout.take() {
-            prefix_lines(out, prefix.clone());
+            printers.push(prefix_lines(out, prefix.clone()));
         }
         if let Some(err) = child.stderr.take() {
-            prefix_lines(err, prefix);
+            printers.push(prefix_lines(err, prefix));
         }
-        println!("  {city:<11} http://127.0.0.1:{http}   (node {name})");
+        println!(
+            "  {city:<11} http://127.0.0.1:{http}   (node {name}, data in {}: {data_note})",
+            show_path(&data_dir)
+        );
         children.push(((*name).to_owned(), node_args, Some(child)));
     }
     println!(
         "\nOpen the pages, create heroes, stop or crash a node and watch its heroes move with \
-         their stats. Ctrl-C stops everything.\n"
+         their stats. Ctrl-C stops everything; the heroes wait on disk for the next `demo` \
+         (`demo --fresh` starts without them).\n"
     );
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -379,11 +591,12 @@ pub fn demo(args: DemoArgs) -> Result<(), String> {
             }
         }
         if children.iter().all(|(_, _, c)| c.is_none()) {
+            finish(printers);
             println!("All nodes have stopped.");
             return Ok(());
         }
     }
-    println!("\nStopping the nodes (they leave the cluster gracefully)...");
+    println!("\nStopping the nodes (their heroes stay in their data directories)...");
     for (_, _, slot) in children.iter_mut() {
         if let Some(c) = slot {
             drop(c.stdin.take());
@@ -407,12 +620,26 @@ pub fn demo(args: DemoArgs) -> Result<(), String> {
             }
         }
     }
+    finish(printers);
     println!("Demo stopped.");
     Ok(())
 }
 
-/// Print every line of `r` with `prefix`, on a thread of its own.
-fn prefix_lines(r: impl Read + Send + 'static, prefix: String) {
+/// Wait (briefly) until the nodes' last lines are printed.
+fn finish(printers: Vec<std::thread::JoinHandle<()>>) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for p in printers {
+        while !p.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if p.is_finished() {
+            let _ = p.join();
+        }
+    }
+}
+
+/// Print every line of `r` with `prefix`, on a thread of its own (which ends with `r`).
+fn prefix_lines(r: impl Read + Send + 'static, prefix: String) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(r).lines() {
             match line {
@@ -420,5 +647,81 @@ fn prefix_lines(r: impl Read + Send + 'static, prefix: String) {
                 Err(_) => break,
             }
         }
-    });
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn demo_and_node_take_a_data_dir_and_demo_a_fresh_start() {
+        let d = parse_demo(&args(&["--data-dir", "/tmp/x", "--fresh"])).unwrap();
+        assert_eq!(d.data_dir, Some(PathBuf::from("/tmp/x")));
+        assert!(d.fresh);
+        let d = parse_demo(&[]).unwrap();
+        assert_eq!((d.data_dir, d.fresh), (None, false));
+        let n = parse_node(&args(&["--name", "a", "--data-dir", "/tmp/a"])).unwrap();
+        assert_eq!(n.data_dir, Some(PathBuf::from("/tmp/a")));
+        assert!(parse_node(&args(&["--data-dir", ""])).is_err());
+        assert!(parse_demo(&args(&["--data-dir"])).is_err());
+    }
+
+    #[test]
+    fn the_demo_keeps_its_data_in_a_per_user_directory_unless_told() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(
+            demo_data_base(env(&[("HOME", "/home/ada")])),
+            Some(PathBuf::from("/home/ada/.local/share/throng-dispatch"))
+        );
+        assert_eq!(
+            demo_data_base(env(&[("HOME", "/home/ada"), ("XDG_DATA_HOME", "/data")])),
+            Some(PathBuf::from("/data/throng-dispatch"))
+        );
+        // A relative XDG_DATA_HOME is ignored (XDG base directory specification).
+        assert_eq!(
+            demo_data_base(env(&[("HOME", "/home/ada"), ("XDG_DATA_HOME", "rel")])),
+            Some(PathBuf::from("/home/ada/.local/share/throng-dispatch"))
+        );
+        assert_eq!(
+            demo_data_base(env(&[
+                ("HOME", "/home/ada"),
+                ("XDG_DATA_HOME", "/data"),
+                ("THRONG_DATA_DIR", "/srv/demo")
+            ])),
+            Some(PathBuf::from("/srv/demo"))
+        );
+        assert_eq!(demo_data_base(env(&[("HOME", "")])), None);
+    }
+
+    #[test]
+    fn fresh_removes_a_nodes_store_and_nothing_else() {
+        let base = std::env::temp_dir().join(format!("dispatch-fresh-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let node = base.join("gotham");
+        assert!(!remove_node_data(&node).unwrap(), "nothing to remove");
+        std::fs::create_dir_all(&node).unwrap();
+        std::fs::write(node.join("throng.redb"), b"x").unwrap();
+        assert!(has_data(&node));
+        assert!(remove_node_data(&node).unwrap());
+        assert!(!node.exists());
+        // A directory with anything else in it is left alone.
+        std::fs::create_dir_all(&node).unwrap();
+        std::fs::write(node.join("throng.redb"), b"x").unwrap();
+        std::fs::write(node.join("thesis.tex"), b"precious").unwrap();
+        let err = remove_node_data(&node).unwrap_err();
+        assert!(err.contains("not removing"), "{err}");
+        assert!(node.join("thesis.tex").exists());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 }

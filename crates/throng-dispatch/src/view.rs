@@ -203,6 +203,15 @@ async fn watch_children(h: &'static Home) {
         };
         let c = &h.counters;
         match e.event {
+            ChildEvent::Restarted { key }
+                if h.recovering.load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                // Its own copy, kept on this node's disk by an earlier run.
+                h.event(format!(
+                    "{key} is back on {} from its data directory with its state",
+                    h.name
+                ));
+            }
             ChildEvent::Restarted { key } => {
                 Counters::bump(&c.hero_restarts);
                 h.event(format!("{key} crashed and was restarted from its snapshot"));

@@ -357,10 +357,15 @@ fn no_counter_is_lost_when_two_of_five_nodes_are_killed_at_once_and_one_comes_ba
             }
         }
     }
-    let started = nodes[0].ask(&format!("start {N}"), "started", 1, Duration::from_secs(120));
+    let started = nodes[0].ask(
+        &format!("start {N}"),
+        "started",
+        1,
+        Duration::from_secs(120),
+    );
     assert_eq!(field(&started, "failed"), 0, "{started}");
-    for round in 1..=2 {
-        let bumped = nodes[round].ask(&format!("bump {N}"), "bumped", 1, Duration::from_secs(120));
+    for p in &mut nodes[1..=2] {
+        let bumped = p.ask(&format!("bump {N}"), "bumped", 1, Duration::from_secs(120));
         assert_eq!(field(&bumped, "failed"), 0, "{bumped}");
     }
     for p in nodes.iter_mut() {
@@ -406,7 +411,12 @@ fn no_counter_is_lost_when_two_of_five_nodes_are_killed_at_once_and_one_comes_ba
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let checked = nodes[0].ask(&format!("check {N}"), "checked", 1, Duration::from_secs(120));
+    let checked = nodes[0].ask(
+        &format!("check {N}"),
+        "checked",
+        1,
+        Duration::from_secs(120),
+    );
     assert_eq!(field(&checked, "answered"), N as i64, "{checked}");
     assert_eq!(
         (field(&checked, "min"), field(&checked, "max")),

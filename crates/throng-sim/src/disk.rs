@@ -30,6 +30,7 @@ impl Sim {
                     *newest = (*newest).max(state);
                 }
             }
+            self.unmirrored.remove(&(node, inc, key.clone()));
             let n = &mut self.nodes[node];
             n.unsynced.remove(&key);
             match entry {
@@ -49,9 +50,8 @@ impl Sim {
         }
         let entries = self.nodes[node].recovery.take().unwrap_or_default();
         trace!(self, "n{node}: recovers {} durable entries", entries.len());
-        if entries.is_empty() {
-            return;
-        }
+        // Always, even with nothing to take back: until then the driver holds what its
+        // directory touches (the disk keeps the previous run's entries).
         self.tally.event("durable: recovery");
         self.drive(node, |d, h| d.recover(h, entries));
         // What the directory took back is not written again until touched: the disk keeps the

@@ -485,6 +485,20 @@ impl Sim {
             .iter()
             .map(|(k, e)| (k.clone(), e.clone()))
             .collect();
+        if let Ok(k) = std::env::var("SIM_WATCH") {
+            if let Some(e) = self.nodes[j].disk.get(&k) {
+                let records: Vec<_> = e
+                    .records
+                    .iter()
+                    .map(|r| (r.generation, r.version, state_of(r)))
+                    .collect();
+                trace!(
+                    self,
+                    "n{j} reads {k} from its disk: {records:?}, buried {:?}",
+                    e.buried
+                );
+            }
+        }
         if let Some(fr) = self.full_restart.as_mut() {
             fr.down.remove(&j);
             for (key, entry) in &entries {

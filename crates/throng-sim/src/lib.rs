@@ -34,6 +34,18 @@
 //!   `reconnected` once it is back, as the runtime's link does after every new connection to
 //!   the same run.
 //!
+//! - **Durability** ([`SimConfig::durable`]): every directory is durable and every node has a
+//!   disk that survives its crashes. The driver reports the keys it touched; the node's writer
+//!   writes each one's entry (`Directory::durable`, as the directory holds it then) after a
+//!   short coalescing delay, and a crash loses what it had not written yet. A restarted node
+//!   reads its disk at its start and takes it back (`Driver::recover`) once its view has not
+//!   changed for a second, as the runtime does; meanwhile its directory runs and its writer
+//!   writes. Faults: *full-cluster restarts* (every node crashes at the same tick, then all start
+//!   again within 150 ms; other node faults wait until the outcome is checked) and *disk
+//!   losses* (a node restarts with an empty disk). Checked: [`Invariant::DiskMirror`] after
+//!   every write, [`Invariant::Durable`] after a full-cluster restart converged,
+//!   [`Invariant::StaysRemoved`] after every convergence.
+//!
 //! - **Updates.** A client sends an update to the owner of the child in its node's view. A child
 //!   that runs there accepts it and applies it at once (so it is in any later snapshot, the final
 //!   one of a drain-stop included); a child that is stopping (drain-stop for a move, terminate) or

@@ -36,7 +36,7 @@ pub(crate) const RESET_OUTAGE: (u64, u64) = (5, 300);
 pub(crate) const FLUSH_DELAY: (u64, u64) = (1, 20);
 /// With [`SimConfig::durable`]: a restarted node takes back what its disk kept once its view
 /// has not changed for this long (the runtime's settle time, one second).
-pub(crate) const RECOVERY_SETTLE: u64 = 0;
+pub(crate) const RECOVERY_SETTLE: u64 = 1000;
 /// With [`SimConfig::durable`]: after a full-cluster restart every node is back within this.
 pub(crate) const FULL_RESTART_WINDOW: (u64, u64) = (1, 150);
 /// With [`SimConfig::durable`]: the chance that a node restarts with an empty disk.
@@ -362,6 +362,9 @@ pub(crate) struct Sim {
     pub(crate) watched: String,
     /// A full-cluster restart whose outcome is checked at the next convergence.
     pub(crate) full_restart: Option<FullRestart>,
+    /// The (node, run, key) whose disk was found not to mirror the directory (each reported
+    /// once: it stays so until the key is written again).
+    pub(crate) unmirrored: BTreeSet<(usize, u64, String)>,
 }
 
 /// A full-cluster restart ([`SimConfig::durable`]): what the clients knew when every node
@@ -422,6 +425,7 @@ impl Sim {
             failures: Vec::new(),
             watched: String::new(),
             full_restart: None,
+            unmirrored: BTreeSet::new(),
             ids,
             config,
         };
@@ -449,10 +453,16 @@ impl Sim {
                 mute: false,
                 disk: BTreeMap::new(),
                 dirty: BTreeSet::new(),
-                recovery: None,
-                settle_at: 0,
+                // A durable run takes its (empty) disk back once its view settled, like the
+                // runtime: until then its driver holds what it touches.
+                recovery: sim.config.durable.then(Vec::new),
+                settle_at: RECOVERY_SETTLE,
                 unsynced: BTreeSet::new(),
             });
+            if sim.config.durable {
+                let node = sim.nodes.len() - 1;
+                sim.schedule(RECOVERY_SETTLE, Ev::Recover { node, inc: 0 });
+            }
         }
         sim
     }

@@ -31,8 +31,14 @@ fn assert_config_holds(config: SimConfig, seeds: u64) {
     let partitions = config.partitions;
     let (tally, failing) = run_seeds(0, seeds, &config);
     for inv in Invariant::ALL {
-        // Sides are checked only with gossip cuts.
-        let optional = inv == Invariant::Resurrected || inv == Invariant::SideRuns;
+        // Sides are checked only with gossip cuts, disks only with durability.
+        let durable = matches!(
+            inv,
+            Invariant::DiskMirror | Invariant::Durable | Invariant::StaysRemoved
+        );
+        let optional = inv == Invariant::Resurrected
+            || inv == Invariant::SideRuns
+            || (durable && !config.durable);
         assert!(
             tally.checks[inv as usize] > 0 || optional,
             "{} never checked",
@@ -121,4 +127,66 @@ fn shell_faults_keep_the_invariants() {
         "{}\nfirst failing: {first:#?}",
         describe(&tally)
     );
+}
+
+/// The invariants that durable recovery breaks as `throng-core` stands (see
+/// `durable_full_cluster_restarts_keep_every_invariant`).
+const BROKEN_BY_RECOVERY: [Invariant; 5] = [
+    Invariant::DiskMirror,
+    Invariant::Durable,
+    Invariant::StaysRemoved,
+    Invariant::Resurrected,
+    Invariant::StateKept,
+];
+
+/// Durable directories, full-cluster restarts and disk losses: the disks are written, read back
+/// and checked, and every invariant recovery does not touch holds.
+#[test]
+fn durable_disks_and_full_cluster_restarts_are_checked() {
+    let mut config = SimConfig::new(5, 2000);
+    config.durable = true;
+    let (tally, _) = run_seeds(0, 40, &config);
+    for event in [
+        "fault: full-cluster restart",
+        "durable: write",
+        "durable: recovery",
+    ] {
+        assert!(
+            tally.events.get(event).copied().unwrap_or(0) > 0,
+            "{event} never happened"
+        );
+    }
+    for inv in [
+        Invariant::DiskMirror,
+        Invariant::Durable,
+        Invariant::StaysRemoved,
+    ] {
+        assert!(
+            tally.checks[inv as usize] > 0,
+            "{} never checked",
+            inv.name()
+        );
+    }
+    for inv in Invariant::ALL {
+        assert!(
+            BROKEN_BY_RECOVERY.contains(&inv) || tally.violations[inv as usize] == 0,
+            "{}",
+            describe(&tally)
+        );
+    }
+}
+
+/// Every invariant holds with durable directories and full-cluster restarts. It does not yet:
+/// `Directory::recover` is documented to run before any other input, but the runtime (and so
+/// the simulator) runs it once the view has settled, while the directory already takes inputs
+/// and its writer writes them, so a recovered key's entry is not written again (its disk entry
+/// is stale) and a crash in that window loses the previous run's entries; the generations it
+/// buries neither stop a child already running nor reach the peers; and of two records of one
+/// child with the same version and different states it keeps one, not their merge.
+#[test]
+#[ignore = "durable recovery in throng-core: see the comment"]
+fn durable_full_cluster_restarts_keep_every_invariant() {
+    let mut config = SimConfig::new(5, 2000);
+    config.durable = true;
+    assert_config_holds(config, 40);
 }

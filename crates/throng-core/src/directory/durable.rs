@@ -17,7 +17,10 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use super::{orphan_copy, Action, Directory, Epoch, Generation, Record};
+use super::{
+    orphan_copy, send, Action, DirMsg, Directory, Epoch, Generation, Record, MAX_BURIED_BYTES,
+};
+use crate::NodeId;
 
 /// What a node keeps on disk for one key of a supervisor.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,12 +76,14 @@ impl Directory {
         }
     }
 
-    /// Takes back the entries a previous run of this node kept (read from its store at start,
-    /// before any other input). Buried generations are buried again; of the records of one
-    /// child (one generation) only the newest version is kept, and a buried one is dropped; each
-    /// kept record becomes an orphan copy held for this node, failed over as the view allows:
-    /// run here if this node owns the key, handed to its owner otherwise (without a quorum,
-    /// when it returns).
+    /// Takes back the entries a previous run of this node kept (read from its store once the
+    /// view settled). Each buried generation is buried again — a copy of it running here stops,
+    /// and the peers in view are told ([`DirMsg::Buried`]) — so a removed child never comes
+    /// back. Every distinct record of a child that is not buried becomes an orphan copy held
+    /// for this node, failed over as the view allows: run here if this node owns the key,
+    /// handed to its owner otherwise, merged when two copies meet (without a quorum, when it
+    /// returns). Every key taken back is touched: the disk then holds the union of what was
+    /// recovered and what the directory took meanwhile.
     pub fn recover(
         &mut self,
         entries: impl IntoIterator<Item = (String, DurableEntry)>,
@@ -86,34 +91,61 @@ impl Directory {
         let mut out = Vec::new();
         let me = self.config.me.clone();
         let mut recovered = 0usize;
+        let mut buried: Vec<(String, Generation)> = Vec::new();
         for (key, entry) in entries {
+            self.touch(&key);
             for g in &entry.buried {
-                self.tombstones.insert((key.clone(), *g));
+                if !self.buried(&key, *g) {
+                    buried.push((key.clone(), *g));
+                }
+                self.bury_and_stop(&key, *g, &mut out);
             }
-            let mut newest: Vec<Record> = Vec::new();
+            let mut records: Vec<Record> = Vec::new();
             for r in entry.records {
-                if r.key != key || self.buried(&key, r.generation) {
+                if r.key != key || self.buried(&key, r.generation) || records.contains(&r) {
                     continue;
                 }
-                match newest.iter_mut().find(|n| n.generation == r.generation) {
-                    Some(n) if n.version >= r.version => {}
-                    Some(n) => *n = r,
-                    None => newest.push(r),
-                }
+                records.push(r);
             }
-            // The newest first: it is the copy the others (other children of the key) meet.
-            newest.sort_by_key(|r| std::cmp::Reverse(r.version));
-            for (i, r) in newest.into_iter().enumerate() {
+            // The newest first: the copy the others meet (they are merged into it).
+            records.sort_by_key(|r| std::cmp::Reverse(r.version));
+            for (i, r) in records.into_iter().enumerate() {
                 let tag = (i > 0).then(|| self.next_hand_off_tag());
                 let list = self.backups.entry(key.clone()).or_default();
                 list.push(orphan_copy(&me, r, tag, Epoch::default()));
                 recovered += 1;
             }
         }
+        if !buried.is_empty() {
+            // The newest removals first, at most `MAX_BURIED_BYTES` of keys.
+            let mut bytes = 0;
+            let removed: Vec<(String, Generation)> = buried
+                .into_iter()
+                .rev()
+                .take_while(|(k, _)| {
+                    bytes += k.len() + 8;
+                    bytes <= MAX_BURIED_BYTES
+                })
+                .collect();
+            let peers: Vec<NodeId> = self.view.iter().filter(|n| **n != me).cloned().collect();
+            for peer in peers {
+                out.push(send(
+                    &peer,
+                    DirMsg::Buried {
+                        removed: removed.clone(),
+                    },
+                ));
+            }
+        }
         if recovered > 0 && !self.quorum_lost {
             self.rebalance(&mut out);
         }
         self.checked(out)
+    }
+
+    /// Whether the directory keeps durable entries ([`DirConfig::durable`](super::DirConfig::durable)).
+    pub fn is_durable(&self) -> bool {
+        self.config.durable
     }
 
     /// Whether `theirs`, a copy of the child `key` that met the one running here, is a later
@@ -211,7 +243,7 @@ mod tests {
     }
 
     #[test]
-    fn recovered_records_run_on_their_owner_from_the_newest_version_of_each_child() {
+    fn recovered_records_run_from_the_newest_version_and_the_others_are_merged_into_it() {
         let mut d = durable_dir("a", &["a"]);
         let entry = DurableEntry {
             records: vec![
@@ -226,6 +258,9 @@ mod tests {
         assert_eq!(runs.len(), 1, "{actions:?}");
         assert_eq!(runs[0].version, Version::new(9));
         assert_eq!(runs[0].snapshot.as_deref(), Some(&[9u8][..]));
+        // The older records (of diverged copies, perhaps) wait to be merged into it.
+        assert_eq!(d.owned()["k"].record.version, Version::new(9));
+        assert!(d.take_touched().contains("k"));
     }
 
     #[test]
@@ -281,5 +316,43 @@ mod tests {
             "another child"
         );
         assert!(!d.is_newer_copy("other", &record("other", 5, 9, 9)));
+    }
+
+    #[test]
+    fn a_recovered_tombstone_stops_the_running_copy_and_is_told_to_the_peers() {
+        let mut d = durable_dir("a", &["a", "b"]);
+        let key = (0..1000)
+            .map(|i| format!("k{i}"))
+            .find(|k| d.owner(k) == Some(id("a")))
+            .expect("some key owned by a");
+        d.recover([(
+            key.clone(),
+            DurableEntry {
+                records: vec![record(&key, 5, 3, 3)],
+                buried: Vec::new(),
+            },
+        )]);
+        d.spawned(&key, Ok(()));
+        let g = Generation::new(5).expect("not 0");
+        // A later start of the same node finds the removal on disk (written by another run).
+        let actions = d.recover([(
+            key.clone(),
+            DurableEntry {
+                records: Vec::new(),
+                buried: vec![g],
+            },
+        )]);
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::Stop { key: k, .. } if *k == key)),
+            "{actions:?}"
+        );
+        assert!(
+            actions.iter().any(|a| matches!(a,
+                Action::Send { to, msg: DirMsg::Buried { removed } }
+                    if *to == id("b") && removed.contains(&(key.clone(), g)))),
+            "{actions:?}"
+        );
     }
 }

@@ -33,6 +33,14 @@ use crate::{ActorHandle, ActorId, ExitReason};
 /// this long (the other nodes of a cluster restarted at once have joined by then).
 const RECOVERY_SETTLE: Duration = Duration::from_secs(1);
 
+/// A durable supervisor recovers at the latest this long after it started, even if the view
+/// keeps changing.
+const RECOVERY_MAX_WAIT: Duration = Duration::from_secs(10);
+
+/// At most this many starts and terminates wait for the recovery (then the queue holds the
+/// rest, and its senders wait).
+const PARKED_MAX: usize = 4096;
+
 /// Where a request's answer goes: to a caller on this node, or to a peer as a [`Frame::Reply`].
 pub(in crate::cluster) enum Answer<T> {
     Local(oneshot::Sender<T>),
@@ -263,6 +271,9 @@ pub(super) struct Task {
     /// `Node::leave` waiting for every child to be handed off.
     leave_waiters: Vec<oneshot::Sender<()>>,
     epoch: Instant,
+    /// Starts and terminates that arrived before the durable children were recovered: run
+    /// after them, so a start never races the child's own recovered record.
+    parked: Vec<Cmd>,
 }
 
 /// The receiving ends of a driver's queues.
@@ -293,6 +304,7 @@ impl Task {
             },
             leave_waiters: Vec::new(),
             epoch: Instant::now(),
+            parked: Vec::new(),
         }
     }
 
@@ -303,13 +315,19 @@ impl Task {
             Some(p) => match p.load().await {
                 Ok(entries) => Some(entries),
                 Err(e) => {
-                    tracing::error!(error = %e, "the durable store could not be read; nothing is recovered");
+                    // Never a silent empty start: this supervisor refuses starts here, saying why.
+                    let why = format!("the durable store could not be read: {e}");
+                    tracing::error!("{why}");
+                    if let Some(d) = self.rt.dist.upgrade() {
+                        let _ = d.refused.set(why);
+                    }
                     None
                 }
             },
             None => None,
         };
-        let mut settled_at = tokio::time::Instant::now() + RECOVERY_SETTLE;
+        let began = tokio::time::Instant::now();
+        let mut settled_at = began + RECOVERY_SETTLE;
         loop {
             let flush_at = self.rt.persist.as_ref().and_then(Persister::due);
             let writing = self.rt.persist.as_ref().is_some_and(Persister::is_writing);
@@ -336,10 +354,13 @@ impl Task {
                         p.flush(self.driver.directory());
                     }
                 }
-                _ = tokio::time::sleep_until(settled_at), if recovery.is_some() => {
+                _ = tokio::time::sleep_until(settled_at.min(began + RECOVERY_MAX_WAIT)), if recovery.is_some() => {
                     let entries = recovery.take().unwrap_or_default();
                     tracing::info!(children = entries.len(), "recovering durable children");
                     self.driver.recover(&mut self.rt, entries);
+                    for cmd in std::mem::take(&mut self.parked) {
+                        self.on_cmd(cmd);
+                    }
                 }
                 n = q.notes.recv() => match n {
                     Some(n) => self.on_note(n),
@@ -354,7 +375,10 @@ impl Task {
                     }
                     None => return,
                 },
-                c = q.cmds.recv() => match c {
+                c = q.cmds.recv(), if recovery.is_none() || self.parked.len() < PARKED_MAX => match c {
+                    Some(c @ (Cmd::Start { .. } | Cmd::Terminate { .. })) if recovery.is_some() => {
+                        self.parked.push(c);
+                    }
                     Some(c) => self.on_cmd(c),
                     None => return,
                 },
@@ -370,7 +394,14 @@ impl Task {
     fn on_cmd(&mut self, cmd: Cmd) {
         let rt = &mut self.rt;
         match cmd {
-            Cmd::Start { spec, reply } => self.driver.start(rt, spec, reply),
+            Cmd::Start { spec, reply } => {
+                let refused = rt.dist.upgrade().and_then(|d| d.refused.get().cloned());
+                match refused {
+                    // A start from another node, here where durability cannot be kept.
+                    Some(why) => reply.send(Err(StartError::Failed(why))),
+                    None => self.driver.start(rt, spec, reply),
+                }
+            }
             Cmd::Terminate { key, reply } => self.driver.terminate(rt, &key, reply),
             Cmd::List { reply } => {
                 let list = self

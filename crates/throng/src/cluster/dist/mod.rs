@@ -177,7 +177,8 @@ pub(crate) struct Dist {
     input: mpsc::Sender<Input>,
     events: broadcast::Sender<DistEvent>,
     /// Why this supervisor refuses starts (durability asked of a node without a store).
-    refused: Option<String>,
+    /// (Set at creation, or by the driver when the store cannot be read.)
+    refused: std::sync::OnceLock<String>,
 }
 
 impl Dist {
@@ -385,14 +386,17 @@ impl Supervisors {
             Durability::None => None,
             Durability::Async { .. } => self.store.get().cloned(),
         };
-        let refused = (opts.durability != Durability::None && store.is_none()).then(|| {
+        let refused = std::sync::OnceLock::new();
+        if let Some(why) = (opts.durability != Durability::None && store.is_none()).then(|| {
             let why = format!(
                 "supervisor {name:?} asks for durability {:?}, but node {} has no data_dir (THRONG_DATA_DIR)",
                 opts.durability, self.t.id
             );
             tracing::error!("{why}");
             why
-        });
+        }) {
+            let _ = refused.set(why);
+        }
         let dist = Arc::new(Dist {
             name: Arc::from(name),
             view: RwLock::new(Ring::new(ring_config)),
@@ -674,7 +678,7 @@ impl DistSupervisor {
         key: &str,
         args: A::Args,
     ) -> Result<ActorRef<A>, ChildError> {
-        if let Some(why) = &self.dist.refused {
+        if let Some(why) = self.dist.refused.get() {
             return Err(ChildError::NotDurable(why.clone()));
         }
         // The owner draws the child's generation and makes its record.

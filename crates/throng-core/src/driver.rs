@@ -106,9 +106,6 @@ pub struct Driver<R> {
     /// Children stopping to merge another copy's state ([`Action::Merge`]), with that copy.
     merging: HashMap<String, Record>,
     planted: Option<PlantedBug>,
-    /// A durable directory not recovered yet: touched keys wait (the disk still holds what the
-    /// previous run kept, which [`Driver::recover`] takes back first).
-    holding: bool,
 }
 
 impl<R> std::fmt::Debug for Driver<R> {
@@ -125,7 +122,6 @@ impl<R> Driver<R> {
     /// A driver over `dir`.
     pub fn new(dir: Directory) -> Self {
         Driver {
-            holding: dir.is_durable(),
             dir,
             requests: HashMap::new(),
             next_req: 0,
@@ -175,15 +171,19 @@ impl<R> Driver<R> {
         self.execute(host, actions);
     }
 
-    /// Take back what a previous run of this node kept on disk (see [`Directory::recover`]).
-    /// Until then a durable directory's touched keys are not reported to [`Host::touched`]: the
-    /// disk keeps the previous run's entries until they are taken back, then gets the union.
+    /// Keep what a previous run of this node kept on disk, read at its start, until
+    /// [`Driver::recover`] (see [`Directory::preload`]).
+    pub fn preload(&mut self, entries: impl IntoIterator<Item = (String, DurableEntry)>) {
+        self.dir.preload(entries);
+    }
+
+    /// Take back what a previous run of this node kept on disk (`entries`, and what
+    /// [`Driver::preload`] kept; see [`Directory::recover`]).
     pub fn recover<H: Host<Reply = R>>(
         &mut self,
         host: &mut H,
         entries: impl IntoIterator<Item = (String, DurableEntry)>,
     ) {
-        self.holding = false;
         let actions = self.dir.recover(entries);
         self.execute(host, actions);
     }
@@ -315,7 +315,7 @@ impl<R> Driver<R> {
                 Action::Event(event) => host.event(event),
             }
         }
-        if !self.holding && self.dir.touched_len() > 0 {
+        if self.dir.touched_len() > 0 {
             host.touched(self.dir.take_touched());
         }
     }

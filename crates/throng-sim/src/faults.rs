@@ -514,7 +514,10 @@ impl Sim {
         let node = &mut self.nodes[j];
         node.dirty.clear();
         node.unsynced = node.disk.keys().cloned().collect();
-        node.recovery = Some(entries);
+        // Read at the start (before any input), taken back once the view settled: until then
+        // every write includes them (`Directory::preload`), as in the runtime.
+        node.drv.preload(entries);
+        node.recovery = Some(Vec::new());
         node.settle_at = self.now + RECOVERY_SETTLE;
         let inc = node.inc;
         self.schedule(RECOVERY_SETTLE, Ev::Recover { node: j, inc });

@@ -52,23 +52,37 @@ impl Directory {
         self.touched.len()
     }
 
-    /// The durable entry of `key` now; `None` when this node holds nothing about it.
+    /// The durable entry of `key` now; `None` when this node holds nothing about it. Until
+    /// [`Directory::recover`], what the previous run kept of `key` ([`Directory::preload`]) is
+    /// part of it.
     pub fn durable(&self, key: &str) -> Option<DurableEntry> {
         let mut records: Vec<Record> = Vec::new();
         if let Some(o) = self.owned.get(key) {
             records.push(o.record.clone());
         }
-        for b in self.backups.get(key).into_iter().flatten() {
-            if !records.contains(&b.record) {
-                records.push(b.record.clone());
+        let preloaded = self.preloaded.get(key);
+        let held = self
+            .backups
+            .get(key)
+            .into_iter()
+            .flatten()
+            .map(|b| &b.record);
+        for r in held.chain(preloaded.into_iter().flat_map(|e| &e.records)) {
+            if !records.contains(r) {
+                records.push(r.clone());
             }
         }
-        let buried: Vec<Generation> = self
+        let mut buried: Vec<Generation> = self
             .tombstones
             .range_from(&(key.to_owned(), Generation::MIN))
             .take_while(|(k, _)| k == key)
             .map(|(_, g)| *g)
             .collect();
+        for g in preloaded.into_iter().flat_map(|e| &e.buried) {
+            if !buried.contains(g) {
+                buried.push(*g);
+            }
+        }
         if records.is_empty() && buried.is_empty() {
             None
         } else {
@@ -76,8 +90,25 @@ impl Directory {
         }
     }
 
-    /// Takes back the entries a previous run of this node kept (read from its store once the
-    /// view settled). Each buried generation is buried again — a copy of it running here stops,
+    /// Keeps the entries a previous run of this node kept, read from its store at start (before
+    /// any other input): they are part of every durable entry written ([`Directory::durable`])
+    /// until [`Directory::recover`] takes them back, so a write made before the view settled
+    /// never erases them.
+    pub fn preload(&mut self, entries: impl IntoIterator<Item = (String, DurableEntry)>) {
+        for (key, entry) in entries {
+            let e = self.preloaded.entry(key).or_default();
+            e.records.extend(entry.records);
+            e.buried.extend(entry.buried);
+        }
+    }
+
+    /// How many keys are preloaded and not taken back yet.
+    pub fn preloaded_len(&self) -> usize {
+        self.preloaded.len()
+    }
+
+    /// Takes back the entries a previous run of this node kept (`entries`, and those given to
+    /// [`Directory::preload`]) once the view settled. Each buried generation is buried again — a copy of it running here stops,
     /// and the peers in view are told ([`DirMsg::Buried`]) — so a removed child never comes
     /// back. Every distinct record of a child that is not buried becomes an orphan copy held
     /// for this node, failed over as the view allows: run here if this node owns the key,
@@ -92,7 +123,8 @@ impl Directory {
         let me = self.config.me.clone();
         let mut recovered = 0usize;
         let mut buried: Vec<(String, Generation)> = Vec::new();
-        for (key, entry) in entries {
+        let preloaded = std::mem::take(&mut self.preloaded);
+        for (key, entry) in preloaded.into_iter().chain(entries) {
             self.touch(&key);
             for g in &entry.buried {
                 if !self.buried(&key, *g) {

@@ -538,6 +538,10 @@ pub struct Directory {
     /// Keys whose durable entry may have changed since [`Directory::take_touched`] (only with
     /// [`DirConfig::durable`]).
     touched: BTreeSet<String>,
+    /// What a previous run kept on disk, read at start ([`Directory::preload`]) and not taken
+    /// back yet ([`Directory::recover`]): part of every durable entry written meanwhile, so the
+    /// disk never loses it.
+    preloaded: BTreeMap<String, DurableEntry>,
 }
 
 impl Directory {
@@ -571,6 +575,7 @@ impl Directory {
             quorum_lost: false,
             unchecked: 0,
             touched: BTreeSet::new(),
+            preloaded: BTreeMap::new(),
         };
         d.quorum_lost = !d.has_quorum();
         d

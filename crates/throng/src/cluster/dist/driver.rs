@@ -311,9 +311,14 @@ impl Task {
     pub(super) async fn run(mut self, mut q: Queues, stop: tokio_util::sync::CancellationToken) {
         // What a previous run of this node kept on disk: taken back once the view has settled,
         // so that each child runs again on its owner rather than on the first node up.
+        // (Read now, before any input, and kept in the directory: every write made before the
+        // recovery includes them, so the disk never loses them.)
         let mut recovery = match &self.rt.persist {
             Some(p) => match p.load().await {
-                Ok(entries) => Some(entries),
+                Ok(entries) => {
+                    self.driver.preload(entries);
+                    Some(())
+                }
                 Err(e) => {
                     // Never a silent empty start: this supervisor refuses starts here, saying why.
                     let why = format!("the durable store could not be read: {e}");
@@ -355,9 +360,10 @@ impl Task {
                     }
                 }
                 _ = tokio::time::sleep_until(settled_at.min(began + RECOVERY_MAX_WAIT)), if recovery.is_some() => {
-                    let entries = recovery.take().unwrap_or_default();
-                    tracing::info!(children = entries.len(), "recovering durable children");
-                    self.driver.recover(&mut self.rt, entries);
+                    recovery = None;
+                    let entries = self.driver.directory().preloaded_len();
+                    tracing::info!(entries, "recovering durable children");
+                    self.driver.recover(&mut self.rt, []);
                     for cmd in std::mem::take(&mut self.parked) {
                         self.on_cmd(cmd);
                     }

@@ -105,18 +105,15 @@ impl Proc {
         stdin.flush().expect("flush");
     }
 
-    /// Sends `cmd` and waits for its answer line (the `n`-th line of that kind, counting from 1).
-    fn ask(&mut self, cmd: &str, answer: &str, nth: usize, deadline: Duration) -> String {
+    /// Sends `cmd` and waits for its answer: the next line of kind `answer`.
+    fn ask(&mut self, cmd: &str, answer: &str, deadline: Duration) -> String {
+        let kind = format!("\"event\":\"{answer}\"");
+        let before = self.seen.iter().filter(|l| l.contains(&kind)).count();
         self.send(cmd);
         let end = Instant::now() + deadline;
         loop {
-            let seen: Vec<&String> = self
-                .seen
-                .iter()
-                .filter(|l| l.contains(&format!("\"event\":\"{answer}\"")))
-                .collect();
-            if seen.len() >= nth {
-                return seen[nth - 1].clone();
+            if let Some(l) = self.seen.iter().filter(|l| l.contains(&kind)).nth(before) {
+                return l.clone();
             }
             let left = end.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
@@ -217,6 +214,35 @@ fn sigkilled_node_is_declared_down_and_a_leaving_node_is_seen_leaving() {
     );
 }
 
+/// How many counters run on `nodes`, all told.
+fn running(nodes: &mut [Proc]) -> i64 {
+    nodes
+        .iter_mut()
+        .map(|p| {
+            field(
+                &p.ask("running 0", "running", Duration::from_secs(30)),
+                "running",
+            )
+        })
+        .sum()
+}
+
+/// Waits until at least `n` counters run on `nodes`; panics after `limit`.
+fn wait_running(nodes: &mut [Proc], n: u64, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let running = running(nodes);
+        if running >= n as i64 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{running} of {n} counters run after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The value of `"field":N` in a JSON line.
 fn field(line: &str, field: &str) -> i64 {
     let at = line
@@ -258,21 +284,15 @@ fn every_counter_comes_back_with_its_count_after_every_node_is_killed_at_once() 
     };
     let mut nodes: Vec<Proc> = (0..3).map(start).collect();
     wait_up(&mut nodes);
-    let started = nodes[0].ask(
-        &format!("start {N}"),
-        "started",
-        1,
-        Duration::from_secs(120),
-    );
+    let started = nodes[0].ask(&format!("start {N}"), "started", Duration::from_secs(120));
     assert_eq!(field(&started, "failed"), 0, "{started}");
     for round in 1..=3 {
-        let bumped =
-            nodes[round % 3].ask(&format!("bump {N}"), "bumped", 1, Duration::from_secs(120));
+        let bumped = nodes[round % 3].ask(&format!("bump {N}"), "bumped", Duration::from_secs(120));
         assert_eq!(field(&bumped, "failed"), 0, "{bumped}");
     }
     // Every acknowledged bump is durable on some node before the kill.
     for p in nodes.iter_mut() {
-        p.ask("durable 0", "durable", 1, Duration::from_secs(60));
+        p.ask("durable 0", "durable", Duration::from_secs(60));
     }
     for p in nodes.iter_mut() {
         p.child.kill().unwrap();
@@ -284,51 +304,20 @@ fn every_counter_comes_back_with_its_count_after_every_node_is_killed_at_once() 
     let mut nodes: Vec<Proc> = (0..3).map(start).collect();
     wait_up(&mut nodes);
     // Until every counter runs again (each node counts its own)...
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut asked = 0;
-    loop {
-        asked += 1;
-        let running: i64 = nodes
-            .iter_mut()
-            .map(|p| {
-                let l = p.ask("running 0", "running", asked, Duration::from_secs(30));
-                field(&l, "running")
-            })
-            .sum();
-        if running >= N as i64 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{running} of {N} counters came back"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_running(&mut nodes, N, Duration::from_secs(60));
     eprintln!(
         "{N} counters run again {:?} after the restart began",
         began.elapsed()
     );
     // ...each with its count, and once.
-    let checked = nodes[1].ask(
-        &format!("check {N}"),
-        "checked",
-        1,
-        Duration::from_secs(120),
-    );
+    let checked = nodes[1].ask(&format!("check {N}"), "checked", Duration::from_secs(120));
     assert_eq!(field(&checked, "answered"), N as i64, "{checked}");
     assert_eq!(
         (field(&checked, "min"), field(&checked, "max")),
         (3, 3),
         "{checked}"
     );
-    let running: i64 = nodes
-        .iter_mut()
-        .map(|p| {
-            let l = p.ask("running 0", "running", asked + 1, Duration::from_secs(30));
-            field(&l, "running")
-        })
-        .sum();
-    assert_eq!(running, N as i64, "each counter runs once");
+    assert_eq!(running(&mut nodes), N as i64, "each counter runs once");
     let _ = std::fs::remove_dir_all(&data);
 }
 
@@ -357,19 +346,14 @@ fn no_counter_is_lost_when_two_of_five_nodes_are_killed_at_once_and_one_comes_ba
             }
         }
     }
-    let started = nodes[0].ask(
-        &format!("start {N}"),
-        "started",
-        1,
-        Duration::from_secs(120),
-    );
+    let started = nodes[0].ask(&format!("start {N}"), "started", Duration::from_secs(120));
     assert_eq!(field(&started, "failed"), 0, "{started}");
     for p in &mut nodes[1..=2] {
-        let bumped = p.ask(&format!("bump {N}"), "bumped", 1, Duration::from_secs(120));
+        let bumped = p.ask(&format!("bump {N}"), "bumped", Duration::from_secs(120));
         assert_eq!(field(&bumped, "failed"), 0, "{bumped}");
     }
     for p in nodes.iter_mut() {
-        p.ask("durable 0", "durable", 1, Duration::from_secs(60));
+        p.ask("durable 0", "durable", Duration::from_secs(60));
     }
     // f4 and f5 die together: the children whose owner and backup were these two lose both
     // copies in memory.
@@ -391,32 +375,8 @@ fn no_counter_is_lost_when_two_of_five_nodes_are_killed_at_once_and_one_comes_ba
     for o in ["f1", "f2", "f3"] {
         nodes[3].wait_for(&["node_up", &format!("\"node\":\"{o}\"")], up);
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut asked = 0;
-    loop {
-        asked += 1;
-        let running: i64 = nodes
-            .iter_mut()
-            .map(|p| {
-                let l = p.ask("running 0", "running", asked, Duration::from_secs(30));
-                field(&l, "running")
-            })
-            .sum();
-        if running >= N as i64 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{running} of {N} counters run after f4 came back"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let checked = nodes[0].ask(
-        &format!("check {N}"),
-        "checked",
-        1,
-        Duration::from_secs(120),
-    );
+    wait_running(&mut nodes, N, Duration::from_secs(60));
+    let checked = nodes[0].ask(&format!("check {N}"), "checked", Duration::from_secs(120));
     assert_eq!(field(&checked, "answered"), N as i64, "{checked}");
     assert_eq!(
         (field(&checked, "min"), field(&checked, "max")),

@@ -301,19 +301,24 @@ impl Sim {
         self.send_request(ReqKind::Terminate, key, attempt);
     }
 
-    /// A start request reaches `node` (lost if the node crashed or restarted meanwhile).
-    pub(crate) fn start_arrive(&mut self, node: usize, inc: u64, req: u64) {
-        let Some(p) = self.pending.get_mut(&req) else {
-            return;
-        };
+    /// Request `req` reaches run `inc` of `node`: its key, or `None` if the request is gone or
+    /// was lost with the node (crashed or restarted meanwhile: the client times out).
+    fn arrive(&mut self, node: usize, inc: u64, req: u64) -> Option<String> {
+        let p = self.pending.get_mut(&req)?;
         if !self.nodes[node].alive || self.nodes[node].inc != inc {
-            // Lost with the node: the client times out.
             self.pending.remove(&req);
-            return;
+            return None;
         }
         p.arrived = true;
         p.arrived_at = self.now;
-        let key = p.key.clone();
+        Some(p.key.clone())
+    }
+
+    /// A start request reaches `node` (lost if the node crashed or restarted meanwhile).
+    pub(crate) fn start_arrive(&mut self, node: usize, inc: u64, req: u64) {
+        let Some(key) = self.arrive(node, inc, req) else {
+            return;
+        };
         let t = self.keys.get_mut(&key).expect("tracked");
         if t.removal_began.is_some() {
             t.late_starts += 1;
@@ -325,16 +330,9 @@ impl Sim {
 
     /// A terminate request reaches `node` (lost if the node crashed or restarted meanwhile).
     pub(crate) fn term_arrive(&mut self, node: usize, inc: u64, req: u64) {
-        let Some(p) = self.pending.get_mut(&req) else {
+        let Some(key) = self.arrive(node, inc, req) else {
             return;
         };
-        if !self.nodes[node].alive || self.nodes[node].inc != inc {
-            self.pending.remove(&req);
-            return;
-        }
-        p.arrived = true;
-        p.arrived_at = self.now;
-        let key = p.key.clone();
         self.begin_removal(node, &key);
         trace!(self, "n{node}: terminate {key} (req {req})");
         self.drive(node, |d, h| d.terminate(h, &key, req));

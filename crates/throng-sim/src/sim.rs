@@ -117,6 +117,18 @@ impl Sim {
         self.tally.event("convergence");
         self.heal();
         self.all_views_refresh((1, 20));
+        if !self.drain_until_quiet("") {
+            return;
+        }
+        self.check(Invariant::Quiescence);
+        self.check_invariants();
+        self.views_split = self.partitioned;
+    }
+
+    /// Delivers every queued event until the queue is empty: true. After
+    /// [`QUIESCENCE_BUDGET`] events it gives up, reports a [`Invariant::Quiescence`] violation
+    /// (`what` says in which phase) and drops the rest: false.
+    fn drain_until_quiet(&mut self, what: &str) -> bool {
         let mut budget = QUIESCENCE_BUDGET;
         while let Some(s) = self.queue.pop() {
             self.now = self.now.max(s.time);
@@ -126,15 +138,13 @@ impl Sim {
                 self.check(Invariant::Quiescence);
                 self.fail(
                     Invariant::Quiescence,
-                    format!("still busy after {QUIESCENCE_BUDGET} events"),
+                    format!("still busy after {QUIESCENCE_BUDGET} events{what}"),
                 );
                 self.queue.clear();
-                return;
+                return false;
             }
         }
-        self.check(Invariant::Quiescence);
-        self.check_invariants();
-        self.views_split = self.partitioned;
+        true
     }
 
     /// Faults stop but the partition and the gossip cuts stay: the views settle on what each node
@@ -144,20 +154,8 @@ impl Sim {
         trace!(self, "QUIET (partition and gossip cuts kept)");
         self.tally.event("quiet before a heal");
         self.all_views_refresh((1, 20));
-        let mut budget = QUIESCENCE_BUDGET;
-        while let Some(s) = self.queue.pop() {
-            self.now = self.now.max(s.time);
-            self.handle(s.ev);
-            budget -= 1;
-            if budget == 0 {
-                self.check(Invariant::Quiescence);
-                self.fail(
-                    Invariant::Quiescence,
-                    format!("still busy after {QUIESCENCE_BUDGET} events (partitioned)"),
-                );
-                self.queue.clear();
-                return false;
-            }
+        if !self.drain_until_quiet(" (partitioned)") {
+            return false;
         }
         self.check_sides();
         true

@@ -214,6 +214,47 @@ fn sigkilled_node_is_declared_down_and_a_leaving_node_is_seen_leaving() {
     );
 }
 
+/// Nodes with data directories under one temporary directory (removed on drop, a failed test
+/// included), every node seeded with every other.
+struct Disks {
+    data: std::path::PathBuf,
+    names: &'static [&'static str],
+    ports: Vec<u16>,
+    seeds: String,
+}
+
+impl Disks {
+    fn new(tag: &str, names: &'static [&'static str]) -> Disks {
+        let data = std::env::temp_dir().join(format!("throng-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data);
+        let ports = free_udp_ports(names.len());
+        let seeds = ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        Disks {
+            data,
+            names,
+            ports,
+            seeds,
+        }
+    }
+
+    /// Start node `i` on its data directory.
+    fn start(&self, i: usize) -> Proc {
+        let dir = self.data.join(self.names[i]).display().to_string();
+        let env = [("THRONG_DATA_DIR", dir)];
+        Proc::start_with(self.names[i], self.ports[i], &self.seeds, SECRET, &env)
+    }
+}
+
+impl Drop for Disks {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
 /// How many counters run on `nodes`, all told.
 fn running(nodes: &mut [Proc]) -> i64 {
     nodes
@@ -259,24 +300,14 @@ fn field(line: &str, field: &str) -> i64 {
 #[test]
 fn every_counter_comes_back_with_its_count_after_every_node_is_killed_at_once() {
     const N: u64 = 10_000;
-    let data = std::env::temp_dir().join(format!("throng-restart-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&data);
-    let names = ["r1", "r2", "r3"];
-    let ports = free_udp_ports(3);
-    let seeds = ports
-        .iter()
-        .map(|p| format!("127.0.0.1:{p}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let start = |i: usize| {
-        let env = [("THRONG_DATA_DIR", data.join(names[i]).display().to_string())];
-        Proc::start_with(names[i], ports[i], &seeds, SECRET, &env)
-    };
+    let disks = Disks::new("restart", &["r1", "r2", "r3"]);
+    let names = disks.names;
+    let start = |i: usize| disks.start(i);
     let up = Duration::from_secs(20);
     let wait_up = |nodes: &mut [Proc]| {
         for p in nodes.iter_mut() {
             for o in names {
-                if o != p.name {
+                if *o != p.name {
                     p.wait_for(&["node_up", &format!("\"node\":\"{o}\"")], up);
                 }
             }
@@ -318,30 +349,19 @@ fn every_counter_comes_back_with_its_count_after_every_node_is_killed_at_once() 
         "{checked}"
     );
     assert_eq!(running(&mut nodes), N as i64, "each counter runs once");
-    let _ = std::fs::remove_dir_all(&data);
 }
 
 #[test]
 fn no_counter_is_lost_when_two_of_five_nodes_are_killed_at_once_and_one_comes_back() {
     const N: u64 = 2_000;
-    let data = std::env::temp_dir().join(format!("throng-double-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&data);
-    let names = ["f1", "f2", "f3", "f4", "f5"];
-    let ports = free_udp_ports(5);
-    let seeds = ports
-        .iter()
-        .map(|p| format!("127.0.0.1:{p}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let start = |i: usize| {
-        let env = [("THRONG_DATA_DIR", data.join(names[i]).display().to_string())];
-        Proc::start_with(names[i], ports[i], &seeds, SECRET, &env)
-    };
+    let disks = Disks::new("double", &["f1", "f2", "f3", "f4", "f5"]);
+    let names = disks.names;
+    let start = |i: usize| disks.start(i);
     let up = Duration::from_secs(30);
     let mut nodes: Vec<Proc> = (0..5).map(start).collect();
     for p in nodes.iter_mut() {
         for o in names {
-            if o != p.name {
+            if *o != p.name {
                 p.wait_for(&["node_up", &format!("\"node\":\"{o}\"")], up);
             }
         }
@@ -383,5 +403,4 @@ fn no_counter_is_lost_when_two_of_five_nodes_are_killed_at_once_and_one_comes_ba
         (2, 2),
         "{checked}"
     );
-    let _ = std::fs::remove_dir_all(&data);
 }

@@ -14,7 +14,12 @@
 //! `child_conflict` / `child_failed_over` lines. With a `data_dir` (`THRONG_DATA_DIR`) the
 //! counters belong to the durable supervisor `counters` ([`Durability::ASYNC`]): they come back
 //! with their counts after every node of the cluster was stopped or killed. Without one they
-//! belong to the node's default supervisor (in memory).
+//! belong to the node's default supervisor (in memory). A command ending in `sync` (`start N
+//! sync`, `check N sync`, `running 0 sync`, `values N sync`) uses the counters `s-0`.. of the
+//! supervisor `sync_counters` ([`Durability::Sync`], needs a data_dir) instead; `hammer N` starts
+//! one endless worker per sync counter `s-0`..`s-N-1`, each adding 1 at a time and printing an
+//! `ack` line (`"k":i`) per acknowledged increment and a `doubt` line per failed one (applied or
+//! not) — the workload of the kill -9 test. `values N [sync]` prints every counter's value.
 //!
 //! `throng-node gen-certs --out DIR --nodes a,b,c` writes a development CA and one certificate per
 //! node, so that a cluster can run with mutual TLS (`THRONG_TLS_CA`, `THRONG_TLS_CERT`,
@@ -107,6 +112,37 @@ fn counters(node: &Node) -> DistSupervisor {
     }
 }
 
+/// The supervisor of the counters whose every acknowledged call is durable (needs a data_dir).
+fn sync_counters(node: &Node) -> DistSupervisor {
+    node.supervisor(
+        "sync_counters",
+        DistOptions {
+            durability: Durability::Sync,
+            ..DistOptions::default()
+        },
+    )
+}
+
+/// The endless workload of `hammer N`: one worker per sync counter, one increment at a time.
+fn hammer(sup: DistSupervisor, me: String, n: u64) {
+    for i in 0..n {
+        let sup = sup.clone();
+        let me = me.clone();
+        tokio::spawn(async move {
+            let key = format!("s-{i}");
+            loop {
+                match sup.call::<KeyedCounter>(&key, CounterMsg::Add(1)).await {
+                    Ok(_) => line("ack", &me, &format!(",\"k\":{i}")),
+                    Err(_) => {
+                        line("doubt", &me, &format!(",\"k\":{i}"));
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        });
+    }
+}
+
 /// How many requests the stdin commands keep in flight.
 const IN_FLIGHT: usize = 64;
 
@@ -125,8 +161,14 @@ async fn command(node: &Node, me: &str, cmd: &str) {
         line("bad_command", me, &format!(",\"command\":{cmd:?}"));
         return;
     };
-    let sup = counters(node);
-    let key = |i: u64| format!("c-{i}");
+    let sync = words.next() == Some("sync");
+    let sup = if sync || verb == "hammer" {
+        sync_counters(node)
+    } else {
+        counters(node)
+    };
+    let prefix = if sync || verb == "hammer" { "s" } else { "c" };
+    let key = |i: u64| format!("{prefix}-{i}");
     match verb {
         "start" | "bump" => {
             let errors: Vec<String> = stream::iter(0..n)
@@ -160,6 +202,29 @@ async fn command(node: &Node, me: &str, cmd: &str) {
                     errors.len()
                 ),
             );
+        }
+        "hammer" => {
+            hammer(sup, me.to_owned(), n);
+            line("hammering", me, &format!(",\"n\":{n}"));
+        }
+        "values" => {
+            let values: Vec<String> = stream::iter(0..n)
+                .map(|i| {
+                    let sup = &sup;
+                    async move {
+                        sup.call_timeout::<KeyedCounter>(
+                            &key(i),
+                            CounterMsg::Get,
+                            std::time::Duration::from_secs(5),
+                        )
+                        .await
+                        .map_or("null".to_owned(), |v| v.to_string())
+                    }
+                })
+                .buffered(IN_FLIGHT)
+                .collect()
+                .await;
+            line("values", me, &format!(",\"v\":[{}]", values.join(",")));
         }
         "settle" => {
             // Wait until every snapshot taken here is held by its backup.
@@ -335,6 +400,10 @@ async fn main() -> ExitCode {
     let cluster = node.subscribe();
     let mut events = cluster.events;
     let mut children = counters(&node).events();
+    if node.has_store() {
+        // Started on every node at once, so a restarted node recovers its sync counters too.
+        sync_counters(&node);
+    }
     line(
         "ready",
         &me,

@@ -45,7 +45,11 @@ impl Sim {
     /// has not changed for [`crate::world::RECOVERY_SETTLE`] (as the runtime does).
     pub(crate) fn recover_due(&mut self, node: usize, inc: u64) {
         let n = &self.nodes[node];
-        if !n.alive || n.inc != inc || n.recovery.is_none() || self.now < n.settle_at {
+        if !n.alive
+            || n.inc != inc
+            || n.recovery.is_none()
+            || (self.now < n.settle_at && self.now < n.recover_by)
+        {
             return;
         }
         let entries = self.nodes[node].recovery.take().unwrap_or_default();
@@ -63,6 +67,15 @@ impl Sim {
             .count();
         for _ in 0..differ {
             self.tally.event("durable: recovered entry not rewritten");
+        }
+        // The starts and terminates that waited for the recovery, in their order.
+        for (start, req) in std::mem::take(&mut self.nodes[node].parked) {
+            self.tally.event("durable: request parked until recovery");
+            if start {
+                self.start_now(node, req);
+            } else {
+                self.term_now(node, req);
+            }
         }
     }
 

@@ -9,7 +9,9 @@ use throng_core::directory::{Directory, DurableEntry};
 use crate::config::dir_config;
 use crate::host::state_of;
 use crate::report::Invariant;
-use crate::world::{trace, Ev, Pending, Sim, DISK_LOSS, RECOVERY_SETTLE, RESET_OUTAGE};
+use crate::world::{
+    trace, Ev, Pending, Sim, DISK_LOSS, RECOVERY_MAX_WAIT, RECOVERY_SETTLE, RESET_OUTAGE,
+};
 
 impl Sim {
     /// A node leaves gracefully: it hands its children off, then exits.
@@ -56,6 +58,10 @@ impl Sim {
             );
             self.fail(Invariant::Runtime, what);
         }
+        // A graceful exit writes what the node still owes its disk (the runtime's `shutdown`
+        // returns only once the persister wrote everything): a leaving node's last writes
+        // delete the copies it handed off.
+        self.flush(j, inc);
         let node = &mut self.nodes[j];
         node.alive = false;
         node.leaving = false;
@@ -100,6 +106,7 @@ impl Sim {
             }
         }
         self.nodes[j].recovery = None;
+        self.nodes[j].parked.clear();
         // What it queued for a peer that refuses it never leaves its process.
         for to in 0..self.nodes.len() {
             if to != j && !self.link_up[j][to] {
@@ -519,7 +526,9 @@ impl Sim {
         node.drv.preload(entries);
         node.recovery = Some(Vec::new());
         node.settle_at = self.now + RECOVERY_SETTLE;
+        node.recover_by = self.now + RECOVERY_MAX_WAIT;
         let inc = node.inc;
         self.schedule(RECOVERY_SETTLE, Ev::Recover { node: j, inc });
+        self.schedule(RECOVERY_MAX_WAIT, Ev::Recover { node: j, inc });
     }
 }

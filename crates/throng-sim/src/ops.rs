@@ -316,7 +316,20 @@ impl Sim {
 
     /// A start request reaches `node` (lost if the node crashed or restarted meanwhile).
     pub(crate) fn start_arrive(&mut self, node: usize, inc: u64, req: u64) {
-        let Some(key) = self.arrive(node, inc, req) else {
+        if self.arrive(node, inc, req).is_none() {
+            return;
+        }
+        if self.nodes[node].recovery.is_some() {
+            trace!(self, "n{node}: start (req {req}) waits for the recovery");
+            self.nodes[node].parked.push((true, req));
+            return;
+        }
+        self.start_now(node, req);
+    }
+
+    /// A start request that reached `node` is handed to its driver.
+    pub(crate) fn start_now(&mut self, node: usize, req: u64) {
+        let Some(key) = self.pending.get(&req).map(|p| p.key.clone()) else {
             return;
         };
         let t = self.keys.get_mut(&key).expect("tracked");
@@ -330,7 +343,23 @@ impl Sim {
 
     /// A terminate request reaches `node` (lost if the node crashed or restarted meanwhile).
     pub(crate) fn term_arrive(&mut self, node: usize, inc: u64, req: u64) {
-        let Some(key) = self.arrive(node, inc, req) else {
+        if self.arrive(node, inc, req).is_none() {
+            return;
+        }
+        if self.nodes[node].recovery.is_some() {
+            trace!(
+                self,
+                "n{node}: terminate (req {req}) waits for the recovery"
+            );
+            self.nodes[node].parked.push((false, req));
+            return;
+        }
+        self.term_now(node, req);
+    }
+
+    /// A terminate request that reached `node` is handed to its driver.
+    pub(crate) fn term_now(&mut self, node: usize, req: u64) {
+        let Some(key) = self.pending.get(&req).map(|p| p.key.clone()) else {
             return;
         };
         self.begin_removal(node, &key);

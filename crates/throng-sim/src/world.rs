@@ -37,6 +37,9 @@ pub(crate) const FLUSH_DELAY: (u64, u64) = (1, 20);
 /// With [`SimConfig::durable`]: a restarted node takes back what its disk kept once its view
 /// has not changed for this long (the runtime's settle time, one second).
 pub(crate) const RECOVERY_SETTLE: u64 = 1000;
+/// With [`SimConfig::durable`]: a restarted node takes its disk back at the latest this long
+/// after its start, settled or not (the runtime's `RECOVERY_MAX_WAIT`, ten seconds).
+pub(crate) const RECOVERY_MAX_WAIT: u64 = 10_000;
 /// With [`SimConfig::durable`]: after a full-cluster restart every node is back within this.
 pub(crate) const FULL_RESTART_WINDOW: (u64, u64) = (1, 150);
 /// With [`SimConfig::durable`]: the chance that a node restarts with an empty disk.
@@ -213,6 +216,12 @@ pub(crate) struct Node {
     pub(crate) recovery: Option<Vec<(String, DurableEntry)>>,
     /// When the view of this run last changed, plus [`RECOVERY_SETTLE`].
     pub(crate) settle_at: u64,
+    /// When this run started, plus [`RECOVERY_MAX_WAIT`]: it recovers then at the latest.
+    pub(crate) recover_by: u64,
+    /// Starts (`true`) and terminates (`false`) that reached this run before its recovery, by
+    /// request: they wait for it, as in the runtime (a start must not make a new child of a
+    /// key whose durable copy this run has not taken back yet).
+    pub(crate) parked: Vec<(bool, u64)>,
     /// Keys on the disk as a previous run left them, not written by this run yet: they mirror
     /// nothing of this run's directory until written.
     pub(crate) unsynced: BTreeSet<String>,
@@ -457,11 +466,14 @@ impl Sim {
                 // runtime: until then its driver holds what it touches.
                 recovery: sim.config.durable.then(Vec::new),
                 settle_at: RECOVERY_SETTLE,
+                recover_by: RECOVERY_MAX_WAIT,
+                parked: Vec::new(),
                 unsynced: BTreeSet::new(),
             });
             if sim.config.durable {
                 let node = sim.nodes.len() - 1;
                 sim.schedule(RECOVERY_SETTLE, Ev::Recover { node, inc: 0 });
+                sim.schedule(RECOVERY_MAX_WAIT, Ev::Recover { node, inc: 0 });
             }
         }
         sim

@@ -154,6 +154,16 @@ pub struct Context<A: Actor> {
 pub(crate) trait Observer<A>: Send + Sync {
     /// A message was handled successfully.
     fn after_message(&mut self, actor: &A);
+    /// Whether the replies of calls wait for [`Observer::hold`] to release them (a durable
+    /// supervisor in `Sync` mode releases a reply once the state it saw is durable).
+    fn holds_replies(&self) -> bool {
+        false
+    }
+    /// Called after [`Observer::after_message`] of a call when [`Observer::holds_replies`]:
+    /// `release` sends the reply; the observer runs it when the reply may go.
+    fn hold(&mut self, release: Box<dyn FnOnce() + Send>) {
+        release()
+    }
     /// The actor stopped (after `stopped` ran) with `reason`.
     fn on_stop(&mut self, actor: &A, reason: &ExitReason);
 }
@@ -488,14 +498,20 @@ async fn serve<A: Actor>(actor: &mut A, ctx: &mut Context<A>) -> ExitReason {
                 .catch_unwind()
                 .await,
         ) {
-            Ok(value) => {
-                if let Some(reply) = reply {
-                    reply.send(Ok(value));
-                }
-                if let Some(o) = ctx.observer.as_mut() {
+            Ok(value) => match (reply, ctx.observer.as_mut()) {
+                (Some(reply), Some(o)) if o.holds_replies() => {
                     o.after_message(actor);
+                    o.hold(Box::new(move || reply.send(Ok(value))));
                 }
-            }
+                (reply, o) => {
+                    if let Some(reply) = reply {
+                        reply.send(Ok(value));
+                    }
+                    if let Some(o) = o {
+                        o.after_message(actor);
+                    }
+                }
+            },
             Err(reason) => {
                 if let Some(reply) = reply {
                     reply.send(Err(reason.clone()));

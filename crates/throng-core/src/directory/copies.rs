@@ -76,6 +76,8 @@ impl Directory {
         out: &mut Vec<Action>,
     ) {
         let me = self.config.me.clone();
+        // A copy waiting to be merged is part of the key's durable entry.
+        self.touch(key);
         let Some(o) = self.owned.get_mut(key) else {
             return;
         };

@@ -26,7 +26,8 @@ use crate::NodeId;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DurableEntry {
     /// The records held for the key: the child this node runs first (if it runs one), then the
-    /// copies it keeps (backups, hand-off copies, orphans).
+    /// copies waiting to be merged into it, then the copies it keeps (backups, hand-off copies,
+    /// orphans).
     pub records: Vec<Record>,
     /// Generations of the key this node buried (removed children).
     pub buried: Vec<Generation>,
@@ -59,6 +60,13 @@ impl Directory {
         let mut records: Vec<Record> = Vec::new();
         if let Some(o) = self.owned.get(key) {
             records.push(o.record.clone());
+            // Copies waiting to be merged into it are its state too until merged (one may be
+            // newer than the record that runs).
+            for r in o.merging.as_deref().into_iter().chain(&o.merges) {
+                if !records.contains(r) {
+                    records.push(r.clone());
+                }
+            }
         }
         let preloaded = self.preloaded.get(key);
         let held = self

@@ -4,9 +4,12 @@
 //! child handed to this node.
 
 use super::{
-    add_holder, reply, send, stop, Action, Backup, ChildEvent, DirMsg, Directory, Epoch, Holder,
-    Phase, Record, Source, StartError, StopReason, Tag, MAX_HOPS,
+    add_holder, reply, send, stop, Action, Backup, ChildEvent, DirMsg, Directory, Epoch,
+    Generation, Holder, Phase, Record, Source, StartError, StopReason, Tag, MAX_BURIED_BYTES,
+    MAX_HOPS,
 };
+use std::collections::BTreeMap;
+
 use crate::NodeId;
 
 /// A hand-off from here not yet confirmed by its receiver.
@@ -40,8 +43,43 @@ impl Directory {
         self.quorum_lost = !self.has_quorum();
         if !self.quorum_lost {
             self.rebalance(&mut out);
+            self.hand_off_tombstones(&mut out);
         }
         self.checked(out)
+    }
+
+    /// A leaving node takes no tombstone with it: each goes to its key's owner and backup in
+    /// the view that stays ([`DirMsg::Buried`], at most `MAX_BURIED_BYTES` of keys per
+    /// message), so a copy of a removed child that a node down now keeps on its disk is still
+    /// refused when that node comes back.
+    pub(super) fn hand_off_tombstones(&self, out: &mut Vec<Action>) {
+        let mut by_node: BTreeMap<NodeId, Vec<Vec<(String, Generation)>>> = BTreeMap::new();
+        let mut bytes: BTreeMap<NodeId, usize> = BTreeMap::new();
+        for (key, generation) in self.tombstones.newest_first() {
+            let to = [self.owner(key), self.backup_of(key)];
+            for node in to.into_iter().flatten() {
+                if node == self.config.me {
+                    continue;
+                }
+                let size = key.len() + 8;
+                let used = bytes.entry(node.clone()).or_default();
+                let chunks = by_node.entry(node).or_default();
+                if chunks.is_empty() || *used + size > MAX_BURIED_BYTES {
+                    chunks.push(Vec::new());
+                    *used = 0;
+                }
+                *used += size;
+                chunks
+                    .last_mut()
+                    .expect("pushed")
+                    .push((key.clone(), *generation));
+            }
+        }
+        for (node, chunks) in by_node {
+            for removed in chunks {
+                out.push(send(&node, DirMsg::Buried { removed }));
+            }
+        }
     }
 
     /// Re-derive every local decision from the current view: each child running here (moved
@@ -415,6 +453,8 @@ impl Directory {
     ) {
         let me = self.config.me.clone();
         let owner = self.owner(key);
+        // A copy waiting to be merged is part of the key's durable entry.
+        self.touch(key);
         let Some(o) = self.owned.get_mut(key) else {
             return;
         };

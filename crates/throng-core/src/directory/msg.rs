@@ -254,7 +254,9 @@ pub enum DirMsg {
     },
     /// The child of `key` and `generation` was removed (the sender learned it from the removal):
     /// the receiver, which replicated a copy of it, stops that copy for good. Sent when a copy
-    /// survived on the other side of a partition or of a false suspicion: the removal wins.
+    /// survived on the other side of a partition or of a false suspicion: the removal wins. Also
+    /// sent by the remover, when the removal ends, to the key's backup node, so the tombstone is
+    /// kept on two nodes as the record was.
     Removed {
         /// The key.
         key: String,

@@ -192,6 +192,19 @@ impl Directory {
             return;
         }
         let r = self.removing.remove(key).expect("present");
+        // The tombstone is kept where the record would be: on the key's backup node in the
+        // view the removal ends in (whether or not it held a copy; the backup of the start may
+        // have died meanwhile), so a copy that a node down now still keeps on its disk is
+        // refused when it comes back, even if this node is down by then.
+        if let Some(b) = self.backup_of(key).filter(|b| *b != self.config.me) {
+            out.push(send(
+                &b,
+                DirMsg::Removed {
+                    key: key.to_owned(),
+                    generation: r.generation,
+                },
+            ));
+        }
         for (to, msg) in self.notify.remove(key).unwrap_or_default() {
             out.push(send(&to, msg));
         }

@@ -711,6 +711,64 @@ fn a_late_copy_of_a_removed_child_is_refused() {
 }
 
 #[test]
+fn a_removal_whose_backup_died_leaves_its_tombstone_on_the_new_backup() {
+    let nodes = ["a", "b", "c"];
+    let key = key_placed(&nodes, "a", "b");
+    let mut net = Net::running(&nodes, &key);
+    let record = net.dir("a").owned()[&key].record.clone();
+    // The backup dies as the child is terminated: the removal ends without it...
+    net.crash("b");
+    net.call("a", |d| d.terminate(2, &key));
+    net.call("a", |d| d.set_view([&id("a"), &id("c")]));
+    net.call("c", |d| d.set_view([&id("a"), &id("c")]));
+    net.settle();
+    assert!(net.replies().contains(&(2, Ok(()))));
+    // ...and the new backup keeps the tombstone: when the owner is down too, a copy `b` kept
+    // on its disk is refused where it is sent (`c` owns the key then).
+    net.crash("a");
+    net.call("c", |d| d.set_view([&id("c")]));
+    net.queue.push_back((
+        id("b"),
+        id("c"),
+        DirMsg::Adopt {
+            record,
+            hops: 0,
+            tag: tag(78),
+            holders: Vec::new(),
+            moved: false,
+        },
+    ));
+    net.settle();
+    assert!(net.runs(&key).is_empty(), "runs on {:?}", net.runs(&key));
+}
+
+#[test]
+fn a_leaving_node_hands_its_tombstones_to_the_owners_and_backups_that_stay() {
+    let nodes = ["a", "b", "c"];
+    let key = key_placed(&nodes, "a", "b");
+    let mut net = Net::running(&nodes, &key);
+    net.call("a", |d| d.terminate(2, &key));
+    net.settle();
+    let generation = |net: &mut Net, n: &str| -> Vec<Generation> {
+        let d = net.dir(n);
+        d.tombstones
+            .newest_first()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, g)| *g)
+            .collect()
+    };
+    assert!(!generation(&mut net, "a").is_empty());
+    // `c` never held the child: it learns the removal only from `a` leaving.
+    assert!(generation(&mut net, "c").is_empty());
+    net.call("a", |d| d.set_members([&id("b"), &id("c")], [&id("a")]));
+    net.call("b", |d| d.set_members([&id("b"), &id("c")], [&id("a")]));
+    net.call("c", |d| d.set_members([&id("b"), &id("c")], [&id("a")]));
+    net.call("a", |d| d.leave());
+    net.settle();
+    assert_eq!(generation(&mut net, "c"), generation(&mut net, "a"));
+}
+
+#[test]
 fn a_removal_on_one_side_of_a_partition_wins_after_the_heal() {
     let nodes = ["a", "b", "c"];
     let key = key_placed(&nodes, "a", "b");

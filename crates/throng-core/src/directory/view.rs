@@ -29,7 +29,8 @@ impl Directory {
     ) -> Vec<Action> {
         let mut out = Vec::new();
         let leaving: BTreeSet<NodeId> = leaving.into_iter().cloned().collect();
-        if leaving.contains(&self.config.me) {
+        let begins_leaving = !self.me_leaving && leaving.contains(&self.config.me);
+        if begins_leaving {
             self.me_leaving = true;
         }
         let mut owners: BTreeSet<NodeId> = owners
@@ -96,6 +97,9 @@ impl Directory {
             self.regain_quorum(&mut out);
         }
         self.rebalance(&mut out);
+        if begins_leaving {
+            self.hand_off_tombstones(&mut out);
+        }
         self.checked(out)
     }
 

@@ -143,6 +143,28 @@ struct Runtime {
     pending_slots: HashMap<String, Arc<Slot>>,
     /// The writer of a durable supervisor.
     persist: Option<Persister>,
+    /// `Durability::Sync`: call replies wait until the state they saw is durable.
+    sync: bool,
+    /// `Sync` mode: slots of exited children with replies still waiting, by key, until a
+    /// commit writes the key's entry (which holds their final state).
+    exited: HashMap<Arc<str>, Vec<Arc<Slot>>>,
+}
+
+/// The marks of a key being written in `Sync` mode ([`Persister::flush`]): the slot of its
+/// running child with the number of the latest snapshot the directory holds, and the slots of
+/// its exited children (all they did is in the entry).
+fn marker<'a>(
+    running: &'a HashMap<Arc<str>, Running>,
+    exited: &'a mut HashMap<Arc<str>, Vec<Arc<Slot>>>,
+) -> impl FnMut(&str, &mut Vec<(Arc<Slot>, u64)>) + Send + 'a {
+    move |key, out| {
+        if let Some(r) = running.get(key) {
+            out.extend(r.slot.mark(false).map(|seq| (r.slot.clone(), seq)));
+        }
+        for slot in exited.remove(key).into_iter().flatten() {
+            out.extend(slot.mark(true).map(|seq| (slot.clone(), seq)));
+        }
+    }
 }
 
 impl Runtime {
@@ -168,7 +190,7 @@ impl Host for Runtime {
             });
             return;
         };
-        let slot = Arc::new(Slot::default());
+        let slot = Arc::new(Slot::new(self.sync));
         self.pending_slots.insert(record.key.clone(), slot.clone());
         let notes = self.notes.clone();
         let export = dist.export_name(&record.key);
@@ -290,6 +312,7 @@ impl Task {
         shared: &Arc<Supervisors>,
         notes: mpsc::UnboundedSender<Note>,
         persist: Option<Persister>,
+        sync: bool,
     ) -> Self {
         Task {
             driver,
@@ -301,6 +324,8 @@ impl Task {
                 running: HashMap::new(),
                 pending_slots: HashMap::new(),
                 persist,
+                sync,
+                exited: HashMap::new(),
             },
             leave_waiters: Vec::new(),
             epoch: Instant::now(),
@@ -345,7 +370,8 @@ impl Task {
                         r.handle.stop(ExitReason::Shutdown);
                     }
                     if let Some(p) = &mut self.rt.persist {
-                        p.drain(self.driver.directory()).await;
+                        let mut m = marker(&self.rt.running, &mut self.rt.exited);
+                        p.drain(self.driver.directory(), &mut m).await;
                     }
                     return;
                 }
@@ -356,7 +382,7 @@ impl Task {
                 }
                 _ = tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)), if flush_at.is_some() => {
                     if let Some(p) = &mut self.rt.persist {
-                        p.flush(self.driver.directory());
+                        p.flush(self.driver.directory(), &mut marker(&self.rt.running, &mut self.rt.exited));
                     }
                 }
                 _ = tokio::time::sleep_until(settled_at.min(began + RECOVERY_MAX_WAIT)), if recovery.is_some() => {
@@ -461,11 +487,7 @@ impl Task {
                     .running
                     .get(&*key)
                     .is_some_and(|r| Arc::ptr_eq(&r.slot, &slot));
-                let bytes = slot
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take();
+                let bytes = slot.take_pending();
                 if let (Some(b), true) = (bytes, current) {
                     self.driver.snapshot(rt, &key, b);
                 }
@@ -514,12 +536,13 @@ impl Task {
                 // A snapshot still waiting is newer than the one replicated; the final one newer
                 // still (taken as the child stopped cleanly).
                 let last = r.slot.last.lock().unwrap_or_else(|p| p.into_inner()).take();
-                let pending = r
-                    .slot
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take();
+                let pending = r.slot.take_pending();
+                if r.slot.holds() {
+                    rt.exited
+                        .entry(key.clone())
+                        .or_default()
+                        .push(r.slot.clone());
+                }
                 let exit = Exit {
                     class,
                     last,

@@ -16,11 +16,88 @@ use crate::supervisor::Shutdown;
 use crate::{ActorHandle, ExitReason, SpawnOptions};
 
 /// Where a child's snapshots go: the latest pending one (coalesced) and the final one taken when
-/// the child stops cleanly.
+/// the child stops cleanly; with [`Durability::Sync`](super::Durability::Sync), the replies
+/// waiting for the state they saw to be durable.
 #[derive(Default)]
 pub(crate) struct Slot {
     pub(crate) pending: Mutex<Option<Vec<u8>>>,
     pub(crate) last: Mutex<Option<Vec<u8>>>,
+    /// `Some` in `Sync` mode. Locked before `pending` wherever both are.
+    pub(crate) held: Option<Mutex<Held>>,
+}
+
+/// A reply that waits for the state it saw to be durable.
+pub(crate) type Release = Box<dyn FnOnce() + Send>;
+
+/// The replies of a `Sync` child waiting for durability, and how far its snapshots got. A
+/// snapshot's sequence number counts the snapshots the child produced; a reply waits for the
+/// latest one produced when it was sent.
+#[derive(Default)]
+pub(crate) struct Held {
+    /// Snapshots put in the slot so far (the latest one's number).
+    produced: u64,
+    /// The number of the latest snapshot the driver handed to the directory.
+    taken: u64,
+    /// Snapshots known durable up to this number.
+    durable: u64,
+    /// Replies, in order, with the snapshot each waits for.
+    waiting: std::collections::VecDeque<(u64, Release)>,
+}
+
+impl Slot {
+    /// A slot for a child of a supervisor in `Sync` mode (`sync`) or not.
+    pub(crate) fn new(sync: bool) -> Self {
+        Slot {
+            held: sync.then(Mutex::default),
+            ..Slot::default()
+        }
+    }
+
+    /// Take the pending snapshot for the directory, remembering its number.
+    pub(crate) fn take_pending(&self) -> Option<Vec<u8>> {
+        let held = self.held.as_ref().map(|h| lock(h));
+        let bytes = lock(&self.pending).take();
+        if let (Some(mut h), true) = (held, bytes.is_some()) {
+            h.taken = h.produced;
+        }
+        bytes
+    }
+
+    /// The number of the latest snapshot the directory holds (`u64::MAX` for a child that
+    /// exited: its final state is in the directory's record), if replies can wait here.
+    pub(crate) fn mark(&self, exited: bool) -> Option<u64> {
+        let h = lock(self.held.as_ref()?);
+        Some(if exited { u64::MAX } else { h.taken })
+    }
+
+    /// Whether replies wait here.
+    pub(crate) fn holds(&self) -> bool {
+        self.held
+            .as_ref()
+            .is_some_and(|h| !lock(h).waiting.is_empty())
+    }
+
+    /// The snapshots up to `seq` are durable: send the replies that waited for them.
+    pub(crate) fn durable(&self, seq: u64) {
+        let Some(held) = &self.held else {
+            return;
+        };
+        let mut ready = Vec::new();
+        {
+            let mut h = lock(held);
+            h.durable = h.durable.max(seq);
+            while h.waiting.front().is_some_and(|(s, _)| *s <= h.durable) {
+                ready.extend(h.waiting.pop_front().map(|(_, r)| r));
+            }
+        }
+        for release in ready {
+            release();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// What a running child tells its supervisor's driver.
@@ -46,7 +123,10 @@ impl<A: Keyed> Observer<A> for SnapObserver<A> {
         self.since += 1;
         let by_count = self.policy.every_messages != 0 && self.since >= self.policy.every_messages;
         let by_time = self.policy.every.is_some_and(|t| self.last.elapsed() >= t);
-        if !(by_count || by_time || actor.snapshot_due()) {
+        // In `Sync` mode every message is followed by a snapshot: a reply waits for the state
+        // it saw to be durable, so that state must be written.
+        let sync = self.slot.held.is_some();
+        if !(sync || by_count || by_time || actor.snapshot_due()) {
             return;
         }
         self.since = 0;
@@ -63,18 +143,37 @@ impl<A: Keyed> Observer<A> for SnapObserver<A> {
             return;
         }
         self.last_hash = hash;
-        let first = self
-            .slot
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .replace(bytes)
-            .is_none();
+        let first = {
+            let held = self.slot.held.as_ref().map(|h| lock(h));
+            let first = lock(&self.slot.pending).replace(bytes).is_none();
+            if let Some(mut h) = held {
+                h.produced += 1;
+            }
+            first
+        };
         if first {
             let _ = self.notes.send(Note::Child(ChildNote::Snapshot {
                 key: self.key.clone(),
                 slot: self.slot.clone(),
             }));
+        }
+    }
+
+    fn holds_replies(&self) -> bool {
+        self.slot.held.is_some()
+    }
+
+    fn hold(&mut self, release: Release) {
+        let Some(held) = &self.slot.held else {
+            return release();
+        };
+        let mut h = lock(held);
+        let seq = h.produced;
+        if seq <= h.durable {
+            drop(h);
+            release();
+        } else {
+            h.waiting.push_back((seq, release));
         }
     }
 

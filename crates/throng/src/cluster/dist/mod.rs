@@ -86,6 +86,15 @@ pub enum Durability {
         /// How long a change may wait to be written with others (the coalescing window).
         max_lag: Duration,
     },
+    /// As [`Durability::Async`], and a call's reply is released only once the state the child
+    /// had after handling it is durable on this node's store: an acknowledged call survives a
+    /// crash of every node. The child is snapshotted after every message (whatever its
+    /// [`SnapshotPolicy`](crate::cluster::SnapshotPolicy)); writes are group-committed with no
+    /// coalescing window, so concurrent calls share a commit. A call that only reads waits for
+    /// the state it read to be durable too. Casts are not held. A reply whose state is not yet
+    /// durable when the node stops or the child fails is never sent: the caller sees an error
+    /// and the state it would have acknowledged is not kept (retrying it applies it once).
+    Sync,
 }
 
 impl Durability {
@@ -384,7 +393,7 @@ impl Supervisors {
         let (notes, notes_rx) = mpsc::unbounded_channel();
         let store = match opts.durability {
             Durability::None => None,
-            Durability::Async { .. } => self.store.get().cloned(),
+            Durability::Async { .. } | Durability::Sync => self.store.get().cloned(),
         };
         let refused = std::sync::OnceLock::new();
         if let Some(why) = (opts.durability != Durability::None && store.is_none()).then(|| {
@@ -420,16 +429,22 @@ impl Supervisors {
             let persister = match (store, opts.durability) {
                 (Some(store), Durability::Async { max_lag }) => {
                     config.durable = true;
-                    Some(persist::Persister::new(store, name, max_lag))
+                    Some(persist::Persister::new(store, name, max_lag, false))
+                }
+                (Some(store), Durability::Sync) => {
+                    config.durable = true;
+                    Some(persist::Persister::new(store, name, Duration::ZERO, true))
                 }
                 _ => None,
             };
+            let sync = persister.is_some() && opts.durability == Durability::Sync;
             let task = driver::Task::new(
                 Driver::new(Directory::new(config)),
                 &dist,
                 self,
                 notes,
                 persister,
+                sync,
             );
             let queues = driver::Queues {
                 cmds: cmd_rx,

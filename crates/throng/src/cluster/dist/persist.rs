@@ -4,6 +4,12 @@
 //! flight at a time; what is touched meanwhile waits for the next one. A failed commit keeps its
 //! keys for the next attempt (after a back-off), so nothing touched is forgotten.
 //!
+//! In `Sync` mode ([`Durability::Sync`](super::Durability::Sync)) the window is zero and each
+//! commit carries *marks*: for each key it writes, how far that child's snapshots got into the
+//! directory when the entry was read (a [`Slot`]'s sequence number). Once the commit is durable
+//! the slots release the call replies that waited for those snapshots; a failed commit carries
+//! its marks to the next one that writes their keys.
+//!
 //! [`Host::touched`]: throng_core::driver::Host::touched
 
 use std::collections::BTreeSet;
@@ -11,6 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use throng_core::directory::{Directory, DurableEntry};
+
+use super::host::Slot;
 use throng_store::{Store, StoreError, Write};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -22,6 +30,13 @@ pub(super) const MAX_BATCH: usize = 8192;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 type Outcome = (Result<(), StoreError>, Vec<String>);
+
+/// A slot whose replies wait for a key's entry, and the snapshot number the entry holds.
+pub(super) type Mark = (String, Arc<Slot>, u64);
+
+/// Finds the marks of a key being written (`Sync` mode): the slots of its running and exited
+/// children and their snapshot numbers.
+pub(super) type Marker<'a> = &'a mut (dyn FnMut(&str, &mut Vec<(Arc<Slot>, u64)>) + Send);
 
 pub(crate) struct Persister {
     store: Arc<dyn Store>,
@@ -39,10 +54,18 @@ pub(crate) struct Persister {
     failures: u32,
     /// Not before this (after a failed commit).
     not_before: Option<Instant>,
+    /// `Sync` mode: commits carry marks.
+    sync: bool,
+    /// The marks of the commit in flight.
+    in_flight_marks: Vec<Mark>,
+    /// Marks of failed commits, for the next commit that writes their keys.
+    carried: Vec<Mark>,
 }
 
 impl Persister {
-    pub(crate) fn new(store: Arc<dyn Store>, scope: &str, max_lag: Duration) -> Self {
+    /// A writer of `scope`'s entries to `store`, coalescing for `max_lag`; `sync`: commits
+    /// release the replies that wait for them.
+    pub(crate) fn new(store: Arc<dyn Store>, scope: &str, max_lag: Duration, sync: bool) -> Self {
         Persister {
             store,
             scope: Arc::from(scope),
@@ -53,6 +76,9 @@ impl Persister {
             in_flight_keys: 0,
             failures: 0,
             not_before: None,
+            sync,
+            in_flight_marks: Vec::new(),
+            carried: Vec::new(),
         }
     }
 
@@ -103,8 +129,9 @@ impl Persister {
         Some(self.not_before.map_or(at, |nb| at.max(nb)))
     }
 
-    /// Start a commit of (up to [`MAX_BATCH`]) dirty keys' entries as `dir` holds them now.
-    pub(super) fn flush(&mut self, dir: &Directory) {
+    /// Start a commit of (up to [`MAX_BATCH`]) dirty keys' entries as `dir` holds them now;
+    /// in `Sync` mode with the marks `marker` finds for them.
+    pub(super) fn flush(&mut self, dir: &Directory, marker: Marker<'_>) {
         if self.in_flight.is_some() || self.dirty.is_empty() {
             return;
         }
@@ -117,6 +144,28 @@ impl Persister {
         }
         self.since = (!self.dirty.is_empty()).then(Instant::now);
         self.in_flight_keys = keys.len();
+        if self.sync {
+            // `keys` is sorted (taken from a `BTreeSet` in order).
+            let (mine, later): (Vec<Mark>, Vec<Mark>) = std::mem::take(&mut self.carried)
+                .into_iter()
+                .partition(|(k, _, _)| keys.binary_search(k).is_ok());
+            self.carried = later;
+            self.in_flight_marks = mine;
+            let mut found = Vec::new();
+            for k in &keys {
+                marker(k, &mut found);
+                self.in_flight_marks
+                    .extend(found.drain(..).map(|(slot, seq)| (k.clone(), slot, seq)));
+            }
+            // One mark per slot and key (the highest): failed commits in a row do not pile up.
+            self.in_flight_marks.sort_by(|a, b| {
+                (&a.0, Arc::as_ptr(&a.1))
+                    .cmp(&(&b.0, Arc::as_ptr(&b.1)))
+                    .then(b.2.cmp(&a.2))
+            });
+            self.in_flight_marks
+                .dedup_by(|a, b| a.0 == b.0 && Arc::ptr_eq(&a.1, &b.1));
+        }
         let mut values: Vec<Option<Vec<u8>>> = Vec::with_capacity(keys.len());
         for k in &keys {
             values.push(dir.durable(k).and_then(|e| match postcard::to_allocvec(&e) {
@@ -178,6 +227,9 @@ impl Persister {
             Some((Ok(()), _)) => {
                 self.failures = 0;
                 self.not_before = None;
+                for (_, slot, seq) in std::mem::take(&mut self.in_flight_marks) {
+                    slot.durable(seq);
+                }
             }
             Some((Err(e), keys)) => {
                 self.failures = self.failures.saturating_add(1);
@@ -191,15 +243,17 @@ impl Persister {
                     self.since = Some(Instant::now());
                 }
                 self.dirty.extend(keys);
+                self.carried.append(&mut self.in_flight_marks);
             }
             // The blocking task panicked or was lost: its keys are unknown; the next touches
-            // rewrite them. (redb does not panic on I/O errors.)
-            None => {}
+            // rewrite them (and release what waits for them). (redb does not panic on I/O
+            // errors.)
+            None => self.carried.append(&mut self.in_flight_marks),
         }
     }
 
     /// Write everything dirty now and wait (the node shuts down).
-    pub(super) async fn drain(&mut self, dir: &Directory) {
+    pub(super) async fn drain(&mut self, dir: &Directory, marker: Marker<'_>) {
         if let Some(outcome) = self.in_flight.take() {
             let outcome = outcome.await.ok();
             self.in_flight_keys = 0;
@@ -207,7 +261,7 @@ impl Persister {
         }
         self.not_before = None;
         while !self.dirty.is_empty() {
-            self.flush(dir);
+            self.flush(dir, marker);
             let outcome = self.written().await;
             let failed = matches!(outcome, Some((Err(_), _)));
             self.done(outcome);

@@ -11,10 +11,11 @@
 //! Commands on stdin drive keyed counters (distributed children of type `throng.KeyedCounter`):
 //! `start N`, `bump N`, `check N`, `settle 0`, `durable 0`, `running 0` (answers `started`,
 //! `bumped`, `checked`, `settled`, `durable`, `running` lines); child conflicts and failovers are printed as
-//! `child_conflict` / `child_failed_over` lines. With a `data_dir` (`THRONG_DATA_DIR`) the
-//! counters belong to the durable supervisor `counters` ([`Durability::ASYNC`]): they come back
-//! with their counts after every node of the cluster was stopped or killed. Without one they
-//! belong to the node's default supervisor (in memory).
+//! `child_conflict` / `child_failed_over` lines. With a `data_dir` (`THRONG_DATA_DIR`) or a
+//! `store_url` (`THRONG_STORE_URL`, a PostgreSQL database the nodes share) the counters belong
+//! to the durable supervisor `counters` ([`Durability::ASYNC`]): they come back with their
+//! counts after every node of the cluster was stopped or killed. Without one they belong to the
+//! node's default supervisor (in memory).
 //!
 //! `throng-node gen-certs --out DIR --nodes a,b,c` writes a development CA and one certificate per
 //! node, so that a cluster can run with mutual TLS (`THRONG_TLS_CA`, `THRONG_TLS_CERT`,
@@ -92,7 +93,8 @@ impl Keyed for KeyedCounter {
     }
 }
 
-/// The supervisor of the keyed counters: durable when the node has a data_dir.
+/// The supervisor of the keyed counters: durable when the node has a store (data_dir or
+/// store_url).
 fn counters(node: &Node) -> DistSupervisor {
     if node.has_store() {
         node.supervisor(

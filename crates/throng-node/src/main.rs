@@ -11,15 +11,16 @@
 //! Commands on stdin drive keyed counters (distributed children of type `throng.KeyedCounter`):
 //! `start N`, `bump N`, `check N`, `settle 0`, `durable 0`, `running 0` (answers `started`,
 //! `bumped`, `checked`, `settled`, `durable`, `running` lines); child conflicts and failovers are printed as
-//! `child_conflict` / `child_failed_over` lines. With a `data_dir` (`THRONG_DATA_DIR`) the
-//! counters belong to the durable supervisor `counters` ([`Durability::ASYNC`]): they come back
-//! with their counts after every node of the cluster was stopped or killed. Without one they
-//! belong to the node's default supervisor (in memory). A command ending in `sync` (`start N
-//! sync`, `check N sync`, `running 0 sync`, `values N sync`) uses the counters `s-0`.. of the
-//! supervisor `sync_counters` ([`Durability::Sync`], needs a data_dir) instead; `hammer N` starts
-//! one endless worker per sync counter `s-0`..`s-N-1`, each adding 1 at a time and printing an
-//! `ack` line (`"k":i`) per acknowledged increment and a `doubt` line per failed one (applied or
-//! not) — the workload of the kill -9 test. `values N [sync]` prints every counter's value.
+//! `child_conflict` / `child_failed_over` lines. With a `data_dir` (`THRONG_DATA_DIR`) or a
+//! `store_url` (`THRONG_STORE_URL`, a PostgreSQL database the nodes share) the counters belong
+//! to the durable supervisor `counters` ([`Durability::ASYNC`]): they come back with their
+//! counts after every node of the cluster was stopped or killed. Without one they belong to the
+//! node's default supervisor (in memory). A command ending in `sync` (`start N sync`, `check N
+//! sync`, `running 0 sync`, `values N sync`) uses the counters `s-0`.. of the supervisor
+//! `sync_counters` ([`Durability::Sync`], needs a store) instead; `hammer N` starts one endless
+//! worker per sync counter `s-0`..`s-N-1`, each adding 1 at a time and printing an `ack` line
+//! (`"k":i`) per acknowledged increment and a `doubt` line per failed one (applied or not) — the
+//! workload of the kill -9 test. `values N [sync]` prints every counter's value.
 //!
 //! `throng-node gen-certs --out DIR --nodes a,b,c` writes a development CA and one certificate per
 //! node, so that a cluster can run with mutual TLS (`THRONG_TLS_CA`, `THRONG_TLS_CERT`,
@@ -97,7 +98,8 @@ impl Keyed for KeyedCounter {
     }
 }
 
-/// The supervisor of the keyed counters: durable when the node has a data_dir.
+/// The supervisor of the keyed counters: durable when the node has a store (data_dir or
+/// store_url).
 fn counters(node: &Node) -> DistSupervisor {
     if node.has_store() {
         node.supervisor(

@@ -1,12 +1,14 @@
 //! Real OS processes on loopback: three `throng-node` binaries form a cluster, one is killed with
 //! SIGKILL and the others declare it down; another leaves gracefully and is seen leaving first.
-//! With data directories, every node is killed with SIGKILL at once and started again: every
-//! keyed counter comes back with its count.
+//! With data directories (or one PostgreSQL database for all), every node is killed with SIGKILL
+//! at once and started again: every keyed counter comes back with its count.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use throng_store::testing::Postgres;
 
 const SECRET: &str = "process-test-secret-0123456789";
 
@@ -215,12 +217,14 @@ fn sigkilled_node_is_declared_down_and_a_leaving_node_is_seen_leaving() {
 }
 
 /// Nodes with data directories under one temporary directory (removed on drop, a failed test
-/// included), every node seeded with every other.
+/// included), or sharing one PostgreSQL database; every node seeded with every other.
 struct Disks {
     data: std::path::PathBuf,
     names: &'static [&'static str],
     ports: Vec<u16>,
     seeds: String,
+    /// The database the nodes keep their stores in (`THRONG_STORE_URL`) instead of `data`.
+    postgres: Option<Postgres>,
 }
 
 impl Disks {
@@ -238,13 +242,26 @@ impl Disks {
             names,
             ports,
             seeds,
+            postgres: None,
         }
     }
 
-    /// Start node `i` on its data directory.
+    /// Like [`Disks::new`], with the stores in `pg`'s database.
+    fn on_postgres(tag: &str, names: &'static [&'static str], pg: Postgres) -> Disks {
+        let mut disks = Disks::new(tag, names);
+        disks.postgres = Some(pg);
+        disks
+    }
+
+    /// Start node `i` on its data directory (or the database).
     fn start(&self, i: usize) -> Proc {
-        let dir = self.data.join(self.names[i]).display().to_string();
-        let env = [("THRONG_DATA_DIR", dir)];
+        let env = match &self.postgres {
+            Some(pg) => [("THRONG_STORE_URL", pg.url().to_owned())],
+            None => {
+                let dir = self.data.join(self.names[i]).display().to_string();
+                [("THRONG_DATA_DIR", dir)]
+            }
+        };
         Proc::start_with(self.names[i], self.ports[i], &self.seeds, SECRET, &env)
     }
 }
@@ -318,8 +335,21 @@ fn wait_all_up(nodes: &mut [Proc], names: &[&str]) {
 
 #[test]
 fn every_counter_comes_back_with_its_count_after_every_node_is_killed_at_once() {
+    every_counter_comes_back(Disks::new("restart", &["r1", "r2", "r3"]));
+}
+
+#[test]
+fn every_counter_comes_back_from_postgres_after_every_node_is_killed_at_once() {
+    let Some(pg) = Postgres::start().unwrap_or_else(|e| panic!("PostgreSQL: {e}")) else {
+        return;
+    };
+    every_counter_comes_back(Disks::on_postgres("restart-pg", &["p1", "p2", "p3"], pg));
+}
+
+/// 10,000 counters on three nodes, bumped three times; every node is killed with SIGKILL at
+/// once and started again on the same stores: every counter runs again, once, with its count.
+fn every_counter_comes_back(disks: Disks) {
     const N: u64 = 10_000;
-    let disks = Disks::new("restart", &["r1", "r2", "r3"]);
     let names = disks.names;
     let start = |i: usize| disks.start(i);
     let wait_up = |nodes: &mut [Proc]| wait_all_up(nodes, names);

@@ -1,10 +1,14 @@
-//! redb against fjall on Throng's store workload, back to back in one run: group commits of 512
-//! records (insert, then update), single-record durable commits (the `Sync` durability's worst
-//! case), and a reopen + full scan (a node's recovery). Each commit is durable (fsync) when it
-//! returns. The figures and the choice are in ARCHITECTURE.md ("Why these crates").
+//! redb against fjall (and PostgreSQL) on Throng's store workload, back to back in one run: group
+//! commits of 512 records (insert, then update), single-record durable commits (the `Sync`
+//! durability's worst case), and a reopen + full scan (a node's recovery). Each commit is durable
+//! (fsync) when it returns. The figures and the choice are in ARCHITECTURE.md ("Why these
+//! crates").
 //!
 //! `cargo run --release -p throng-store --features compare-engines --example engines -- DIR rffr`
-//! (the second argument is the order of the runs: r = redb, f = fjall).
+//! (the second argument is the order of the runs: r = redb, f = fjall, p = `PgStore`, q =
+//! PostgreSQL with one statement per record in a transaction, the batching `PgStore` avoids). The
+//! PostgreSQL runs use a throwaway local server (`throng_store::testing::Server`, fsync on, its
+//! data under the system's temporary directory), one database per run, over TCP on loopback.
 
 use std::time::{Duration, Instant};
 
@@ -98,6 +102,86 @@ impl Engine for Fjall {
     }
 }
 
+/// `PgStore`: a batch is one transaction of one `unnest` upsert.
+struct Pg {
+    url: String,
+    store: Option<throng_store::PgStore>,
+}
+impl Engine for Pg {
+    fn write(&mut self, batch: &[(Vec<u8>, Vec<u8>)]) {
+        use throng_store::{Store, Write};
+        let writes: Vec<Write<'_>> = batch
+            .iter()
+            .map(|(k, v)| {
+                let (scope, key) = split(k);
+                Write::Put {
+                    scope,
+                    key,
+                    value: v,
+                }
+            })
+            .collect();
+        self.store.as_ref().unwrap().apply(&writes).unwrap();
+    }
+    fn scan(&mut self) -> usize {
+        use throng_store::Store;
+        let s = self.store.as_ref().unwrap();
+        // `load` decodes every row into owned strings and bytes.
+        s.load("customers").unwrap().len()
+    }
+    fn reopen(&mut self) {
+        self.store = None;
+        self.store = Some(throng_store::PgStore::open(&self.url, "bench").unwrap());
+    }
+}
+/// The same table, one prepared upsert executed per record inside the batch's transaction.
+struct PgRows {
+    url: String,
+    client: Option<(postgres::Client, postgres::Statement)>,
+}
+impl Engine for PgRows {
+    fn write(&mut self, batch: &[(Vec<u8>, Vec<u8>)]) {
+        let (client, upsert) = self.client.as_mut().unwrap();
+        let mut tx = client.transaction().unwrap();
+        for (k, v) in batch {
+            let (scope, key) = split(k);
+            tx.execute(&*upsert, &[&"bench", &scope, &key, &v.as_slice()])
+                .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    fn scan(&mut self) -> usize {
+        let (client, _) = self.client.as_mut().unwrap();
+        client
+            .query(
+                "SELECT key, value FROM throng_entries WHERE node = 'bench' AND scope = 'customers' ORDER BY key",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .filter(|r| r.get::<_, &str>(0).len() + r.get::<_, &[u8]>(1).len() > 0)
+            .count()
+    }
+    fn reopen(&mut self) {
+        self.client = None;
+        // The schema is PgStore's.
+        drop(throng_store::PgStore::open(&self.url, "schema").unwrap());
+        let mut client = postgres::Client::connect(&self.url, postgres::NoTls).unwrap();
+        let upsert = client
+            .prepare(
+                "INSERT INTO throng_entries (node, scope, key, value) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (node, scope, key) DO UPDATE SET value = EXCLUDED.value",
+            )
+            .unwrap();
+        self.client = Some((client, upsert));
+    }
+}
+/// "scope\0key" as PostgreSQL's text takes them (no NUL).
+fn split(k: &[u8]) -> (&str, &str) {
+    let k = std::str::from_utf8(k).unwrap();
+    k.split_once('\0').unwrap()
+}
+
 fn run(name: &str, e: &mut dyn Engine) {
     e.reopen();
     let t = Instant::now();
@@ -137,6 +221,12 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let order = std::env::args().nth(2).unwrap_or("rf".into());
+    let server = if order.contains(['p', 'q']) {
+        throng_store::testing::Server::start_with(&[("fsync", "on"), ("full_page_writes", "on")])
+            .unwrap()
+    } else {
+        None
+    };
     for (i, c) in order.chars().enumerate() {
         match c {
             'r' => run(
@@ -153,6 +243,18 @@ fn main() {
                     db: None,
                 },
             ),
+            'p' | 'q' => {
+                let Some(server) = &server else {
+                    println!("postgres: skipped (no PostgreSQL binaries)");
+                    continue;
+                };
+                let url = server.create_database().unwrap();
+                if c == 'p' {
+                    run("postgres", &mut Pg { url, store: None })
+                } else {
+                    run("postgres-rows", &mut PgRows { url, client: None })
+                }
+            }
             _ => {}
         }
     }

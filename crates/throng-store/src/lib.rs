@@ -12,12 +12,39 @@
 //! newer Throng, or a damaged file is refused with an error that names it — never opened as an
 //! empty store.
 //!
+//! [`PgStore`] keeps the entries of every node in one PostgreSQL database, each row owned by its
+//! node: a node's disk can be lost without its records, and a survivor can read a dead node's
+//! records ([`PgStore::load_all`]).
+//!
 //! This crate does no async I/O: a batch blocks until it is durable, so the runtime calls it from
 //! a blocking thread (`tokio::task::spawn_blocking`) and coalesces writes while one is in flight.
+//!
+//! ```
+//! use throng_store::{RedbStore, Store, Write};
+//!
+//! # fn main() -> Result<(), throng_store::StoreError> {
+//! let dir = std::env::temp_dir().join(format!("throng-store-doc-{}", std::process::id()));
+//! let store = RedbStore::open(&dir, "n1")?;
+//! store.apply(&[Write::Put { scope: "counters", key: "c-1", value: b"7" }])?;
+//! assert_eq!(store.load("counters")?, vec![("c-1".to_string(), b"7".to_vec())]);
+//! # drop(store);
+//! # std::fs::remove_dir_all(&dir).ok();
+//! # Ok(())
+//! # }
+//! ```
 
 use std::path::{Path, PathBuf};
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+
+mod postgres;
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub mod testing;
+
+pub use crate::postgres::{
+    redact_url, PgStore, CONNECT_TIMEOUT, MAX_NAMES, NODE_LOCK_WAIT, PG_FORMAT,
+};
 
 /// The on-disk format this build writes and reads. A file with a higher format is refused
 /// ([`StoreError::NewerFormat`]); a lower one would be migrated here when there is one.
@@ -34,8 +61,38 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const META_FORMAT: &str = "format";
 const META_NODE: &str = "node";
 
-/// Why a store could not be opened, written or read. Every variant names the file or setting
-/// at fault.
+/// Where a store lives, as its errors name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Location {
+    /// The embedded store's file, under the node's `data_dir` (`THRONG_DATA_DIR`).
+    File(PathBuf),
+    /// A PostgreSQL database (`store_url`, `THRONG_STORE_URL`): its URL without the password
+    /// ([`redact_url`]).
+    Database(String),
+}
+
+impl Location {
+    /// The setting that chooses this store: `data_dir` or `store_url`.
+    pub fn setting(&self) -> &'static str {
+        match self {
+            Location::File(_) => "data_dir",
+            Location::Database(_) => "store_url",
+        }
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::File(path) => write!(f, "{}", path.display()),
+            Location::Database(url) => f.write_str(url),
+        }
+    }
+}
+
+/// Why a store could not be opened, written or read. Every variant names the file, database or
+/// setting at fault; a database URL is always shown without its password.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
@@ -47,12 +104,12 @@ pub enum StoreError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The store file exists but cannot be read as a Throng store (damaged, truncated, or not a
+    /// The store exists but cannot be read as a Throng store (damaged, truncated, or not a
     /// store at all).
-    #[error("store {path} is damaged or not a Throng store: {reason}")]
+    #[error("store {store} is damaged or not a Throng store: {reason}")]
     Corrupt {
-        /// The file.
-        path: PathBuf,
+        /// The file or database.
+        store: Location,
         /// What the engine reported.
         reason: String,
     },
@@ -69,29 +126,64 @@ pub enum StoreError {
         expected: String,
     },
     /// The store was written by a newer Throng, in a format this build cannot read.
-    #[error("store {path} has format {found}, newer than {supported} (this build): upgrade Throng or use a fresh data_dir")]
+    #[error("store {store} has format {found}, newer than {supported} (this build): upgrade Throng or point {} at a fresh store", .store.setting())]
     NewerFormat {
-        /// The file.
-        path: PathBuf,
-        /// The file's format.
+        /// The file or database.
+        store: Location,
+        /// The store's format.
         found: u64,
-        /// The newest format this build reads ([`FORMAT`]).
+        /// The newest format this build reads ([`FORMAT`] for a file, [`PG_FORMAT`] for a
+        /// database).
         supported: u64,
     },
-    /// Another process holds the store open (a second node started on the same data_dir).
-    #[error("store {path} is in use by another process")]
+    /// Another process holds the store open for this node: a second process started with the
+    /// same node name (and, for a file, the same data_dir).
+    #[error(
+        "store {store} is in use by another process for node {node:?}: is that node running twice?"
+    )]
     InUse {
-        /// The file.
-        path: PathBuf,
+        /// The file or database.
+        store: Location,
+        /// The node.
+        node: String,
     },
     /// A scope name longer than [`MAX_SCOPE`] bytes.
     #[error("scope name of {0} bytes is longer than {MAX_SCOPE}")]
     ScopeTooLong(usize),
-    /// A read or a commit failed (disk full, I/O error).
-    #[error("store {path}: {reason}")]
+    /// An entry the store cannot hold (PostgreSQL: a NUL character in the scope or key, or
+    /// names longer than [`MAX_NAMES`] bytes together); nothing of its batch is written.
+    #[error("entry {key:?} of scope {scope:?} cannot be stored: {why}")]
+    Unstorable {
+        /// The scope.
+        scope: String,
+        /// The key.
+        key: String,
+        /// Why.
+        why: &'static str,
+    },
+    /// `store_url` is not a PostgreSQL URL or connection string.
+    #[error("invalid `store_url` (THRONG_STORE_URL): {reason}")]
+    BadUrl {
+        /// What the parser reported.
+        reason: String,
+    },
+    /// The database could not be connected to when the store was opened (down, unreachable
+    /// within [`CONNECT_TIMEOUT`], credentials or database refused).
+    #[error(
+        "cannot connect to the store database {url} (`store_url` / THRONG_STORE_URL): {reason}"
+    )]
+    Unreachable {
+        /// The URL, without its password.
+        url: String,
+        /// What the client reported.
+        reason: String,
+    },
+    /// A read or a commit failed (disk full, I/O error, connection to the database lost): the
+    /// caller may try again; a lost connection is opened again by the next call.
+    #[error("store {store}: {reason}")]
     Io {
-        /// The file.
-        path: PathBuf,
+        /// The file or database.
+        store: Location,
         /// What the engine reported.
         reason: String,
     },
@@ -124,8 +216,11 @@ pub trait Store: Send + Sync + 'static {
     /// when it returns an error, none is.
     fn apply(&self, writes: &[Write<'_>]) -> Result<(), StoreError>;
 
-    /// Every entry of `scope`, as `(key, value)`, in key order.
+    /// Every entry of `scope`, as `(key, value)`, in key order (of the keys' bytes).
     fn load(&self, scope: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// Where the store lives (for errors and logs).
+    fn location(&self) -> Location;
 }
 
 /// The embedded store: one redb file in the node's data directory.
@@ -155,9 +250,12 @@ impl RedbStore {
         })?;
         let path = dir.join(FILE_NAME);
         let db = redb::Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse { path: path.clone() },
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
+                store: Location::File(path.clone()),
+                node: node.to_owned(),
+            },
             e => StoreError::Corrupt {
-                path: path.clone(),
+                store: Location::File(path.clone()),
                 reason: e.to_string(),
             },
         })?;
@@ -173,14 +271,14 @@ impl RedbStore {
 
     fn corrupt(&self, e: impl std::fmt::Display) -> StoreError {
         StoreError::Corrupt {
-            path: self.path.clone(),
+            store: self.location(),
             reason: e.to_string(),
         }
     }
 
     fn io(&self, e: impl std::fmt::Display) -> StoreError {
         StoreError::Io {
-            path: self.path.clone(),
+            store: self.location(),
             reason: e.to_string(),
         }
     }
@@ -213,7 +311,7 @@ impl RedbStore {
                     let found = u64::from_be_bytes(format);
                     if found > FORMAT {
                         return Err(StoreError::NewerFormat {
-                            path: self.path.clone(),
+                            store: self.location(),
                             found,
                             supported: FORMAT,
                         });
@@ -251,6 +349,10 @@ fn scope_prefix(scope: &str) -> Result<Vec<u8>, StoreError> {
 }
 
 impl Store for RedbStore {
+    fn location(&self) -> Location {
+        Location::File(self.path.clone())
+    }
+
     fn apply(&self, writes: &[Write<'_>]) -> Result<(), StoreError> {
         if writes.is_empty() {
             return Ok(());

@@ -1,6 +1,7 @@
-//! Durable supervisors: children's records kept in each node's store (`data_dir`) come back,
-//! with their state, after every node of the cluster stopped; a removed child stays removed; bad
-//! data directories and a durability the node cannot give are refused with clear errors.
+//! Durable supervisors: children's records kept in each node's store (`data_dir`, or one
+//! PostgreSQL database for all at `store_url`) come back, with their state, after every node of
+//! the cluster stopped; a removed child stays removed; bad data directories, unreachable
+//! databases and a durability the node cannot give are refused with clear errors.
 
 mod common;
 
@@ -14,6 +15,7 @@ use throng::cluster::{
     RemoteActor,
 };
 use throng::prelude::*;
+use throng_store::testing::Postgres;
 
 const SECRET: &[u8] = b"durable-test-secret-0123456789";
 
@@ -77,6 +79,23 @@ impl Drop for Dirs {
     }
 }
 
+/// Where the nodes of a test keep their stores.
+enum Stores {
+    /// A data directory each (the embedded store).
+    Dirs(Dirs),
+    /// One PostgreSQL database for all of them.
+    Postgres(Postgres),
+}
+
+impl Stores {
+    fn configure(&self, c: &mut NodeConfig) {
+        match self {
+            Stores::Dirs(dirs) => c.data_dir = Some(dirs.of(c.name.as_str())),
+            Stores::Postgres(pg) => c.store_url = Some(pg.url().to_owned()),
+        }
+    }
+}
+
 fn opts() -> DistOptions {
     DistOptions {
         durability: Durability::ASYNC,
@@ -84,14 +103,14 @@ fn opts() -> DistOptions {
     }
 }
 
-/// Nodes `names` with their data directories under `dirs`, each running the durable supervisor
+/// Nodes `names` with their stores in `stores`, each running the durable supervisor
 /// "counters", once every node sees all of them.
-async fn cluster(names: &[&str], dirs: &Dirs) -> (Vec<Node>, Vec<DistSupervisor>) {
+async fn cluster(names: &[&str], stores: &Stores) -> (Vec<Node>, Vec<DistSupervisor>) {
     let wait = Duration::from_secs(15);
     let mut nodes: Vec<Node> = Vec::new();
     for name in names {
         let mut c = NodeConfig::local(name, SECRET).unwrap();
-        c.data_dir = Some(dirs.of(name));
+        stores.configure(&mut c);
         if let Some(first) = nodes.first() {
             c.membership.seeds = vec![first.gossip_addr().unwrap().to_string()];
         }
@@ -112,12 +131,25 @@ async fn cluster(names: &[&str], dirs: &Dirs) -> (Vec<Node>, Vec<DistSupervisor>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_child_comes_back_with_its_state_after_every_node_stopped_and_removed_ones_stay_gone()
 {
-    let dirs = Dirs::new("restart");
+    every_child_comes_back(Stores::Dirs(Dirs::new("restart"))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_child_comes_back_from_a_postgres_store_shared_by_the_nodes() {
+    let Some(pg) = Postgres::start().unwrap_or_else(|e| panic!("PostgreSQL: {e}")) else {
+        return;
+    };
+    every_child_comes_back(Stores::Postgres(pg)).await;
+}
+
+/// 300 children on three nodes, some removed; every node stops at once and starts again on the
+/// same stores: every child comes back once, with its state, and no removed one does.
+async fn every_child_comes_back(stores: Stores) {
     let names = ["d1", "d2", "d3"];
     let keys: Vec<String> = (0..300).map(|i| format!("c-{i}")).collect();
     let removed: Vec<String> = keys.iter().step_by(10).cloned().collect();
     {
-        let (nodes, sups) = cluster(&names, &dirs).await;
+        let (nodes, sups) = cluster(&names, &stores).await;
         for (i, k) in keys.iter().enumerate() {
             sups[i % 3].start_child::<Counter>(k, ()).await.unwrap();
         }
@@ -136,7 +168,7 @@ async fn every_child_comes_back_with_its_state_after_every_node_stopped_and_remo
             n.shutdown().await;
         }
     }
-    let (_nodes, sups) = cluster(&names, &dirs).await;
+    let (_nodes, sups) = cluster(&names, &stores).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     for (i, k) in keys.iter().enumerate() {
         if removed.contains(k) {
@@ -180,7 +212,7 @@ async fn a_durable_supervisor_on_a_node_without_a_data_dir_refuses_starts_and_sa
     let sup = node.supervisor("counters", opts());
     let err = sup.start_child::<Counter>("k", ()).await.unwrap_err();
     assert!(
-        matches!(&err, ChildError::NotDurable(why) if why.contains("data_dir")),
+        matches!(&err, ChildError::NotDurable(why) if why.contains("data_dir") && why.contains("store_url")),
         "{err}"
     );
     node.shutdown().await;
@@ -199,6 +231,43 @@ async fn a_data_dir_of_another_node_is_refused_at_join() {
     let text = err.to_string();
     assert!(
         text.contains("owner") && text.contains("data_dir"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_url_is_refused_at_join_naming_the_setting_not_the_password() {
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut c = NodeConfig::local("nodb", SECRET).unwrap();
+    c.store_url = Some(format!("postgres://throng:hunter2@127.0.0.1:{port}/throng"));
+    let err = Node::join(c).await.err().expect("refused");
+    assert!(matches!(err, NodeError::Store(_)), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("store_url")
+            && text.contains(&format!("postgres://throng@127.0.0.1:{port}/throng"))
+            && !text.contains("hunter2"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_given_both_stores_is_refused_at_join_naming_both() {
+    let mut c = NodeConfig::local("both", SECRET).unwrap();
+    c.data_dir = Some(std::env::temp_dir().join("throng-never-created"));
+    c.store_url = Some("postgres://throng:hunter2@127.0.0.1:1/throng".into());
+    let err = Node::join(c).await.err().expect("refused");
+    let text = err.to_string();
+    assert!(
+        matches!(err, NodeError::Config(_))
+            && text.contains("data_dir")
+            && text.contains("store_url")
+            && !text.contains("hunter2"),
         "{text}"
     );
 }

@@ -8,6 +8,9 @@
 //! must be the DNS name its certificate is issued for; with none of them it uses the shared secret
 //! ([`Security::SharedSecret`], for development). The secret is required in both modes: it seals
 //! membership gossip.
+//!
+//! Durable store: `data_dir` (`THRONG_DATA_DIR`, the embedded store, one directory per node) or
+//! `store_url` (`THRONG_STORE_URL`, a PostgreSQL database shared by the nodes), not both.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -21,6 +24,17 @@ use super::NodeOptions;
 
 /// Smallest accepted secret, in bytes: shorter secrets are guessable.
 pub const MIN_SECRET_LEN: usize = 16;
+
+/// Why a configuration with both stores is refused: what each is set to (the URL without its
+/// password).
+pub(crate) fn both_stores(data_dir: &Path, store_url: &str) -> String {
+    format!(
+        "both `data_dir` ({}) and `store_url` ({}) are set: a node has one durable store, so \
+         give `data_dir` (THRONG_DATA_DIR) or `store_url` (THRONG_STORE_URL), not both",
+        data_dir.display(),
+        throng_store::redact_url(store_url)
+    )
+}
 
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -86,10 +100,12 @@ struct Raw {
     multicast: Option<String>,
     multicast_interface: Option<String>,
     data_dir: Option<PathBuf>,
+    store_url: Option<String>,
 }
 
-/// Everything a node needs to join a cluster.
-#[derive(Debug, Clone)]
+/// Everything a node needs to join a cluster. Its `Debug` output shows no secret: neither the
+/// cluster secret nor `store_url`'s password.
+#[derive(Clone)]
 pub struct NodeConfig {
     /// The node's name, unique in the cluster.
     pub name: NodeId,
@@ -103,8 +119,41 @@ pub struct NodeConfig {
     pub transport: NodeOptions,
     /// Where the node keeps its durable store (`data_dir`, `THRONG_DATA_DIR`): the records of
     /// the children of supervisors with a [`Durability`](crate::cluster::Durability) other
-    /// than `None`. One directory per node; `None` keeps nothing on disk.
+    /// than `None`. One directory per node; `None` keeps nothing on disk (unless `store_url`
+    /// is set: at most one of the two is).
     pub data_dir: Option<PathBuf>,
+    /// The PostgreSQL database that keeps the durable store instead (`store_url`,
+    /// `THRONG_STORE_URL`): a `postgres://user:password@host:port/database` URL or a
+    /// `key=value` connection string. One database for every node of the cluster, each node's
+    /// rows under its name ([`throng_store::PgStore`]). Messages show it without its password.
+    pub store_url: Option<String>,
+}
+
+impl std::fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured: a new field does not compile until it is shown here (or hidden).
+        let NodeConfig {
+            name,
+            rpc_bind,
+            membership,
+            ring,
+            transport,
+            data_dir,
+            store_url,
+        } = self;
+        f.debug_struct("NodeConfig")
+            .field("name", name)
+            .field("rpc_bind", rpc_bind)
+            .field("membership", membership)
+            .field("ring", ring)
+            .field("transport", transport)
+            .field("data_dir", data_dir)
+            .field(
+                "store_url",
+                &store_url.as_deref().map(throng_store::redact_url),
+            )
+            .finish()
+    }
 }
 
 impl NodeConfig {
@@ -121,6 +170,7 @@ impl NodeConfig {
             ring: RingConfig::default(),
             transport: NodeOptions::default(),
             data_dir: None,
+            store_url: None,
         })
     }
 
@@ -166,6 +216,7 @@ impl NodeConfig {
         set(&mut raw.detection, "THRONG_DETECTION");
         set(&mut raw.multicast, "THRONG_MULTICAST");
         set(&mut raw.multicast_interface, "THRONG_MULTICAST_INTERFACE");
+        set(&mut raw.store_url, "THRONG_STORE_URL");
         if let Some(v) = env("THRONG_SEEDS") {
             raw.seeds = Some(
                 v.split(',')
@@ -299,13 +350,19 @@ impl NodeConfig {
             transport.max_frame = m;
         }
         transport.security = security(&name, raw.tls_ca, raw.tls_cert, raw.tls_key)?;
+        let data_dir = raw.data_dir.filter(|d| !d.as_os_str().is_empty());
+        let store_url = raw.store_url.filter(|u| !u.trim().is_empty());
+        if let (Some(dir), Some(url)) = (&data_dir, &store_url) {
+            return Err(invalid("store_url", both_stores(dir, url)));
+        }
         Ok(NodeConfig {
             name,
             rpc_bind,
             membership,
             ring,
             transport,
-            data_dir: raw.data_dir.filter(|d| !d.as_os_str().is_empty()),
+            data_dir,
+            store_url,
         })
     }
 }
@@ -454,6 +511,56 @@ mod tests {
             "name = \"x\"\nsecret = \"{SECRET}\"\nmax_frame_bytes = 1"
         ))
         .contains("`max_frame_bytes`"));
+    }
+
+    #[test]
+    fn store_settings_from_toml_and_env_one_store_at_most() {
+        let base = format!("name = \"x\"\nsecret = \"{SECRET}\"\n");
+        let url = "postgres://throng:hunter2@db:5432/throng";
+        let c =
+            NodeConfig::from_sources(&format!("{base}store_url = {url:?}\n"), |_| None).unwrap();
+        assert_eq!(c.store_url.as_deref(), Some(url));
+        assert!(c.data_dir.is_none());
+        let debug = format!("{c:?}");
+        assert!(
+            debug.contains("postgres://throng@db:5432/throng") && !debug.contains("hunter2"),
+            "{debug}"
+        );
+        let c = with(
+            format!("{base}store_url = {url:?}\n"),
+            "THRONG_STORE_URL",
+            "postgres://other/db",
+        )
+        .unwrap();
+        assert_eq!(c.store_url.as_deref(), Some("postgres://other/db"));
+        let c = with(base.clone(), "THRONG_STORE_URL", "").unwrap();
+        assert!(c.store_url.is_none(), "an empty store_url is none");
+        let c = with(base.clone(), "THRONG_DATA_DIR", "/var/lib/throng").unwrap();
+        assert_eq!(c.data_dir, Some(PathBuf::from("/var/lib/throng")));
+        // Both, however given, are refused, naming both settings.
+        for err in [
+            NodeConfig::from_sources(
+                &format!("{base}store_url = {url:?}\ndata_dir = \"/d\"\n"),
+                |_| None,
+            )
+            .unwrap_err(),
+            with(
+                format!("{base}data_dir = \"/d\"\n"),
+                "THRONG_STORE_URL",
+                url,
+            )
+            .unwrap_err(),
+        ] {
+            let text = err.to_string();
+            assert!(
+                text.contains("`store_url`")
+                    && text.contains("(/d)")
+                    && text.contains("THRONG_STORE_URL")
+                    && text.contains("THRONG_DATA_DIR")
+                    && !text.contains("hunter2"),
+                "{text}"
+            );
+        }
     }
 
     fn with(text: String, var: &str, val: &str) -> Result<NodeConfig, ConfigError> {

@@ -165,7 +165,7 @@ pub enum ChildError {
     #[error("owner of {0:?} unsettled: views disagree")]
     Unsettled(String),
     /// The supervisor asks for a [`Durability`](crate::cluster::Durability) this node cannot
-    /// give (it has no `data_dir`).
+    /// give (it has neither `data_dir` nor `store_url`).
     #[error("{0}")]
     NotDurable(String),
 }

@@ -65,8 +65,9 @@ pub struct DistOptions {
     /// Rebalancing throttle: at most this many children of this supervisor are moving off this
     /// node at once (a join or a leave moves the rest as these complete).
     pub max_moves: usize,
-    /// Whether the children's records are kept on disk (the node's `data_dir`), so that they
-    /// survive a restart of every node. Default: [`Durability::None`].
+    /// Whether the children's records are kept in the node's durable store (its `data_dir` or
+    /// `store_url`), so that they survive a restart of every node. Default:
+    /// [`Durability::None`].
     pub durability: Durability,
 }
 
@@ -78,10 +79,11 @@ pub enum Durability {
     #[default]
     None,
     /// Every node also writes what it holds (the records of the children it runs, the copies it
-    /// keeps, the tombstones of removed children) to its store under `data_dir`, in group
-    /// commits at most `max_lag` after the change. After a restart of every node, each child
+    /// keeps, the tombstones of removed children) to its store (`data_dir` or `store_url`), in
+    /// group commits at most `max_lag` after the change. After a restart of every node, each child
     /// runs again on its owner from its last durable state, and a removed child stays removed.
-    /// Needs [`NodeConfig::data_dir`](crate::cluster::NodeConfig::data_dir) on every node.
+    /// Needs [`NodeConfig::data_dir`](crate::cluster::NodeConfig::data_dir) or
+    /// [`NodeConfig::store_url`](crate::cluster::NodeConfig::store_url) on every node.
     Async {
         /// How long a change may wait to be written with others (the coalescing window).
         max_lag: Duration,
@@ -337,7 +339,7 @@ pub(crate) struct Supervisors {
     types: RwLock<HashMap<&'static str, Arc<dyn HostType>>>,
     /// The distributed supervisors running on this node, by name.
     dists: RwLock<HashMap<String, Arc<Dist>>>,
-    /// The node's durable store (its `data_dir`), if it has one.
+    /// The node's durable store (its `data_dir` or `store_url`), if it has one.
     pub(crate) store: std::sync::OnceLock<Arc<dyn throng_store::Store>>,
 }
 
@@ -398,7 +400,7 @@ impl Supervisors {
         let refused = std::sync::OnceLock::new();
         if let Some(why) = (opts.durability != Durability::None && store.is_none()).then(|| {
             let why = format!(
-                "supervisor {name:?} asks for durability {:?}, but node {} has no data_dir (THRONG_DATA_DIR)",
+                "supervisor {name:?} asks for durability {:?}, but node {} has no durable store: set data_dir (THRONG_DATA_DIR) or store_url (THRONG_STORE_URL)",
                 opts.durability, self.t.id
             );
             tracing::error!("{why}");

@@ -90,7 +90,7 @@ impl Persister {
         let raw = tokio::task::spawn_blocking(move || store.load(&scope))
             .await
             .map_err(|e| StoreError::Io {
-                path: Default::default(),
+                store: self.store.location(),
                 reason: format!("loading the store failed: {e}"),
             })??;
         let mut entries = Vec::with_capacity(raw.len());

@@ -92,10 +92,44 @@ pub enum NodeError {
     /// Membership could not start.
     #[error("membership: {0}")]
     Membership(#[from] throng_membership::MembershipError),
-    /// The durable store in `data_dir` could not be opened (another node's, damaged, newer,
-    /// in use).
-    #[error("durable store (data_dir / THRONG_DATA_DIR): {0}")]
+    /// The durable store (`data_dir` / THRONG_DATA_DIR, or `store_url` / THRONG_STORE_URL)
+    /// could not be opened: another node's, damaged, newer, in use, or a database that cannot
+    /// be reached.
+    #[error("durable store: {0}")]
     Store(#[from] throng_store::StoreError),
+}
+
+/// The node's durable store, if its configuration names one: the embedded store in `data_dir`
+/// or the PostgreSQL database at `store_url` (opened on a blocking thread: both block).
+async fn open_store(
+    config: &NodeConfig,
+) -> Result<Option<Arc<dyn throng_store::Store>>, NodeError> {
+    let name = config.name.to_string();
+    let opened = match (&config.data_dir, &config.store_url) {
+        (Some(dir), Some(url)) => {
+            return Err(NodeError::Config(super::config::both_stores(dir, url)))
+        }
+        (None, None) => return Ok(None),
+        (Some(dir), None) => {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || {
+                throng_store::RedbStore::open(&dir, &name)
+                    .map(|s| Arc::new(s) as Arc<dyn throng_store::Store>)
+            })
+            .await
+        }
+        (None, Some(url)) => {
+            let url = url.clone();
+            tokio::task::spawn_blocking(move || {
+                throng_store::PgStore::open(&url, &name)
+                    .map(|s| Arc::new(s) as Arc<dyn throng_store::Store>)
+            })
+            .await
+        }
+    };
+    let store = opened.map_err(|e| NodeError::Config(format!("opening the store: {e}")))??;
+    tracing::info!(node = %config.name, store = %store.location(), "durable store open");
+    Ok(Some(store))
 }
 
 /// How long [`Node::leave`] waits for its distributed children to be handed off.
@@ -217,18 +251,9 @@ impl Node {
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(1),
         );
-        // The store first: a bad data_dir is refused before the node is seen by anyone.
-        let store = match &config.data_dir {
-            Some(dir) => {
-                let (dir, name) = (dir.clone(), config.name.to_string());
-                let store =
-                    tokio::task::spawn_blocking(move || throng_store::RedbStore::open(&dir, &name))
-                        .await
-                        .map_err(|e| NodeError::Config(format!("opening the store: {e}")))??;
-                Some(Arc::new(store) as Arc<dyn throng_store::Store>)
-            }
-            None => None,
-        };
+        // The store first: a bad data_dir or store_url is refused before the node is seen by
+        // anyone.
+        let store = open_store(&config).await?;
         let mut node = Node::start_with_ring(
             config.name.clone(),
             incarnation,
@@ -253,7 +278,7 @@ impl Node {
         Ok(node)
     }
 
-    /// Whether this node has a durable store (`data_dir`): supervisors with a
+    /// Whether this node has a durable store (`data_dir` or `store_url`): supervisors with a
     /// [`Durability`](crate::cluster::Durability) other than `None` need one.
     pub fn has_store(&self) -> bool {
         self.shared.sups.store.get().is_some()

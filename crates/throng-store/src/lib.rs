@@ -221,6 +221,32 @@ pub trait Store: Send + Sync + 'static {
 
     /// Where the store lives (for errors and logs).
     fn location(&self) -> Location;
+
+    /// The store as one the nodes of a cluster share (a database), where a node may take over
+    /// what a node that is gone kept; `None` for a store of this node alone.
+    fn shared(&self) -> Option<&dyn SharedStore> {
+        None
+    }
+}
+
+/// A store the nodes of a cluster share: what a node kept stays readable by the others when it
+/// is gone, so they can take its entries over (a double failure loses nothing durable).
+pub trait SharedStore: Send + Sync {
+    /// The nodes other than this one that keep entries in `scope`.
+    fn other_nodes(&self, scope: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Every entry `node` keeps in `scope`, as `(key, value)`, in key order.
+    fn load_of(&self, node: &str, scope: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// Deletes the entries of `node` in `scope` that still hold exactly the values in
+    /// `entries` (this node took them over and wrote them as its own); an entry `node` wrote
+    /// again meanwhile stays.
+    fn forget_taken(
+        &self,
+        node: &str,
+        scope: &str,
+        entries: &[(String, Vec<u8>)],
+    ) -> Result<(), StoreError>;
 }
 
 /// The embedded store: one redb file in the node's data directory.

@@ -25,7 +25,7 @@ use std::time::Duration;
 use ::postgres::error::SqlState;
 use ::postgres::{Client, Config, NoTls, Row, Statement};
 
-use crate::{Location, Store, StoreError, Write};
+use crate::{Location, SharedStore, Store, StoreError, Write};
 
 /// The schema format this build writes and reads in `throng_meta`. A database with a higher one
 /// is refused ([`StoreError::NewerFormat`]); a lower one would be migrated on open.
@@ -81,6 +81,13 @@ const LOAD: &str =
 const LOAD_ALL: &str =
     "SELECT node, key, value FROM throng_entries WHERE scope = $1::text ORDER BY node, key";
 
+const OTHER_NODES: &str =
+    "SELECT DISTINCT node FROM throng_entries WHERE scope = $2::text AND node <> $1::text";
+
+const FORGET: &str = "DELETE FROM throng_entries AS e
+    USING unnest($3::text[], $4::bytea[]) AS w(k, v)
+    WHERE e.node = $1::text AND e.scope = $2::text AND e.key = w.k AND e.value = w.v";
+
 /// The advisory lock held while the schema is created or migrated (any node, any process).
 fn schema_lock_key() -> i64 {
     i64::from_be_bytes(xxhash_rust::xxh3::xxh3_64(b"throng-store/schema").to_be_bytes())
@@ -104,6 +111,8 @@ struct Statements {
     delete: Statement,
     load: Statement,
     load_all: Statement,
+    other_nodes: Statement,
+    forget: Statement,
 }
 
 /// A node's entries in a PostgreSQL database shared by every node of the cluster.
@@ -290,6 +299,8 @@ impl PgStore {
             delete: client.prepare(DELETE).map_err(io)?,
             load: client.prepare(LOAD).map_err(io)?,
             load_all: client.prepare(LOAD_ALL).map_err(io)?,
+            other_nodes: client.prepare(OTHER_NODES).map_err(io)?,
+            forget: client.prepare(FORGET).map_err(io)?,
         })
     }
 
@@ -381,6 +392,42 @@ impl Store for PgStore {
 
     fn location(&self) -> Location {
         Location::Database(self.url.clone())
+    }
+
+    fn shared(&self) -> Option<&dyn SharedStore> {
+        Some(self)
+    }
+}
+
+impl SharedStore for PgStore {
+    fn other_nodes(&self, scope: &str) -> Result<Vec<String>, StoreError> {
+        let rows = self.with_conn(|c| c.client.query(&c.st.other_nodes, &[&self.node, &scope]))?;
+        rows.iter().map(|r| self.column(r, 0)).collect()
+    }
+
+    fn load_of(&self, node: &str, scope: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let rows = self.with_conn(|c| c.client.query(&c.st.load, &[&node, &scope]))?;
+        rows.iter()
+            .map(|r| Ok((self.column(r, 0)?, self.column(r, 1)?)))
+            .collect()
+    }
+
+    fn forget_taken(
+        &self,
+        node: &str,
+        scope: &str,
+        entries: &[(String, Vec<u8>)],
+    ) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
+        let values: Vec<&[u8]> = entries.iter().map(|(_, v)| v.as_slice()).collect();
+        self.with_conn(|c| {
+            c.client
+                .execute(&c.st.forget, &[&node, &scope, &keys, &values])
+                .map(|_| ())
+        })
     }
 }
 

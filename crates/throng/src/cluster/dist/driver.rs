@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::host::{ChildNote, HostType, Slot};
 use super::persist::Persister;
+use super::takeover::{Step, TakeOver};
 use super::Supervisors;
 use super::{Dist, DistEvent, DistStats};
 use crate::cluster::outbox::Lane;
@@ -148,6 +149,8 @@ struct Runtime {
     /// `Sync` mode: slots of exited children with replies still waiting, by key, until a
     /// commit writes the key's entry (which holds their final state).
     exited: HashMap<Arc<str>, Vec<Arc<Slot>>>,
+    /// With a shared store: the take-over of what gone nodes kept.
+    takeover: Option<TakeOver>,
 }
 
 /// The marks of a key being written in `Sync` mode ([`Persister::flush`]): the slot of its
@@ -313,6 +316,7 @@ impl Task {
         notes: mpsc::UnboundedSender<Note>,
         persist: Option<Persister>,
         sync: bool,
+        takeover: Option<TakeOver>,
     ) -> Self {
         Task {
             driver,
@@ -326,6 +330,7 @@ impl Task {
                 persist,
                 sync,
                 exited: HashMap::new(),
+                takeover,
             },
             leave_waiters: Vec::new(),
             epoch: Instant::now(),
@@ -361,6 +366,14 @@ impl Task {
         loop {
             let flush_at = self.rt.persist.as_ref().and_then(Persister::due);
             let writing = self.rt.persist.as_ref().is_some_and(Persister::is_writing);
+            // Gone nodes' entries are taken over once this run took its own back.
+            let take_at = self
+                .rt
+                .takeover
+                .as_ref()
+                .filter(|_| recovery.is_none())
+                .and_then(TakeOver::due);
+            let taking = self.rt.takeover.as_ref().is_some_and(TakeOver::is_busy);
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => {
@@ -377,7 +390,18 @@ impl Task {
                 }
                 outcome = async { self.rt.persist.as_mut().expect("writing").written().await }, if writing => {
                     if let Some(p) = &mut self.rt.persist {
-                        p.done(outcome);
+                        let keys = p.done(outcome);
+                        if let Some(t) = &mut self.rt.takeover {
+                            t.written(&keys);
+                        }
+                    }
+                }
+                step = async { self.rt.takeover.as_mut().expect("taking").step().await }, if taking => {
+                    self.on_take_over(step);
+                }
+                _ = tokio::time::sleep_until(take_at.unwrap_or_else(tokio::time::Instant::now)), if take_at.is_some() => {
+                    if let Some(t) = &mut self.rt.takeover {
+                        t.tick();
                     }
                 }
                 _ = tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)), if flush_at.is_some() => {
@@ -420,6 +444,28 @@ impl Task {
                     let _ = w.send(());
                 }
             }
+        }
+    }
+
+    /// A store operation of the take-over ended.
+    fn on_take_over(&mut self, step: Option<Step>) {
+        let Some(t) = self.rt.takeover.as_mut() else {
+            return;
+        };
+        match step {
+            Some(Step::Nodes(Ok(nodes))) => {
+                let dir = self.driver.directory();
+                t.listed(nodes, dir.view(), |n| dir.owner(n), &self.rt.me);
+            }
+            Some(Step::Loaded(node, Ok(entries))) => {
+                let entries = t.loaded(node, entries);
+                self.driver.recover(&mut self.rt, entries);
+            }
+            Some(Step::Forgot(node, result)) => t.forgot(&node, result),
+            Some(Step::Nodes(Err(e)) | Step::Loaded(_, Err(e))) => {
+                tracing::warn!(error = %e, "the take-over of gone nodes' entries failed; retrying");
+            }
+            None => {}
         }
     }
 

@@ -12,6 +12,7 @@
 mod driver;
 mod host;
 mod persist;
+mod takeover;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
@@ -428,6 +429,10 @@ impl Supervisors {
             config.max_moves = opts.max_moves.max(1);
             // Copies made by this run are told apart from those of earlier runs of this node.
             config.incarnation = self.t.incarnation.get();
+            let takeover = store
+                .clone()
+                .filter(|_| opts.durability != Durability::None)
+                .and_then(|s| takeover::TakeOver::new(s, name));
             let persister = match (store, opts.durability) {
                 (Some(store), Durability::Async { max_lag }) => {
                     config.durable = true;
@@ -447,6 +452,7 @@ impl Supervisors {
                 notes,
                 persister,
                 sync,
+                takeover,
             );
             let queues = driver::Queues {
                 cmds: cmd_rx,

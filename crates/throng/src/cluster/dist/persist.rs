@@ -221,15 +221,16 @@ impl Persister {
         self.in_flight.is_some()
     }
 
-    /// The commit in flight ended.
-    pub(super) fn done(&mut self, outcome: Option<Outcome>) {
+    /// The commit in flight ended; returns the keys it wrote (none if it failed).
+    pub(super) fn done(&mut self, outcome: Option<Outcome>) -> Vec<String> {
         match outcome {
-            Some((Ok(()), _)) => {
+            Some((Ok(()), keys)) => {
                 self.failures = 0;
                 self.not_before = None;
                 for (_, slot, seq) in std::mem::take(&mut self.in_flight_marks) {
                     slot.durable(seq);
                 }
+                return keys;
             }
             Some((Err(e), keys)) => {
                 self.failures = self.failures.saturating_add(1);
@@ -250,6 +251,7 @@ impl Persister {
             // errors.)
             None => self.carried.append(&mut self.in_flight_marks),
         }
+        Vec::new()
     }
 
     /// Write everything dirty now and wait (the node shuts down).
@@ -257,14 +259,14 @@ impl Persister {
         if let Some(outcome) = self.in_flight.take() {
             let outcome = outcome.await.ok();
             self.in_flight_keys = 0;
-            self.done(outcome);
+            let _ = self.done(outcome);
         }
         self.not_before = None;
         while !self.dirty.is_empty() {
             self.flush(dir, marker);
             let outcome = self.written().await;
             let failed = matches!(outcome, Some((Err(_), _)));
-            self.done(outcome);
+            let _ = self.done(outcome);
             if failed {
                 return;
             }

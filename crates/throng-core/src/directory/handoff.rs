@@ -5,8 +5,8 @@
 
 use super::{
     add_holder, reply, send, stop, Action, Backup, ChildEvent, DirMsg, Directory, Epoch,
-    Generation, Holder, Phase, Record, Source, StartError, StopReason, Tag, MAX_BURIED_BYTES,
-    MAX_HOPS,
+    Generation, Holder, Phase, Record, Source, StartError, StopReason, Tag, Version,
+    MAX_BURIED_BYTES, MAX_HOPS,
 };
 use std::collections::BTreeMap;
 
@@ -151,14 +151,18 @@ impl Directory {
     /// with its child if that child was removed.
     fn fail_over_orphans(&mut self, out: &mut Vec<Action>) {
         let me = self.config.me.clone();
-        let orphaned: Vec<(String, NodeId, Option<Tag>)> = self
+        let mut orphaned: Vec<(String, Version, NodeId, Option<Tag>)> = self
             .backups
             .iter()
             .flat_map(|(k, list)| list.iter().map(move |b| (k, b)))
             .filter(|(_, b)| b.orphan || self.departed.contains(&b.from))
-            .map(|(k, b)| (k.clone(), b.from.clone(), b.handoff))
+            .map(|(k, b)| (k.clone(), b.record.version, b.from.clone(), b.handoff))
             .collect();
-        for (key, from, handoff) in orphaned {
+        // Of several orphan copies of one key (a backup and a hand-off copy), the newest state
+        // runs first and the others are merged into it: a child never runs from an older copy
+        // while a newer one waits to be merged (a crash before that merge would lose it).
+        orphaned.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        for (key, _, from, handoff) in orphaned {
             self.fail_over_orphan(&me, key, from, handoff, out);
         }
     }

@@ -865,6 +865,55 @@ fn a_hand_off_sent_again_after_its_copy_moved_on_is_not_taken_twice() {
 }
 
 #[test]
+fn a_failover_runs_the_newest_of_a_hand_off_copy_and_a_backup() {
+    // `a` runs the key alone, then `b` joins and owns it: `a` hands it off and keeps its
+    // hand-off copy until `b` confirms; `b` runs it and backs it up on `a`.
+    let nodes = ["a", "b"];
+    let key = key_placed(&nodes, "b", "a");
+    let mut net = Net::new(&["a"], 8);
+    net.call("a", |d| d.start(1, spec(&key)));
+    net.settle();
+    net.running.insert((id("a"), key.clone()), b"old".to_vec());
+    let mut b = Directory::new(DirConfig::new(id("b")));
+    let actions = b.set_view([&id("a"), &id("b")]);
+    net.dirs.insert(id("b"), b);
+    net.apply(&id("b"), actions);
+    net.call("a", |d| d.set_view([&id("a"), &id("b")]));
+    // The confirmation of the hand-off is lost: `a` keeps its copy.
+    let deliver = |net: &mut Net| {
+        while let Some((from, to, msg)) = net.queue.pop_front() {
+            if matches!(msg, DirMsg::Drop { tag: Some(_), .. }) {
+                continue;
+            }
+            let actions = net.dirs.get_mut(&to).expect("node").receive(&from, msg);
+            net.apply(&to, actions);
+        }
+    };
+    deliver(&mut net);
+    assert_eq!(net.runs(&key), vec![id("b")]);
+    // `b` changes the state; its backup on `a` holds it.
+    net.running.insert((id("b"), key.clone()), b"new".to_vec());
+    net.call("b", |d| d.snapshot(&key, b"new".to_vec()));
+    deliver(&mut net);
+    assert_eq!(
+        net.dir("a").backups()[&key].len(),
+        2,
+        "a hand-off copy and a backup"
+    );
+    // `b` crashes: `a` runs the newest state, not its older hand-off copy.
+    net.crash("b");
+    net.call("a", |d| d.set_view([&id("a")]));
+    net.settle();
+    assert_eq!(net.runs(&key), vec![id("a")]);
+    let state = &net.running[&(id("a"), key.clone())];
+    assert!(
+        state.starts_with(b"new"),
+        "runs from {:?}",
+        String::from_utf8_lossy(state)
+    );
+}
+
+#[test]
 fn a_leaving_node_hands_its_children_off_with_their_state() {
     let nodes = ["a", "b", "c"];
     let mut net = Net::new(&nodes, 8);

@@ -104,6 +104,9 @@ impl Directory {
                 },
             ));
         }
+        // Another child of the key is merged into this one (or, without a state, dropped for
+        // it): a removal of this child removes that one too.
+        o.record.absorb(&theirs);
         let merge = theirs.snapshot.is_some() && !same;
         if merge {
             o.merges.push(theirs);
@@ -278,7 +281,13 @@ impl Directory {
             tag,
             epoch,
         };
-        self.remove_copies(&key, |b| h.names(b));
+        let dropped = self.remove_copies(&key, |b| h.names(b));
+        if remove.is_some() {
+            // The children merged into the removed one are removed with it.
+            for g in dropped.iter().flat_map(|b| &b.record.absorbed) {
+                self.bury(&key, *g);
+            }
+        }
         let source = Source::Held {
             origin: origin.clone(),
             tag,

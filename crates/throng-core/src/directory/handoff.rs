@@ -477,6 +477,7 @@ impl Directory {
                     self.hand_off(&to, record, hops + 1, copies, moved, Some(source), out);
                 }
                 _ => {
+                    o.record.absorb(&record);
                     if record.snapshot.is_some() {
                         o.merges.push(record);
                     }

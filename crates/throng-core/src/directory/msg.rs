@@ -148,7 +148,15 @@ pub struct Record {
     /// child is started ([`Record::new`]) and kept across restarts, failovers and moves. A
     /// removal buries it, so a late copy of a removed child is refused, not run again.
     pub generation: Generation,
+    /// Generations of the key merged into this child (a copy of another child of the key met
+    /// this one and was merged into it), the newest last, at most [`MAX_ABSORBED`]. A removal
+    /// of this child buries them too: a stale copy of one, left on a node that was down when
+    /// they met, does not bring the key back.
+    pub absorbed: Vec<Generation>,
 }
+
+/// How many absorbed generations a [`Record`] remembers.
+pub const MAX_ABSORBED: usize = 8;
 
 impl Record {
     /// The record of a child started from `spec` as `generation`: no snapshot yet, at
@@ -168,7 +176,24 @@ impl Record {
             snapshot: None,
             version: Version::INITIAL,
             generation,
+            absorbed: Vec::new(),
         }
+    }
+
+    /// `theirs`, a copy of the same key, is merged into this child: its generation (and those
+    /// it absorbed) are absorbed here, unless it is this child's own.
+    pub fn absorb(&mut self, theirs: &Record) {
+        let incoming = theirs
+            .absorbed
+            .iter()
+            .chain(std::iter::once(&theirs.generation));
+        for g in incoming {
+            if *g != self.generation && !self.absorbed.contains(g) {
+                self.absorbed.push(*g);
+            }
+        }
+        let over = self.absorbed.len().saturating_sub(MAX_ABSORBED);
+        self.absorbed.drain(..over);
     }
 }
 
@@ -254,9 +279,7 @@ pub enum DirMsg {
     },
     /// The child of `key` and `generation` was removed (the sender learned it from the removal):
     /// the receiver, which replicated a copy of it, stops that copy for good. Sent when a copy
-    /// survived on the other side of a partition or of a false suspicion: the removal wins. Also
-    /// sent by the remover, when the removal ends, to the key's backup node, so the tombstone is
-    /// kept on two nodes as the record was.
+    /// survived on the other side of a partition or of a false suspicion: the removal wins.
     Removed {
         /// The key.
         key: String,
@@ -266,7 +289,10 @@ pub enum DirMsg {
     /// Reconciliation, from a node to a peer it (re)connected to or that (re)joined its view: the
     /// removed children it knows of (key and [`Record::generation`], at most [`MAX_TOMBSTONES`](super::MAX_TOMBSTONES)).
     /// The receiver buries them too and stops a copy of one that survived on its side of a
-    /// partition: a removal wins after a heal.
+    /// partition: a removal wins after a heal. Also sent by a remover when the removal ends, to
+    /// the key's backup node (the tombstones of the child and of those merged into it are kept
+    /// on two nodes, as its record was), and by a leaving node to the owners and backups of the
+    /// keys whose tombstones it keeps.
     Buried {
         /// The removed children.
         removed: Vec<(String, Generation)>,

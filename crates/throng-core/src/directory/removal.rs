@@ -96,6 +96,8 @@ pub(super) struct Removal {
     pub(super) chases: u8,
     /// The removed child's generation.
     pub(super) generation: Generation,
+    /// The generations merged into it ([`Record::absorbed`](super::Record::absorbed)).
+    pub(super) absorbed: Vec<Generation>,
     /// Terminate requests answered when the removal is complete.
     pub(super) reqs: Vec<u64>,
     /// Whether a `Stopped` event is due at the end.
@@ -119,6 +121,10 @@ impl Directory {
         }
         let generation = o.record.generation;
         self.bury(key, generation);
+        // The children merged into it are removed with it.
+        for g in &o.record.absorbed {
+            self.bury(key, *g);
+        }
         // Drops sent earlier and not confirmed yet are sent again as removals: their holders may
         // have made a copy of their own from the copy meanwhile.
         let earlier = self.dropping.get(key).into_iter().flatten().cloned();
@@ -132,6 +138,7 @@ impl Directory {
             chasing: Vec::new(),
             chases: 0,
             generation,
+            absorbed: o.record.absorbed.clone(),
             reqs: Vec::new(),
             event: false,
             starts: Vec::new(),
@@ -197,13 +204,11 @@ impl Directory {
         // have died meanwhile), so a copy that a node down now still keeps on its disk is
         // refused when it comes back, even if this node is down by then.
         if let Some(b) = self.backup_of(key).filter(|b| *b != self.config.me) {
-            out.push(send(
-                &b,
-                DirMsg::Removed {
-                    key: key.to_owned(),
-                    generation: r.generation,
-                },
-            ));
+            let removed = std::iter::once(r.generation)
+                .chain(r.absorbed.iter().copied())
+                .map(|g| (key.to_owned(), g))
+                .collect();
+            out.push(send(&b, DirMsg::Buried { removed }));
         }
         for (to, msg) in self.notify.remove(key).unwrap_or_default() {
             out.push(send(&to, msg));

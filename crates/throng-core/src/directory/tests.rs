@@ -769,6 +769,42 @@ fn a_leaving_node_hands_its_tombstones_to_the_owners_and_backups_that_stay() {
 }
 
 #[test]
+fn a_removal_also_removes_the_children_merged_into_the_removed_one() {
+    let nodes = ["a", "b"];
+    let key = key_owned_by(&nodes, "a");
+    let mut net = Net::running(&nodes, &key);
+    // A copy of another child of the key (started elsewhere) reaches the owner and is merged
+    // into the one running there.
+    let mut other = Record::new(spec(&key), generation(99));
+    other.snapshot = Some(b"other".to_vec());
+    net.queue
+        .push_back((id("b"), id("a"), adopt_msg(other.clone(), 0, 90)));
+    net.settle();
+    assert_eq!(net.runs(&key), vec![id("a")]);
+    assert_eq!(
+        net.dir("a").owned()[&key].record.absorbed,
+        vec![generation(99)]
+    );
+    // The key is removed; a stale copy of the merged child (one a node that was down kept on
+    // its disk) comes back later: refused, on the owner and on the backup.
+    net.call("a", |d| d.terminate(2, &key));
+    net.settle();
+    assert!(net.replies().contains(&(2, Ok(()))));
+    for n in ["a", "b"] {
+        assert!(
+            net.dir(n).buried(&key, generation(99)),
+            "{n} keeps the merged child's tombstone"
+        );
+    }
+    for (to, n) in [("a", 91), ("b", 92)] {
+        net.queue
+            .push_back((id("b"), id(to), adopt_msg(other.clone(), 0, n)));
+        net.settle();
+        assert!(net.runs(&key).is_empty(), "runs on {:?}", net.runs(&key));
+    }
+}
+
+#[test]
 fn a_removal_on_one_side_of_a_partition_wins_after_the_heal() {
     let nodes = ["a", "b", "c"];
     let key = key_placed(&nodes, "a", "b");
@@ -1168,6 +1204,7 @@ fn check_finds_removals_that_wait_for_nothing_or_for_a_node_out_of_view() {
         chasing: Vec::new(),
         chases: 0,
         generation: generation(1),
+        absorbed: Vec::new(),
         reqs: Vec::new(),
         event: false,
         starts: Vec::new(),

@@ -19,7 +19,7 @@ use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
 use serde::{Deserialize, Serialize};
 
 /// Version of the node-to-node protocol, checked in the handshake.
-pub const PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;
 
 /// First bytes of every handshake hello.
 pub const MAGIC: [u8; 4] = *b"THRG";
@@ -989,8 +989,8 @@ mod tests {
     }
 
     const GOLDEN: &[&str] = &[
-        "Hello 5448524706026e31070101010101010101010101010101010101010101010101010101010101010101",
-        "HelloAck 06026e320802020202020202020202020202020202020202020202020202020202020202020303030303030303030303030303030303030303030303030303030303030303",
+        "Hello 5448524707026e31070101010101010101010101010101010101010101010101010101010101010101",
+        "HelloAck 07026e320802020202020202020202020202020202020202020202020202020202020202020303030303030303030303030303030303030303030303030303030303030303",
         "Auth 0404040404040404040404040404040404040404040404040404040404040404",
         "RemoteFailure 000161",
         "RemoteFailure 0101650166",
@@ -1134,8 +1134,8 @@ mod tests {
 
     const DIRECTORY_GOLDEN: &[&str] = &[
         "StartSpec 016b0174010101",
-        "Record 016b017401010101010203ac02",
-        "DirMsg 00016b017401010101010203ac020405",
+        "Record 016b017401010101010203ac0200",
+        "DirMsg 00016b017401010101010203ac02000405",
         "DirMsg 01016b030405",
         "DirMsg 02016b016100040500",
         "DirMsg 02016b01610106040501ac02",
@@ -1144,7 +1144,7 @@ mod tests {
         "DirMsg 05016bac02",
         "DirMsg 0601016bac02",
         "DirMsg 07016b01610600",
-        "DirMsg 08016b017401010101010203ac02010601016201610106040501",
+        "DirMsg 08016b017401010101010203ac0200010601016201610106040501",
         "DirMsg 0901016b0405",
         "DirMsg 0a016b",
     ];
@@ -1165,8 +1165,11 @@ mod tests {
     #[test]
     fn a_zero_generation_or_tag_is_a_decode_error() {
         use throng_core::directory::{DirMsg, Record};
-        // A record of generation 0 (what a start request carried before version 6).
-        let mut record = [0x01, 0x6b, 0x01, 0x74, 0x01, 0x01, 0x01, 0x00, 0x00, 0x00];
+        // A record of generation 0 (what a start request carried before version 6), no
+        // absorbed generations.
+        let mut record = [
+            0x01, 0x6b, 0x01, 0x74, 0x01, 0x01, 0x01, 0x00, 0x00, 0x00, 0x00,
+        ];
         assert!(decode::<Record>(&record).is_err());
         // `Removed` of generation 0, `Chase` of tag 0 (generation 1).
         assert!(decode::<DirMsg>(&[0x05, 0x01, 0x6b, 0x00]).is_err());

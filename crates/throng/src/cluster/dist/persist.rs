@@ -95,8 +95,16 @@ impl Persister {
             })??;
         let mut entries = Vec::with_capacity(raw.len());
         for (key, bytes) in raw {
-            match postcard::from_bytes::<DurableEntry>(&bytes) {
+            match decode_entry(&bytes) {
                 Ok(e) => entries.push((key, e)),
+                // Never read as empty: this supervisor refuses starts, saying why.
+                Err(EntryError::Newer(found)) => {
+                    return Err(StoreError::NewerFormat {
+                        store: self.store.location(),
+                        found: u64::from(found),
+                        supported: u64::from(ENTRY_FORMAT),
+                    })
+                }
                 Err(e) => tracing::error!(
                     supervisor = %self.scope, key = %key, error = %e,
                     "a durable entry does not decode; it is skipped"
@@ -168,7 +176,7 @@ impl Persister {
         }
         let mut values: Vec<Option<Vec<u8>>> = Vec::with_capacity(keys.len());
         for k in &keys {
-            values.push(dir.durable(k).and_then(|e| match postcard::to_allocvec(&e) {
+            values.push(dir.durable(k).and_then(|e| match encode_entry(&e) {
                 Ok(v) => Some(v),
                 Err(e) => {
                     tracing::error!(key = %k, error = %e, "a durable entry does not encode");
@@ -271,5 +279,167 @@ impl Persister {
                 return;
             }
         }
+    }
+}
+
+/// The format of the durable entries this build writes: a two-byte header (`0xFF`, the format)
+/// then the entry in postcard. Format 1 (no header, records without
+/// [`Record::absorbed`](throng_core::directory::Record::absorbed)) is still read.
+pub(super) const ENTRY_FORMAT: u8 = 2;
+
+/// Why a durable entry could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum EntryError {
+    /// Written by a newer Throng.
+    #[error("durable entry of format {0}, newer than this build's {ENTRY_FORMAT}")]
+    Newer(u8),
+    /// Not a durable entry of any format this build reads.
+    #[error("damaged durable entry: {0}")]
+    Damaged(#[from] postcard::Error),
+}
+
+/// A durable entry as stored.
+pub(super) fn encode_entry(entry: &DurableEntry) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_extend(entry, vec![0xFF, ENTRY_FORMAT])
+}
+
+/// A stored durable entry, of this format or of format 1.
+pub(super) fn decode_entry(bytes: &[u8]) -> Result<DurableEntry, EntryError> {
+    if let [0xFF, format, rest @ ..] = bytes {
+        if *format == ENTRY_FORMAT {
+            if let Ok(e) = postcard::from_bytes(rest) {
+                return Ok(e);
+            }
+        } else if *format > ENTRY_FORMAT {
+            return Err(EntryError::Newer(*format));
+        }
+    }
+    // Format 1 (a varint count of records first: never `0xFF 0x02` for a real entry).
+    let v1: v1::Entry = postcard::from_bytes(bytes)?;
+    Ok(v1.into())
+}
+
+/// Format 1 of the durable entries (before [`Record::absorbed`](throng_core::directory::Record::absorbed)).
+mod v1 {
+    use serde::Deserialize;
+    use throng_core::directory::{DurableEntry, Generation, Record, Version};
+    use throng_core::RestartPolicy;
+
+    #[derive(Deserialize)]
+    pub(super) struct Entry {
+        records: Vec<Rec>,
+        buried: Vec<Generation>,
+    }
+
+    #[derive(Deserialize)]
+    struct Rec {
+        key: String,
+        actor_type: String,
+        args: Vec<u8>,
+        policy: RestartPolicy,
+        snapshot: Option<Vec<u8>>,
+        version: Version,
+        generation: Generation,
+    }
+
+    impl From<Entry> for DurableEntry {
+        fn from(e: Entry) -> Self {
+            DurableEntry {
+                records: e
+                    .records
+                    .into_iter()
+                    .map(|r| Record {
+                        key: r.key,
+                        actor_type: r.actor_type,
+                        args: r.args,
+                        policy: r.policy,
+                        snapshot: r.snapshot,
+                        version: r.version,
+                        generation: r.generation,
+                        absorbed: Vec::new(),
+                    })
+                    .collect(),
+                buried: e.buried,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use throng_core::directory::{Generation, Record, StartSpec};
+    use throng_core::RestartPolicy;
+
+    fn entry() -> DurableEntry {
+        let spec = StartSpec {
+            key: "k".into(),
+            actor_type: "t".into(),
+            args: vec![1],
+            policy: RestartPolicy::Permanent,
+        };
+        let mut r = Record::new(spec, Generation::new(7).expect("not 0"));
+        r.snapshot = Some(vec![9, 9]);
+        r.absorbed = vec![Generation::new(3).expect("not 0")];
+        DurableEntry {
+            records: vec![r],
+            buried: vec![Generation::new(5).expect("not 0")],
+        }
+    }
+
+    #[test]
+    fn an_entry_reads_back_as_written() {
+        let e = entry();
+        let bytes = encode_entry(&e).expect("encodes");
+        assert_eq!(&bytes[..2], &[0xFF, ENTRY_FORMAT]);
+        assert_eq!(decode_entry(&bytes).expect("decodes"), e);
+    }
+
+    #[test]
+    fn an_entry_of_format_1_is_read() {
+        // Written by the previous build: postcard of the entry, records without `absorbed`.
+        #[derive(serde::Serialize)]
+        struct Rec<'a> {
+            key: &'a str,
+            actor_type: &'a str,
+            args: &'a [u8],
+            policy: RestartPolicy,
+            snapshot: Option<&'a [u8]>,
+            version: u64,
+            generation: u64,
+        }
+        #[derive(serde::Serialize)]
+        struct Entry<'a> {
+            records: Vec<Rec<'a>>,
+            buried: Vec<u64>,
+        }
+        let old = Entry {
+            records: vec![Rec {
+                key: "k",
+                actor_type: "t",
+                args: &[1],
+                policy: RestartPolicy::Permanent,
+                snapshot: Some(&[9, 9]),
+                version: 0,
+                generation: 7,
+            }],
+            buried: vec![5],
+        };
+        let bytes = postcard::to_allocvec(&old).expect("encodes");
+        let mut want = entry();
+        want.records[0].absorbed.clear();
+        assert_eq!(decode_entry(&bytes).expect("decodes"), want);
+    }
+
+    #[test]
+    fn an_entry_of_a_newer_format_is_refused_and_garbage_is_damaged() {
+        assert!(matches!(
+            decode_entry(&[0xFF, ENTRY_FORMAT + 1, 0]),
+            Err(EntryError::Newer(f)) if f == ENTRY_FORMAT + 1
+        ));
+        assert!(matches!(
+            decode_entry(&[0x05, 0xFF]),
+            Err(EntryError::Damaged(_))
+        ));
     }
 }

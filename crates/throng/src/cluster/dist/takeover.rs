@@ -165,7 +165,7 @@ impl TakeOver {
     ) -> Vec<(String, DurableEntry)> {
         let mut decoded = Vec::with_capacity(entries.len());
         for (key, bytes) in &entries {
-            match postcard::from_bytes::<DurableEntry>(bytes) {
+            match super::persist::decode_entry(bytes) {
                 Ok(e) => decoded.push((key.clone(), e)),
                 Err(e) => tracing::error!(supervisor = %self.scope, %node, %key, error = %e,
                     "an entry of a node taken over does not decode; it is left in the store"),

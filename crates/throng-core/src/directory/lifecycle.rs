@@ -209,7 +209,11 @@ impl Directory {
     pub fn snapshot(&mut self, key: &str, snapshot: Vec<u8>) -> Vec<Action> {
         let mut out = Vec::new();
         self.touch(key);
-        if let Some(o) = self.owned.get_mut(key) {
+        if let Some(o) = self
+            .owned
+            .get_mut(key)
+            .filter(|o| o.record.snapshot.as_ref() != Some(&snapshot))
+        {
             o.record.snapshot = Some(snapshot);
             o.record.version = o.record.version.next();
             match &o.backup {
@@ -272,6 +276,10 @@ impl Directory {
         let Some(o) = self.owned.get_mut(key) else {
             return self.checked(out);
         };
+        // A final state equal to the record's is no new version: a copy that only stopped (a
+        // move, a restart) must not look newer than another copy of the child holding a later
+        // state (versions order the copies that meet, in a merge or a recovery).
+        let final_snapshot = final_snapshot.filter(|s| o.record.snapshot.as_ref() != Some(s));
         let bumped = final_snapshot.is_some();
         if let Some(s) = final_snapshot {
             o.record.snapshot = Some(s);

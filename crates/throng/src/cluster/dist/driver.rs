@@ -158,11 +158,13 @@ struct Runtime {
 /// its exited children (all they did is in the entry).
 fn marker<'a>(
     running: &'a HashMap<Arc<str>, Running>,
+    pending: &'a HashMap<String, Arc<Slot>>,
     exited: &'a mut HashMap<Arc<str>, Vec<Arc<Slot>>>,
 ) -> impl FnMut(&str, &mut Vec<(Arc<Slot>, u64)>) + Send + 'a {
     move |key, out| {
-        if let Some(r) = running.get(key) {
-            out.extend(r.slot.mark(false).map(|seq| (r.slot.clone(), seq)));
+        let slots = running.get(key).map(|r| &r.slot).into_iter();
+        for slot in slots.chain(pending.get(key)) {
+            out.extend(slot.mark(false).map(|seq| (slot.clone(), seq)));
         }
         for slot in exited.remove(key).into_iter().flatten() {
             out.extend(slot.mark(true).map(|seq| (slot.clone(), seq)));
@@ -383,7 +385,7 @@ impl Task {
                         r.handle.stop(ExitReason::Shutdown);
                     }
                     if let Some(p) = &mut self.rt.persist {
-                        let mut m = marker(&self.rt.running, &mut self.rt.exited);
+                        let mut m = marker(&self.rt.running, &self.rt.pending_slots, &mut self.rt.exited);
                         p.drain(self.driver.directory(), &mut m).await;
                     }
                     return;
@@ -406,7 +408,7 @@ impl Task {
                 }
                 _ = tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)), if flush_at.is_some() => {
                     if let Some(p) = &mut self.rt.persist {
-                        p.flush(self.driver.directory(), &mut marker(&self.rt.running, &mut self.rt.exited));
+                        p.flush(self.driver.directory(), &mut marker(&self.rt.running, &self.rt.pending_slots, &mut self.rt.exited));
                     }
                 }
                 _ = tokio::time::sleep_until(settled_at.min(began + RECOVERY_MAX_WAIT)), if recovery.is_some() => {
@@ -529,12 +531,22 @@ impl Task {
         let rt = &mut self.rt;
         match note {
             Note::Child(ChildNote::Snapshot { key, slot }) => {
+                // The child's, or the one just spawned whose `Spawned` is not handled yet (it may
+                // answer calls before: its snapshot counts, and in `Sync` mode replies wait for
+                // it). A stale child's slot is left alone: taking its snapshot without applying
+                // it would count as held what the directory never got.
                 let current = rt
                     .running
                     .get(&*key)
-                    .is_some_and(|r| Arc::ptr_eq(&r.slot, &slot));
-                let bytes = slot.take_pending();
-                if let (Some(b), true) = (bytes, current) {
+                    .is_some_and(|r| Arc::ptr_eq(&r.slot, &slot))
+                    || rt
+                        .pending_slots
+                        .get(&*key)
+                        .is_some_and(|s| Arc::ptr_eq(s, &slot));
+                if !current {
+                    return;
+                }
+                if let Some(b) = slot.take_pending() {
                     self.driver.snapshot(rt, &key, b);
                 }
             }

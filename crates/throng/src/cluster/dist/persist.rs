@@ -95,7 +95,7 @@ impl Persister {
             })??;
         let mut entries = Vec::with_capacity(raw.len());
         for (key, bytes) in raw {
-            match postcard::from_bytes::<DurableEntry>(&bytes) {
+            match decode_entry(&bytes) {
                 Ok(e) => entries.push((key, e)),
                 Err(e) => tracing::error!(
                     supervisor = %self.scope, key = %key, error = %e,
@@ -270,4 +270,10 @@ impl Persister {
             }
         }
     }
+}
+
+/// Decode a durable entry as read from the store (a damaged store gives any bytes: an error,
+/// never a panic).
+pub(crate) fn decode_entry(bytes: &[u8]) -> Result<DurableEntry, postcard::Error> {
+    postcard::from_bytes(bytes)
 }

@@ -325,6 +325,16 @@ async fn metrics(State(app): State<App>) -> Response {
          throng_dist_children{{node=\"{me}\",state=\"unreplicated\"}} {}",
         stats.running, stats.backups, stats.unreplicated
     );
+    let conns = h.node.connection_stats();
+    let _ = writeln!(
+        out,
+        "# HELP throng_handshakes Connections to this node's RPC port in their handshake now.\n# TYPE throng_handshakes gauge\n\
+         throng_handshakes{{node=\"{me}\"}} {}\n\
+         # HELP throng_handshakes_total Connections to this node's RPC port that were refused at once (max_handshakes in progress) or whose handshake failed.\n# TYPE throng_handshakes_total counter\n\
+         throng_handshakes_total{{node=\"{me}\",outcome=\"refused\"}} {}\n\
+         throng_handshakes_total{{node=\"{me}\",outcome=\"failed\"}} {}",
+        conns.handshaking, conns.handshakes_refused, conns.handshakes_failed
+    );
     let _ = writeln!(
         out,
         "# HELP throng_dispatch_heroes_total Heroes created through, and defeated on, this node.\n# TYPE throng_dispatch_heroes_total counter\n\

@@ -598,3 +598,95 @@ async fn shutdown_returns_once_the_node_is_gone_and_its_port_is_free() {
     })
     .await;
 }
+
+/// A flood of idle TCP connections to the RPC port: the node holds at most `max_handshakes` of
+/// them in their handshake, closes the rest at once and counts them, so its tasks stay bounded;
+/// a real peer still connects (once the held handshakes time out) and calls work while the flood
+/// is held open. A handshake frame claiming more than a handshake message ends its connection at
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_idle_connections_is_refused_past_the_bound() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const FLOOD: usize = 800;
+    let max = throng::cluster::DEFAULT_MAX_HANDSHAKES;
+    // "f2" sorts after "f1": it accepts the real peer's connection, past its flood.
+    let target = node("f2", b"secret").await;
+    let acct = throng::spawn(Account {
+        balance: 0,
+        seen: vec![],
+    });
+    target.export("acct", &acct).unwrap();
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let tasks_before = tasks();
+
+    let mut flood = Vec::with_capacity(FLOOD);
+    for _ in 0..FLOOD {
+        flood.push(
+            tokio::net::TcpStream::connect(target.rpc_addr())
+                .await
+                .unwrap(),
+        );
+    }
+    eventually(
+        "every connection of the flood handled",
+        Duration::from_secs(30),
+        || {
+            let s = target.connection_stats();
+            s.handshaking as u64 + s.handshakes_refused + s.handshakes_failed >= FLOOD as u64
+        },
+    )
+    .await;
+    let s = target.connection_stats();
+    assert!(s.handshaking <= max, "{s:?}");
+    assert!(
+        s.handshakes_refused >= (FLOOD - max) as u64,
+        "past the bound connections are refused at once: {s:?}"
+    );
+    // One task per handshake held, not one per connection.
+    let held = tasks() - tasks_before.min(tasks());
+    assert!(held <= max + 8, "{held} more tasks during the flood");
+
+    // A real peer connects through the flood (the held handshakes time out and free their
+    // slots; its dialer retries), and calls work.
+    let peer = node("f1", b"secret").await;
+    meet(&peer, &target);
+    eventually("the peer connects", Duration::from_secs(60), || {
+        peer.is_connected(target.id())
+    })
+    .await;
+    let r: ActorRef<Account> = peer.remote(target.id(), "acct");
+    assert_eq!(
+        r.call(AccountMsg::Deposit(5)).await.unwrap(),
+        AccountReply::Balance(5)
+    );
+    let s = target.connection_stats();
+    assert!(
+        s.handshakes_failed > 0,
+        "the held handshakes timed out: {s:?}"
+    );
+
+    // A length prefix claiming 8 MiB before authentication: the connection is closed at once
+    // (not at the 5 s handshake timeout, waiting for the 8 MiB the node would reserve room for).
+    let mut liar = tokio::net::TcpStream::connect(target.rpc_addr())
+        .await
+        .unwrap();
+    let sent = std::time::Instant::now();
+    liar.write_all(&(8u32 << 20).to_be_bytes()).await.unwrap();
+    let mut buf = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(10), liar.read(&mut buf)).await;
+    let took = sent.elapsed();
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))) && took < Duration::from_secs(5),
+        "a connection that announced an 8 MiB handshake message was kept {took:?}: {closed:?}"
+    );
+    // The flood was held open all along.
+    drop(flood);
+    assert_eq!(
+        r.call(AccountMsg::Balance).await.unwrap(),
+        AccountReply::Balance(5)
+    );
+}

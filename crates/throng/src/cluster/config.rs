@@ -94,6 +94,7 @@ struct Raw {
     detection: Option<String>,
     ring_vnodes: Option<u32>,
     max_frame_bytes: Option<usize>,
+    max_handshakes: Option<usize>,
     tls_ca: Option<PathBuf>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -247,6 +248,9 @@ impl NodeConfig {
         if let Some(v) = env("THRONG_MAX_FRAME_BYTES") {
             raw.max_frame_bytes = Some(v.parse().map_err(|e| invalid("max_frame_bytes", e))?);
         }
+        if let Some(v) = env("THRONG_MAX_HANDSHAKES") {
+            raw.max_handshakes = Some(v.parse().map_err(|e| invalid("max_handshakes", e))?);
+        }
         Self::validate(raw)
     }
 
@@ -348,6 +352,16 @@ impl NodeConfig {
                 ));
             }
             transport.max_frame = m;
+        }
+        if let Some(m) = raw.max_handshakes {
+            let limit = super::node::MAX_HANDSHAKES_LIMIT;
+            if !(1..=limit).contains(&m) {
+                return Err(invalid(
+                    "max_handshakes",
+                    format!("{m} is outside 1..={limit}"),
+                ));
+            }
+            transport.max_handshakes = m;
         }
         transport.security = security(&name, raw.tls_ca, raw.tls_cert, raw.tls_key)?;
         let data_dir = raw.data_dir.filter(|d| !d.as_os_str().is_empty());
@@ -511,6 +525,16 @@ mod tests {
             "name = \"x\"\nsecret = \"{SECRET}\"\nmax_frame_bytes = 1"
         ))
         .contains("`max_frame_bytes`"));
+        assert!(err(&format!(
+            "name = \"x\"\nsecret = \"{SECRET}\"\nmax_handshakes = 0"
+        ))
+        .contains("`max_handshakes`"));
+        let c = NodeConfig::from_sources(
+            &format!("name = \"x\"\nsecret = \"{SECRET}\"\nmax_handshakes = 8"),
+            env(&[("THRONG_MAX_HANDSHAKES", "16")]),
+        )
+        .unwrap();
+        assert_eq!(c.transport.max_handshakes, 16);
     }
 
     #[test]

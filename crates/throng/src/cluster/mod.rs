@@ -24,12 +24,8 @@ pub(crate) mod transport;
 mod view;
 pub(crate) mod wire;
 
-/// The wire protocol, for tests that forge a peer (malformed frames, unauthenticated peers).
-/// Not a stable API.
 #[doc(hidden)]
-pub mod testing {
-    pub use super::wire::*;
-}
+pub mod testing;
 
 pub use config::{ConfigError, NodeConfig};
 pub use dist::{
@@ -37,7 +33,10 @@ pub use dist::{
 };
 pub use keyed::{ChildError, Keyed, SnapshotPolicy};
 pub use names::{NameError, Names, NamesConfig, NamesError, NamesEvent, OnConflict};
-pub use node::{ExportError, Node, NodeError, NodeOptions, RemoteActor};
+pub use node::{
+    ConnectionStats, ExportError, Node, NodeError, NodeOptions, RemoteActor,
+    DEFAULT_MAX_HANDSHAKES, MAX_HANDSHAKES_LIMIT,
+};
 pub use throng_core::directory::{ChildEvent, Distribution, Uniform};
 pub use throng_core::strategies::{Explicit, UniformRandom};
 pub use throng_core::{Incarnation, NodeId};

@@ -24,6 +24,13 @@ pub const PROTOCOL_VERSION: u16 = 7;
 /// First bytes of every handshake hello.
 pub const MAGIC: [u8; 4] = *b"THRG";
 
+/// Largest handshake message ([`Hello`], [`HelloAck`], [`Auth`]) a node reads: with the longest
+/// node name ([`throng_core::NodeId::MAX_LEN`]) a hello or an ack takes about 340 bytes. The
+/// handshake's length-prefixed framing refuses a longer prefix before reserving room for it, so an
+/// unauthenticated peer claiming a frame of `max_frame` bytes (8 MiB by default) costs the node
+/// nothing; the limit rises to `max_frame` once the peer is authenticated.
+pub const HANDSHAKE_MAX_FRAME: usize = 1024;
+
 /// A malformed, forged or incompatible message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -619,6 +626,53 @@ pub fn frames(record: &[u8]) -> impl Iterator<Item = Result<FrameRef<'_>, WireEr
         rest = &body[len..];
         Some(decode(&body[..len]))
     })
+}
+
+/// A frame being reassembled from its [`Frame::Chunk`] pieces, bounded by the frame limit.
+#[derive(Debug)]
+pub struct Chunks {
+    partial: Vec<u8>,
+    max_frame: usize,
+}
+
+impl Chunks {
+    /// Reassembly of frames of at most `max_frame` bytes.
+    pub fn new(max_frame: usize) -> Self {
+        Chunks {
+            partial: Vec::new(),
+            max_frame,
+        }
+    }
+
+    /// Add the next piece. Returns the whole frame's encoding once `last` completes it (decode it
+    /// with [`Chunks::decode`], then hand the buffer back with [`Chunks::recycle`]); an error
+    /// (the frame would exceed the limit) ends the connection.
+    pub fn push(&mut self, last: bool, piece: &[u8]) -> Result<Option<Vec<u8>>, WireError> {
+        if self.partial.len() + piece.len() > self.max_frame {
+            return Err(WireError::TooLarge {
+                size: self.partial.len() + piece.len(),
+                max: self.max_frame,
+            });
+        }
+        self.partial.extend_from_slice(piece);
+        Ok(last.then(|| std::mem::take(&mut self.partial)))
+    }
+
+    /// Decode a reassembled frame: any frame but another chunk.
+    pub fn decode(whole: &[u8]) -> Result<FrameRef<'_>, WireError> {
+        match decode::<FrameRef>(whole)? {
+            FrameRef::Chunk { .. } => Err(WireError::Malformed("nested chunk".into())),
+            f => Ok(f),
+        }
+    }
+
+    /// Give back the buffer [`Chunks::push`] returned, so the next frame reuses it (a large one
+    /// is shrunk to [`CHUNK_SIZE`]).
+    pub fn recycle(&mut self, mut whole: Vec<u8>) {
+        whole.clear();
+        whole.shrink_to(CHUNK_SIZE);
+        self.partial = whole;
+    }
 }
 
 /// Encode a handshake message or frame.
@@ -1315,6 +1369,32 @@ mod tests {
         assert_eq!(r, b"record");
         open.open(&mut r).unwrap();
         assert_eq!(r, b"record");
+    }
+
+    #[test]
+    fn the_largest_handshake_messages_fit_the_handshake_frame_limit() {
+        let name = "n".repeat(throng_core::NodeId::MAX_LEN);
+        let hello = Hello {
+            magic: MAGIC,
+            version: u16::MAX,
+            node: name.clone(),
+            incarnation: u64::MAX,
+            nonce: [0xff; 32],
+        };
+        let ack = HelloAck {
+            version: u16::MAX,
+            node: name,
+            incarnation: u64::MAX,
+            nonce: [0xff; 32],
+            mac: [0xff; 32],
+        };
+        for len in [
+            encode(&hello).len(),
+            encode(&ack).len(),
+            encode(&Auth { mac: [0xff; 32] }).len(),
+        ] {
+            assert!(len <= HANDSHAKE_MAX_FRAME / 2, "{len} bytes");
+        }
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub(in crate::cluster) use driver::Answer;
 use driver::Cmd;
 pub(crate) use driver::{Input, Note};
 use host::HostType;
+pub(crate) use persist::{decode_entry, encode_entry};
 
 use super::export_id::ExportId;
 use super::keyed::{ChildError, Keyed};

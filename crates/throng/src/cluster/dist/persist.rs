@@ -289,7 +289,7 @@ pub(super) const ENTRY_FORMAT: u8 = 2;
 
 /// Why a durable entry could not be read.
 #[derive(Debug, thiserror::Error)]
-pub(super) enum EntryError {
+pub(crate) enum EntryError {
     /// Written by a newer Throng.
     #[error("durable entry of format {0}, newer than this build's {ENTRY_FORMAT}")]
     Newer(u8),
@@ -299,12 +299,13 @@ pub(super) enum EntryError {
 }
 
 /// A durable entry as stored.
-pub(super) fn encode_entry(entry: &DurableEntry) -> Result<Vec<u8>, postcard::Error> {
+pub(crate) fn encode_entry(entry: &DurableEntry) -> Result<Vec<u8>, postcard::Error> {
     postcard::to_extend(entry, vec![0xFF, ENTRY_FORMAT])
 }
 
-/// A stored durable entry, of this format or of format 1.
-pub(super) fn decode_entry(bytes: &[u8]) -> Result<DurableEntry, EntryError> {
+/// A stored durable entry, of this format or of format 1 (a damaged store gives any bytes: an
+/// error, never a panic).
+pub(crate) fn decode_entry(bytes: &[u8]) -> Result<DurableEntry, EntryError> {
     if let [0xFF, format, rest @ ..] = bytes {
         if *format == ENTRY_FORMAT {
             if let Ok(e) = postcard::from_bytes(rest) {

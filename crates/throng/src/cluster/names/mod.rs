@@ -199,7 +199,7 @@ impl Addr {
 /// What travels in a [`Frame::Names`]. `from` is the origin; receivers check it against the
 /// authenticated peer that sent the frame.
 #[derive(Debug, Serialize, Deserialize)]
-enum Msg {
+pub(crate) enum Msg {
     /// Local writes of `from`.
     Delta { from: Member, delta: Delta },
     /// Part `index` (from 0) of `from`'s full state at `seq` (parts travel in order on one
@@ -342,6 +342,26 @@ fn encode_meta(meta: &impl Serialize) -> Result<Vec<u8>, NamesError> {
     postcard::to_allocvec(meta).map_err(|e| NamesError::Encode(e.to_string()))
 }
 
+/// Decode a registry message (what a [`Frame::Names`] carries).
+pub(crate) fn decode_msg(bytes: &[u8]) -> Result<Msg, postcard::Error> {
+    postcard::from_bytes(bytes)
+}
+
+/// A registry entry's value: the address of an actor of type `actor_type` (a group member with
+/// actor id `member`, or the holder of a unique name).
+pub(crate) fn encode_addr(actor_type: &str, member: Option<u64>) -> Vec<u8> {
+    Addr {
+        actor_type: actor_type.to_owned(),
+        member,
+    }
+    .encode()
+}
+
+/// Whether a registry entry's value decodes as the address lookups read from it.
+pub(crate) fn addr_decodes(value: &[u8]) -> bool {
+    Addr::decode(value).is_some()
+}
+
 fn decode_meta<M: DeserializeOwned>(bytes: &[u8]) -> Result<M, NamesError> {
     postcard::from_bytes(bytes).map_err(|e| NamesError::Decode(e.to_string()))
 }
@@ -431,7 +451,7 @@ impl NamesState {
     /// A [`Frame::Names`] from the authenticated peer `peer`. Runs on the connection's reader: it
     /// only updates the table and queues work for the flusher, never waits.
     pub(crate) fn receive(&self, shared: &Transport, peer: &NodeId, bytes: &[u8]) {
-        let msg: Msg = match postcard::from_bytes(bytes) {
+        let msg = match decode_msg(bytes) {
             Ok(m) => m,
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "undecodable registry message dropped");

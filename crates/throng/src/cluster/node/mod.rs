@@ -30,7 +30,7 @@ use super::wire::{Frame, FrameRef, RemoteFailure};
 use super::NodeConfig;
 use crate::ActorRef;
 
-pub use super::transport::{ExportError, RemoteActor};
+pub use super::transport::{ConnectionStats, ExportError, RemoteActor};
 
 mod glue;
 
@@ -48,6 +48,11 @@ pub struct NodeOptions {
     pub control_queue: usize,
     /// How long a handshake may take (default 5 s).
     pub handshake_timeout: Duration,
+    /// Connections accepted and not yet authenticated that the node holds at once (default
+    /// [`DEFAULT_MAX_HANDSHAKES`]): each waits at most `handshake_timeout` for its peer to prove
+    /// itself. Past the bound a new connection is closed at once, unread, and counted
+    /// ([`ConnectionStats::handshakes_refused`]); its peer, if it is a node, dials again.
+    pub max_handshakes: usize,
     /// Reconnect backoff: first and maximum delay (defaults 50 ms, 2 s).
     pub backoff: (Duration, Duration),
     /// How connections are authenticated and encrypted (default: the shared secret).
@@ -59,6 +64,15 @@ pub struct NodeOptions {
     pub name_conflicts: super::names::OnConflict,
 }
 
+/// Default bound on the connections a node holds in their handshake
+/// ([`NodeOptions::max_handshakes`]): far above what a cluster's nodes open at once (one
+/// connection per pair, dialed again after a loss), and a few megabytes of buffers and tasks at
+/// most for a flood of idle connections.
+pub const DEFAULT_MAX_HANDSHAKES: usize = 64;
+
+/// Largest accepted [`NodeOptions::max_handshakes`].
+pub const MAX_HANDSHAKES_LIMIT: usize = 1 << 20;
+
 impl Default for NodeOptions {
     fn default() -> Self {
         NodeOptions {
@@ -66,6 +80,7 @@ impl Default for NodeOptions {
             data_queue: 4096,
             control_queue: 1024,
             handshake_timeout: Duration::from_secs(5),
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
             backoff: (Duration::from_millis(50), Duration::from_secs(2)),
             security: Security::SharedSecret,
             names: super::names::NamesConfig::default(),
@@ -177,6 +192,12 @@ impl Node {
                 opts.max_frame
             )));
         }
+        if !(1..=MAX_HANDSHAKES_LIMIT).contains(&opts.max_handshakes) {
+            return Err(NodeError::Config(format!(
+                "max_handshakes {} must be within 1..={MAX_HANDSHAKES_LIMIT}",
+                opts.max_handshakes
+            )));
+        }
         if opts.data_queue == 0 || opts.control_queue == 0 {
             return Err(NodeError::Config(
                 "queues must hold at least one frame".into(),
@@ -195,6 +216,7 @@ impl Node {
             data_queue: opts.data_queue,
             control_queue: opts.control_queue,
             handshake_timeout: opts.handshake_timeout,
+            max_handshakes: opts.max_handshakes,
             backoff: opts.backoff,
             security: opts.security.clone(),
         };
@@ -408,6 +430,12 @@ impl Node {
     /// actors exit with [`ExitReason::NodeDown`](crate::ExitReason::NodeDown), and its connection is closed.
     pub fn remove_peer(&self, peer: &NodeId) {
         self.shared.t.remove_peer(peer);
+    }
+
+    /// What the listener has done with the connections it accepted: handshakes in progress,
+    /// connections refused at once past [`NodeOptions::max_handshakes`], handshakes failed.
+    pub fn connection_stats(&self) -> ConnectionStats {
+        self.shared.t.connection_stats()
     }
 
     /// Whether an authenticated connection to `peer` is up right now.

@@ -1,282 +1,8 @@
-//! Connections: the handshake (shared secret or mutual TLS), the listener, one link per peer
-//! (dial or accept, reconnect with backoff), the writer that seals records in place and the
-//! reader that opens them and delivers frames.
+//! Connections after the handshake: one link per peer (dial or accept, reconnect with
+//! backoff), the writer that seals records in place and the reader that opens them and delivers
+//! frames.
 
 use super::*;
-
-pub(super) fn codec(max_frame: usize) -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .max_frame_length(max_frame)
-        .new_codec()
-}
-
-pub(super) async fn read_plain<T: DeserializeOwned>(
-    reader: &mut FramedRead<ReadHalf, LengthDelimitedCodec>,
-) -> Result<T, WireError> {
-    match reader.next().await {
-        Some(Ok(bytes)) => wire::decode(&bytes),
-        Some(Err(e)) => Err(io_error(e)),
-        None => Err(WireError::Malformed(
-            "connection closed during handshake".into(),
-        )),
-    }
-}
-
-pub(super) async fn write_plain<T: Serialize>(
-    writer: &mut FramedWrite<WriteHalf, LengthDelimitedCodec>,
-    value: &T,
-) -> Result<(), WireError> {
-    writer
-        .send(Bytes::from(wire::encode(value)))
-        .await
-        .map_err(io_error)
-}
-
-/// A read or write failure during the handshake; TLS refusals (an alert from the peer, a
-/// certificate we reject) keep their TLS meaning.
-pub(super) fn io_error(e: std::io::Error) -> WireError {
-    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-        Some(t) => WireError::Tls(t.to_string()),
-        None => WireError::Malformed(e.to_string()),
-    }
-}
-
-/// The byte stream under a connection: plain TCP, or TLS over TCP.
-pub(crate) trait Stream:
-    tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static
-{
-}
-
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Stream for T {}
-
-pub(super) type ReadHalf = tokio::io::ReadHalf<Box<dyn Stream>>;
-pub(super) type WriteHalf = tokio::io::WriteHalf<Box<dyn Stream>>;
-
-pub(super) fn split(
-    stream: Box<dyn Stream>,
-    max_frame: usize,
-) -> (
-    FramedRead<ReadHalf, LengthDelimitedCodec>,
-    FramedWrite<WriteHalf, LengthDelimitedCodec>,
-) {
-    let (r, w) = tokio::io::split(stream);
-    (
-        FramedRead::new(r, codec(max_frame)),
-        FramedWrite::new(w, codec(max_frame)),
-    )
-}
-
-pub(super) fn nonce() -> [u8; 32] {
-    // Handshakes are rare: a fresh OS-seeded generator each time keeps no global RNG state.
-    let mut n = [0u8; 32];
-    match rand::rngs::StdRng::try_from_rng(&mut rand::rngs::SysRng) {
-        Ok(mut rng) => rng.fill(&mut n),
-        // No OS entropy: the handshake still authenticates (MACs), only nonce freshness suffers.
-        Err(_) => n = *blake3::hash(&std::process::id().to_le_bytes()).as_bytes(),
-    }
-    n
-}
-
-pub(super) async fn dial(
-    shared: &Transport,
-    expected: &NodeId,
-    addr: SocketAddr,
-) -> Result<Conn, WireError> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| WireError::Malformed(format!("connect {addr}: {e}")))?;
-    let _ = stream.set_nodelay(true);
-    let stream: Box<dyn Stream> = match &shared.opts.security {
-        Security::SharedSecret => Box::new(stream),
-        Security::Tls(t) => {
-            // The acceptor's certificate must chain to the CA and carry the name we dial.
-            let name =
-                tls::server_name(expected.as_str()).map_err(|e| WireError::Tls(e.to_string()))?;
-            Box::new(
-                t.connector()
-                    .connect(name, stream)
-                    .await
-                    .map_err(io_error)?,
-            )
-        }
-    };
-    let (mut reader, mut writer) = split(stream, shared.opts.max_frame);
-    let hello = Hello {
-        magic: wire::MAGIC,
-        version: wire::PROTOCOL_VERSION,
-        node: shared.id.to_string(),
-        incarnation: shared.incarnation.get(),
-        nonce: nonce(),
-    };
-    write_plain(&mut writer, &hello).await?;
-    let ack: HelloAck = read_plain(&mut reader).await?;
-    let auth = wire::verify_ack(&shared.key, &hello, &ack)?;
-    if ack.node != expected.as_str() {
-        return Err(WireError::Malformed(format!(
-            "dialed {expected} at {addr} but {} answered",
-            ack.node
-        )));
-    }
-    write_plain(&mut writer, &auth).await?;
-    let (sealer, opener) = match shared.opts.security {
-        Security::SharedSecret => wire::session(&shared.key, Role::Dialer, &hello, &ack),
-        Security::Tls(_) => (Sealer::unsealed(), Opener::unsealed()),
-    };
-    Ok(Conn {
-        reader,
-        writer,
-        sealer,
-        opener,
-        incarnation: ack.incarnation,
-    })
-}
-
-/// First byte of a TLS connection (the content type of a handshake record). A shared-secret hello
-/// starts with its 4-byte big-endian length, whose first byte is 0 for any frame under 16 MiB.
-pub(super) const TLS_HANDSHAKE_RECORD: u8 = 0x16;
-
-pub(super) async fn accept(
-    shared: &Transport,
-    stream: TcpStream,
-) -> Result<(NodeId, Conn), WireError> {
-    let _ = stream.set_nodelay(true);
-    // A peer in the other security mode would otherwise fail with a puzzling decode error.
-    let mut first = [0u8; 1];
-    let peeked = stream.peek(&mut first).await.map_err(io_error)?;
-    let speaks_tls = peeked == 1 && first[0] == TLS_HANDSHAKE_RECORD;
-    match (&shared.opts.security, speaks_tls) {
-        (Security::SharedSecret, true) => {
-            return Err(WireError::Tls(
-                "peer speaks TLS but this node is in shared-secret mode (set tls_ca, tls_cert, tls_key)"
-                    .into(),
-            ))
-        }
-        (Security::Tls(_), false) if peeked > 0 => {
-            return Err(WireError::Tls(
-                "peer does not speak TLS; is it in shared-secret mode?".into(),
-            ))
-        }
-        _ => {}
-    }
-    // In TLS mode, the client certificate the CA vouched for (the handshake requires one).
-    let mut certified = None;
-    let stream: Box<dyn Stream> = match &shared.opts.security {
-        Security::SharedSecret => Box::new(stream),
-        Security::Tls(t) => {
-            let tls = t.acceptor().accept(stream).await.map_err(io_error)?;
-            let cert = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .cloned()
-                .ok_or_else(|| WireError::Tls("peer presented no certificate".into()))?;
-            certified = Some(cert);
-            Box::new(tls)
-        }
-    };
-    let (mut reader, mut writer) = split(stream, shared.opts.max_frame);
-    let hello: Hello = read_plain(&mut reader).await?;
-    wire::check_hello(&hello)?;
-    let peer = NodeId::new(&hello.node).map_err(|e| WireError::Malformed(e.to_string()))?;
-    if let Some(cert) = &certified {
-        // A node speaks only as the name it was issued.
-        if !tls::certified_as(cert, peer.as_str()) {
-            return Err(WireError::NotCertified {
-                claimed: hello.node,
-                certified: tls::cert_names(cert),
-            });
-        }
-    }
-    let mut ack = HelloAck {
-        version: wire::PROTOCOL_VERSION,
-        node: shared.id.to_string(),
-        incarnation: shared.incarnation.get(),
-        nonce: nonce(),
-        mac: [0; 32],
-    };
-    wire::sign_ack(&shared.key, &hello, &mut ack);
-    write_plain(&mut writer, &ack).await?;
-    let auth: Auth = read_plain(&mut reader).await?;
-    wire::verify_auth(&shared.key, &hello, &ack, &auth)?;
-    let (sealer, opener) = match shared.opts.security {
-        Security::SharedSecret => wire::session(&shared.key, Role::Acceptor, &hello, &ack),
-        Security::Tls(_) => (Sealer::unsealed(), Opener::unsealed()),
-    };
-    Ok((
-        peer,
-        Conn {
-            reader,
-            writer,
-            sealer,
-            opener,
-            incarnation: hello.incarnation,
-        },
-    ))
-}
-
-pub(super) async fn accept_loop(
-    shared: Weak<Transport>,
-    listener: TcpListener,
-    stop: CancellationToken,
-) {
-    loop {
-        let (stream, addr) = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        shared.tasks.clone().spawn(async move {
-            let timeout = shared.opts.handshake_timeout;
-            let handshake = tokio::select! {
-                // A node shutting down does not wait for handshakes in progress.
-                _ = shared.stop.cancelled() => return,
-                h = tokio::time::timeout(timeout, accept(&shared, stream)) => h,
-            };
-            match handshake {
-                Ok(Ok((peer, conn))) if peer == shared.id => {
-                    tracing::warn!(%addr, %peer, incarnation = conn.incarnation, "refused connection: peer claims our own name");
-                }
-                Ok(Ok((peer, conn))) => {
-                    if shared.view.admits(&peer, Incarnation(conn.incarnation)) {
-                        let link = shared.link(&peer);
-                        let _ = link.inbound.send(conn).await;
-                    } else {
-                        shared.log_refusal(
-                            addr,
-                            format!(
-                                "{peer} was declared down; it must rejoin the membership first"
-                            ),
-                        );
-                    }
-                }
-                Ok(Err(e)) => shared.log_refusal(addr, e.to_string()),
-                Err(_) => shared.log_refusal(addr, "handshake timed out".into()),
-            }
-        });
-    }
-}
-
-/// Whether a failed dial was the peer (or we) refusing the other's identity, as opposed to the
-/// network failing: refusals are logged at warn.
-pub(super) fn is_refusal(e: &WireError) -> bool {
-    matches!(
-        e,
-        WireError::Tls(_)
-            | WireError::NotCertified { .. }
-            | WireError::Unauthenticated
-            | WireError::Version { .. }
-    )
-}
 
 pub(super) enum Ended {
     Lost(String),
@@ -599,9 +325,8 @@ pub(super) struct BoundRoute {
 /// What one connection's reader keeps between frames.
 pub(super) struct Inbound {
     peer: Arc<Peer>,
-    max_frame: usize,
     /// A frame being reassembled from chunks; bounded by the frame limit.
-    partial: Vec<u8>,
+    chunks: wire::Chunks,
     cache: ExportCache,
     routes: Vec<BoundRoute>,
     /// Bytes of names and types in `routes` (at most [`wire::MAX_ROUTE_BYTES`]).
@@ -618,25 +343,16 @@ impl Inbound {
         let FrameRef::Chunk { last, bytes } = frame else {
             return self.deliver(shared, frame).await;
         };
-        if self.partial.len() + bytes.len() > self.max_frame {
-            return Err(format!(
-                "refused chunked frame over {} bytes",
-                self.max_frame
-            ));
-        }
-        self.partial.extend_from_slice(bytes);
-        if !last {
-            return Ok(());
-        }
-        let whole = std::mem::take(&mut self.partial);
-        let result = match wire::decode::<FrameRef>(&whole) {
-            Ok(FrameRef::Chunk { .. }) => Err("refused nested chunk".into()),
+        let whole = match self.chunks.push(last, bytes) {
+            Ok(Some(whole)) => whole,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(format!("refused chunked frame: {e}")),
+        };
+        let result = match wire::Chunks::decode(&whole) {
             Ok(f) => self.deliver(shared, f).await,
             Err(e) => Err(format!("refused frame: {e}")),
         };
-        self.partial = whole;
-        self.partial.clear();
-        self.partial.shrink_to(wire::CHUNK_SIZE);
+        self.chunks.recycle(whole);
         result
     }
 
@@ -757,8 +473,7 @@ pub(super) async fn run_conn(
     let max_frame = shared.upgrade().map_or(1 << 20, |s| s.opts.max_frame);
     let mut inbound = Inbound {
         peer: peer.clone(),
-        max_frame,
-        partial: Vec::new(),
+        chunks: wire::Chunks::new(max_frame),
         cache: ExportCache {
             version: u64::MAX,
             entries: HashMap::new(),
@@ -846,36 +561,6 @@ pub(super) async fn run_conn(
 }
 
 impl Transport {
-    /// Log an incoming connection refused: at warn the first time per address and reason in
-    /// [`REFUSAL_LOG_INTERVAL`], at debug otherwise.
-    pub(super) fn log_refusal(&self, addr: SocketAddr, why: String) {
-        let now = tokio::time::Instant::now();
-        let fresh = {
-            let mut seen = lock(&self.refusals);
-            if seen.len() >= REFUSAL_LOG_KEYS {
-                seen.clear();
-            }
-            match seen.entry((addr.ip(), why.clone())) {
-                std::collections::hash_map::Entry::Occupied(mut e) => {
-                    let stale = now.duration_since(*e.get()) >= REFUSAL_LOG_INTERVAL;
-                    if stale {
-                        e.insert(now);
-                    }
-                    stale
-                }
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(now);
-                    true
-                }
-            }
-        };
-        if fresh {
-            tracing::warn!(%addr, error = %why, "refused connection");
-        } else {
-            tracing::debug!(%addr, error = %why, "refused connection");
-        }
-    }
-
     pub(crate) fn add_peer(self: &Arc<Self>, peer: NodeId, addr: SocketAddr) {
         if peer == self.id {
             return;

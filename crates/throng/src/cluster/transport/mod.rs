@@ -23,8 +23,8 @@
 //! the connection notices go to the [`Sink`] the node installs ([`Transport::set_sink`]): the
 //! transport knows neither supervisors nor the registry, which depend on it.
 //!
-//! Files: this one holds [`Transport`], [`Peer`] and the frame demux (`on_frame`); `conn` the
-//! handshake, listener, links, writer and reader; `route` `RemoteRoute` and remote references;
+//! Files: this one holds [`Transport`], [`Peer`] and the frame demux (`on_frame`); `handshake`
+//! the handshake and the listener; `conn` the links, writer and reader; `route` `RemoteRoute` and remote references;
 //! `export` the export table.
 
 use std::collections::HashMap;
@@ -62,10 +62,12 @@ use crate::{Actor, ActorHandle, ActorRef, CallError, ExitReason, SendError, TryS
 
 mod conn;
 mod export;
+mod handshake;
 mod route;
 
-use conn::*;
 use export::*;
+pub(crate) use handshake::handshake_codec;
+use handshake::*;
 
 /// An actor that can be addressed from other nodes: its messages and replies are serde types, and it
 /// has a stable type name (checked on every remote request, since Rust type names are not stable
@@ -89,6 +91,21 @@ pub enum ExportError {
     NotAlive,
 }
 
+/// What a node's listener has done with the connections it accepted ([`Node::connection_stats`](crate::cluster::Node::connection_stats)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionStats {
+    /// Connections accepted whose handshake is in progress now (at most
+    /// [`NodeOptions::max_handshakes`](crate::cluster::NodeOptions::max_handshakes)).
+    pub handshaking: usize,
+    /// Connections closed at once, unread, because `max_handshakes` handshakes were in progress
+    /// when they arrived (since the node started).
+    pub handshakes_refused: u64,
+    /// Accepted connections whose handshake failed: timed out, malformed, another protocol
+    /// version or security mode, a wrong secret or certificate (since the node started).
+    pub handshakes_failed: u64,
+}
+
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The transport's limits and timings (from the node's options, see `NodeOptions`).
@@ -102,6 +119,9 @@ pub(crate) struct TransportOptions {
     pub(crate) control_queue: usize,
     /// How long a handshake may take.
     pub(crate) handshake_timeout: Duration,
+    /// Connections accepted and not yet authenticated, at most; past it a new one is closed at
+    /// once.
+    pub(crate) max_handshakes: usize,
     /// Reconnect backoff: first and maximum delay.
     pub(crate) backoff: (Duration, Duration),
     /// How connections are authenticated and encrypted.
@@ -319,6 +339,12 @@ pub(crate) struct Transport {
     proxies: Mutex<HashMap<(NodeId, u64), Weak<Cell>>>,
     /// Members, leaving members, the placement ring, and their listeners.
     pub(in crate::cluster) view: View,
+    /// One permit per connection in its handshake ([`TransportOptions::max_handshakes`]).
+    handshakes: Arc<tokio::sync::Semaphore>,
+    /// Connections closed at once because every handshake permit was taken.
+    handshakes_refused: AtomicU64,
+    /// Accepted connections whose handshake failed or timed out.
+    handshakes_failed: AtomicU64,
     /// When each (address, reason) refusal was last logged at warn, so that a peer retrying
     /// every few seconds (or an attacker) cannot flood the log.
     refusals: Mutex<HashMap<(std::net::IpAddr, String), tokio::time::Instant>>,
@@ -355,6 +381,9 @@ impl Transport {
         let listener = TcpListener::bind(rpc_bind).await?;
         let rpc_addr = listener.local_addr()?;
         let t = Arc::new(Transport {
+            handshakes: Arc::new(tokio::sync::Semaphore::new(opts.max_handshakes)),
+            handshakes_refused: AtomicU64::new(0),
+            handshakes_failed: AtomicU64::new(0),
             view: View::new(id.clone(), ring),
             id,
             incarnation,
@@ -382,6 +411,15 @@ impl Transport {
             listener,
             self.stop.clone(),
         ));
+    }
+
+    /// What the listener has done with the connections it accepted.
+    pub(crate) fn connection_stats(&self) -> ConnectionStats {
+        ConnectionStats {
+            handshaking: self.opts.max_handshakes - self.handshakes.available_permits(),
+            handshakes_refused: self.handshakes_refused.load(Ordering::Relaxed),
+            handshakes_failed: self.handshakes_failed.load(Ordering::Relaxed),
+        }
     }
 
     /// Install where frames and notices the transport does not own go (once).

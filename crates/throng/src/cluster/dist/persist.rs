@@ -39,6 +39,10 @@ pub(crate) struct Persister {
     failures: u32,
     /// Not before this (after a failed commit).
     not_before: Option<Instant>,
+    /// Entries (puts and deletes) in commits that succeeded, since start.
+    written: u64,
+    /// Commits that succeeded, since start.
+    commits: u64,
 }
 
 impl Persister {
@@ -53,6 +57,8 @@ impl Persister {
             in_flight_keys: 0,
             failures: 0,
             not_before: None,
+            written: 0,
+            commits: 0,
         }
     }
 
@@ -168,6 +174,11 @@ impl Persister {
         self.dirty.len() + self.in_flight_keys
     }
 
+    /// Entries written by the commits that succeeded since start, and those commits.
+    pub(super) fn written_total(&self) -> (u64, u64) {
+        (self.written, self.commits)
+    }
+
     pub(super) fn is_writing(&self) -> bool {
         self.in_flight.is_some()
     }
@@ -175,9 +186,11 @@ impl Persister {
     /// The commit in flight ended.
     pub(super) fn done(&mut self, outcome: Option<Outcome>) {
         match outcome {
-            Some((Ok(()), _)) => {
+            Some((Ok(()), keys)) => {
                 self.failures = 0;
                 self.not_before = None;
+                self.written += keys.len() as u64;
+                self.commits += 1;
             }
             Some((Err(e), keys)) => {
                 self.failures = self.failures.saturating_add(1);

@@ -1,6 +1,7 @@
 //! The controller: starts node processes, runs the scenarios, prints JSON and a table.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::process::{ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,10 +17,10 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
 
 type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
 
-struct NodeProc {
-    name: String,
-    pid: u32,
-    gossip: String,
+pub(crate) struct NodeProc {
+    pub(crate) name: String,
+    pub(crate) pid: u32,
+    pub(crate) gossip: String,
     child: Child,
     stdin: tokio::sync::Mutex<ChildStdin>,
     waiters: Waiters,
@@ -28,12 +29,25 @@ struct NodeProc {
 
 impl NodeProc {
     async fn spawn(name: &str, seed: Option<&str>) -> Result<NodeProc, String> {
+        NodeProc::spawn_in(name, seed, None).await
+    }
+
+    /// A node process; with `data_dir`, durable (`THRONG_DATA_DIR`).
+    pub(crate) async fn spawn_in(
+        name: &str,
+        seed: Option<&str>,
+        data_dir: Option<&Path>,
+    ) -> Result<NodeProc, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut cmd = Command::new(exe);
         cmd.arg("node").arg(name);
         if let Some(s) = seed {
             cmd.arg(s);
         }
+        match data_dir {
+            Some(d) => cmd.env("THRONG_DATA_DIR", d),
+            None => cmd.env_remove("THRONG_DATA_DIR"),
+        };
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -77,7 +91,7 @@ impl NodeProc {
         })
     }
 
-    async fn ask(&self, mut cmd: Value) -> Result<Value, String> {
+    pub(crate) async fn ask(&self, mut cmd: Value) -> Result<Value, String> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         cmd["id"] = json!(id);
         let (tx, rx) = oneshot::channel();
@@ -112,7 +126,23 @@ impl NodeProc {
             .unwrap_or(0)
     }
 
-    async fn kill9(&mut self) {
+    /// CPU time the process has used so far (user + system, ms), from `/proc` (clock ticks of
+    /// 10 ms: Linux's `USER_HZ`).
+    pub(crate) fn cpu_ms(&self) -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+            .ok()
+            .and_then(|s| {
+                // Fields after the command name (which is in parentheses): state is the first;
+                // utime and stime are the 12th and 13th.
+                let rest = &s[s.rfind(')')? + 2..];
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+                Some(ticks as f64 * 10.0)
+            })
+            .unwrap_or(0.0)
+    }
+
+    pub(crate) async fn kill9(&mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
     }
@@ -127,7 +157,14 @@ struct Opts {
     graceful: bool,
     join: bool,
     names: Vec<u64>,
+    /// The scenarios run for each N (`--scenarios`; default: failover, graceful, join).
+    scenarios: Option<Vec<String>>,
+    /// How long each load round of the `durable` scenario runs.
+    load_ms: u64,
 }
+
+/// Every scenario `--scenarios` accepts.
+const SCENARIOS: &[&str] = &["failover", "graceful", "join", "restart", "durable"];
 
 fn parse(args: &[String]) -> Result<Opts, String> {
     let mut o = Opts {
@@ -139,6 +176,8 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         graceful: true,
         join: true,
         names: Vec::new(),
+        scenarios: None,
+        load_ms: 5000,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -164,6 +203,16 @@ fn parse(args: &[String]) -> Result<Opts, String> {
                     .collect::<Result<_, _>>()
                     .map_err(|e| format!("--names: {e}"))?
             }
+            "--scenarios" => {
+                let list: Vec<String> = val()?.split(',').map(|s| s.trim().to_owned()).collect();
+                if let Some(bad) = list.iter().find(|s| !SCENARIOS.contains(&s.as_str())) {
+                    return Err(format!(
+                        "--scenarios: unknown {bad:?} (known: {SCENARIOS:?})"
+                    ));
+                }
+                o.scenarios = Some(list);
+            }
+            "--load-ms" => o.load_ms = val()?.parse().map_err(|e| format!("--load-ms: {e}"))?,
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -196,11 +245,16 @@ pub async fn run(args: &[String]) -> ExitCode {
             if opts.join {
                 scenarios.push("join");
             }
+            if let Some(list) = &opts.scenarios {
+                scenarios = list.iter().map(String::as_str).collect();
+            }
             for scenario in scenarios {
-                let run = if scenario == "join" {
-                    join_run(opts.nodes, n).await
-                } else {
-                    one_run(opts.nodes, n, scenario).await
+                let run = match scenario {
+                    "join" => join_run(opts.nodes, n).await,
+                    // Odd runs measure the baseline first, even ones last (ABBA over repeats).
+                    "restart" => crate::durable::restart_run(opts.nodes, n, r % 2 == 1).await,
+                    "durable" => crate::durable::durable_run(opts.nodes, n, opts.load_ms).await,
+                    _ => one_run(opts.nodes, n, scenario).await,
                 };
                 match run {
                     Ok(mut v) => {
@@ -254,15 +308,15 @@ pub async fn run(args: &[String]) -> ExitCode {
     }
 }
 
-fn f(v: &Value, k: &str) -> f64 {
+pub(crate) fn f(v: &Value, k: &str) -> f64 {
     v[k].as_f64().unwrap_or(0.0)
 }
 
-fn u(v: &Value, k: &str) -> u64 {
+pub(crate) fn u(v: &Value, k: &str) -> u64 {
     v[k].as_u64().unwrap_or(0)
 }
 
-async fn all(nodes: &[&NodeProc], cmd: Value) -> Result<Vec<(Value, f64)>, String> {
+pub(crate) async fn all(nodes: &[&NodeProc], cmd: Value) -> Result<Vec<(Value, f64)>, String> {
     let t = Instant::now();
     let futs = nodes.iter().map(|p| {
         let cmd = cmd.clone();
@@ -278,7 +332,7 @@ async fn all(nodes: &[&NodeProc], cmd: Value) -> Result<Vec<(Value, f64)>, Strin
 }
 
 /// Start nodes `n1..n{k}` (seeded by n1) and wait until every one sees all `k`.
-async fn cluster(k: usize) -> Result<Vec<NodeProc>, String> {
+pub(crate) async fn cluster(k: usize) -> Result<Vec<NodeProc>, String> {
     let first = NodeProc::spawn("n1", None).await?;
     let seed = first.gossip.clone();
     let mut procs = vec![first];
@@ -289,7 +343,7 @@ async fn cluster(k: usize) -> Result<Vec<NodeProc>, String> {
     Ok(procs)
 }
 
-async fn wait_members(procs: &[NodeProc], k: usize) -> Result<(), String> {
+pub(crate) async fn wait_members(procs: &[NodeProc], k: usize) -> Result<(), String> {
     let t = Instant::now();
     loop {
         let views = all(&procs.iter().collect::<Vec<_>>(), json!({"cmd": "members"})).await?;
@@ -665,6 +719,7 @@ pub fn table(args: &[String]) -> ExitCode {
 }
 
 fn print_table(results: &[Value]) {
+    let rows = ROWS.iter().chain(crate::durable::ROWS);
     let ns: Vec<u64> = {
         let mut v: Vec<u64> = results.iter().map(|r| u(r, "n")).collect();
         v.dedup();
@@ -678,7 +733,10 @@ fn print_table(results: &[Value]) {
     }
     println!("\n{header}");
     println!("|---|{}", "---|".repeat(ns.len()));
-    for (scenario, key, label) in ROWS {
+    for (scenario, key, label) in rows {
+        if !results.iter().any(|r| r["scenario"] == *scenario) {
+            continue;
+        }
         let mut line = format!("| {label} |");
         for n in &ns {
             let mut vals: Vec<f64> = results
@@ -696,10 +754,10 @@ fn print_table(results: &[Value]) {
 fn svg(results: &[Value]) -> String {
     let mut series: BTreeMap<&str, BTreeMap<u64, Vec<f64>>> = BTreeMap::new();
     for r in results {
-        let scenario = if r["scenario"] == "failover" {
-            "kill -9"
-        } else {
-            "graceful"
+        let scenario = match r["scenario"].as_str() {
+            Some("failover") => "kill -9",
+            Some("graceful") => "graceful",
+            _ => continue,
         };
         series
             .entry(scenario)

@@ -12,8 +12,13 @@
 //! of the victim's children answer on both survivors with their last state) and graceful stop
 //! (the same, plus calls failed by a concurrent caller). It prints one JSON object per scenario
 //! run, then a table of medians with min..max.
+//!
+//! `--scenarios restart,durable` runs the durable scenarios instead (`durable.rs`): a full-cluster
+//! restart of durable children, and calls and snapshot writes with and without durability, each
+//! beside its baseline in the same run.
 
 mod control;
+mod durable;
 mod node;
 
 use std::process::ExitCode;
@@ -28,7 +33,8 @@ async fn main() -> ExitCode {
         _ => {
             eprintln!(
                 "usage:\n  throng-bench cluster [--nodes 3] [--children 1000,10000] [--repeat 3] \
-                 [--json FILE] [--svg FILE] [--skip-graceful] [--skip-join] [--names N,..]\n  throng-bench table FILE.json \
+                 [--json FILE] [--svg FILE] [--skip-graceful] [--skip-join] [--names N,..] \
+                 [--scenarios failover,graceful,join,restart,durable] [--load-ms 5000]\n  throng-bench table FILE.json \
                  (the table of a --json file)\n  throng-bench node NAME [SEED] \
                  (started by `cluster`)"
             );

@@ -1,4 +1,10 @@
 //! A bench node: a Throng node with the bench child type, driven by JSON lines on stdin.
+//!
+//! With `THRONG_DATA_DIR` set, the node opens its durable store there and runs two more
+//! supervisors beside the default one, started with the node so that a restarted node recovers
+//! its durable children: `durable` ([`Durability::ASYNC`]) and `plain` (its twin without
+//! durability, the baseline of the durable scenario). A command names its supervisor in `sup`
+//! (the default one when absent).
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -8,7 +14,9 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{self, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use throng::cluster::{Keyed, Node, NodeConfig, RemoteActor};
+use throng::cluster::{
+    DistOptions, DistSupervisor, Durability, Keyed, Node, NodeConfig, RemoteActor,
+};
 use throng::prelude::*;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::Mutex;
@@ -78,6 +86,39 @@ struct Command {
     add: u64,
     #[serde(default)]
     timeout_ms: u64,
+    /// The supervisor: `default` (when absent), `plain` or `durable`.
+    #[serde(default)]
+    sup: Option<String>,
+    /// For `load`: how long to run (ms).
+    #[serde(default)]
+    ms: u64,
+    /// For `load`: the first key (so that nodes start at different keys).
+    #[serde(default)]
+    offset: u64,
+    /// For `latency_ab`: how many blocks of `calls` per supervisor.
+    #[serde(default)]
+    rounds: u64,
+}
+
+/// The supervisor with durability, in a node with a data dir.
+pub const DURABLE: &str = "durable";
+/// Its twin without durability.
+pub const PLAIN: &str = "plain";
+
+fn durable_opts() -> DistOptions {
+    DistOptions {
+        durability: Durability::ASYNC,
+        ..DistOptions::default()
+    }
+}
+
+/// The supervisor a command names.
+fn sup_of(node: &Node, name: Option<&str>) -> DistSupervisor {
+    match name {
+        Some(DURABLE) => node.supervisor(DURABLE, durable_opts()),
+        Some(PLAIN) => node.supervisor(PLAIN, DistOptions::default()),
+        _ => node.default_supervisor(),
+    }
 }
 
 struct State {
@@ -117,6 +158,10 @@ pub async fn run(args: &[String]) -> ExitCode {
     if let Some(seed) = args.get(1) {
         config.membership.seeds = vec![seed.clone()];
     }
+    config.data_dir = std::env::var_os("THRONG_DATA_DIR")
+        .filter(|d| !d.is_empty())
+        .map(Into::into);
+    let durable = config.data_dir.is_some();
     let node = match Node::join(config).await {
         Ok(n) => n,
         Err(e) => {
@@ -125,6 +170,11 @@ pub async fn run(args: &[String]) -> ExitCode {
         }
     };
     node.register::<Child>();
+    if durable {
+        // Started now, so that what the previous run kept is recovered from the node's start.
+        sup_of(&node, Some(DURABLE));
+        sup_of(&node, Some(PLAIN));
+    }
     let gossip = node
         .gossip_addr()
         .map(|a| a.to_string())
@@ -173,7 +223,7 @@ fn ms(t: Instant) -> f64 {
 
 async fn handle(state: &Arc<State>, cmd: Command) -> Value {
     let node = &state.node;
-    let sup = node.default_supervisor();
+    let sup = sup_of(node, cmd.sup.as_deref());
     match cmd.cmd.as_str() {
         "members" => json!({"owners": node.owners().len()}),
         "start" => {
@@ -217,11 +267,43 @@ async fn handle(state: &Arc<State>, cmd: Command) -> Value {
             }
             json!({"ms": ms(t)})
         }
+        "durable" => {
+            // Wait until every change held here is replicated and in the store.
+            let t = Instant::now();
+            loop {
+                let s = sup.stats().await;
+                if s.unwritten == 0 && s.unreplicated == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            json!({"ms": ms(t)})
+        }
         "stats" => {
             let s = sup.stats().await;
-            json!({"owned": s.owned, "running": s.running, "backups": s.backups})
+            json!({
+                "owned": s.owned,
+                "running": s.running,
+                "backups": s.backups,
+                "unreplicated": s.unreplicated,
+                "unwritten": s.unwritten,
+                "written": s.written,
+                "commits": s.commits,
+            })
         }
-        "resolve" => resolve(state, cmd.n, cmd.add, cmd.timeout_ms).await,
+        "hosted" => {
+            // Of keys 0, step, 2 step, .. below n: how many are exported here (the transport's
+            // view, which the driver's queue does not delay).
+            let step = cmd.calls.max(1) as usize;
+            let hosted = (0..cmd.n)
+                .step_by(step)
+                .filter(|i| sup.hosts(&key(*i)))
+                .count();
+            json!({"hosted": hosted})
+        }
+        "resolve" => resolve(&sup, cmd.n, cmd.add, cmd.timeout_ms).await,
+        "load" => load(&sup, cmd.n, cmd.offset, cmd.ms).await,
+        "latency_ab" => latency_ab(node, cmd.n, cmd.calls, cmd.rounds).await,
         "placement" => {
             // Children running somewhere else than their key's owner (as this node sees it), or
             // owned here and not running here: 0 everywhere once a rebalance is over.
@@ -292,8 +374,7 @@ async fn handle(state: &Arc<State>, cmd: Command) -> Value {
 
 /// Call every child until each answers with its expected state `i + add` (or the timeout passes):
 /// the time it took, and how many answered with the expected state, another state, or not at all.
-async fn resolve(state: &State, n: u64, add: u64, timeout_ms: u64) -> Value {
-    let sup = state.node.default_supervisor();
+async fn resolve(sup: &DistSupervisor, n: u64, add: u64, timeout_ms: u64) -> Value {
     let t = Instant::now();
     let deadline = t + Duration::from_millis(timeout_ms.max(1));
     let mut pending: Vec<u64> = (0..n).collect();
@@ -302,15 +383,12 @@ async fn resolve(state: &State, n: u64, add: u64, timeout_ms: u64) -> Value {
     loop {
         rounds += 1;
         let results: Vec<(u64, Option<u64>)> = stream::iter(pending.iter().copied())
-            .map(|i| {
-                let sup = &sup;
-                async move {
-                    let r = sup
-                        .call_timeout::<Child>(&key(i), Msg::Get, Duration::from_secs(2))
-                        .await
-                        .ok();
-                    (i, r)
-                }
+            .map(|i| async move {
+                let r = sup
+                    .call_timeout::<Child>(&key(i), Msg::Get, Duration::from_secs(2))
+                    .await
+                    .ok();
+                (i, r)
             })
             .buffer_unordered(CONCURRENCY)
             .collect()
@@ -420,4 +498,100 @@ async fn latency(state: &State, n: u64, calls: u64) -> Value {
         "calls_per_s": lat.len() as f64 / secs,
         "casts_per_s": cast_rate,
     })
+}
+
+/// A stream of state-changing calls (`Add(1)`) to keys `offset, offset + 1, ...` (mod `n`),
+/// [`CONCURRENCY`] in flight, for `ms` milliseconds: every call makes a snapshot.
+async fn load(sup: &DistSupervisor, n: u64, offset: u64, ms_total: u64) -> Value {
+    let n = n.max(1);
+    let t = Instant::now();
+    let deadline = t + Duration::from_millis(ms_total);
+    let calls = AtomicU64::new(0);
+    let errors = AtomicU64::new(0);
+    let keys = (0u64..).map(|c| (offset + c) % n);
+    stream::iter(keys)
+        .take_while(|_| std::future::ready(Instant::now() < deadline))
+        .for_each_concurrent(CONCURRENCY, |i| {
+            let (calls, errors) = (&calls, &errors);
+            async move {
+                match sup.call::<Child>(&key(i), Msg::Add(1)).await {
+                    Ok(_) => calls.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => errors.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        })
+        .await;
+    json!({
+        "ms": ms(t),
+        "calls": calls.load(Ordering::Relaxed),
+        "errors": errors.load(Ordering::Relaxed),
+    })
+}
+
+/// Percentiles of sorted latencies.
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * p) as usize)
+        .copied()
+        .unwrap_or(0.0)
+}
+
+/// Sequential state-changing calls (`Add(1)`) by key, alternately to a child owned elsewhere
+/// and to one owned here, on the `plain` and the `durable` supervisor (the same keys on both,
+/// so the same owners), in blocks of `calls` in the order plain, durable, durable, plain,
+/// `rounds` times: p50 and p99 (µs) of each supervisor, remote and local owners apart.
+async fn latency_ab(node: &Node, n: u64, calls: u64, rounds: u64) -> Value {
+    let plain = sup_of(node, Some(PLAIN));
+    let durable = sup_of(node, Some(DURABLE));
+    // At most this many keys of each kind: enough that a key's snapshots do not coalesce.
+    const KEYS: usize = 5000;
+    let remote: Vec<u64> = (0..n)
+        .filter(|i| !plain.hosts(&key(*i)))
+        .take(KEYS)
+        .collect();
+    let local: Vec<u64> = (0..n)
+        .filter(|i| plain.hosts(&key(*i)))
+        .take(KEYS)
+        .collect();
+    if remote.is_empty() || local.is_empty() {
+        return json!({"error": "no remote or no local children"});
+    }
+    // [plain remote, plain local, durable remote, durable local]
+    let mut lat: [Vec<f64>; 4] = Default::default();
+    let mut next = [0usize; 2];
+    let mut errors = 0u64;
+    for _ in 0..rounds {
+        for (s, sup) in [(0, &plain), (1, &durable), (1, &durable), (0, &plain)] {
+            for c in 0..calls {
+                let is_local = c % 2 == 1;
+                let keys = if is_local { &local } else { &remote };
+                let i = keys[next[usize::from(is_local)] % keys.len()];
+                next[usize::from(is_local)] += 1;
+                let one = Instant::now();
+                match sup.call::<Child>(&key(i), Msg::Add(1)).await {
+                    Ok(_) => {
+                        lat[s * 2 + usize::from(is_local)].push(one.elapsed().as_secs_f64() * 1e6)
+                    }
+                    Err(_) => errors += 1,
+                }
+            }
+        }
+    }
+    let mut out = json!({"errors": errors, "remote_keys": remote.len(), "local_keys": local.len()});
+    for (idx, name) in [
+        "plain_remote",
+        "plain_local",
+        "durable_remote",
+        "durable_local",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let v = &mut lat[idx];
+        v.sort_by(f64::total_cmp);
+        out[format!("{name}_p50_us")] = json!(pct(v, 0.5));
+        out[format!("{name}_p99_us")] = json!(pct(v, 0.99));
+        out[format!("{name}_calls")] = json!(v.len());
+    }
+    out
 }

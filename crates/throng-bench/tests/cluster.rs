@@ -74,3 +74,60 @@ fn three_processes_keep_every_child_and_its_state_through_kill_leave_and_join() 
         "{names}"
     );
 }
+
+/// The durable scenarios at smoke size: 300 durable children come back on 3 restarted node
+/// processes with their last state; calls and snapshot writes with and without durability
+/// produce figures, without a failed call.
+#[test]
+fn the_durable_scenarios_bring_every_child_back_and_measure_writes() {
+    let out = Command::new(env!("CARGO_BIN_EXE_throng-bench"))
+        .args([
+            "cluster",
+            "--nodes",
+            "3",
+            "--children",
+            "300",
+            "--repeat",
+            "1",
+            "--scenarios",
+            "restart,durable",
+            "--load-ms",
+            "300",
+        ])
+        .output()
+        .expect("bench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let runs: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("scenario").is_some())
+        .collect();
+    assert_eq!(runs.len(), 2, "{stdout}");
+    let restart = runs.iter().find(|r| r["scenario"] == "restart").unwrap();
+    assert_eq!(restart["kept_state"], 300, "{restart}");
+    assert_eq!(restart["lost_state"], 0, "{restart}");
+    assert_eq!(restart["lost"], 0, "{restart}");
+    assert_eq!(restart["running_after"], 300, "each runs once: {restart}");
+    assert_eq!(restart["store_entries"], 600, "owner and backup: {restart}");
+    assert!(
+        restart["cold_running_ms"].as_f64().unwrap() > 0.0,
+        "{restart}"
+    );
+    let durable = runs.iter().find(|r| r["scenario"] == "durable").unwrap();
+    assert_eq!(durable["lost"], 0, "{durable}");
+    for key in [
+        "remote_p50_ratio",
+        "local_p50_ratio",
+        "written_per_s_node",
+        "store_update_per_s_512",
+        "written_vs_store",
+    ] {
+        assert!(durable[key].as_f64().unwrap() > 0.0, "{key}: {durable}");
+    }
+}

@@ -163,6 +163,19 @@ async fn every_child_comes_back(stores: Stores) {
         for k in &removed {
             sups[0].terminate_child(k).await.unwrap();
         }
+        // Every entry of a child is on the disks of its owner and its backup: at least two
+        // entries written per key, in group commits.
+        let mut written = (0, 0);
+        for s in &sups {
+            let mut stats = s.stats().await;
+            while stats.unwritten != 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                stats = s.stats().await;
+            }
+            written = (written.0 + stats.written, written.1 + stats.commits);
+        }
+        assert!(written.0 >= 2 * keys.len() as u64, "{written:?}");
+        assert!(written.1 >= 1 && written.1 <= written.0, "{written:?}");
         // Every node stops at once: no leave, no hand-off (a full-cluster restart).
         for n in nodes {
             n.shutdown().await;

@@ -504,6 +504,8 @@ impl Task {
             }
             Cmd::Stats { reply } => {
                 let dir = self.driver.directory();
+                let (written, commits) =
+                    rt.persist.as_ref().map_or((0, 0), Persister::written_total);
                 let _ = reply.send(DistStats {
                     owned: dir.owned().len(),
                     running: rt.running.values().filter(|r| r.handle.is_alive()).count(),
@@ -511,6 +513,8 @@ impl Task {
                     unreplicated: dir.unreplicated(),
                     unwritten: rt.persist.as_ref().map_or(0, Persister::unwritten)
                         + dir.touched_len(),
+                    written,
+                    commits,
                 });
             }
         }

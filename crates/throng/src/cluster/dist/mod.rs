@@ -173,6 +173,12 @@ pub struct DistStats {
     /// Keys whose durable entry changed and is not yet written to the store (0 without
     /// durability).
     pub unwritten: usize,
+    /// Durable entries (puts and deletes) this node has written to its store for this
+    /// supervisor since it started, in commits that succeeded (0 without durability). Its rate
+    /// is the node's durable snapshots per second.
+    pub written: u64,
+    /// Group commits that succeeded since start (`written / commits` is the mean batch).
+    pub commits: u64,
 }
 
 /// The per-node state of one distributed supervisor.

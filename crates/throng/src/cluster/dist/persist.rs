@@ -60,6 +60,10 @@ pub(crate) struct Persister {
     in_flight_marks: Vec<Mark>,
     /// Marks of failed commits, for the next commit that writes their keys.
     carried: Vec<Mark>,
+    /// Entries (puts and deletes) in commits that succeeded, since start.
+    written: u64,
+    /// Commits that succeeded, since start.
+    commits: u64,
 }
 
 impl Persister {
@@ -79,6 +83,8 @@ impl Persister {
             sync,
             in_flight_marks: Vec::new(),
             carried: Vec::new(),
+            written: 0,
+            commits: 0,
         }
     }
 
@@ -225,6 +231,11 @@ impl Persister {
         self.dirty.len() + self.in_flight_keys
     }
 
+    /// Entries written by the commits that succeeded since start, and those commits.
+    pub(super) fn written_total(&self) -> (u64, u64) {
+        (self.written, self.commits)
+    }
+
     pub(super) fn is_writing(&self) -> bool {
         self.in_flight.is_some()
     }
@@ -235,6 +246,8 @@ impl Persister {
             Some((Ok(()), keys)) => {
                 self.failures = 0;
                 self.not_before = None;
+                self.written += keys.len() as u64;
+                self.commits += 1;
                 for (_, slot, seq) in std::mem::take(&mut self.in_flight_marks) {
                     slot.durable(seq);
                 }

@@ -114,7 +114,7 @@ use removal::{Removal, Source};
 
 pub use check::Broken;
 pub use durable::DurableEntry;
-pub use msg::{DirMsg, Epoch, Generation, Holder, Record, StartSpec, Tag, Version};
+pub use msg::{DirMsg, Epoch, Generation, Holder, Record, StartSpec, Tag, Version, MAX_ABSORBED};
 
 /// Where a key lives, given the eligible nodes. The ring ([`Uniform`]) is the default.
 pub trait Distribution: Send + Sync + 'static {

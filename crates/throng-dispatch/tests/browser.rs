@@ -223,6 +223,17 @@ fn a_stopped_nodes_heroes_reappear_on_the_page_with_their_record() {
         return;
     };
     let base = free_base_port();
+    // Its own data directory, empty: heroes a previous run (or the user's demo) kept on disk
+    // would make the creations below conflict.
+    struct Data(std::path::PathBuf);
+    impl Drop for Data {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let data =
+        Data(std::env::temp_dir().join(format!("throng-browser-demo-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&data.0);
     let mut demo = spawn(
         "browser-demo",
         &[
@@ -231,6 +242,9 @@ fn a_stopped_nodes_heroes_reappear_on_the_page_with_their_record() {
             base.to_string(),
             "--tick-ms".into(),
             TICK_MS.to_string(),
+            "--data-dir".into(),
+            data.0.display().to_string(),
+            "--fresh".into(),
         ],
     );
     let page = |i: u16| format!("127.0.0.1:{}", base + i);

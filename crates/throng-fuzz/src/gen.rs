@@ -228,6 +228,11 @@ pub fn dir_msg(rng: &mut Rng) -> DirMsg {
     }
 }
 
+/// The payload of a `Frame::Dir`: directory messages in a batch.
+pub fn dir_batch(rng: &mut Rng) -> Vec<DirMsg> {
+    list(rng, 4, dir_msg)
+}
+
 /// What a node keeps on disk for a key.
 pub fn durable_entry(rng: &mut Rng) -> DurableEntry {
     DurableEntry {
@@ -420,7 +425,7 @@ pub fn frame(rng: &mut Rng) -> Frame {
         },
         8 => Frame::Dir {
             sup: string(rng),
-            msg: encode(&dir_msg(rng)),
+            msg: encode(&dir_batch(rng)),
         },
         9 => Frame::Names {
             msg: throng::cluster::testing::encode_names(names_msg(rng)),

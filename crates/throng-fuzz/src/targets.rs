@@ -96,9 +96,10 @@ impl Target {
                 round_trip(&f, decode::<FrameRef>(&bytes).map(FrameRef::into_owned))?;
                 Ok(bytes)
             }
-            Target::Dir => match rng.below(6) {
+            Target::Dir => match rng.below(7) {
                 0 => checked(&gen::start_spec(rng)),
                 1 => checked(&gen::record(rng)),
+                2 => checked(&gen::dir_batch(rng)),
                 _ => checked(&gen::dir_msg(rng)),
             },
             Target::Names => {
@@ -246,7 +247,7 @@ fn record(rng: &mut Rng) -> Result<Vec<u8>, String> {
     if rng.one_in(3) {
         let big = Frame::Dir {
             sup: gen::string(rng),
-            msg: encode(&gen::dir_msg(rng)),
+            msg: encode(&gen::dir_batch(rng)),
         };
         let bytes = encode(&big);
         let piece = 1 + rng.below(bytes.len());

@@ -5,13 +5,14 @@
 pub use super::wire::*;
 
 use bytes::BytesMut;
-use throng_core::directory::{DirMsg, DurableEntry, StartError, StartSpec};
+use throng_core::directory::{DurableEntry, StartError, StartSpec};
 use throng_core::names::{Delta, Entry, GroupMember};
 use throng_core::{Member, NodeId};
 use tokio_util::codec::Decoder;
 
 use super::export_id::ExportId;
 use super::names::{self, Msg};
+use super::wire;
 
 /// Feed `bytes`, as they arrive on a connection before its peer is authenticated, to the
 /// handshake's framing, and decode every message it yields as the acceptor does (a hello,
@@ -73,7 +74,7 @@ pub fn decode_frame_payloads(frame: &FrameRef<'_>) -> usize {
         FrameRef::Start { record, .. } => {
             usize::from(postcard::from_bytes::<StartSpec>(record).is_ok())
         }
-        FrameRef::Dir { msg, .. } => usize::from(postcard::from_bytes::<DirMsg>(msg).is_ok()),
+        FrameRef::Dir { msg, .. } => wire::decode_dir_batch(msg).map_or(0, |m| 1 + m.len()),
         FrameRef::Names { msg } => decode_names(msg).map_or(0, |m| 1 + m.addresses()),
         FrameRef::Reply {
             result: Ok(bytes), ..

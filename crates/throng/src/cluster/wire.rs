@@ -19,7 +19,7 @@ use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
 use serde::{Deserialize, Serialize};
 
 /// Version of the node-to-node protocol, checked in the handshake.
-pub const PROTOCOL_VERSION: u16 = 7;
+pub const PROTOCOL_VERSION: u16 = 8;
 
 /// First bytes of every handshake hello.
 pub const MAGIC: [u8; 4] = *b"THRG";
@@ -286,11 +286,12 @@ pub enum Frame {
         /// The distributed supervisor's name.
         sup: String,
     },
-    /// A message between the directories of supervisor `sup` (`throng_core::directory::DirMsg`).
+    /// Messages between the directories of supervisor `sup`, in the order sent: the encoding of
+    /// a `Vec<throng_core::directory::DirMsg>` ([`DirBatch`]).
     Dir {
         /// The distributed supervisor's name.
         sup: String,
-        /// The encoded message.
+        /// The encoded messages ([`DirBatch::finish`], read by [`decode_dir_batch`]).
         msg: Vec<u8>,
     },
     /// A message between the name registries of two nodes (see [`crate::cluster::names`]).
@@ -528,6 +529,55 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
 /// truncate.
 pub fn append<T: Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) -> Result<(), postcard::Error> {
     postcard::serialize_with_flavor(value, Append(buf))
+}
+
+/// Directory messages for one peer, gathered while a supervisor's driver handles its inputs and
+/// sent as one [`Frame::Dir`]: a burst (a reconnection's reconciliation re-sends a message per
+/// shared key; a start storm replicates every new child) costs a frame per [`DIR_BATCH_BYTES`],
+/// not per message, in the sender's backlog and on the wire.
+#[derive(Debug, Default)]
+pub struct DirBatch {
+    count: usize,
+    bytes: Vec<u8>,
+}
+
+/// A [`DirBatch`] is sent once it holds this many bytes (a larger message goes alone).
+pub const DIR_BATCH_BYTES: usize = 64 * 1024;
+
+impl DirBatch {
+    /// Append `msg`. An unencodable message is dropped, with an error returned.
+    pub fn push(&mut self, msg: &throng_core::directory::DirMsg) -> Result<(), postcard::Error> {
+        let len = self.bytes.len();
+        append(&mut self.bytes, msg).inspect_err(|_| self.bytes.truncate(len))?;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Whether it holds no message.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Whether it is due to be sent ([`DIR_BATCH_BYTES`]).
+    pub fn is_full(&self) -> bool {
+        self.bytes.len() >= DIR_BATCH_BYTES
+    }
+
+    /// The messages gathered, encoded as a `Vec<DirMsg>` (the payload of a [`Frame::Dir`]);
+    /// the batch is left empty.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.bytes.len() + 5);
+        // A sequence's length prefix (a varint), then its elements: postcard's `Vec` encoding.
+        let _ = append(&mut out, &self.count);
+        out.append(&mut self.bytes);
+        self.count = 0;
+        out
+    }
+}
+
+/// The messages of a [`Frame::Dir`] payload, in order.
+pub fn decode_dir_batch(msg: &[u8]) -> Result<Vec<throng_core::directory::DirMsg>, WireError> {
+    postcard::from_bytes(msg).map_err(|e| WireError::Malformed(e.to_string()))
 }
 
 /// The size of `value`'s encoding (a pass that writes nothing): what senders check against the
@@ -1043,8 +1093,8 @@ mod tests {
     }
 
     const GOLDEN: &[&str] = &[
-        "Hello 5448524707026e31070101010101010101010101010101010101010101010101010101010101010101",
-        "HelloAck 07026e320802020202020202020202020202020202020202020202020202020202020202020303030303030303030303030303030303030303030303030303030303030303",
+        "Hello 5448524708026e31070101010101010101010101010101010101010101010101010101010101010101",
+        "HelloAck 08026e320802020202020202020202020202020202020202020202020202020202020202020303030303030303030303030303030303030303030303030303030303030303",
         "Auth 0404040404040404040404040404040404040404040404040404040404040404",
         "RemoteFailure 000161",
         "RemoteFailure 0101650166",
@@ -1214,6 +1264,31 @@ mod tests {
             .collect();
         let want: Vec<String> = DIRECTORY_GOLDEN.iter().map(|s| s.to_string()).collect();
         assert_eq!(hex, want, "the wire format changed: bump PROTOCOL_VERSION");
+    }
+
+    #[test]
+    fn a_dir_batch_decodes_as_the_messages_in_order() {
+        use throng_core::directory::DirMsg;
+        let msgs: Vec<DirMsg> = directory_golden_values()
+            .iter()
+            .filter_map(|(_, bytes)| decode::<DirMsg>(bytes).ok())
+            .collect();
+        assert!(msgs.len() > 5);
+        let mut batch = DirBatch::default();
+        assert!(batch.is_empty());
+        // Past 127 messages the length prefix takes two bytes.
+        let many: Vec<DirMsg> = msgs.iter().cycle().take(300).cloned().collect();
+        for m in &many {
+            batch.push(m).unwrap();
+        }
+        let payload = batch.finish();
+        assert!(batch.is_empty());
+        assert_eq!(payload, encode(&many), "the payload is a Vec<DirMsg>");
+        assert_eq!(decode_dir_batch(&payload).unwrap(), many);
+        assert_eq!(decode_dir_batch(&batch.finish()).unwrap(), Vec::new());
+        // A batch claiming more messages than it holds is an error, not a panic.
+        assert!(decode_dir_batch(&[0xff, 0xff, 0x03]).is_err());
+        assert!(decode_dir_batch(&payload[..payload.len() - 1]).is_err());
     }
 
     #[test]

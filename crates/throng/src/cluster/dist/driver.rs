@@ -26,7 +26,7 @@ use super::Supervisors;
 use super::{Dist, DistEvent, DistStats};
 use crate::cluster::outbox::Lane;
 use crate::cluster::transport::Peer;
-use crate::cluster::wire::{self, Frame};
+use crate::cluster::wire::{self, DirBatch, Frame};
 use crate::supervisor::Shutdown;
 use crate::{ActorHandle, ActorId, ExitReason};
 
@@ -41,6 +41,10 @@ const RECOVERY_MAX_WAIT: Duration = Duration::from_secs(10);
 /// At most this many starts and terminates wait for the recovery (then the queue holds the
 /// rest, and its senders wait).
 const PARKED_MAX: usize = 4096;
+
+/// Inputs handled at most before the directory messages they made are sent
+/// ([`Runtime::flush`]).
+const BATCH_STEPS: usize = 256;
 
 /// Where a request's answer goes: to a caller on this node, or to a peer as a [`Frame::Reply`].
 pub(in crate::cluster) enum Answer<T> {
@@ -151,6 +155,8 @@ struct Runtime {
     exited: HashMap<Arc<str>, Vec<Arc<Slot>>>,
     /// With a shared store: the take-over of what gone nodes kept.
     takeover: Option<TakeOver>,
+    /// Directory messages not sent yet, by peer, in order ([`Runtime::flush`]).
+    batches: HashMap<NodeId, DirBatch>,
 }
 
 /// The marks of a key being written in `Sync` mode ([`Persister::flush`]): the slot of its
@@ -173,6 +179,39 @@ fn marker<'a>(
 }
 
 impl Runtime {
+    /// Send every batch of directory messages gathered.
+    fn flush(&mut self) {
+        if self.batches.values().all(DirBatch::is_empty) {
+            return;
+        }
+        let peers: Vec<NodeId> = self
+            .batches
+            .iter()
+            .filter(|(_, b)| !b.is_empty())
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in &peers {
+            self.flush_to(p);
+        }
+    }
+
+    /// Send the batch gathered for `to`, if any.
+    fn flush_to(&mut self, to: &NodeId) {
+        let Some(batch) = self.batches.get_mut(to).filter(|b| !b.is_empty()) else {
+            return;
+        };
+        let msg = batch.finish();
+        let (Some(shared), Some(dist)) = (self.shared.upgrade(), self.dist.upgrade()) else {
+            return;
+        };
+        let Some(peer) = shared.t.peer_handle(to) else {
+            tracing::debug!(peer = %to, "directory messages to an unknown peer dropped");
+            return;
+        };
+        let sup = dist.name.to_string();
+        peer.send_now(Lane::Data, Frame::Dir { sup, msg });
+    }
+
     fn host_type(&self, actor_type: &str) -> Option<Arc<dyn HostType>> {
         self.shared.upgrade()?.host_type(actor_type)
     }
@@ -244,19 +283,19 @@ impl Host for Runtime {
         }
     }
 
+    /// Gathered into the peer's batch, sent when full or once the driver has handled what is
+    /// ready ([`Runtime::flush`]).
     fn send(&mut self, to: &NodeId, msg: DirMsg) {
-        let (Some(shared), Some(dist)) = (self.shared.upgrade(), self.dist.upgrade()) else {
-            return;
+        let batch = match self.batches.get_mut(to) {
+            Some(b) => b,
+            None => self.batches.entry(to.clone()).or_default(),
         };
-        let Some(peer) = shared.t.peer_handle(to) else {
-            tracing::debug!(peer = %to, "directory message to an unknown peer dropped");
-            return;
-        };
-        let frame = Frame::Dir {
-            sup: dist.name.to_string(),
-            msg: wire::encode(&msg),
-        };
-        peer.send_now(Lane::Data, frame);
+        if let Err(e) = batch.push(&msg) {
+            tracing::warn!(peer = %to, error = %e, "directory message not encodable: dropped");
+        }
+        if batch.is_full() {
+            self.flush_to(to);
+        }
     }
 
     fn reply(&mut self, reply: Reply, result: Result<(), StartError>) {
@@ -333,6 +372,7 @@ impl Task {
                 sync,
                 exited: HashMap::new(),
                 takeover,
+                batches: HashMap::new(),
             },
             leave_waiters: Vec::new(),
             epoch: Instant::now(),
@@ -365,6 +405,7 @@ impl Task {
         };
         let began = tokio::time::Instant::now();
         let mut settled_at = began + RECOVERY_SETTLE;
+        let mut unflushed = 0;
         loop {
             let flush_at = self.rt.persist.as_ref().and_then(Persister::due);
             let writing = self.rt.persist.as_ref().is_some_and(Persister::is_writing);
@@ -381,6 +422,7 @@ impl Task {
                 _ = stop.cancelled() => {
                     // The node shuts down: its children stop with it; what is touched is
                     // written first.
+                    self.rt.flush();
                     for r in self.rt.running.values() {
                         r.handle.stop(ExitReason::Shutdown);
                     }
@@ -445,6 +487,18 @@ impl Task {
                 for w in self.leave_waiters.drain(..) {
                     let _ = w.send(());
                 }
+            }
+            // The directory messages of what was handled go out once nothing else is ready (or
+            // every `BATCH_STEPS` inputs): a burst of inputs makes a few frames per peer.
+            unflushed += 1;
+            // (Only inputs the next turn takes at once: the messages must not wait on a turn
+            // that blocks.)
+            let cmds_ready =
+                !q.cmds.is_empty() && (recovery.is_none() || self.parked.len() < PARKED_MAX);
+            let ready = !q.input.is_empty() || !q.notes.is_empty() || cmds_ready;
+            if !ready || unflushed >= BATCH_STEPS {
+                self.rt.flush();
+                unflushed = 0;
             }
         }
     }

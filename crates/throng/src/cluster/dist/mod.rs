@@ -19,7 +19,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use throng_core::directory::{
-    ChildEvent, DirConfig, DirMsg, Directory, Distribution, StartError, StartSpec, Uniform,
+    ChildEvent, DirConfig, Directory, Distribution, StartError, StartSpec, Uniform,
 };
 use throng_core::driver::Driver;
 use throng_core::{Intensity, NodeId, Ring};
@@ -204,11 +204,16 @@ impl Dist {
     /// Deliver a directory message from `from` (called by the connection reader, which waits
     /// for room in the driver's queue: backpressure on the peer).
     pub(crate) async fn deliver(&self, from: NodeId, msg: &[u8]) {
-        match postcard::from_bytes::<DirMsg>(msg) {
-            Ok(msg) => {
-                let _ = self.input.send(Input::Msg { from, msg }).await;
+        match wire::decode_dir_batch(msg) {
+            Ok(msgs) => {
+                for msg in msgs {
+                    let from = from.clone();
+                    if self.input.send(Input::Msg { from, msg }).await.is_err() {
+                        return;
+                    }
+                }
             }
-            Err(e) => tracing::warn!(peer = %from, error = %e, "bad directory message dropped"),
+            Err(e) => tracing::warn!(peer = %from, error = %e, "bad directory messages dropped"),
         }
     }
 

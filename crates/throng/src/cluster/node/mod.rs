@@ -62,6 +62,14 @@ pub struct NodeOptions {
     /// What happens to a local actor that loses its registered name to a concurrent registration
     /// on another node (default: it keeps running; Horde stops it).
     pub name_conflicts: super::names::OnConflict,
+    /// Frames queued per peer, beyond its data or control queue, from senders that must not wait
+    /// on the network (a supervisor's directory, an actor's reply); default 16,384. Past this or
+    /// `backlog_bytes` the peer reads slower than this node sends for too long: the connection
+    /// is reset, and the directories reconcile on the next one
+    /// ([`ConnectionStats::backlog_resets`]).
+    pub backlog_frames: usize,
+    /// Bytes of the frames of `backlog_frames`, at most (default 64 MiB).
+    pub backlog_bytes: usize,
 }
 
 /// Default bound on the connections a node holds in their handshake
@@ -85,6 +93,8 @@ impl Default for NodeOptions {
             security: Security::SharedSecret,
             names: super::names::NamesConfig::default(),
             name_conflicts: super::names::OnConflict::default(),
+            backlog_frames: 16_384,
+            backlog_bytes: 64 << 20,
         }
     }
 }
@@ -198,10 +208,16 @@ impl Node {
                 opts.max_handshakes
             )));
         }
-        if opts.data_queue == 0 || opts.control_queue == 0 {
+        if opts.data_queue == 0 || opts.control_queue == 0 || opts.backlog_frames == 0 {
             return Err(NodeError::Config(
                 "queues must hold at least one frame".into(),
             ));
+        }
+        if opts.backlog_bytes < opts.max_frame {
+            return Err(NodeError::Config(format!(
+                "backlog_bytes {} must hold a frame of max_frame ({}) bytes",
+                opts.backlog_bytes, opts.max_frame
+            )));
         }
         let names_config = super::names::effective_config(&opts.names, opts.max_frame)
             .map_err(NodeError::Config)?;
@@ -219,6 +235,8 @@ impl Node {
             max_handshakes: opts.max_handshakes,
             backoff: opts.backoff,
             security: opts.security.clone(),
+            backlog_frames: opts.backlog_frames,
+            backlog_bytes: opts.backlog_bytes,
         };
         let (t, listener) = Transport::bind(
             id.clone(),

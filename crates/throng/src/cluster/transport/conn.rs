@@ -451,10 +451,18 @@ pub(super) async fn deliver_cast(
     }
 }
 
-/// Carry frames over one connection until it fails, is replaced, or the link stops.
 /// Why a connection was reset by its peer's backlog overflowing ([`Peer::send_now`]).
 const BACKLOG_RESET: &str = "backlog of frames for the peer overflowed; reconnecting to reconcile";
 
+/// A connection ends because its peer's backlog overflowed: counted, and said why.
+fn backlog_reset(shared: &Weak<Transport>) -> Ended {
+    if let Some(t) = shared.upgrade() {
+        t.backlog_resets.fetch_add(1, Ordering::Relaxed);
+    }
+    Ended::Lost(BACKLOG_RESET.into())
+}
+
+/// Carry frames over one connection until it fails, is replaced, or the link stops.
 pub(super) async fn run_conn(
     shared: &Weak<Transport>,
     peer: &Arc<Peer>,
@@ -532,7 +540,7 @@ pub(super) async fn run_conn(
                 biased;
                 _ = stop.cancelled() => break Ended::Stopped,
                 why = &mut lost_rx => break Ended::Lost(why.unwrap_or_else(|_| "reader ended".into())),
-                _ = peer.reset.notified() => break Ended::Lost(BACKLOG_RESET.into()),
+                _ = peer.reset.notified() => break backlog_reset(shared),
                 c = inbound_rx.recv() => match c {
                     Some(c) => break Ended::Replaced(Box::new(c)),
                     None => break Ended::Stopped,
@@ -544,7 +552,7 @@ pub(super) async fn run_conn(
             biased;
             _ = stop.cancelled() => break Ended::Stopped,
             why = &mut lost_rx => break Ended::Lost(why.unwrap_or_else(|_| "reader ended".into())),
-            _ = peer.reset.notified() => break Ended::Lost(BACKLOG_RESET.into()),
+            _ = peer.reset.notified() => break backlog_reset(shared),
             r = writer.batch(&control, &data, &peer.out) => r,
         };
         if let Err(why) = written {
@@ -600,7 +608,7 @@ impl Transport {
             return p.clone();
         }
         let (inbound, inbound_rx) = mpsc::channel(2);
-        let (backlog, backlog_rx) = mpsc::channel(BACKLOG_FRAMES);
+        let (backlog, backlog_rx) = mpsc::channel(self.opts.backlog_frames);
         let stop = self.stop.child_token();
         let peer = Arc::new(Peer {
             id: id.clone(),
@@ -616,6 +624,8 @@ impl Transport {
             dropped: std::sync::atomic::AtomicBool::new(false),
             backlog,
             backlog_len: std::sync::atomic::AtomicUsize::new(0),
+            backlog_bytes: std::sync::atomic::AtomicUsize::new(0),
+            backlog_max_bytes: self.opts.backlog_bytes,
             reset: tokio::sync::Notify::new(),
             stop: stop.clone(),
             tasks: self.tasks.clone(),

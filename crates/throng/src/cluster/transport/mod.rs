@@ -104,6 +104,11 @@ pub struct ConnectionStats {
     /// Accepted connections whose handshake failed: timed out, malformed, another protocol
     /// version or security mode, a wrong secret or certificate (since the node started).
     pub handshakes_failed: u64,
+    /// Connections to peers this node reset because the frames queued for the peer outgrew
+    /// [`NodeOptions::backlog_frames`](crate::cluster::NodeOptions::backlog_frames) or
+    /// `backlog_bytes` (since the node started): the peer read slower than this node sent for
+    /// too long; the directories reconciled on the next connection.
+    pub backlog_resets: u64,
 }
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -126,6 +131,10 @@ pub(crate) struct TransportOptions {
     pub(crate) backoff: (Duration, Duration),
     /// How connections are authenticated and encrypted.
     pub(crate) security: Security,
+    /// Frames a peer's backlog holds before its connection is reset ([`Peer::send_now`]).
+    pub(crate) backlog_frames: usize,
+    /// Bytes a peer's backlog holds before its connection is reset.
+    pub(crate) backlog_bytes: usize,
 }
 
 /// Where the transport hands what it does not own: the frames of supervisors and the registry,
@@ -162,13 +171,18 @@ pub(crate) struct Peer {
     addr: Mutex<Option<SocketAddr>>,
     connected: std::sync::atomic::AtomicBool,
     /// A supervisor dropped a frame for this peer while it was not connected
-    /// ([`Peer::send_or_drop`]): the next connection tells the directories to reconcile.
+    /// ([`Peer::queue_or_drop`]): the next connection tells the directories to reconcile.
     dropped: std::sync::atomic::AtomicBool,
     /// Frames that found their lane full, from senders that must not wait ([`Peer::send_now`]),
     /// moved into the outbox in order by the peer's backlog task.
-    backlog: mpsc::Sender<(Lane, Frame)>,
+    /// (Encoded: the bytes they hold are counted against [`BACKLOG_BYTES`].)
+    backlog: mpsc::Sender<(Lane, Vec<u8>)>,
     /// Frames in `backlog` or being moved: while there are any, later frames queue behind them.
     backlog_len: std::sync::atomic::AtomicUsize,
+    /// The bytes of the frames in `backlog` or being moved.
+    backlog_bytes: std::sync::atomic::AtomicUsize,
+    /// At most this many bytes in `backlog` ([`NodeOptions::backlog_bytes`](crate::cluster::NodeOptions::backlog_bytes)).
+    backlog_max_bytes: usize,
     /// Ends the current connection (the backlog overflowed: the peer reads slower than this
     /// node sends, for too long); the next connection reconciles.
     reset: tokio::sync::Notify,
@@ -177,22 +191,18 @@ pub(crate) struct Peer {
     tasks: TaskTracker,
 }
 
-/// Frames a peer's backlog holds ([`Peer::send_now`]) before the connection is reset.
-pub(super) const BACKLOG_FRAMES: usize = 16_384;
-
 impl Peer {
-    /// Queue `frame` for a sender that must not stall on a peer it cannot reach (a supervisor's
+    /// Queue the frame `encode` appends, for a sender that must not stall on a peer it cannot reach (a supervisor's
     /// driver, which serves every child): while the connection is up, wait for room in `lane`
     /// (backpressure); while it is down and the lane is full, drop the frame and remember it, so
     /// that the next connection makes the directories reconcile (as after any lost connection).
     /// Without this, a peer that refuses our connections (it declared this node down) while this
     /// node's view still holds it would hold the driver at its full lane.
-    pub(in crate::cluster) async fn send_or_drop(
-        &self,
-        lane: Lane,
-        frame: &Frame,
-    ) -> Result<(), PushError> {
-        match self.out.try_push(lane, |b| encode_frame(b, frame)) {
+    async fn queue_or_drop<F>(&self, lane: Lane, mut encode: F) -> Result<(), PushError>
+    where
+        F: FnMut(&mut Vec<u8>) -> Result<(), String>,
+    {
+        match self.out.try_push(lane, &mut encode) {
             Err(PushError::Full) => {}
             other => return other,
         }
@@ -205,7 +215,7 @@ impl Peer {
                 return Ok(());
             }
         }
-        self.out.push(lane, |b| encode_frame(b, frame)).await
+        self.out.push(lane, encode).await
     }
 
     /// Queue `frame` on the data lane, waiting for room.
@@ -241,8 +251,9 @@ impl Peer {
     /// Queue `frame` for a sender that must never wait on the network (a supervisor's driver,
     /// an actor answering a call): into `lane` at once if it has room and nothing is waiting in
     /// the backlog, else into the backlog, which the peer's backlog task moves into the outbox in
-    /// order. Past [`BACKLOG_FRAMES`] the frame is dropped, and the connection is reset so that
-    /// the next one makes the directories reconcile (as after any lost connection).
+    /// order. Past the node's `backlog_frames` or `backlog_bytes` ([`NodeOptions`](crate::cluster::NodeOptions))
+    /// the frame is dropped, and the connection is reset so that the next one makes the directories reconcile (as after any
+    /// lost connection).
     pub(in crate::cluster) fn send_now(&self, lane: Lane, frame: Frame) {
         if self.backlog_len.load(Ordering::Acquire) == 0 {
             match self.out.try_push(lane, |b| encode_frame(b, &frame)) {
@@ -258,23 +269,36 @@ impl Peer {
     }
 
     fn backlog_push(&self, lane: Lane, frame: Frame) {
+        let mut bytes = Vec::new();
+        if let Err(e) = encode_frame(&mut bytes, &frame) {
+            tracing::debug!(peer = %self.id, error = %e, "frame not queued");
+            return;
+        }
+        let size = bytes.len();
         self.backlog_len.fetch_add(1, Ordering::AcqRel);
-        if self.backlog.try_send((lane, frame)).is_err() {
+        let held = self.backlog_bytes.fetch_add(size, Ordering::AcqRel);
+        let queued =
+            held + size <= self.backlog_max_bytes && self.backlog.try_send((lane, bytes)).is_ok();
+        if !queued {
             self.backlog_len.fetch_sub(1, Ordering::AcqRel);
-            self.dropped.store(true, Ordering::SeqCst);
+            self.backlog_bytes.fetch_sub(size, Ordering::AcqRel);
+            // Said once per connection: every later frame is dropped too until it is reset.
+            let first = !self.dropped.swap(true, Ordering::SeqCst);
             if self.connected.load(Ordering::SeqCst) {
-                tracing::warn!(peer = %self.id, frames = BACKLOG_FRAMES,
-                    "peer backlog full: frame dropped, connection reset to reconcile");
+                if first {
+                    tracing::warn!(peer = %self.id, bytes = self.backlog_max_bytes,
+                        "peer backlog full: frames dropped, connection reset to reconcile");
+                }
                 self.reset.notify_one();
             }
         }
     }
 
     /// The backlog task: moves frames from the backlog into the outbox, in order, waiting for
-    /// room (or dropping them while the peer is disconnected, see [`Peer::send_or_drop`]).
+    /// room (or dropping them while the peer is disconnected, see [`Peer::queue_or_drop`]).
     async fn run_backlog(
         peer: Weak<Peer>,
-        mut rx: mpsc::Receiver<(Lane, Frame)>,
+        mut rx: mpsc::Receiver<(Lane, Vec<u8>)>,
         stop: CancellationToken,
     ) {
         loop {
@@ -282,10 +306,15 @@ impl Peer {
                 _ = stop.cancelled() => return,
                 n = rx.recv() => n,
             };
-            let (Some((lane, frame)), Some(p)) = (next, peer.upgrade()) else {
+            let (Some((lane, bytes)), Some(p)) = (next, peer.upgrade()) else {
                 return;
             };
-            let _ = p.send_or_drop(lane, &frame).await;
+            let copy = |b: &mut Vec<u8>| {
+                b.extend_from_slice(&bytes);
+                Ok(())
+            };
+            let _ = p.queue_or_drop(lane, copy).await;
+            p.backlog_bytes.fetch_sub(bytes.len(), Ordering::AcqRel);
             p.backlog_len.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -345,6 +374,8 @@ pub(crate) struct Transport {
     handshakes_refused: AtomicU64,
     /// Accepted connections whose handshake failed or timed out.
     handshakes_failed: AtomicU64,
+    /// Connections reset because a peer's backlog overflowed.
+    backlog_resets: AtomicU64,
     /// When each (address, reason) refusal was last logged at warn, so that a peer retrying
     /// every few seconds (or an attacker) cannot flood the log.
     refusals: Mutex<HashMap<(std::net::IpAddr, String), tokio::time::Instant>>,
@@ -384,6 +415,7 @@ impl Transport {
             handshakes: Arc::new(tokio::sync::Semaphore::new(opts.max_handshakes)),
             handshakes_refused: AtomicU64::new(0),
             handshakes_failed: AtomicU64::new(0),
+            backlog_resets: AtomicU64::new(0),
             view: View::new(id.clone(), ring),
             id,
             incarnation,
@@ -419,6 +451,7 @@ impl Transport {
             handshaking: self.opts.max_handshakes - self.handshakes.available_permits(),
             handshakes_refused: self.handshakes_refused.load(Ordering::Relaxed),
             handshakes_failed: self.handshakes_failed.load(Ordering::Relaxed),
+            backlog_resets: self.backlog_resets.load(Ordering::Relaxed),
         }
     }
 
@@ -590,7 +623,7 @@ mod tests {
         peer_with_backlog(data_frames, mpsc::channel(1).0)
     }
 
-    fn peer_with_backlog(data_frames: usize, backlog: mpsc::Sender<(Lane, Frame)>) -> Peer {
+    fn peer_with_backlog(data_frames: usize, backlog: mpsc::Sender<(Lane, Vec<u8>)>) -> Peer {
         Peer {
             id: NodeId::new("p").unwrap(),
             out: Outbox::new(Limits {
@@ -605,6 +638,8 @@ mod tests {
             dropped: std::sync::atomic::AtomicBool::new(false),
             backlog,
             backlog_len: std::sync::atomic::AtomicUsize::new(0),
+            backlog_bytes: std::sync::atomic::AtomicUsize::new(0),
+            backlog_max_bytes: 1 << 20,
             reset: tokio::sync::Notify::new(),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -632,7 +667,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_sender_that_must_not_wait_queues_behind_a_full_lane_in_order() {
-        let (tx, rx) = mpsc::channel(BACKLOG_FRAMES);
+        let (tx, rx) = mpsc::channel(16);
         let p = Arc::new(peer_with_backlog(2, tx));
         p.connected.store(true, Ordering::SeqCst);
         let mover = tokio::spawn(Peer::run_backlog(
@@ -686,11 +721,13 @@ mod tests {
     #[tokio::test]
     async fn a_full_lane_of_a_disconnected_peer_drops_instead_of_waiting() {
         let p = peer(1);
-        p.send_or_drop(Lane::Data, &dir_frame()).await.unwrap();
+        p.queue_or_drop(Lane::Data, |b| encode_frame(b, &dir_frame()))
+            .await
+            .unwrap();
         // Full and not connected: returns at once, remembering the drop for the next connection.
         tokio::time::timeout(
             Duration::from_secs(5),
-            p.send_or_drop(Lane::Data, &dir_frame()),
+            p.queue_or_drop(Lane::Data, |b| encode_frame(b, &dir_frame())),
         )
         .await
         .expect("a sender to a disconnected peer must not wait")
@@ -700,7 +737,7 @@ mod tests {
         p.connected.store(true, Ordering::SeqCst);
         let waited = tokio::time::timeout(
             Duration::from_millis(50),
-            p.send_or_drop(Lane::Data, &dir_frame()),
+            p.queue_or_drop(Lane::Data, |b| encode_frame(b, &dir_frame())),
         )
         .await;
         assert!(

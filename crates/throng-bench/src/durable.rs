@@ -5,9 +5,10 @@
 //!   n1 found each with its last state. Baselines: a cold start of `k` nodes without durability
 //!   plus N starts from n1 (what rebuilding the set costs without a store), and the store's own
 //!   reopen + scan of copies of the killed nodes' files.
-//! - `durable`: two supervisors on one cluster, `plain` (no durability) and `durable` (`Async`,
-//!   10 ms), with N children each: sequential state-changing calls by key to both (p50/p99,
-//!   remote and local owners), then streams of state-changing calls from every node (durable
+//! - `durable`: three supervisors on one cluster, `plain` (no durability), `durable` (`Async`,
+//!   10 ms) and `sync` (`Sync`: a reply waits until its state is on disk), with N children each:
+//!   sequential state-changing calls by key to each, interleaved (p50/p99, remote and local
+//!   owners), then streams of state-changing calls from every node (durable
 //!   entries written per second per node, from `DistStats::written`). Baseline: the store's own
 //!   group commits of the same entries (read back from a copy of n1's store).
 
@@ -19,11 +20,14 @@ use serde_json::{json, Value};
 use throng_store::{RedbStore, Store, Write, FILE_NAME};
 
 use crate::control::{all, cluster, f, u, wait_members, NodeProc};
-use crate::node::{DURABLE, PLAIN};
+use crate::node::{pct, DURABLE, PLAIN, SYNC};
 
 /// Group-commit sizes of the store baseline: the `engines` example's, and the persister's
 /// largest (`MAX_BATCH` in `throng/src/cluster/dist/persist.rs`).
 const STORE_BATCHES: [usize; 2] = [512, 8192];
+
+/// Single-entry commits timed for the store's latency baseline.
+const SINGLE_COMMITS: usize = 1000;
 
 /// How long a restarted cluster may take to run every child again.
 const RESTART_TIMEOUT: Duration = Duration::from_secs(120);
@@ -197,6 +201,61 @@ pub(crate) const ROWS: &[(&str, &str, &str)] = &[
     ),
     ("durable", "local_p50_ratio", "ratio: Async / None, local p50"),
     ("durable", "local_p99_ratio", "ratio: Async / None, local p99"),
+    (
+        "durable",
+        "sync_remote_p50_us",
+        "call by key, remote owner, Sync: p50 (us)",
+    ),
+    (
+        "durable",
+        "sync_remote_p99_us",
+        "call by key, remote owner, Sync: p99 (us)",
+    ),
+    (
+        "durable",
+        "sync_local_p50_us",
+        "call by key, local owner, Sync: p50 (us)",
+    ),
+    (
+        "durable",
+        "sync_local_p99_us",
+        "call by key, local owner, Sync: p99 (us)",
+    ),
+    (
+        "durable",
+        "sync_remote_p99_ratio",
+        "ratio: Sync / None, remote p99",
+    ),
+    (
+        "durable",
+        "sync_local_p99_ratio",
+        "ratio: Sync / None, local p99",
+    ),
+    (
+        "durable",
+        "store_single_p50_us",
+        "store (baseline): one commit of one entry, p50 (us)",
+    ),
+    (
+        "durable",
+        "store_single_p99_us",
+        "store (baseline): one commit of one entry, p99 (us)",
+    ),
+    (
+        "durable",
+        "sync_local_p99_vs_store",
+        "ratio: Sync local p99 / one-entry commit p99",
+    ),
+    (
+        "durable",
+        "sync_calls_per_s",
+        "load, Sync: state-changing calls/s, cluster-wide",
+    ),
+    (
+        "durable",
+        "sync_mean_batch",
+        "load, Sync: entries per group commit (mean)",
+    ),
     (
         "durable",
         "plain_calls_per_s",
@@ -505,7 +564,7 @@ pub(crate) async fn durable_run(k: usize, n: u64, load_ms: u64) -> Result<Value,
         "pids": procs.iter().map(|p| p.pid).collect::<Vec<_>>(),
     });
     let mut errors = 0;
-    for sup in [PLAIN, DURABLE] {
+    for sup in [PLAIN, DURABLE, SYNC] {
         let start = procs[0]
             .ask(json!({"cmd": "start", "sup": sup, "n": n}))
             .await?;
@@ -534,9 +593,12 @@ pub(crate) async fn durable_run(k: usize, n: u64, load_ms: u64) -> Result<Value,
         for p in ["p50", "p99"] {
             let plain = f(&lat, &format!("plain_{side}_{p}_us"));
             let durable = f(&lat, &format!("durable_{side}_{p}_us"));
+            let sync = f(&lat, &format!("sync_{side}_{p}_us"));
             out[format!("plain_{side}_{p}_us")] = json!(plain);
             out[format!("durable_{side}_{p}_us")] = json!(durable);
+            out[format!("sync_{side}_{p}_us")] = json!(sync);
             out[format!("{side}_{p}_ratio")] = json!(durable / plain);
+            out[format!("sync_{side}_{p}_ratio")] = json!(sync / plain);
         }
     }
     all(&refs, json!({"cmd": "durable", "sup": DURABLE})).await?;
@@ -545,6 +607,8 @@ pub(crate) async fn durable_run(k: usize, n: u64, load_ms: u64) -> Result<Value,
         Step::Store,
         Step::Load(PLAIN),
         Step::Load(DURABLE),
+        Step::Load(SYNC),
+        Step::Load(SYNC),
         Step::Load(DURABLE),
         Step::Load(PLAIN),
         Step::Store,
@@ -576,11 +640,19 @@ pub(crate) async fn durable_run(k: usize, n: u64, load_ms: u64) -> Result<Value,
     };
     out["plain_calls_per_s"] = json!(of(PLAIN, "calls_per_s"));
     out["durable_calls_per_s"] = json!(of(DURABLE, "calls_per_s"));
+    out["sync_calls_per_s"] = json!(of(SYNC, "calls_per_s"));
+    out["sync_written_per_s_node"] = json!(of(SYNC, "written_per_s_node"));
+    out["sync_mean_batch"] = json!(of(SYNC, "mean_batch"));
     out["written_per_s_node"] = json!(of(DURABLE, "written_per_s_node"));
     out["written_per_s_node_min"] = json!(of(DURABLE, "written_per_s_node_min"));
     out["mean_batch"] = json!(of(DURABLE, "mean_batch"));
     out["backlog_after_load"] = json!(of(DURABLE, "backlog_after_load"));
     out["drain_ms"] = json!(of(DURABLE, "drain_ms"));
+    for key in ["store_single_p50_us", "store_single_p99_us"] {
+        out[key] = json!(mean(store_rates.iter().map(|s| f(s, key)).collect()));
+    }
+    out["sync_local_p99_vs_store"] =
+        json!(f(&out, "sync_local_p99_us") / f(&out, "store_single_p99_us"));
     for b in STORE_BATCHES {
         for kind in ["insert", "update"] {
             let key = format!("store_{kind}_per_s_{b}");
@@ -677,6 +749,38 @@ async fn store_rate(dirs: &DataDirs, entries: &[(String, Vec<u8>)]) -> Result<Va
             drop(store);
             let _ = std::fs::remove_dir_all(&dir);
         }
+        // What a `Sync` call waits for at least: one commit of one entry (into a store holding
+        // all of them), its latency.
+        let dir = base.join("single");
+        let store = RedbStore::open(&dir, "baseline").map_err(|e| e.to_string())?;
+        for chunk in entries.chunks(8192) {
+            let writes: Vec<Write<'_>> = chunk
+                .iter()
+                .map(|(key, value)| Write::Put {
+                    scope: DURABLE,
+                    key,
+                    value,
+                })
+                .collect();
+            store.apply(&writes).map_err(|e| e.to_string())?;
+        }
+        let mut lat = Vec::new();
+        for (key, value) in entries.iter().take(SINGLE_COMMITS) {
+            let t = Instant::now();
+            store
+                .apply(&[Write::Put {
+                    scope: DURABLE,
+                    key,
+                    value,
+                }])
+                .map_err(|e| e.to_string())?;
+            lat.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        lat.sort_by(f64::total_cmp);
+        out["store_single_p50_us"] = json!(pct(&lat, 0.5));
+        out["store_single_p99_us"] = json!(pct(&lat, 0.99));
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
         Ok::<_, String>(out)
     })
     .await

@@ -104,6 +104,8 @@ struct Command {
 pub const DURABLE: &str = "durable";
 /// Its twin without durability.
 pub const PLAIN: &str = "plain";
+/// Its twin with [`Durability::Sync`]: a call is answered once the state it made is on disk.
+pub const SYNC: &str = "sync";
 
 fn durable_opts() -> DistOptions {
     DistOptions {
@@ -116,6 +118,13 @@ fn durable_opts() -> DistOptions {
 fn sup_of(node: &Node, name: Option<&str>) -> DistSupervisor {
     match name {
         Some(DURABLE) => node.supervisor(DURABLE, durable_opts()),
+        Some(SYNC) => node.supervisor(
+            SYNC,
+            DistOptions {
+                durability: Durability::Sync,
+                ..DistOptions::default()
+            },
+        ),
         Some(PLAIN) => node.supervisor(PLAIN, DistOptions::default()),
         _ => node.default_supervisor(),
     }
@@ -173,6 +182,7 @@ pub async fn run(args: &[String]) -> ExitCode {
     if durable {
         // Started now, so that what the previous run kept is recovered from the node's start.
         sup_of(&node, Some(DURABLE));
+        sup_of(&node, Some(SYNC));
         sup_of(&node, Some(PLAIN));
     }
     let gossip = node
@@ -529,7 +539,7 @@ async fn load(sup: &DistSupervisor, n: u64, offset: u64, ms_total: u64) -> Value
 }
 
 /// Percentiles of sorted latencies.
-fn pct(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted
         .get(((sorted.len() as f64 - 1.0) * p) as usize)
         .copied()
@@ -543,6 +553,7 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 async fn latency_ab(node: &Node, n: u64, calls: u64, rounds: u64) -> Value {
     let plain = sup_of(node, Some(PLAIN));
     let durable = sup_of(node, Some(DURABLE));
+    let sync = sup_of(node, Some(SYNC));
     // At most this many keys of each kind: enough that a key's snapshots do not coalesce.
     const KEYS: usize = 5000;
     let remote: Vec<u64> = (0..n)
@@ -556,12 +567,20 @@ async fn latency_ab(node: &Node, n: u64, calls: u64, rounds: u64) -> Value {
     if remote.is_empty() || local.is_empty() {
         return json!({"error": "no remote or no local children"});
     }
-    // [plain remote, plain local, durable remote, durable local]
-    let mut lat: [Vec<f64>; 4] = Default::default();
+    // [plain remote, plain local, durable remote, durable local, sync remote, sync local]
+    let mut lat: [Vec<f64>; 6] = Default::default();
     let mut next = [0usize; 2];
     let mut errors = 0u64;
     for _ in 0..rounds {
-        for (s, sup) in [(0, &plain), (1, &durable), (1, &durable), (0, &plain)] {
+        let order = [
+            (0, &plain),
+            (1, &durable),
+            (2, &sync),
+            (2, &sync),
+            (1, &durable),
+            (0, &plain),
+        ];
+        for (s, sup) in order {
             for c in 0..calls {
                 let is_local = c % 2 == 1;
                 let keys = if is_local { &local } else { &remote };
@@ -583,6 +602,8 @@ async fn latency_ab(node: &Node, n: u64, calls: u64, rounds: u64) -> Value {
         "plain_local",
         "durable_remote",
         "durable_local",
+        "sync_remote",
+        "sync_local",
     ]
     .iter()
     .enumerate()

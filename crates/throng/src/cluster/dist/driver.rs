@@ -407,7 +407,22 @@ impl Task {
         let mut settled_at = began + RECOVERY_SETTLE;
         let mut unflushed = 0;
         loop {
-            let flush_at = self.rt.persist.as_ref().and_then(Persister::due);
+            let mut flush_at = self.rt.persist.as_ref().and_then(Persister::due);
+            if flush_at.is_some_and(|at| at <= tokio::time::Instant::now()) {
+                // Due now (always so in `Sync` mode): at once, not through a timer, which would
+                // round up to the timer wheel's next millisecond tick.
+                if let Some(p) = &mut self.rt.persist {
+                    p.flush(
+                        self.driver.directory(),
+                        &mut marker(
+                            &self.rt.running,
+                            &self.rt.pending_slots,
+                            &mut self.rt.exited,
+                        ),
+                    );
+                }
+                flush_at = None;
+            }
             let writing = self.rt.persist.as_ref().is_some_and(Persister::is_writing);
             // Gone nodes' entries are taken over once this run took its own back.
             let take_at = self
@@ -457,7 +472,9 @@ impl Task {
                     recovery = None;
                     let entries = self.driver.directory().preloaded_len();
                     tracing::info!(entries, "recovering durable children");
+                    let t = Instant::now();
                     self.driver.recover(&mut self.rt, []);
+                    tracing::info!(entries, ms = t.elapsed().as_millis() as u64, "durable children taken back");
                     for cmd in std::mem::take(&mut self.parked) {
                         self.on_cmd(cmd);
                     }

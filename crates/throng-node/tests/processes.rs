@@ -401,6 +401,54 @@ fn every_counter_comes_back(disks: Disks) {
     assert_eq!(running(&mut nodes), N as i64, "each counter runs once");
 }
 
+/// 2,000 counters on three nodes, bumped twice and durable; every node is killed with SIGKILL,
+/// and the second one's data directory is lost with it (a replaced disk, a new machine): the
+/// three start again, the second on an empty directory. Every counter runs again, once, with its
+/// count — what the lost disk held is on the disks of the keys' other holders.
+#[test]
+fn no_counter_is_lost_when_a_node_loses_its_disk_and_every_node_restarts() {
+    const N: u64 = 2_000;
+    let _big = one_big_cluster_at_a_time();
+    let disks = Disks::new("disk-loss", &["d1", "d2", "d3"]);
+    let names = disks.names;
+    let mut nodes: Vec<Proc> = (0..3).map(|i| disks.start(i)).collect();
+    wait_all_up(&mut nodes, names);
+    let started = nodes[0].ask(&format!("start {N}"), "started", Duration::from_secs(120));
+    assert_eq!(field(&started, "failed"), 0, "{started}");
+    for p in &mut nodes[1..=2] {
+        let bumped = p.ask(&format!("bump {N}"), "bumped", Duration::from_secs(120));
+        assert_eq!(field(&bumped, "failed"), 0, "{bumped}");
+    }
+    for p in nodes.iter_mut() {
+        p.ask("durable 0", "durable", Duration::from_secs(60));
+    }
+    for p in nodes.iter_mut() {
+        p.child.kill().unwrap();
+        let _ = p.child.wait();
+    }
+    drop(nodes);
+    let lost = disks.data.join(names[1]);
+    assert!(lost.exists(), "the node kept a data directory");
+    std::fs::remove_dir_all(&lost).unwrap();
+
+    let began = Instant::now();
+    let mut nodes: Vec<Proc> = (0..3).map(|i| disks.start(i)).collect();
+    wait_all_up(&mut nodes, names);
+    wait_running(&mut nodes, N, Duration::from_secs(60));
+    eprintln!(
+        "{N} counters run again {:?} after the restart began (one disk lost)",
+        began.elapsed()
+    );
+    let checked = nodes[0].ask(&format!("check {N}"), "checked", Duration::from_secs(120));
+    assert_eq!(field(&checked, "answered"), N as i64, "{checked}");
+    assert_eq!(
+        (field(&checked, "min"), field(&checked, "max")),
+        (2, 2),
+        "{checked}"
+    );
+    assert_eq!(running(&mut nodes), N as i64, "each counter runs once");
+}
+
 #[test]
 fn no_counter_is_lost_when_two_of_five_nodes_are_killed_at_once_and_one_comes_back() {
     // The embedded store: what only f4 and f5 held comes back with f4's disk.

@@ -178,6 +178,17 @@ pub enum StoreError {
         /// What the client reported.
         reason: String,
     },
+    /// Another node took over this node's entries while this process was cut off from the
+    /// cluster and from the shared store ([`SharedStore::fence`]): this process may no longer
+    /// write them (what it would write could overwrite what the other node recovered and runs).
+    /// Restart the node: the new process recovers what is left of its entries.
+    #[error("store {store}: node {node:?}'s entries were taken over by another node while this process was cut off; it may no longer write them: restart the node")]
+    Fenced {
+        /// The database.
+        store: Location,
+        /// The node.
+        node: String,
+    },
     /// A read or a commit failed (disk full, I/O error, connection to the database lost): the
     /// caller may try again; a lost connection is opened again by the next call.
     #[error("store {store}: {reason}")]
@@ -237,6 +248,13 @@ pub trait SharedStore: Send + Sync {
 
     /// Every entry `node` keeps in `scope`, as `(key, value)`, in key order.
     fn load_of(&self, node: &str, scope: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// Fences `node` before its entries are taken over: from now on a process of `node` that
+    /// opened the store before this call can no longer write ([`StoreError::Fenced`]), so what
+    /// is read of its entries after this call is what it last wrote. Refused with
+    /// [`StoreError::InUse`] while a process of `node` holds the store open (its connection to
+    /// the database is alive: the node is cut off from this one, not gone).
+    fn fence(&self, node: &str) -> Result<(), StoreError>;
 
     /// Deletes the entries of `node` in `scope` that still hold exactly the values in
     /// `entries` (this node took them over and wrote them as its own); an entry `node` wrote

@@ -9,7 +9,14 @@
 //!
 //! The schema is Throng's: created, checked and migrated on open inside a transaction that holds
 //! an advisory lock, so nodes opening at once do not race. `throng_meta` records the schema
-//! format ([`PG_FORMAT`]); a newer one is refused.
+//! format ([`PG_FORMAT`]); a newer one is refused, an older one migrated.
+//!
+//! Fencing: `throng_fences(node, epoch)`. A process reads its node's epoch when it opens the
+//! store, and every batch it writes checks, in its transaction, that the epoch is still that one
+//! (`FOR SHARE`: a concurrent fence waits for the batch, or the batch for the fence). A node
+//! taking over a gone node's entries first fences it ([`SharedStore::fence`]: the epoch goes up,
+//! only while no process holds the gone node's lock), so a process of that node that was only
+//! cut off — and comes back to the database later — cannot write over what was taken over.
 //!
 //! The client is the synchronous `postgres` crate behind a mutex: like the rest of this crate a
 //! call blocks until the database answered, and the runtime makes it from a blocking thread. A
@@ -29,7 +36,9 @@ use crate::{Location, SharedStore, Store, StoreError, Write};
 
 /// The schema format this build writes and reads in `throng_meta`. A database with a higher one
 /// is refused ([`StoreError::NewerFormat`]); a lower one would be migrated on open.
-pub const PG_FORMAT: u64 = 1;
+///
+/// Format 2 added `throng_fences`; a format-1 database gets it on open.
+pub const PG_FORMAT: u64 = 2;
 
 /// How long opening a connection to the database may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -66,6 +75,21 @@ const CREATE_ENTRIES: &str = "CREATE TABLE throng_entries (
     value bytea NOT NULL,
     PRIMARY KEY (node, scope, key)
 )";
+
+const CREATE_FENCES: &str = "CREATE TABLE throng_fences (
+    node text COLLATE \"C\" PRIMARY KEY,
+    epoch bigint NOT NULL
+)";
+
+/// This process's node gets its row (epoch 0) if it has none; its epoch.
+const FENCE_READ: &str = "INSERT INTO throng_fences (node, epoch) VALUES ($1::text, 0)
+    ON CONFLICT (node) DO UPDATE SET epoch = throng_fences.epoch RETURNING epoch";
+
+/// In a batch's transaction: the node's epoch, held against a fence until the commit.
+const FENCE_CHECK: &str = "SELECT epoch FROM throng_fences WHERE node = $1::text FOR SHARE";
+
+const FENCE_BUMP: &str = "INSERT INTO throng_fences (node, epoch) VALUES ($1::text, 1)
+    ON CONFLICT (node) DO UPDATE SET epoch = throng_fences.epoch + 1";
 
 const UPSERT: &str = "INSERT INTO throng_entries (node, scope, key, value)
     SELECT $1::text, w.s, w.k, w.v FROM unnest($2::text[], $3::text[], $4::bytea[]) AS w(s, k, v)
@@ -107,6 +131,7 @@ struct Conn {
 }
 
 struct Statements {
+    fence_check: Statement,
     upsert: Statement,
     delete: Statement,
     load: Statement,
@@ -126,6 +151,9 @@ pub struct PgStore {
     url: String,
     node: String,
     lock_key: i64,
+    /// The node's fencing epoch when this process opened the store: its batches are refused
+    /// once it changed ([`StoreError::Fenced`]).
+    epoch: i64,
     /// `None` after a failure: the next call connects again.
     conn: Mutex<Option<Conn>>,
 }
@@ -160,11 +188,12 @@ impl PgStore {
         if config.get_application_name().is_none() {
             config.application_name(&format!("throng {node}"));
         }
-        let store = PgStore {
+        let mut store = PgStore {
             config,
             url: redact_url(url),
             node: node.to_owned(),
             lock_key: node_lock_key(node),
+            epoch: 0,
             conn: Mutex::new(None),
         };
         let mut client = store
@@ -178,7 +207,15 @@ impl PgStore {
             discard(client);
             return Err(e);
         }
-        let conn = store.session(client)?;
+        let mut conn = store.session(client)?;
+        // Read with the node's lock held: no fence of this node can be under way.
+        match conn.client.query_one(FENCE_READ, &[&store.node]) {
+            Ok(row) => store.epoch = store.column(&row, 0)?,
+            Err(e) => {
+                discard(conn);
+                return Err(store.io(reason(&e)));
+            }
+        }
         *store.conn.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn);
         Ok(store)
     }
@@ -238,6 +275,7 @@ impl PgStore {
         match format {
             None => {
                 tx.batch_execute(CREATE_ENTRIES).map_err(io)?;
+                tx.batch_execute(CREATE_FENCES).map_err(io)?;
                 tx.execute(
                     "INSERT INTO throng_meta (name, value) VALUES ('format', $1)",
                     &[&PG_FORMAT.to_string()],
@@ -256,6 +294,16 @@ impl PgStore {
                         found,
                         supported: PG_FORMAT,
                     });
+                }
+                if found < 2 {
+                    tx.batch_execute(CREATE_FENCES).map_err(io)?;
+                }
+                if found < PG_FORMAT {
+                    tx.execute(
+                        "UPDATE throng_meta SET value = $1 WHERE name = 'format'",
+                        &[&PG_FORMAT.to_string()],
+                    )
+                    .map_err(io)?;
                 }
             }
         }
@@ -295,6 +343,7 @@ impl PgStore {
         }
         client.batch_execute("RESET lock_timeout").map_err(io)?;
         Ok(Statements {
+            fence_check: client.prepare(FENCE_CHECK).map_err(io)?,
             upsert: client.prepare(UPSERT).map_err(io)?,
             delete: client.prepare(DELETE).map_err(io)?,
             load: client.prepare(LOAD).map_err(io)?,
@@ -368,8 +417,16 @@ impl Store for PgStore {
                 }
             }
         }
-        self.with_conn(|c| {
+        let fenced = self.with_conn(|c| {
             let mut tx = c.client.transaction()?;
+            let epoch: Option<i64> = tx
+                .query_opt(&c.st.fence_check, &[&self.node])?
+                .map(|r| r.try_get(0))
+                .transpose()?;
+            if epoch != Some(self.epoch) {
+                tx.rollback()?;
+                return Ok(true);
+            }
             if !put_keys.is_empty() {
                 tx.execute(
                     &c.st.upsert,
@@ -379,8 +436,15 @@ impl Store for PgStore {
             if !del_keys.is_empty() {
                 tx.execute(&c.st.delete, &[&self.node, &del_scopes, &del_keys])?;
             }
-            tx.commit()
-        })
+            tx.commit().map(|()| false)
+        })?;
+        if fenced {
+            return Err(StoreError::Fenced {
+                store: self.location(),
+                node: self.node.clone(),
+            });
+        }
+        Ok(())
     }
 
     fn load(&self, scope: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
@@ -410,6 +474,34 @@ impl SharedStore for PgStore {
         rows.iter()
             .map(|r| Ok((self.column(r, 0)?, self.column(r, 1)?)))
             .collect()
+    }
+
+    fn fence(&self, node: &str) -> Result<(), StoreError> {
+        let key = node_lock_key(node);
+        let taken = self.with_conn(|c| {
+            let free: bool = c
+                .client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&key])?
+                .try_get(0)?;
+            if !free {
+                return Ok(false);
+            }
+            // Held by this session while the epoch goes up: no process of `node` opens the
+            // store meanwhile (one that does later reads the new epoch).
+            let bumped = c.client.execute(FENCE_BUMP, &[&node]);
+            let unlocked = c.client.execute("SELECT pg_advisory_unlock($1)", &[&key]);
+            bumped?;
+            unlocked?;
+            Ok(true)
+        })?;
+        if taken {
+            Ok(())
+        } else {
+            Err(StoreError::InUse {
+                store: self.location(),
+                node: node.to_owned(),
+            })
+        }
     }
 
     fn forget_taken(

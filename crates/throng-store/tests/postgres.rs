@@ -196,6 +196,96 @@ fn a_node_open_in_another_process_is_refused_by_name_until_it_closes() {
     drop(other);
 }
 
+/// A node cut off from the cluster and from the database (its connection lost) while another
+/// takes over its entries: once fenced, it cannot write over what was taken over, even after it
+/// reaches the database again; a new process of that node can.
+#[test]
+fn a_node_fenced_while_cut_off_cannot_write_again_and_a_new_process_can() {
+    let Some(pg) = database() else { return };
+    let zombie = PgStore::open(pg.url(), "z").unwrap();
+    zombie.apply(&[put("s", "k", b"before")]).unwrap();
+    let taker = PgStore::open(pg.url(), "t").unwrap();
+    let shared = taker.shared().expect("a database is shared");
+    // Its process holds the store: cut off from the taker only, not gone.
+    let err = shared.fence("z").unwrap_err();
+    assert!(
+        matches!(&err, StoreError::InUse { node, .. } if node == "z"),
+        "{err}"
+    );
+    zombie.apply(&[put("s", "k", b"still mine")]).unwrap();
+    // Its connection is lost (the process lives on, cut off): now it can be fenced.
+    client(pg.url())
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE application_name = 'throng z'",
+            &[],
+        )
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match shared.fence("z") {
+            Ok(()) => break,
+            Err(StoreError::InUse { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("fence: {e}"),
+        }
+    }
+    assert_eq!(
+        shared.load_of("z", "s").unwrap(),
+        entries(&[("k", b"still mine")])
+    );
+    // The cut-off process reaches the database again: its writes are refused, and nothing of
+    // the batch is applied.
+    let err = loop {
+        match zombie.apply(&[put("s", "k", b"after"), put("s", "k2", b"new")]) {
+            // The first call after the lost connection fails on it, and reconnects.
+            Err(StoreError::Io { .. }) => continue,
+            other => break other.unwrap_err(),
+        }
+    };
+    assert!(
+        matches!(&err, StoreError::Fenced { node, .. } if node == "z"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("restart the node"), "{err}");
+    assert_eq!(
+        shared.load_of("z", "s").unwrap(),
+        entries(&[("k", b"still mine")])
+    );
+    drop(zombie);
+    // A new process of the node starts from what is left, and writes.
+    let back = PgStore::open(pg.url(), "z").unwrap();
+    back.apply(&[put("s", "k3", b"again")]).unwrap();
+    assert_eq!(
+        back.load("s").unwrap(),
+        entries(&[("k", b"still mine"), ("k3", b"again")])
+    );
+}
+
+/// A database of format 1 (before fencing) gets the fences table on open.
+#[test]
+fn a_format_one_database_is_migrated_and_keeps_its_entries() {
+    let Some(pg) = database() else { return };
+    {
+        let s = PgStore::open(pg.url(), "m").unwrap();
+        s.apply(&[put("s", "k", b"v")]).unwrap();
+    }
+    let mut c = client(pg.url());
+    c.batch_execute(
+        "DROP TABLE throng_fences; UPDATE throng_meta SET value = '1' WHERE name = 'format'",
+    )
+    .unwrap();
+    let s = PgStore::open(pg.url(), "m").unwrap();
+    assert_eq!(s.load("s").unwrap(), entries(&[("k", b"v")]));
+    s.apply(&[put("s", "k2", b"w")]).unwrap();
+    let format: String = c
+        .query_one("SELECT value FROM throng_meta WHERE name = 'format'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(format, PG_FORMAT.to_string());
+}
+
 #[test]
 fn nodes_opening_a_fresh_database_at_once_all_get_the_schema() {
     let Some(pg) = database() else { return };

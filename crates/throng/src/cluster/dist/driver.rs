@@ -29,6 +29,7 @@ use crate::cluster::transport::Peer;
 use crate::cluster::wire::{self, DirBatch, Frame};
 use crate::supervisor::Shutdown;
 use crate::{ActorHandle, ActorId, ExitReason};
+use throng_store::StoreError;
 
 /// A durable supervisor takes back what its node kept on disk once the view has not changed for
 /// this long (the other nodes of a cluster restarted at once have joined by then).
@@ -450,6 +451,9 @@ impl Task {
                 outcome = async { self.rt.persist.as_mut().expect("writing").written().await }, if writing => {
                     if let Some(p) = &mut self.rt.persist {
                         let keys = p.done(outcome);
+                        if let (Some(why), Some(d)) = (p.fenced(), self.rt.dist.upgrade()) {
+                            let _ = d.refused.set(why.to_owned());
+                        }
                         if let Some(t) = &mut self.rt.takeover {
                             t.written(&keys);
                         }
@@ -535,6 +539,9 @@ impl Task {
                 self.driver.recover(&mut self.rt, entries);
             }
             Some(Step::Forgot(node, result)) => t.forgot(&node, result),
+            Some(Step::Loaded(node, Err(StoreError::InUse { .. }))) => {
+                tracing::info!(%node, "a node out of the view still holds its store (cut off from this node, not gone): not taken over");
+            }
             Some(Step::Nodes(Err(e)) | Step::Loaded(_, Err(e))) => {
                 tracing::warn!(error = %e, "the take-over of gone nodes' entries failed; retrying");
             }

@@ -64,6 +64,8 @@ pub(crate) struct Persister {
     written: u64,
     /// Commits that succeeded, since start.
     commits: u64,
+    /// The store refused this node as fenced: why ([`Persister::fenced`]).
+    fenced: Option<String>,
 }
 
 impl Persister {
@@ -85,6 +87,7 @@ impl Persister {
             carried: Vec::new(),
             written: 0,
             commits: 0,
+            fenced: None,
         }
     }
 
@@ -236,6 +239,12 @@ impl Persister {
         (self.written, self.commits)
     }
 
+    /// Why this node may no longer write, once the store refused it as fenced
+    /// ([`StoreError::Fenced`]).
+    pub(super) fn fenced(&self) -> Option<&str> {
+        self.fenced.as_deref()
+    }
+
     pub(super) fn is_writing(&self) -> bool {
         self.in_flight.is_some()
     }
@@ -254,6 +263,12 @@ impl Persister {
                 return keys;
             }
             Some((Err(e), keys)) => {
+                if matches!(e, StoreError::Fenced { .. }) && self.fenced.is_none() {
+                    // Said once; the keys stay dirty (and what waits on them, unanswered).
+                    tracing::error!(supervisor = %self.scope, error = %e,
+                        "durable writes refused: this node was fenced; new starts are refused");
+                    self.fenced = Some(e.to_string());
+                }
                 self.failures = self.failures.saturating_add(1);
                 let backoff = Duration::from_millis(50)
                     .saturating_mul(1 << self.failures.min(7))

@@ -11,8 +11,14 @@
 //! ([`Directory::recover`](throng_core::Directory::recover)): each child runs on its owner from
 //! its last durable state, each tombstone is kept. Once this node's own store holds every key
 //! taken over, the gone node's entries are deleted — only those it did not write again
-//! meanwhile ([`SharedStore::forget_taken`]), so a node that was only cut off keeps what it
+//! meanwhile ([`SharedStore::forget_taken`](throng_store::SharedStore::forget_taken)), so a node that was only cut off keeps what it
 //! wrote since, and its copies meet ours when it is back.
+//!
+//! Before reading them, the gone node is fenced ([`SharedStore::fence`](throng_store::SharedStore::fence)): refused while a
+//! process of that node still holds the store (it is cut off from this node, not from the
+//! database: not taken over, tried again at the next scan); once fenced, a process of it that
+//! comes back to the database can no longer write, so no write it acknowledged later is lost to
+//! the copy taken over.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -148,8 +154,10 @@ impl TakeOver {
             tracing::info!(supervisor = %self.scope, %node,
                 "taking over the durable entries of a node that is gone");
             self.run(move |store, scope| {
+                // Fenced first: a process of that node cut off from us and from the database
+                // cannot write over what we read from now on.
                 let loaded = match store.shared() {
-                    Some(s) => s.load_of(&node, scope),
+                    Some(s) => s.fence(&node).and_then(|()| s.load_of(&node, scope)),
                     None => Ok(Vec::new()),
                 };
                 Step::Loaded(node, loaded)

@@ -9,6 +9,7 @@ use crate::{ExitClass, RestartPolicy};
 
 mod check;
 mod copies;
+mod cost;
 mod start;
 
 fn id(n: &str) -> NodeId {

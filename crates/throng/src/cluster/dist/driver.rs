@@ -43,6 +43,11 @@ const RECOVERY_MAX_WAIT: Duration = Duration::from_secs(10);
 /// rest, and its senders wait).
 const PARKED_MAX: usize = 4096;
 
+/// At most this many peers' messages wait for the recovery ([`Task::held_msgs`]); then the
+/// input queue holds the rest, and the connections' readers wait (until at most
+/// `RECOVERY_MAX_WAIT`).
+const HELD_MSGS_MAX: usize = 65_536;
+
 /// Inputs handled at most before the directory messages they made are sent
 /// ([`Runtime::flush`]).
 const BATCH_STEPS: usize = 256;
@@ -341,6 +346,13 @@ pub(super) struct Task {
     /// Starts and terminates that arrived before the durable children were recovered: run
     /// after them, so a start never races the child's own recovered record.
     parked: Vec<Cmd>,
+    /// Peers' directory messages that arrived before the durable children were recovered, in
+    /// order: handled after the recovery, so that a copy a peer that recovered sooner hands
+    /// this node (an older state of a child this node kept) meets this node's own copy running,
+    /// and is merged into it; were it to run first and take a call, the newer state kept here
+    /// — which `Sync` replies waited for — would lose the merge. (A peer's messages are
+    /// dropped, as if lost with the connection, when it disconnects or goes down meanwhile.)
+    held_msgs: std::collections::VecDeque<(NodeId, DirMsg)>,
 }
 
 /// The receiving ends of a driver's queues.
@@ -378,6 +390,7 @@ impl Task {
             leave_waiters: Vec::new(),
             epoch: Instant::now(),
             parked: Vec::new(),
+            held_msgs: std::collections::VecDeque::new(),
         }
     }
 
@@ -479,6 +492,9 @@ impl Task {
                     let t = Instant::now();
                     self.driver.recover(&mut self.rt, []);
                     tracing::info!(entries, ms = t.elapsed().as_millis() as u64, "durable children taken back");
+                    for (from, msg) in std::mem::take(&mut self.held_msgs) {
+                        self.on_input(Input::Msg { from, msg });
+                    }
                     for cmd in std::mem::take(&mut self.parked) {
                         self.on_cmd(cmd);
                     }
@@ -487,10 +503,18 @@ impl Task {
                     Some(n) => self.on_note(n),
                     None => return,
                 },
-                i = q.input.recv() => match i {
+                i = q.input.recv(), if recovery.is_none() || self.held_msgs.len() < HELD_MSGS_MAX => match i {
+                    Some(Input::Msg { from, msg }) if recovery.is_some() => {
+                        self.held_msgs.push_back((from, msg));
+                    }
                     Some(i) => {
                         if matches!(i, Input::View(..)) {
                             settled_at = tokio::time::Instant::now() + RECOVERY_SETTLE;
+                        }
+                        if let Input::Reconnected(p) | Input::NodeDown(p) | Input::Disconnected(p) = &i {
+                            // As if lost with the connection: what the peer sent before is
+                            // reconciled (or failed over) as for any lost connection.
+                            self.held_msgs.retain(|(from, _)| from != p);
                         }
                         self.on_input(i)
                     }
@@ -516,7 +540,9 @@ impl Task {
             // that blocks.)
             let cmds_ready =
                 !q.cmds.is_empty() && (recovery.is_none() || self.parked.len() < PARKED_MAX);
-            let ready = !q.input.is_empty() || !q.notes.is_empty() || cmds_ready;
+            let input_ready =
+                !q.input.is_empty() && (recovery.is_none() || self.held_msgs.len() < HELD_MSGS_MAX);
+            let ready = input_ready || !q.notes.is_empty() || cmds_ready;
             if !ready || unflushed >= BATCH_STEPS {
                 self.rt.flush();
                 unflushed = 0;

@@ -9,7 +9,9 @@ use throng_core::NodeId;
 
 use crate::host::state_of;
 use crate::report::Invariant;
-use crate::world::{trace, ChildPhase, Expect, KeyTrack, Pending, Sim, Survived, MAX_FAILURES};
+use crate::world::{
+    trace, ChildPhase, Expect, KeyTrack, Pending, Sim, Survived, FULL_CHECKS_UP_TO, MAX_FAILURES,
+};
 
 /// Why a key's updates may legitimately have been lost or merged since the last convergence.
 fn lossy_excuse(t: &KeyTrack) -> Option<&'static str> {
@@ -30,17 +32,82 @@ fn lossy_excuse(t: &KeyTrack) -> Option<&'static str> {
 const REMOVAL_OUT_OF_REACH: &str = "every node that keeps the removal is down (double fault)";
 
 impl Sim {
-    /// [`Invariant::Directory`]: every live node's directory is consistent in itself.
+    /// [`Invariant::Directory`] after a step: every live node's directory is consistent in
+    /// itself. A check costs O(entries), so above [`FULL_CHECKS_UP_TO`] keys one live directory
+    /// is checked per step, in turn (every one at each convergence), to keep a step's cost
+    /// independent of the cluster's size.
     pub(crate) fn check_directories(&mut self) {
-        for i in 0..self.nodes.len() {
-            if !self.nodes[i].alive {
-                continue;
-            }
-            self.check(Invariant::Directory);
-            if let Err(broken) = self.nodes[i].dir().check() {
-                self.fail(Invariant::Directory, format!("n{i}: {broken}"));
+        if self.keys.len() <= FULL_CHECKS_UP_TO {
+            self.check_all_directories();
+            return;
+        }
+        let n = self.nodes.len();
+        for _ in 0..n {
+            let i = self.next_checked % n;
+            self.next_checked = (i + 1) % n;
+            if self.nodes[i].alive {
+                self.check_directory(i);
+                return;
             }
         }
+    }
+
+    /// [`Invariant::Directory`] on every live node.
+    pub(crate) fn check_all_directories(&mut self) {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].alive {
+                self.check_directory(i);
+            }
+        }
+    }
+
+    fn check_directory(&mut self, i: usize) {
+        self.check(Invariant::Directory);
+        if let Err(broken) = self.nodes[i].dir().check() {
+            self.fail(Invariant::Directory, format!("n{i}: {broken}"));
+        }
+    }
+
+    /// [`Invariant::NodeLossWork`]: the crashes since the last convergence, now that every
+    /// survivor has dropped them from its view.
+    fn check_loss_work(&mut self) {
+        for (_, loss) in std::mem::take(&mut self.losses) {
+            if loss.view_changes == 0 {
+                // No survivor (a full-cluster restart), or every survivor restarted first.
+                continue;
+            }
+            self.tally.losses.push(loss);
+            if !self.config.work_bound {
+                continue;
+            }
+            self.check(Invariant::NodeLossWork);
+            if loss.examined > loss.bound() {
+                let what = format!(
+                    "the loss of n{} (holding {} entries) cost {} view changes {} entries \
+                     examined, bound {} (the survivors held {})",
+                    loss.node,
+                    loss.held,
+                    loss.view_changes,
+                    loss.examined,
+                    loss.bound(),
+                    loss.survivors_held
+                );
+                self.fail(Invariant::NodeLossWork, what);
+            }
+        }
+    }
+
+    /// Whether every live directory has the same ring and a quorum: then they agree on every
+    /// owner (the owner is a pure function of the ring), and placement is computed once per key.
+    fn rings_agree(&self, alive: &[usize]) -> bool {
+        let Some(&first) = alive.first() else {
+            return true;
+        };
+        let ring = self.nodes[first].dir().ring();
+        alive.iter().all(|&i| {
+            let d = self.nodes[i].dir();
+            d.has_quorum() && d.ring() == ring
+        })
     }
 
     /// A child handed off gracefully started on `node`: its state must be its state at the
@@ -143,21 +210,29 @@ impl Sim {
 
     pub(crate) fn check_invariants(&mut self) {
         let alive = self.alive_nodes();
-        // Views converged to the live set.
+        // Views converged to the live set. The ring orders its nodes by name (`n10` before
+        // `n2`), the view and the live list by index: compare them sorted the same way.
         for &i in &alive {
             let view: Vec<usize> = self.nodes[i].view.keys().copied().collect();
-            let ring: Vec<usize> = self.nodes[i]
+            let mut ring: Vec<usize> = self.nodes[i]
                 .dir()
                 .ring()
                 .nodes()
                 .iter()
                 .map(|n| self.index(n))
                 .collect();
+            ring.sort_unstable();
             if view != alive || ring != alive {
                 let what = format!("n{i} view {view:?} ring {ring:?}, live {alive:?}");
                 self.fail(Invariant::Quiescence, what);
             }
         }
+        self.check_loss_work();
+        if self.keys.len() > FULL_CHECKS_UP_TO {
+            // One directory per step at scale: all of them now.
+            self.check_all_directories();
+        }
+        let shared_owner = self.keys.len() > FULL_CHECKS_UP_TO && self.rings_agree(&alive);
         // Where each key runs (runtime children).
         let mut running: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for &i in &alive {
@@ -273,10 +348,14 @@ impl Sim {
             if let [x] = nodes[..] {
                 // Placement: everyone agrees the runner owns it.
                 self.check(Invariant::Placement);
-                let owners: BTreeSet<Option<NodeId>> = alive
-                    .iter()
-                    .map(|&i| self.nodes[i].dir().owner(&key))
-                    .collect();
+                let owners: BTreeSet<Option<NodeId>> = if shared_owner {
+                    BTreeSet::from([self.nodes[x].dir().owner(&key)])
+                } else {
+                    alive
+                        .iter()
+                        .map(|&i| self.nodes[i].dir().owner(&key))
+                        .collect()
+                };
                 if owners.len() != 1 || owners.first() != Some(&Some(self.ids[x].clone())) {
                     self.fail(
                         Invariant::Placement,

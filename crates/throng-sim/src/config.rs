@@ -35,6 +35,16 @@ pub struct SimConfig {
     /// simulated disk that survives its crashes, written by an asynchronous writer and read back
     /// after a restart; inject full-cluster restarts and disk losses (see the crate docs).
     pub durable: bool,
+    /// Children started before the first step (the clients start them and the run waits until
+    /// every start was answered and replicated); the operations then add more.
+    pub children: usize,
+    /// Check [`Invariant::NodeLossWork`] (see the crate docs): a node loss costs the surviving
+    /// directories work proportional to what the lost node held. The work is measured and
+    /// reported ([`Tally::losses`]) either way.
+    ///
+    /// [`Invariant::NodeLossWork`]: crate::Invariant::NodeLossWork
+    /// [`Tally::losses`]: crate::Tally::losses
+    pub work_bound: bool,
     /// Print a trace of the steps to stderr.
     pub trace: bool,
     /// A shell bug planted in every node's driver, to show the simulator catches it (tests
@@ -54,7 +64,7 @@ impl SimConfig {
     }
 
     /// `nodes` nodes for `steps` steps, converging every 500 steps, at most `(nodes - 1) / 2`
-    /// nodes down at once, no trace.
+    /// nodes down at once, no children up front, the work bound not checked, no trace.
     pub fn new(nodes: usize, steps: u64) -> Self {
         SimConfig {
             nodes: nodes.max(1),
@@ -66,6 +76,8 @@ impl SimConfig {
             gossip_cuts: false,
             shell_faults: false,
             durable: false,
+            children: 0,
+            work_bound: false,
             trace: false,
             planted: None,
         }

@@ -8,7 +8,7 @@ use throng_core::directory::{Directory, DurableEntry};
 
 use crate::config::dir_config;
 use crate::host::state_of;
-use crate::report::Invariant;
+use crate::report::{Invariant, LossWork};
 use crate::world::{
     trace, Ev, Pending, Sim, DISK_LOSS, RECOVERY_MAX_WAIT, RECOVERY_SETTLE, RESET_OUTAGE,
 };
@@ -62,10 +62,10 @@ impl Sim {
         // returns only once the persister wrote everything): a leaving node's last writes
         // delete the copies it handed off.
         self.flush(j, inc);
+        self.clear_children(j);
         let node = &mut self.nodes[j];
         node.alive = false;
         node.leaving = false;
-        node.children.clear();
         self.pending.retain(|_, p| !(p.node == j && p.arrived));
         self.others_learn_of(j);
     }
@@ -96,9 +96,10 @@ impl Sim {
                 .cloned()
                 .collect()
         };
+        self.note_loss(j, held.len());
         self.nodes[j].alive = false;
         self.nodes[j].leaving = false;
-        self.nodes[j].children.clear();
+        self.clear_children(j);
         // Its writes not done yet are lost (its disk stays), and so is what it read from it.
         for key in std::mem::take(&mut self.nodes[j].dirty) {
             if let Some(t) = self.keys.get_mut(&key) {
@@ -110,7 +111,11 @@ impl Sim {
         // What it queued for a peer that refuses it never leaves its process.
         for to in 0..self.nodes.len() {
             if to != j && !self.link_up[j][to] {
-                for p in std::mem::take(&mut self.links[j][to]) {
+                let lost = std::mem::take(&mut self.links[j][to]);
+                for p in &lost {
+                    self.uncarry(j, to, &p.msg);
+                }
+                for p in lost {
                     self.tally
                         .event("message lost (sender crashed, connection refused)");
                     self.message_lost(&p.msg);
@@ -184,6 +189,30 @@ impl Sim {
         self.others_learn_of(j);
     }
 
+    /// The run of `j` crashes holding `keys` keys: its loss is measured
+    /// ([`Invariant::NodeLossWork`]).
+    fn note_loss(&mut self, j: usize, keys: usize) {
+        let d = self.nodes[j].dir();
+        let held = (d.owned().len() + d.backup_count()) as u64;
+        debug_assert!(held >= keys as u64);
+        let survivors: Vec<usize> = self.alive_nodes().into_iter().filter(|&i| i != j).collect();
+        let survivors_held = survivors
+            .iter()
+            .map(|&i| {
+                (self.nodes[i].dir().owned().len() + self.nodes[i].dir().backup_count()) as u64
+            })
+            .sum();
+        let loss = LossWork {
+            node: j,
+            nodes: survivors.len() + 1,
+            held,
+            survivors_held,
+            view_changes: 0,
+            examined: 0,
+        };
+        self.losses.insert((j, self.nodes[j].inc), loss);
+    }
+
     pub(crate) fn op_node_restart(&mut self) {
         if self.full_restart.is_some() {
             // Other faults wait until a full-cluster restart is checked.
@@ -218,11 +247,11 @@ impl Sim {
         // A new process: no connection of the previous run is remembered.
         self.reset[j] = vec![None; self.nodes.len()];
         self.declared[j] = vec![None; self.nodes.len()];
+        self.clear_children(j);
         let node = &mut self.nodes[j];
         node.view = BTreeMap::from([(j, node.inc)]);
         node.view_leaving.clear();
         node.leaving = false;
-        node.children.clear();
         node.deaf = false;
         node.mute = false;
         trace!(self, "RESTART n{j} (incarnation {})", self.nodes[j].inc);
@@ -238,8 +267,7 @@ impl Sim {
                 // The new run's handshake tells the old one is gone: the runtime reports the old
                 // one down first.
                 trace!(self, "n{i}: n{j} reconnects as a new incarnation");
-                self.declare_down(i, j, old);
-                self.push_view(i);
+                self.drop_from_view(i, j, old);
             }
         }
         for i in 0..self.nodes.len() {
@@ -273,10 +301,23 @@ impl Sim {
         if self.partitioned || n < 2 || !self.config.partitions {
             return;
         }
-        // A random non-trivial split.
-        let mask = self.rng.random_range(1..(1u64 << n.min(63)) - 1);
-        for i in 0..n {
-            self.nodes[i].side = ((mask >> i) & 1) as u8;
+        // A random non-trivial split: a mask of the nodes up to 63 of them, a side per node
+        // above (both sides non-empty).
+        if n <= 63 {
+            let mask = self.rng.random_range(1..(1u64 << n) - 1);
+            for i in 0..n {
+                self.nodes[i].side = ((mask >> i) & 1) as u8;
+            }
+        } else {
+            loop {
+                for i in 0..n {
+                    self.nodes[i].side = u8::from(self.rng.random_bool(0.5));
+                }
+                let ones = self.nodes.iter().filter(|x| x.side == 1).count();
+                if ones != 0 && ones != n {
+                    break;
+                }
+            }
         }
         self.partitioned = true;
         self.views_split = true;

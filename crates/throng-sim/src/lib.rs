@@ -73,6 +73,16 @@
 //!   views converge to the live set and every event is delivered until the system is quiet; then
 //!   the [`Invariant`]s are checked.
 //!
+//! - **Scale.** [`SimConfig::children`] children are started before the first step (the run
+//!   waits until every start is answered and replicated). Up to 20,000 keys every directory is
+//!   checked after every step; above, one directory per step in turn and all of them at each
+//!   convergence, and placement is computed once per key when every converged ring is the same
+//!   (the owner is a function of the ring), so a step costs the same whatever the cluster's size.
+//! - **Work per node loss.** Every crash is measured: the entries it held (children and copies)
+//!   and the entries the survivors' directories examined in the view changes that dropped it
+//!   ([`Directory::work`]), reported in [`Tally::losses`]; with [`SimConfig::work_bound`],
+//!   [`Invariant::NodeLossWork`] checks that they are proportional to what the lost node held.
+//!
 //! Randomness comes only from the seed, and every map iterated is ordered, so a seed replays
 //! exactly; [`SimConfig::trace`] prints the steps of a replay to stderr.
 //!
@@ -81,6 +91,7 @@
 //! [`Directory::leave`]: throng_core::directory::Directory::leave
 //! [`Directory::handed_off`]: throng_core::directory::Directory::handed_off
 //! [`Directory::reconnected`]: throng_core::directory::Directory::reconnected
+//! [`Directory::work`]: throng_core::directory::Directory::work
 
 mod checks;
 mod config;
@@ -95,7 +106,7 @@ mod sim;
 mod world;
 
 pub use config::{PlantedBug, SimConfig};
-pub use report::{Invariant, SeedReport, Tally};
+pub use report::{Invariant, LossWork, SeedReport, Tally, WORK_PER_HELD, WORK_PER_OBSERVER};
 
 use world::Sim;
 

@@ -3,18 +3,19 @@
 //! ```text
 //! throng-sim [--seeds N] [--first S] [--nodes N] [--steps N] [--converge-every N] [--max-down N]
 //!            [--partitions 0|1] [--quorum 0|1] [--gossip-cuts 0|1] [--shell-faults 0|1]
-//!            [--durable 0|1]
+//!            [--durable 0|1] [--children N] [--work-bound 0|1]
 //! throng-sim --seed S [--nodes N] [--steps N] ...     # replay one seed, trace on stderr
 //! ```
 
 use std::process::ExitCode;
 use std::time::Instant;
 
+use throng_core::placement::MAX_NODES;
 use throng_sim::{run_seed, run_seeds, Invariant, SimConfig, Tally};
 
 const USAGE: &str = "usage: throng-sim [--seeds N] [--first S] [--nodes N] [--steps N] \
 [--converge-every N] [--max-down N] [--partitions 0|1] [--quorum 0|1] [--gossip-cuts 0|1] \
-[--shell-faults 0|1] [--durable 0|1] | --seed S [same options]
+[--shell-faults 0|1] [--durable 0|1] [--children N] [--work-bound 0|1] | --seed S [same options]
 environment: SIM_LIST=1 lists every failing seed; with --seed, SIM_WATCH=key follows one key";
 
 struct Args {
@@ -37,6 +38,8 @@ fn parse() -> Result<Args, String> {
     let mut gossip_cuts = false;
     let mut shell_faults = false;
     let mut durable = false;
+    let mut children = 0;
+    let mut work_bound = false;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
@@ -61,11 +64,13 @@ fn parse() -> Result<Args, String> {
             "--gossip-cuts" => gossip_cuts = n != 0,
             "--shell-faults" => shell_faults = n != 0,
             "--durable" => durable = n != 0,
+            "--children" => children = n as usize,
+            "--work-bound" => work_bound = n != 0,
             _ => return Err(format!("unknown option {flag}\n{USAGE}")),
         }
     }
-    if nodes == 0 || nodes > 64 {
-        return Err("--nodes must be between 1 and 64".into());
+    if nodes == 0 || nodes > MAX_NODES {
+        return Err(format!("--nodes must be between 1 and {MAX_NODES}"));
     }
     let mut config = SimConfig::new(nodes, steps);
     if let Some(c) = converge_every {
@@ -79,6 +84,8 @@ fn parse() -> Result<Args, String> {
     config.gossip_cuts = gossip_cuts;
     config.shell_faults = shell_faults;
     config.durable = durable;
+    config.children = children;
+    config.work_bound = work_bound;
     Ok(Args {
         seeds,
         first,
@@ -91,7 +98,7 @@ fn replay_command(seed: u64, config: &SimConfig) -> String {
     format!(
         "cargo run --release -p throng-sim -- --seed {seed} --nodes {} --steps {} \
          --converge-every {} --max-down {} --partitions {} --quorum {} --gossip-cuts {} \
-         --shell-faults {} --durable {}",
+         --shell-faults {} --durable {} --children {} --work-bound {}",
         config.nodes,
         config.steps,
         config.converge_every,
@@ -100,7 +107,9 @@ fn replay_command(seed: u64, config: &SimConfig) -> String {
         u8::from(config.quorum),
         u8::from(config.gossip_cuts),
         u8::from(config.shell_faults),
-        u8::from(config.durable)
+        u8::from(config.durable),
+        config.children,
+        u8::from(config.work_bound)
     )
 }
 
@@ -123,6 +132,59 @@ fn print_tally(tally: &Tally) {
     println!("events:");
     for (kind, n) in &tally.events {
         println!("  {kind:<40} {n:>10}");
+    }
+    print_losses(tally);
+}
+
+/// The work of the node losses ([`Invariant::NodeLossWork`]): per crash, the entries the lost
+/// node held and the entries the survivors' view changes examined.
+fn print_losses(tally: &Tally) {
+    if tally.losses.is_empty() {
+        return;
+    }
+    let mut ratios: Vec<f64> = tally
+        .losses
+        .iter()
+        .map(|l| l.examined as f64 / l.held.max(1) as f64)
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let held: u64 = tally.losses.iter().map(|l| l.held).sum();
+    let examined: u64 = tally.losses.iter().map(|l| l.examined).sum();
+    let survivors: u64 = tally.losses.iter().map(|l| l.survivors_held).sum();
+    let over = tally
+        .losses
+        .iter()
+        .filter(|l| l.examined > l.bound())
+        .count();
+    println!(
+        "node losses: {}; the lost nodes held {held} entries, the survivors {survivors}; their view \
+         changes examined {examined} ({:.1} per entry lost, {:.2} per entry held by the survivors)",
+        tally.losses.len(),
+        examined as f64 / held.max(1) as f64,
+        examined as f64 / survivors.max(1) as f64,
+    );
+    println!(
+        "  examined per entry lost: median {:.1}, max {:.1}; over the bound ({} per entry lost + {} \
+         per view change): {over}",
+        ratios[ratios.len() / 2],
+        ratios[ratios.len() - 1],
+        throng_sim::WORK_PER_HELD,
+        throng_sim::WORK_PER_OBSERVER,
+    );
+    if tally.losses.len() <= 10 {
+        for l in &tally.losses {
+            println!(
+                "  n{} of {} nodes held {} entries, the survivors {}: {} view changes examined {} \
+                 (bound {})",
+                l.node,
+                l.nodes,
+                l.held,
+                l.survivors_held,
+                l.view_changes,
+                l.examined,
+                l.bound()
+            );
+        }
     }
 }
 

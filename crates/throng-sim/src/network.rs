@@ -59,6 +59,9 @@ impl Sim {
     fn lose_in_flight(&mut self, a: usize, b: usize) {
         for (x, y) in [(a, b), (b, a)] {
             let lost = std::mem::take(&mut self.links[x][y]);
+            for p in &lost {
+                self.uncarry(x, y, &p.msg);
+            }
             for p in lost {
                 self.tally.event("message lost (connection closed)");
                 trace!(self, "lost n{x}->n{y} {}", msg_kind(&p.msg));
@@ -131,6 +134,20 @@ impl Sim {
         }
     }
 
+    /// `observer`'s membership declares `subject`'s run `inc` down and its view drops it. If that
+    /// run crashed, the work the view change cost `observer`'s directory is added to the crash's
+    /// [`LossWork`](crate::LossWork).
+    pub(crate) fn drop_from_view(&mut self, observer: usize, subject: usize, inc: u64) {
+        let before = self.nodes[observer].dir().work();
+        self.declare_down(observer, subject, inc);
+        self.push_view(observer);
+        let examined = self.nodes[observer].dir().work() - before;
+        if let Some(loss) = self.losses.get_mut(&(subject, inc)) {
+            loss.view_changes += 1;
+            loss.examined += examined;
+        }
+    }
+
     pub(crate) fn push_view(&mut self, i: usize) {
         let n = &self.nodes[i];
         let owners: Vec<NodeId> = n
@@ -193,8 +210,7 @@ impl Sim {
             // Gone, or back as a new incarnation: it leaves the view first, and the runtime
             // closes the connection to it (even if only the gossip was cut: a run declared down
             // cannot talk to this node until membership reports it up again).
-            self.declare_down(observer, subject, inc);
-            self.push_view(observer);
+            self.drop_from_view(observer, subject, inc);
         }
         if let Some(inc) = target {
             self.nodes[observer].view.insert(subject, inc);
@@ -220,6 +236,7 @@ impl Sim {
                 return;
             }
             let p = self.links[from][to].pop_front().expect("front");
+            self.uncarry(from, to, &p.msg);
             self.deliver(from, p.from_inc, to, p.to_inc, p.msg);
         }
     }

@@ -47,6 +47,7 @@ impl Sim {
                 ledger: (!id.is_multiple_of(4)).then_some(0),
                 moved_state: None,
                 merged: false,
+                spawns: 0,
                 written: BTreeMap::new(),
                 at_risk: false,
             },
@@ -172,7 +173,7 @@ impl Sim {
         let Some((node, key)) = self.pick_child() else {
             return;
         };
-        self.nodes[node].children.remove(&key);
+        self.remove_child(node, &key);
         self.tally.event("op: child crash");
         trace!(self, "n{node}: {key} crashes");
         // It restarts from its latest snapshot: the updates since are lost (allowed).
@@ -219,7 +220,7 @@ impl Sim {
         let Some((node, key)) = self.pick_child() else {
             return;
         };
-        let child = self.nodes[node].children.remove(&key).expect("picked");
+        let child = self.remove_child(node, &key).expect("picked");
         self.tally.event("op: child exits normally");
         trace!(self, "n{node}: {key} exits normally");
         if !self.keys[&key]

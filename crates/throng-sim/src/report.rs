@@ -63,11 +63,52 @@ pub enum Invariant {
     ///
     /// [`SimConfig::durable`]: crate::SimConfig::durable
     StaysRemoved,
+    /// With [`SimConfig::work_bound`]: the entries the surviving directories examined in the view
+    /// changes that dropped a crashed node ([`Directory::work`]) are at most
+    /// [`WORK_PER_HELD`] per entry the lost node held (its children and its copies) plus
+    /// [`WORK_PER_OBSERVER`] per view change: no directory rescans everything it holds.
+    ///
+    /// [`SimConfig::work_bound`]: crate::SimConfig::work_bound
+    /// [`Directory::work`]: throng_core::directory::Directory::work
+    NodeLossWork,
+}
+
+/// [`Invariant::NodeLossWork`]: entries the survivors may examine per entry the lost node held.
+pub const WORK_PER_HELD: u64 = 8;
+
+/// [`Invariant::NodeLossWork`]: entries a survivor may examine per view change regardless of what
+/// the lost node held.
+pub const WORK_PER_OBSERVER: u64 = 64;
+
+/// What one node loss (a crash, seen by every survivor) cost the survivors' directories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LossWork {
+    /// The node that crashed.
+    pub node: usize,
+    /// Live nodes when it crashed.
+    pub nodes: usize,
+    /// The entries it held: the children it ran and the copies it held for other nodes.
+    pub held: u64,
+    /// The entries the survivors' directories held, all told, when it crashed.
+    pub survivors_held: u64,
+    /// The view changes that dropped it (one per survivor that noticed).
+    pub view_changes: u64,
+    /// The entries those view changes examined ([`Directory::work`]).
+    ///
+    /// [`Directory::work`]: throng_core::directory::Directory::work
+    pub examined: u64,
+}
+
+impl LossWork {
+    /// The bound of [`Invariant::NodeLossWork`] for this loss.
+    pub fn bound(&self) -> u64 {
+        WORK_PER_HELD * self.held + WORK_PER_OBSERVER * self.view_changes
+    }
 }
 
 impl Invariant {
     /// Every invariant, in report order.
-    pub const ALL: [Invariant; 17] = [
+    pub const ALL: [Invariant; 18] = [
         Invariant::Lost,
         Invariant::Duplicate,
         Invariant::Resurrected,
@@ -85,6 +126,7 @@ impl Invariant {
         Invariant::DiskMirror,
         Invariant::Durable,
         Invariant::StaysRemoved,
+        Invariant::NodeLossWork,
     ];
 
     /// A short name.
@@ -107,6 +149,7 @@ impl Invariant {
             Invariant::DiskMirror => "disk mirrors directory",
             Invariant::Durable => "durable children return",
             Invariant::StaysRemoved => "removed stays removed",
+            Invariant::NodeLossWork => "node loss work bounded",
         }
     }
 }
@@ -122,6 +165,9 @@ pub struct Tally {
     pub excused: BTreeMap<&'static str, u64>,
     /// What happened: faults injected, messages, directory events, by kind.
     pub events: BTreeMap<&'static str, u64>,
+    /// The work of each node loss measured (every crash whose survivors all noticed it before
+    /// the next convergence).
+    pub losses: Vec<LossWork>,
 }
 
 impl Tally {
@@ -137,6 +183,7 @@ impl Tally {
         for (k, v) in &other.events {
             *self.events.entry(k).or_default() += v;
         }
+        self.losses.extend_from_slice(&other.losses);
     }
 
     /// Total violations.

@@ -115,6 +115,7 @@ impl Sim {
                     } else {
                         self.delay((1, 8))
                     };
+                    self.carry(node, to, &msg);
                     let link = &mut self.links[node][to];
                     let ready = (self.now + base).max(link.back().map_or(0, |p| p.ready));
                     link.push_back(Packet {
@@ -162,7 +163,10 @@ impl Sim {
                             }
                         }
                         ChildEvent::Adopted { key, .. } => self.check_handoff(node, &key),
-                        ChildEvent::Started { key } if self.has_copy_besides(&key, node, None) => {
+                        ChildEvent::Started { key }
+                            if self.spawned_twice(&key)
+                                && self.has_copy_besides(&key, node, None) =>
+                        {
                             // A start while a copy of the child exists elsewhere (a start
                             // retried at another owner while views disagreed during a move):
                             // two lineages, merged once they meet.
@@ -195,10 +199,10 @@ impl Sim {
             return;
         }
         // Another live copy: views disagreed.
-        let elsewhere = (0..self.nodes.len())
-            .any(|i| i != node && self.nodes[i].alive && self.nodes[i].children.contains_key(&key));
+        let elsewhere = self.placed.contains_key(&key);
         let views_split = self.views_split;
         if let Some(t) = self.keys.get_mut(&key) {
+            t.spawns = t.spawns.saturating_add(1);
             // A copy spawned while views are split after a removal began is a failover on the
             // other side, even when no `FailedOver` event tells (a node that lost its quorum
             // before the spawn completed stops the child before its first event).
@@ -210,6 +214,7 @@ impl Sim {
         self.next_instance += 1;
         let instance = self.next_instance;
         trace!(self, "n{node}: spawn {key} from state {state}");
+        self.placed.entry(key.clone()).or_default().push(node);
         self.nodes[node].children.insert(
             key.clone(),
             Child {
@@ -381,7 +386,7 @@ impl Sim {
             Some(c) if c.instance == instance && c.phase == ChildPhase::Stopping => {}
             _ => return,
         }
-        let child = n.children.remove(&key).expect("present");
+        let child = self.remove_child(node, &key).expect("present");
         let now = Duration::from_millis(self.now);
         if child.merging {
             // The driver merges the other copy's state into this final one.

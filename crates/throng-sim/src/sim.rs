@@ -7,8 +7,13 @@ use rand::RngExt;
 use crate::report::Invariant;
 use crate::world::{trace, Ev, Sim};
 
-/// Events processed while converging before the run is declared not quiet.
+/// Events processed while converging before the run is declared not quiet (plus
+/// [`EVENTS_PER_CHILD`] per key started so far).
 const QUIESCENCE_BUDGET: u64 = 500_000;
+
+/// Events a child may take to settle while converging, beyond [`QUIESCENCE_BUDGET`]: a start, a
+/// spawn, a replication and its acknowledgement, and a failover or a move with the same again.
+const EVENTS_PER_CHILD: u64 = 20;
 
 /// A random operation the loop may inject.
 type Op = fn(&mut Sim);
@@ -22,6 +27,7 @@ impl Sim {
             self.config.nodes,
             self.config.steps
         );
+        self.start_children();
         for step in 1..=self.config.steps {
             self.now += 1;
             self.deliver_due();
@@ -32,6 +38,22 @@ impl Sim {
             }
         }
         self.converge_and_check();
+    }
+
+    /// [`SimConfig::children`]: the clients start them all at once, and every event is
+    /// delivered until the system is quiet (every start answered, every child replicated).
+    ///
+    /// [`SimConfig::children`]: crate::SimConfig::children
+    fn start_children(&mut self) {
+        if self.config.children == 0 {
+            return;
+        }
+        trace!(self, "START {} CHILDREN", self.config.children);
+        for _ in 0..self.config.children {
+            self.op_start();
+        }
+        let budget = QUIESCENCE_BUDGET + EVENTS_PER_CHILD * self.config.children as u64;
+        self.drain_until_quiet_within(budget, " (starting the children)");
     }
 
     fn deliver_due(&mut self) {
@@ -129,16 +151,22 @@ impl Sim {
     /// [`QUIESCENCE_BUDGET`] events it gives up, reports a [`Invariant::Quiescence`] violation
     /// (`what` says in which phase) and drops the rest: false.
     fn drain_until_quiet(&mut self, what: &str) -> bool {
-        let mut budget = QUIESCENCE_BUDGET;
+        let budget = QUIESCENCE_BUDGET + EVENTS_PER_CHILD * self.keys.len() as u64;
+        self.drain_until_quiet_within(budget, what)
+    }
+
+    /// [`Sim::drain_until_quiet`] with a budget of `budget` events.
+    fn drain_until_quiet_within(&mut self, budget: u64, what: &str) -> bool {
+        let mut left = budget;
         while let Some(s) = self.queue.pop() {
             self.now = self.now.max(s.time);
             self.handle(s.ev);
-            budget -= 1;
-            if budget == 0 {
+            left -= 1;
+            if left == 0 {
                 self.check(Invariant::Quiescence);
                 self.fail(
                     Invariant::Quiescence,
-                    format!("still busy after {QUIESCENCE_BUDGET} events{what}"),
+                    format!("still busy after {budget} events{what}"),
                 );
                 self.queue.clear();
                 return false;

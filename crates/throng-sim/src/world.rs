@@ -14,7 +14,7 @@ use throng_core::driver::Driver;
 use throng_core::NodeId;
 
 use crate::config::{dir_config, SimConfig};
-use crate::report::{Invariant, Tally};
+use crate::report::{Invariant, LossWork, Tally};
 
 /// Steps between client retries of a request refused with `NotOwner`/`NoSuchChild`.
 pub(crate) const RETRY_DELAY: (u64, u64) = (5, 30);
@@ -44,6 +44,11 @@ pub(crate) const RECOVERY_MAX_WAIT: u64 = 10_000;
 pub(crate) const FULL_RESTART_WINDOW: (u64, u64) = (1, 150);
 /// With [`SimConfig::durable`]: the chance that a node restarts with an empty disk.
 pub(crate) const DISK_LOSS: f64 = 0.05;
+
+/// Up to this many keys, every directory is checked after every step and every convergence
+/// checks placement on every node; above, one directory per step (in turn) and placement once
+/// per key when the converged rings agree (see [`Sim::check_directories`]).
+pub(crate) const FULL_CHECKS_UP_TO: usize = 20_000;
 
 /// Failure descriptions kept per seed.
 pub(crate) const MAX_FAILURES: usize = 8;
@@ -278,6 +283,9 @@ pub(crate) struct KeyTrack {
     pub(crate) moved_state: Option<(usize, u64, (Generation, Version))>,
     /// A copy was merged into another since the last convergence.
     pub(crate) merged: bool,
+    /// How many times a node spawned a child of the key: a copy of a child exists only after its
+    /// first spawn (its owner asks for the spawn as it takes the child).
+    pub(crate) spawns: u32,
     /// With [`SimConfig::durable`]: the newest state of each child (generation) of the key that
     /// a writer wrote to a disk.
     pub(crate) written: BTreeMap<Generation, u64>,
@@ -374,6 +382,19 @@ pub(crate) struct Sim {
     /// The (node, run, key) whose disk was found not to mirror the directory (each reported
     /// once: it stays so until the key is written again).
     pub(crate) unmirrored: BTreeSet<(usize, u64, String)>,
+    /// The crashes since the last convergence, by node and run: what each cost the survivors
+    /// ([`Invariant::NodeLossWork`]).
+    pub(crate) losses: BTreeMap<(usize, u64), LossWork>,
+    /// Per key: the connections (from, to) with messages in flight that carry a copy of its
+    /// child ([`DirMsg::Replicate`], [`DirMsg::Adopt`]), and how many: the connections
+    /// [`Sim::has_copy_besides`] searches, rather than all `nodes²` of them.
+    pub(crate) carrying: BTreeMap<String, BTreeMap<(usize, usize), u32>>,
+    /// Per key: the nodes that run a child of it (in their `children`), where a spawn finds
+    /// another copy and [`Sim::has_copy_besides`] looks first, without a search of every node.
+    /// Keys that run nowhere are absent.
+    pub(crate) placed: BTreeMap<String, Vec<usize>>,
+    /// Next node whose directory is checked after a step, at scale ([`FULL_CHECKS_UP_TO`]).
+    pub(crate) next_checked: usize,
 }
 
 /// A full-cluster restart ([`SimConfig::durable`]): what the clients knew when every node
@@ -435,6 +456,10 @@ impl Sim {
             watched: String::new(),
             full_restart: None,
             unmirrored: BTreeSet::new(),
+            losses: BTreeMap::new(),
+            carrying: BTreeMap::new(),
+            placed: BTreeMap::new(),
+            next_checked: 0,
             ids,
             config,
         };
@@ -557,6 +582,34 @@ impl Sim {
         t.removed.extend(generation);
     }
 
+    /// The child `key` of `node` is gone from its runtime (it exited or was stopped).
+    pub(crate) fn remove_child(&mut self, node: usize, key: &str) -> Option<Child> {
+        let child = self.nodes[node].children.remove(key)?;
+        self.unplace(node, key);
+        Some(child)
+    }
+
+    /// Every child of `node` is gone (it crashed or exited).
+    pub(crate) fn clear_children(&mut self, node: usize) {
+        for key in std::mem::take(&mut self.nodes[node].children).into_keys() {
+            self.unplace(node, &key);
+        }
+    }
+
+    fn unplace(&mut self, node: usize, key: &str) {
+        let nodes = self.placed.get_mut(key).expect("placed");
+        nodes.retain(|&i| i != node);
+        if nodes.is_empty() {
+            self.placed.remove(key);
+        }
+    }
+
+    /// Whether the key's children were spawned more than once: a start that spawns its first
+    /// child cannot meet another copy unless another node spawned one too (views disagreed).
+    pub(crate) fn spawned_twice(&self, key: &str) -> bool {
+        self.keys.get(key).is_none_or(|t| t.spawns > 1)
+    }
+
     /// Whether a live node runs or holds a copy of `key`, or one is in flight to a live node.
     pub(crate) fn has_copy(&self, key: &str) -> bool {
         self.has_copy_besides(key, usize::MAX, None)
@@ -606,34 +659,67 @@ impl Sim {
         taken: Option<(Generation, Version)>,
     ) -> bool {
         let n = self.nodes.len();
-        (0..n).any(|i| {
-            i != node
-                && self.nodes[i].alive
-                && (self.nodes[i].dir().owned().contains_key(key)
-                    || self.nodes[i].dir().backups().get(key).is_some_and(|list| {
-                        // A backup of `node`'s own copy, or the copy handed to `node` that it
-                        // took, is the same lineage.
-                        list.iter().any(|b| {
-                            (self.index(&b.from) != node
-                                || (b.handoff.is_some()
-                                    && taken != Some((b.record.generation, b.record.version))))
-                                && self.live_copy(key, b)
+        // The nodes that run a child of the key first: usually one of them owns it.
+        let runs = self.placed.get(key).map_or(&[][..], Vec::as_slice);
+        let owns = |i: usize| {
+            i != node && self.nodes[i].alive && self.nodes[i].dir().owned().contains_key(key)
+        };
+        runs.iter().any(|&i| owns(i))
+            || (0..n).any(|i| {
+                i != node
+                    && self.nodes[i].alive
+                    && (self.nodes[i].dir().owned().contains_key(key)
+                        || self.nodes[i].dir().backups().get(key).is_some_and(|list| {
+                            // A backup of `node`'s own copy, or the copy handed to `node` that it
+                            // took, is the same lineage.
+                            list.iter().any(|b| {
+                                (self.index(&b.from) != node
+                                    || (b.handoff.is_some()
+                                        && taken != Some((b.record.generation, b.record.version))))
+                                    && self.live_copy(key, b)
+                            })
                         })
-                    })
-                    || self.nodes[i]
-                        .children
-                        .iter()
-                        .any(|(k, c)| c.merging && k == key))
-        }) || (0..n).filter(|&from| from != node).any(|from| {
-            (0..n).filter(|&to| to != node).any(|to| {
-                self.nodes[to].alive
-                    && self.links[from][to].iter().any(|p| {
-                        self.live_in_flight(from, &p.msg) == Some(key)
-                            && self.nodes[to].inc == p.to_inc
-                            && self.nodes[from].inc == p.from_inc
-                    })
+                        || self.nodes[i].children.get(key).is_some_and(|c| c.merging))
             })
-        })
+            || self.carrying.get(key).is_some_and(|links| {
+                links.keys().any(|&(from, to)| {
+                    from != node
+                        && to != node
+                        && self.nodes[to].alive
+                        && self.links[from][to].iter().any(|p| {
+                            self.live_in_flight(from, &p.msg) == Some(key)
+                                && self.nodes[to].inc == p.to_inc
+                                && self.nodes[from].inc == p.from_inc
+                        })
+                })
+            })
+    }
+
+    /// `msg` entered the connection `from -> to`: if it carries a copy of a child, the
+    /// connection is indexed under its key ([`Sim::carrying`]).
+    pub(crate) fn carry(&mut self, from: usize, to: usize, msg: &DirMsg) {
+        if let DirMsg::Replicate { record, .. } | DirMsg::Adopt { record, .. } = msg {
+            let links = self.carrying.entry(record.key.clone()).or_default();
+            *links.entry((from, to)).or_default() += 1;
+        }
+    }
+
+    /// `msg` left the connection `from -> to` (delivered or lost).
+    pub(crate) fn uncarry(&mut self, from: usize, to: usize, msg: &DirMsg) {
+        if let DirMsg::Replicate { record, .. } | DirMsg::Adopt { record, .. } = msg {
+            let Some(links) = self.carrying.get_mut(&record.key) else {
+                return;
+            };
+            if let Some(c) = links.get_mut(&(from, to)) {
+                *c -= 1;
+                if *c == 0 {
+                    links.remove(&(from, to));
+                }
+            }
+            if links.is_empty() {
+                self.carrying.remove(&record.key);
+            }
+        }
     }
 
     /// A message that carried a copy of a child was lost: if that was the last copy (its sender

@@ -36,8 +36,10 @@ fn assert_config_holds(config: SimConfig, seeds: u64) {
             inv,
             Invariant::DiskMirror | Invariant::Durable | Invariant::StaysRemoved
         );
+        // The work of node losses is checked only on request.
         let optional = inv == Invariant::Resurrected
             || inv == Invariant::SideRuns
+            || inv == Invariant::NodeLossWork
             || (durable && !config.durable);
         assert!(
             tally.checks[inv as usize] > 0 || optional,

@@ -130,11 +130,14 @@ impl Directory {
         if nodes.is_empty() {
             return;
         }
+        let mut examined = 0;
         for b in self.backups.values_mut().flatten() {
+            examined += 1;
             if nodes.contains(&b.from) {
                 b.orphan = true;
             }
         }
+        self.examined(examined);
     }
 
     /// Whether the copy of `key` that `from` holds for this node (lineage `epoch`, holder `h`) is

@@ -43,6 +43,7 @@ impl Directory {
         self.quorum_lost = !self.has_quorum();
         if !self.quorum_lost {
             self.rebalance(&mut out);
+            self.examined(self.tombstones.len());
             self.hand_off_tombstones(&mut out);
         }
         self.checked(out)
@@ -88,6 +89,7 @@ impl Directory {
     /// backups) ring lookups.
     pub(super) fn rebalance(&mut self, out: &mut Vec<Action>) {
         let keys: Vec<String> = self.owned.keys().cloned().collect();
+        self.examined(keys.len());
         for key in keys {
             self.rebalance_child(key, out);
         }
@@ -151,10 +153,12 @@ impl Directory {
     /// with its child if that child was removed.
     fn fail_over_orphans(&mut self, out: &mut Vec<Action>) {
         let me = self.config.me.clone();
+        let mut examined = 0;
         let mut orphaned: Vec<(String, Version, NodeId, Option<Tag>)> = self
             .backups
             .iter()
             .flat_map(|(k, list)| list.iter().map(move |b| (k, b)))
+            .inspect(|_| examined += 1)
             .filter(|(_, b)| b.orphan || self.departed.contains(&b.from))
             .map(|(k, b)| (k.clone(), b.record.version, b.from.clone(), b.handoff))
             .collect();
@@ -162,6 +166,7 @@ impl Directory {
         // runs first and the others are merged into it: a child never runs from an older copy
         // while a newer one waits to be merged (a crash before that merge would lose it).
         orphaned.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        self.examined(examined);
         for (key, _, from, handoff) in orphaned {
             self.fail_over_orphan(&me, key, from, handoff, out);
         }

@@ -533,6 +533,8 @@ pub struct Directory {
     moving: BTreeSet<String>,
     /// Whether this node sees fewer nodes than its quorum ([`DirConfig::quorum`]).
     quorum_lost: bool,
+    /// Entries examined by the membership paths so far ([`Directory::work`]).
+    work: u64,
     /// Inputs since [`Directory::check`] last ran in a debug build (see `Directory::checked`).
     unchecked: usize,
     /// Keys whose durable entry may have changed since [`Directory::take_touched`] (only with
@@ -573,6 +575,7 @@ impl Directory {
             move_queue: BTreeSet::new(),
             moving: BTreeSet::new(),
             quorum_lost: false,
+            work: 0,
             unchecked: 0,
             touched: BTreeSet::new(),
             preloaded: BTreeMap::new(),
@@ -666,6 +669,21 @@ impl Directory {
     /// How many children are moving away from this node, and how many wait for a move slot.
     pub fn moves(&self) -> (usize, usize) {
         (self.moving.len(), self.move_queue.len())
+    }
+
+    /// How many entries (children run here, copies held here, removals, drops waiting for a
+    /// confirmation, tombstones) the membership paths have examined since this directory was
+    /// made: view changes ([`Directory::set_members`]), nodes down, reconnections, the quorum's
+    /// loss and return, and the re-derivation of placement they run (rebalance, failover of
+    /// orphan copies). A counter, never reset: the cost of an input is the difference across
+    /// it. It measures how the cost of a view change grows with what the directory holds.
+    pub fn work(&self) -> u64 {
+        self.work
+    }
+
+    /// Adds `n` entries examined to [`Directory::work`].
+    fn examined(&mut self, n: usize) {
+        self.work = self.work.saturating_add(n as u64);
     }
 
     /// Whether this node sees a quorum (always true without [`DirConfig::quorum`]).

@@ -61,14 +61,17 @@ impl Directory {
         // them is the only sign this node gets if they never come (a partition hides them):
         // failed over like the copies of a node that left, or the side that holds them would
         // never run them.
+        let mut examined = 0;
         let strangers: BTreeSet<NodeId> = self
             .backups
             .values()
             .flatten()
+            .inspect(|_| examined += 1)
             .map(|b| &b.from)
             .filter(|n| !view.contains(*n) && !gone.contains(*n))
             .cloned()
             .collect();
+        self.examined(examined);
         self.orphan_copies(&gone);
         self.orphan_copies(&strangers);
         for n in &view {
@@ -98,6 +101,7 @@ impl Directory {
         }
         self.rebalance(&mut out);
         if begins_leaving {
+            self.examined(self.tombstones.len());
             self.hand_off_tombstones(&mut out);
         }
         self.checked(out)
@@ -108,6 +112,7 @@ impl Directory {
     /// the majority runs): each child is kept as an orphan copy once it exited.
     fn lose_quorum(&mut self, out: &mut Vec<Action>) {
         let err = self.quorum_error();
+        self.examined(self.owned.len());
         for (key, o) in self.owned.iter_mut() {
             for req in o.waiting.drain(..) {
                 out.push(reply(req, Err(err.clone())));
@@ -192,7 +197,15 @@ impl Directory {
         if self.view.contains(node) || *node == self.config.me {
             return self.checked(out);
         }
-        if self.backups.values().flatten().any(|b| b.from == *node) {
+        let mut examined = 0;
+        let held_from = self
+            .backups
+            .values()
+            .flatten()
+            .inspect(|_| examined += 1)
+            .any(|b| b.from == *node);
+        self.examined(examined);
+        if held_from {
             self.departed.insert(node.clone());
             self.orphan_copies(&BTreeSet::from([node.clone()]));
             // Without a quorum the copies stay orphans until it returns.
@@ -222,6 +235,7 @@ impl Directory {
 
     /// Removals and drops no longer wait for nodes out of the view.
     fn forget_waits(&mut self, out: &mut Vec<Action>) {
+        self.examined(2 * self.removing.len() + self.dropping.len());
         let view = &self.view;
         let waits = |n: &NodeId| view.contains(n);
         self.dropping.retain(|_, list| {
@@ -247,6 +261,7 @@ impl Directory {
         if self.quorum_lost || !self.view.contains(peer) {
             return self.checked(out);
         }
+        self.examined(self.owned.len());
         for o in self.owned.values_mut() {
             if o.backup.as_ref() == Some(peer) {
                 o.acked = false;
@@ -262,7 +277,9 @@ impl Directory {
     fn resync(&mut self, peer: &NodeId, out: &mut Vec<Action>) {
         // Every copy handed off to `peer` and not confirmed (the confirmation may have been
         // lost): the latest hand-off of a key carries the copies to drop with it.
+        let mut examined = self.removing.len() + self.dropping.len();
         for (key, list) in &self.backups {
+            examined += list.len();
             for b in list.iter().filter(|b| b.from == *peer) {
                 let Some(tag) = b.handoff else {
                     continue;
@@ -314,6 +331,7 @@ impl Directory {
             .backups
             .iter()
             .flat_map(|(k, list)| list.iter().map(move |b| (k, b)))
+            .inspect(|_| examined += 1)
             .filter(|(_, b)| b.from == *peer && b.handoff.is_none())
             .map(|(k, b)| (k.clone(), b.epoch))
             .collect();
@@ -329,8 +347,10 @@ impl Directory {
                     bytes <= MAX_BURIED_BYTES
                 })
                 .cloned()
-                .collect();
+                .collect::<Vec<_>>();
+            examined += removed.len();
             out.push(send(peer, DirMsg::Buried { removed }));
         }
+        self.examined(examined);
     }
 }

@@ -355,6 +355,42 @@ fn every_counter_comes_back_from_postgres_after_every_node_is_killed_at_once() {
     every_counter_comes_back(Disks::on_postgres("restart-pg", &["p1", "p2", "p3"], pg));
 }
 
+/// `n` counters started from the first of `nodes`, bumped once from each node of `bumpers` in
+/// turn; returns once every node's store holds what it holds.
+fn start_bumped_durable(nodes: &mut [Proc], n: u64, bumpers: &[usize]) {
+    let started = nodes[0].ask(&format!("start {n}"), "started", Duration::from_secs(120));
+    assert_eq!(field(&started, "failed"), 0, "{started}");
+    for &i in bumpers {
+        let bumped = nodes[i].ask(&format!("bump {n}"), "bumped", Duration::from_secs(120));
+        assert_eq!(field(&bumped, "failed"), 0, "{bumped}");
+    }
+    for p in nodes.iter_mut() {
+        p.ask("durable 0", "durable", Duration::from_secs(60));
+    }
+}
+
+/// Every one of the `n` counters answers a call from `nodes[via]` with `count`, and runs once.
+fn assert_each_counter(nodes: &mut [Proc], via: usize, n: u64, count: i64) {
+    let checked = nodes[via].ask(&format!("check {n}"), "checked", Duration::from_secs(120));
+    assert_eq!(field(&checked, "answered"), n as i64, "{checked}");
+    assert_eq!(
+        (field(&checked, "min"), field(&checked, "max")),
+        (count, count),
+        "{checked}"
+    );
+    assert_eq!(running(nodes), n as i64, "each counter runs once");
+}
+
+/// SIGKILL every process of `nodes`, all at once (then reap them).
+fn kill_all(nodes: &mut [Proc]) {
+    for p in nodes.iter_mut() {
+        p.child.kill().unwrap();
+    }
+    for p in nodes.iter_mut() {
+        let _ = p.child.wait();
+    }
+}
+
 /// 10,000 counters on three nodes, bumped three times; every node is killed with SIGKILL at
 /// once and started again on the same stores: every counter runs again, once, with its count.
 fn every_counter_comes_back(disks: Disks) {
@@ -365,20 +401,9 @@ fn every_counter_comes_back(disks: Disks) {
     let wait_up = |nodes: &mut [Proc]| wait_all_up(nodes, names);
     let mut nodes: Vec<Proc> = (0..3).map(start).collect();
     wait_up(&mut nodes);
-    let started = nodes[0].ask(&format!("start {N}"), "started", Duration::from_secs(120));
-    assert_eq!(field(&started, "failed"), 0, "{started}");
-    for round in 1..=3 {
-        let bumped = nodes[round % 3].ask(&format!("bump {N}"), "bumped", Duration::from_secs(120));
-        assert_eq!(field(&bumped, "failed"), 0, "{bumped}");
-    }
     // Every acknowledged bump is durable on some node before the kill.
-    for p in nodes.iter_mut() {
-        p.ask("durable 0", "durable", Duration::from_secs(60));
-    }
-    for p in nodes.iter_mut() {
-        p.child.kill().unwrap();
-        let _ = p.child.wait();
-    }
+    start_bumped_durable(&mut nodes, N, &[1, 2, 0]);
+    kill_all(&mut nodes);
     drop(nodes);
 
     let began = Instant::now();
@@ -391,14 +416,7 @@ fn every_counter_comes_back(disks: Disks) {
         began.elapsed()
     );
     // ...each with its count, and once.
-    let checked = nodes[1].ask(&format!("check {N}"), "checked", Duration::from_secs(120));
-    assert_eq!(field(&checked, "answered"), N as i64, "{checked}");
-    assert_eq!(
-        (field(&checked, "min"), field(&checked, "max")),
-        (3, 3),
-        "{checked}"
-    );
-    assert_eq!(running(&mut nodes), N as i64, "each counter runs once");
+    assert_each_counter(&mut nodes, 1, N, 3);
 }
 
 /// 2,000 counters on three nodes, bumped twice and durable; every node is killed with SIGKILL,
@@ -413,19 +431,8 @@ fn no_counter_is_lost_when_a_node_loses_its_disk_and_every_node_restarts() {
     let names = disks.names;
     let mut nodes: Vec<Proc> = (0..3).map(|i| disks.start(i)).collect();
     wait_all_up(&mut nodes, names);
-    let started = nodes[0].ask(&format!("start {N}"), "started", Duration::from_secs(120));
-    assert_eq!(field(&started, "failed"), 0, "{started}");
-    for p in &mut nodes[1..=2] {
-        let bumped = p.ask(&format!("bump {N}"), "bumped", Duration::from_secs(120));
-        assert_eq!(field(&bumped, "failed"), 0, "{bumped}");
-    }
-    for p in nodes.iter_mut() {
-        p.ask("durable 0", "durable", Duration::from_secs(60));
-    }
-    for p in nodes.iter_mut() {
-        p.child.kill().unwrap();
-        let _ = p.child.wait();
-    }
+    start_bumped_durable(&mut nodes, N, &[1, 2]);
+    kill_all(&mut nodes);
     drop(nodes);
     let lost = disks.data.join(names[1]);
     assert!(lost.exists(), "the node kept a data directory");
@@ -439,14 +446,7 @@ fn no_counter_is_lost_when_a_node_loses_its_disk_and_every_node_restarts() {
         "{N} counters run again {:?} after the restart began (one disk lost)",
         began.elapsed()
     );
-    let checked = nodes[0].ask(&format!("check {N}"), "checked", Duration::from_secs(120));
-    assert_eq!(field(&checked, "answered"), N as i64, "{checked}");
-    assert_eq!(
-        (field(&checked, "min"), field(&checked, "max")),
-        (2, 2),
-        "{checked}"
-    );
-    assert_eq!(running(&mut nodes), N as i64, "each counter runs once");
+    assert_each_counter(&mut nodes, 0, N, 2);
 }
 
 #[test]
@@ -477,19 +477,8 @@ fn double_failure(disks: Disks, restart: bool) {
     let up = Duration::from_secs(30);
     let mut nodes: Vec<Proc> = (0..5).map(start).collect();
     wait_all_up(&mut nodes, names);
-    let started = nodes[0].ask(&format!("start {N}"), "started", Duration::from_secs(120));
-    assert_eq!(field(&started, "failed"), 0, "{started}");
-    for p in &mut nodes[1..=2] {
-        let bumped = p.ask(&format!("bump {N}"), "bumped", Duration::from_secs(120));
-        assert_eq!(field(&bumped, "failed"), 0, "{bumped}");
-    }
-    for p in nodes.iter_mut() {
-        p.ask("durable 0", "durable", Duration::from_secs(60));
-    }
-    for p in &mut nodes[3..] {
-        p.child.kill().unwrap();
-        let _ = p.child.wait();
-    }
+    start_bumped_durable(&mut nodes, N, &[1, 2]);
+    kill_all(&mut nodes[3..]);
     nodes.truncate(3);
     for p in nodes.iter_mut() {
         for dead in &names[3..] {
@@ -511,14 +500,7 @@ fn double_failure(disks: Disks, restart: bool) {
         "{N} counters run again {:?} after both nodes were declared down",
         began.elapsed()
     );
-    let checked = nodes[0].ask(&format!("check {N}"), "checked", Duration::from_secs(120));
-    assert_eq!(field(&checked, "answered"), N as i64, "{checked}");
-    assert_eq!(
-        (field(&checked, "min"), field(&checked, "max")),
-        (2, 2),
-        "{checked}"
-    );
-    assert_eq!(running(&mut nodes), N as i64, "each counter runs once");
+    assert_each_counter(&mut nodes, 0, N, 2);
 }
 
 #[test]
@@ -550,12 +532,7 @@ fn no_acknowledged_sync_increment_is_lost_or_doubled_when_every_node_is_killed()
         }
     }
     // In the middle of the workload: every node at once.
-    for p in nodes.iter_mut() {
-        p.child.kill().unwrap();
-    }
-    for p in nodes.iter_mut() {
-        let _ = p.child.wait();
-    }
+    kill_all(&mut nodes);
     // Every line the client printed before it died (its output ends with the process).
     while let Ok(l) = nodes[0].lines.recv_timeout(Duration::from_secs(5)) {
         nodes[0].seen.push(l);

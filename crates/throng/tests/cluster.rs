@@ -284,6 +284,42 @@ async fn a_restarted_peer_is_reconnected() {
     );
 }
 
+/// A caller that refers to remote actors and drops the references does not keep a monitor
+/// entry for each of them for ever: the table is bounded by the live references.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn references_to_remote_actors_dropped_by_the_caller_do_not_pile_up() {
+    let n1 = node("m1", b"secret").await;
+    let n2 = node("m2", b"secret").await;
+    meet(&n1, &n2);
+    n2.export(
+        "acct",
+        &throng::spawn(Account {
+            balance: 7,
+            seen: vec![],
+        }),
+    )
+    .unwrap();
+    let kept: ActorRef<Account> = n1.remote(n2.id(), "acct");
+    assert_eq!(
+        kept.call(AccountMsg::Balance).await.unwrap(),
+        AccountReply::Balance(7)
+    );
+    for _ in 0..20_000 {
+        let r: ActorRef<Account> = n1.remote(n2.id(), "acct");
+        drop(r);
+    }
+    let held = n1.connection_stats().monitored_remotes;
+    assert!(
+        (1..=2 * 1024 + 1).contains(&held),
+        "{held} monitor entries for 1 live reference after 20,000 dropped"
+    );
+    // The live one still works.
+    assert_eq!(
+        kept.call(AccountMsg::Balance).await.unwrap(),
+        AccountReply::Balance(7)
+    );
+}
+
 struct Blob(Vec<u8>);
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -641,11 +641,7 @@ impl Transport {
     /// The connection to `peer` is gone: fail its calls in flight and its proxies.
     pub(super) fn peer_lost(&self, peer: &NodeId) {
         lock(&self.pending).retain(|_, p| p.peer != *peer);
-        let proxies: Vec<Weak<Cell>> = {
-            let mut map = lock(&self.proxies);
-            let keys: Vec<(NodeId, u64)> = map.keys().filter(|(n, _)| n == peer).cloned().collect();
-            keys.into_iter().filter_map(|k| map.remove(&k)).collect()
-        };
+        let proxies: Vec<Weak<Cell>> = lock(&self.proxies).take_peer(peer);
         for p in proxies.into_iter().filter_map(|w| w.upgrade()) {
             p.finish(ExitReason::NodeDown(peer.as_str().into()));
         }

@@ -109,6 +109,48 @@ pub struct ConnectionStats {
     /// `backlog_bytes` (since the node started): the peer read slower than this node sent for
     /// too long; the directories reconciled on the next connection.
     pub backlog_resets: u64,
+    /// Remote actors this node monitors for the references it handed out
+    /// ([`Node::remote`](crate::cluster::Node::remote), `start_child`, `DistSupervisor::child`):
+    /// those still referred to, and those every holder dropped that were not pruned yet — at
+    /// most twice the live ones plus 1,024, however many remote actors the node ever referred to.
+    pub monitored_remotes: usize,
+}
+
+/// The proxy cells standing for monitored remote actors, by (peer, monitor id): finished when
+/// their actor's `Down` arrives or the connection to their peer is lost. An entry whose cell
+/// every holder dropped is pruned once the table has doubled since the last prune (amortized:
+/// the table stays within twice the live entries plus [`Proxies::MIN_PRUNE`]).
+#[derive(Default)]
+pub(crate) struct Proxies {
+    map: HashMap<(NodeId, u64), Weak<Cell>>,
+    /// The size at which the next insertion prunes first.
+    prune_at: usize,
+}
+
+impl Proxies {
+    /// The table is never pruned below this size.
+    const MIN_PRUNE: usize = 1024;
+
+    fn insert(&mut self, key: (NodeId, u64), proxy: Weak<Cell>) {
+        if self.map.len() >= self.prune_at.max(Self::MIN_PRUNE) {
+            self.map.retain(|_, w| w.strong_count() > 0);
+            self.prune_at = 2 * self.map.len();
+        }
+        self.map.insert(key, proxy);
+    }
+
+    /// Every entry of `peer`, removed.
+    fn take_peer(&mut self, peer: &NodeId) -> Vec<Weak<Cell>> {
+        let keys: Vec<(NodeId, u64)> = self
+            .map
+            .keys()
+            .filter(|(n, _)| n == peer)
+            .cloned()
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| self.map.remove(&k))
+            .collect()
+    }
 }
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -365,7 +407,7 @@ pub(crate) struct Transport {
     pub(crate) next_id: AtomicU64,
     peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
     /// Proxy cells standing for remote actors, by (peer, monitor id).
-    proxies: Mutex<HashMap<(NodeId, u64), Weak<Cell>>>,
+    proxies: Mutex<Proxies>,
     /// Members, leaving members, the placement ring, and their listeners.
     pub(in crate::cluster) view: View,
     /// One permit per connection in its handshake ([`TransportOptions::max_handshakes`]).
@@ -427,7 +469,7 @@ impl Transport {
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             peers: Mutex::new(HashMap::new()),
-            proxies: Mutex::new(HashMap::new()),
+            proxies: Mutex::new(Proxies::default()),
             refusals: Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -452,6 +494,7 @@ impl Transport {
             handshakes_refused: self.handshakes_refused.load(Ordering::Relaxed),
             handshakes_failed: self.handshakes_failed.load(Ordering::Relaxed),
             backlog_resets: self.backlog_resets.load(Ordering::Relaxed),
+            monitored_remotes: lock(&self.proxies).map.len(),
         }
     }
 
@@ -606,7 +649,7 @@ impl Transport {
                 }
             }
             FrameRef::Down { mid, reason } => {
-                let proxy = lock(&self.proxies).remove(&(peer.id.clone(), mid));
+                let proxy = lock(&self.proxies).map.remove(&(peer.id.clone(), mid));
                 if let Some(p) = proxy.and_then(|w| w.upgrade()) {
                     p.finish(reason.into());
                 }

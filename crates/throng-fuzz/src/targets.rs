@@ -5,9 +5,9 @@
 //! length prefixes included.
 
 use throng::cluster::testing::{
-    decode, decode_durable_entry, decode_frame_payloads, decode_handshake_stream, decode_names,
-    decode_record, encode, encode_durable_entry, encode_names, push_frame, Auth, Frame, FrameRef,
-    Hello, HelloAck,
+    decode, decode_dir_batch, decode_durable_entry, decode_frame_payloads, decode_handshake_stream,
+    decode_names, decode_record, encode, encode_durable_entry, encode_names, push_frame, Auth,
+    Frame, FrameRef, Hello, HelloAck,
 };
 use throng_core::directory::{DirMsg, Record, StartSpec};
 
@@ -77,6 +77,7 @@ impl Target {
                 usize::from(decode::<DirMsg>(bytes).is_ok())
                     + usize::from(decode::<StartSpec>(bytes).is_ok())
                     + usize::from(decode::<Record>(bytes).is_ok())
+                    + decode_dir_batch(bytes).map_or(0, |m| 1 + m.len())
             }
             Target::Names => decode_names(bytes).map_or(0, |_| 1),
             Target::Durable => usize::from(decode_durable_entry(bytes).is_ok()),

@@ -575,9 +575,24 @@ impl DirBatch {
     }
 }
 
-/// The messages of a [`Frame::Dir`] payload, in order.
+/// The messages of a [`Frame::Dir`] payload, in order. Decoded one by one: the claimed count
+/// reserves nothing (a short payload claiming many messages costs only what it holds).
 pub fn decode_dir_batch(msg: &[u8]) -> Result<Vec<throng_core::directory::DirMsg>, WireError> {
-    postcard::from_bytes(msg).map_err(|e| WireError::Malformed(e.to_string()))
+    let malformed = |e: postcard::Error| WireError::Malformed(e.to_string());
+    let (count, mut rest): (usize, &[u8]) = postcard::take_from_bytes(msg).map_err(malformed)?;
+    if count > rest.len() {
+        return Err(WireError::Malformed(format!(
+            "a batch of {count} directory messages in {} bytes",
+            rest.len()
+        )));
+    }
+    let mut out = Vec::new();
+    for _ in 0..count {
+        let (m, r) = postcard::take_from_bytes(rest).map_err(malformed)?;
+        out.push(m);
+        rest = r;
+    }
+    Ok(out)
 }
 
 /// The size of `value`'s encoding (a pass that writes nothing): what senders check against the

@@ -7,20 +7,7 @@ use std::time::Instant;
 use super::*;
 
 fn durable_net(nodes: &[&str]) -> Net {
-    let ids: Vec<NodeId> = nodes.iter().map(|n| id(n)).collect();
-    let mut net = Net {
-        dirs: BTreeMap::new(),
-        queue: VecDeque::new(),
-        running: BTreeMap::new(),
-        merging: BTreeMap::new(),
-        log: Vec::new(),
-    };
-    for n in &ids {
-        let mut config = DirConfig::new(n.clone());
-        config.durable = true;
-        net.dirs.insert(n.clone(), Directory::new(config));
-    }
-    net
+    Net::unviewed(nodes, |config| config.durable = true)
 }
 
 /// Delivers every message; how many, by kind.

@@ -56,7 +56,21 @@ impl Net {
 
     /// Like [`Net::new`], every directory configured with `quorum`.
     fn with_quorum(nodes: &[&str], max_moves: usize, quorum: Option<usize>) -> Self {
-        let ids: Vec<NodeId> = nodes.iter().map(|n| id(n)).collect();
+        let mut net = Net::unviewed(nodes, |config| {
+            config.max_moves = max_moves;
+            config.quorum = quorum;
+        });
+        let ids: Vec<NodeId> = net.dirs.keys().cloned().collect();
+        for n in &ids {
+            let actions = net.dir(n.as_str()).set_view(ids.iter());
+            net.apply(n, actions);
+        }
+        net.settle();
+        net
+    }
+
+    /// Directories for `nodes`, each configured by `configure`, with no view yet.
+    fn unviewed(nodes: &[&str], configure: impl Fn(&mut DirConfig)) -> Self {
         let mut net = Net {
             dirs: BTreeMap::new(),
             queue: VecDeque::new(),
@@ -64,16 +78,11 @@ impl Net {
             merging: BTreeMap::new(),
             log: Vec::new(),
         };
-        for n in &ids {
-            let mut config = DirConfig::new(n.clone());
-            config.max_moves = max_moves;
-            config.quorum = quorum;
-            let mut d = Directory::new(config);
-            let actions = d.set_view(ids.iter());
-            net.dirs.insert(n.clone(), d);
-            net.apply(n, actions);
+        for n in nodes {
+            let mut config = DirConfig::new(id(n));
+            configure(&mut config);
+            net.dirs.insert(id(n), Directory::new(config));
         }
-        net.settle();
         net
     }
 

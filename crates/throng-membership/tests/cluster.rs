@@ -366,6 +366,17 @@ async fn restarted_node_replaces_its_previous_run() {
     println!("restarted run seen everywhere in {took:?}");
     all_see_each_other(&[&a, &b, &x]).await;
 
+    // The recorders consume the event streams on their own tasks: `members()` can show the new
+    // run a moment before a recorder has stored the events that say so (seen once in CI).
+    for rec in [&rec_a, &rec_b] {
+        eventually(JOIN_DEADLINE, "the recorder to store x#1 down and x#2 up", || {
+            let events = rec.events();
+            let down = |e: &MembershipEvent| matches!(e, MembershipEvent::NodeDown(m) if *m == old);
+            let up = |e: &MembershipEvent| matches!(e, MembershipEvent::NodeUp(m) if *m == *x.local());
+            events.iter().any(down) && events.iter().any(up)
+        })
+        .await;
+    }
     for rec in [&rec_a, &rec_b] {
         let down_old = rec
             .position(|e| matches!(e, MembershipEvent::NodeDown(m) if *m == old))

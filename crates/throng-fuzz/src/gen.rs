@@ -169,7 +169,7 @@ fn holder(rng: &mut Rng) -> Holder {
 
 /// A directory message, any variant.
 pub fn dir_msg(rng: &mut Rng) -> DirMsg {
-    match rng.below(12) {
+    match rng.below(13) {
         0 => DirMsg::Replicate {
             record: record(rng),
             epoch: epoch(rng),
@@ -224,6 +224,7 @@ pub fn dir_msg(rng: &mut Rng) -> DirMsg {
             keys: list(rng, 6, |r| (string(r), epoch(r))),
         },
         10 => DirMsg::Conflict { key: string(rng) },
+        11 => DirMsg::Recovered { ask: rng.bool() },
         _ => DirMsg::Buried { removed: vec![] },
     }
 }

@@ -109,5 +109,6 @@ pub(crate) fn msg_kind(m: &DirMsg) -> &'static str {
         DirMsg::Chased { .. } => "chased",
         DirMsg::Removed { .. } => "removed",
         DirMsg::Buried { .. } => "buried",
+        DirMsg::Recovered { .. } => "recovered",
     }
 }

@@ -89,6 +89,7 @@ impl Sim {
                         DirMsg::Chased { .. } => "message: chased",
                         DirMsg::Removed { .. } => "message: removed",
                         DirMsg::Buried { .. } => "message: buried",
+                        DirMsg::Recovered { .. } => "message: recovered",
                     });
                     if to == node {
                         self.fail(

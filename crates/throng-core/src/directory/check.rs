@@ -44,6 +44,15 @@ pub enum Broken {
         /// The node both are held for.
         from: NodeId,
     },
+    /// A copy recovered from disk awaits a node that is not another node in view (or this node
+    /// has no quorum, or the copy is an orphan or a hand-off copy): it would never be released.
+    #[error("a recovered copy of {key:?} awaits {from}, which will not answer")]
+    StuckRecoveredCopy {
+        /// The key.
+        key: String,
+        /// The node it awaits.
+        from: NodeId,
+    },
     /// A child's backup is this node itself.
     #[error("child {key:?} is backed up on its own node")]
     BackupIsSelf {
@@ -269,6 +278,16 @@ impl Directory {
                     let record_key = b.record.key.clone();
                     let key = key.clone();
                     return Err(Broken::CopyKey { key, record_key });
+                }
+                let me = &self.config.me;
+                let releasable = !b.orphan
+                    && b.handoff.is_none()
+                    && b.from != *me
+                    && self.view.contains(&b.from)
+                    && !self.quorum_lost;
+                if b.awaiting && !releasable {
+                    let (key, from) = (key.clone(), b.from.clone());
+                    return Err(Broken::StuckRecoveredCopy { key, from });
                 }
                 let same = |c: &&super::Backup| c.from == b.from && c.handoff == b.handoff;
                 if list[i + 1..].iter().any(|c| same(&c)) {

@@ -135,6 +135,7 @@ impl Directory {
             examined += 1;
             if nodes.contains(&b.from) {
                 b.orphan = true;
+                b.awaiting = false;
             }
         }
         self.examined(examined);
@@ -208,6 +209,15 @@ impl Directory {
         // Messages between two nodes arrive in order, so the latest record from an owner
         // is its current one. Copies of other origins (other lineages, views that
         // disagree) and hand-off copies are kept beside it.
+        // A copy recovered here for `from` that is not the record it replicates: another state
+        // of the child (the owner's disk and this one's disagree), merged into the owner's.
+        let other_state = self.backups.get(&key).is_some_and(|list| {
+            list.iter()
+                .any(|c| c.awaiting && c.from == *from && c.record != record)
+        });
+        if other_state {
+            self.release_awaiting(|c| c.from == *from && c.record.key == key, out);
+        }
         self.keep_orphan(&key, from, epoch);
         self.put_copy(
             &key,
@@ -217,6 +227,7 @@ impl Directory {
                 handoff: None,
                 epoch,
                 orphan: false,
+                awaiting: false,
             },
         );
         out.push(send(

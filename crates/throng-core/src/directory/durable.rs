@@ -18,7 +18,8 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    orphan_copy, send, Action, DirMsg, Directory, Epoch, Generation, Record, MAX_BURIED_BYTES,
+    orphan_copy, send, Action, Backup, DirMsg, Directory, Epoch, Generation, Record,
+    MAX_BURIED_BYTES,
 };
 use crate::NodeId;
 
@@ -149,8 +150,42 @@ impl Directory {
             }
             // The newest first: the copy the others meet (they are merged into it).
             records.sort_by_key(|r| std::cmp::Reverse(r.version));
+            if let [r] = records.as_slice() {
+                if let Some(owner) = self.awaited_owner(&key) {
+                    recovered += 1;
+                    let held_from_owner = self.backups.get(&key).and_then(|list| {
+                        list.iter()
+                            .find(|b| b.from == owner && b.handoff.is_none() && !b.orphan)
+                    });
+                    match held_from_owner {
+                        // The owner replicated it here already (its messages came first).
+                        Some(b) if b.record == *r => continue,
+                        // Another state of it: an orphan, merged into the owner's.
+                        Some(_) => {}
+                        None => {
+                            let b = Backup {
+                                from: owner,
+                                record: records.pop().expect("one record"),
+                                handoff: None,
+                                epoch: Epoch::default(),
+                                orphan: false,
+                                awaiting: true,
+                            };
+                            self.backups.entry(key.clone()).or_default().push(b);
+                            continue;
+                        }
+                    }
+                }
+            }
+            // A copy held for this node itself may be here already (a child this run started
+            // and stopped for a lost quorum before it recovered): the recovered ones are kept
+            // beside it, each under its own tag (one replacing another would lose a state).
+            let beside = self
+                .backups
+                .get(&key)
+                .is_some_and(|l| l.iter().any(|b| b.from == me && b.handoff.is_none()));
             for (i, r) in records.into_iter().enumerate() {
-                let tag = (i > 0).then(|| self.next_hand_off_tag());
+                let tag = (i > 0 || beside).then(|| self.next_hand_off_tag());
                 let list = self.backups.entry(key.clone()).or_default();
                 list.push(orphan_copy(&me, r, tag, Epoch::default()));
                 recovered += 1;
@@ -180,7 +215,68 @@ impl Directory {
         if recovered > 0 && !self.quorum_lost {
             self.rebalance(&mut out);
         }
+        // Every replication of a child recovered here was sent above: the peers stop waiting.
+        self.recovered = true;
+        let peers: Vec<NodeId> = self.view.iter().filter(|n| **n != me).cloned().collect();
+        for peer in peers {
+            out.push(send(&peer, DirMsg::Recovered { ask: true }));
+        }
         self.checked(out)
+    }
+
+    /// The node a copy of `key` recovered here is kept for, awaiting its replication
+    /// ([`Backup::awaiting`]): the key's owner, if it is another node in view (it replicates
+    /// the child here if this node is its backup, and says when it recovered: at once if it did
+    /// already, as it is asked to). `None` when the copy is to be failed over at once.
+    fn awaited_owner(&self, key: &str) -> Option<NodeId> {
+        if self.quorum_lost || self.me_leaving {
+            return None;
+        }
+        self.owner(key)
+            .filter(|o| *o != self.config.me && self.view.contains(o))
+    }
+
+    /// [`DirMsg::Recovered`] from `from`: it sent every replication of the children it recovered;
+    /// the copies recovered here for it and not replicated are orphans from now on. Answered if
+    /// `ask`ed and this node recovered (otherwise it tells `from` when it does).
+    pub(super) fn on_recovered(&mut self, from: &NodeId, ask: bool, out: &mut Vec<Action>) {
+        if ask && self.recovered {
+            out.push(send(from, DirMsg::Recovered { ask: false }));
+        }
+        self.release_awaiting(|b| b.from == *from, out);
+    }
+
+    /// The copies recovered here and awaiting their owner that `pred` selects become orphan
+    /// copies held for this node (as recovered copies are without an owner to await), failed
+    /// over unless the quorum is lost: handed to the owner and merged into its copy.
+    pub(super) fn release_awaiting(
+        &mut self,
+        pred: impl Fn(&Backup) -> bool,
+        out: &mut Vec<Action>,
+    ) {
+        let mut examined = 0;
+        let keys: BTreeSet<String> = self
+            .backups
+            .iter()
+            .inspect(|(_, list)| examined += list.len())
+            .filter(|(_, list)| list.iter().any(|b| b.awaiting && pred(b)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        self.examined(examined);
+        if keys.is_empty() {
+            return;
+        }
+        let me = self.config.me.clone();
+        for key in &keys {
+            for b in self.remove_copies(key, |b| b.awaiting && pred(b)) {
+                let tag = Some(self.next_hand_off_tag());
+                self.put_copy(key, orphan_copy(&me, b.record, tag, Epoch::default()));
+            }
+        }
+        if !self.quorum_lost {
+            self.fail_over_orphans_of(Some(&keys), out);
+            self.pump_moves(out);
+        }
     }
 
     /// Whether the directory keeps durable entries ([`DirConfig::durable`](super::DirConfig::durable)).
@@ -318,25 +414,126 @@ mod tests {
         assert_eq!(d.durable("k").map(|e| e.buried), Some(vec![g]));
     }
 
-    #[test]
-    fn a_recovered_record_of_a_key_owned_elsewhere_is_handed_to_its_owner() {
-        let mut d = durable_dir("a", &["a", "b"]);
-        let key = (0..1000)
+    fn key_owned_by(d: &Directory, owner: &str) -> String {
+        (0..1000)
             .map(|i| format!("k{i}"))
-            .find(|k| d.owner(k) == Some(id("b")))
-            .expect("some key owned by b");
-        let entry = DurableEntry {
-            records: vec![record(&key, 5, 3, 3)],
-            buried: Vec::new(),
-        };
-        let actions = d.recover([(key.clone(), entry)]);
-        assert!(spawned(&actions).is_empty());
-        assert!(
-            actions.iter().any(|a| matches!(a,
+            .find(|k| d.owner(k) == Some(id(owner)))
+            .expect("some key owned by the node")
+    }
+
+    fn adopts(actions: &[Action], to_node: &str, key: &str, version: u64) -> bool {
+        actions.iter().any(|a| {
+            matches!(a,
                 Action::Send { to, msg: DirMsg::Adopt { record, .. } }
-                    if *to == id("b") && record.key == key && record.version == Version::new(3))),
+                    if *to == id(to_node) && record.key == key
+                        && record.version == Version::new(version))
+        })
+    }
+
+    fn entry(r: Record) -> DurableEntry {
+        DurableEntry {
+            records: vec![r],
+            buried: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_recovered_record_of_a_key_owned_elsewhere_awaits_its_owner_then_goes_to_it() {
+        let mut d = durable_dir("a", &["a", "b"]);
+        let key = key_owned_by(&d, "b");
+        let actions = d.recover([(key.clone(), entry(record(&key, 5, 3, 3)))]);
+        assert!(spawned(&actions).is_empty());
+        assert!(!adopts(&actions, "b", &key, 3), "{actions:?}");
+        assert!(
+            actions.iter().any(
+                |a| matches!(a, Action::Send { to, msg: DirMsg::Recovered { .. } } if *to == id("b"))
+            ),
             "{actions:?}"
         );
+        // Kept (and on disk) while b has not said it recovered.
+        assert!(d.backups()[&key][0].awaiting);
+        assert_eq!(d.durable(&key).map(|e| e.records.len()), Some(1));
+        // b recovered without it (its disk lost it, or another node backs it up): handed to b.
+        let actions = d.receive(&id("b"), DirMsg::Recovered { ask: false });
+        assert!(adopts(&actions, "b", &key, 3), "{actions:?}");
+    }
+
+    #[test]
+    fn a_recovered_copy_that_its_owner_replicates_unchanged_is_its_backup_and_nothing_moves() {
+        let mut d = durable_dir("a", &["a", "b"]);
+        let key = key_owned_by(&d, "b");
+        let r = record(&key, 5, 3, 3);
+        d.recover([(key.clone(), entry(r.clone()))]);
+        let epoch = Epoch(7, 1);
+        let actions = d.receive(&id("b"), DirMsg::Replicate { record: r, epoch });
+        assert!(
+            actions.iter().any(|a| matches!(a,
+                Action::Send { to, msg: DirMsg::Ack { key: k, .. } } if *to == id("b") && *k == key)),
+            "{actions:?}"
+        );
+        let list = &d.backups()[&key];
+        assert_eq!(list.len(), 1, "{list:?}");
+        assert!(!list[0].awaiting && !list[0].orphan && list[0].epoch == epoch);
+        // b's later word that it recovered moves nothing.
+        let actions = d.receive(&id("b"), DirMsg::Recovered { ask: false });
+        assert!(!adopts(&actions, "b", &key, 3), "{actions:?}");
+    }
+
+    #[test]
+    fn a_recovered_copy_unlike_what_its_owner_replicates_is_handed_to_the_owner_to_merge() {
+        let mut d = durable_dir("a", &["a", "b"]);
+        let key = key_owned_by(&d, "b");
+        d.recover([(key.clone(), entry(record(&key, 5, 4, 4)))]);
+        // b's disk had an older state (its write lagged this backup's).
+        let actions = d.receive(
+            &id("b"),
+            DirMsg::Replicate {
+                record: record(&key, 5, 3, 3),
+                epoch: Epoch(7, 1),
+            },
+        );
+        assert!(adopts(&actions, "b", &key, 4), "{actions:?}");
+    }
+
+    #[test]
+    fn a_recovered_copy_whose_owner_leaves_the_view_is_failed_over() {
+        let mut d = durable_dir("a", &["a", "b"]);
+        let key = key_owned_by(&d, "b");
+        d.recover([(key.clone(), entry(record(&key, 5, 3, 3)))]);
+        let actions = d.set_view([&id("a")]);
+        let runs = spawned(&actions);
+        assert_eq!(runs.len(), 1, "{actions:?}");
+        assert_eq!(runs[0].version, Version::new(3));
+    }
+
+    #[test]
+    fn a_child_stopped_for_quorum_before_its_node_recovered_keeps_its_newer_state() {
+        let mut config = DirConfig::new(id("a"));
+        config.durable = true;
+        config.quorum = Some(3);
+        let mut d = Directory::new(config);
+        let all = [id("a"), id("b"), id("c")];
+        d.set_view(all.iter());
+        let key = key_owned_by(&d, "a");
+        // This run starts the child before it took back its disk, and the child moves on.
+        d.start(1, spec(&key));
+        d.spawned(&key, Ok(()));
+        d.snapshot(&key, vec![9]);
+        let running = d.owned()[&key].record.clone();
+        // The quorum is lost: the child stops, its record kept as a copy held for this node.
+        let actions = d.set_view([&id("a")]);
+        assert!(actions.iter().any(|a| matches!(a, Action::Stop { .. })), "{actions:?}");
+        d.exited(&key, ExitClass::Shutdown, None, Duration::ZERO);
+        // The disk held an older state of the same child.
+        let mut older = running.clone();
+        older.version = Version::new(0);
+        older.snapshot = None;
+        d.recover([(key.clone(), entry(older))]);
+        // Both are kept; when the quorum returns the newer runs (the older is merged into it).
+        let actions = d.set_view(all.iter());
+        let runs = spawned(&actions);
+        assert_eq!(runs.len(), 1, "{actions:?}");
+        assert_eq!(runs[0].snapshot.as_deref(), Some(&[9u8][..]), "{actions:?}");
     }
 
     #[test]

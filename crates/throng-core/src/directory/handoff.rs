@@ -8,7 +8,7 @@ use super::{
     Generation, Holder, Phase, Record, Source, StartError, StopReason, Tag, Version,
     MAX_BURIED_BYTES, MAX_HOPS,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::NodeId;
 
@@ -152,11 +152,22 @@ impl Directory {
     /// key, merged into the copy running here if there is one), handed to its owner, or dropped
     /// with its child if that child was removed.
     fn fail_over_orphans(&mut self, out: &mut Vec<Action>) {
+        self.fail_over_orphans_of(None, out);
+    }
+
+    /// [`Directory::fail_over_orphans`] for the copies of `only` (every key if `None`).
+    pub(super) fn fail_over_orphans_of(
+        &mut self,
+        only: Option<&BTreeSet<String>>,
+        out: &mut Vec<Action>,
+    ) {
         let me = self.config.me.clone();
         let mut examined = 0;
-        let mut orphaned: Vec<(String, Version, NodeId, Option<Tag>)> = self
-            .backups
-            .iter()
+        let lists: Box<dyn Iterator<Item = (&String, &Vec<Backup>)>> = match only {
+            Some(keys) => Box::new(keys.iter().filter_map(|k| self.backups.get_key_value(k))),
+            None => Box::new(self.backups.iter()),
+        };
+        let mut orphaned: Vec<(String, Version, NodeId, Option<Tag>)> = lists
             .flat_map(|(k, list)| list.iter().map(move |b| (k, b)))
             .inspect(|_| examined += 1)
             .filter(|(_, b)| b.orphan || self.departed.contains(&b.from))
@@ -621,6 +632,7 @@ impl Directory {
                 handoff: Some(tag),
                 epoch: Epoch::default(),
                 orphan: false,
+                awaiting: false,
             },
         );
         out.push(send(

@@ -488,6 +488,12 @@ pub struct Backup {
     /// on to the owner) as soon as the view has an owner for it, even if a new incarnation of
     /// `from` joins meanwhile (the new incarnation does not run the child).
     pub orphan: bool,
+    /// A copy this node took back from its disk ([`Directory::recover`]) for a key `from` owns:
+    /// kept for `from` until `from` replicates the same record here (this copy is then its
+    /// backup, and nothing moves) or says it recovered without it ([`DirMsg::Recovered`]: the
+    /// copy is then an orphan, handed to the owner and merged there). After a full restart the
+    /// owner and its backup both come back with the same record: no hand-off is needed.
+    pub awaiting: bool,
 }
 
 /// The directory of one distributed supervisor on one node. See the module docs.
@@ -544,6 +550,9 @@ pub struct Directory {
     /// back yet ([`Directory::recover`]): part of every durable entry written meanwhile, so the
     /// disk never loses it.
     preloaded: BTreeMap<String, DurableEntry>,
+    /// Whether [`Directory::recover`] ran: from then on each peer joining the view or
+    /// reconnecting is told, and asked ([`DirMsg::Recovered`]).
+    recovered: bool,
 }
 
 impl Directory {
@@ -579,6 +588,7 @@ impl Directory {
             unchecked: 0,
             touched: BTreeSet::new(),
             preloaded: BTreeMap::new(),
+            recovered: false,
         };
         d.quorum_lost = !d.has_quorum();
         d
@@ -739,6 +749,7 @@ fn orphan_copy(me: &NodeId, record: Record, handoff: Option<Tag>, epoch: Epoch) 
         handoff,
         epoch,
         orphan: true,
+        awaiting: false,
     }
 }
 

@@ -339,6 +339,17 @@ pub enum DirMsg {
         /// The key.
         key: String,
     },
+    /// From a node that took back its durable entries ([`Directory::recover`](super::Directory::recover)): every
+    /// replication of a child it recovered was sent before this. The receiver stops waiting for
+    /// replications of the copies it recovered for the sender's keys ([`Backup::awaiting`]):
+    /// those are orphans, handed to their owner and merged there. Sent with `ask` to each peer
+    /// in view when it recovers (and to each peer that joins its view or reconnects later);
+    /// a node that recovered answers an `ask` without it, so a node that recovered last still
+    /// hears from every peer.
+    Recovered {
+        /// Answer with `Recovered` once recovered.
+        ask: bool,
+    },
 }
 
 /// A node holding a copy of a child that must be dropped once another copy is safe.
@@ -392,7 +403,10 @@ impl Holder {
 
     /// Whether `b` is the copy this holder names.
     pub(super) fn names(&self, b: &Backup) -> bool {
-        b.from == self.origin
+        // A copy recovered from disk and awaiting its owner is no copy the owner made: none of
+        // its drops names it (a removal buries its generation, which discards it).
+        !b.awaiting
+            && b.from == self.origin
             && b.handoff == self.tag
             && (self.tag.is_some() || b.epoch <= self.epoch)
     }

@@ -62,6 +62,7 @@ impl Directory {
                     self.bury_and_stop(&key, generation, &mut out);
                 }
             }
+            DirMsg::Recovered { ask } => self.on_recovered(from, ask, &mut out),
             DirMsg::Conflict { key } => {
                 out.push(Action::Event(ChildEvent::Conflict {
                     key,

@@ -92,14 +92,16 @@ impl Directory {
             }
             return self.checked(out);
         }
-        if had_quorum {
-            for peer in added {
-                self.resync(&peer, &mut out);
+        let resynced: Vec<NodeId> = if had_quorum {
+            for peer in &added {
+                self.resync(peer, &mut out);
             }
+            added
         } else {
-            self.regain_quorum(&mut out);
-        }
+            self.regain_quorum(&mut out)
+        };
         self.rebalance(&mut out);
+        self.tell_recovered(&resynced, &mut out);
         if begins_leaving {
             self.examined(self.tombstones.len());
             self.hand_off_tombstones(&mut out);
@@ -131,6 +133,9 @@ impl Directory {
         }
         self.moving.clear();
         self.move_queue.clear();
+        // Copies recovered from disk stop waiting for their owner: orphans, like every copy
+        // recovered without a quorum.
+        self.release_awaiting(|_| true, out);
         // Every copy held here stays (backups, hand-off copies, orphans): none runs while the
         // quorum is lost, but the majority this node cannot see may not exist (a crash and a
         // partition at once leave every side a minority), and then a copy here may be a
@@ -145,11 +150,23 @@ impl Directory {
     /// through the loss may be stale (their owner moved its backup, handed the child on, or
     /// removed it meanwhile): [`DirMsg::Held`] tells each peer what is held for it, and the
     /// peer drops what it no longer needs.
-    fn regain_quorum(&mut self, out: &mut Vec<Action>) {
+    fn regain_quorum(&mut self, out: &mut Vec<Action>) -> Vec<NodeId> {
         let me = self.config.me.clone();
         let peers: Vec<NodeId> = self.view.iter().filter(|n| **n != me).cloned().collect();
-        for peer in peers {
-            self.resync(&peer, out);
+        for peer in &peers {
+            self.resync(peer, out);
+        }
+        peers
+    }
+
+    /// After a reconciliation with `peers` (and the replications it caused): once this node
+    /// recovered its durable entries, each is told so and asked the same
+    /// ([`DirMsg::Recovered`]), as messages sent before may have been lost.
+    fn tell_recovered(&self, peers: &[NodeId], out: &mut Vec<Action>) {
+        if self.recovered {
+            for peer in peers {
+                out.push(send(peer, DirMsg::Recovered { ask: true }));
+            }
         }
     }
 
@@ -269,6 +286,7 @@ impl Directory {
             }
         }
         self.resync(peer, &mut out);
+        self.tell_recovered(std::slice::from_ref(peer), &mut out);
         self.checked(out)
     }
 
@@ -332,7 +350,7 @@ impl Directory {
             .iter()
             .flat_map(|(k, list)| list.iter().map(move |b| (k, b)))
             .inspect(|_| examined += 1)
-            .filter(|(_, b)| b.from == *peer && b.handoff.is_none())
+            .filter(|(_, b)| b.from == *peer && b.handoff.is_none() && !b.awaiting)
             .map(|(k, b)| (k.clone(), b.epoch))
             .collect();
         out.push(send(peer, DirMsg::Held { keys }));

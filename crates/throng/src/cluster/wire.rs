@@ -19,7 +19,7 @@ use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
 use serde::{Deserialize, Serialize};
 
 /// Version of the node-to-node protocol, checked in the handshake.
-pub const PROTOCOL_VERSION: u16 = 8;
+pub const PROTOCOL_VERSION: u16 = 9;
 
 /// First bytes of every handshake hello.
 pub const MAGIC: [u8; 4] = *b"THRG";
@@ -1108,8 +1108,8 @@ mod tests {
     }
 
     const GOLDEN: &[&str] = &[
-        "Hello 5448524708026e31070101010101010101010101010101010101010101010101010101010101010101",
-        "HelloAck 08026e320802020202020202020202020202020202020202020202020202020202020202020303030303030303030303030303030303030303030303030303030303030303",
+        "Hello 5448524709026e31070101010101010101010101010101010101010101010101010101010101010101",
+        "HelloAck 09026e320802020202020202020202020202020202020202020202020202020202020202020303030303030303030303030303030303030303030303030303030303030303",
         "Auth 0404040404040404040404040404040404040404040404040404040404040404",
         "RemoteFailure 000161",
         "RemoteFailure 0101650166",
@@ -1245,6 +1245,7 @@ mod tests {
                 keys: vec![(k(), e)],
             },
             DirMsg::Conflict { key: k() },
+            DirMsg::Recovered { ask: true },
         ];
         let mut v = vec![("StartSpec", encode(&spec)), ("Record", encode(&record))];
         v.extend(msgs.iter().map(|m| ("DirMsg", encode(m))));
@@ -1266,6 +1267,7 @@ mod tests {
         "DirMsg 08016b017401010101010203ac0200010601016201610106040501",
         "DirMsg 0901016b0405",
         "DirMsg 0a016b",
+        "DirMsg 0b01",
     ];
 
     #[test]

@@ -46,6 +46,7 @@ fn check_finds_copies_out_of_shape() {
         handoff: None,
         epoch: Epoch::default(),
         orphan: false,
+        awaiting: false,
     };
     d.backups.insert("x".into(), vec![copy.clone()]);
     assert!(matches!(d.check(), Err(Broken::CopyKey { .. })));

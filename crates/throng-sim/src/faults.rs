@@ -10,7 +10,8 @@ use crate::config::dir_config;
 use crate::host::state_of;
 use crate::report::{Invariant, LossWork};
 use crate::world::{
-    trace, Ev, Pending, Sim, DISK_LOSS, RECOVERY_MAX_WAIT, RECOVERY_SETTLE, RESET_OUTAGE,
+    trace, Ev, Pending, Sim, DISK_LOSS, HANDOFF_TIMEOUT, RECOVERY_MAX_WAIT, RECOVERY_SETTLE,
+    RESET_OUTAGE,
 };
 
 impl Sim {
@@ -37,6 +38,23 @@ impl Sim {
         self.nodes[j].view_leaving.insert(j);
         self.drive(j, |d, h| d.leave(h));
         self.others_learn_of(j);
+        let inc = self.nodes[j].inc;
+        self.schedule(HANDOFF_TIMEOUT, Ev::LeaveTimeout { node: j, inc });
+    }
+
+    /// The leave of `j` (run `inc`) began [`HANDOFF_TIMEOUT`] ago: if it still has not handed
+    /// everything off (the nodes it hands to cannot confirm, e.g. without a quorum), it goes all
+    /// the same, as the runtime does: its disk written, its children stopped with it, what it
+    /// held failed over from the copies elsewhere.
+    pub(crate) fn leave_timeout(&mut self, j: usize, inc: u64) {
+        let n = &self.nodes[j];
+        if !n.alive || n.inc != inc || !n.leaving {
+            return;
+        }
+        self.tally.event("leave timed out (the rest fails over)");
+        trace!(self, "LEAVE TIMEOUT n{j}");
+        self.flush(j, inc);
+        self.crash(j);
     }
 
     /// A leaving node whose directory handed everything off leaves the membership and exits.

@@ -122,6 +122,7 @@ impl Sim {
                 attempt,
             } => self.update_arrive(node, inc, key, attempt),
             Ev::Exit { node, inc } => self.exit(node, inc),
+            Ev::LeaveTimeout { node, inc } => self.leave_timeout(node, inc),
             Ev::TermArrive { node, inc, req } => self.term_arrive(node, inc, req),
             Ev::Reconnect { a, b } => self.reconnect(a, b),
             Ev::Flush { node, inc } => self.flush(node, inc),

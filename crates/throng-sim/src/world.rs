@@ -40,6 +40,10 @@ pub(crate) const RECOVERY_SETTLE: u64 = 1000;
 /// With [`SimConfig::durable`]: a restarted node takes its disk back at the latest this long
 /// after its start, settled or not (the runtime's `RECOVERY_MAX_WAIT`, ten seconds).
 pub(crate) const RECOVERY_MAX_WAIT: u64 = 10_000;
+/// A leaving node that has not handed everything off this long after its leave began goes all
+/// the same (the runtime's `HANDOFF_TIMEOUT`, sixty seconds): it writes its disk and stops, and
+/// the rest fails over from the copies elsewhere, as after a crash.
+pub(crate) const HANDOFF_TIMEOUT: u64 = 60_000;
 /// With [`SimConfig::durable`]: after a full-cluster restart every node is back within this.
 pub(crate) const FULL_RESTART_WINDOW: (u64, u64) = (1, 150);
 /// With [`SimConfig::durable`]: the chance that a node restarts with an empty disk.
@@ -118,6 +122,11 @@ pub(crate) enum Ev {
     },
     /// A leaving node that handed everything off leaves the membership and exits.
     Exit {
+        node: usize,
+        inc: u64,
+    },
+    /// A leave begun [`HANDOFF_TIMEOUT`] ago: the node goes if it has not yet.
+    LeaveTimeout {
         node: usize,
         inc: u64,
     },

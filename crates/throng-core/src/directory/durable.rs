@@ -522,7 +522,10 @@ mod tests {
         let running = d.owned()[&key].record.clone();
         // The quorum is lost: the child stops, its record kept as a copy held for this node.
         let actions = d.set_view([&id("a")]);
-        assert!(actions.iter().any(|a| matches!(a, Action::Stop { .. })), "{actions:?}");
+        assert!(
+            actions.iter().any(|a| matches!(a, Action::Stop { .. })),
+            "{actions:?}"
+        );
         d.exited(&key, ExitClass::Shutdown, None, Duration::ZERO);
         // The disk held an older state of the same child.
         let mut older = running.clone();

@@ -11,7 +11,10 @@
 //! copy held for this node — run here if this node owns the key, handed to its owner otherwise,
 //! merged with another copy when two meet (the copy of a child with the higher version is the
 //! newer state: see [`Directory::is_newer_copy`]) — and every buried generation is buried again,
-//! so a removed child never comes back.
+//! so a removed child never comes back. The one record of a key another node in view owns waits
+//! for that owner instead ([`Backup::awaiting`]): after a full-cluster restart the owner
+//! replicates the same record, which makes the copy its backup with no hand-off; any other record,
+//! or the owner's [`DirMsg::Recovered`], makes it an orphan like the others.
 
 use std::collections::BTreeSet;
 

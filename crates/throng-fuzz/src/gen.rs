@@ -382,7 +382,7 @@ fn reply_body(rng: &mut Rng) -> Vec<u8> {
 
 /// A frame, any variant, with the payloads a node sends in it.
 pub fn frame(rng: &mut Rng) -> Frame {
-    match rng.below(12) {
+    match rng.below(13) {
         0 => Frame::Request {
             id: u64(rng),
             to: string(rng),
@@ -436,9 +436,12 @@ pub fn frame(rng: &mut Rng) -> Frame {
             to: string(rng),
             actor_type: string(rng),
         },
-        _ => Frame::Cast {
+        11 => Frame::Cast {
             route: u32(rng),
             body: bytes(rng),
+        },
+        _ => Frame::Demonitor {
+            mids: list(rng, 8, u64),
         },
     }
 }

@@ -53,7 +53,9 @@ type Watcher = Box<dyn FnOnce(ActorId, &ExitReason) + Send>;
 #[derive(Default)]
 struct State {
     exit: Option<ExitReason>,
-    watchers: Vec<Watcher>,
+    /// By token, in the order they were added (see [`Cell::watch`]).
+    watchers: std::collections::BTreeMap<u64, Watcher>,
+    next_watcher: u64,
     links: Vec<Arc<Cell>>,
     signals: VecDeque<Signal>,
     trap_exit: bool,
@@ -172,14 +174,29 @@ impl Cell {
     where
         F: FnOnce(ActorId, &ExitReason) + Send + 'static,
     {
+        self.watch(f).map(|_| ())
+    }
+
+    /// [`Cell::on_exit`], returning a token that [`Cell::unwatch`] takes to remove `f`.
+    pub(crate) fn watch<F>(&self, f: F) -> Result<u64, (F, ExitReason)>
+    where
+        F: FnOnce(ActorId, &ExitReason) + Send + 'static,
+    {
         let mut st = self.lock();
         match &st.exit {
             Some(r) => Err((f, r.clone())),
             None => {
-                st.watchers.push(Box::new(f));
-                Ok(())
+                let token = st.next_watcher;
+                st.next_watcher += 1;
+                st.watchers.insert(token, Box::new(f));
+                Ok(token)
             }
         }
+    }
+
+    /// Removes the watcher [`Cell::watch`] returned `token` for, unless it ran (or runs) already.
+    pub(crate) fn unwatch(&self, token: u64) {
+        self.lock().watchers.remove(&token);
     }
 
     /// Link two live actors. If either has exited, the other receives the exit signal at once, as
@@ -242,7 +259,7 @@ impl Cell {
                 std::mem::take(&mut st.links),
             )
         };
-        for w in watchers {
+        for w in watchers.into_values() {
             w(self.id, &reason);
         }
         for l in links {

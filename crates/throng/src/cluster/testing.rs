@@ -88,7 +88,8 @@ pub fn decode_frame_payloads(frame: &FrameRef<'_>) -> usize {
         | FrameRef::List { .. }
         | FrameRef::Down { .. }
         | FrameRef::Chunk { .. }
-        | FrameRef::Cast { .. } => 0,
+        | FrameRef::Cast { .. }
+        | FrameRef::Demonitor { .. } => 0,
     }
 }
 

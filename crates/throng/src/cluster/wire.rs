@@ -317,7 +317,17 @@ pub enum Frame {
         /// The serialized message.
         body: Vec<u8>,
     },
+    /// The watcher no longer needs the [`Frame::Monitor`]s `mids` (every reference they stood
+    /// for was dropped): the receiver forgets them, and sends no [`Frame::Down`] for them. At
+    /// most [`MAX_DEMONITORS`] per frame.
+    Demonitor {
+        /// Monitor ids.
+        mids: Vec<u64>,
+    },
 }
+
+/// Monitor ids a [`Frame::Demonitor`] carries at most.
+pub const MAX_DEMONITORS: usize = 8192;
 
 /// Routes a link binds at most in each direction ([`Frame::Bind`]); casts to further actors carry
 /// their names.
@@ -424,6 +434,11 @@ pub enum FrameRef<'a> {
         /// The serialized message.
         body: &'a [u8],
     },
+    /// See [`Frame::Demonitor`].
+    Demonitor {
+        /// Monitor ids.
+        mids: Vec<u64>,
+    },
 }
 
 impl FrameRef<'_> {
@@ -482,6 +497,7 @@ impl FrameRef<'_> {
                 route,
                 body: body.to_vec(),
             },
+            FrameRef::Demonitor { mids } => Frame::Demonitor { mids },
         }
     }
 }
@@ -1102,6 +1118,7 @@ mod tests {
                 route: 1,
                 body: vec![3],
             },
+            Frame::Demonitor { mids: vec![2, 300] },
         ];
         v.extend(frames.iter().map(|f| ("Frame", encode(f))));
         v
@@ -1141,6 +1158,7 @@ mod tests {
         "Frame 090102",
         "Frame 0a010275610174",
         "Frame 0b010103",
+        "Frame 0c0202ac02",
     ];
 
     #[test]

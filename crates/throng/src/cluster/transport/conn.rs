@@ -641,6 +641,8 @@ impl Transport {
     /// The connection to `peer` is gone: fail its calls in flight and its proxies.
     pub(super) fn peer_lost(&self, peer: &NodeId) {
         lock(&self.pending).retain(|_, p| p.peer != *peer);
+        // The peer's references to actors here were finished on its side (as this node's are).
+        lock(&self.watched).remove_peer(peer);
         let proxies: Vec<Weak<Cell>> = lock(&self.proxies).take_peer(peer);
         for p in proxies.into_iter().filter_map(|w| w.upgrade()) {
             p.finish(ExitReason::NodeDown(peer.as_str().into()));

@@ -114,6 +114,59 @@ pub struct ConnectionStats {
     /// those still referred to, and those every holder dropped that were not pruned yet — at
     /// most twice the live ones plus 1,024, however many remote actors the node ever referred to.
     pub monitored_remotes: usize,
+    /// Monitors peers hold on this node's exported actors: one per reference a peer holds (and
+    /// has not pruned yet, see `monitored_remotes`); forgotten when the peer drops it
+    /// ([`Frame::Demonitor`](crate::cluster::wire::Frame::Demonitor)), the actor exits or the
+    /// connection is lost.
+    pub monitors_held: usize,
+}
+
+/// The monitors peers hold on local actors ([`Frame::Monitor`]), by peer and monitor id: the
+/// actor's handle and the token of the watcher that sends the `Down`, so that a
+/// [`Frame::Demonitor`] (or the loss of the connection) removes the watcher.
+#[derive(Default)]
+pub(crate) struct Watched {
+    by_peer: HashMap<NodeId, HashMap<u64, (ActorHandle, u64)>>,
+    len: usize,
+}
+
+impl Watched {
+    fn insert(&mut self, peer: &NodeId, mid: u64, handle: ActorHandle, token: u64) {
+        if let Some((old, t)) = self
+            .by_peer
+            .entry(peer.clone())
+            .or_default()
+            .insert(mid, (handle, token))
+        {
+            old.cell.unwatch(t);
+        } else {
+            self.len += 1;
+        }
+    }
+
+    /// Removes the monitor, and its watcher unless `fired` (it runs, or ran).
+    fn remove(&mut self, peer: &NodeId, mid: u64, fired: bool) {
+        let Some(map) = self.by_peer.get_mut(peer) else {
+            return;
+        };
+        if let Some((handle, token)) = map.remove(&mid) {
+            self.len -= 1;
+            if !fired {
+                handle.cell.unwatch(token);
+            }
+        }
+        if map.is_empty() {
+            self.by_peer.remove(peer);
+        }
+    }
+
+    /// Removes every monitor of `peer`, and their watchers.
+    fn remove_peer(&mut self, peer: &NodeId) {
+        for (_, (handle, token)) in self.by_peer.remove(peer).unwrap_or_default() {
+            self.len -= 1;
+            handle.cell.unwatch(token);
+        }
+    }
 }
 
 /// The proxy cells standing for monitored remote actors, by (peer, monitor id): finished when
@@ -131,12 +184,22 @@ impl Proxies {
     /// The table is never pruned below this size.
     const MIN_PRUNE: usize = 1024;
 
-    fn insert(&mut self, key: (NodeId, u64), proxy: Weak<Cell>) {
+    /// Adds `proxy`; returns the entries pruned meanwhile (every holder dropped them): their
+    /// peers are told ([`Frame::Demonitor`]).
+    fn insert(&mut self, key: (NodeId, u64), proxy: Weak<Cell>) -> Vec<(NodeId, u64)> {
+        let mut pruned = Vec::new();
         if self.map.len() >= self.prune_at.max(Self::MIN_PRUNE) {
-            self.map.retain(|_, w| w.strong_count() > 0);
+            self.map.retain(|k, w| {
+                let live = w.strong_count() > 0;
+                if !live {
+                    pruned.push(k.clone());
+                }
+                live
+            });
             self.prune_at = 2 * self.map.len();
         }
         self.map.insert(key, proxy);
+        pruned
     }
 
     /// Every entry of `peer`, removed.
@@ -408,6 +471,8 @@ pub(crate) struct Transport {
     peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
     /// Proxy cells standing for remote actors, by (peer, monitor id).
     proxies: Mutex<Proxies>,
+    /// The monitors peers hold on local actors (shared with the watchers that remove theirs).
+    watched: Arc<Mutex<Watched>>,
     /// Members, leaving members, the placement ring, and their listeners.
     pub(in crate::cluster) view: View,
     /// One permit per connection in its handshake ([`TransportOptions::max_handshakes`]).
@@ -470,6 +535,7 @@ impl Transport {
             next_id: AtomicU64::new(1),
             peers: Mutex::new(HashMap::new()),
             proxies: Mutex::new(Proxies::default()),
+            watched: Arc::new(Mutex::new(Watched::default())),
             refusals: Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -495,6 +561,7 @@ impl Transport {
             handshakes_failed: self.handshakes_failed.load(Ordering::Relaxed),
             backlog_resets: self.backlog_resets.load(Ordering::Relaxed),
             monitored_remotes: lock(&self.proxies).map.len(),
+            monitors_held: lock(&self.watched).len,
         }
     }
 
@@ -618,14 +685,27 @@ impl Transport {
             }
             FrameRef::Monitor { mid, name } => match self.export(&name) {
                 Some(e) => {
-                    let peer = peer.clone();
-                    // Runs on the exiting actor's task: never blocks it.
-                    e.handle().on_exit(move |_, reason| {
-                        peer.control_from_actor(Frame::Down {
+                    let handle = e.handle().clone();
+                    let (to, watched) = (peer.clone(), Arc::clone(&self.watched));
+                    // Runs on the exiting actor's task: never blocks it (the table's lock is
+                    // only ever held briefly).
+                    let down = move |_, reason: &ExitReason| {
+                        lock(&watched).remove(&to.id, mid, true);
+                        to.control_from_actor(Frame::Down {
                             mid,
                             reason: WireExit::from(reason),
                         })
-                    })
+                    };
+                    // Registered under the table's lock, so that an exit racing it removes the
+                    // entry after it was made.
+                    let mut table = lock(&self.watched);
+                    match handle.cell.watch(down) {
+                        Ok(token) => table.insert(&peer.id, mid, handle.clone(), token),
+                        Err((down, reason)) => {
+                            drop(table);
+                            down(handle.id(), &reason);
+                        }
+                    }
                 }
                 None => {
                     let _ = peer
@@ -646,6 +726,12 @@ impl Transport {
             | FrameRef::Names { .. }) => {
                 if let Some(sink) = self.sink() {
                     sink.frame(peer, f).await;
+                }
+            }
+            FrameRef::Demonitor { mids } => {
+                let mut table = lock(&self.watched);
+                for mid in mids {
+                    table.remove(&peer.id, mid, false);
                 }
             }
             FrameRef::Down { mid, reason } => {

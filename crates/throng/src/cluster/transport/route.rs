@@ -368,6 +368,26 @@ pub(crate) enum RequestError<E> {
 }
 
 impl Transport {
+    /// Tells the peers that the monitors `pruned` (every reference they stood for was dropped
+    /// here) are no longer needed: one [`Frame::Demonitor`] per peer and [`wire::MAX_DEMONITORS`]
+    /// ids, from a task that must not wait (queued behind the backlog if the lane is full).
+    fn demonitor(&self, pruned: Vec<(NodeId, u64)>) {
+        let mut by_peer: HashMap<NodeId, Vec<u64>> = HashMap::new();
+        for (peer, mid) in pruned {
+            by_peer.entry(peer).or_default().push(mid);
+        }
+        for (peer, mids) in by_peer {
+            let Some(p) = self.peer(&peer) else {
+                continue;
+            };
+            for chunk in mids.chunks(wire::MAX_DEMONITORS) {
+                p.control_from_actor(Frame::Demonitor {
+                    mids: chunk.to_vec(),
+                });
+            }
+        }
+    }
+
     /// One request to `peer`, the one path every request with a reply takes (remote calls,
     /// supervisors' start, stop and list, ...): a fresh id and a pending entry that the reply
     /// completes; `send(id)` queues the request frame; waits for the reply at most `timeout`.
@@ -460,7 +480,8 @@ impl Transport {
             // with typed errors.
         } else if *peer != self.id {
             let mid = self.next_id.fetch_add(1, Ordering::Relaxed);
-            lock(&self.proxies).insert((peer.clone(), mid), Arc::downgrade(&proxy));
+            let pruned = lock(&self.proxies).insert((peer.clone(), mid), Arc::downgrade(&proxy));
+            self.demonitor(pruned);
             match self.peer(peer) {
                 Some(p) => p.control_from_actor(Frame::Monitor {
                     mid,

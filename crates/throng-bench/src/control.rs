@@ -91,7 +91,17 @@ impl NodeProc {
         })
     }
 
-    pub(crate) async fn ask(&self, mut cmd: Value) -> Result<Value, String> {
+    /// Send one command and wait for its answer, at most [`ANSWER_TIMEOUT`].
+    pub(crate) async fn ask(&self, cmd: Value) -> Result<Value, String> {
+        self.ask_within(cmd, ANSWER_TIMEOUT).await
+    }
+
+    /// Send one command and wait for its answer, at most `timeout`.
+    pub(crate) async fn ask_within(
+        &self,
+        mut cmd: Value,
+        timeout: Duration,
+    ) -> Result<Value, String> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         cmd["id"] = json!(id);
         let (tx, rx) = oneshot::channel();
@@ -107,13 +117,21 @@ impl NodeProc {
             .write_all(line.as_bytes())
             .await
             .map_err(|e| format!("{}: {e}", self.name))?;
-        tokio::time::timeout(ANSWER_TIMEOUT, rx)
-            .await
-            .map_err(|_| format!("{}: no answer to {cmd}", self.name))?
+        let answer = tokio::time::timeout(timeout, rx).await;
+        if answer.is_err() {
+            // Forget the waiter: a late answer is dropped.
+            self.waiters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+        }
+        answer
+            .map_err(|_| format!("{}: no answer to {cmd} within {timeout:?}", self.name))?
             .map_err(|_| format!("{}: exited during {cmd}", self.name))
     }
 
-    fn rss(&self) -> u64 {
+    /// Resident memory of the process (bytes), from `/proc/PID/status` (0 if unreadable).
+    pub(crate) fn rss(&self) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.pid))
             .ok()
             .and_then(|s| {
@@ -142,14 +160,35 @@ impl NodeProc {
             .unwrap_or(0.0)
     }
 
+    /// Kill the process with SIGKILL and reap it.
     pub(crate) async fn kill9(&mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
     }
+
+    /// Wait until the process exits by itself (after `leave`).
+    pub(crate) async fn wait_exit(&mut self) {
+        let _ = self.child.wait().await;
+    }
+
+    /// Whether the process has exited.
+    pub(crate) fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Close the node's stdin: it ends its command loop and exits.
+    pub(crate) async fn close_stdin(&self) {
+        let _ = self.stdin.lock().await.shutdown().await;
+    }
 }
 
 struct Opts {
-    nodes: usize,
+    /// The cluster sizes (`--nodes 3,12,24,48`), each run in turn.
+    nodes: Vec<usize>,
+    /// Keys each node calls to check that it routes (`--sample`).
+    sample: usize,
+    /// Nodes started at once by the `join-storm` scenario (`--storm`).
+    storm: usize,
     children: Vec<u64>,
     repeat: usize,
     json: Option<String>,
@@ -164,11 +203,21 @@ struct Opts {
 }
 
 /// Every scenario `--scenarios` accepts.
-const SCENARIOS: &[&str] = &["failover", "graceful", "join", "restart", "durable"];
+const SCENARIOS: &[&str] = &[
+    "failover",
+    "graceful",
+    "join",
+    "restart",
+    "durable",
+    "join-storm",
+    "rolling",
+];
 
 fn parse(args: &[String]) -> Result<Opts, String> {
     let mut o = Opts {
-        nodes: 3,
+        nodes: vec![3],
+        sample: 200,
+        storm: 24,
         children: vec![1000],
         repeat: 1,
         json: None,
@@ -183,7 +232,15 @@ fn parse(args: &[String]) -> Result<Opts, String> {
     while let Some(a) = it.next() {
         let mut val = || it.next().cloned().ok_or(format!("{a} needs a value"));
         match a.as_str() {
-            "--nodes" => o.nodes = val()?.parse().map_err(|e| format!("--nodes: {e}"))?,
+            "--nodes" => {
+                o.nodes = val()?
+                    .split(',')
+                    .map(|s| s.trim().parse::<usize>())
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| format!("--nodes: {e}"))?
+            }
+            "--sample" => o.sample = val()?.parse().map_err(|e| format!("--sample: {e}"))?,
+            "--storm" => o.storm = val()?.parse().map_err(|e| format!("--storm: {e}"))?,
             "--children" => {
                 o.children = val()?
                     .split(',')
@@ -216,8 +273,11 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             other => return Err(format!("unknown option {other}")),
         }
     }
-    if o.nodes < 3 {
+    if o.nodes.is_empty() || o.nodes.iter().any(|k| *k < 3) {
         return Err("--nodes must be at least 3 (one is killed, two must survive)".into());
+    }
+    if o.sample == 0 || o.storm == 0 {
+        return Err("--sample and --storm must be positive".into());
     }
     if o.children.is_empty() || o.children.contains(&0) || o.repeat == 0 {
         return Err("--children and --repeat must be positive".into());
@@ -236,57 +296,62 @@ pub async fn run(args: &[String]) -> ExitCode {
     };
     let mut results: Vec<Value> = Vec::new();
     let mut failed = false;
-    for &n in &opts.children {
-        for r in 1..=opts.repeat {
-            let mut scenarios = vec!["failover"];
-            if opts.graceful {
-                scenarios.push("graceful");
+    for &k in &opts.nodes {
+        for &n in &opts.children {
+            for r in 1..=opts.repeat {
+                let mut scenarios = vec!["failover"];
+                if opts.graceful {
+                    scenarios.push("graceful");
+                }
+                if opts.join {
+                    scenarios.push("join");
+                }
+                if let Some(list) = &opts.scenarios {
+                    scenarios = list.iter().map(String::as_str).collect();
+                }
+                for scenario in scenarios {
+                    let s = opts.sample;
+                    let run = match scenario {
+                        "join" => crate::scale::join_run(k, n, s).await,
+                        "join-storm" => crate::scale::join_storm_run(k, opts.storm, n, s).await,
+                        "rolling" => crate::scale::rolling_run(k, n).await,
+                        // Odd runs measure the baseline first, even ones last (ABBA over repeats).
+                        "restart" => crate::durable::restart_run(k, n, r % 2 == 1).await,
+                        "durable" => crate::durable::durable_run(k, n, opts.load_ms).await,
+                        _ => crate::scale::stop_run(k, n, scenario, s).await,
+                    };
+                    match run {
+                        Ok(mut v) => {
+                            v["run"] = json!(r);
+                            println!("{v}");
+                            if v["lost"].as_u64() != Some(0) {
+                                failed = true;
+                            }
+                            results.push(v);
+                        }
+                        Err(e) => {
+                            eprintln!("cluster: k={k} N={n} {scenario} run {r}: {e}");
+                            failed = true;
+                        }
+                    }
+                }
             }
-            if opts.join {
-                scenarios.push("join");
-            }
-            if let Some(list) = &opts.scenarios {
-                scenarios = list.iter().map(String::as_str).collect();
-            }
-            for scenario in scenarios {
-                let run = match scenario {
-                    "join" => join_run(opts.nodes, n).await,
-                    // Odd runs measure the baseline first, even ones last (ABBA over repeats).
-                    "restart" => crate::durable::restart_run(opts.nodes, n, r % 2 == 1).await,
-                    "durable" => crate::durable::durable_run(opts.nodes, n, opts.load_ms).await,
-                    _ => one_run(opts.nodes, n, scenario).await,
-                };
-                match run {
+        }
+        for &n in &opts.names {
+            for r in 1..=opts.repeat {
+                match names_run(k, n).await {
                     Ok(mut v) => {
                         v["run"] = json!(r);
                         println!("{v}");
-                        if v["lost"].as_u64() != Some(0) {
+                        if v["unseen"].as_u64() != Some(0) {
                             failed = true;
                         }
                         results.push(v);
                     }
                     Err(e) => {
-                        eprintln!("cluster: N={n} {scenario} run {r}: {e}");
+                        eprintln!("cluster: names k={k} N={n} run {r}: {e}");
                         failed = true;
                     }
-                }
-            }
-        }
-    }
-    for &n in &opts.names {
-        for r in 1..=opts.repeat {
-            match names_run(opts.nodes, n).await {
-                Ok(mut v) => {
-                    v["run"] = json!(r);
-                    println!("{v}");
-                    if v["unseen"].as_u64() != Some(0) {
-                        failed = true;
-                    }
-                    results.push(v);
-                }
-                Err(e) => {
-                    eprintln!("cluster: names N={n} run {r}: {e}");
-                    failed = true;
                 }
             }
         }
@@ -350,8 +415,8 @@ pub(crate) async fn wait_members(procs: &[NodeProc], k: usize) -> Result<(), Str
         if views.iter().all(|(v, _)| u(v, "owners") == k as u64) {
             return Ok(());
         }
-        if t.elapsed() > Duration::from_secs(30) {
-            return Err("cluster did not form".into());
+        if t.elapsed() > Duration::from_secs(30 + k as u64) {
+            return Err(format!("cluster of {k} did not form"));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -387,180 +452,6 @@ async fn names_run(k: usize, n: u64) -> Result<Value, String> {
     }))
 }
 
-/// A node joins a cluster of `k - 1` holding `n` children: time until every child runs on its
-/// owner in the new view, with its state, and calls from a concurrent caller meanwhile.
-async fn join_run(k: usize, n: u64) -> Result<Value, String> {
-    let mut procs = cluster(k - 1).await?;
-    let seed = procs[0].gossip.clone();
-    let refs: Vec<&NodeProc> = procs.iter().collect();
-    let start = procs[0].ask(json!({"cmd": "start", "n": n})).await?;
-    procs[0].ask(json!({"cmd": "bump", "n": n})).await?;
-    all(&refs, json!({"cmd": "replicated"})).await?;
-    drop(refs);
-    procs[0].ask(json!({"cmd": "caller_start", "n": n})).await?;
-    let t = Instant::now();
-    procs.push(NodeProc::spawn(&format!("n{k}"), Some(&seed)).await?);
-    wait_members(&procs, k).await?;
-    let refs: Vec<&NodeProc> = procs.iter().collect();
-    let rebalanced_ms = loop {
-        let places = all(&refs, json!({"cmd": "placement", "n": n})).await?;
-        let misplaced: u64 = places.iter().map(|(v, _)| u(v, "misplaced")).sum();
-        let hosted: u64 = places.iter().map(|(v, _)| u(v, "hosted")).sum();
-        if misplaced == 0 && hosted == n {
-            break t.elapsed().as_secs_f64() * 1000.0;
-        }
-        if t.elapsed() > Duration::from_secs(120) {
-            return Err(format!(
-                "not rebalanced: {misplaced} misplaced, {hosted} hosted"
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    let check = all(
-        &refs,
-        json!({"cmd": "resolve", "n": n, "add": 1, "timeout_ms": 60000}),
-    )
-    .await?;
-    let caller = procs[0].ask(json!({"cmd": "caller_stop"})).await?;
-    let moved = u(&procs[k - 1].ask(json!({"cmd": "stats"})).await?, "running");
-    Ok(json!({
-        "scenario": "join",
-        "nodes": k,
-        "n": n,
-        "start_errors": u(&start, "errors"),
-        "moved": moved,
-        "rebalanced_ms": rebalanced_ms,
-        "kept_state": check.iter().map(|(v, _)| u(v, "ok")).min().unwrap_or(0),
-        "lost_state": check.iter().map(|(v, _)| u(v, "wrong_state")).max().unwrap_or(0),
-        "lost": check.iter().map(|(v, _)| u(v, "unreachable")).max().unwrap_or(0),
-        "caller_calls": caller["calls"].clone(),
-        "caller_failed": caller["failed"].clone(),
-    }))
-}
-
-async fn one_run(k: usize, n: u64, scenario: &str) -> Result<Value, String> {
-    let mut procs = cluster(k).await?;
-    let rss_before: Vec<u64> = procs.iter().map(NodeProc::rss).collect();
-    let refs: Vec<&NodeProc> = procs.iter().collect();
-
-    // Start N children from n1; then every node resolves all N.
-    let t0 = Instant::now();
-    let start = procs[0].ask(json!({"cmd": "start", "n": n})).await?;
-    let start_ms = f(&start, "ms");
-    let resolved = all(
-        &refs,
-        json!({"cmd": "resolve", "n": n, "add": 0, "timeout_ms": 60000}),
-    )
-    .await?;
-    let converged_ms = t0.elapsed().as_secs_f64() * 1000.0;
-    let unresolved: u64 = resolved
-        .iter()
-        .map(|(v, _)| u(v, "unreachable") + u(v, "wrong_state"))
-        .sum();
-    let stats = all(&refs, json!({"cmd": "stats"})).await?;
-    let per_node: Vec<u64> = stats.iter().map(|(v, _)| u(v, "running")).collect();
-    let rss_after: Vec<u64> = procs.iter().map(NodeProc::rss).collect();
-    let delta: i64 = rss_after
-        .iter()
-        .zip(&rss_before)
-        .map(|(a, b)| *a as i64 - *b as i64)
-        .sum();
-    let n1_delta = rss_after[0] as i64 - rss_before[0] as i64;
-
-    // Give every child a state that differs from its args, and wait until backups hold it.
-    let bump = procs[0].ask(json!({"cmd": "bump", "n": n})).await?;
-    all(&refs, json!({"cmd": "replicated"})).await?;
-    let lat = procs[1]
-        .ask(json!({"cmd": "latency", "n": n, "calls": 10000}))
-        .await?;
-    all(&refs, json!({"cmd": "replicated"})).await?;
-
-    let victim_children = per_node[k - 1];
-    let mut out = json!({
-        "scenario": scenario,
-        "nodes": k,
-        "n": n,
-        "start_ms": start_ms,
-        "start_per_s": n as f64 / (start_ms / 1000.0),
-        "start_errors": u(&start, "errors"),
-        "converged_ms": converged_ms,
-        "unresolved_after_start": unresolved,
-        "children_per_node": per_node,
-        "rss_before_mb": rss_before.iter().map(|b| *b as f64 / 1048576.0).collect::<Vec<_>>(),
-        "rss_after_mb": rss_after.iter().map(|b| *b as f64 / 1048576.0).collect::<Vec<_>>(),
-        "bytes_per_child_cluster": delta as f64 / n as f64,
-        "bytes_per_child_n1": n1_delta as f64 / per_node[0].max(1) as f64,
-        "bump_errors": u(&bump, "errors"),
-        "call_p50_us": f(&lat, "p50_us"),
-        "call_p99_us": f(&lat, "p99_us"),
-        "calls_per_s": f(&lat, "calls_per_s"),
-        "casts_per_s": f(&lat, "casts_per_s"),
-        "victim_children": victim_children,
-    });
-
-    drop(refs);
-    let mut victim = procs.pop().ok_or("no victim")?;
-    let survivors: Vec<&NodeProc> = procs.iter().collect();
-    let check = json!({"cmd": "resolve", "n": n, "add": 1, "timeout_ms": 60000});
-    let (recovered, caller) = if scenario == "failover" {
-        let t = Instant::now();
-        victim.kill9().await;
-        let kill_ms = t.elapsed().as_secs_f64() * 1000.0;
-        let r = all(&survivors, check).await?;
-        out["kill_ms"] = json!(kill_ms);
-        (
-            r.into_iter()
-                .map(|(v, ms)| (v, ms + kill_ms))
-                .collect::<Vec<_>>(),
-            None,
-        )
-    } else {
-        procs[0].ask(json!({"cmd": "caller_start", "n": n})).await?;
-        let t = Instant::now();
-        let left = victim.ask(json!({"cmd": "leave"})).await;
-        let leave_ms = t.elapsed().as_secs_f64() * 1000.0;
-        out["leave_ms"] = json!(leave_ms);
-        if let Err(e) = left {
-            out["leave_error"] = json!(e);
-        }
-        let _ = victim.child.wait().await;
-        let r = all(&survivors, check).await?;
-        let c = procs[0].ask(json!({"cmd": "caller_stop"})).await?;
-        (
-            r.into_iter()
-                .map(|(v, ms)| (v, ms + leave_ms))
-                .collect::<Vec<_>>(),
-            Some(c),
-        )
-    };
-    let recover_ms = recovered.iter().map(|(_, ms)| *ms).fold(0.0, f64::max);
-    let kept = recovered.iter().map(|(v, _)| u(v, "ok")).min().unwrap_or(0);
-    let fresh = recovered
-        .iter()
-        .map(|(v, _)| u(v, "wrong_state"))
-        .max()
-        .unwrap_or(0);
-    let lost = recovered
-        .iter()
-        .map(|(v, _)| u(v, "unreachable"))
-        .max()
-        .unwrap_or(0);
-    out["recovered_ms"] = json!(recover_ms);
-    out["kept_state"] = json!(kept);
-    out["lost_state"] = json!(fresh);
-    out["lost"] = json!(lost);
-    if let Some(c) = caller {
-        out["caller_calls"] = c["calls"].clone();
-        out["caller_failed"] = c["failed"].clone();
-    }
-    drop(survivors);
-    for p in &procs {
-        let _ = p.stdin.lock().await.shutdown().await;
-    }
-    drop(procs);
-    Ok(out)
-}
-
 fn stats(values: &mut [f64]) -> String {
     if values.is_empty() {
         return "-".into();
@@ -587,13 +478,39 @@ fn stats(values: &mut [f64]) -> String {
     }
 }
 
+/// The rows of the table (scenario, field, label).
 const ROWS: &[(&str, &str, &str)] = &[
     ("failover", "start_ms", "start N children from n1 (ms)"),
     ("failover", "start_per_s", "start rate (children/s)"),
     (
         "failover",
-        "converged_ms",
-        "all N callable on every node (ms from first start)",
+        "route_after_start_ms",
+        "every node routes a sample of keys (ms after the start returned)",
+    ),
+    (
+        "failover",
+        "start_cpu_ms_total",
+        "CPU of all nodes during start + routing (ms)",
+    ),
+    (
+        "failover",
+        "start_cpu_ms_max_node",
+        "CPU of the busiest node during start + routing (ms)",
+    ),
+    (
+        "failover",
+        "rss_idle_mb_mean",
+        "memory: resident per node before any child (MB)",
+    ),
+    (
+        "failover",
+        "rss_mb_mean",
+        "memory: resident per node with N children (MB, mean)",
+    ),
+    (
+        "failover",
+        "rss_mb_max",
+        "memory: resident per node with N children (MB, max)",
     ),
     (
         "failover",
@@ -602,8 +519,13 @@ const ROWS: &[(&str, &str, &str)] = &[
     ),
     (
         "failover",
-        "bytes_per_child_n1",
-        "memory: bytes per child on n1",
+        "idle_cpu_pct_mean",
+        "idle CPU per node (% of a core, mean)",
+    ),
+    (
+        "failover",
+        "idle_cpu_pct_max",
+        "idle CPU per node (% of a core, max)",
     ),
     (
         "failover",
@@ -611,45 +533,80 @@ const ROWS: &[(&str, &str, &str)] = &[
         "call by key, remote child, p50 (us)",
     ),
     ("failover", "call_p99_us", "call by key, p99 (us)"),
-    ("failover", "calls_per_s", "calls/s (1 caller)"),
-    ("failover", "casts_per_s", "pipelined casts/s (1 sender)"),
-    ("failover", "victim_children", "victim (n3) children"),
+    ("failover", "victim_children", "victim (last node) children"),
     (
         "failover",
-        "recovered_ms",
-        "kill -9: all N callable with state on both survivors (ms)",
+        "detect_first_ms",
+        "kill -9: first survivor declares it down (ms)",
+    ),
+    (
+        "failover",
+        "detect_last_ms",
+        "kill -9: last survivor declares it down (ms)",
+    ),
+    (
+        "failover",
+        "owner_events_last_ms",
+        "kill -9: last FailedOver event on the new owners (ms)",
+    ),
+    (
+        "failover",
+        "victim_recovered_ms",
+        "kill -9: all victim's children answer with last state, one caller (ms)",
+    ),
+    (
+        "failover",
+        "after_detection_ms",
+        "kill -9: of which after the last detection (ms)",
+    ),
+    (
+        "failover",
+        "routed_everywhere_ms",
+        "kill -9: every survivor routes a sample of them (ms)",
+    ),
+    (
+        "failover",
+        "recovery_cpu_ms_total",
+        "kill -9: CPU of all survivors during recovery (ms)",
     ),
     (
         "failover",
         "kept_state",
-        "kill -9: children answering with their last state",
+        "kill -9: children with their last state (full sweep after)",
     ),
     (
         "failover",
         "lost_state",
-        "kill -9: children answering with an older state",
+        "kill -9: children with an older state",
+    ),
+    ("failover", "lost", "kill -9: children unreachable"),
+    (
+        "failover",
+        "false_downs",
+        "kill -9: nodes falsely declared down",
     ),
     (
         "failover",
-        "lost",
-        "kill -9: children unreachable afterwards",
+        "final_sweep_ms",
+        "full sweep of N from one node (ms, the old check's unit)",
     ),
     ("graceful", "leave_ms", "graceful: leave() returned (ms)"),
     (
         "graceful",
-        "recovered_ms",
-        "graceful: all N callable with state on both survivors (ms)",
+        "victim_recovered_ms",
+        "graceful: all its children answer with exact state, one caller (ms)",
+    ),
+    (
+        "graceful",
+        "routed_everywhere_ms",
+        "graceful: every survivor routes a sample of them (ms)",
     ),
     (
         "graceful",
         "kept_state",
-        "graceful: children answering with their exact state",
+        "graceful: children with their exact state (full sweep after)",
     ),
-    (
-        "graceful",
-        "lost",
-        "graceful: children unreachable afterwards",
-    ),
+    ("graceful", "lost", "graceful: children unreachable"),
     (
         "graceful",
         "caller_calls",
@@ -660,20 +617,147 @@ const ROWS: &[(&str, &str, &str)] = &[
         "caller_failed",
         "graceful: of which failed or wrong",
     ),
+    (
+        "graceful",
+        "false_downs",
+        "graceful: nodes falsely declared down",
+    ),
     ("join", "moved", "join: children moved to the new node"),
     (
         "join",
+        "members_ms",
+        "join: every node sees the new one (ms from its start)",
+    ),
+    (
+        "join",
         "rebalanced_ms",
-        "join: all on their new owners (ms from the node's start)",
+        "join: every node runs exactly what it owns (ms)",
+    ),
+    (
+        "join",
+        "routed_everywhere_ms",
+        "join: + every node routes a sample of the moved keys (ms)",
     ),
     (
         "join",
         "kept_state",
-        "join: children answering with their exact state",
+        "join: children with their exact state (full sweep after)",
     ),
-    ("join", "lost", "join: children unreachable afterwards"),
+    ("join", "lost", "join: children unreachable"),
     ("join", "caller_calls", "join: calls by a concurrent caller"),
     ("join", "caller_failed", "join: of which failed or wrong"),
+    (
+        "join-storm",
+        "spawned_ms",
+        "join storm: all joiners' processes ready (ms)",
+    ),
+    (
+        "join-storm",
+        "members_ms",
+        "join storm: every node sees every node (ms)",
+    ),
+    (
+        "join-storm",
+        "rebalanced_ms",
+        "join storm: every node runs exactly what it owns (ms)",
+    ),
+    (
+        "join-storm",
+        "routed_everywhere_ms",
+        "join storm: + every node routes a sample (ms)",
+    ),
+    (
+        "join-storm",
+        "exited",
+        "join storm: node processes that exited",
+    ),
+    (
+        "join-storm",
+        "false_downs",
+        "join storm: nodes falsely declared down",
+    ),
+    (
+        "join-storm",
+        "rejoined",
+        "join storm: nodes told they had been declared down",
+    ),
+    (
+        "join-storm",
+        "kept_state",
+        "join storm: children with their exact state",
+    ),
+    ("join-storm", "lost", "join storm: children unreachable"),
+    (
+        "join-storm",
+        "caller_calls",
+        "join storm: calls by a concurrent caller",
+    ),
+    (
+        "join-storm",
+        "caller_failed",
+        "join storm: of which failed or wrong",
+    ),
+    (
+        "join-storm",
+        "caller_wrong",
+        "join storm: of which wrong (the rest erred)",
+    ),
+    (
+        "join-storm",
+        "base_cpu_ms",
+        "join storm: CPU of the running nodes, storm to rebalanced (ms)",
+    ),
+    (
+        "join-storm",
+        "joiners_cpu_ms",
+        "join storm: CPU of the joiners, start to rebalanced (ms)",
+    ),
+    (
+        "rolling",
+        "total_ms",
+        "rolling restart: every node, one at a time (ms)",
+    ),
+    (
+        "rolling",
+        "step_ms_mean",
+        "rolling restart: per node, leave to rebalanced (ms, mean)",
+    ),
+    (
+        "rolling",
+        "step_ms_max",
+        "rolling restart: per node (ms, max)",
+    ),
+    (
+        "rolling",
+        "leave_ms_mean",
+        "rolling restart: leave() (ms, mean)",
+    ),
+    (
+        "rolling",
+        "kept_state",
+        "rolling restart: children with their exact state",
+    ),
+    ("rolling", "lost", "rolling restart: children unreachable"),
+    (
+        "rolling",
+        "caller_calls",
+        "rolling restart: calls by a concurrent caller",
+    ),
+    (
+        "rolling",
+        "caller_failed",
+        "rolling restart: of which failed or wrong",
+    ),
+    (
+        "rolling",
+        "false_downs",
+        "rolling restart: nodes falsely declared down",
+    ),
+    (
+        "rolling",
+        "rejoined",
+        "rolling restart: nodes told they had been declared down",
+    ),
     (
         "names",
         "register_ms",
@@ -682,7 +766,7 @@ const ROWS: &[(&str, &str, &str)] = &[
     (
         "names",
         "visible_everywhere_ms",
-        "registry: all N visible on both other nodes (ms)",
+        "registry: all N visible on every other node (ms)",
     ),
     (
         "names",
@@ -718,30 +802,27 @@ pub fn table(args: &[String]) -> ExitCode {
     }
 }
 
+/// Print a markdown table of medians: one column per (nodes, N), one row per metric.
 fn print_table(results: &[Value]) {
     let rows = ROWS.iter().chain(crate::durable::ROWS);
-    let ns: Vec<u64> = {
-        let mut v: Vec<u64> = results.iter().map(|r| u(r, "n")).collect();
-        v.dedup();
-        v.sort();
-        v.dedup();
-        v
-    };
+    let mut cols: Vec<(u64, u64)> = results.iter().map(|r| (u(r, "nodes"), u(r, "n"))).collect();
+    cols.sort();
+    cols.dedup();
     let mut header = "| metric |".to_string();
-    for n in &ns {
-        header.push_str(&format!(" N={n} |"));
+    for (k, n) in &cols {
+        header.push_str(&format!(" k={k} N={n} |"));
     }
     println!("\n{header}");
-    println!("|---|{}", "---|".repeat(ns.len()));
+    println!("|---|{}", "---|".repeat(cols.len()));
     for (scenario, key, label) in rows {
         if !results.iter().any(|r| r["scenario"] == *scenario) {
             continue;
         }
         let mut line = format!("| {label} |");
-        for n in &ns {
+        for (k, n) in &cols {
             let mut vals: Vec<f64> = results
                 .iter()
-                .filter(|r| u(r, "n") == *n && r["scenario"] == *scenario)
+                .filter(|r| u(r, "nodes") == *k && u(r, "n") == *n && r["scenario"] == *scenario)
                 .filter_map(|r| r[*key].as_f64())
                 .collect();
             line.push_str(&format!(" {} |", stats(&mut vals)));

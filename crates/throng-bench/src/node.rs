@@ -15,7 +15,8 @@ use futures_util::stream::{self, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use throng::cluster::{
-    DistOptions, DistSupervisor, Durability, Keyed, Node, NodeConfig, RemoteActor,
+    ChildEvent, ClusterEvent, DistOptions, DistSupervisor, Durability, Keyed, Node, NodeConfig,
+    NodeId, RemoteActor,
 };
 use throng::prelude::*;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -98,6 +99,9 @@ struct Command {
     /// For `latency_ab`: how many blocks of `calls` per supervisor.
     #[serde(default)]
     rounds: u64,
+    /// For `resolve_keys`: the child indices to call (a sample, or one node's keys).
+    #[serde(default)]
+    keys: Vec<u64>,
 }
 
 /// The supervisor with durability, in a node with a data dir.
@@ -136,6 +140,145 @@ struct State {
     caller_stop: AtomicBool,
     caller_calls: AtomicU64,
     caller_failed: AtomicU64,
+    /// Of the failed calls, those answered with another state than expected (the others erred).
+    caller_wrong: AtomicU64,
+    /// The other failed calls, counted by error.
+    caller_errors: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Membership changes this node saw, in order (see [`record_cluster_events`]).
+    cluster_events: std::sync::Mutex<Vec<Value>>,
+    /// Counters of the default supervisor's child events (see [`record_child_events`]).
+    child_events: ChildEventCounts,
+    /// The keys of `0..n` this node owns, for the supervisor's view of the moment (recomputed
+    /// only when the view changes, so that polling placement stays cheap).
+    owned_cache: std::sync::Mutex<Option<OwnedCache>>,
+}
+
+/// The keys a node owns in one view.
+struct OwnedCache {
+    view: Vec<NodeId>,
+    n: u64,
+    keys: Vec<u64>,
+}
+
+/// How many children the default supervisor failed over or adopted here, and when the last one
+/// was (wall clock, µs: the nodes share a machine with the controller).
+#[derive(Default)]
+struct ChildEventCounts {
+    failed_over: AtomicU64,
+    failed_over_last_us: AtomicU64,
+    adopted: AtomicU64,
+    adopted_last_us: AtomicU64,
+    migrated: AtomicU64,
+    /// Events the recorder missed because it lagged behind the broadcast channel.
+    lagged: AtomicU64,
+}
+
+/// Record every membership change this node sees (kind, node, incarnation, wall clock µs): the
+/// controller reads them to time failure detection and to find false suspicions.
+fn record_cluster_events(state: &Arc<State>) {
+    let mut rx = state.node.events();
+    let weak = Arc::downgrade(state);
+    tokio::spawn(async move {
+        loop {
+            let e = match rx.recv().await {
+                Ok(e) => e,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return,
+            };
+            let (kind, m) = match &e {
+                ClusterEvent::NodeUp(m) => ("up", m),
+                ClusterEvent::NodeLeaving(m) => ("leaving", m),
+                ClusterEvent::NodeDown(m) => ("down", m),
+                ClusterEvent::Rejoined(m) => ("rejoined", m),
+                _ => continue,
+            };
+            let Some(state) = weak.upgrade() else { return };
+            state
+                .cluster_events
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(json!({
+                    "kind": kind,
+                    "node": m.id.as_str(),
+                    "incarnation": m.incarnation.get(),
+                    "at_us": now_us(),
+                }));
+        }
+    });
+}
+
+/// Count the default supervisor's fail-overs, adoptions and migrations as they happen.
+fn record_child_events(state: &Arc<State>) {
+    let mut rx = state.node.default_supervisor().events();
+    let weak = Arc::downgrade(state);
+    tokio::spawn(async move {
+        loop {
+            let e = match rx.recv().await {
+                Ok(e) => e,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(k)) => {
+                    if let Some(state) = weak.upgrade() {
+                        state.child_events.lagged.fetch_add(k, Ordering::Relaxed);
+                    }
+                    continue;
+                }
+                Err(_) => return,
+            };
+            let Some(state) = weak.upgrade() else { return };
+            let c = &state.child_events;
+            match e.event {
+                ChildEvent::FailedOver { .. } => {
+                    c.failed_over.fetch_add(1, Ordering::Relaxed);
+                    c.failed_over_last_us.store(now_us(), Ordering::Relaxed);
+                }
+                ChildEvent::Adopted { .. } => {
+                    c.adopted.fetch_add(1, Ordering::Relaxed);
+                    c.adopted_last_us.store(now_us(), Ordering::Relaxed);
+                }
+                ChildEvent::Migrated { .. } => {
+                    c.migrated.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+        }
+    });
+}
+
+/// Of keys `0..n`: how many this node owns in its supervisor's view, how many of those run here,
+/// and the view's size. The owned set is cached per view.
+fn owned_hosted(state: &State, sup: &DistSupervisor, n: u64) -> Value {
+    let view = sup.nodes();
+    let me = state.node.id().clone();
+    let mut cache = state.owned_cache.lock().unwrap_or_else(|p| p.into_inner());
+    let fresh = cache.as_ref().is_some_and(|c| c.view == view && c.n == n);
+    if !fresh {
+        let keys = (0..n)
+            .filter(|i| sup.node_for(&key(*i)).as_ref() == Some(&me))
+            .collect();
+        if sup.nodes() != view {
+            // The view changed while the set was computed: it mixes two views. Not cached, and
+            // reported as no view at all, so that the controller asks again.
+            *cache = None;
+            return json!({"owned": 0, "hosted_owned": 0, "view": 0});
+        }
+        *cache = Some(OwnedCache {
+            view: view.clone(),
+            n,
+            keys,
+        });
+    }
+    let keys = cache.as_ref().map(|c| c.keys.as_slice()).unwrap_or(&[]);
+    let hosted = keys.iter().filter(|i| sup.hosts(&key(**i))).count();
+    // A few owned keys that do not run here, to name them when a rebalance does not end.
+    let unhosted: Vec<u64> = if hosted < keys.len() {
+        keys.iter()
+            .copied()
+            .filter(|i| !sup.hosts(&key(*i)))
+            .take(5)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    json!({"owned": keys.len(), "hosted_owned": hosted, "view": view.len(), "unhosted": unhosted})
 }
 
 async fn answer(state: &State, id: u64, mut body: Value) {
@@ -195,7 +338,14 @@ pub async fn run(args: &[String]) -> ExitCode {
         caller_stop: AtomicBool::new(false),
         caller_calls: AtomicU64::new(0),
         caller_failed: AtomicU64::new(0),
+        caller_wrong: AtomicU64::new(0),
+        caller_errors: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+        cluster_events: std::sync::Mutex::new(Vec::new()),
+        child_events: ChildEventCounts::default(),
+        owned_cache: std::sync::Mutex::new(None),
     });
+    record_cluster_events(&state);
+    record_child_events(&state);
     answer(
         &state,
         0,
@@ -311,7 +461,34 @@ async fn handle(state: &Arc<State>, cmd: Command) -> Value {
                 .count();
             json!({"hosted": hosted})
         }
-        "resolve" => resolve(&sup, cmd.n, cmd.add, cmd.timeout_ms).await,
+        "resolve" => resolve(&sup, (0..cmd.n).collect(), cmd.add, cmd.timeout_ms).await,
+        "resolve_keys" => resolve(&sup, cmd.keys, cmd.add, cmd.timeout_ms).await,
+        "hosted_list" => {
+            // The indices of `0..n` whose child runs here.
+            let keys: Vec<u64> = (0..cmd.n).filter(|i| sup.hosts(&key(*i))).collect();
+            json!({"keys": keys})
+        }
+        "owned_hosted" => owned_hosted(state, &sup, cmd.n),
+        "cluster_events" => {
+            let events = state
+                .cluster_events
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            json!({"events": events})
+        }
+        "child_events" => {
+            let c = &state.child_events;
+            json!({
+                "failed_over": c.failed_over.load(Ordering::Relaxed),
+                "failed_over_last_us": c.failed_over_last_us.load(Ordering::Relaxed),
+                "adopted": c.adopted.load(Ordering::Relaxed),
+                "adopted_last_us": c.adopted_last_us.load(Ordering::Relaxed),
+                "migrated": c.migrated.load(Ordering::Relaxed),
+                "lagged": c.lagged.load(Ordering::Relaxed),
+            })
+        }
+        "now" => json!({"us": now_us()}),
         "load" => load(&sup, cmd.n, cmd.offset, cmd.ms).await,
         "latency_ab" => latency_ab(node, cmd.n, cmd.calls, cmd.rounds).await,
         "placement" => {
@@ -352,6 +529,12 @@ async fn handle(state: &Arc<State>, cmd: Command) -> Value {
             state.caller_stop.store(false, Ordering::SeqCst);
             state.caller_calls.store(0, Ordering::SeqCst);
             state.caller_failed.store(0, Ordering::SeqCst);
+            state.caller_wrong.store(0, Ordering::SeqCst);
+            state
+                .caller_errors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
             let s = state.clone();
             let n = cmd.n.max(1);
             tokio::spawn(async move {
@@ -361,11 +544,22 @@ async fn handle(state: &Arc<State>, cmd: Command) -> Value {
                     i = (i + 7919) % n;
                     let result = sup
                         .call_timeout::<Child>(&key(i), Msg::Get, Duration::from_secs(5))
-                        .await
-                        .ok();
+                        .await;
                     s.caller_calls.fetch_add(1, Ordering::Relaxed);
-                    if result != Some(i + 1) {
-                        s.caller_failed.fetch_add(1, Ordering::Relaxed);
+                    match result {
+                        Ok(v) if v == i + 1 => {}
+                        Ok(_) => {
+                            s.caller_failed.fetch_add(1, Ordering::Relaxed);
+                            s.caller_wrong.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            s.caller_failed.fetch_add(1, Ordering::Relaxed);
+                            *s.caller_errors
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .entry(e.to_string())
+                                .or_default() += 1;
+                        }
                     }
                 }
             });
@@ -376,18 +570,26 @@ async fn handle(state: &Arc<State>, cmd: Command) -> Value {
             json!({
                 "calls": state.caller_calls.load(Ordering::SeqCst),
                 "failed": state.caller_failed.load(Ordering::SeqCst),
+                "wrong": state.caller_wrong.load(Ordering::SeqCst),
+                "errors": state
+                    .caller_errors
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
             })
         }
         other => json!({"error": format!("unknown command {other}")}),
     }
 }
 
-/// Call every child until each answers with its expected state `i + add` (or the timeout passes):
-/// the time it took, and how many answered with the expected state, another state, or not at all.
-async fn resolve(sup: &DistSupervisor, n: u64, add: u64, timeout_ms: u64) -> Value {
+/// Call every child of `keys` until each answers with its expected state `i + add` (or the
+/// timeout passes): the time it took, and how many answered with the expected state, another
+/// state, or not at all.
+async fn resolve(sup: &DistSupervisor, keys: Vec<u64>, add: u64, timeout_ms: u64) -> Value {
     let t = Instant::now();
     let deadline = t + Duration::from_millis(timeout_ms.max(1));
-    let mut pending: Vec<u64> = (0..n).collect();
+    let n = keys.len() as u64;
+    let mut pending: Vec<u64> = keys;
     let mut wrong = 0u64;
     let mut rounds = 0u64;
     loop {
@@ -425,7 +627,8 @@ async fn resolve(sup: &DistSupervisor, n: u64, add: u64, timeout_ms: u64) -> Val
     })
 }
 
-fn now_us() -> u64 {
+/// Wall-clock time in µs since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)

@@ -1,9 +1,10 @@
 //! The cluster bench at smoke size, as a test over real processes: 3 node processes on loopback,
-//! 1,000 children with state started from one node and callable by key from every node; one node
-//! SIGKILLed → all its children answer on both survivors with their last state; one node stopped
-//! gracefully → the same, and a concurrent caller sees no failure; a node joins → children move to
-//! it with their state, no call fails; 1,000 registry names registered on one node are visible on
-//! the two others within the 50 ms target.
+//! 1,000 children with state started from one node, a sample of them callable by key from every
+//! node; one node SIGKILLed → all its children answer with their last state (a sweep of its keys,
+//! then of all keys); one node stopped gracefully → the same, and a concurrent caller sees no
+//! failure; a node joins → children move to it with their state, no call fails; 1,000 registry
+//! names registered on one node are visible on the two others within the 50 ms target; a small
+//! join storm and a rolling restart lose nothing.
 
 use std::process::Command;
 
@@ -53,7 +54,7 @@ fn three_processes_keep_every_child_and_its_state_through_kill_leave_and_join() 
             .sum();
         assert_eq!(per_node, 1000, "each child runs once: {r}");
         assert!(r["victim_children"].as_u64().unwrap() > 0, "{r}");
-        // Every child, the victim's included, answers on both survivors with its last state.
+        // Every child, the victim's included, answers with its last state.
         assert_eq!(r["kept_state"], 1000, "{scenario}: {r}");
         assert_eq!(r["lost_state"], 0, "{scenario}: {r}");
         assert_eq!(r["lost"], 0, "{scenario}: {r}");
@@ -130,4 +131,53 @@ fn the_durable_scenarios_bring_every_child_back_and_measure_writes() {
     ] {
         assert!(durable[key].as_f64().unwrap() > 0.0, "{key}: {durable}");
     }
+}
+
+/// The join-storm and rolling-restart scenarios at smoke size: 2 nodes start at once against a
+/// 3-node cluster holding 300 children, then every node of a 3-node cluster restarts in turn;
+/// no process exits, no node is falsely declared down, no call fails, every child keeps its
+/// state.
+#[test]
+fn join_storm_and_rolling_restart_keep_every_child_and_fail_no_call() {
+    let out = Command::new(env!("CARGO_BIN_EXE_throng-bench"))
+        .args([
+            "cluster",
+            "--nodes",
+            "3",
+            "--children",
+            "300",
+            "--storm",
+            "2",
+            "--sample",
+            "50",
+            "--scenarios",
+            "join-storm,rolling",
+        ])
+        .output()
+        .expect("bench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let runs: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("scenario").is_some())
+        .collect();
+    assert_eq!(runs.len(), 2, "{stdout}");
+    for r in &runs {
+        assert_eq!(r["kept_state"], 300, "{r}");
+        assert_eq!(r["lost"], 0, "{r}");
+        assert_eq!(r["caller_failed"], 0, "{r}");
+        assert_eq!(r["false_downs"], 0, "{r}");
+    }
+    let storm = runs.iter().find(|r| r["scenario"] == "join-storm").unwrap();
+    assert_eq!(storm["nodes"], 5, "{storm}");
+    assert_eq!(storm["exited"], 0, "{storm}");
+    assert!(storm["rebalanced_ms"].as_f64().unwrap() > 0.0, "{storm}");
+    let rolling = runs.iter().find(|r| r["scenario"] == "rolling").unwrap();
+    assert_eq!(rolling["steps"].as_array().unwrap().len(), 3, "{rolling}");
 }

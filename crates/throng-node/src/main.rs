@@ -10,22 +10,33 @@
 //!
 //! Commands on stdin drive keyed counters (distributed children of type `throng.KeyedCounter`):
 //! `start N`, `bump N`, `check N`, `settle 0`, `durable 0`, `running 0` (answers `started`,
-//! `bumped`, `checked`, `settled`, `durable`, `running` lines); child conflicts and failovers are printed as
-//! `child_conflict` / `child_failed_over` lines. With a `data_dir` (`THRONG_DATA_DIR`) or a
-//! `store_url` (`THRONG_STORE_URL`, a PostgreSQL database the nodes share) the counters belong
-//! to the durable supervisor `counters` ([`Durability::ASYNC`]): they come back with their
-//! counts after every node of the cluster was stopped or killed. Without one they belong to the
-//! node's default supervisor (in memory). A command ending in `sync` (`start N sync`, `check N
-//! sync`, `running 0 sync`, `values N sync`) uses the counters `s-0`.. of the supervisor
-//! `sync_counters` ([`Durability::Sync`], needs a store) instead; `hammer N` starts one endless
-//! worker per sync counter `s-0`..`s-N-1`, each adding 1 at a time and printing an `ack` line
-//! (`"k":i`) per acknowledged increment and a `doubt` line per failed one (applied or not) — the
-//! workload of the kill -9 test. `values N [sync]` prints every counter's value.
+//! `bumped`, `checked`, `settled`, `durable`, `running` lines); child conflicts and failovers (of
+//! every supervisor below) are printed as `child_conflict` / `child_failed_over` lines. With a
+//! `data_dir` (`THRONG_DATA_DIR`) or a `store_url` (`THRONG_STORE_URL`, a PostgreSQL database the
+//! nodes share) the counters belong to the durable supervisor `counters`
+//! ([`Durability::ASYNC`]): they come back with their counts after every node of the cluster was
+//! stopped or killed. Without one they belong to the node's default supervisor (in memory). A
+//! command ending in `sync` (`start N sync`, `check N sync`, `running 0 sync`, `values N sync`)
+//! uses the counters `s-0`.. of the supervisor `sync_counters` ([`Durability::Sync`], needs a
+//! store) instead; `hammer N` starts one endless worker per sync counter `s-0`..`s-N-1`, each
+//! adding 1 at a time and printing an `ack` line (`"k":i`) per acknowledged increment and a
+//! `doubt` line per failed one (applied or not) — the workload of the kill -9 test. `values N
+//! [sync]` prints every counter's value. Ending in `merge` instead (`start N merge`, `hammer N
+//! merge`, `values N merge`, ...), a command uses the counters `m-0`.. of the supervisor
+//! `merge_counters` (also `Durability::Sync`), whose copies merge without losing an increment
+//! ([`MergingCounter`]). `unhammer 0` stops the `hammer` workers and answers `unhammered` once
+//! each has printed the `ack` or `doubt` of its last increment; `hosted N [sync|merge]` lists the
+//! counters of `0..N` that run on this node (`"k":[..]`); `stats 0` reports the process's
+//! resident memory (`rss_kb`, VmRSS), threads and live tokio tasks. With `THRONG_SYNC_QUORUM=SIZE`
+//! the `sync` and `merge` supervisors run in quorum mode (`DistOptions::quorum`, SIZE the
+//! cluster's size): a side that sees no majority stops their children (the chaos soak,
+//! `tests/soak.rs`).
 //!
 //! `throng-node gen-certs --out DIR --nodes a,b,c` writes a development CA and one certificate per
 //! node, so that a cluster can run with mutual TLS (`THRONG_TLS_CA`, `THRONG_TLS_CERT`,
 //! `THRONG_TLS_KEY`) in one command.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -98,6 +109,103 @@ impl Keyed for KeyedCounter {
     }
 }
 
+/// A keyed counter whose copies merge without losing or doubling an increment: a grow-only
+/// counter (G-Counter) with one slot per run of a copy, drawn at its start or restore; two copies
+/// that meet keep, slot by slot, the larger count (each slot has one writer, so the larger is the
+/// later). Its value is the sum of the slots. The soak's second workload (`... merge`): with it, a
+/// copy dropped without a merge, not the merge rule, is what would lose an increment.
+struct MergingCounter {
+    slot: u64,
+    slots: BTreeMap<u64, i64>,
+}
+
+impl MergingCounter {
+    fn new(slots: BTreeMap<u64, i64>) -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        // A fresh random number per run of a copy (RandomState is seeded per process and
+        // advanced per instance).
+        let slot = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        MergingCounter { slot, slots }
+    }
+
+    fn value(&self) -> i64 {
+        self.slots.values().sum()
+    }
+}
+
+impl Actor for MergingCounter {
+    type Msg = CounterMsg;
+    type Reply = i64;
+    async fn handle(&mut self, msg: CounterMsg, _ctx: &mut Context<Self>) -> ActorResult<i64> {
+        if let CounterMsg::Add(n) = msg {
+            *self.slots.entry(self.slot).or_insert(0) += n;
+        }
+        Ok(self.value())
+    }
+}
+
+impl RemoteActor for MergingCounter {
+    const TYPE: &'static str = "throng.MergingCounter";
+}
+
+impl Keyed for MergingCounter {
+    type Args = i64;
+    type State = BTreeMap<u64, i64>;
+    fn start(_key: &str, initial: i64) -> Self {
+        let mut c = MergingCounter::new(BTreeMap::new());
+        c.slots.insert(c.slot, initial);
+        c
+    }
+    fn snapshot(&self) -> Option<BTreeMap<u64, i64>> {
+        Some(self.slots.clone())
+    }
+    fn restore(_key: &str, _args: i64, state: BTreeMap<u64, i64>) -> Self {
+        MergingCounter::new(state)
+    }
+    fn resolve_conflict(
+        _key: &str,
+        mut ours: BTreeMap<u64, i64>,
+        theirs: BTreeMap<u64, i64>,
+    ) -> BTreeMap<u64, i64> {
+        for (slot, n) in theirs {
+            let mine = ours.entry(slot).or_insert(n);
+            *mine = (*mine).max(n);
+        }
+        ours
+    }
+}
+
+/// Which counters a command is about: the third word of `start N sync`, `hammer N merge`, ...
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    /// `c-0`..: [`KeyedCounter`]s of `counters` (durable with a store, in memory without).
+    Plain,
+    /// `s-0`.. (`sync`): [`KeyedCounter`]s of `sync_counters` ([`Durability::Sync`]).
+    Sync,
+    /// `m-0`.. (`merge`): [`MergingCounter`]s of `merge_counters` ([`Durability::Sync`]).
+    Merge,
+}
+
+/// Calls counter `key` of `kind`.
+async fn call_counter(
+    sup: &DistSupervisor,
+    kind: Kind,
+    key: &str,
+    msg: CounterMsg,
+    timeout: std::time::Duration,
+) -> Result<i64, throng::CallError> {
+    if kind == Kind::Merge {
+        sup.call_timeout::<MergingCounter>(key, msg, timeout).await
+    } else {
+        sup.call_timeout::<KeyedCounter>(key, msg, timeout).await
+    }
+}
+
+/// The timeout of the workload's calls (the library's default).
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The supervisor of the keyed counters: durable when the node has a store (data_dir or
 /// store_url).
 fn counters(node: &Node) -> DistSupervisor {
@@ -114,26 +222,56 @@ fn counters(node: &Node) -> DistSupervisor {
     }
 }
 
-/// The supervisor of the counters whose every acknowledged call is durable (needs a data_dir).
+/// The supervisor of the counters whose every acknowledged call is durable on its owner's store
+/// (needs a data_dir); in quorum mode with `THRONG_SYNC_QUORUM=SIZE`.
 fn sync_counters(node: &Node) -> DistSupervisor {
+    let quorum = std::env::var("THRONG_SYNC_QUORUM")
+        .ok()
+        .and_then(|q| q.parse::<usize>().ok());
     node.supervisor(
         "sync_counters",
         DistOptions {
             durability: Durability::Sync,
+            quorum,
             ..DistOptions::default()
         },
     )
 }
 
-/// The endless workload of `hammer N`: one worker per sync counter, one increment at a time.
-fn hammer(sup: DistSupervisor, me: String, n: u64) {
+/// The supervisor of the [`MergingCounter`]s: like [`sync_counters`].
+fn merge_counters(node: &Node) -> DistSupervisor {
+    let quorum = std::env::var("THRONG_SYNC_QUORUM")
+        .ok()
+        .and_then(|q| q.parse::<usize>().ok());
+    node.supervisor(
+        "merge_counters",
+        DistOptions {
+            durability: Durability::Sync,
+            quorum,
+            ..DistOptions::default()
+        },
+    )
+}
+
+/// The `hammer` workers running on this node, and the flag that stops them (`unhammer 0`).
+#[derive(Default)]
+struct Hammers {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// The endless workload of `hammer N`: one worker per sync counter, one increment at a time,
+/// until `hammers.stop` is set.
+fn hammer(sup: DistSupervisor, kind: Kind, me: String, n: u64, hammers: &mut Hammers) {
+    let prefix = if kind == Kind::Merge { "m" } else { "s" };
     for i in 0..n {
         let sup = sup.clone();
         let me = me.clone();
-        tokio::spawn(async move {
-            let key = format!("s-{i}");
-            loop {
-                match sup.call::<KeyedCounter>(&key, CounterMsg::Add(1)).await {
+        let stop = hammers.stop.clone();
+        hammers.workers.push(tokio::spawn(async move {
+            let key = format!("{prefix}-{i}");
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match call_counter(&sup, kind, &key, CounterMsg::Add(1), CALL_TIMEOUT).await {
                     Ok(_) => line("ack", &me, &format!(",\"k\":{i}")),
                     Err(_) => {
                         line("doubt", &me, &format!(",\"k\":{i}"));
@@ -141,8 +279,30 @@ fn hammer(sup: DistSupervisor, me: String, n: u64) {
                     }
                 }
             }
-        });
+        }));
     }
+}
+
+/// The `stats 0` line's fields: VmRSS and Threads from `/proc/self/status` (0 where unreadable)
+/// and the runtime's live tasks.
+fn process_stats() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let read = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let tasks = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    format!(
+        ",\"rss_kb\":{},\"threads\":{},\"tasks\":{tasks}",
+        read("VmRSS:"),
+        read("Threads:")
+    )
 }
 
 /// How many requests the stdin commands keep in flight.
@@ -152,8 +312,9 @@ const IN_FLIGHT: usize = 64;
 /// each), `check N` (call each; report how many answered, their values, and how many run here),
 /// `settle 0` (wait until this node's snapshots are all replicated), `durable 0` (wait until
 /// everything this node holds is written to its store), `running 0` (how many counters run
-/// here).
-async fn command(node: &Node, me: &str, cmd: &str) {
+/// here), `hosted N` (which of `0..N` run here), `hammer N` / `unhammer 0` (start / stop the
+/// workload), `stats 0` (memory, threads, tasks).
+async fn command(node: &Node, me: &str, cmd: &str, hammers: &mut Hammers) {
     use futures_util::stream::{self, StreamExt};
     let mut words = cmd.split_whitespace();
     let (Some(verb), Some(n)) = (
@@ -163,13 +324,17 @@ async fn command(node: &Node, me: &str, cmd: &str) {
         line("bad_command", me, &format!(",\"command\":{cmd:?}"));
         return;
     };
-    let sync = words.next() == Some("sync");
-    let sup = if sync || verb == "hammer" {
-        sync_counters(node)
-    } else {
-        counters(node)
+    let kind = match words.next() {
+        Some("sync") => Kind::Sync,
+        Some("merge") => Kind::Merge,
+        _ if verb == "hammer" => Kind::Sync,
+        _ => Kind::Plain,
     };
-    let prefix = if sync || verb == "hammer" { "s" } else { "c" };
+    let (sup, prefix) = match kind {
+        Kind::Plain => (counters(node), "c"),
+        Kind::Sync => (sync_counters(node), "s"),
+        Kind::Merge => (merge_counters(node), "m"),
+    };
     let key = |i: u64| format!("{prefix}-{i}");
     match verb {
         "start" | "bump" => {
@@ -177,13 +342,18 @@ async fn command(node: &Node, me: &str, cmd: &str) {
                 .map(|i| {
                     let sup = &sup;
                     async move {
-                        if verb == "start" {
+                        if verb == "start" && kind == Kind::Merge {
+                            sup.start_child::<MergingCounter>(&key(i), 0)
+                                .await
+                                .err()
+                                .map(|e| e.to_string())
+                        } else if verb == "start" {
                             sup.start_child::<KeyedCounter>(&key(i), 0)
                                 .await
                                 .err()
                                 .map(|e| e.to_string())
                         } else {
-                            sup.call::<KeyedCounter>(&key(i), CounterMsg::Add(1))
+                            call_counter(sup, kind, &key(i), CounterMsg::Add(1), CALL_TIMEOUT)
                                 .await
                                 .err()
                                 .map(|e| e.to_string())
@@ -206,21 +376,37 @@ async fn command(node: &Node, me: &str, cmd: &str) {
             );
         }
         "hammer" => {
-            hammer(sup, me.to_owned(), n);
+            hammer(sup, kind, me.to_owned(), n, hammers);
             line("hammering", me, &format!(",\"n\":{n}"));
         }
+        "unhammer" => {
+            hammers
+                .stop
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            let stopped = hammers.workers.len();
+            for worker in hammers.workers.drain(..) {
+                let _ = worker.await;
+            }
+            // A later `hammer` starts workers of its own.
+            *hammers = Hammers::default();
+            line("unhammered", me, &format!(",\"workers\":{stopped}"));
+        }
+        "hosted" => {
+            let here: Vec<String> = (0..n)
+                .filter(|i| sup.hosts(&key(*i)))
+                .map(|i| i.to_string())
+                .collect();
+            line("hosted", me, &format!(",\"k\":[{}]", here.join(",")));
+        }
+        "stats" => line("stats", me, &process_stats()),
         "values" => {
             let values: Vec<String> = stream::iter(0..n)
                 .map(|i| {
                     let sup = &sup;
                     async move {
-                        sup.call_timeout::<KeyedCounter>(
-                            &key(i),
-                            CounterMsg::Get,
-                            std::time::Duration::from_secs(5),
-                        )
-                        .await
-                        .map_or("null".to_owned(), |v| v.to_string())
+                        call_counter(sup, kind, &key(i), CounterMsg::Get, CALL_TIMEOUT)
+                            .await
+                            .map_or("null".to_owned(), |v| v.to_string())
                     }
                 })
                 .buffered(IN_FLIGHT)
@@ -251,13 +437,10 @@ async fn command(node: &Node, me: &str, cmd: &str) {
                 .map(|i| {
                     let sup = &sup;
                     async move {
-                        sup.call_timeout::<KeyedCounter>(
-                            &key(i),
-                            CounterMsg::Get,
-                            std::time::Duration::from_secs(1),
-                        )
-                        .await
-                        .ok()
+                        let timeout = std::time::Duration::from_secs(1);
+                        call_counter(sup, kind, &key(i), CounterMsg::Get, timeout)
+                            .await
+                            .ok()
                     }
                 })
                 .buffered(IN_FLIGHT)
@@ -392,6 +575,7 @@ async fn main() -> ExitCode {
         }
     };
     node.register::<KeyedCounter>();
+    node.register::<MergingCounter>();
     let counter = throng::spawn(Counter(0));
     if let Err(e) = node.export("counter", &counter) {
         eprintln!("cannot export counter: {e}");
@@ -404,7 +588,9 @@ async fn main() -> ExitCode {
     let mut children = counters(&node).events();
     if node.has_store() {
         // Started on every node at once, so a restarted node recovers its sync counters too.
-        sync_counters(&node);
+        // Their conflicts and failovers are printed too (the chaos soak counts them).
+        report_child_events(sync_counters(&node), me.clone());
+        report_child_events(merge_counters(&node), me.clone());
     }
     line(
         "ready",
@@ -421,6 +607,7 @@ async fn main() -> ExitCode {
     let mut stdin =
         tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tokio::io::stdin()));
     let mut stdin_open = true;
+    let mut hammers = Hammers::default();
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {
@@ -447,26 +634,14 @@ async fn main() -> ExitCode {
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
             },
             c = children.recv() => match c {
-                Ok(e) => match e.event {
-                    ChildEvent::Conflict { key, other, here_lost } => line(
-                        "child_conflict",
-                        &me,
-                        &format!(",\"key\":{key:?},\"other\":\"{other}\",\"here_lost\":{here_lost}"),
-                    ),
-                    ChildEvent::FailedOver { key, from, .. } => line(
-                        "child_failed_over",
-                        &me,
-                        &format!(",\"key\":{key:?},\"from\":\"{from}\""),
-                    ),
-                    _ => {}
-                },
+                Ok(e) => report_child_event(&me, e.event),
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     line("child_events_lagged", &me, &format!(",\"missed\":{n}"));
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
             },
             l = stdin.next_line(), if stdin_open => match l {
-                Ok(Some(cmd)) => command(&node, &me, &cmd).await,
+                Ok(Some(cmd)) => command(&node, &me, &cmd, &mut hammers).await,
                 _ => stdin_open = false,
             },
         }
@@ -475,6 +650,43 @@ async fn main() -> ExitCode {
     node.leave().await;
     line("stopped", &me, "");
     ExitCode::SUCCESS
+}
+
+/// Prints a child conflict or failover as a `child_conflict` / `child_failed_over` line.
+fn report_child_event(me: &str, event: ChildEvent) {
+    match event {
+        ChildEvent::Conflict {
+            key,
+            other,
+            here_lost,
+        } => line(
+            "child_conflict",
+            me,
+            &format!(",\"key\":{key:?},\"other\":\"{other}\",\"here_lost\":{here_lost}"),
+        ),
+        ChildEvent::FailedOver { key, from, .. } => line(
+            "child_failed_over",
+            me,
+            &format!(",\"key\":{key:?},\"from\":\"{from}\""),
+        ),
+        _ => {}
+    }
+}
+
+/// Prints the conflicts and failovers of `sup`'s children, on a task of their own.
+fn report_child_events(sup: DistSupervisor, me: String) {
+    let mut events = sup.events();
+    tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(e) => report_child_event(&me, e.event),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    line("child_events_lagged", &me, &format!(",\"missed\":{n}"));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    });
 }
 
 /// Report the members of a subscription's snapshot as the events that announced them.

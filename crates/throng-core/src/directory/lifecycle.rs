@@ -112,10 +112,6 @@ impl Directory {
         if let Some(o) = self.owned.get_mut(key) {
             if o.backup.is_none() {
                 o.acked = true;
-                out.push(Action::Replicated {
-                    key: key.to_owned(),
-                    version: o.record.version,
-                });
                 if !o.merges.is_empty() || o.merging.is_some() {
                     // The other copies' senders keep them until the merge is replicated.
                     return;
@@ -227,11 +223,7 @@ impl Directory {
                     o.acked = false;
                     out.push(send(b, o.replicate()));
                 }
-                // No other node to back it up.
-                None => out.push(Action::Replicated {
-                    key: key.to_owned(),
-                    version: o.record.version,
-                }),
+                None => {}
             }
         }
         self.checked(out)

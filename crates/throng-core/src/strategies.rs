@@ -31,6 +31,11 @@ impl Distribution for Explicit {
             .find(|n| **n != owner)
             .cloned()
     }
+
+    /// A named node keeps its keys while it is on the ring; the rest is the ring's rule.
+    fn removal_is_local(&self) -> bool {
+        true
+    }
 }
 
 /// Uniform pseudo-random placement (Horde's `UniformRandomDistribution`, made addressable): each
@@ -75,6 +80,11 @@ impl Distribution for UniformRandom {
 
     fn backup(&self, key: &[u8], ring: &Ring) -> Option<NodeId> {
         Self::top_two(key, ring).1.cloned()
+    }
+
+    /// Removing a node other than the two of highest weight leaves both.
+    fn removal_is_local(&self) -> bool {
+        true
     }
 }
 

@@ -4,6 +4,7 @@
 
 use super::{Action, Directory, Phase, Tag, MAX_ADOPTIONS, MAX_TOMBSTONES};
 use crate::NodeId;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Up to this many entries, a debug build checks a directory's invariants after every input;
 /// above, every `entries / CHECK_EVERY_INPUT_UP_TO` inputs (see `Directory::checked`).
@@ -52,6 +53,16 @@ pub enum Broken {
         key: String,
         /// The node it awaits.
         from: NodeId,
+    },
+    /// An index the membership paths visit instead of every entry disagrees with what it
+    /// indexes (children by backup, copies by origin, keys that may hold an orphan copy,
+    /// children lodged here).
+    #[error("the index {index} disagrees with the directory (at {key:?})")]
+    Index {
+        /// Which index.
+        index: &'static str,
+        /// A key where it disagrees, if known.
+        key: String,
     },
     /// A child's backup is this node itself.
     #[error("child {key:?} is backed up on its own node")]
@@ -191,7 +202,70 @@ impl Directory {
         self.check_quorum()?;
         self.check_removals()?;
         self.check_view()?;
-        self.check_memories()
+        self.check_memories()?;
+        self.check_indexes()
+    }
+
+    /// The indexes the membership paths visit instead of every entry: the children by backup
+    /// and the copies by origin are exact; the keys that may hold an orphan copy and the
+    /// children lodged here are supersets of what they stand for.
+    fn check_indexes(&self) -> Result<(), Broken> {
+        let broken = |index: &'static str, key: &str| {
+            Err(Broken::Index {
+                index,
+                key: key.to_owned(),
+            })
+        };
+        let filed = |index: &BTreeMap<NodeId, BTreeSet<String>>, node: &NodeId, key: &str| {
+            index.get(node).is_some_and(|keys| keys.contains(key))
+        };
+        let mut backed_up = 0;
+        for (key, o) in &self.owned {
+            if let Some(b) = &o.backup {
+                backed_up += 1;
+                if !filed(&self.by_backup, b, key) {
+                    return broken("by backup", key);
+                }
+            }
+        }
+        if backed_up != self.by_backup.values().map(BTreeSet::len).sum::<usize>() {
+            return broken("by backup", "");
+        }
+        let mut origins = 0;
+        for (key, list) in &self.backups {
+            for (i, b) in list.iter().enumerate() {
+                if list[..i].iter().any(|c| c.from == b.from) {
+                    continue;
+                }
+                origins += 1;
+                if !filed(&self.by_origin, &b.from, key) {
+                    return broken("by origin", key);
+                }
+            }
+        }
+        if origins != self.by_origin.values().map(BTreeSet::len).sum::<usize>() {
+            return broken("by origin", "");
+        }
+        for (key, list) in &self.backups {
+            let orphan = list
+                .iter()
+                .any(|b| b.orphan || self.departed.contains(&b.from));
+            if orphan && !self.orphan_keys.contains(key) {
+                return broken("orphan keys", key);
+            }
+        }
+        for key in &self.lodged {
+            if !self.owned.contains_key(key) {
+                return broken("lodged", key);
+            }
+        }
+        for key in self.owned.keys() {
+            let elsewhere = self.owner(key).is_some_and(|n| n != self.config.me);
+            if elsewhere && !self.lodged.contains(key) {
+                return broken("lodged", key);
+            }
+        }
+        Ok(())
     }
 
     /// Returns `out`, the actions of an input, after checking the invariants in debug builds (see

@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
-    add_holder, reply, send, Action, Backup, ChildEvent, DirMsg, Directory, Epoch, Generation,
-    Holder, Phase, Record, Source, Tag, Version,
+    add_holder, index, reply, send, unindex, Action, Backup, ChildEvent, DirMsg, Directory, Epoch,
+    Generation, Holder, Phase, Record, Source, Tag, Version,
 };
 use crate::NodeId;
 
@@ -15,6 +15,7 @@ impl Directory {
     /// Adds a copy of `key`, replacing the one of the same origin and kind.
     pub(super) fn put_copy(&mut self, key: &str, b: Backup) {
         self.touch(key);
+        self.file_copy(key, &b);
         let list = self.backups.entry(key.to_owned()).or_default();
         match list
             .iter_mut()
@@ -37,7 +38,7 @@ impl Directory {
         if self.config.durable {
             self.touched.insert(key.to_owned());
         }
-        let mut removed = Vec::new();
+        let mut removed: Vec<Backup> = Vec::new();
         let mut i = 0;
         while i < list.len() {
             if pred(&list[i]) {
@@ -46,10 +47,24 @@ impl Directory {
                 i += 1;
             }
         }
+        for b in &removed {
+            if !list.iter().any(|c| c.from == b.from) {
+                unindex(&mut self.by_origin, Some(&b.from), key);
+            }
+        }
         if list.is_empty() {
             self.backups.remove(key);
         }
         removed
+    }
+
+    /// Files a copy of `key` about to be held here in the indexes: under its origin, and among
+    /// the keys that may hold an orphan copy if it is one.
+    pub(super) fn file_copy(&mut self, key: &str, b: &Backup) {
+        index(&mut self.by_origin, Some(&b.from), key);
+        if b.orphan || self.departed.contains(&b.from) {
+            self.orphan_keys.insert(key.to_owned());
+        }
     }
 
     /// Tells the holders of other copies of `key` to drop them; a removal of `key` that begins
@@ -131,11 +146,20 @@ impl Directory {
             return;
         }
         let mut examined = 0;
-        for b in self.backups.values_mut().flatten() {
-            examined += 1;
-            if nodes.contains(&b.from) {
-                b.orphan = true;
-                b.awaiting = false;
+        for node in nodes {
+            let Some(keys) = self.by_origin.get(node) else {
+                continue;
+            };
+            for key in keys {
+                let Some(list) = self.backups.get_mut(key) else {
+                    continue;
+                };
+                for b in list.iter_mut().filter(|b| b.from == *node) {
+                    examined += 1;
+                    b.orphan = true;
+                    b.awaiting = false;
+                }
+                self.orphan_keys.insert(key.clone());
             }
         }
         self.examined(examined);
@@ -166,14 +190,18 @@ impl Directory {
         }
         let tag = self.next_hand_off_tag();
         let me = self.config.me.clone();
-        if let Some(c) = self
-            .backups
-            .get_mut(key)
-            .and_then(|list| list.iter_mut().find(|c| orphan(c)))
-        {
-            c.from = me;
+        let Some(list) = self.backups.get_mut(key) else {
+            return;
+        };
+        if let Some(c) = list.iter_mut().find(|c| orphan(c)) {
+            c.from = me.clone();
             c.handoff = Some(tag);
             c.epoch = Epoch::default();
+            if !list.iter().any(|c| c.from == *from) {
+                unindex(&mut self.by_origin, Some(from), key);
+            }
+            index(&mut self.by_origin, Some(&me), key);
+            self.orphan_keys.insert(key.to_owned());
         }
     }
 
@@ -216,7 +244,8 @@ impl Directory {
                 .any(|c| c.awaiting && c.from == *from && c.record != record)
         });
         if other_state {
-            self.release_awaiting(|c| c.from == *from && c.record.key == key, out);
+            let within = BTreeSet::from([key.clone()]);
+            self.release_awaiting(Some(&within), |c| c.from == *from, out);
         }
         self.keep_orphan(&key, from, epoch);
         self.put_copy(

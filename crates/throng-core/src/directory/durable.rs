@@ -174,6 +174,7 @@ impl Directory {
                                 orphan: false,
                                 awaiting: true,
                             };
+                            self.file_copy(&key, &b);
                             self.backups.entry(key.clone()).or_default().push(b);
                             continue;
                         }
@@ -189,8 +190,9 @@ impl Directory {
                 .is_some_and(|l| l.iter().any(|b| b.from == me && b.handoff.is_none()));
             for (i, r) in records.into_iter().enumerate() {
                 let tag = (i > 0 || beside).then(|| self.next_hand_off_tag());
-                let list = self.backups.entry(key.clone()).or_default();
-                list.push(orphan_copy(&me, r, tag, Epoch::default()));
+                let b = orphan_copy(&me, r, tag, Epoch::default());
+                self.file_copy(&key, &b);
+                self.backups.entry(key.clone()).or_default().push(b);
                 recovered += 1;
             }
         }
@@ -246,21 +248,26 @@ impl Directory {
         if ask && self.recovered {
             out.push(send(from, DirMsg::Recovered { ask: false }));
         }
-        self.release_awaiting(|b| b.from == *from, out);
+        let held = self.by_origin.get(from).cloned().unwrap_or_default();
+        self.release_awaiting(Some(&held), |b| b.from == *from, out);
     }
 
     /// The copies recovered here and awaiting their owner that `pred` selects become orphan
     /// copies held for this node (as recovered copies are without an owner to await), failed
-    /// over unless the quorum is lost: handed to the owner and merged into its copy.
+    /// over unless the quorum is lost: handed to the owner and merged into its copy. Looks at
+    /// the copies of `within` only, if given (every key's otherwise).
     pub(super) fn release_awaiting(
         &mut self,
+        within: Option<&BTreeSet<String>>,
         pred: impl Fn(&Backup) -> bool,
         out: &mut Vec<Action>,
     ) {
         let mut examined = 0;
-        let keys: BTreeSet<String> = self
-            .backups
-            .iter()
+        let lists: Box<dyn Iterator<Item = (&String, &Vec<Backup>)>> = match within {
+            Some(keys) => Box::new(keys.iter().filter_map(|k| self.backups.get_key_value(k))),
+            None => Box::new(self.backups.iter()),
+        };
+        let keys: BTreeSet<String> = lists
             .inspect(|(_, list)| examined += list.len())
             .filter(|(_, list)| list.iter().any(|b| b.awaiting && pred(b)))
             .map(|(k, _)| k.clone())
@@ -277,7 +284,7 @@ impl Directory {
             }
         }
         if !self.quorum_lost {
-            self.fail_over_orphans_of(Some(&keys), out);
+            self.fail_over_orphans_of(&keys, out);
             self.pump_moves(out);
         }
     }

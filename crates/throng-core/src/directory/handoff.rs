@@ -4,8 +4,8 @@
 //! child handed to this node.
 
 use super::{
-    add_holder, reply, send, stop, Action, Backup, ChildEvent, DirMsg, Directory, Epoch,
-    Generation, Holder, Phase, Record, Source, StartError, StopReason, Tag, Version,
+    add_holder, index, reply, send, stop, unindex, Action, Backup, ChildEvent, DirMsg, Directory,
+    Epoch, Generation, Holder, Phase, Record, Source, StartError, StopReason, Tag, Version,
     MAX_BURIED_BYTES, MAX_HOPS,
 };
 use std::collections::{BTreeMap, BTreeSet};
@@ -97,6 +97,26 @@ impl Directory {
         self.pump_moves(out);
     }
 
+    /// [`Directory::rebalance`] after the view only took `removed` off the ring (lost or
+    /// leaving), with a distribution for which that changes the owner only of the keys they
+    /// owned and the backup only of the keys they owned or backed up: the children they backed
+    /// up and those lodged here are looked at again, then the orphan copies and the moves. Costs
+    /// what these nodes backed up here, not a pass over every child.
+    pub(super) fn rebalance_after_removal(&mut self, removed: &[NodeId], out: &mut Vec<Action>) {
+        let mut keys: BTreeSet<String> = self.lodged.clone();
+        for node in removed {
+            if let Some(backed_up) = self.by_backup.get(node) {
+                keys.extend(backed_up.iter().cloned());
+            }
+        }
+        self.examined(keys.len());
+        for key in keys {
+            self.rebalance_child(key, out);
+        }
+        self.fail_over_orphans(out);
+        self.pump_moves(out);
+    }
+
     /// The child `key` running here, under the current view: queued to move if another node
     /// owns its key; replicated to its new backup if its backup changed.
     fn rebalance_child(&mut self, key: String, out: &mut Vec<Action>) {
@@ -106,6 +126,11 @@ impl Directory {
         let Some(o) = self.owned.get_mut(&key) else {
             return;
         };
+        if owner.as_ref() == Some(&me) {
+            self.lodged.remove(&key);
+        } else {
+            self.lodged.insert(key.clone());
+        }
         if owner.as_ref().is_some_and(|n| *n != me) {
             if matches!(o.phase, Phase::Starting | Phase::Running) {
                 self.move_queue.insert(key);
@@ -139,6 +164,8 @@ impl Directory {
                     self.dropping.remove(&key);
                 }
             }
+            unindex(&mut self.by_backup, o.backup.as_ref(), &key);
+            index(&mut self.by_backup, backup.as_ref(), &key);
             o.backup = backup.clone();
             if let Some(b) = &backup {
                 o.acked = false;
@@ -150,24 +177,34 @@ impl Directory {
 
     /// Copies whose origin left the view: each is failed over (run here if this node owns the
     /// key, merged into the copy running here if there is one), handed to its owner, or dropped
-    /// with its child if that child was removed.
+    /// with its child if that child was removed. Visits the keys that may hold one
+    /// (`orphan_keys`) only; those that still do afterwards (no owner yet, a copy here still
+    /// stopping) stay listed.
     fn fail_over_orphans(&mut self, out: &mut Vec<Action>) {
-        self.fail_over_orphans_of(None, out);
+        let keys = std::mem::take(&mut self.orphan_keys);
+        self.fail_over_orphans_of(&keys, out);
+        for key in keys {
+            if self.holds_orphan_copy(&key) {
+                self.orphan_keys.insert(key);
+            }
+        }
     }
 
-    /// [`Directory::fail_over_orphans`] for the copies of `only` (every key if `None`).
-    pub(super) fn fail_over_orphans_of(
-        &mut self,
-        only: Option<&BTreeSet<String>>,
-        out: &mut Vec<Action>,
-    ) {
+    /// Whether a copy of `key` held here is an orphan (flagged, or from a departed node).
+    pub(super) fn holds_orphan_copy(&self, key: &str) -> bool {
+        self.backups.get(key).is_some_and(|list| {
+            list.iter()
+                .any(|b| b.orphan || self.departed.contains(&b.from))
+        })
+    }
+
+    /// [`Directory::fail_over_orphans`] for the copies of `keys`.
+    pub(super) fn fail_over_orphans_of(&mut self, keys: &BTreeSet<String>, out: &mut Vec<Action>) {
         let me = self.config.me.clone();
         let mut examined = 0;
-        let lists: Box<dyn Iterator<Item = (&String, &Vec<Backup>)>> = match only {
-            Some(keys) => Box::new(keys.iter().filter_map(|k| self.backups.get_key_value(k))),
-            None => Box::new(self.backups.iter()),
-        };
-        let mut orphaned: Vec<(String, Version, NodeId, Option<Tag>)> = lists
+        let mut orphaned: Vec<(String, Version, NodeId, Option<Tag>)> = keys
+            .iter()
+            .filter_map(|k| self.backups.get_key_value(k))
             .flat_map(|(k, list)| list.iter().map(move |b| (k, b)))
             .inspect(|_| examined += 1)
             .filter(|(_, b)| b.orphan || self.departed.contains(&b.from))
@@ -282,7 +319,9 @@ impl Directory {
     pub(super) fn moved(&mut self, key: &str, out: &mut Vec<Action>) {
         self.moving.remove(key);
         self.touch(key);
-        let o = self.owned.remove(key).expect("present");
+        let Some(o) = self.take_owned(key) else {
+            return;
+        };
         let current = o.backup_holder(&self.config.me);
         match self.owner(key) {
             Some(to) if to != self.config.me && o.merges.is_empty() => {

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use super::{
-    reply, send, stop, Action, ChildEvent, DirMsg, Directory, Owned, Phase, Record, Source,
-    SpawnError, StartError, StartSpec, StopReason, Version,
+    index, reply, send, stop, unindex, Action, ChildEvent, DirMsg, Directory, Owned, Phase, Record,
+    Source, SpawnError, StartError, StartSpec, StopReason, Version,
 };
 use crate::{ExitClass, RestartDecision, RestartWindow};
 
@@ -58,9 +58,7 @@ impl Directory {
         let epoch = self.next_epoch();
         // Copies held here of other copies: merged into this one once it runs.
         let others: Vec<Record> = self
-            .backups
-            .remove(&key)
-            .unwrap_or_default()
+            .remove_copies(&key, |_| true)
             .into_iter()
             .filter(|b| b.record.snapshot.is_some() && b.record != record)
             .map(|b| b.record)
@@ -83,7 +81,12 @@ impl Directory {
                 },
             ));
         }
-        self.owned.insert(
+        index(&mut self.by_backup, backup.as_ref(), &key);
+        let filed = backup.clone();
+        if self.owner(&key).as_ref() != Some(&self.config.me) {
+            self.lodged.insert(key.clone());
+        }
+        let previous = self.owned.insert(
             key.clone(),
             Owned {
                 acked: backup.is_none(),
@@ -101,7 +104,18 @@ impl Directory {
                 source: source.map(Box::new),
             },
         );
+        if let Some(p) = previous.filter(|p| p.backup != filed) {
+            unindex(&mut self.by_backup, p.backup.as_ref(), &key);
+        }
         self.settle(&key, out);
+    }
+
+    /// Removes the child `key` from the children run here (and from the indexes).
+    pub(super) fn take_owned(&mut self, key: &str) -> Option<Owned> {
+        let o = self.owned.remove(key)?;
+        unindex(&mut self.by_backup, o.backup.as_ref(), key);
+        self.lodged.remove(key);
+        Some(o)
     }
 
     /// Without a backup to wait for, the copies to drop are dropped at once, except those held

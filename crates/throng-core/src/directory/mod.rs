@@ -130,6 +130,15 @@ pub trait Distribution: Send + Sync + 'static {
         without.remove(&owner);
         self.owner(key, &without)
     }
+
+    /// Whether taking nodes off the ring changes the owner only of the keys those nodes owned,
+    /// and the backup only of the keys they owned or backed up (true of consistent and
+    /// rendezvous hashing). When it is, a node lost or leaving costs each directory work in
+    /// proportion to what that node owned and backed up, not a pass over every child
+    /// (`Directory::work`). The default is `false`: every change re-derives every placement.
+    fn removal_is_local(&self) -> bool {
+        false
+    }
 }
 
 /// Consistent hashing over the ring's virtual nodes: each node owns about `1/n` of the keys, and a
@@ -145,6 +154,11 @@ impl Distribution for Uniform {
     fn backup(&self, key: &[u8], ring: &Ring) -> Option<NodeId> {
         ring.successors(key, 2).nth(1).cloned()
     }
+
+    /// The first two distinct successors of the key's point: removing any other node leaves both.
+    fn removal_is_local(&self) -> bool {
+        true
+    }
 }
 
 /// How many hand-offs taken a directory remembers, to recognize one sent again.
@@ -158,6 +172,31 @@ pub const MAX_TOMBSTONES: usize = 4096;
 
 /// How many hand-offs a removal follows to reach a copy made from one of its copies.
 const MAX_CHASES: u8 = 16;
+
+/// Files `key` under `node` in `index` (nothing for `None`).
+fn index(index: &mut BTreeMap<NodeId, BTreeSet<String>>, node: Option<&NodeId>, key: &str) {
+    if let Some(node) = node {
+        if let Some(keys) = index.get_mut(node) {
+            if !keys.contains(key) {
+                keys.insert(key.to_owned());
+            }
+        } else {
+            index.insert(node.clone(), BTreeSet::from([key.to_owned()]));
+        }
+    }
+}
+
+/// Removes `key` from under `node` in `index` (nothing for `None`).
+fn unindex(index: &mut BTreeMap<NodeId, BTreeSet<String>>, node: Option<&NodeId>, key: &str) {
+    if let Some(node) = node {
+        if let Some(keys) = index.get_mut(node) {
+            keys.remove(key);
+            if keys.is_empty() {
+                index.remove(node);
+            }
+        }
+    }
+}
 
 /// Adds `h` to `list` unless it is named there already.
 fn add_holder(list: &mut Vec<Holder>, h: Holder) {
@@ -541,6 +580,19 @@ pub struct Directory {
     quorum_lost: bool,
     /// Entries examined by the membership paths so far ([`Directory::work`]).
     work: u64,
+    /// `owned` indexed by backup node: the keys of the children run here that each node backs
+    /// up. A node lost or leaving the ring changes the backup of these children only.
+    by_backup: BTreeMap<NodeId, BTreeSet<String>>,
+    /// `backups` indexed by origin: the keys of the copies held here for each node. A node lost
+    /// orphans these copies only.
+    by_origin: BTreeMap<NodeId, BTreeSet<String>>,
+    /// The keys that may hold an orphan copy (flagged orphan, or from a departed node): a
+    /// superset, pruned by each failover pass, which visits these keys only.
+    orphan_keys: BTreeSet<String>,
+    /// The keys of children run here that another node owned at the last placement pass (moving
+    /// away, or kept here while views disagreed): a superset. After a node leaves the ring only
+    /// these and the children it backed up need a look.
+    lodged: BTreeSet<String>,
     /// Inputs since [`Directory::check`] last ran in a debug build (see `Directory::checked`).
     unchecked: usize,
     /// Keys whose durable entry may have changed since [`Directory::take_touched`] (only with
@@ -585,6 +637,10 @@ impl Directory {
             moving: BTreeSet::new(),
             quorum_lost: false,
             work: 0,
+            by_backup: BTreeMap::new(),
+            by_origin: BTreeMap::new(),
+            orphan_keys: BTreeSet::new(),
+            lodged: BTreeSet::new(),
             unchecked: 0,
             touched: BTreeSet::new(),
             preloaded: BTreeMap::new(),

@@ -112,7 +112,7 @@ impl Directory {
     pub(super) fn remove(&mut self, key: &str, event: bool, out: &mut Vec<Action>) {
         self.moving.remove(key);
         self.touch(key);
-        let Some(o) = self.owned.remove(key) else {
+        let Some(o) = self.take_owned(key) else {
             return;
         };
         let current = o.backup_holder(&self.config.me);

@@ -5,8 +5,8 @@
 use std::collections::BTreeSet;
 
 use super::{
-    orphan_copy, reply, send, stop, Action, DirMsg, Directory, Epoch, Holder, Phase, StartError,
-    StopReason, MAX_BURIED_BYTES,
+    orphan_copy, reply, send, stop, Action, Backup, DirMsg, Directory, Epoch, Holder, Phase,
+    StartError, StopReason, MAX_BURIED_BYTES,
 };
 use crate::{NodeId, Ring};
 
@@ -43,8 +43,28 @@ impl Directory {
         } else {
             owners.insert(self.config.me.clone());
         }
-        let Ok(ring) = Ring::from_nodes(self.config.ring, owners.iter().cloned()) else {
-            return self.checked(out);
+        // The nodes taken off the ring, when the change only takes nodes off (a node lost or
+        // leaving): the ring is then cut down in place, not rebuilt and sorted.
+        let removal = owners.iter().all(|n| self.ring.contains(n)).then(|| {
+            self.ring
+                .nodes()
+                .iter()
+                .filter(|n| !owners.contains(*n))
+                .cloned()
+                .collect::<Vec<NodeId>>()
+        });
+        let ring = match &removal {
+            Some(removed) => {
+                let mut ring = self.ring.clone();
+                for n in removed {
+                    ring.remove(n);
+                }
+                ring
+            }
+            None => match Ring::from_nodes(self.config.ring, owners.iter().cloned()) {
+                Ok(ring) => ring,
+                Err(_) => return self.checked(out),
+            },
         };
         let mut view = owners;
         view.extend(leaving.iter().cloned());
@@ -61,17 +81,12 @@ impl Directory {
         // them is the only sign this node gets if they never come (a partition hides them):
         // failed over like the copies of a node that left, or the side that holds them would
         // never run them.
-        let mut examined = 0;
         let strangers: BTreeSet<NodeId> = self
-            .backups
-            .values()
-            .flatten()
-            .inspect(|_| examined += 1)
-            .map(|b| &b.from)
+            .by_origin
+            .keys()
             .filter(|n| !view.contains(*n) && !gone.contains(*n))
             .cloned()
             .collect();
-        self.examined(examined);
         self.orphan_copies(&gone);
         self.orphan_copies(&strangers);
         for n in &view {
@@ -100,7 +115,19 @@ impl Directory {
         } else {
             self.regain_quorum(&mut out)
         };
-        self.rebalance(&mut out);
+        match removal {
+            // Only nodes taken off the ring, with the quorum kept all along: the children whose
+            // owner or backup changed are among those these nodes backed up and those lodged
+            // here (with a distribution for which that holds).
+            Some(removed)
+                if had_quorum
+                    && !self.me_leaving
+                    && self.config.distribution.removal_is_local() =>
+            {
+                self.rebalance_after_removal(&removed, &mut out)
+            }
+            _ => self.rebalance(&mut out),
+        }
         self.tell_recovered(&resynced, &mut out);
         if begins_leaving {
             self.examined(self.tombstones.len());
@@ -135,7 +162,7 @@ impl Directory {
         self.move_queue.clear();
         // Copies recovered from disk stop waiting for their owner: orphans, like every copy
         // recovered without a quorum.
-        self.release_awaiting(|_| true, out);
+        self.release_awaiting(None, |_| true, out);
         // Every copy held here stays (backups, hand-off copies, orphans): none runs while the
         // quorum is lost, but the majority this node cannot see may not exist (a crash and a
         // partition at once leave every side a minority), and then a copy here may be a
@@ -180,7 +207,7 @@ impl Directory {
         self.moving.remove(key);
         self.move_queue.remove(key);
         self.touch(key);
-        let Some(o) = self.owned.remove(key) else {
+        let Some(o) = self.take_owned(key) else {
             return;
         };
         let me = self.config.me.clone();
@@ -201,8 +228,10 @@ impl Directory {
         }
         self.put_copy(key, orphan_copy(&me, o.record, None, o.epoch));
         if !self.quorum_lost {
-            // The quorum came back while it was stopping.
-            self.rebalance(out);
+            // The quorum came back while it was stopping: the copies of this key (its own,
+            // and any that waited for it to exit) are failed over now.
+            self.fail_over_orphans_of(&BTreeSet::from([key.to_owned()]), out);
+            self.pump_moves(out);
         }
     }
 
@@ -214,15 +243,7 @@ impl Directory {
         if self.view.contains(node) || *node == self.config.me {
             return self.checked(out);
         }
-        let mut examined = 0;
-        let held_from = self
-            .backups
-            .values()
-            .flatten()
-            .inspect(|_| examined += 1)
-            .any(|b| b.from == *node);
-        self.examined(examined);
-        if held_from {
+        if self.by_origin.contains_key(node) {
             self.departed.insert(node.clone());
             self.orphan_copies(&BTreeSet::from([node.clone()]));
             // Without a quorum the copies stay orphans until it returns.
@@ -278,9 +299,10 @@ impl Directory {
         if self.quorum_lost || !self.view.contains(peer) {
             return self.checked(out);
         }
-        self.examined(self.owned.len());
-        for o in self.owned.values_mut() {
-            if o.backup.as_ref() == Some(peer) {
+        let backed_up = self.by_backup.get(peer).cloned().unwrap_or_default();
+        self.examined(backed_up.len());
+        for key in &backed_up {
+            if let Some(o) = self.owned.get_mut(key) {
                 o.acked = false;
                 out.push(send(peer, o.replicate()));
             }
@@ -296,7 +318,14 @@ impl Directory {
         // Every copy handed off to `peer` and not confirmed (the confirmation may have been
         // lost): the latest hand-off of a key carries the copies to drop with it.
         let mut examined = self.removing.len() + self.dropping.len();
-        for (key, list) in &self.backups {
+        let held: Vec<(&String, &Vec<Backup>)> = self
+            .by_origin
+            .get(peer)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.backups.get_key_value(k))
+            .collect();
+        for &(key, list) in &held {
             examined += list.len();
             for b in list.iter().filter(|b| b.from == *peer) {
                 let Some(tag) = b.handoff else {
@@ -345,11 +374,9 @@ impl Directory {
                 }
             }
         }
-        let keys: Vec<(String, Epoch)> = self
-            .backups
+        let keys: Vec<(String, Epoch)> = held
             .iter()
-            .flat_map(|(k, list)| list.iter().map(move |b| (k, b)))
-            .inspect(|_| examined += 1)
+            .flat_map(|&(k, list)| list.iter().map(move |b| (k, b)))
             .filter(|(_, b)| b.from == *peer && b.handoff.is_none() && !b.awaiting)
             .map(|(k, b)| (k.clone(), b.epoch))
             .collect();

@@ -113,3 +113,54 @@ fn restart_cost() {
     );
     assert_eq!(running, n);
 }
+
+/// A node lost from a cluster of ten costs the survivors' directories work in proportion to
+/// what that node held (its children and the copies it kept), not a pass over everything each
+/// survivor holds: only the children it backed up, the copies it made and the children lodged
+/// away from their owner are looked at again. The bound is the simulator's
+/// (`Invariant::NodeLossWork`): 8 entries per entry lost and 64 per view change.
+#[test]
+fn a_node_loss_costs_work_in_proportion_to_what_the_node_held() {
+    let names: Vec<String> = (0..10).map(|i| format!("n{i}")).collect();
+    let nodes: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut net = Net::new(&nodes, 8);
+    let keys: Vec<String> = (0..2_000).map(|i| format!("k{i}")).collect();
+    for (i, key) in keys.iter().enumerate() {
+        let owner = net.dir("n0").owner(key).unwrap();
+        net.call(owner.as_str(), |d| d.start(i as u64, spec(key)));
+        if i % 500 == 499 {
+            net.settle();
+        }
+    }
+    net.settle();
+    let lost = "n3";
+    let held = {
+        let d = net.dir(lost);
+        d.owned().len() + d.backup_count()
+    };
+    assert!(held > 200, "n3 holds {held}");
+    net.crash(lost);
+    let survivors: Vec<NodeId> = net.dirs.keys().cloned().collect();
+    let before: u64 = net.dirs.values().map(Directory::work).sum();
+    for n in &survivors {
+        let actions = net.dirs.get_mut(n).unwrap().set_view(survivors.iter());
+        net.apply(n, actions);
+    }
+    net.settle();
+    let examined = net.dirs.values().map(Directory::work).sum::<u64>() - before;
+    let all: usize = net
+        .dirs
+        .values()
+        .map(|d| d.owned().len() + d.backup_count())
+        .sum();
+    let bound = 8 * held as u64 + 64 * survivors.len() as u64;
+    eprintln!("lost {held} entries of {all}; examined {examined}, bound {bound}");
+    assert!(
+        examined <= bound,
+        "the loss of {held} entries cost {examined} entries examined (bound {bound}; the \
+         survivors hold {all})"
+    );
+    for key in &keys {
+        assert_eq!(net.runs(key).len(), 1, "{key} runs on {:?}", net.runs(key));
+    }
+}

@@ -64,7 +64,7 @@ impl SimConfig {
     }
 
     /// `nodes` nodes for `steps` steps, converging every 500 steps, at most `(nodes - 1) / 2`
-    /// nodes down at once, no children up front, the work bound not checked, no trace.
+    /// nodes down at once, no children up front, the work bound checked, no trace.
     pub fn new(nodes: usize, steps: u64) -> Self {
         SimConfig {
             nodes: nodes.max(1),
@@ -77,7 +77,7 @@ impl SimConfig {
             shell_faults: false,
             durable: false,
             children: 0,
-            work_bound: false,
+            work_bound: true,
             trace: false,
             planted: None,
         }

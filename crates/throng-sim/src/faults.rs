@@ -227,6 +227,7 @@ impl Sim {
             survivors_held,
             view_changes: 0,
             examined: 0,
+            quorum_changes: 0,
         };
         self.losses.insert((j, self.nodes[j].inc), loss);
     }

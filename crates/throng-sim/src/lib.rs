@@ -80,8 +80,10 @@
 //!   (the owner is a function of the ring), so a step costs the same whatever the cluster's size.
 //! - **Work per node loss.** Every crash is measured: the entries it held (children and copies)
 //!   and the entries the survivors' directories examined in the view changes that dropped it
-//!   ([`Directory::work`]), reported in [`Tally::losses`]; with [`SimConfig::work_bound`],
-//!   [`Invariant::NodeLossWork`] checks that they are proportional to what the lost node held.
+//!   ([`Directory::work`]), reported in [`Tally::losses`]; with [`SimConfig::work_bound`] (on
+//!   by default), [`Invariant::NodeLossWork`] checks that they are proportional to what the lost
+//!   node held. A view change that also lost or regained the observer's quorum is not counted
+//!   (losing it stops every child, regaining it reconciles with every peer, by design).
 //!
 //! Randomness comes only from the seed, and every map iterated is ordered, so a seed replays
 //! exactly; [`SimConfig::trace`] prints the steps of a replay to stderr.

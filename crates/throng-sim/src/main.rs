@@ -39,7 +39,7 @@ fn parse() -> Result<Args, String> {
     let mut shell_faults = false;
     let mut durable = false;
     let mut children = 0;
-    let mut work_bound = false;
+    let mut work_bound = true;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
@@ -163,9 +163,11 @@ fn print_losses(tally: &Tally) {
         examined as f64 / held.max(1) as f64,
         examined as f64 / survivors.max(1) as f64,
     );
+    let quorum: u64 = tally.losses.iter().map(|l| l.quorum_changes).sum();
     println!(
         "  examined per entry lost: median {:.1}, max {:.1}; over the bound ({} per entry lost + {} \
-         per view change): {over}",
+         per view change): {over}; view changes that also lost or regained the quorum (not \
+         counted): {quorum}",
         ratios[ratios.len() / 2],
         ratios[ratios.len() - 1],
         throng_sim::WORK_PER_HELD,

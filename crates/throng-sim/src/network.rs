@@ -139,12 +139,18 @@ impl Sim {
     /// [`LossWork`](crate::LossWork).
     pub(crate) fn drop_from_view(&mut self, observer: usize, subject: usize, inc: u64) {
         let before = self.nodes[observer].dir().work();
+        let had_quorum = self.nodes[observer].dir().has_quorum();
         self.declare_down(observer, subject, inc);
         self.push_view(observer);
         let examined = self.nodes[observer].dir().work() - before;
+        let quorum_changed = had_quorum != self.nodes[observer].dir().has_quorum();
         if let Some(loss) = self.losses.get_mut(&(subject, inc)) {
-            loss.view_changes += 1;
-            loss.examined += examined;
+            if quorum_changed {
+                loss.quorum_changes += 1;
+            } else {
+                loss.view_changes += 1;
+                loss.examined += examined;
+            }
         }
     }
 

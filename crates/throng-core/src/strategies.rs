@@ -199,3 +199,78 @@ mod uniform_random {
         }
     }
 }
+
+/// `Distribution::removal_is_local`, which the directory relies on to re-derive placement after
+/// a node loss for a few children only: removing nodes changes a key's owner only if it was
+/// removed, and its backup only if its owner or its backup was removed.
+#[cfg(test)]
+mod removal_is_local {
+    use super::*;
+    use crate::directory::Uniform;
+    use crate::RingConfig;
+    use proptest::prelude::*;
+
+    fn ring(names: &[String]) -> Ring {
+        Ring::from_nodes(
+            RingConfig::default(),
+            names.iter().map(|n| NodeId::new(n).unwrap()),
+        )
+        .unwrap()
+    }
+
+    fn holds(d: &dyn Distribution, names: &[String], removed: &[String], key: &str) -> bool {
+        let before = ring(names);
+        let rest: Vec<String> = names
+            .iter()
+            .filter(|n| !removed.contains(n))
+            .cloned()
+            .collect();
+        let after = ring(&rest);
+        let key = key.as_bytes();
+        let (owner, backup) = (d.owner(key, &before), d.backup(key, &before));
+        let gone =
+            |n: &Option<NodeId>| n.as_ref().is_some_and(|n| removed.contains(&n.to_string()));
+        let owner_kept = gone(&owner) || d.owner(key, &after) == owner;
+        let backup_kept = gone(&owner) || gone(&backup) || d.backup(key, &after) == backup;
+        owner_kept && backup_kept
+    }
+
+    /// Placement by key modulo the number of nodes: removing any node moves most keys.
+    struct Modulo;
+
+    impl Distribution for Modulo {
+        fn owner(&self, key: &[u8], ring: &Ring) -> Option<NodeId> {
+            let i = xxhash_rust::xxh3::xxh3_64(key) as usize % ring.len().max(1);
+            ring.nodes().get(i).cloned()
+        }
+    }
+
+    #[test]
+    fn the_check_tells_a_distribution_that_is_not_local() {
+        let names: Vec<String> = (0..8).map(|i| format!("n{i}")).collect();
+        let removed = vec!["n7".to_owned()];
+        let moved = (0..100)
+            .filter(|k| !holds(&Modulo, &names, &removed, &format!("k{k}")))
+            .count();
+        assert!(moved > 10, "{moved} of 100 keys");
+        assert!(!Modulo.removal_is_local());
+    }
+
+    proptest! {
+        #[test]
+        fn removing_nodes_changes_only_their_keys_placement(
+            n in 2usize..12,
+            removed in proptest::collection::vec(0usize..12, 1..4),
+            key in "([a-z0-9]{1,6}/)?[a-z0-9]{0,12}",
+        ) {
+            let names: Vec<String> = (0..n).map(|i| format!("n{i}")).collect();
+            let removed: Vec<String> = removed.iter().map(|i| format!("n{}", i % n)).collect();
+            // A key may name a node (Explicit): make some name one of the ring's nodes.
+            let key = key.replacen("n", &format!("n{}", key.len() % n), 1);
+            for d in [&Uniform as &dyn Distribution, &Explicit, &UniformRandom] {
+                prop_assert!(d.removal_is_local());
+                prop_assert!(holds(d, &names, &removed, &key), "{key:?} without {removed:?}");
+            }
+        }
+    }
+}

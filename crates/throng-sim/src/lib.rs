@@ -82,8 +82,9 @@
 //!   and the entries the survivors' directories examined in the view changes that dropped it
 //!   ([`Directory::work`]), reported in [`Tally::losses`]; with [`SimConfig::work_bound`] (on
 //!   by default), [`Invariant::NodeLossWork`] checks that they are proportional to what the lost
-//!   node held. A view change that also lost or regained the observer's quorum is not counted
-//!   (losing it stops every child, regaining it reconciles with every peer, by design).
+//!   node held. A view change that also lost or regained the observer's quorum, or let another
+//!   node in, is not counted (losing the quorum stops every child, regaining it reconciles with
+//!   every peer, a join reconciles with the newcomer: by design).
 //!
 //! Randomness comes only from the seed, and every map iterated is ordered, so a seed replays
 //! exactly; [`SimConfig::trace`] prints the steps of a replay to stderr.

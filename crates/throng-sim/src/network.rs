@@ -140,12 +140,16 @@ impl Sim {
     pub(crate) fn drop_from_view(&mut self, observer: usize, subject: usize, inc: u64) {
         let before = self.nodes[observer].dir().work();
         let had_quorum = self.nodes[observer].dir().has_quorum();
+        let viewed = self.nodes[observer].dir().view().clone();
         self.declare_down(observer, subject, inc);
         self.push_view(observer);
         let examined = self.nodes[observer].dir().work() - before;
         let quorum_changed = had_quorum != self.nodes[observer].dir().has_quorum();
+        // A view change that also brought nodes in reconciles with each of them (what is held
+        // for it, the removals known): work of the join, not of the loss.
+        let joined = !self.nodes[observer].dir().view().is_subset(&viewed);
         if let Some(loss) = self.losses.get_mut(&(subject, inc)) {
-            if quorum_changed {
+            if quorum_changed || joined {
                 loss.quorum_changes += 1;
             } else {
                 loss.view_changes += 1;

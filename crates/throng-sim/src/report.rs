@@ -97,9 +97,10 @@ pub struct LossWork {
     ///
     /// [`Directory::work`]: throng_core::directory::Directory::work
     pub examined: u64,
-    /// View changes that dropped it and also lost or regained the survivor's quorum: not
-    /// counted in `view_changes` and `examined` (losing the quorum stops every child, regaining
-    /// it reconciles with every peer: work in proportion to everything held, by design).
+    /// View changes that dropped it and also lost or regained the survivor's quorum, or brought
+    /// other nodes into its view: not counted in `view_changes` and `examined` (losing the
+    /// quorum stops every child, regaining it or a node joining reconciles with every peer or
+    /// with the newcomer: work of what is held or of the join, by design).
     pub quorum_changes: u64,
 }
 

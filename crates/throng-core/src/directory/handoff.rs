@@ -180,7 +180,7 @@ impl Directory {
     /// with its child if that child was removed. Visits the keys that may hold one
     /// (`orphan_keys`) only; those that still do afterwards (no owner yet, a copy here still
     /// stopping) stay listed.
-    fn fail_over_orphans(&mut self, out: &mut Vec<Action>) {
+    pub(super) fn fail_over_orphans(&mut self, out: &mut Vec<Action>) {
         let keys = std::mem::take(&mut self.orphan_keys);
         self.fail_over_orphans_of(&keys, out);
         for key in keys {

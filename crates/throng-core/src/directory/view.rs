@@ -246,9 +246,11 @@ impl Directory {
         if self.by_origin.contains_key(node) {
             self.departed.insert(node.clone());
             self.orphan_copies(&BTreeSet::from([node.clone()]));
-            // Without a quorum the copies stay orphans until it returns.
+            // Without a quorum the copies stay orphans until it returns. The view and the
+            // ring did not change: only these copies need a decision.
             if !self.quorum_lost {
-                self.rebalance(&mut out);
+                self.fail_over_orphans(&mut out);
+                self.pump_moves(&mut out);
             }
         }
         self.checked(out)

@@ -135,6 +135,7 @@ pub(crate) async fn callers_run(k: usize, n: u64, live: u64) -> Result<Value, St
             "idle_bytes_per_key": (i as f64 - idle0 as f64) / to as f64,
             "caller_over_idle": c as f64 / i.max(1) as f64,
             "monitored_remotes": u(&stats, "monitored_remotes"),
+            "calls_in_flight": u(&stats, "calls_in_flight"),
         });
         eprintln!("callers: k={k} {point}");
         checkpoints.push(point);

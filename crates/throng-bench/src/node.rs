@@ -415,6 +415,7 @@ async fn handle(state: &Arc<State>, cmd: Command) -> Value {
             json!({
                 "monitored_remotes": c.monitored_remotes,
                 "monitors_held": c.monitors_held,
+                "calls_in_flight": c.calls_in_flight,
             })
         }
         "start" => {

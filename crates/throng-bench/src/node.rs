@@ -399,7 +399,11 @@ async fn handle(state: &Arc<State>, cmd: Command) -> Value {
         "callers_sup" => {
             // Started with its host set before any other command names it (the options of a
             // supervisor that runs already are ignored).
-            let hosts = cmd.hosts.iter().filter_map(|h| NodeId::new(h).ok()).collect();
+            let hosts = cmd
+                .hosts
+                .iter()
+                .filter_map(|h| NodeId::new(h).ok())
+                .collect();
             let sup = node.supervisor(
                 CALLERS,
                 DistOptions {

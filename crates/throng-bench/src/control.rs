@@ -200,6 +200,9 @@ struct Opts {
     scenarios: Option<Vec<String>>,
     /// How long each load round of the `durable` scenario runs.
     load_ms: u64,
+    /// Of the N keys the `callers` scenario touches, how many have a child (`--live`; default
+    /// all).
+    live: u64,
 }
 
 /// Every scenario `--scenarios` accepts.
@@ -211,6 +214,7 @@ const SCENARIOS: &[&str] = &[
     "durable",
     "join-storm",
     "rolling",
+    "callers",
 ];
 
 fn parse(args: &[String]) -> Result<Opts, String> {
@@ -227,6 +231,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         names: Vec::new(),
         scenarios: None,
         load_ms: 5000,
+        live: u64::MAX,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -270,6 +275,12 @@ fn parse(args: &[String]) -> Result<Opts, String> {
                 o.scenarios = Some(list);
             }
             "--load-ms" => o.load_ms = val()?.parse().map_err(|e| format!("--load-ms: {e}"))?,
+            "--live" => {
+                o.live = val()?
+                    .replace('_', "")
+                    .parse()
+                    .map_err(|e| format!("--live: {e}"))?
+            }
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -318,6 +329,7 @@ pub async fn run(args: &[String]) -> ExitCode {
                         // Odd runs measure the baseline first, even ones last (ABBA over repeats).
                         "restart" => crate::durable::restart_run(k, n, r % 2 == 1).await,
                         "durable" => crate::durable::durable_run(k, n, opts.load_ms).await,
+                        "callers" => crate::callers::callers_run(k, n, opts.live).await,
                         _ => crate::scale::stop_run(k, n, scenario, s).await,
                     };
                     match run {
@@ -804,7 +816,10 @@ pub fn table(args: &[String]) -> ExitCode {
 
 /// Print a markdown table of medians: one column per (nodes, N), one row per metric.
 fn print_table(results: &[Value]) {
-    let rows = ROWS.iter().chain(crate::durable::ROWS);
+    let rows = ROWS
+        .iter()
+        .chain(crate::durable::ROWS)
+        .chain(crate::callers::ROWS);
     let mut cols: Vec<(u64, u64)> = results.iter().map(|r| (u(r, "nodes"), u(r, "n"))).collect();
     cols.sort();
     cols.dedup();

@@ -25,7 +25,12 @@
 //! `--scenarios restart,durable` runs the durable scenarios instead (`durable.rs`): a full-cluster
 //! restart of durable children, and calls and snapshot writes with and without durability, each
 //! beside its baseline in the same run.
+//!
+//! `--scenarios callers --children 1000000 [--live N]` (`callers.rs`): one node starts and calls
+//! N distinct keys (`--live` of them with a child, default all) on children hosted by the other
+//! nodes; its resident memory at checkpoints beside an idle node of the same cluster.
 
+mod callers;
 mod control;
 mod durable;
 mod node;
@@ -46,8 +51,8 @@ async fn main() -> ExitCode {
             eprintln!(
                 "usage:\n  throng-bench cluster [--nodes 3,12,..] [--children 1000,10000] [--repeat 3] \
                  [--json FILE] [--svg FILE] [--skip-graceful] [--skip-join] [--names N,..] \
-                 [--scenarios failover,graceful,join,join-storm,rolling,restart,durable] \
-                 [--sample 200] [--storm 24] [--load-ms 5000]\n  throng-bench table FILE.json \
+                 [--scenarios failover,graceful,join,join-storm,rolling,restart,durable,callers] \
+                 [--sample 200] [--storm 24] [--load-ms 5000] [--live N]\n  throng-bench table FILE.json \
                  (the table of a --json file)\n  throng-bench plot FILE.json OUT.svg \
                  [--children N] (the growth curve against --nodes)\n  throng-bench node NAME [SEED] \
                  (started by `cluster`)"

@@ -102,6 +102,13 @@ struct Command {
     /// For `resolve_keys`: the child indices to call (a sample, or one node's keys).
     #[serde(default)]
     keys: Vec<u64>,
+    /// For `callers_sup`: the nodes that host the `callers` supervisor's children.
+    #[serde(default)]
+    hosts: Vec<String>,
+    /// For `touch`: keys below this have a child (started, then called); the others are
+    /// called with no child behind them.
+    #[serde(default)]
+    live: u64,
 }
 
 /// The supervisor with durability, in a node with a data dir.
@@ -110,6 +117,8 @@ pub const DURABLE: &str = "durable";
 pub const PLAIN: &str = "plain";
 /// Its twin with [`Durability::Sync`]: a call is answered once the state it made is on disk.
 pub const SYNC: &str = "sync";
+/// The supervisor of the `callers` scenario, hosted by a subset of the nodes (`callers_sup`).
+pub const CALLERS: &str = "callers";
 
 fn durable_opts() -> DistOptions {
     DistOptions {
@@ -130,6 +139,7 @@ fn sup_of(node: &Node, name: Option<&str>) -> DistSupervisor {
             },
         ),
         Some(PLAIN) => node.supervisor(PLAIN, DistOptions::default()),
+        Some(CALLERS) => node.supervisor(CALLERS, DistOptions::default()),
         _ => node.default_supervisor(),
     }
 }
@@ -385,7 +395,33 @@ async fn handle(state: &Arc<State>, cmd: Command) -> Value {
     let node = &state.node;
     let sup = sup_of(node, cmd.sup.as_deref());
     match cmd.cmd.as_str() {
-        "members" => json!({"owners": node.owners().len()}),
+        "members" => json!({"owners": node.owners().len(), "sup_nodes": sup.nodes().len()}),
+        "callers_sup" => {
+            // Started with its host set before any other command names it (the options of a
+            // supervisor that runs already are ignored).
+            let hosts = cmd
+                .hosts
+                .iter()
+                .filter_map(|h| NodeId::new(h).ok())
+                .collect();
+            let sup = node.supervisor(
+                CALLERS,
+                DistOptions {
+                    nodes: Some(hosts),
+                    ..DistOptions::default()
+                },
+            );
+            json!({"sup_nodes": sup.nodes().len()})
+        }
+        "touch" => touch(&sup, cmd.offset, cmd.n, cmd.live, cmd.timeout_ms).await,
+        "conn_stats" => {
+            let c = node.connection_stats();
+            json!({
+                "monitored_remotes": c.monitored_remotes,
+                "monitors_held": c.monitors_held,
+                "calls_in_flight": c.calls_in_flight,
+            })
+        }
         "start" => {
             let t = Instant::now();
             let errors = AtomicU64::new(0);
@@ -739,6 +775,41 @@ async fn load(sup: &DistSupervisor, n: u64, offset: u64, ms_total: u64) -> Value
         "calls": calls.load(Ordering::Relaxed),
         "errors": errors.load(Ordering::Relaxed),
     })
+}
+
+/// Keys `from..to`, [`CONCURRENCY`] at a time, each touched once (every one is new to this
+/// node): a key below `live` has its child started (`start_child`, the reference it returns
+/// dropped), sent a cast (`Add(1)`, through a route bound on the link while the link has room
+/// for one) and called (`Add(1)`, expecting `i + 2`: the cast went first on the same lane); a key
+/// at or above `live` is sent a cast and called with no child behind it (`Get`, at most
+/// `timeout_ms`; "no such actor" or a timeout is the expected answer).
+async fn touch(sup: &DistSupervisor, from: u64, to: u64, live: u64, timeout_ms: u64) -> Value {
+    let t = Instant::now();
+    let errors = AtomicU64::new(0);
+    let timeout = Duration::from_millis(timeout_ms.max(1));
+    stream::iter(from..to)
+        .for_each_concurrent(CONCURRENCY, |i| {
+            let errors = &errors;
+            async move {
+                let k = key(i);
+                let ok = if i < live {
+                    sup.start_child::<Child>(&k, i).await.is_ok()
+                        && sup.cast::<Child>(&k, Msg::Add(1)).await.is_ok()
+                        && matches!(sup.call::<Child>(&k, Msg::Add(1)).await, Ok(v) if v == i + 2)
+                } else {
+                    let _ = sup.cast::<Child>(&k, Msg::Get).await;
+                    matches!(
+                        sup.call_timeout::<Child>(&k, Msg::Get, timeout).await,
+                        Err(CallError::NoSuchActor(_) | CallError::Timeout(_))
+                    )
+                };
+                if !ok {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+        .await;
+    json!({"ms": ms(t), "errors": errors.load(Ordering::Relaxed)})
 }
 
 /// Percentiles of sorted latencies.

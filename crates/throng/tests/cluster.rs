@@ -328,6 +328,56 @@ async fn references_to_remote_actors_dropped_by_the_caller_do_not_pile_up() {
     );
 }
 
+/// Answers `0` at once and any other message once its gate opens (is closed): a remote actor
+/// whose answers do not come.
+struct Gate(std::sync::Arc<tokio::sync::Semaphore>);
+
+impl Actor for Gate {
+    type Msg = u32;
+    type Reply = u32;
+    async fn handle(&mut self, m: u32, _ctx: &mut Context<Self>) -> ActorResult<u32> {
+        if m != 0 {
+            // Never granted: the test closes the semaphore to let the messages through.
+            let _ = self.0.acquire().await;
+        }
+        Ok(m)
+    }
+}
+
+impl RemoteActor for Gate {
+    const TYPE: &'static str = "test.Gate";
+}
+
+/// A call whose caller stops waiting (drops its future: a `select!`, a timeout of its own)
+/// leaves no entry in the caller's table of requests waiting for an answer, though the answer
+/// never comes: the table is bounded by the calls in progress, not by those ever given up on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_given_up_by_their_caller_leave_no_pending_entry() {
+    let n1 = node("g1", b"secret").await;
+    let n2 = node("g2", b"secret").await;
+    meet(&n1, &n2);
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    n2.export("gate", &throng::spawn(Gate(gate.clone())))
+        .unwrap();
+    let r: ActorRef<Gate> = n1.remote(n2.id(), "gate");
+    assert_eq!(r.call(0).await.unwrap(), 0);
+    for i in 1..=500 {
+        let call = r.call_timeout(i, Duration::from_secs(600));
+        tokio::pin!(call);
+        // Polled once: the request is queued, and waits for an answer that does not come.
+        let polled = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::future::Future::poll(call.as_mut(), cx).is_pending())
+        })
+        .await;
+        assert!(polled, "call {i} ended at once");
+    }
+    assert_eq!(n1.connection_stats().calls_in_flight, 0);
+    // The answers that come after all are dropped; a new call is answered.
+    gate.close();
+    assert_eq!(r.call(0).await.unwrap(), 0);
+    assert_eq!(n1.connection_stats().calls_in_flight, 0);
+}
+
 struct Blob(Vec<u8>);
 
 #[derive(Debug, Serialize, Deserialize)]

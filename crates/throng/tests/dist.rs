@@ -356,6 +356,72 @@ async fn children_of_a_dead_node_fail_over_with_their_last_snapshot() {
     assert!(failed_over > 0, "no failover event on k2");
 }
 
+/// A node that starts, casts to and calls many distinct keys hosted elsewhere, and calls keys
+/// with no child, keeps no entry per key: no request left waiting, its table of monitored remote
+/// actors (one per reference `start_child` returned) within its bound, and the owners holding
+/// no more of its monitors than that table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_keeps_no_entry_per_distinct_key_it_called() {
+    use futures_util::StreamExt;
+    let nodes = cluster().await;
+    let hosts: BTreeSet<_> = [nodes[1].id().clone(), nodes[2].id().clone()].into();
+    let opts = DistOptions {
+        nodes: Some(hosts),
+        ..DistOptions::default()
+    };
+    let sups: Vec<_> = nodes
+        .iter()
+        .map(|n| n.supervisor("far", opts.clone()))
+        .collect();
+    for s in &sups {
+        eventually("far view", Duration::from_secs(10), || s.nodes().len() == 2).await;
+    }
+    let caller = &sups[0];
+    const LIVE: u32 = 2_500;
+    const MISSES: u32 = 500;
+    futures_util::stream::iter(0..LIVE)
+        .for_each_concurrent(64, |i| async move {
+            let key = format!("far-{i}");
+            caller.start_child::<Hero>(&key, 100).await.unwrap();
+            caller.cast::<Hero>(&key, HeroMsg::Fight).await.unwrap();
+            let (_, health, fights) = caller.call::<Hero>(&key, HeroMsg::Fight).await.unwrap();
+            assert_eq!((health, fights), (98, 2), "{key}");
+        })
+        .await;
+    futures_util::stream::iter(LIVE..LIVE + MISSES)
+        .for_each_concurrent(64, |i| async move {
+            let key = format!("far-{i}");
+            let r = caller
+                .call_timeout::<Hero>(&key, HeroMsg::Status, Duration::from_millis(20))
+                .await;
+            assert!(
+                matches!(r, Err(CallError::NoSuchActor(_) | CallError::Timeout(_))),
+                "{key}: {r:?}"
+            );
+        })
+        .await;
+    let stats = nodes[0].connection_stats();
+    assert_eq!(stats.calls_in_flight, 0);
+    // At most twice the live references plus 1,024 (none is live now).
+    assert!(
+        stats.monitored_remotes <= 2 * 1024,
+        "{} monitored remote actors after {LIVE} distinct keys",
+        stats.monitored_remotes
+    );
+    eventually(
+        "the owners to hold at most the caller's monitors",
+        Duration::from_secs(10),
+        || {
+            let held: usize = nodes[1..]
+                .iter()
+                .map(|n| n.connection_stats().monitors_held)
+                .sum();
+            held <= 2 * 1024
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn supervisors_limited_to_a_subset_of_nodes_place_only_there() {
     let nodes = cluster().await;

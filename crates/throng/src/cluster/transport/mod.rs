@@ -119,6 +119,11 @@ pub struct ConnectionStats {
     /// ([`Frame::Demonitor`](crate::cluster::wire::Frame::Demonitor)), the actor exits or the
     /// connection is lost.
     pub monitors_held: usize,
+    /// Requests this node sent that still wait for their answer (calls by reference or by key,
+    /// supervisors' starts, stops and lists): at most the requests in progress. An entry leaves
+    /// the table with its answer, its timeout, the loss of its connection, or when its caller
+    /// stops waiting (drops the call's future).
+    pub calls_in_flight: usize,
 }
 
 /// The monitors peers hold on local actors ([`Frame::Monitor`]), by peer and monitor id: the
@@ -466,6 +471,7 @@ pub(crate) struct Transport {
     exports: RwLock<HashMap<Arc<str>, Arc<dyn Export>>>,
     /// Bumped at every change of `exports`, so that readers may cache what they looked up.
     exports_version: AtomicU64,
+    /// Requests waiting for their answer, by id ([`Transport::request`]).
     pub(crate) pending: Mutex<HashMap<u64, Pending>>,
     pub(crate) next_id: AtomicU64,
     peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
@@ -562,6 +568,7 @@ impl Transport {
             backlog_resets: self.backlog_resets.load(Ordering::Relaxed),
             monitored_remotes: lock(&self.proxies).map.len(),
             monitors_held: lock(&self.watched).len,
+            calls_in_flight: lock(&self.pending).len(),
         }
     }
 

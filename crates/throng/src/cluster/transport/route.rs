@@ -356,6 +356,23 @@ impl<A: Actor> RemoteRoute<A> {
     }
 }
 
+/// A request's entry in the pending table, removed when this is dropped unless the reply (or
+/// the connection's end) took it: the table holds only the calls someone still waits for, so it
+/// is bounded by the calls in progress, not by the calls ever given up on.
+struct PendingEntry<'a> {
+    table: &'a Mutex<HashMap<u64, Pending>>,
+    /// `None` once the entry was taken.
+    id: Option<u64>,
+}
+
+impl Drop for PendingEntry<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            lock(self.table).remove(&id);
+        }
+    }
+}
+
 /// Why a request got no reply (see [`Transport::request`]).
 #[derive(Debug)]
 pub(crate) enum RequestError<E> {
@@ -391,7 +408,8 @@ impl Transport {
     /// One request to `peer`, the one path every request with a reply takes (remote calls,
     /// supervisors' start, stop and list, ...): a fresh id and a pending entry that the reply
     /// completes; `send(id)` queues the request frame; waits for the reply at most `timeout`.
-    /// The pending entry never outlives the request.
+    /// The pending entry never outlives the request, also when the caller drops it before the
+    /// answer (a frame never sent, or one whose answer never comes, would otherwise keep it).
     pub(crate) async fn request<E, F, Fut>(
         &self,
         peer: &NodeId,
@@ -411,18 +429,22 @@ impl Transport {
                 tx,
             },
         );
+        // Removes the entry however the request ends without its answer: an error, the timeout,
+        // or the caller dropping this future (a `select!`, a timeout of its own).
+        let mut entry = PendingEntry {
+            table: &self.pending,
+            id: Some(id),
+        };
         let exchange = async {
             send(id).await.map_err(RequestError::Send)?;
-            // The entry is dropped without a reply when the connection is lost.
-            rx.await.map_err(|_| RequestError::Lost)
+            let answer = rx.await;
+            // Taken by the reply, or by the connection's end (which drops it unanswered).
+            entry.id = None;
+            answer.map_err(|_| RequestError::Lost)
         };
-        let result = tokio::time::timeout(timeout, exchange)
+        tokio::time::timeout(timeout, exchange)
             .await
-            .unwrap_or(Err(RequestError::Timeout));
-        if result.is_err() {
-            lock(&self.pending).remove(&id);
-        }
-        result
+            .unwrap_or(Err(RequestError::Timeout))
     }
 
     /// See `Node::remote`.

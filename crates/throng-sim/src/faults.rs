@@ -211,9 +211,10 @@ impl Sim {
     /// ([`Invariant::NodeLossWork`]).
     fn note_loss(&mut self, j: usize, keys: usize) {
         let d = self.nodes[j].dir();
-        let held = (d.owned().len() + d.backup_count()) as u64;
-        debug_assert!(held >= keys as u64);
+        let own = (d.owned().len() + d.backup_count()) as u64;
+        debug_assert!(own >= keys as u64);
         let survivors: Vec<usize> = self.alive_nodes().into_iter().filter(|&i| i != j).collect();
+        let held = own;
         let survivors_held = survivors
             .iter()
             .map(|&i| {
@@ -225,6 +226,7 @@ impl Sim {
             nodes: survivors.len() + 1,
             held,
             survivors_held,
+            related: 0,
             view_changes: 0,
             examined: 0,
             quorum_changes: 0,

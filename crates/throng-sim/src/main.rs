@@ -165,7 +165,7 @@ fn print_losses(tally: &Tally) {
     );
     let quorum: u64 = tally.losses.iter().map(|l| l.quorum_changes).sum();
     println!(
-        "  examined per entry lost: median {:.1}, max {:.1}; over the bound ({} per entry lost + {} \
+        "  examined per entry lost: median {:.1}, max {:.1}; over the bound ({} per entry lost or referring to it + {} \
          per view change): {over}; view changes that also lost or regained the quorum or let a \
          node in (not counted): {quorum}",
         ratios[ratios.len() / 2],

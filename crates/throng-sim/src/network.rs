@@ -141,6 +141,7 @@ impl Sim {
         let before = self.nodes[observer].dir().work();
         let had_quorum = self.nodes[observer].dir().has_quorum();
         let viewed = self.nodes[observer].dir().view().clone();
+        let related = self.related(observer, subject);
         self.declare_down(observer, subject, inc);
         self.push_view(observer);
         let examined = self.nodes[observer].dir().work() - before;
@@ -154,8 +155,21 @@ impl Sim {
             } else {
                 loss.view_changes += 1;
                 loss.examined += examined;
+                loss.related += related;
             }
         }
+    }
+
+    /// The entries of `observer`'s directory that refer to `subject`: copies held from it,
+    /// children it backs up, children owned by it in `observer`'s view (on their way to it).
+    fn related(&self, observer: usize, subject: usize) -> u64 {
+        let d = self.nodes[observer].dir();
+        let name = &self.ids[subject];
+        let copies = d.backups().values().flatten().filter(|b| b.from == *name);
+        let children = d.owned().iter().filter(|(key, o)| {
+            o.backup.as_ref() == Some(name) || d.owner(key).as_ref() == Some(name)
+        });
+        (copies.count() + children.count()) as u64
     }
 
     pub(crate) fn push_view(&mut self, i: usize) {

@@ -73,7 +73,8 @@ pub enum Invariant {
     NodeLossWork,
 }
 
-/// [`Invariant::NodeLossWork`]: entries the survivors may examine per entry the lost node held.
+/// [`Invariant::NodeLossWork`]: entries the survivors may examine per entry the lost node held
+/// (and per entry of the survivors that referred to it).
 pub const WORK_PER_HELD: u64 = 8;
 
 /// [`Invariant::NodeLossWork`]: entries a survivor may examine per view change regardless of what
@@ -89,6 +90,10 @@ pub struct LossWork {
     pub nodes: usize,
     /// The entries it held: the children it ran and the copies it held for other nodes.
     pub held: u64,
+    /// The survivors' entries that referred to it when their views dropped it: copies held from
+    /// it (of this run, or of an earlier one whose restart a partition hid), children it backed
+    /// up, children on their way to it. Its loss concerns these too.
+    pub related: u64,
     /// The entries the survivors' directories held, all told, when it crashed.
     pub survivors_held: u64,
     /// The view changes that dropped it (one per survivor that noticed).
@@ -107,7 +112,7 @@ pub struct LossWork {
 impl LossWork {
     /// The bound of [`Invariant::NodeLossWork`] for this loss.
     pub fn bound(&self) -> u64 {
-        WORK_PER_HELD * self.held + WORK_PER_OBSERVER * self.view_changes
+        WORK_PER_HELD * (self.held + self.related) + WORK_PER_OBSERVER * self.view_changes
     }
 }
 

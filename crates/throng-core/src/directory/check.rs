@@ -254,6 +254,35 @@ impl Directory {
                 return broken("orphan keys", key);
             }
         }
+        for (key, list) in &self.dropping {
+            for (i, h) in list.iter().enumerate() {
+                if list[..i].iter().any(|w| w.node == h.node) {
+                    continue;
+                }
+                if !filed(&self.waits, &h.node, key) {
+                    return broken("waits", key);
+                }
+            }
+        }
+        for (key, r) in &self.removing {
+            let nodes = r
+                .waiting_on
+                .iter()
+                .map(|h| &h.node)
+                .chain(r.chasing.iter().map(|c| &c.node));
+            for node in nodes {
+                if !filed(&self.waits, node, key) {
+                    return broken("waits", key);
+                }
+            }
+        }
+        for (node, keys) in &self.waits {
+            for key in keys {
+                if !self.waits_on(key, node) {
+                    return broken("waits", key);
+                }
+            }
+        }
         for key in &self.lodged {
             if !self.owned.contains_key(key) {
                 return broken("lodged", key);

@@ -73,6 +73,7 @@ impl Directory {
         for h in holders {
             out.push(h.drop_msg(key, None));
             if self.may_answer(&h.node) {
+                index(&mut self.waits, Some(&h.node), key);
                 let list = self.dropping.entry(key.to_owned()).or_default();
                 add_holder(list, h);
             }
@@ -390,6 +391,7 @@ impl Directory {
         if remove {
             self.removal_answered(&key, from, next, out, |r| r.waiting_on.retain(|w| *w != h));
         }
+        self.rewait(&key, from);
     }
 
     /// [`DirMsg::Held`] from `from`: the copies it holds for this node. Those it should hold

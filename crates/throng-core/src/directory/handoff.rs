@@ -157,8 +157,10 @@ impl Directory {
                     && Some(&h.node) == backup.as_ref()
             };
             o.old_backups.retain(|h| !supersedes(h));
+            let mut superseded = false;
             if let Some(list) = self.dropping.get_mut(&key) {
                 // Nor is a drop sent to it earlier sent again on a reconnection.
+                superseded = list.iter().any(&supersedes);
                 list.retain(|h| !supersedes(h));
                 if list.is_empty() {
                     self.dropping.remove(&key);
@@ -170,6 +172,9 @@ impl Directory {
             if let Some(b) = &backup {
                 o.acked = false;
                 out.push(send(b, o.replicate()));
+            }
+            if let (true, Some(b)) = (superseded, &backup) {
+                self.rewait(&key, b);
             }
             self.settle(&key, out);
         }

@@ -593,6 +593,9 @@ pub struct Directory {
     /// away, or kept here while views disagreed): a superset. After a node leaves the ring only
     /// these and the children it backed up need a look.
     lodged: BTreeSet<String>,
+    /// The keys whose drops or removal wait on each node (`dropping`, and a removal's
+    /// `waiting_on` and `chasing`): a superset, visited for the nodes that left the view.
+    waits: BTreeMap<NodeId, BTreeSet<String>>,
     /// Inputs since [`Directory::check`] last ran in a debug build (see `Directory::checked`).
     unchecked: usize,
     /// Keys whose durable entry may have changed since [`Directory::take_touched`] (only with
@@ -641,6 +644,7 @@ impl Directory {
             by_origin: BTreeMap::new(),
             orphan_keys: BTreeSet::new(),
             lodged: BTreeSet::new(),
+            waits: BTreeMap::new(),
             unchecked: 0,
             touched: BTreeSet::new(),
             preloaded: BTreeMap::new(),

@@ -3,8 +3,8 @@
 //! a late copy of a removed child be refused rather than run again.
 
 use super::{
-    add_holder, reply, send, Action, Backup, ChildEvent, DirMsg, Directory, Epoch, Generation,
-    Holder, StartError, StartSpec, Tag, MAX_CHASES,
+    add_holder, index, reply, send, unindex, Action, Backup, ChildEvent, DirMsg, Directory, Epoch,
+    Generation, Holder, StartError, StartSpec, Tag, MAX_CHASES,
 };
 use crate::NodeId;
 
@@ -182,6 +182,7 @@ impl Directory {
             }
             out.push(h.drop_msg(key, Some(r.generation)));
             if view.contains(&h.node) {
+                index(&mut self.waits, Some(&h.node), key);
                 add_holder(&mut r.waiting_on, h.clone());
             }
             sent.push(h);
@@ -342,6 +343,7 @@ impl Directory {
         }
         r.chases += 1;
         out.push(c.msg(key));
+        index(&mut self.waits, Some(&c.node), key);
         r.chasing.push(c);
     }
 
@@ -385,5 +387,25 @@ impl Directory {
             r.chasing
                 .retain(|w| !(w.node == *from && w.from == f && w.tag == tag))
         });
+        self.rewait(&key, from);
+    }
+
+    /// Whether a drop or the removal of `key` waits on `node`.
+    pub(super) fn waits_on(&self, key: &str, node: &NodeId) -> bool {
+        self.dropping
+            .get(key)
+            .is_some_and(|list| list.iter().any(|h| h.node == *node))
+            || self.removing.get(key).is_some_and(|r| {
+                r.waiting_on.iter().any(|h| h.node == *node)
+                    || r.chasing.iter().any(|c| c.node == *node)
+            })
+    }
+
+    /// After waits of `key` on `node` were answered: `key` leaves `node`'s list of waits if
+    /// nothing of it waits on `node` any more.
+    pub(super) fn rewait(&mut self, key: &str, node: &NodeId) {
+        if !self.waits_on(key, node) {
+            unindex(&mut self.waits, Some(node), key);
+        }
     }
 }

@@ -275,20 +275,34 @@ impl Directory {
 
     /// Removals and drops no longer wait for nodes out of the view.
     fn forget_waits(&mut self, out: &mut Vec<Action>) {
-        self.examined(2 * self.removing.len() + self.dropping.len());
+        // The keys with a wait on a node out of the view (the index is a superset).
+        let away: Vec<NodeId> = self
+            .waits
+            .keys()
+            .filter(|n| !self.view.contains(*n))
+            .cloned()
+            .collect();
+        let mut keys: BTreeSet<String> = BTreeSet::new();
+        for n in away {
+            keys.extend(self.waits.remove(&n).unwrap_or_default());
+        }
+        self.examined(keys.len());
         let view = &self.view;
         let waits = |n: &NodeId| view.contains(n);
-        self.dropping.retain(|_, list| {
-            list.retain(|h| waits(&h.node));
-            !list.is_empty()
-        });
-        for r in self.removing.values_mut() {
-            r.waiting_on.retain(|h| waits(&h.node));
-            r.chasing.retain(|c| waits(&c.node));
+        for key in &keys {
+            if let Some(list) = self.dropping.get_mut(key) {
+                list.retain(|h| waits(&h.node));
+                if list.is_empty() {
+                    self.dropping.remove(key);
+                }
+            }
+            if let Some(r) = self.removing.get_mut(key) {
+                r.waiting_on.retain(|h| waits(&h.node));
+                r.chasing.retain(|c| waits(&c.node));
+            }
         }
-        let keys: Vec<String> = self.removing.keys().cloned().collect();
-        for key in keys {
-            self.finish_removal(&key, out);
+        for key in &keys {
+            self.finish_removal(key, out);
         }
     }
 
@@ -319,7 +333,9 @@ impl Directory {
     fn resync(&mut self, peer: &NodeId, out: &mut Vec<Action>) {
         // Every copy handed off to `peer` and not confirmed (the confirmation may have been
         // lost): the latest hand-off of a key carries the copies to drop with it.
-        let mut examined = self.removing.len() + self.dropping.len();
+        // The keys whose drops or removal wait on `peer`.
+        let waiting: Vec<&String> = self.waits.get(peer).into_iter().flatten().collect();
+        let mut examined = waiting.len();
         let held: Vec<(&String, &Vec<Backup>)> = self
             .by_origin
             .get(peer)
@@ -349,7 +365,10 @@ impl Directory {
                 ));
             }
         }
-        for (key, r) in &self.removing {
+        for (key, r) in waiting
+            .iter()
+            .filter_map(|k| self.removing.get_key_value(k.as_str()))
+        {
             for h in r.waiting_on.iter().filter(|h| h.node == *peer) {
                 out.push(h.drop_msg(key, Some(r.generation)));
             }
@@ -357,7 +376,10 @@ impl Directory {
                 out.push(c.msg(key));
             }
         }
-        for (key, list) in &self.dropping {
+        for (key, list) in waiting
+            .iter()
+            .filter_map(|k| self.dropping.get_key_value(k.as_str()))
+        {
             if self.removing.contains_key(key) {
                 continue;
             }

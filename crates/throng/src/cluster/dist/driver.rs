@@ -353,6 +353,19 @@ pub(super) struct Task {
     /// — which `Sync` replies waited for — would lose the merge. (A peer's messages are
     /// dropped, as if lost with the connection, when it disconnects or goes down meanwhile.)
     held_msgs: std::collections::VecDeque<(NodeId, DirMsg)>,
+    /// The owners of the view the previous run of this node wrote after its recovery (a
+    /// durable supervisor): once all of them are back in the view, the children's owners are
+    /// those they had, and the recovery waits no longer.
+    previous: Option<BTreeSet<NodeId>>,
+    /// The owners of the latest view.
+    owners: Vec<NodeId>,
+}
+
+/// Whether every owner of the previous run's view (`previous`; none known: `false`) is an
+/// owner in the view now (`owners`): then each recovered child's owner is the node that ran it
+/// before (or a node that joined since), so waiting for the view to settle gains nothing.
+fn previous_view_back(previous: Option<&BTreeSet<NodeId>>, owners: &[NodeId]) -> bool {
+    previous.is_some_and(|p| !p.is_empty() && p.iter().all(|n| owners.contains(n)))
 }
 
 /// The receiving ends of a driver's queues.
@@ -391,6 +404,8 @@ impl Task {
             epoch: Instant::now(),
             parked: Vec::new(),
             held_msgs: std::collections::VecDeque::new(),
+            previous: None,
+            owners: Vec::new(),
         }
     }
 
@@ -399,10 +414,19 @@ impl Task {
         // so that each child runs again on its owner rather than on the first node up.
         // (Read now, before any input, and kept in the directory: every write made before the
         // recovery includes them, so the disk never loses them.)
-        let mut recovery = match &self.rt.persist {
+        let began = tokio::time::Instant::now();
+        let mut recovery = match self.rt.persist.as_mut() {
             Some(p) => match p.load().await {
-                Ok(entries) => {
-                    self.driver.preload(entries);
+                Ok(loaded) => {
+                    let entries = loaded.entries.len();
+                    self.driver.preload(loaded.entries);
+                    self.previous = loaded.view.map(|v| v.into_iter().collect());
+                    tracing::info!(
+                        entries,
+                        previous_view = self.previous.as_ref().map_or(0, BTreeSet::len),
+                        ms = began.elapsed().as_millis() as u64,
+                        "durable store read"
+                    );
                     Some(())
                 }
                 Err(e) => {
@@ -417,8 +441,7 @@ impl Task {
             },
             None => None,
         };
-        let began = tokio::time::Instant::now();
-        let mut settled_at = began + RECOVERY_SETTLE;
+        let mut settled_at = tokio::time::Instant::now() + RECOVERY_SETTLE;
         let mut unflushed = 0;
         loop {
             let mut flush_at = self.rt.persist.as_ref().and_then(Persister::due);
@@ -487,17 +510,7 @@ impl Task {
                 }
                 _ = tokio::time::sleep_until(settled_at.min(began + RECOVERY_MAX_WAIT)), if recovery.is_some() => {
                     recovery = None;
-                    let entries = self.driver.directory().preloaded_len();
-                    tracing::info!(entries, "recovering durable children");
-                    let t = Instant::now();
-                    self.driver.recover(&mut self.rt, []);
-                    tracing::info!(entries, ms = t.elapsed().as_millis() as u64, "durable children taken back");
-                    for (from, msg) in std::mem::take(&mut self.held_msgs) {
-                        self.on_input(Input::Msg { from, msg });
-                    }
-                    for cmd in std::mem::take(&mut self.parked) {
-                        self.on_cmd(cmd);
-                    }
+                    self.recover("settled", began);
                 }
                 n = q.notes.recv() => match n {
                     Some(n) => self.on_note(n),
@@ -508,15 +521,27 @@ impl Task {
                         self.held_msgs.push_back((from, msg));
                     }
                     Some(i) => {
-                        if matches!(i, Input::View(..)) {
+                        let mut complete = false;
+                        if let Input::View(owners, _) = &i {
                             settled_at = tokio::time::Instant::now() + RECOVERY_SETTLE;
+                            complete = recovery.is_some() && previous_view_back(self.previous.as_ref(), owners);
+                            self.owners.clone_from(owners);
+                            if recovery.is_none() {
+                                if let Some(p) = &mut self.rt.persist {
+                                    p.view(owners);
+                                }
+                            }
                         }
                         if let Input::Reconnected(p) | Input::NodeDown(p) | Input::Disconnected(p) = &i {
                             // As if lost with the connection: what the peer sent before is
                             // reconciled (or failed over) as for any lost connection.
                             self.held_msgs.retain(|(from, _)| from != p);
                         }
-                        self.on_input(i)
+                        self.on_input(i);
+                        if complete {
+                            recovery = None;
+                            self.recover("every node of the previous view is back", began);
+                        }
                     }
                     None => return,
                 },
@@ -547,6 +572,31 @@ impl Task {
                 self.rt.flush();
                 unflushed = 0;
             }
+        }
+    }
+
+    /// Take back what the previous run kept (see [`Task::run`]), then handle the peers'
+    /// messages and the requests that waited for it; from now on the view is written with the
+    /// entries.
+    fn recover(&mut self, why: &'static str, began: tokio::time::Instant) {
+        let entries = self.driver.directory().preloaded_len();
+        tracing::info!(
+            entries,
+            why,
+            after_ms = began.elapsed().as_millis() as u64,
+            "recovering durable children"
+        );
+        let t = Instant::now();
+        self.driver.recover(&mut self.rt, []);
+        tracing::info!(entries, ms = t.elapsed().as_millis() as u64, "durable children taken back");
+        if let Some(p) = &mut self.rt.persist {
+            p.view(&self.owners);
+        }
+        for (from, msg) in std::mem::take(&mut self.held_msgs) {
+            self.on_input(Input::Msg { from, msg });
+        }
+        for cmd in std::mem::take(&mut self.parked) {
+            self.on_cmd(cmd);
         }
     }
 

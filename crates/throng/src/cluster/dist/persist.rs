@@ -12,7 +12,7 @@
 //!
 //! [`Host::touched`]: throng_core::driver::Host::touched
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +21,7 @@ use throng_core::NodeId;
 
 use super::host::Slot;
 use throng_store::{Store, StoreError, Write};
+use xxhash_rust::xxh3::xxh3_128;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -51,6 +52,8 @@ pub(crate) struct Persister {
     in_flight: Option<oneshot::Receiver<Outcome>>,
     /// How many keys the commit in flight writes.
     in_flight_keys: usize,
+    /// How many of them it writes to the store (the others are stored as they are).
+    in_flight_writes: usize,
     /// Failed commits in a row (for the back-off).
     failures: u32,
     /// Not before this (after a failed commit).
@@ -73,6 +76,12 @@ pub(crate) struct Persister {
     in_flight_view: Option<Vec<u8>>,
     /// The view last written (or read at start): an unchanged view is not written again.
     written_view: Option<Vec<u8>>,
+    /// What the store held at start, by key (the 128-bit hash of the stored bytes), for the
+    /// keys not written since: an entry that encodes to the bytes stored is not written again
+    /// (after a restart the recovery touches every key, and most entries come back as they
+    /// were). Only for a store of this node alone: in a shared one another node may delete
+    /// this node's entries (a take-over). Shrinks as keys are written; at most the entries read.
+    on_disk: HashMap<String, u128>,
 }
 
 /// What a previous run of this node kept for a supervisor ([`Persister::load`]).
@@ -121,6 +130,7 @@ impl Persister {
             since: None,
             in_flight: None,
             in_flight_keys: 0,
+            in_flight_writes: 0,
             failures: 0,
             not_before: None,
             sync,
@@ -132,6 +142,7 @@ impl Persister {
             view: None,
             in_flight_view: None,
             written_view: None,
+            on_disk: HashMap::new(),
         }
     }
 
@@ -142,8 +153,13 @@ impl Persister {
         let store = self.store.clone();
         let scope = self.scope.clone();
         // Read and decoded on a blocking thread: tens of thousands of entries take a while.
-        let (entries, view) = tokio::task::spawn_blocking(move || {
+        let (entries, view, on_disk) = tokio::task::spawn_blocking(move || {
             let raw = store.load(&scope)?;
+            let on_disk: HashMap<String, u128> = if store.shared().is_none() {
+                raw.iter().map(|(k, v)| (k.clone(), xxh3_128(v))).collect()
+            } else {
+                HashMap::new()
+            };
             let view = store
                 .load(VIEWS_SCOPE)?
                 .into_iter()
@@ -167,7 +183,7 @@ impl Persister {
                     ),
                 }
             }
-            Ok((entries, view))
+            Ok((entries, view, on_disk))
         })
         .await
         .map_err(|e| StoreError::Io {
@@ -176,6 +192,7 @@ impl Persister {
         })??;
         let decoded = view.as_deref().and_then(decode_view);
         self.written_view = view;
+        self.on_disk = on_disk;
         Ok(Loaded {
             entries,
             view: decoded,
@@ -256,16 +273,27 @@ impl Persister {
             self.in_flight_marks
                 .dedup_by(|a, b| a.0 == b.0 && Arc::ptr_eq(&a.1, &b.1));
         }
-        let mut values: Vec<Option<Vec<u8>>> = Vec::with_capacity(keys.len());
+        // `None`: the store holds this entry already.
+        let mut values: Vec<Option<Option<Vec<u8>>>> = Vec::with_capacity(keys.len());
         for k in &keys {
-            values.push(dir.durable(k).and_then(|e| match encode_entry(&e) {
+            let value = dir.durable(k).and_then(|e| match encode_entry(&e) {
                 Ok(v) => Some(v),
                 Err(e) => {
                     tracing::error!(key = %k, error = %e, "a durable entry does not encode");
                     None
                 }
-            }));
+            });
+            let stored = match (&value, self.on_disk.get(k.as_str())) {
+                (Some(v), Some(h)) => *h == xxh3_128(v),
+                _ => false,
+            };
+            if !stored {
+                // Written now: what the store holds of it is no longer known here.
+                self.on_disk.remove(k.as_str());
+            }
+            values.push((!stored).then_some(value));
         }
+        self.in_flight_writes = values.iter().filter(|v| v.is_some()).count();
         let store = self.store.clone();
         let scope = self.scope.clone();
         self.in_flight_view = self.view.take();
@@ -275,13 +303,13 @@ impl Persister {
             let mut writes: Vec<Write<'_>> = keys
                 .iter()
                 .zip(&values)
-                .map(|(key, v)| match v {
-                    Some(value) => Write::Put {
+                .filter_map(|(key, v)| match v.as_ref()? {
+                    Some(value) => Some(Write::Put {
                         scope: &scope,
                         key,
                         value,
-                    },
-                    None => Write::Delete { scope: &scope, key },
+                    }),
+                    None => Some(Write::Delete { scope: &scope, key }),
                 })
                 .collect();
             writes.extend(view.as_deref().map(|value| Write::Put {
@@ -289,7 +317,12 @@ impl Persister {
                 key: &scope,
                 value,
             }));
-            let result = store.apply(&writes);
+            // Nothing to write (every entry as stored): the commit is done.
+            let result = if writes.is_empty() {
+                Ok(())
+            } else {
+                store.apply(&writes)
+            };
             drop(writes);
             let _ = tx.send((result, keys));
         });
@@ -338,7 +371,7 @@ impl Persister {
                 }
                 self.failures = 0;
                 self.not_before = None;
-                self.written += keys.len() as u64;
+                self.written += self.in_flight_writes as u64;
                 self.commits += 1;
                 for (_, slot, seq) in std::mem::take(&mut self.in_flight_marks) {
                     slot.durable(seq);

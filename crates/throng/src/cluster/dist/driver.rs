@@ -359,6 +359,9 @@ pub(super) struct Task {
     previous: Option<BTreeSet<NodeId>>,
     /// The owners of the latest view.
     owners: Vec<NodeId>,
+    /// Since when the children recovered are being spawned (until none is pending: said once
+    /// in the log).
+    respawning: Option<Instant>,
 }
 
 /// Whether every owner of the previous run's view (`previous`; none known: `false`) is an
@@ -406,6 +409,7 @@ impl Task {
             held_msgs: std::collections::VecDeque::new(),
             previous: None,
             owners: Vec::new(),
+            respawning: None,
         }
     }
 
@@ -589,6 +593,7 @@ impl Task {
         let t = Instant::now();
         self.driver.recover(&mut self.rt, []);
         tracing::info!(entries, ms = t.elapsed().as_millis() as u64, "durable children taken back");
+        self.respawning = Some(t);
         if let Some(p) = &mut self.rt.persist {
             p.view(&self.owners);
         }
@@ -734,6 +739,15 @@ impl Task {
                         });
                     });
                     self.driver.spawned(rt, &key, Ok(()));
+                    if rt.pending_slots.is_empty() {
+                        if let Some(t) = self.respawning.take() {
+                            tracing::info!(
+                                running = rt.running.len(),
+                                ms = t.elapsed().as_millis() as u64,
+                                "recovered children running"
+                            );
+                        }
+                    }
                 }
                 Err(e) => {
                     rt.running.remove(&key);
@@ -778,5 +792,27 @@ fn log_event(sup: &str, event: &ChildEvent) {
             tracing::warn!(supervisor = sup, %key, restarts, "child restarted too often; removed")
         }
         other => tracing::debug!(supervisor = sup, event = ?other, "child event"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(names: &[&str]) -> Vec<NodeId> {
+        names.iter().map(|n| NodeId::new(n).expect("valid")).collect()
+    }
+
+    #[test]
+    fn the_previous_view_is_back_once_each_of_its_owners_is_an_owner_again() {
+        let previous: BTreeSet<NodeId> = ids(&["a", "b", "c"]).into_iter().collect();
+        assert!(!previous_view_back(Some(&previous), &ids(&["a", "b"])));
+        assert!(!previous_view_back(Some(&previous), &ids(&["a", "c", "d"])));
+        assert!(previous_view_back(Some(&previous), &ids(&["c", "b", "a"])));
+        // A node that joined since changes nothing: the others own what they owned.
+        assert!(previous_view_back(Some(&previous), &ids(&["a", "b", "c", "d"])));
+        // No view written (a store of an earlier build, or a first run): wait to settle.
+        assert!(!previous_view_back(None, &ids(&["a", "b", "c"])));
+        assert!(!previous_view_back(Some(&BTreeSet::new()), &ids(&["a"])));
     }
 }

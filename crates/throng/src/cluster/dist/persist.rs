@@ -587,6 +587,24 @@ mod tests {
     }
 
     #[test]
+    fn a_view_reads_back_sorted_and_other_bytes_are_no_view() {
+        let ids: Vec<NodeId> = ["n2", "n1", "n3"]
+            .iter()
+            .map(|n| NodeId::new(n).expect("valid"))
+            .collect();
+        let bytes = encode_view(&ids);
+        assert_eq!(&bytes[..2], &[0xFF, VIEW_FORMAT]);
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(decode_view(&bytes), Some(sorted));
+        assert_eq!(encode_view(&ids[..2]), encode_view(&[ids[1].clone(), ids[0].clone()]));
+        assert_eq!(decode_view(&[0xFF, VIEW_FORMAT + 1, 0]), None);
+        assert_eq!(decode_view(&[0xFF, VIEW_FORMAT, 1, 0]), None, "an empty name");
+        assert_eq!(decode_view(&[0xFF, VIEW_FORMAT, 9]), None, "cut short");
+        assert_eq!(decode_view(&[]), None);
+    }
+
+    #[test]
     fn an_entry_of_a_newer_format_is_refused_and_garbage_is_damaged() {
         assert!(matches!(
             decode_entry(&[0xFF, ENTRY_FORMAT + 1, 0]),

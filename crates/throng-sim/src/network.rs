@@ -175,12 +175,14 @@ impl Sim {
             let inc = self.nodes[i].inc;
             let n = &self.nodes[i];
             let back = n.previous.as_ref().is_some_and(|p| {
-                p.iter().all(|j| n.view.contains_key(j) && !n.view_leaving.contains(j))
+                p.iter()
+                    .all(|j| n.view.contains_key(j) && !n.view_leaving.contains(j))
             });
             self.nodes[i].settle_at = self.now + if back { 0 } else { RECOVERY_SETTLE };
             self.schedule(RECOVERY_SETTLE, Ev::Recover { node: i, inc });
             if back {
-                self.tally.event("durable: previous view back, no settle wait");
+                self.tally
+                    .event("durable: previous view back, no settle wait");
                 self.recover_due(i, inc);
             }
         } else if self.config.durable {
@@ -425,5 +427,9 @@ impl Sim {
 /// The owners of `n`'s view: up, not leaving.
 pub(crate) fn owners_of(n: &crate::world::Node) -> std::collections::BTreeSet<usize> {
     let leaving = &n.view_leaving;
-    n.view.keys().filter(|j| !leaving.contains(j)).copied().collect()
+    n.view
+        .keys()
+        .filter(|j| !leaving.contains(j))
+        .copied()
+        .collect()
 }

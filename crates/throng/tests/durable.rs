@@ -289,7 +289,10 @@ async fn a_node_given_both_stores_is_refused_at_join_naming_both() {
 async fn start_and_write(sups: &[DistSupervisor], keys: &[String]) {
     for k in keys {
         sups[0].start_child::<Counter>(k, ()).await.unwrap();
-        sups[0].call::<Counter>(k, CounterMsg::Add(1)).await.unwrap();
+        sups[0]
+            .call::<Counter>(k, CounterMsg::Add(1))
+            .await
+            .unwrap();
     }
     for s in sups {
         while s.stats().await.unwritten != 0 {
@@ -306,7 +309,10 @@ async fn time_to_run(sups: &[DistSupervisor], keys: &[String]) -> Duration {
         if keys.iter().all(|k| sups.iter().any(|s| s.hosts(k))) {
             return t.elapsed();
         }
-        assert!(t.elapsed() < Duration::from_secs(30), "the children did not come back");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the children did not come back"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -326,7 +332,10 @@ async fn a_node_whose_previous_view_is_back_recovers_without_waiting_for_the_vie
     }
     let (_nodes, sups) = cluster(&["v1"], &stores).await;
     let took = time_to_run(&sups, &keys).await;
-    assert!(took < Duration::from_millis(900), "recovered after {took:?}");
+    assert!(
+        took < Duration::from_millis(900),
+        "recovered after {took:?}"
+    );
     for k in &keys {
         let n = sups[0].call::<Counter>(k, CounterMsg::Get).await.unwrap();
         assert_eq!(n, 1, "{k} came back with another state");
@@ -349,7 +358,10 @@ async fn a_node_missing_a_member_of_its_previous_view_waits_for_the_view_to_sett
     // Only w1 comes back: its previous view had w2 too.
     let (_nodes, sups) = cluster(&["w1"], &stores).await;
     let took = time_to_run(&sups, &keys).await;
-    assert!(took >= Duration::from_millis(950), "recovered after {took:?}");
+    assert!(
+        took >= Duration::from_millis(950),
+        "recovered after {took:?}"
+    );
     for k in &keys {
         let n = sups[0].call::<Counter>(k, CounterMsg::Get).await.unwrap();
         assert_eq!(n, 1, "{k} came back with another state");

@@ -592,7 +592,11 @@ impl Task {
         );
         let t = Instant::now();
         self.driver.recover(&mut self.rt, []);
-        tracing::info!(entries, ms = t.elapsed().as_millis() as u64, "durable children taken back");
+        tracing::info!(
+            entries,
+            ms = t.elapsed().as_millis() as u64,
+            "durable children taken back"
+        );
         self.respawning = Some(t);
         if let Some(p) = &mut self.rt.persist {
             p.view(&self.owners);
@@ -800,7 +804,10 @@ mod tests {
     use super::*;
 
     fn ids(names: &[&str]) -> Vec<NodeId> {
-        names.iter().map(|n| NodeId::new(n).expect("valid")).collect()
+        names
+            .iter()
+            .map(|n| NodeId::new(n).expect("valid"))
+            .collect()
     }
 
     #[test]
@@ -810,7 +817,10 @@ mod tests {
         assert!(!previous_view_back(Some(&previous), &ids(&["a", "c", "d"])));
         assert!(previous_view_back(Some(&previous), &ids(&["c", "b", "a"])));
         // A node that joined since changes nothing: the others own what they owned.
-        assert!(previous_view_back(Some(&previous), &ids(&["a", "b", "c", "d"])));
+        assert!(previous_view_back(
+            Some(&previous),
+            &ids(&["a", "b", "c", "d"])
+        ));
         // No view written (a store of an earlier build, or a first run): wait to settle.
         assert!(!previous_view_back(None, &ids(&["a", "b", "c"])));
         assert!(!previous_view_back(Some(&BTreeSet::new()), &ids(&["a"])));

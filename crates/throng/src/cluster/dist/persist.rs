@@ -21,9 +21,9 @@ use throng_core::NodeId;
 
 use super::host::Slot;
 use throng_store::{Store, StoreError, Write};
-use xxhash_rust::xxh3::xxh3_128;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+use xxhash_rust::xxh3::xxh3_128;
 
 /// At most this many keys go into one commit (the rest wait for the next one).
 pub(super) const MAX_BATCH: usize = 8192;
@@ -597,9 +597,16 @@ mod tests {
         let mut sorted = ids.clone();
         sorted.sort();
         assert_eq!(decode_view(&bytes), Some(sorted));
-        assert_eq!(encode_view(&ids[..2]), encode_view(&[ids[1].clone(), ids[0].clone()]));
+        assert_eq!(
+            encode_view(&ids[..2]),
+            encode_view(&[ids[1].clone(), ids[0].clone()])
+        );
         assert_eq!(decode_view(&[0xFF, VIEW_FORMAT + 1, 0]), None);
-        assert_eq!(decode_view(&[0xFF, VIEW_FORMAT, 1, 0]), None, "an empty name");
+        assert_eq!(
+            decode_view(&[0xFF, VIEW_FORMAT, 1, 0]),
+            None,
+            "an empty name"
+        );
         assert_eq!(decode_view(&[0xFF, VIEW_FORMAT, 9]), None, "cut short");
         assert_eq!(decode_view(&[]), None);
     }

@@ -48,6 +48,10 @@ const PARKED_MAX: usize = 4096;
 /// `RECOVERY_MAX_WAIT`).
 const HELD_MSGS_MAX: usize = 65_536;
 
+/// At most this many children's notes and peers' inputs are handled in a row while a request
+/// waits.
+const CMD_EVERY: usize = 64;
+
 /// Inputs handled at most before the directory messages they made are sent
 /// ([`Runtime::flush`]).
 const BATCH_STEPS: usize = 256;
@@ -447,6 +451,8 @@ impl Task {
         };
         let mut settled_at = tokio::time::Instant::now() + RECOVERY_SETTLE;
         let mut unflushed = 0;
+        // Turns since a request was last taken (see `CMD_EVERY`).
+        let mut starved = 0usize;
         loop {
             let mut flush_at = self.rt.persist.as_ref().and_then(Persister::due);
             if flush_at.is_some_and(|at| at <= tokio::time::Instant::now()) {
@@ -473,6 +479,16 @@ impl Task {
                 .filter(|_| recovery.is_none())
                 .and_then(TakeOver::due);
             let taking = self.rt.takeover.as_ref().is_some_and(TakeOver::is_busy);
+            // Requests come after the children's notes and the peers' messages, but not
+            // after more than `CMD_EVERY` of them in a row: a flood of those (a recovery's
+            // spawns and replications) does not hold a start or a `stats()` for seconds.
+            let may_take = recovery.is_none() || self.parked.len() < PARKED_MAX;
+            let mut due_cmd = None;
+            if starved >= CMD_EVERY && may_take {
+                due_cmd = q.cmds.try_recv().ok();
+                starved = 0;
+            }
+            starved += 1;
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => {
@@ -487,6 +503,9 @@ impl Task {
                         p.drain(self.driver.directory(), &mut m).await;
                     }
                     return;
+                }
+                Some(c) = std::future::ready(due_cmd.take()), if due_cmd.is_some() => {
+                    self.take_cmd(c, recovery.is_some());
                 }
                 outcome = async { self.rt.persist.as_mut().expect("writing").written().await }, if writing => {
                     if let Some(p) = &mut self.rt.persist {
@@ -549,13 +568,13 @@ impl Task {
                     }
                     None => return,
                 },
-                c = q.cmds.recv(), if recovery.is_none() || self.parked.len() < PARKED_MAX => match c {
-                    Some(c @ (Cmd::Start { .. } | Cmd::Terminate { .. })) if recovery.is_some() => {
-                        self.parked.push(c);
+                c = q.cmds.recv(), if may_take => {
+                    starved = 0;
+                    match c {
+                        Some(c) => self.take_cmd(c, recovery.is_some()),
+                        None => return,
                     }
-                    Some(c) => self.on_cmd(c),
-                    None => return,
-                },
+                }
             }
             if !self.leave_waiters.is_empty() && self.driver.directory().handed_off() {
                 for w in self.leave_waiters.drain(..) {
@@ -606,6 +625,15 @@ impl Task {
         }
         for cmd in std::mem::take(&mut self.parked) {
             self.on_cmd(cmd);
+        }
+    }
+
+    /// A request: starts and terminates wait while the durable children are not recovered
+    /// (`recovering`).
+    fn take_cmd(&mut self, cmd: Cmd, recovering: bool) {
+        match cmd {
+            c @ (Cmd::Start { .. } | Cmd::Terminate { .. }) if recovering => self.parked.push(c),
+            c => self.on_cmd(c),
         }
     }
 

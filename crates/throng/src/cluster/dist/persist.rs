@@ -294,6 +294,12 @@ impl Persister {
             values.push((!stored).then_some(value));
         }
         self.in_flight_writes = values.iter().filter(|v| v.is_some()).count();
+        tracing::debug!(
+            supervisor = %self.scope,
+            keys = keys.len(),
+            writes = self.in_flight_writes,
+            "durable commit (entries stored as they are are not written)"
+        );
         let store = self.store.clone();
         let scope = self.scope.clone();
         self.in_flight_view = self.view.take();

@@ -616,7 +616,7 @@ impl Task {
             ms = t.elapsed().as_millis() as u64,
             "durable children taken back"
         );
-        self.respawning = Some(t);
+        self.respawning = (!self.rt.pending_slots.is_empty()).then_some(t);
         if let Some(p) = &mut self.rt.persist {
             p.view(&self.owners);
         }

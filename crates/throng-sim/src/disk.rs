@@ -58,6 +58,7 @@ impl Sim {
         // directory touches (the disk keeps the previous run's entries).
         self.tally.event("durable: recovery");
         self.drive(node, |d, h| d.recover(h, entries));
+        self.nodes[node].disk_view = Some(crate::network::owners_of(&self.nodes[node]));
         // What the directory took back is not written again until touched: the disk keeps the
         // previous run's entry of those keys meanwhile.
         let differ = self.nodes[node]

@@ -543,6 +543,7 @@ impl Sim {
         if self.rng.random_bool(DISK_LOSS) {
             self.tally.event("fault: disk lost");
             trace!(self, "n{j} lost its disk");
+            self.nodes[j].disk_view = None;
             for key in std::mem::take(&mut self.nodes[j].disk).into_keys() {
                 if let Some(t) = self.keys.get_mut(&key) {
                     t.at_risk = true;
@@ -587,6 +588,7 @@ impl Sim {
         // every write includes them (`Directory::preload`), as in the runtime.
         node.drv.preload(entries);
         node.recovery = Some(Vec::new());
+        node.previous = node.disk_view.clone();
         node.settle_at = self.now + RECOVERY_SETTLE;
         node.recover_by = self.now + RECOVERY_MAX_WAIT;
         let inc = node.inc;

@@ -194,10 +194,24 @@ impl Sim {
         self.tally.event("view change");
         self.drive(i, |d, h| d.set_members(h, owners.iter(), leaving.iter()));
         if self.nodes[i].recovery.is_some() {
-            // A run that has not taken its disk back waits until its view settles.
+            // A run that has not taken its disk back waits until its view settles, or until
+            // every owner of the view its disk kept is an owner again.
             let inc = self.nodes[i].inc;
-            self.nodes[i].settle_at = self.now + RECOVERY_SETTLE;
+            let n = &self.nodes[i];
+            let back = n.previous.as_ref().is_some_and(|p| {
+                p.iter()
+                    .all(|j| n.view.contains_key(j) && !n.view_leaving.contains(j))
+            });
+            self.nodes[i].settle_at = self.now + if back { 0 } else { RECOVERY_SETTLE };
             self.schedule(RECOVERY_SETTLE, Ev::Recover { node: i, inc });
+            if back {
+                self.tally
+                    .event("durable: previous view back, no settle wait");
+                self.recover_due(i, inc);
+            }
+        } else if self.config.durable {
+            // The runtime writes the owners of its view with its entries.
+            self.nodes[i].disk_view = Some(owners_of(&self.nodes[i]));
         }
     }
 
@@ -432,4 +446,14 @@ impl Sim {
             }
         }
     }
+}
+
+/// The owners of `n`'s view: up, not leaving.
+pub(crate) fn owners_of(n: &crate::world::Node) -> std::collections::BTreeSet<usize> {
+    let leaving = &n.view_leaving;
+    n.view
+        .keys()
+        .filter(|j| !leaving.contains(j))
+        .copied()
+        .collect()
 }

@@ -239,6 +239,10 @@ pub(crate) struct Node {
     /// Keys on the disk as a previous run left them, not written by this run yet: they mirror
     /// nothing of this run's directory until written.
     pub(crate) unsynced: BTreeSet<String>,
+    /// The owners of its view as its writer last wrote them, after its recovery (on its disk);
+    /// and those a run read at its start: it recovers once all of them are owners again.
+    pub(crate) disk_view: Option<BTreeSet<usize>>,
+    pub(crate) previous: Option<BTreeSet<usize>>,
 }
 
 impl Node {
@@ -503,6 +507,8 @@ impl Sim {
                 recover_by: RECOVERY_MAX_WAIT,
                 parked: Vec::new(),
                 unsynced: BTreeSet::new(),
+                disk_view: None,
+                previous: None,
             });
             if sim.config.durable {
                 let node = sim.nodes.len() - 1;

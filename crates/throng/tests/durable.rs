@@ -284,3 +284,86 @@ async fn a_node_given_both_stores_is_refused_at_join_naming_both() {
         "{text}"
     );
 }
+
+/// Starts `keys` on `sups`, one increment each, and waits until every node wrote everything.
+async fn start_and_write(sups: &[DistSupervisor], keys: &[String]) {
+    for k in keys {
+        sups[0].start_child::<Counter>(k, ()).await.unwrap();
+        sups[0]
+            .call::<Counter>(k, CounterMsg::Add(1))
+            .await
+            .unwrap();
+    }
+    for s in sups {
+        while s.stats().await.unwritten != 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// How long after `t` every child of `keys` runs somewhere among `sups` (sampled every 5 ms).
+async fn time_to_run(sups: &[DistSupervisor], keys: &[String], t: std::time::Instant) -> Duration {
+    loop {
+        if keys.iter().all(|k| sups.iter().any(|s| s.hosts(k))) {
+            return t.elapsed();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the children did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A restarted node whose previous view is back at once (here: it ran alone) recovers at once,
+/// without waiting for the view to settle (one second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_previous_view_is_back_recovers_without_waiting_for_the_view_to_settle() {
+    let stores = Stores::Dirs(Dirs::new("previous-view-back"));
+    let keys: Vec<String> = (0..20).map(|i| format!("v-{i}")).collect();
+    {
+        let (nodes, sups) = cluster(&["v1"], &stores).await;
+        start_and_write(&sups, &keys).await;
+        for n in nodes {
+            n.shutdown().await;
+        }
+    }
+    let t = std::time::Instant::now();
+    let (_nodes, sups) = cluster(&["v1"], &stores).await;
+    let took = time_to_run(&sups, &keys, t).await;
+    // Waiting for the view to settle would take at least one second from the supervisor's
+    // first view, which comes after the node's start, where `took` starts.
+    assert!(took < Duration::from_secs(1), "recovered after {took:?}");
+    for k in &keys {
+        let n = sups[0].call::<Counter>(k, CounterMsg::Get).await.unwrap();
+        assert_eq!(n, 1, "{k} came back with another state");
+    }
+}
+
+/// A restarted node whose previous view is not back (a node it ran with is missing) waits for
+/// its view to settle before it recovers, then takes every child back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_missing_a_member_of_its_previous_view_waits_for_the_view_to_settle() {
+    let stores = Stores::Dirs(Dirs::new("previous-view-missing"));
+    let keys: Vec<String> = (0..20).map(|i| format!("w-{i}")).collect();
+    {
+        let (nodes, sups) = cluster(&["w1", "w2"], &stores).await;
+        start_and_write(&sups, &keys).await;
+        for n in nodes {
+            n.shutdown().await;
+        }
+    }
+    // Only w1 comes back: its previous view had w2 too.
+    let (_nodes, sups) = cluster(&["w1"], &stores).await;
+    // From just after the supervisor's creation: the settle ends one second after its first
+    // view, which the driver takes once it read the store.
+    let took = time_to_run(&sups, &keys, std::time::Instant::now()).await;
+    assert!(
+        took >= Duration::from_millis(500),
+        "recovered after {took:?}"
+    );
+    for k in &keys {
+        let n = sups[0].call::<Counter>(k, CounterMsg::Get).await.unwrap();
+        assert_eq!(n, 1, "{k} came back with another state");
+    }
+}

@@ -48,6 +48,10 @@ const PARKED_MAX: usize = 4096;
 /// `RECOVERY_MAX_WAIT`).
 const HELD_MSGS_MAX: usize = 65_536;
 
+/// At most this many children's notes and peers' inputs are handled in a row while a request
+/// waits.
+const CMD_EVERY: usize = 64;
+
 /// Inputs handled at most before the directory messages they made are sent
 /// ([`Runtime::flush`]).
 const BATCH_STEPS: usize = 256;
@@ -353,6 +357,22 @@ pub(super) struct Task {
     /// — which `Sync` replies waited for — would lose the merge. (A peer's messages are
     /// dropped, as if lost with the connection, when it disconnects or goes down meanwhile.)
     held_msgs: std::collections::VecDeque<(NodeId, DirMsg)>,
+    /// The owners of the view the previous run of this node wrote after its recovery (a
+    /// durable supervisor): once all of them are back in the view, the children's owners are
+    /// those they had, and the recovery waits no longer.
+    previous: Option<BTreeSet<NodeId>>,
+    /// The owners of the latest view.
+    owners: Vec<NodeId>,
+    /// Since when the children recovered are being spawned (until none is pending: said once
+    /// in the log).
+    respawning: Option<Instant>,
+}
+
+/// Whether every owner of the previous run's view (`previous`; none known: `false`) is an
+/// owner in the view now (`owners`): then each recovered child's owner is the node that ran it
+/// before (or a node that joined since), so waiting for the view to settle gains nothing.
+fn previous_view_back(previous: Option<&BTreeSet<NodeId>>, owners: &[NodeId]) -> bool {
+    previous.is_some_and(|p| !p.is_empty() && p.iter().all(|n| owners.contains(n)))
 }
 
 /// The receiving ends of a driver's queues.
@@ -391,6 +411,9 @@ impl Task {
             epoch: Instant::now(),
             parked: Vec::new(),
             held_msgs: std::collections::VecDeque::new(),
+            previous: None,
+            owners: Vec::new(),
+            respawning: None,
         }
     }
 
@@ -399,10 +422,19 @@ impl Task {
         // so that each child runs again on its owner rather than on the first node up.
         // (Read now, before any input, and kept in the directory: every write made before the
         // recovery includes them, so the disk never loses them.)
-        let mut recovery = match &self.rt.persist {
+        let began = tokio::time::Instant::now();
+        let mut recovery = match self.rt.persist.as_mut() {
             Some(p) => match p.load().await {
-                Ok(entries) => {
-                    self.driver.preload(entries);
+                Ok(loaded) => {
+                    let entries = loaded.entries.len();
+                    self.driver.preload(loaded.entries);
+                    self.previous = loaded.view.map(|v| v.into_iter().collect());
+                    tracing::info!(
+                        entries,
+                        previous_view = self.previous.as_ref().map_or(0, BTreeSet::len),
+                        ms = began.elapsed().as_millis() as u64,
+                        "durable store read"
+                    );
                     Some(())
                 }
                 Err(e) => {
@@ -417,9 +449,10 @@ impl Task {
             },
             None => None,
         };
-        let began = tokio::time::Instant::now();
-        let mut settled_at = began + RECOVERY_SETTLE;
+        let mut settled_at = tokio::time::Instant::now() + RECOVERY_SETTLE;
         let mut unflushed = 0;
+        // Turns since a request was last taken (see `CMD_EVERY`).
+        let mut starved = 0usize;
         loop {
             let mut flush_at = self.rt.persist.as_ref().and_then(Persister::due);
             if flush_at.is_some_and(|at| at <= tokio::time::Instant::now()) {
@@ -446,6 +479,16 @@ impl Task {
                 .filter(|_| recovery.is_none())
                 .and_then(TakeOver::due);
             let taking = self.rt.takeover.as_ref().is_some_and(TakeOver::is_busy);
+            // Requests come after the children's notes and the peers' messages, but not
+            // after more than `CMD_EVERY` of them in a row: a flood of those (a recovery's
+            // spawns and replications) does not hold a start or a `stats()` for seconds.
+            let may_take = recovery.is_none() || self.parked.len() < PARKED_MAX;
+            let mut due_cmd = None;
+            if starved >= CMD_EVERY && may_take {
+                due_cmd = q.cmds.try_recv().ok();
+                starved = 0;
+            }
+            starved += 1;
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => {
@@ -460,6 +503,9 @@ impl Task {
                         p.drain(self.driver.directory(), &mut m).await;
                     }
                     return;
+                }
+                Some(c) = std::future::ready(due_cmd.take()), if due_cmd.is_some() => {
+                    self.take_cmd(c, recovery.is_some());
                 }
                 outcome = async { self.rt.persist.as_mut().expect("writing").written().await }, if writing => {
                     if let Some(p) = &mut self.rt.persist {
@@ -487,17 +533,7 @@ impl Task {
                 }
                 _ = tokio::time::sleep_until(settled_at.min(began + RECOVERY_MAX_WAIT)), if recovery.is_some() => {
                     recovery = None;
-                    let entries = self.driver.directory().preloaded_len();
-                    tracing::info!(entries, "recovering durable children");
-                    let t = Instant::now();
-                    self.driver.recover(&mut self.rt, []);
-                    tracing::info!(entries, ms = t.elapsed().as_millis() as u64, "durable children taken back");
-                    for (from, msg) in std::mem::take(&mut self.held_msgs) {
-                        self.on_input(Input::Msg { from, msg });
-                    }
-                    for cmd in std::mem::take(&mut self.parked) {
-                        self.on_cmd(cmd);
-                    }
+                    self.recover("settled", began);
                 }
                 n = q.notes.recv() => match n {
                     Some(n) => self.on_note(n),
@@ -508,25 +544,37 @@ impl Task {
                         self.held_msgs.push_back((from, msg));
                     }
                     Some(i) => {
-                        if matches!(i, Input::View(..)) {
+                        let mut complete = false;
+                        if let Input::View(owners, _) = &i {
                             settled_at = tokio::time::Instant::now() + RECOVERY_SETTLE;
+                            complete = recovery.is_some() && previous_view_back(self.previous.as_ref(), owners);
+                            self.owners.clone_from(owners);
+                            if recovery.is_none() {
+                                if let Some(p) = &mut self.rt.persist {
+                                    p.view(owners);
+                                }
+                            }
                         }
                         if let Input::Reconnected(p) | Input::NodeDown(p) | Input::Disconnected(p) = &i {
                             // As if lost with the connection: what the peer sent before is
                             // reconciled (or failed over) as for any lost connection.
                             self.held_msgs.retain(|(from, _)| from != p);
                         }
-                        self.on_input(i)
+                        self.on_input(i);
+                        if complete {
+                            recovery = None;
+                            self.recover("every node of the previous view is back", began);
+                        }
                     }
                     None => return,
                 },
-                c = q.cmds.recv(), if recovery.is_none() || self.parked.len() < PARKED_MAX => match c {
-                    Some(c @ (Cmd::Start { .. } | Cmd::Terminate { .. })) if recovery.is_some() => {
-                        self.parked.push(c);
+                c = q.cmds.recv(), if may_take => {
+                    starved = 0;
+                    match c {
+                        Some(c) => self.take_cmd(c, recovery.is_some()),
+                        None => return,
                     }
-                    Some(c) => self.on_cmd(c),
-                    None => return,
-                },
+                }
             }
             if !self.leave_waiters.is_empty() && self.driver.directory().handed_off() {
                 for w in self.leave_waiters.drain(..) {
@@ -547,6 +595,45 @@ impl Task {
                 self.rt.flush();
                 unflushed = 0;
             }
+        }
+    }
+
+    /// Take back what the previous run kept (see [`Task::run`]), then handle the peers'
+    /// messages and the requests that waited for it; from now on the view is written with the
+    /// entries.
+    fn recover(&mut self, why: &'static str, began: tokio::time::Instant) {
+        let entries = self.driver.directory().preloaded_len();
+        tracing::info!(
+            entries,
+            why,
+            after_ms = began.elapsed().as_millis() as u64,
+            "recovering durable children"
+        );
+        let t = Instant::now();
+        self.driver.recover(&mut self.rt, []);
+        tracing::info!(
+            entries,
+            ms = t.elapsed().as_millis() as u64,
+            "durable children taken back"
+        );
+        self.respawning = (!self.rt.pending_slots.is_empty()).then_some(t);
+        if let Some(p) = &mut self.rt.persist {
+            p.view(&self.owners);
+        }
+        for (from, msg) in std::mem::take(&mut self.held_msgs) {
+            self.on_input(Input::Msg { from, msg });
+        }
+        for cmd in std::mem::take(&mut self.parked) {
+            self.on_cmd(cmd);
+        }
+    }
+
+    /// A request: starts and terminates wait while the durable children are not recovered
+    /// (`recovering`).
+    fn take_cmd(&mut self, cmd: Cmd, recovering: bool) {
+        match cmd {
+            c @ (Cmd::Start { .. } | Cmd::Terminate { .. }) if recovering => self.parked.push(c),
+            c => self.on_cmd(c),
         }
     }
 
@@ -684,6 +771,15 @@ impl Task {
                         });
                     });
                     self.driver.spawned(rt, &key, Ok(()));
+                    if rt.pending_slots.is_empty() {
+                        if let Some(t) = self.respawning.take() {
+                            tracing::info!(
+                                running = rt.running.len(),
+                                ms = t.elapsed().as_millis() as u64,
+                                "recovered children running"
+                            );
+                        }
+                    }
                 }
                 Err(e) => {
                     rt.running.remove(&key);
@@ -728,5 +824,33 @@ fn log_event(sup: &str, event: &ChildEvent) {
             tracing::warn!(supervisor = sup, %key, restarts, "child restarted too often; removed")
         }
         other => tracing::debug!(supervisor = sup, event = ?other, "child event"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(names: &[&str]) -> Vec<NodeId> {
+        names
+            .iter()
+            .map(|n| NodeId::new(n).expect("valid"))
+            .collect()
+    }
+
+    #[test]
+    fn the_previous_view_is_back_once_each_of_its_owners_is_an_owner_again() {
+        let previous: BTreeSet<NodeId> = ids(&["a", "b", "c"]).into_iter().collect();
+        assert!(!previous_view_back(Some(&previous), &ids(&["a", "b"])));
+        assert!(!previous_view_back(Some(&previous), &ids(&["a", "c", "d"])));
+        assert!(previous_view_back(Some(&previous), &ids(&["c", "b", "a"])));
+        // A node that joined since changes nothing: the others own what they owned.
+        assert!(previous_view_back(
+            Some(&previous),
+            &ids(&["a", "b", "c", "d"])
+        ));
+        // No view written (a store of an earlier build, or a first run): wait to settle.
+        assert!(!previous_view_back(None, &ids(&["a", "b", "c"])));
+        assert!(!previous_view_back(Some(&BTreeSet::new()), &ids(&["a"])));
     }
 }

@@ -411,7 +411,14 @@ impl Supervisors {
             Durability::Async { .. } | Durability::Sync => self.store.get().cloned(),
         };
         let refused = std::sync::OnceLock::new();
-        if let Some(why) = (opts.durability != Durability::None && store.is_none()).then(|| {
+        if store.is_some() && name == persist::VIEWS_SCOPE {
+            // That scope of the store holds every durable supervisor's view: nothing of this
+            // supervisor is written there.
+            let _ = refused.set(format!("supervisor name {name:?} is reserved by Throng"));
+        }
+        let store = store.filter(|_| name != persist::VIEWS_SCOPE);
+        let no_store = opts.durability != Durability::None && store.is_none();
+        if let Some(why) = (no_store && refused.get().is_none()).then(|| {
             let why = format!(
                 "supervisor {name:?} asks for durability {:?}, but node {} has no durable store: set data_dir (THRONG_DATA_DIR) or store_url (THRONG_STORE_URL)",
                 opts.durability, self.t.id

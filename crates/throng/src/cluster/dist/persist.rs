@@ -12,16 +12,18 @@
 //!
 //! [`Host::touched`]: throng_core::driver::Host::touched
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use throng_core::directory::{Directory, DurableEntry};
+use throng_core::NodeId;
 
 use super::host::Slot;
 use throng_store::{Store, StoreError, Write};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+use xxhash_rust::xxh3::xxh3_128;
 
 /// At most this many keys go into one commit (the rest wait for the next one).
 pub(super) const MAX_BATCH: usize = 8192;
@@ -50,6 +52,8 @@ pub(crate) struct Persister {
     in_flight: Option<oneshot::Receiver<Outcome>>,
     /// How many keys the commit in flight writes.
     in_flight_keys: usize,
+    /// How many of them it writes to the store (the others are stored as they are).
+    in_flight_writes: usize,
     /// Failed commits in a row (for the back-off).
     failures: u32,
     /// Not before this (after a failed commit).
@@ -66,6 +70,52 @@ pub(crate) struct Persister {
     commits: u64,
     /// The store refused this node as fenced: why ([`Persister::fenced`]).
     fenced: Option<String>,
+    /// The owners of the view to write ([`Persister::view`]), encoded, if it changed.
+    view: Option<Vec<u8>>,
+    /// The view the commit in flight writes.
+    in_flight_view: Option<Vec<u8>>,
+    /// The view last written (or read at start): an unchanged view is not written again.
+    written_view: Option<Vec<u8>>,
+    /// What the store held at start, by key (the 128-bit hash of the stored bytes), for the
+    /// keys not written since: an entry that encodes to the bytes stored is not written again
+    /// (after a restart the recovery touches every key, and most entries come back as they
+    /// were). Only for a store of this node alone: in a shared one another node may delete
+    /// this node's entries (a take-over). Shrinks as keys are written; at most the entries read.
+    on_disk: HashMap<String, u128>,
+}
+
+/// What a previous run of this node kept for a supervisor ([`Persister::load`]).
+pub(super) struct Loaded {
+    /// Its durable entries.
+    pub(super) entries: Vec<(String, DurableEntry)>,
+    /// The owners of its last view written after its recovery, if any (a store written by an
+    /// earlier build has none).
+    pub(super) view: Option<Vec<NodeId>>,
+}
+
+/// The scope of a node's store where each durable supervisor keeps the owners of its view (the
+/// key is the supervisor's name), so that after a restart it knows when every node it ran with
+/// is back ([`Persister::view`]). No supervisor may be named so (refused at creation).
+pub(crate) const VIEWS_SCOPE: &str = "\u{1}throng.views";
+
+/// The format of a stored view: `0xFF`, this byte, then the owners' names in postcard.
+const VIEW_FORMAT: u8 = 1;
+
+/// A view's owners as stored (sorted by name, so that an unchanged view encodes the same).
+fn encode_view(owners: &[NodeId]) -> Vec<u8> {
+    let mut names: Vec<&str> = owners.iter().map(NodeId::as_str).collect();
+    names.sort_unstable();
+    names.dedup();
+    postcard::to_extend(&names, vec![0xFF, VIEW_FORMAT]).unwrap_or_default()
+}
+
+/// A stored view; `None` for bytes of another format or damaged (never a panic).
+fn decode_view(bytes: &[u8]) -> Option<Vec<NodeId>> {
+    let [0xFF, VIEW_FORMAT, rest @ ..] = bytes else {
+        return None;
+    };
+    let names: Vec<String> = postcard::from_bytes(rest).ok()?;
+    names.iter().map(|n| NodeId::new(n).ok()).collect()
 }
 
 impl Persister {
@@ -80,6 +130,7 @@ impl Persister {
             since: None,
             in_flight: None,
             in_flight_keys: 0,
+            in_flight_writes: 0,
             failures: 0,
             not_before: None,
             sync,
@@ -88,39 +139,78 @@ impl Persister {
             written: 0,
             commits: 0,
             fenced: None,
+            view: None,
+            in_flight_view: None,
+            written_view: None,
+            on_disk: HashMap::new(),
         }
     }
 
-    /// Every entry a previous run of this node kept for this supervisor. An entry that does not
-    /// decode is reported and skipped (the others come back).
-    pub(super) async fn load(&self) -> Result<Vec<(String, DurableEntry)>, StoreError> {
+    /// Every entry a previous run of this node kept for this supervisor, and the owners of its
+    /// last view. An entry that does not decode is reported and skipped (the others come
+    /// back); a view that does not decode is as none.
+    pub(super) async fn load(&mut self) -> Result<Loaded, StoreError> {
         let store = self.store.clone();
         let scope = self.scope.clone();
-        let raw = tokio::task::spawn_blocking(move || store.load(&scope))
-            .await
-            .map_err(|e| StoreError::Io {
-                store: self.store.location(),
-                reason: format!("loading the store failed: {e}"),
-            })??;
-        let mut entries = Vec::with_capacity(raw.len());
-        for (key, bytes) in raw {
-            match decode_entry(&bytes) {
-                Ok(e) => entries.push((key, e)),
-                // Never read as empty: this supervisor refuses starts, saying why.
-                Err(EntryError::Newer(found)) => {
-                    return Err(StoreError::NewerFormat {
-                        store: self.store.location(),
-                        found: u64::from(found),
-                        supported: u64::from(ENTRY_FORMAT),
-                    })
+        // Read and decoded on a blocking thread: tens of thousands of entries take a while.
+        let (entries, view, on_disk) = tokio::task::spawn_blocking(move || {
+            let raw = store.load(&scope)?;
+            let on_disk: HashMap<String, u128> = if store.shared().is_none() {
+                raw.iter().map(|(k, v)| (k.clone(), xxh3_128(v))).collect()
+            } else {
+                HashMap::new()
+            };
+            let view = store
+                .load(VIEWS_SCOPE)?
+                .into_iter()
+                .find(|(k, _)| *k == *scope)
+                .map(|(_, v)| v);
+            let mut entries = Vec::with_capacity(raw.len());
+            for (key, bytes) in raw {
+                match decode_entry(&bytes) {
+                    Ok(e) => entries.push((key, e)),
+                    // Never read as empty: this supervisor refuses starts, saying why.
+                    Err(EntryError::Newer(found)) => {
+                        return Err(StoreError::NewerFormat {
+                            store: store.location(),
+                            found: u64::from(found),
+                            supported: u64::from(ENTRY_FORMAT),
+                        })
+                    }
+                    Err(e) => tracing::error!(
+                        supervisor = %scope, key = %key, error = %e,
+                        "a durable entry does not decode; it is skipped"
+                    ),
                 }
-                Err(e) => tracing::error!(
-                    supervisor = %self.scope, key = %key, error = %e,
-                    "a durable entry does not decode; it is skipped"
-                ),
             }
+            Ok((entries, view, on_disk))
+        })
+        .await
+        .map_err(|e| StoreError::Io {
+            store: self.store.location(),
+            reason: format!("loading the store failed: {e}"),
+        })??;
+        let decoded = view.as_deref().and_then(decode_view);
+        self.written_view = view;
+        self.on_disk = on_disk;
+        Ok(Loaded {
+            entries,
+            view: decoded,
+        })
+    }
+
+    /// The owners of this supervisor's view are `owners` now: written with the next commit
+    /// (within the coalescing window) unless unchanged.
+    pub(super) fn view(&mut self, owners: &[NodeId]) {
+        let bytes = encode_view(owners);
+        let latest = self.view.as_ref().or(self.in_flight_view.as_ref());
+        if latest.or(self.written_view.as_ref()) == Some(&bytes) {
+            return;
         }
-        Ok(entries)
+        if self.dirty.is_empty() && self.view.is_none() {
+            self.since = Some(Instant::now());
+        }
+        self.view = Some(bytes);
     }
 
     pub(super) fn touched(&mut self, keys: BTreeSet<String>) {
@@ -135,7 +225,7 @@ impl Persister {
 
     /// When the next commit is due, if one is (none while one is in flight).
     pub(super) fn due(&self) -> Option<Instant> {
-        if self.in_flight.is_some() || self.dirty.is_empty() {
+        if self.in_flight.is_some() || (self.dirty.is_empty() && self.view.is_none()) {
             return None;
         }
         let at = if self.dirty.len() >= MAX_BATCH {
@@ -149,7 +239,7 @@ impl Persister {
     /// Start a commit of (up to [`MAX_BATCH`]) dirty keys' entries as `dir` holds them now;
     /// in `Sync` mode with the marks `marker` finds for them.
     pub(super) fn flush(&mut self, dir: &Directory, marker: Marker<'_>) {
-        if self.in_flight.is_some() || self.dirty.is_empty() {
+        if self.in_flight.is_some() || (self.dirty.is_empty() && self.view.is_none()) {
             return;
         }
         let mut keys = Vec::with_capacity(self.dirty.len().min(MAX_BATCH));
@@ -183,33 +273,62 @@ impl Persister {
             self.in_flight_marks
                 .dedup_by(|a, b| a.0 == b.0 && Arc::ptr_eq(&a.1, &b.1));
         }
-        let mut values: Vec<Option<Vec<u8>>> = Vec::with_capacity(keys.len());
+        // `None`: the store holds this entry already.
+        let mut values: Vec<Option<Option<Vec<u8>>>> = Vec::with_capacity(keys.len());
         for k in &keys {
-            values.push(dir.durable(k).and_then(|e| match encode_entry(&e) {
+            let value = dir.durable(k).and_then(|e| match encode_entry(&e) {
                 Ok(v) => Some(v),
                 Err(e) => {
                     tracing::error!(key = %k, error = %e, "a durable entry does not encode");
                     None
                 }
-            }));
+            });
+            let stored = match (&value, self.on_disk.get(k.as_str())) {
+                (Some(v), Some(h)) => *h == xxh3_128(v),
+                _ => false,
+            };
+            if !stored {
+                // Written now: what the store holds of it is no longer known here.
+                self.on_disk.remove(k.as_str());
+            }
+            values.push((!stored).then_some(value));
         }
+        self.in_flight_writes = values.iter().filter(|v| v.is_some()).count();
+        tracing::debug!(
+            supervisor = %self.scope,
+            keys = keys.len(),
+            writes = self.in_flight_writes,
+            "durable commit (entries stored as they are are not written)"
+        );
         let store = self.store.clone();
         let scope = self.scope.clone();
+        self.in_flight_view = self.view.take();
+        let view = self.in_flight_view.clone();
         let (tx, rx) = oneshot::channel();
         tokio::task::spawn_blocking(move || {
-            let writes: Vec<Write<'_>> = keys
+            let mut writes: Vec<Write<'_>> = keys
                 .iter()
                 .zip(&values)
-                .map(|(key, v)| match v {
-                    Some(value) => Write::Put {
+                .filter_map(|(key, v)| match v.as_ref()? {
+                    Some(value) => Some(Write::Put {
                         scope: &scope,
                         key,
                         value,
-                    },
-                    None => Write::Delete { scope: &scope, key },
+                    }),
+                    None => Some(Write::Delete { scope: &scope, key }),
                 })
                 .collect();
-            let result = store.apply(&writes);
+            writes.extend(view.as_deref().map(|value| Write::Put {
+                scope: VIEWS_SCOPE,
+                key: &scope,
+                value,
+            }));
+            // Nothing to write (every entry as stored): the commit is done.
+            let result = if writes.is_empty() {
+                Ok(())
+            } else {
+                store.apply(&writes)
+            };
             drop(writes);
             let _ = tx.send((result, keys));
         });
@@ -253,9 +372,12 @@ impl Persister {
     pub(super) fn done(&mut self, outcome: Option<Outcome>) -> Vec<String> {
         match outcome {
             Some((Ok(()), keys)) => {
+                if let Some(v) = self.in_flight_view.take() {
+                    self.written_view = Some(v);
+                }
                 self.failures = 0;
                 self.not_before = None;
-                self.written += keys.len() as u64;
+                self.written += self.in_flight_writes as u64;
                 self.commits += 1;
                 for (_, slot, seq) in std::mem::take(&mut self.in_flight_marks) {
                     slot.durable(seq);
@@ -276,16 +398,26 @@ impl Persister {
                 tracing::error!(supervisor = %self.scope, error = %e, keys = keys.len(),
                     retry_in = ?backoff, "durable write failed; retrying");
                 self.not_before = Some(Instant::now() + backoff);
-                if self.dirty.is_empty() {
+                if self.dirty.is_empty() && self.view.is_none() {
                     self.since = Some(Instant::now());
                 }
+                // Written again with the next commit, unless a newer view replaced it.
+                let failed_view = self.in_flight_view.take();
+                self.view = self.view.take().or(failed_view);
                 self.dirty.extend(keys);
                 self.carried.append(&mut self.in_flight_marks);
             }
             // The blocking task panicked or was lost: its keys are unknown; the next touches
             // rewrite them (and release what waits for them). (redb does not panic on I/O
             // errors.)
-            None => self.carried.append(&mut self.in_flight_marks),
+            None => {
+                self.carried.append(&mut self.in_flight_marks);
+                let lost_view = self.in_flight_view.take();
+                self.view = self.view.take().or(lost_view);
+                if self.since.is_none() && self.view.is_some() {
+                    self.since = Some(Instant::now());
+                }
+            }
         }
         Vec::new()
     }
@@ -298,7 +430,7 @@ impl Persister {
             let _ = self.done(outcome);
         }
         self.not_before = None;
-        while !self.dirty.is_empty() {
+        while !self.dirty.is_empty() || self.view.is_some() {
             self.flush(dir, marker);
             let outcome = self.written().await;
             let failed = matches!(outcome, Some((Err(_), _)));
@@ -458,6 +590,31 @@ mod tests {
         let mut want = entry();
         want.records[0].absorbed.clear();
         assert_eq!(decode_entry(&bytes).expect("decodes"), want);
+    }
+
+    #[test]
+    fn a_view_reads_back_sorted_and_other_bytes_are_no_view() {
+        let ids: Vec<NodeId> = ["n2", "n1", "n3"]
+            .iter()
+            .map(|n| NodeId::new(n).expect("valid"))
+            .collect();
+        let bytes = encode_view(&ids);
+        assert_eq!(&bytes[..2], &[0xFF, VIEW_FORMAT]);
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(decode_view(&bytes), Some(sorted));
+        assert_eq!(
+            encode_view(&ids[..2]),
+            encode_view(&[ids[1].clone(), ids[0].clone()])
+        );
+        assert_eq!(decode_view(&[0xFF, VIEW_FORMAT + 1, 0]), None);
+        assert_eq!(
+            decode_view(&[0xFF, VIEW_FORMAT, 1, 0]),
+            None,
+            "an empty name"
+        );
+        assert_eq!(decode_view(&[0xFF, VIEW_FORMAT, 9]), None, "cut short");
+        assert_eq!(decode_view(&[]), None);
     }
 
     #[test]

@@ -433,19 +433,26 @@ async fn command(node: &Node, me: &str, cmd: &str, hammers: &mut Hammers) {
             line("durable", me, "");
         }
         "check" => {
-            let values: Vec<Option<i64>> = stream::iter(0..n)
+            // Each call gets the default call timeout: right after a full restart on a busy
+            // machine the nodes are still replicating and persisting what they recovered, and a
+            // call may wait behind that for more than a second. The slowest is reported.
+            let timed: Vec<(Option<i64>, u128)> = stream::iter(0..n)
                 .map(|i| {
                     let sup = &sup;
                     async move {
-                        let timeout = std::time::Duration::from_secs(1);
-                        call_counter(sup, kind, &key(i), CounterMsg::Get, timeout)
+                        let began = std::time::Instant::now();
+                        let timeout = throng::DEFAULT_CALL_TIMEOUT;
+                        let value = call_counter(sup, kind, &key(i), CounterMsg::Get, timeout)
                             .await
-                            .ok()
+                            .ok();
+                        (value, began.elapsed().as_millis())
                     }
                 })
                 .buffered(IN_FLIGHT)
                 .collect()
                 .await;
+            let slowest = timed.iter().map(|(_, ms)| *ms).max().unwrap_or(0);
+            let values: Vec<Option<i64>> = timed.into_iter().map(|(v, _)| v).collect();
             let answered = values.iter().flatten().count();
             let min = values.iter().flatten().min().copied().unwrap_or(0);
             let max = values.iter().flatten().max().copied().unwrap_or(0);
@@ -454,7 +461,7 @@ async fn command(node: &Node, me: &str, cmd: &str, hammers: &mut Hammers) {
                 "checked",
                 me,
                 &format!(
-                    ",\"n\":{n},\"answered\":{answered},\"min\":{min},\"max\":{max},\"hosted\":{hosted}"
+                    ",\"n\":{n},\"answered\":{answered},\"min\":{min},\"max\":{max},\"hosted\":{hosted},\"slowest_ms\":{slowest}"
                 ),
             );
         }

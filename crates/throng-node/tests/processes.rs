@@ -372,6 +372,7 @@ fn start_bumped_durable(nodes: &mut [Proc], n: u64, bumpers: &[usize]) {
 /// Every one of the `n` counters answers a call from `nodes[via]` with `count`, and runs once.
 fn assert_each_counter(nodes: &mut [Proc], via: usize, n: u64, count: i64) {
     let checked = nodes[via].ask(&format!("check {n}"), "checked", Duration::from_secs(120));
+    eprintln!("{checked}");
     assert_eq!(field(&checked, "answered"), n as i64, "{checked}");
     assert_eq!(
         (field(&checked, "min"), field(&checked, "max")),

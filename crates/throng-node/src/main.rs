@@ -426,8 +426,15 @@ async fn command(node: &Node, me: &str, cmd: &str, hammers: &mut Hammers) {
             line("running", me, &format!(",\"running\":{}", stats.running));
         }
         "durable" => {
-            // Wait until every change held here is in the store.
-            while sup.stats().await.unwritten != 0 {
+            // Wait until every child run here is held by its backup and every change held here
+            // is in the store. Asked of every node twice, it leaves each key on the disks of its
+            // owner and its backup (the second pass: the backups wrote what the first one waited
+            // to be acknowledged).
+            loop {
+                let stats = sup.stats().await;
+                if stats.unreplicated == 0 && stats.unwritten == 0 {
+                    break;
+                }
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             }
             line("durable", me, "");

@@ -198,10 +198,11 @@ impl Sim {
             // every owner of the view its disk kept is an owner again.
             let inc = self.nodes[i].inc;
             let n = &self.nodes[i];
-            let back = n.previous.as_ref().is_some_and(|p| {
-                p.iter()
-                    .all(|j| n.view.contains_key(j) && !n.view_leaving.contains(j))
-            });
+            let back = crate::world::RECOVER_WHEN_PREVIOUS_VIEW_BACK
+                && n.previous.as_ref().is_some_and(|p| {
+                    p.iter()
+                        .all(|j| n.view.contains_key(j) && !n.view_leaving.contains(j))
+                });
             self.nodes[i].settle_at = self.now + if back { 0 } else { RECOVERY_SETTLE };
             self.schedule(RECOVERY_SETTLE, Ev::Recover { node: i, inc });
             if back {

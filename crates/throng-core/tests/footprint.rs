@@ -88,6 +88,9 @@ fn directory_bytes_per_child() {
         size_of::<Backup>(),
         (both - before) as f64 / N as f64,
     );
-    // A guard against regressions (about 1.7 KB today: the target is a few hundred bytes).
-    assert!(total < 2048.0, "{total} B per child");
+    // A guard against regressions: 2,089 B today (2,029 B before records named their writer,
+    // eight bytes per record; the directory's indexes by backup, origin and wait added ~300 B
+    // to the ~1.7 KB before them). Most of it is the key, held as a `String` by every index:
+    // the target is a few hundred bytes.
+    assert!(total < 2200.0, "{total} B per child");
 }

@@ -8,6 +8,7 @@ use throng::cluster::testing::{
 };
 use throng_core::directory::{
     DirMsg, DurableEntry, Epoch, Generation, Holder, Record, StartError, StartSpec, Tag, Version,
+    Writer,
 };
 use throng_core::names::{Delta, Entry, GroupMember, Op};
 use throng_core::{Incarnation, Member, NodeId, RestartPolicy};
@@ -155,6 +156,7 @@ pub fn record(rng: &mut Rng) -> Record {
     r.snapshot = option(rng, bytes);
     r.version = Version::new(u64(rng));
     r.absorbed = (0..rng.below(4)).map(|_| generation(rng)).collect();
+    r.written_by = option(rng, |rng| Writer::of(&node(rng), epoch(rng)));
     r
 }
 

@@ -38,9 +38,10 @@ pub(crate) const FLUSH_DELAY: (u64, u64) = (1, 20);
 /// has not changed for this long (the runtime's settle time, one second).
 pub(crate) const RECOVERY_SETTLE: u64 = 1000;
 
-/// The runtime's `RECOVER_WHEN_PREVIOUS_VIEW_BACK` (off: see its docs; seed 436 of
-/// `--partitions 0 --shell-faults 1 --durable 1` loses an accepted update with it on).
-pub(crate) const RECOVER_WHEN_PREVIOUS_VIEW_BACK: bool = false;
+/// The runtime's `RECOVER_WHEN_PREVIOUS_VIEW_BACK` (on; seed 436 of `--partitions 0
+/// --shell-faults 1 --durable 1` lost an accepted update with it before records named the copy
+/// that wrote their version).
+pub(crate) const RECOVER_WHEN_PREVIOUS_VIEW_BACK: bool = true;
 /// With [`SimConfig::durable`]: a restarted node takes its disk back at the latest this long
 /// after its start, settled or not (the runtime's `RECOVERY_MAX_WAIT`, ten seconds).
 pub(crate) const RECOVERY_MAX_WAIT: u64 = 10_000;

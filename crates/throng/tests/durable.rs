@@ -318,7 +318,6 @@ async fn time_to_run(sups: &[DistSupervisor], keys: &[String], t: std::time::Ins
 /// A restarted node whose previous view is back at once (here: it ran alone) recovers at once,
 /// without waiting for the view to settle (one second).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "early recovery is off (RECOVER_WHEN_PREVIOUS_VIEW_BACK): it lost an update in the simulator, seed 436"]
 async fn a_node_whose_previous_view_is_back_recovers_without_waiting_for_the_view_to_settle() {
     let stores = Stores::Dirs(Dirs::new("previous-view-back"));
     let keys: Vec<String> = (0..20).map(|i| format!("v-{i}")).collect();

@@ -104,9 +104,7 @@ impl Directory {
         }
         // A copy identical to this one (a restarted node's record of the state this copy runs
         // from: its owner and its backup both kept it) has nothing to add: no conflict, no merge.
-        let same = theirs.generation == o.record.generation
-            && theirs.version == o.record.version
-            && theirs.snapshot == o.record.snapshot;
+        let same = theirs.same_state(&o.record);
         if let Some(s) = sender.filter(|s| s.node != me && !same) {
             out.push(Action::Event(ChildEvent::Conflict {
                 key: key.to_owned(),

@@ -223,13 +223,14 @@ impl Directory {
     pub fn snapshot(&mut self, key: &str, snapshot: Vec<u8>) -> Vec<Action> {
         let mut out = Vec::new();
         self.touch(key);
+        let me = self.config.me.clone();
         if let Some(o) = self
             .owned
             .get_mut(key)
             .filter(|o| o.record.snapshot.as_ref() != Some(&snapshot))
         {
             o.record.snapshot = Some(snapshot);
-            o.record.version = o.record.version.next();
+            o.write(o.record.version.next(), &me);
             match &o.backup {
                 // Stopped for the quorum: the other side may run it already from its backup.
                 _ if o.phase == Phase::Abandoning => {}
@@ -297,7 +298,7 @@ impl Directory {
         let bumped = final_snapshot.is_some();
         if let Some(s) = final_snapshot {
             o.record.snapshot = Some(s);
-            o.record.version = o.record.version.next();
+            o.write(o.record.version.next(), &self.config.me);
         }
         match o.phase {
             Phase::Moving => self.moved(key, &mut out),
@@ -358,7 +359,7 @@ impl Directory {
         if let Some(s) = merged {
             o.record.snapshot = Some(s);
         }
-        o.record.version = o.record.version.max(theirs_version).next();
+        o.write(o.record.version.max(theirs_version).next(), &self.config.me);
         match o.phase {
             Phase::Merging => {
                 if self.owner(key).is_some_and(|n| n != self.config.me) {

@@ -114,7 +114,9 @@ use removal::{Removal, Source};
 
 pub use check::Broken;
 pub use durable::DurableEntry;
-pub use msg::{DirMsg, Epoch, Generation, Holder, Record, StartSpec, Tag, Version, MAX_ABSORBED};
+pub use msg::{
+    DirMsg, Epoch, Generation, Holder, Record, StartSpec, Tag, Version, Writer, MAX_ABSORBED,
+};
 
 /// Where a key lives, given the eligible nodes. The ring ([`Uniform`]) is the default.
 pub trait Distribution: Send + Sync + 'static {
@@ -495,6 +497,12 @@ pub struct Owned {
 }
 
 impl Owned {
+    /// This copy (on `me`) wrote `version` of its record: a new snapshot, or a merge.
+    fn write(&mut self, version: Version, me: &NodeId) {
+        self.record.version = version;
+        self.record.written_by = Some(Writer::of(me, self.epoch));
+    }
+
     fn replicate(&self) -> DirMsg {
         DirMsg::Replicate {
             record: self.record.clone(),

@@ -6,6 +6,7 @@ use std::fmt;
 use std::num::NonZeroU64;
 
 use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_64;
 
 use super::{send, Action, Backup};
 use crate::{NodeId, RestartPolicy};
@@ -153,6 +154,40 @@ pub struct Record {
     /// of this child buries them too: a stale copy of one, left on a node that was down when
     /// they met, does not bring the key back.
     pub absorbed: Vec<Generation>,
+    /// The copy that took [`Record::snapshot`] at [`Record::version`]: `None` before the first
+    /// snapshot (and in records kept by a build that did not record it). Two copies of a child
+    /// that ran from the same state — a copy failed over while its owner was down, and the
+    /// owner's own record recovered after its restart — can each take a snapshot and reach the
+    /// same version with the same bytes; only the writer tells that these are two states (two
+    /// updates to merge), not one kept twice.
+    pub written_by: Option<Writer>,
+}
+
+/// Which copy of a child wrote a [`Record`]'s version ([`Record::written_by`]): a fingerprint
+/// of the node that ran the copy and of the copy's lineage ([`Epoch`]) there, XXH3-64 of the
+/// node's name, then the epoch's two numbers as little-endian `u64`s (0 is mapped to 1). A lineage
+/// writes each version once, so `(generation, version, written_by)` names one state of a child;
+/// two lineages share a fingerprint with probability 2⁻⁶⁴. Eight bytes, not the node's name:
+/// every record held (an owner's and its backup's) carries one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Writer(NonZeroU64);
+
+impl Writer {
+    /// The writer of the copy of lineage `epoch` on `node`.
+    pub fn of(node: &NodeId, epoch: Epoch) -> Self {
+        let name = node.as_str().as_bytes();
+        let mut buf = Vec::with_capacity(name.len() + 16);
+        buf.extend_from_slice(name);
+        buf.extend_from_slice(&epoch.0.to_le_bytes());
+        buf.extend_from_slice(&epoch.1.to_le_bytes());
+        Writer(NonZeroU64::new(xxh3_64(&buf)).unwrap_or(NonZeroU64::MIN))
+    }
+
+    /// The fingerprint.
+    pub const fn get(self) -> u64 {
+        self.0.get()
+    }
 }
 
 /// How many absorbed generations a [`Record`] remembers.
@@ -177,7 +212,18 @@ impl Record {
             version: Version::INITIAL,
             generation,
             absorbed: Vec::new(),
+            written_by: None,
         }
+    }
+
+    /// Whether `other` is the same state of the same child: same generation, version, writer
+    /// and snapshot. Two copies of one state meeting (a restarted node's record of the state a
+    /// failed-over copy still runs from) have nothing to merge.
+    pub fn same_state(&self, other: &Record) -> bool {
+        self.generation == other.generation
+            && self.version == other.version
+            && self.written_by == other.written_by
+            && self.snapshot == other.snapshot
     }
 
     /// `theirs`, a copy of the same key, is merged into this child: its generation (and those

@@ -963,3 +963,73 @@ fn an_adopted_copy_of_a_running_child_is_merged_into_it() {
     assert!(o.record.version > Version::new(7));
     assert_eq!(o.phase, Phase::Running);
 }
+
+/// Two copies of a child that ran from the same state and each took one update reach the same
+/// version, and here the same bytes: they are two states to merge (one update each), not one
+/// state kept twice — the writer tells them apart (`throng-sim --seed 436 --partitions 0
+/// --shell-faults 1 --durable 1` lost an update when it did not). A copy of the very state that
+/// runs (same writer) is still no conflict.
+#[test]
+fn copies_of_one_version_written_by_different_copies_are_merged() {
+    let nodes = ["a", "b"];
+    let mut net = Net::new(&nodes, 8);
+    let key = key_owned_by(&nodes, "a");
+    net.call("a", |d| d.start(1, spec(&key)));
+    net.settle();
+    net.call("a", |d| d.snapshot(&key, b"2".to_vec()));
+    net.settle();
+    let from = net.dir("a").owned()[&key].record.clone();
+    // `a`'s copy takes an update (state 3)...
+    net.call("a", |d| d.snapshot(&key, b"3".to_vec()));
+    net.settle();
+    let ours = net.dir("a").owned()[&key].record.clone();
+    assert_eq!(ours.version, from.version.next());
+    assert_eq!(
+        ours.written_by,
+        Some(Writer::of(&id("a"), net.dir("a").owned()[&key].epoch))
+    );
+    // ...and so did a copy failed over on `b` from state 2: same version, same bytes.
+    let mut theirs = from.clone();
+    theirs.snapshot = Some(b"3".to_vec());
+    theirs.version = from.version.next();
+    theirs.written_by = Some(Writer::of(&id("b"), Epoch(9, 1)));
+    assert_eq!(
+        (&theirs.snapshot, theirs.version, theirs.generation),
+        (&ours.snapshot, ours.version, ours.generation)
+    );
+    let adopt = |record: Record, n| DirMsg::Adopt {
+        record,
+        hops: 0,
+        tag: tag(n),
+        holders: Vec::new(),
+        moved: false,
+    };
+    let conflict = |actions: &[Action]| {
+        actions.iter().any(|a| matches!(a, Action::Merge { .. }))
+            && actions
+                .iter()
+                .any(|a| matches!(a, Action::Event(ChildEvent::Conflict { .. })))
+    };
+    // The same state (its own writer) met again: nothing to merge.
+    let actions = net.dir("a").receive(&id("b"), adopt(ours, 1));
+    assert!(!conflict(&actions), "{actions:?}");
+    net.apply(&id("a"), actions);
+    net.settle();
+    // The other copy's update: merged.
+    let actions = net.dir("a").receive(&id("b"), adopt(theirs, 2));
+    assert!(conflict(&actions), "{actions:?}");
+}
+
+#[test]
+fn a_writer_is_a_stable_fingerprint_of_node_and_lineage() {
+    // Stored in durable entries and sent on the wire: the same on every build and platform.
+    let w = Writer::of(&id("n1"), Epoch(1_700_000_000_000, 3));
+    assert_eq!(w, Writer::of(&id("n1"), Epoch(1_700_000_000_000, 3)));
+    assert_ne!(w, Writer::of(&id("n2"), Epoch(1_700_000_000_000, 3)));
+    assert_ne!(w, Writer::of(&id("n1"), Epoch(1_700_000_000_000, 4)));
+    assert_ne!(w, Writer::of(&id("n1"), Epoch(1_700_000_000_001, 3)));
+    let mut bytes = b"n1".to_vec();
+    bytes.extend_from_slice(&1_700_000_000_000u64.to_le_bytes());
+    bytes.extend_from_slice(&3u64.to_le_bytes());
+    assert_eq!(w.get(), xxhash_rust::xxh3::xxh3_64(&bytes));
+}

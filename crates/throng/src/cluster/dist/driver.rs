@@ -369,14 +369,15 @@ pub(super) struct Task {
 }
 
 /// Whether a restarted node recovers as soon as every owner of its previous view is back
-/// ([`previous_view_back`]) instead of after [`RECOVERY_SETTLE`]. Off: with it the simulator
-/// found an accepted update lost (`throng-sim --seed 436 --nodes 5 --steps 2000 --partitions 0
-/// --shell-faults 1 --durable 1`): a node recovered its disk's record of a key while the copy
-/// that had failed over elsewhere (one update later) was still being handed back to it; its own
-/// copy took one update too, and the two met with the same generation, version and bytes, so the
-/// identical-copy rule kept one and an update was lost. The settle wait makes that race rare, not
-/// impossible: the fix belongs in the conflict rule (versions that say who wrote them).
-const RECOVER_WHEN_PREVIOUS_VIEW_BACK: bool = false;
+/// ([`previous_view_back`]) instead of after [`RECOVERY_SETTLE`]. It was off for a while: the
+/// simulator found an accepted update lost with it (`throng-sim --seed 436 --nodes 5 --steps
+/// 2000 --partitions 0 --shell-faults 1 --durable 1`): a node recovered its disk's record of a
+/// key while the copy that had failed over elsewhere (one update later) was still being handed
+/// back to it; its own copy took one update too, and the two met with the same generation,
+/// version and bytes, so the identical-copy rule kept one. Records now name the copy that wrote
+/// their version ([`Record::written_by`](throng_core::directory::Record::written_by)), so two
+/// such states are merged, and the early recovery is back on.
+const RECOVER_WHEN_PREVIOUS_VIEW_BACK: bool = true;
 
 /// Whether every owner of the previous run's view (`previous`; none known: `false`) is an
 /// owner in the view now (`owners`): then each recovered child's owner is the node that ran it

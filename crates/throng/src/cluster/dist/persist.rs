@@ -443,9 +443,11 @@ impl Persister {
 }
 
 /// The format of the durable entries this build writes: a two-byte header (`0xFF`, the format)
-/// then the entry in postcard. Format 1 (no header, records without
-/// [`Record::absorbed`](throng_core::directory::Record::absorbed)) is still read.
-pub(super) const ENTRY_FORMAT: u8 = 2;
+/// then the entry in postcard. Format 2 (records without
+/// [`Record::written_by`](throng_core::directory::Record::written_by)) and format 1 (no header,
+/// records without [`Record::absorbed`](throng_core::directory::Record::absorbed) either) are
+/// still read.
+pub(super) const ENTRY_FORMAT: u8 = 3;
 
 /// Why a durable entry could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -463,13 +465,17 @@ pub(crate) fn encode_entry(entry: &DurableEntry) -> Result<Vec<u8>, postcard::Er
     postcard::to_extend(entry, vec![0xFF, ENTRY_FORMAT])
 }
 
-/// A stored durable entry, of this format or of format 1 (a damaged store gives any bytes: an
-/// error, never a panic).
+/// A stored durable entry, of this format or of formats 2 and 1 (a damaged store gives any
+/// bytes: an error, never a panic).
 pub(crate) fn decode_entry(bytes: &[u8]) -> Result<DurableEntry, EntryError> {
     if let [0xFF, format, rest @ ..] = bytes {
         if *format == ENTRY_FORMAT {
             if let Ok(e) = postcard::from_bytes(rest) {
                 return Ok(e);
+            }
+        } else if *format == 2 {
+            if let Ok(e) = postcard::from_bytes::<v2::Entry>(rest) {
+                return Ok(e.into());
             }
         } else if *format > ENTRY_FORMAT {
             return Err(EntryError::Newer(*format));
@@ -478,6 +484,54 @@ pub(crate) fn decode_entry(bytes: &[u8]) -> Result<DurableEntry, EntryError> {
     // Format 1 (a varint count of records first: never `0xFF 0x02` for a real entry).
     let v1: v1::Entry = postcard::from_bytes(bytes)?;
     Ok(v1.into())
+}
+
+/// Format 2 of the durable entries (before [`Record::written_by`](throng_core::directory::Record::written_by)).
+mod v2 {
+    use serde::Deserialize;
+    use throng_core::directory::{DurableEntry, Generation, Record, Version};
+    use throng_core::RestartPolicy;
+
+    #[derive(Deserialize)]
+    pub(super) struct Entry {
+        records: Vec<Rec>,
+        buried: Vec<Generation>,
+    }
+
+    #[derive(Deserialize)]
+    struct Rec {
+        key: String,
+        actor_type: String,
+        args: Vec<u8>,
+        policy: RestartPolicy,
+        snapshot: Option<Vec<u8>>,
+        version: Version,
+        generation: Generation,
+        absorbed: Vec<Generation>,
+    }
+
+    impl From<Entry> for DurableEntry {
+        fn from(e: Entry) -> Self {
+            DurableEntry {
+                records: e
+                    .records
+                    .into_iter()
+                    .map(|r| Record {
+                        key: r.key,
+                        actor_type: r.actor_type,
+                        args: r.args,
+                        policy: r.policy,
+                        snapshot: r.snapshot,
+                        version: r.version,
+                        generation: r.generation,
+                        absorbed: r.absorbed,
+                        written_by: None,
+                    })
+                    .collect(),
+                buried: e.buried,
+            }
+        }
+    }
 }
 
 /// Format 1 of the durable entries (before [`Record::absorbed`](throng_core::directory::Record::absorbed)).
@@ -518,6 +572,7 @@ mod v1 {
                         version: r.version,
                         generation: r.generation,
                         absorbed: Vec::new(),
+                        written_by: None,
                     })
                     .collect(),
                 buried: e.buried,
@@ -529,7 +584,7 @@ mod v1 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use throng_core::directory::{Generation, Record, StartSpec};
+    use throng_core::directory::{Epoch, Generation, Record, StartSpec, Version, Writer};
     use throng_core::RestartPolicy;
 
     fn entry() -> DurableEntry {
@@ -542,6 +597,8 @@ mod tests {
         let mut r = Record::new(spec, Generation::new(7).expect("not 0"));
         r.snapshot = Some(vec![9, 9]);
         r.absorbed = vec![Generation::new(3).expect("not 0")];
+        r.version = Version::new(4);
+        r.written_by = Some(Writer::of(&NodeId::new("n2").expect("valid"), Epoch(11, 3)));
         DurableEntry {
             records: vec![r],
             buried: vec![Generation::new(5).expect("not 0")],
@@ -554,6 +611,44 @@ mod tests {
         let bytes = encode_entry(&e).expect("encodes");
         assert_eq!(&bytes[..2], &[0xFF, ENTRY_FORMAT]);
         assert_eq!(decode_entry(&bytes).expect("decodes"), e);
+    }
+
+    #[test]
+    fn an_entry_of_format_2_is_read_without_its_writer() {
+        // Written by the build before `written_by`: header `0xFF 2`, records with `absorbed`.
+        #[derive(serde::Serialize)]
+        struct Rec<'a> {
+            key: &'a str,
+            actor_type: &'a str,
+            args: &'a [u8],
+            policy: RestartPolicy,
+            snapshot: Option<&'a [u8]>,
+            version: u64,
+            generation: u64,
+            absorbed: Vec<u64>,
+        }
+        #[derive(serde::Serialize)]
+        struct Entry<'a> {
+            records: Vec<Rec<'a>>,
+            buried: Vec<u64>,
+        }
+        let old = Entry {
+            records: vec![Rec {
+                key: "k",
+                actor_type: "t",
+                args: &[1],
+                policy: RestartPolicy::Permanent,
+                snapshot: Some(&[9, 9]),
+                version: 4,
+                generation: 7,
+                absorbed: vec![3],
+            }],
+            buried: vec![5],
+        };
+        let bytes = postcard::to_extend(&old, vec![0xFF, 2]).expect("encodes");
+        let mut want = entry();
+        want.records[0].written_by = None;
+        assert_eq!(decode_entry(&bytes).expect("decodes"), want);
     }
 
     #[test]
@@ -589,6 +684,8 @@ mod tests {
         let bytes = postcard::to_allocvec(&old).expect("encodes");
         let mut want = entry();
         want.records[0].absorbed.clear();
+        want.records[0].version = Version::INITIAL;
+        want.records[0].written_by = None;
         assert_eq!(decode_entry(&bytes).expect("decodes"), want);
     }
 

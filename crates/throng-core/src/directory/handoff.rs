@@ -166,6 +166,16 @@ impl Directory {
                     self.dropping.remove(&key);
                 }
             }
+            if superseded {
+                // A drop of this lineage is on its way to the new backup, and an
+                // acknowledgement it sent before that drop (of an earlier replication to it,
+                // at the same version) could arrive after this replication is sent, and be
+                // taken for this one's — while the drop then deletes the copy. The copy gets
+                // a new lineage: the late drop (of the older one) leaves the new copy alone,
+                // and only an acknowledgement of the new lineage counts.
+                self.next_tag += 1;
+                o.epoch = Epoch(self.config.incarnation, self.next_tag);
+            }
             unindex(&mut self.by_backup, o.backup.as_ref(), &key);
             index(&mut self.by_backup, backup.as_ref(), &key);
             o.backup = backup.clone();

@@ -1033,3 +1033,82 @@ fn a_writer_is_a_stable_fingerprint_of_node_and_lineage() {
     bytes.extend_from_slice(&3u64.to_le_bytes());
     assert_eq!(w.get(), xxhash_rust::xxh3::xxh3_64(&bytes));
 }
+
+/// The backup of a child moves away and back (b → d → b) while the drop of b's first copy is
+/// on its way: an acknowledgement b sent for that first copy, arriving late, must not count as
+/// b holding the new one — or the owner drops d's copy while the drop in flight deletes b's,
+/// and a crash of the owner before its new replication reaches b loses the state
+/// (`throng-sim --seed 423 --shell-faults 1`: "a backup acknowledged 3", the child back at 1).
+#[test]
+fn a_late_acknowledgement_from_a_backup_that_was_dropped_and_chosen_again_does_not_count() {
+    let three = ["a", "b", "c"];
+    let four = ["a", "b", "c", "d"];
+    let ring = |nodes: &[&str]| {
+        Ring::from_nodes(RingConfig::default(), nodes.iter().map(|n| id(n))).unwrap()
+    };
+    let (r3, r4) = (ring(&three), ring(&four));
+    let key = (0..)
+        .map(|i| format!("k{i}"))
+        .find(|k| {
+            r3.successors(k.as_bytes(), 2).eq([&id("a"), &id("b")])
+                && r4.successors(k.as_bytes(), 2).eq([&id("a"), &id("d")])
+        })
+        .unwrap();
+    let mut net = Net::unviewed(&four, |config| config.max_moves = 8);
+    for n in four {
+        net.call(n, |d| {
+            d.set_view(three.iter().map(|n| id(n)).collect::<Vec<_>>().iter())
+        });
+    }
+    net.settle();
+    net.call("a", |d| d.start(1, spec(&key)));
+    net.settle();
+    net.call("a", |d| d.snapshot(&key, b"1".to_vec()));
+    net.settle();
+    let version = net.dir("a").owned()[&key].record.version;
+    let first = net.dir("a").owned()[&key].epoch;
+    // The acknowledgement b sent for its first copy, held up on its way back.
+    let late_ack = DirMsg::Ack {
+        key: key.clone(),
+        version,
+        epoch: first,
+    };
+    // d joins: the backup moves to d, which acknowledges; b's copy is to be dropped.
+    let all: Vec<NodeId> = four.iter().map(|n| id(n)).collect();
+    net.call("a", |d| d.set_view(all.iter()));
+    let mut held_drop = None;
+    while let Some((from, to, msg)) = net.queue.pop_front() {
+        if to == id("b") && matches!(&msg, DirMsg::Drop { key: k, .. } if *k == key) {
+            held_drop = Some((from, to, msg));
+            continue;
+        }
+        let actions = net.dirs.get_mut(&to).expect("node").receive(&from, msg);
+        net.apply(&to, actions);
+    }
+    let held_drop = held_drop.expect("b's copy dropped once d acknowledged");
+    // d leaves again: b is the backup once more (its drop still in flight).
+    let three_ids: Vec<NodeId> = three.iter().map(|n| id(n)).collect();
+    let actions = net.dir("a").set_view(three_ids.iter());
+    assert_eq!(net.dir("a").owned()[&key].backup, Some(id("b")));
+    net.log.clear();
+    for a in actions {
+        if let Action::Send { to, msg } = a {
+            net.queue.push_back((id("a"), to, msg));
+        }
+    }
+    // The late acknowledgement arrives first: it must not settle the new backup.
+    let actions = net.dir("a").receive(&id("b"), late_ack);
+    assert!(
+        !actions.iter().any(|a| matches!(a,
+            Action::Send { to, msg: DirMsg::Drop { key: k, .. } } if *to == id("d") && *k == key)),
+        "d's copy dropped on a stale acknowledgement: {actions:?}"
+    );
+    net.apply(&id("a"), actions);
+    // Then the drop, the new replication, and the rest: b holds the child's state.
+    net.queue.push_front(held_drop);
+    net.settle();
+    let copies = &net.dir("b").backups()[&key];
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert_eq!(copies[0].record.snapshot.as_deref(), Some(&b"1"[..]));
+    assert!(net.dir("a").unreplicated() == 0);
+}

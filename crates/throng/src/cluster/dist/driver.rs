@@ -312,6 +312,17 @@ impl Host for Runtime {
         reply.send(result);
     }
 
+    fn replicated(&mut self, key: &str, version: throng_core::directory::Version) {
+        let slot = self
+            .running
+            .get(key)
+            .map(|r| &r.slot)
+            .or_else(|| self.pending_slots.get(key));
+        if let Some(slot) = slot {
+            slot.replicated(version);
+        }
+    }
+
     fn event(&mut self, event: ChildEvent) {
         if let Some(dist) = self.dist.upgrade() {
             log_event(&dist.name, &event);
@@ -756,6 +767,9 @@ impl Task {
                 }
                 if let Some(b) = slot.take_pending() {
                     self.driver.snapshot(rt, &key, b);
+                    if let Some(o) = self.driver.directory().owned().get(&*key) {
+                        slot.taken_as(o.record.version);
+                    }
                 }
             }
             Note::Spawned {
@@ -812,6 +826,7 @@ impl Task {
                 // still (taken as the child stopped cleanly).
                 let last = r.slot.last.lock().unwrap_or_else(|p| p.into_inner()).take();
                 let pending = r.slot.take_pending();
+                r.slot.exited();
                 if r.slot.holds() {
                     rt.exited
                         .entry(key.clone())

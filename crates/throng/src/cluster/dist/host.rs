@@ -158,8 +158,25 @@ impl Slot {
         });
     }
 
-    /// The child exited: its final state is in the directory's record, which a hand-off or a
-    /// restart carries on; replies no longer wait for its backup.
+    /// The child exited and the directory's record of it, at `version`, holds every state it
+    /// produced (it restarts, or is merged, here): its replies wait for the backup to hold that
+    /// version.
+    pub(crate) fn final_as(&self, version: Version) {
+        self.release(|h| {
+            let seq = h.produced;
+            if h.versions.len() >= MAX_UNREPLICATED {
+                if let Some(last) = h.versions.back_mut() {
+                    *last = (seq, version);
+                }
+            } else {
+                h.versions.push_back((seq, version));
+            }
+            h.advance();
+        });
+    }
+
+    /// The child exited and its record left this node (handed off, removed, stopped for a lost
+    /// quorum): replies no longer wait for its backup.
     pub(crate) fn exited(&self) {
         self.release(|h| {
             h.replicated = u64::MAX;
@@ -422,7 +439,23 @@ mod tests {
     }
 
     #[test]
-    fn an_exited_child_s_replies_wait_for_the_disk_only() {
+    fn an_exited_child_s_replies_wait_for_its_final_record_or_the_disk_only() {
+        let slot = Slot::new(true);
+        produce(&slot, 1);
+        let done = reply(&slot);
+        // It exits before the directory took that state (it goes with the exit), and restarts
+        // here: its final state is the record's version 3.
+        slot.final_as(Version::new(3));
+        slot.durable(u64::MAX);
+        slot.replicated(Version::new(2));
+        assert!(
+            !done.load(Ordering::SeqCst),
+            "the final record not held by the backup yet"
+        );
+        slot.replicated(Version::new(3));
+        assert!(done.load(Ordering::SeqCst));
+
+        // Handed off: the disk only.
         let slot = Slot::new(true);
         produce(&slot, 1);
         let done = reply(&slot);

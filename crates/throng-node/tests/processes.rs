@@ -591,9 +591,18 @@ fn no_acknowledged_sync_increment_is_lost_or_doubled_when_every_node_is_killed()
         acked.iter().sum::<i64>(),
         doubts.iter().sum::<i64>()
     );
-    assert_eq!(
-        running_of(&mut nodes, "running 0 sync"),
-        N as i64,
-        "each counter runs once"
-    );
+    // Each counter runs once: a copy met after the restart may still be merging (stopped for a
+    // moment), so the count is waited for; a counter running twice never settles at N.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let running = running_of(&mut nodes, "running 0 sync");
+        if running == N as i64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "each counter runs once: {running} run, of {N}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

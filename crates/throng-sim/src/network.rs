@@ -141,16 +141,30 @@ impl Sim {
         let before = self.nodes[observer].dir().work();
         let had_quorum = self.nodes[observer].dir().has_quorum();
         let viewed = self.nodes[observer].dir().view().clone();
-        let related = self.related(observer, subject);
+        // What refers to every node the view has now: a view change can drop several at once
+        // (others declared down or gone meanwhile), and its work is for all of them.
+        let related_to: Vec<(NodeId, u64)> = (0..self.ids.len())
+            .filter(|&j| j != observer && viewed.contains(&self.ids[j]))
+            .map(|j| (self.ids[j].clone(), self.related(observer, j)))
+            .collect();
         self.declare_down(observer, subject, inc);
         self.push_view(observer);
         let examined = self.nodes[observer].dir().work() - before;
+        let now = self.nodes[observer].dir().view();
+        let related = related_to
+            .iter()
+            .filter(|(n, _)| !now.contains(n) || *n == self.ids[subject])
+            .map(|(_, r)| r)
+            .sum::<u64>();
         let quorum_changed = had_quorum != self.nodes[observer].dir().has_quorum();
         // A view change that also brought nodes in reconciles with each of them (what is held
         // for it, the removals known): work of the join, not of the loss.
         let joined = !self.nodes[observer].dir().view().is_subset(&viewed);
+        // A node that is leaving hands its children off at its view changes: work of its own
+        // leave, not of the loss.
+        let leaving = self.nodes[observer].view_leaving.contains(&observer);
         if let Some(loss) = self.losses.get_mut(&(subject, inc)) {
-            if quorum_changed || joined {
+            if quorum_changed || joined || leaving {
                 loss.quorum_changes += 1;
             } else {
                 loss.view_changes += 1;

@@ -92,7 +92,9 @@ pub struct LossWork {
     pub held: u64,
     /// The survivors' entries that referred to it when their views dropped it: copies held from
     /// it (of this run, or of an earlier one whose restart a partition hid), children it backed
-    /// up, children on their way to it. Its loss concerns these too.
+    /// up, children on their way to it — and to the other nodes the same view change dropped.
+    /// Its loss concerns these too. (A view change of a node that is leaving is its leave's
+    /// work, not counted, like one that lost or regained the quorum or let a node in.)
     pub related: u64,
     /// The entries the survivors' directories held, all told, when it crashed.
     pub survivors_held: u64,

@@ -81,14 +81,22 @@ impl Directory {
         // them is the only sign this node gets if they never come (a partition hides them):
         // failed over like the copies of a node that left, or the side that holds them would
         // never run them.
+        // Once orphaned, a stranger counts as departed (until it is heard from again), so that
+        // the next view change does not visit its copies again: without a quorum they stay
+        // orphans, and every view change visited them all.
         let strangers: BTreeSet<NodeId> = self
             .by_origin
             .keys()
-            .filter(|n| !view.contains(*n) && !gone.contains(*n))
+            .filter(|n| !view.contains(*n) && !gone.contains(*n) && !self.departed.contains(*n))
             .cloned()
             .collect();
         self.orphan_copies(&gone);
         self.orphan_copies(&strangers);
+        for n in strangers {
+            if self.departed.len() < crate::placement::MAX_NODES {
+                self.departed.insert(n);
+            }
+        }
         for n in &view {
             self.departed.remove(n);
         }

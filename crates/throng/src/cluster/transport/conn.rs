@@ -325,6 +325,8 @@ pub(super) struct BoundRoute {
 /// What one connection's reader keeps between frames.
 pub(super) struct Inbound {
     peer: Arc<Peer>,
+    /// The supervisors' frames read and not yet taken by the sink.
+    inbox: inbox::Inbox,
     /// A frame being reassembled from chunks; bounded by the frame limit.
     chunks: wire::Chunks,
     cache: ExportCache,
@@ -419,6 +421,8 @@ impl Inbound {
                 let export = self.cache.get(shared, to);
                 deliver_cast(export, to, actor_type, body).await
             }
+            // Behind a busy driver they must not hold up the frames after them.
+            f if inbox::queued(&f) => return self.inbox.push(f).await,
             f => {
                 shared.on_frame(&self.peer, f).await;
                 Ok(())
@@ -479,8 +483,13 @@ pub(super) async fn run_conn(
     let (lost_tx, mut lost_rx) = oneshot::channel::<String>();
     let reader_shared = shared.clone();
     let max_frame = shared.upgrade().map_or(1 << 20, |s| s.opts.max_frame);
+    let (inbox, outlet, drained) = inbox::inbox();
+    let inbox_task = peer
+        .tasks
+        .spawn(inbox::run(shared.clone(), peer.clone(), outlet));
     let mut inbound = Inbound {
         peer: peer.clone(),
+        inbox,
         chunks: wire::Chunks::new(max_frame),
         cache: ExportCache {
             version: u64::MAX,
@@ -513,6 +522,10 @@ pub(super) async fn run_conn(
                 }
             }
         };
+        // The peer closed (or the stream failed): what was read still reaches the sink, as it
+        // did when the reader handed it over itself, before the connection counts as lost.
+        drop(inbound);
+        drained.cancelled().await;
         let _ = lost_tx.send(why);
     });
     let stop = peer.stop.clone();
@@ -562,9 +575,11 @@ pub(super) async fn run_conn(
         Outbox::recycle(&mut data);
     };
     reader.abort();
-    // Once it has stopped, no frame of this connection reaches a directory after the
+    // Once both have stopped, no frame of this connection reaches a directory after the
     // `Disconnected` the link reports next.
     let _ = reader.await;
+    inbox_task.abort();
+    let _ = inbox_task.await;
     ended
 }
 

@@ -24,8 +24,9 @@
 //! transport knows neither supervisors nor the registry, which depend on it.
 //!
 //! Files: this one holds [`Transport`], [`Peer`] and the frame demux (`on_frame`); `handshake`
-//! the handshake and the listener; `conn` the links, writer and reader; `route` `RemoteRoute` and remote references;
-//! `export` the export table.
+//! the handshake and the listener; `conn` the links, writer and reader; `inbox` the supervisors'
+//! frames a reader has read and the sink not yet taken; `route` `RemoteRoute` and remote
+//! references; `export` the export table.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -63,6 +64,7 @@ use crate::{Actor, ActorHandle, ActorRef, CallError, ExitReason, SendError, TryS
 mod conn;
 mod export;
 mod handshake;
+mod inbox;
 mod route;
 
 use export::*;
@@ -251,8 +253,11 @@ pub(crate) struct TransportOptions {
 /// in arrival order per peer, and the connection notices supervisors reconcile on. Installed by
 /// the node once it has built them ([`Transport::set_sink`]).
 pub(crate) trait Sink: Send + Sync {
-    /// A `Start`, `Stop`, `List`, `Dir` or `Names` frame from `peer`. The next frame from that
-    /// peer is read only once this returns (backpressure through TCP).
+    /// A `Start`, `Stop`, `List`, `Dir` or `Names` frame from `peer`, in arrival order. `Names`
+    /// frames are handed over by the connection's reader (this must not wait for them); the
+    /// supervisors' frames by the connection's inbox task, so that while this waits the reader
+    /// goes on delivering calls and replies, and stops reading only once the inbox is full
+    /// (backpressure through TCP; see `transport/inbox.rs`).
     fn frame<'a>(&'a self, peer: &'a Arc<Peer>, frame: FrameRef<'a>) -> BoxFuture<'a, ()>;
 
     /// The connection to `peer` came back after frames may have been lost (a lost connection
@@ -725,7 +730,8 @@ impl Transport {
             },
             // Reassembled (chunks) or handled (routes) by the reader before frames get here.
             FrameRef::Chunk { .. } | FrameRef::Bind { .. } | FrameRef::Cast { .. } => {}
-            // Supervisors' and the registry's frames go to the node's sink, which owns them.
+            // Supervisors' and the registry's frames go to the node's sink, which owns them (the
+            // reader queues the supervisors' in the connection's inbox instead, see `inbox.rs`).
             f @ (FrameRef::Start { .. }
             | FrameRef::Stop { .. }
             | FrameRef::List { .. }

@@ -976,3 +976,70 @@ async fn uniform_random_placement_spreads_keys_routes_by_key_and_fails_over() {
         assert_eq!((health, fights), (9, 1), "{k}");
     }
 }
+
+/// A node's transport is up, and its peers' views name it, before the application has started
+/// its supervisors: a peer hands children to it right away. Those hand-offs are kept until the
+/// supervisor starts here and then taken, with their state — not dropped (the hand-off would
+/// stay unconfirmed, and its children run nowhere, until the sender gave up on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_offs_that_arrive_before_the_supervisor_starts_are_taken_when_it_starts() {
+    let opts = DistOptions::default();
+    let mut c = NodeConfig::local("e1", SECRET).unwrap();
+    c.membership.seeds = Vec::new();
+    let first = Node::join(c).await.unwrap();
+    first.register::<Hero>();
+    let sup = first.supervisor("late", opts.clone());
+    let keys: Vec<String> = (0..60).map(|i| format!("e-{i}")).collect();
+    for k in &keys {
+        sup.start_child::<Hero>(k, 100).await.unwrap();
+        sup.call::<Hero>(k, HeroMsg::Fight).await.unwrap();
+    }
+    let mut events = sup.events();
+    let mut c = NodeConfig::local("e2", SECRET).unwrap();
+    c.membership.seeds = vec![first.gossip_addr().unwrap().to_string()];
+    let second = Node::join(c).await.unwrap();
+    second.register::<Hero>();
+    // The first node hands the second its keys (the second has no supervisor "late" yet).
+    let theirs: BTreeSet<String> = {
+        eventually("both nodes own keys", Duration::from_secs(10), || {
+            first.owners().len() == 2
+        })
+        .await;
+        keys.iter()
+            .filter(|k| first.node_for(k.as_bytes()).as_ref() == Some(second.id()))
+            .cloned()
+            .collect()
+    };
+    assert!(!theirs.is_empty());
+    let mut handed = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while handed.len() < theirs.len() {
+        let e = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .expect("every key of the second node handed off")
+            .expect("events");
+        if let ChildEvent::Migrated { key, .. } = e.event {
+            handed.insert(key);
+        }
+    }
+    // The hand-offs have left; give them time to arrive before the supervisor exists.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let late = second.supervisor("late", opts);
+    for k in &theirs {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok((_, health, fights)) = late
+                .call_timeout::<Hero>(k, HeroMsg::Status, Duration::from_millis(500))
+                .await
+            {
+                assert_eq!((health, fights), (99, 1), "{k} came with its state");
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{k} not running 10 s after the supervisor started (its hand-off was lost)"
+            );
+        }
+        assert!(late.hosts(k), "{k} runs on its owner");
+    }
+}

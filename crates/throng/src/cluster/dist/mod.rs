@@ -10,12 +10,13 @@
 //! module holds the public API ([`DistSupervisor`]) and the per-node state (`Dist`).
 
 mod driver;
+mod early;
 mod host;
 mod persist;
 mod takeover;
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use throng_core::directory::{
@@ -354,6 +355,10 @@ pub(crate) struct Supervisors {
     dists: RwLock<HashMap<String, Arc<Dist>>>,
     /// The node's durable store (its `data_dir` or `store_url`), if it has one.
     pub(crate) store: std::sync::OnceLock<Arc<dyn throng_store::Store>>,
+    /// Directory messages for supervisors not started here yet (see [`early`]). Locked only
+    /// while `dists` is, read or written, so that a supervisor starting takes every message kept
+    /// for it before any other reaches it.
+    early: Mutex<early::Early>,
 }
 
 impl Supervisors {
@@ -364,6 +369,7 @@ impl Supervisors {
             types: RwLock::new(HashMap::new()),
             dists: RwLock::new(HashMap::new()),
             store: std::sync::OnceLock::new(),
+            early: Mutex::new(early::Early::default()),
         })
     }
 
@@ -484,8 +490,67 @@ impl Supervisors {
             // The queue was just made: it has room.
             let _ = dist.input.try_send(view);
         }
+        // What peers sent before this supervisor existed, first (the queue holds twice what is
+        // kept; a supervisor that hosts nothing here has no driver and drops them).
+        let kept = self
+            .early
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(name, std::time::Instant::now());
+        if !kept.is_empty() {
+            tracing::debug!(
+                supervisor = name,
+                messages = kept.len(),
+                "directory messages that arrived before the supervisor started delivered"
+            );
+        }
+        for (from, msg) in kept {
+            let _ = dist.input.try_send(Input::Msg { from, msg });
+        }
         dists.insert(name.to_owned(), dist.clone());
         dist
+    }
+
+    /// Directory messages (`batch`, encoded) from `from` for supervisor `sup`: delivered to it,
+    /// or kept until it starts here (see [`early`]).
+    pub(crate) async fn deliver_dir(&self, from: &NodeId, sup: &str, batch: &[u8]) {
+        let dist = {
+            let dists = self.dists.read().unwrap_or_else(|p| p.into_inner());
+            match dists.get(sup) {
+                Some(d) => Some(d.clone()),
+                None => {
+                    match wire::decode_dir_batch(batch) {
+                        Ok(msgs) => {
+                            let dropped = self
+                                .early
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .keep(sup, from, msgs, batch.len(), std::time::Instant::now());
+                            if dropped > 0 {
+                                tracing::warn!(peer = %from, supervisor = sup, dropped, "directory messages for a supervisor not started here dropped (too many kept)");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(peer = %from, error = %e, "bad directory messages dropped")
+                        }
+                    }
+                    None
+                }
+            }
+        };
+        if let Some(d) = dist {
+            d.deliver(from.clone(), batch).await;
+        }
+    }
+
+    /// The connection to `peer` closed: directory messages kept from it for supervisors not
+    /// started yet are dropped, as if lost with it.
+    pub(crate) fn forget_early(&self, peer: &NodeId) {
+        let _dists = self.dists.read().unwrap_or_else(|p| p.into_inner());
+        self.early
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .forget(peer);
     }
 
     pub(crate) fn find_dist(&self, name: &str) -> Option<Arc<Dist>> {

@@ -575,11 +575,9 @@ impl Sink for Shared {
                         None => no_supervisor(peer, id, sup).await,
                     }
                 }
-                FrameRef::Dir { sup, msg } => match self.sups.find_dist(sup) {
-                    Some(d) => d.deliver(peer.id.clone(), msg).await,
-                    None => tracing::debug!(peer = %peer.id, supervisor = sup,
-                        "directory message for an unknown supervisor dropped"),
-                },
+                // Kept until the supervisor starts here if it has not yet (a restarted node's
+                // peers may write to it first).
+                FrameRef::Dir { sup, msg } => self.sups.deliver_dir(&peer.id, sup, msg).await,
                 FrameRef::Names { msg } => self.names.names.receive(&self.t, &peer.id, msg),
                 // The transport's own frames do not come here.
                 _ => {}
@@ -592,6 +590,7 @@ impl Sink for Shared {
     }
 
     fn disconnected<'a>(&'a self, peer: &'a NodeId) -> BoxFuture<'a, ()> {
+        self.sups.forget_early(peer);
         Box::pin(self.sups.dists_notify(|| Input::Disconnected(peer.clone())))
     }
 }

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use crate::directory::{
     Action, ChildEvent, DirMsg, Directory, DurableEntry, Record, SpawnError, StartError, StartSpec,
-    StopReason,
+    StopReason, Version,
 };
 use crate::{ExitClass, NodeId};
 
@@ -54,6 +54,12 @@ pub trait Host {
 
     /// Tell listeners.
     fn event(&mut self, event: ChildEvent);
+
+    /// The backup of the running child `key` holds its state up to `version` (or it needs no
+    /// backup): see [`Action::Replicated`]. Ignored by default.
+    fn replicated(&mut self, key: &str, version: Version) {
+        let _ = (key, version);
+    }
 
     /// The durable entries ([`Directory::durable`]) of `keys` may have changed: write them,
     /// coalesced (called only with [`DirConfig::durable`](crate::directory::DirConfig::durable)).
@@ -313,6 +319,7 @@ impl<R> Driver<R> {
                     }
                 }
                 Action::Event(event) => host.event(event),
+                Action::Replicated { key, version } => host.replicated(&key, version),
             }
         }
         if self.dir.touched_len() > 0 {

@@ -286,6 +286,12 @@ impl Directory {
             return;
         }
         if let Some(o) = self.owned.get_mut(&key) {
+            if o.backup.as_ref() == Some(from) && o.epoch == epoch {
+                out.push(Action::Replicated {
+                    key: key.clone(),
+                    version,
+                });
+            }
             if o.backup.as_ref() == Some(from) && o.epoch == epoch && o.record.version == version {
                 o.acked = true;
                 let olds = if o.merges.is_empty() && o.merging.is_none() {

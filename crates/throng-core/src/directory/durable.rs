@@ -549,6 +549,48 @@ mod tests {
         assert_eq!(runs[0].snapshot.as_deref(), Some(&[9u8][..]), "{actions:?}");
     }
 
+    fn replicated(actions: &[Action]) -> Vec<Version> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Replicated { version, .. } => Some(*version),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_state_counts_as_replicated_when_its_backup_acknowledges_it_or_there_is_none() {
+        // Alone: nothing to wait for.
+        let mut d = durable_dir("a", &["a"]);
+        d.start(1, spec("k"));
+        d.spawned("k", Ok(()));
+        let actions = d.snapshot("k", vec![1]);
+        assert_eq!(replicated(&actions), [Version::new(1)], "{actions:?}");
+
+        // With a backup: once it acknowledges the version (an older one counts for older states).
+        let mut d = durable_dir("a", &["a", "b"]);
+        let key = key_owned_by(&d, "a");
+        d.start(1, spec(&key));
+        d.spawned(&key, Ok(()));
+        let actions = d.snapshot(&key, vec![1]);
+        assert!(replicated(&actions).is_empty(), "{actions:?}");
+        let epoch = d.owned()[&key].epoch;
+        d.snapshot(&key, vec![2]);
+        let ack = |version| DirMsg::Ack {
+            key: key.clone(),
+            version: Version::new(version),
+            epoch,
+        };
+        let actions = d.receive(&id("b"), ack(1));
+        assert_eq!(replicated(&actions), [Version::new(1)], "{actions:?}");
+        let actions = d.receive(&id("b"), ack(2));
+        assert_eq!(replicated(&actions), [Version::new(2)], "{actions:?}");
+        // Not from a node that is not its backup.
+        let actions = d.receive(&id("c"), ack(2));
+        assert!(replicated(&actions).is_empty(), "{actions:?}");
+    }
+
     #[test]
     fn a_later_version_of_the_same_child_is_the_newer_copy() {
         let mut d = durable_dir("a", &["a"]);

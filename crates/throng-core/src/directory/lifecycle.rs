@@ -126,6 +126,10 @@ impl Directory {
         if let Some(o) = self.owned.get_mut(key) {
             if o.backup.is_none() {
                 o.acked = true;
+                out.push(Action::Replicated {
+                    key: key.to_owned(),
+                    version: o.record.version,
+                });
                 if !o.merges.is_empty() || o.merging.is_some() {
                     // The other copies' senders keep them until the merge is replicated.
                     return;
@@ -238,7 +242,11 @@ impl Directory {
                     o.acked = false;
                     out.push(send(b, o.replicate()));
                 }
-                None => {}
+                // No other node to back it up.
+                None => out.push(Action::Replicated {
+                    key: key.to_owned(),
+                    version: o.record.version,
+                }),
             }
         }
         self.checked(out)

@@ -385,6 +385,15 @@ pub enum Action {
     },
     /// Tell listeners.
     Event(ChildEvent),
+    /// The running child `key`'s state up to `version` is held by its backup (acknowledged),
+    /// or needs none (no other node to back it up): a `Sync` reply that waits for a state of
+    /// that version or older may go once the state is also durable.
+    Replicated {
+        /// The key.
+        key: String,
+        /// The newest version the backup holds.
+        version: Version,
+    },
 }
 
 /// Default for [`DirConfig::max_moves`].

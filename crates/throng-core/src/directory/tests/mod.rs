@@ -144,7 +144,7 @@ impl Net {
                     self.apply(node, more);
                 }
                 Action::Send { to, msg } => self.queue.push_back((node.clone(), to, msg)),
-                Action::Reply { .. } | Action::Event(_) => {}
+                Action::Reply { .. } | Action::Event(_) | Action::Replicated { .. } => {}
             }
         }
     }

@@ -163,6 +163,9 @@ struct Runtime {
     /// `Sync` mode: slots of exited children with replies still waiting, by key, until a
     /// commit writes the key's entry (which holds their final state).
     exited: HashMap<Arc<str>, Vec<Arc<Slot>>>,
+    /// `Sync` mode: slots of exited children whose record stayed here (restarted, merged), with
+    /// replies waiting for the backup to hold it, by key; dropped once none waits.
+    replicating: HashMap<Arc<str>, Vec<Arc<Slot>>>,
     /// With a shared store: the take-over of what gone nodes kept.
     takeover: Option<TakeOver>,
     /// Directory messages not sent yet, by peer, in order ([`Runtime::flush`]).
@@ -312,6 +315,26 @@ impl Host for Runtime {
         reply.send(result);
     }
 
+    fn replicated(&mut self, key: &str, version: throng_core::directory::Version) {
+        let slot = self
+            .running
+            .get(key)
+            .map(|r| &r.slot)
+            .or_else(|| self.pending_slots.get(key));
+        if let Some(slot) = slot {
+            slot.replicated(version);
+        }
+        if let Some(list) = self.replicating.get_mut(key) {
+            for s in list.iter() {
+                s.replicated(version);
+            }
+            list.retain(|s| s.holds());
+            if list.is_empty() {
+                self.replicating.remove(key);
+            }
+        }
+    }
+
     fn event(&mut self, event: ChildEvent) {
         if let Some(dist) = self.dist.upgrade() {
             log_event(&dist.name, &event);
@@ -415,6 +438,7 @@ impl Task {
                 persist,
                 sync,
                 exited: HashMap::new(),
+                replicating: HashMap::new(),
                 takeover,
                 batches: HashMap::new(),
             },
@@ -756,6 +780,9 @@ impl Task {
                 }
                 if let Some(b) = slot.take_pending() {
                     self.driver.snapshot(rt, &key, b);
+                    if let Some(o) = self.driver.directory().owned().get(&*key) {
+                        slot.taken_as(o.record.version);
+                    }
                 }
             }
             Note::Spawned {
@@ -812,8 +839,15 @@ impl Task {
                 // still (taken as the child stopped cleanly).
                 let last = r.slot.last.lock().unwrap_or_else(|p| p.into_inner()).take();
                 let pending = r.slot.take_pending();
-                if r.slot.holds() {
+                let holds = r.slot.holds();
+                if holds {
                     rt.exited
+                        .entry(key.clone())
+                        .or_default()
+                        .push(r.slot.clone());
+                    // Before the directory handles the exit: it may say at once that the
+                    // backup holds the record (no backup).
+                    rt.replicating
                         .entry(key.clone())
                         .or_default()
                         .push(r.slot.clone());
@@ -824,6 +858,24 @@ impl Task {
                     pending,
                 };
                 self.driver.exited(rt, &key, exit, self.epoch.elapsed());
+                // The final state is in the record: its replies wait for the backup to hold it
+                // if the record stays here; if it left (handed off, removed, stopped for a lost
+                // quorum), for the disk only.
+                match self.driver.directory().owned().get(&*key) {
+                    Some(o) if holds => r.slot.final_as(o.record.version),
+                    Some(_) => {}
+                    None => {
+                        for s in rt.replicating.remove(&key).into_iter().flatten() {
+                            s.exited();
+                        }
+                    }
+                }
+                if let Some(list) = rt.replicating.get_mut(&key) {
+                    list.retain(|s| s.holds());
+                    if list.is_empty() {
+                        rt.replicating.remove(&key);
+                    }
+                }
             }
         }
     }

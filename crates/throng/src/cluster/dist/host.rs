@@ -5,7 +5,7 @@ use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use throng_core::directory::Record;
+use throng_core::directory::{Record, Version};
 use tokio::sync::mpsc;
 
 use super::{BoxFuture, Note};
@@ -31,7 +31,9 @@ pub(crate) type Release = Box<dyn FnOnce() + Send>;
 
 /// The replies of a `Sync` child waiting for durability, and how far its snapshots got. A
 /// snapshot's sequence number counts the snapshots the child produced; a reply waits for the
-/// latest one produced when it was sent.
+/// latest one produced when it was sent to be durable on this node's store *and* held by the
+/// key's backup (so that a failover from the backup, or a merge with it, keeps every state a
+/// reply acknowledged).
 #[derive(Default)]
 pub(crate) struct Held {
     /// Snapshots put in the slot so far (the latest one's number).
@@ -40,8 +42,42 @@ pub(crate) struct Held {
     taken: u64,
     /// Snapshots known durable up to this number.
     durable: u64,
+    /// Snapshots known held by the backup up to this number.
+    replicated: u64,
+    /// The newest version of the child's record the backup acknowledged.
+    acked: Option<Version>,
+    /// Snapshots the directory took and the backup has not acknowledged, oldest first, with the
+    /// version of the record each made; at most [`MAX_UNREPLICATED`] (beyond, the newest replaces
+    /// the last: an acknowledgement of a later version covers the earlier ones).
+    versions: std::collections::VecDeque<(u64, Version)>,
     /// Replies, in order, with the snapshot each waits for.
     waiting: std::collections::VecDeque<(u64, Release)>,
+}
+
+/// How many snapshots waiting for their backup's acknowledgement a `Sync` child tracks apart.
+const MAX_UNREPLICATED: usize = 64;
+
+impl Held {
+    /// The snapshots the backup's acknowledgements cover are replicated.
+    fn advance(&mut self) {
+        while let Some(&(seq, version)) = self.versions.front() {
+            if self.acked.is_none_or(|a| version > a) {
+                break;
+            }
+            self.replicated = self.replicated.max(seq);
+            self.versions.pop_front();
+        }
+    }
+
+    /// The replies whose snapshot is now durable and replicated.
+    fn ready(&mut self) -> Vec<Release> {
+        let upto = self.durable.min(self.replicated);
+        let mut ready = Vec::new();
+        while self.waiting.front().is_some_and(|(s, _)| *s <= upto) {
+            ready.extend(self.waiting.pop_front().map(|(_, r)| r));
+        }
+        ready
+    }
 }
 
 impl Slot {
@@ -77,22 +113,75 @@ impl Slot {
             .is_some_and(|h| !lock(h).waiting.is_empty())
     }
 
-    /// The snapshots up to `seq` are durable: send the replies that waited for them.
-    pub(crate) fn durable(&self, seq: u64) {
+    /// Updates how far the snapshots got, then sends the replies that may go.
+    fn release(&self, f: impl FnOnce(&mut Held)) {
         let Some(held) = &self.held else {
             return;
         };
-        let mut ready = Vec::new();
-        {
+        let ready = {
             let mut h = lock(held);
-            h.durable = h.durable.max(seq);
-            while h.waiting.front().is_some_and(|(s, _)| *s <= h.durable) {
-                ready.extend(h.waiting.pop_front().map(|(_, r)| r));
-            }
-        }
+            f(&mut h);
+            h.ready()
+        };
         for release in ready {
             release();
         }
+    }
+
+    /// The snapshots up to `seq` are durable: send the replies that waited for them (and whose
+    /// snapshot the backup holds).
+    pub(crate) fn durable(&self, seq: u64) {
+        self.release(|h| h.durable = h.durable.max(seq));
+    }
+
+    /// The directory took the latest snapshot taken ([`Slot::take_pending`]), and the child's
+    /// record is now at `version`.
+    pub(crate) fn taken_as(&self, version: Version) {
+        self.release(|h| {
+            let seq = h.taken;
+            if h.versions.len() >= MAX_UNREPLICATED {
+                if let Some(last) = h.versions.back_mut() {
+                    *last = (seq, version);
+                }
+            } else {
+                h.versions.push_back((seq, version));
+            }
+            h.advance();
+        });
+    }
+
+    /// The backup holds the child's record up to `version` (or it needs no backup).
+    pub(crate) fn replicated(&self, version: Version) {
+        self.release(|h| {
+            h.acked = h.acked.max(Some(version));
+            h.advance();
+        });
+    }
+
+    /// The child exited and the directory's record of it, at `version`, holds every state it
+    /// produced (it restarts, or is merged, here): its replies wait for the backup to hold that
+    /// version.
+    pub(crate) fn final_as(&self, version: Version) {
+        self.release(|h| {
+            let seq = h.produced;
+            if h.versions.len() >= MAX_UNREPLICATED {
+                if let Some(last) = h.versions.back_mut() {
+                    *last = (seq, version);
+                }
+            } else {
+                h.versions.push_back((seq, version));
+            }
+            h.advance();
+        });
+    }
+
+    /// The child exited and its record left this node (handed off, removed, stopped for a lost
+    /// quorum): replies no longer wait for its backup.
+    pub(crate) fn exited(&self) {
+        self.release(|h| {
+            h.replicated = u64::MAX;
+            h.versions.clear();
+        });
     }
 }
 
@@ -169,7 +258,7 @@ impl<A: Keyed> Observer<A> for SnapObserver<A> {
         };
         let mut h = lock(held);
         let seq = h.produced;
-        if seq <= h.durable {
+        if seq <= h.durable.min(h.replicated) {
             drop(h);
             release();
         } else {
@@ -272,5 +361,109 @@ impl<A: Keyed> HostType for Host<A> {
             let _ = t.export_typed(export, &child, true);
             Ok(child.handle().clone())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    /// The child produced a new state (as its observer does after a message).
+    fn produce(slot: &Slot, state: u8) {
+        let mut h = lock(slot.held.as_ref().expect("sync"));
+        *lock(&slot.pending) = Some(vec![state]);
+        h.produced += 1;
+    }
+
+    /// A reply for the latest state produced; true once released.
+    fn reply(slot: &Slot) -> Arc<AtomicBool> {
+        let done = Arc::new(AtomicBool::new(false));
+        let d = done.clone();
+        let mut h = lock(slot.held.as_ref().expect("sync"));
+        let seq = h.produced;
+        h.waiting
+            .push_back((seq, Box::new(move || d.store(true, Ordering::SeqCst))));
+        done
+    }
+
+    #[test]
+    fn a_sync_reply_waits_for_its_state_on_disk_and_on_the_backup() {
+        let slot = Slot::new(true);
+        produce(&slot, 1);
+        let first = reply(&slot);
+        slot.take_pending();
+        slot.taken_as(Version::new(5));
+        slot.durable(1);
+        assert!(
+            !first.load(Ordering::SeqCst),
+            "released while only durable here: a failover from the backup would lose it"
+        );
+        slot.replicated(Version::new(4));
+        assert!(
+            !first.load(Ordering::SeqCst),
+            "an older version acknowledged"
+        );
+        slot.replicated(Version::new(5));
+        assert!(first.load(Ordering::SeqCst));
+
+        // The other order: held by the backup first, then durable.
+        produce(&slot, 2);
+        let second = reply(&slot);
+        slot.take_pending();
+        slot.taken_as(Version::new(6));
+        slot.replicated(Version::new(6));
+        assert!(!second.load(Ordering::SeqCst), "not durable yet");
+        slot.durable(2);
+        assert!(second.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn unacknowledged_snapshots_are_tracked_in_bounded_memory() {
+        let slot = Slot::new(true);
+        let mut last = None;
+        for i in 1..=1000u64 {
+            produce(&slot, (i % 250) as u8);
+            last = Some(reply(&slot));
+            slot.take_pending();
+            slot.taken_as(Version::new(i));
+        }
+        let h = lock(slot.held.as_ref().expect("sync"));
+        assert!(h.versions.len() <= MAX_UNREPLICATED);
+        drop(h);
+        slot.durable(1000);
+        slot.replicated(Version::new(1000));
+        assert!(last.expect("replies").load(Ordering::SeqCst));
+        assert!(lock(slot.held.as_ref().expect("sync")).waiting.is_empty());
+    }
+
+    #[test]
+    fn an_exited_child_s_replies_wait_for_its_final_record_or_the_disk_only() {
+        let slot = Slot::new(true);
+        produce(&slot, 1);
+        let done = reply(&slot);
+        // It exits before the directory took that state (it goes with the exit), and restarts
+        // here: its final state is the record's version 3.
+        slot.final_as(Version::new(3));
+        slot.durable(u64::MAX);
+        slot.replicated(Version::new(2));
+        assert!(
+            !done.load(Ordering::SeqCst),
+            "the final record not held by the backup yet"
+        );
+        slot.replicated(Version::new(3));
+        assert!(done.load(Ordering::SeqCst));
+
+        // Handed off: the disk only.
+        let slot = Slot::new(true);
+        produce(&slot, 1);
+        let done = reply(&slot);
+        slot.take_pending();
+        slot.taken_as(Version::new(1));
+        slot.exited();
+        assert!(!done.load(Ordering::SeqCst));
+        slot.durable(u64::MAX);
+        assert!(done.load(Ordering::SeqCst));
     }
 }

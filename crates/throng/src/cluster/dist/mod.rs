@@ -92,8 +92,13 @@ pub enum Durability {
         max_lag: Duration,
     },
     /// As [`Durability::Async`], and a call's reply is released only once the state the child
-    /// had after handling it is durable on this node's store: an acknowledged call survives a
-    /// crash of every node. The child is snapshotted after every message (whatever its
+    /// had after handling it is durable on this node's store *and* held by the key's backup (its
+    /// replication acknowledged; a child with no other node to back it up waits for the store
+    /// alone): an acknowledged call survives a crash of every node, and a failover from the
+    /// backup. (Two copies that diverge after a failover — an owner cut off by a partition goes
+    /// on applying calls it cannot acknowledge — are merged by [`Keyed::resolve_conflict`]; with
+    /// its default, which keeps one side, an acknowledged call can still be lost there: see
+    /// docs/benchmarks.md, "Chaos soak".) The child is snapshotted after every message (whatever its
     /// [`SnapshotPolicy`](crate::cluster::SnapshotPolicy)); writes are group-committed with no
     /// coalescing window, so concurrent calls share a commit. A call that only reads waits for
     /// the state it read to be durable too. Casts are not held. A reply whose state is not yet

@@ -58,6 +58,20 @@ pub(crate) struct Held {
 const MAX_UNREPLICATED: usize = 64;
 
 impl Held {
+    /// The snapshots up to `seq` made the record's `version`: they are replicated once the
+    /// backup acknowledges it (beyond [`MAX_UNREPLICATED`] tracked apart, the newest replaces the
+    /// last).
+    fn made(&mut self, seq: u64, version: Version) {
+        if self.versions.len() >= MAX_UNREPLICATED {
+            if let Some(last) = self.versions.back_mut() {
+                *last = (seq, version);
+            }
+        } else {
+            self.versions.push_back((seq, version));
+        }
+        self.advance();
+    }
+
     /// The snapshots the backup's acknowledgements cover are replicated.
     fn advance(&mut self) {
         while let Some(&(seq, version)) = self.versions.front() {
@@ -139,14 +153,7 @@ impl Slot {
     pub(crate) fn taken_as(&self, version: Version) {
         self.release(|h| {
             let seq = h.taken;
-            if h.versions.len() >= MAX_UNREPLICATED {
-                if let Some(last) = h.versions.back_mut() {
-                    *last = (seq, version);
-                }
-            } else {
-                h.versions.push_back((seq, version));
-            }
-            h.advance();
+            h.made(seq, version);
         });
     }
 
@@ -164,14 +171,7 @@ impl Slot {
     pub(crate) fn final_as(&self, version: Version) {
         self.release(|h| {
             let seq = h.produced;
-            if h.versions.len() >= MAX_UNREPLICATED {
-                if let Some(last) = h.versions.back_mut() {
-                    *last = (seq, version);
-                }
-            } else {
-                h.versions.push_back((seq, version));
-            }
-            h.advance();
+            h.made(seq, version);
         });
     }
 

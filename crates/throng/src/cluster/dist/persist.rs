@@ -483,7 +483,7 @@ pub(crate) fn decode_entry(bytes: &[u8]) -> Result<DurableEntry, EntryError> {
     }
     // Format 1 (a varint count of records first: never `0xFF 0x02` for a real entry).
     let v1: v1::Entry = postcard::from_bytes(bytes)?;
-    Ok(v1.into())
+    Ok(v2::Entry::from(v1).into())
 }
 
 /// Format 2 of the durable entries (before [`Record::written_by`](throng_core::directory::Record::written_by)).
@@ -494,20 +494,20 @@ mod v2 {
 
     #[derive(Deserialize)]
     pub(super) struct Entry {
-        records: Vec<Rec>,
-        buried: Vec<Generation>,
+        pub(super) records: Vec<Rec>,
+        pub(super) buried: Vec<Generation>,
     }
 
     #[derive(Deserialize)]
-    struct Rec {
-        key: String,
-        actor_type: String,
-        args: Vec<u8>,
-        policy: RestartPolicy,
-        snapshot: Option<Vec<u8>>,
-        version: Version,
-        generation: Generation,
-        absorbed: Vec<Generation>,
+    pub(super) struct Rec {
+        pub(super) key: String,
+        pub(super) actor_type: String,
+        pub(super) args: Vec<u8>,
+        pub(super) policy: RestartPolicy,
+        pub(super) snapshot: Option<Vec<u8>>,
+        pub(super) version: Version,
+        pub(super) generation: Generation,
+        pub(super) absorbed: Vec<Generation>,
     }
 
     impl From<Entry> for DurableEntry {
@@ -534,10 +534,11 @@ mod v2 {
     }
 }
 
-/// Format 1 of the durable entries (before [`Record::absorbed`](throng_core::directory::Record::absorbed)).
+/// Format 1 of the durable entries (before [`Record::absorbed`](throng_core::directory::Record::absorbed)):
+/// read as format 2 without absorbed generations.
 mod v1 {
     use serde::Deserialize;
-    use throng_core::directory::{DurableEntry, Generation, Record, Version};
+    use throng_core::directory::{Generation, Version};
     use throng_core::RestartPolicy;
 
     #[derive(Deserialize)]
@@ -557,13 +558,13 @@ mod v1 {
         generation: Generation,
     }
 
-    impl From<Entry> for DurableEntry {
+    impl From<Entry> for super::v2::Entry {
         fn from(e: Entry) -> Self {
-            DurableEntry {
+            super::v2::Entry {
                 records: e
                     .records
                     .into_iter()
-                    .map(|r| Record {
+                    .map(|r| super::v2::Rec {
                         key: r.key,
                         actor_type: r.actor_type,
                         args: r.args,
@@ -572,7 +573,6 @@ mod v1 {
                         version: r.version,
                         generation: r.generation,
                         absorbed: Vec::new(),
-                        written_by: None,
                     })
                     .collect(),
                 buried: e.buried,

@@ -1,0 +1,154 @@
+//! Lineages and writers: which copy wrote a record's version (two copies that each took an update
+//! from the same state are merged, not taken for one), and acknowledgements of an earlier copy of
+//! a lineage that must not count for a later one.
+
+use super::*;
+
+/// Two copies of a child that ran from the same state and each took one update reach the same
+/// version, and here the same bytes: they are two states to merge (one update each), not one
+/// state kept twice — the writer tells them apart (`throng-sim --seed 436 --partitions 0
+/// --shell-faults 1 --durable 1` lost an update when it did not). A copy of the very state that
+/// runs (same writer) is still no conflict.
+#[test]
+fn copies_of_one_version_written_by_different_copies_are_merged() {
+    let nodes = ["a", "b"];
+    let mut net = Net::new(&nodes, 8);
+    let key = key_owned_by(&nodes, "a");
+    net.call("a", |d| d.start(1, spec(&key)));
+    net.settle();
+    net.call("a", |d| d.snapshot(&key, b"2".to_vec()));
+    net.settle();
+    let from = net.dir("a").owned()[&key].record.clone();
+    // `a`'s copy takes an update (state 3)...
+    net.call("a", |d| d.snapshot(&key, b"3".to_vec()));
+    net.settle();
+    let ours = net.dir("a").owned()[&key].record.clone();
+    assert_eq!(ours.version, from.version.next());
+    assert_eq!(
+        ours.written_by,
+        Some(Writer::of(&id("a"), net.dir("a").owned()[&key].epoch))
+    );
+    // ...and so did a copy failed over on `b` from state 2: same version, same bytes.
+    let mut theirs = from.clone();
+    theirs.snapshot = Some(b"3".to_vec());
+    theirs.version = from.version.next();
+    theirs.written_by = Some(Writer::of(&id("b"), Epoch(9, 1)));
+    assert_eq!(
+        (&theirs.snapshot, theirs.version, theirs.generation),
+        (&ours.snapshot, ours.version, ours.generation)
+    );
+    let adopt = |record: Record, n| DirMsg::Adopt {
+        record,
+        hops: 0,
+        tag: tag(n),
+        holders: Vec::new(),
+        moved: false,
+    };
+    let conflict = |actions: &[Action]| {
+        actions.iter().any(|a| matches!(a, Action::Merge { .. }))
+            && actions
+                .iter()
+                .any(|a| matches!(a, Action::Event(ChildEvent::Conflict { .. })))
+    };
+    // The same state (its own writer) met again: nothing to merge.
+    let actions = net.dir("a").receive(&id("b"), adopt(ours, 1));
+    assert!(!conflict(&actions), "{actions:?}");
+    net.apply(&id("a"), actions);
+    net.settle();
+    // The other copy's update: merged.
+    let actions = net.dir("a").receive(&id("b"), adopt(theirs, 2));
+    assert!(conflict(&actions), "{actions:?}");
+}
+
+#[test]
+fn a_writer_is_a_stable_fingerprint_of_node_and_lineage() {
+    // Stored in durable entries and sent on the wire: the same on every build and platform.
+    let w = Writer::of(&id("n1"), Epoch(1_700_000_000_000, 3));
+    assert_eq!(w, Writer::of(&id("n1"), Epoch(1_700_000_000_000, 3)));
+    assert_ne!(w, Writer::of(&id("n2"), Epoch(1_700_000_000_000, 3)));
+    assert_ne!(w, Writer::of(&id("n1"), Epoch(1_700_000_000_000, 4)));
+    assert_ne!(w, Writer::of(&id("n1"), Epoch(1_700_000_000_001, 3)));
+    let mut bytes = b"n1".to_vec();
+    bytes.extend_from_slice(&1_700_000_000_000u64.to_le_bytes());
+    bytes.extend_from_slice(&3u64.to_le_bytes());
+    assert_eq!(w.get(), xxhash_rust::xxh3::xxh3_64(&bytes));
+}
+
+/// The backup of a child moves away and back (b → d → b) while the drop of b's first copy is
+/// on its way: an acknowledgement b sent for that first copy, arriving late, must not count as
+/// b holding the new one — or the owner drops d's copy while the drop in flight deletes b's,
+/// and a crash of the owner before its new replication reaches b loses the state
+/// (`throng-sim --seed 423 --shell-faults 1`: "a backup acknowledged 3", the child back at 1).
+#[test]
+fn a_late_acknowledgement_from_a_backup_that_was_dropped_and_chosen_again_does_not_count() {
+    let three = ["a", "b", "c"];
+    let four = ["a", "b", "c", "d"];
+    let ring = |nodes: &[&str]| {
+        Ring::from_nodes(RingConfig::default(), nodes.iter().map(|n| id(n))).unwrap()
+    };
+    let (r3, r4) = (ring(&three), ring(&four));
+    let key = (0..)
+        .map(|i| format!("k{i}"))
+        .find(|k| {
+            r3.successors(k.as_bytes(), 2).eq([&id("a"), &id("b")])
+                && r4.successors(k.as_bytes(), 2).eq([&id("a"), &id("d")])
+        })
+        .unwrap();
+    let mut net = Net::unviewed(&four, |config| config.max_moves = 8);
+    for n in four {
+        net.call(n, |d| {
+            d.set_view(three.iter().map(|n| id(n)).collect::<Vec<_>>().iter())
+        });
+    }
+    net.settle();
+    net.call("a", |d| d.start(1, spec(&key)));
+    net.settle();
+    net.call("a", |d| d.snapshot(&key, b"1".to_vec()));
+    net.settle();
+    let version = net.dir("a").owned()[&key].record.version;
+    let first = net.dir("a").owned()[&key].epoch;
+    // The acknowledgement b sent for its first copy, held up on its way back.
+    let late_ack = DirMsg::Ack {
+        key: key.clone(),
+        version,
+        epoch: first,
+    };
+    // d joins: the backup moves to d, which acknowledges; b's copy is to be dropped.
+    let all: Vec<NodeId> = four.iter().map(|n| id(n)).collect();
+    net.call("a", |d| d.set_view(all.iter()));
+    let mut held_drop = None;
+    while let Some((from, to, msg)) = net.queue.pop_front() {
+        if to == id("b") && matches!(&msg, DirMsg::Drop { key: k, .. } if *k == key) {
+            held_drop = Some((from, to, msg));
+            continue;
+        }
+        let actions = net.dirs.get_mut(&to).expect("node").receive(&from, msg);
+        net.apply(&to, actions);
+    }
+    let held_drop = held_drop.expect("b's copy dropped once d acknowledged");
+    // d leaves again: b is the backup once more (its drop still in flight).
+    let three_ids: Vec<NodeId> = three.iter().map(|n| id(n)).collect();
+    let actions = net.dir("a").set_view(three_ids.iter());
+    assert_eq!(net.dir("a").owned()[&key].backup, Some(id("b")));
+    net.log.clear();
+    for a in actions {
+        if let Action::Send { to, msg } = a {
+            net.queue.push_back((id("a"), to, msg));
+        }
+    }
+    // The late acknowledgement arrives first: it must not settle the new backup.
+    let actions = net.dir("a").receive(&id("b"), late_ack);
+    assert!(
+        !actions.iter().any(|a| matches!(a,
+            Action::Send { to, msg: DirMsg::Drop { key: k, .. } } if *to == id("d") && *k == key)),
+        "d's copy dropped on a stale acknowledgement: {actions:?}"
+    );
+    net.apply(&id("a"), actions);
+    // Then the drop, the new replication, and the rest: b holds the child's state.
+    net.queue.push_front(held_drop);
+    net.settle();
+    let copies = &net.dir("b").backups()[&key];
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert_eq!(copies[0].record.snapshot.as_deref(), Some(&b"1"[..]));
+    assert!(net.dir("a").unreplicated() == 0);
+}

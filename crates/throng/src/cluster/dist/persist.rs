@@ -613,38 +613,47 @@ mod tests {
         assert_eq!(decode_entry(&bytes).expect("decodes"), e);
     }
 
-    #[test]
-    fn an_entry_of_format_2_is_read_without_its_writer() {
-        // Written by the build before `written_by`: header `0xFF 2`, records with `absorbed`.
-        #[derive(serde::Serialize)]
-        struct Rec<'a> {
-            key: &'a str,
-            actor_type: &'a str,
-            args: &'a [u8],
-            policy: RestartPolicy,
-            snapshot: Option<&'a [u8]>,
-            version: u64,
-            generation: u64,
-            absorbed: Vec<u64>,
-        }
-        #[derive(serde::Serialize)]
-        struct Entry<'a> {
-            records: Vec<Rec<'a>>,
-            buried: Vec<u64>,
-        }
-        let old = Entry {
-            records: vec![Rec {
+    /// A record as an older build wrote it: the fields of format 1, then `tail` (nothing for
+    /// format 1 — `()` encodes to no bytes — and the absorbed generations for format 2).
+    #[derive(serde::Serialize)]
+    struct OldRec<'a, T> {
+        key: &'a str,
+        actor_type: &'a str,
+        args: &'a [u8],
+        policy: RestartPolicy,
+        snapshot: Option<&'a [u8]>,
+        version: u64,
+        generation: u64,
+        tail: T,
+    }
+
+    #[derive(serde::Serialize)]
+    struct OldEntry<'a, T> {
+        records: Vec<OldRec<'a, T>>,
+        buried: Vec<u64>,
+    }
+
+    /// [`entry`] as an older build wrote it, at `version`, with `tail`.
+    fn old_entry<T>(version: u64, tail: T) -> OldEntry<'static, T> {
+        OldEntry {
+            records: vec![OldRec {
                 key: "k",
                 actor_type: "t",
                 args: &[1],
                 policy: RestartPolicy::Permanent,
                 snapshot: Some(&[9, 9]),
-                version: 4,
+                version,
                 generation: 7,
-                absorbed: vec![3],
+                tail,
             }],
             buried: vec![5],
-        };
+        }
+    }
+
+    #[test]
+    fn an_entry_of_format_2_is_read_without_its_writer() {
+        // Written by the build before `written_by`: header `0xFF 2`, records with `absorbed`.
+        let old = old_entry(4, vec![3u64]);
         let bytes = postcard::to_extend(&old, vec![0xFF, 2]).expect("encodes");
         let mut want = entry();
         want.records[0].written_by = None;
@@ -653,35 +662,8 @@ mod tests {
 
     #[test]
     fn an_entry_of_format_1_is_read() {
-        // Written by the previous build: postcard of the entry, records without `absorbed`.
-        #[derive(serde::Serialize)]
-        struct Rec<'a> {
-            key: &'a str,
-            actor_type: &'a str,
-            args: &'a [u8],
-            policy: RestartPolicy,
-            snapshot: Option<&'a [u8]>,
-            version: u64,
-            generation: u64,
-        }
-        #[derive(serde::Serialize)]
-        struct Entry<'a> {
-            records: Vec<Rec<'a>>,
-            buried: Vec<u64>,
-        }
-        let old = Entry {
-            records: vec![Rec {
-                key: "k",
-                actor_type: "t",
-                args: &[1],
-                policy: RestartPolicy::Permanent,
-                snapshot: Some(&[9, 9]),
-                version: 0,
-                generation: 7,
-            }],
-            buried: vec![5],
-        };
-        let bytes = postcard::to_allocvec(&old).expect("encodes");
+        // Written by the build before that: no header, records without `absorbed`.
+        let bytes = postcard::to_allocvec(&old_entry(0, ())).expect("encodes");
         let mut want = entry();
         want.records[0].absorbed.clear();
         want.records[0].version = Version::INITIAL;

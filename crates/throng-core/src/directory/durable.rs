@@ -9,8 +9,8 @@
 //!
 //! After a restart, [`Directory::recover`] takes the entries back: every record becomes an orphan
 //! copy held for this node — run here if this node owns the key, handed to its owner otherwise,
-//! merged with another copy when two meet (the copy of a child with the higher version is the
-//! newer state: see [`Directory::is_newer_copy`]) — and every buried generation is buried again,
+//! merged with another copy when two meet (the later state wins the default rule: see
+//! [`Directory::is_newer_copy`]) — and every buried generation is buried again,
 //! so a removed child never comes back. The one record of a key another node in view owns waits
 //! for that owner instead ([`Backup::awaiting`]): after a full-cluster restart the owner
 //! replicates the same record, which makes the copy its backup with no hand-off; any other record,
@@ -295,13 +295,14 @@ impl Directory {
     }
 
     /// Whether `theirs`, a copy of the child `key` that met the one running here, is a later
-    /// state of the same child: the same generation at a higher version. In a merge its state is
+    /// state of the same child ([`Record::is_later_than`]: a history that continued from the
+    /// running copy's writer, or the same generation at a higher version). In a merge its state is
     /// then `ours` (the newer one), the running copy's `theirs`: a copy failed over or recovered
     /// from an older version does not overwrite a newer one with the default conflict rule.
     pub fn is_newer_copy(&self, key: &str, theirs: &Record) -> bool {
-        self.owned.get(key).is_some_and(|o| {
-            o.record.generation == theirs.generation && theirs.version > o.record.version
-        })
+        self.owned
+            .get(key)
+            .is_some_and(|o| theirs.is_later_than(&o.record))
     }
 }
 

@@ -457,8 +457,7 @@ impl Directory {
                 // adopted one is usually at least as recent, unless it is an older hand-off sent
                 // again after a reconnection).
                 for b in self.remove_copies(&key, |b| h.names(b)) {
-                    if b.record.generation == record.generation && b.record.version > record.version
-                    {
+                    if b.record.is_later_than(&record) {
                         record = b.record;
                     }
                 }

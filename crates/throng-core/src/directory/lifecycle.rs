@@ -363,7 +363,11 @@ impl Directory {
         let Some(o) = self.owned.get_mut(key) else {
             return self.checked(out);
         };
-        let theirs_version = o.merging.take().map_or(Version::INITIAL, |r| r.version);
+        let theirs = o.merging.take();
+        let theirs_version = theirs.as_ref().map_or(Version::INITIAL, |r| r.version);
+        if let Some(r) = &theirs {
+            o.record.merge_history(r);
+        }
         if let Some(s) = merged {
             o.record.snapshot = Some(s);
         }

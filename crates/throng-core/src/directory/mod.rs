@@ -115,7 +115,8 @@ use removal::{Removal, Source};
 pub use check::Broken;
 pub use durable::DurableEntry;
 pub use msg::{
-    DirMsg, Epoch, Generation, Holder, Record, StartSpec, Tag, Version, Writer, MAX_ABSORBED,
+    DirMsg, Epoch, Fork, Generation, Holder, Record, StartSpec, Tag, Version, Writer, MAX_ABSORBED,
+    MAX_FORKS,
 };
 
 /// Where a key lives, given the eligible nodes. The ring ([`Uniform`]) is the default.
@@ -508,8 +509,7 @@ pub struct Owned {
 impl Owned {
     /// This copy (on `me`) wrote `version` of its record: a new snapshot, or a merge.
     fn write(&mut self, version: Version, me: &NodeId) {
-        self.record.version = version;
-        self.record.written_by = Some(Writer::of(me, self.epoch));
+        self.record.write(version, Writer::of(me, self.epoch));
     }
 
     fn replicate(&self) -> DirMsg {

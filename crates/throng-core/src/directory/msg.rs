@@ -6,6 +6,7 @@ use std::fmt;
 use std::num::NonZeroU64;
 
 use serde::{Deserialize, Serialize};
+use thin_vec::ThinVec;
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::{send, Action, Backup};
@@ -153,7 +154,8 @@ pub struct Record {
     /// this one and was merged into it), the newest last, at most [`MAX_ABSORBED`]. A removal
     /// of this child buries them too: a stale copy of one, left on a node that was down when
     /// they met, does not bring the key back.
-    pub absorbed: Vec<Generation>,
+    #[serde(deserialize_with = "at_most::<_, _, MAX_ABSORBED>")]
+    pub absorbed: ThinVec<Generation>,
     /// The copy that took [`Record::snapshot`] at [`Record::version`]: `None` before the first
     /// snapshot (and in records kept by a build that did not record it). Two copies of a child
     /// that ran from the same state — a copy failed over while its owner was down, and the
@@ -161,6 +163,57 @@ pub struct Record {
     /// same version with the same bytes; only the writer tells that these are two states (two
     /// updates to merge), not one kept twice.
     pub written_by: Option<Writer>,
+    /// The states of other copies this record's history continued from, the newest last, at
+    /// most [`MAX_FORKS`]: when a copy writes its first version after taking another copy's
+    /// record (a failover from a backup, a recovery from disk, a hand-off, a merge), the state it
+    /// took is kept here. A copy whose history contains another's writer carries that copy's
+    /// history up to the fork and continued it elsewhere; the other copy's later versions never
+    /// reached it (a failover takes what the backup held: a reply that waits for the backup was
+    /// never sent for them), so they lose to it whatever their version
+    /// ([`Record::is_later_than`]).
+    #[serde(deserialize_with = "at_most::<_, _, MAX_FORKS>")]
+    pub forks: ThinVec<Fork>,
+}
+
+/// A state a [`Record`]'s history continued from on another copy ([`Record::forks`]): the
+/// version that copy's writer had written when another copy took it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Fork {
+    /// The copy that wrote the state.
+    pub writer: Writer,
+    /// Its version then.
+    pub version: Version,
+}
+
+/// How many forks a [`Record`] remembers ([`Record::forks`]).
+pub const MAX_FORKS: usize = 4;
+
+/// Decodes a list of at most `N` elements: a longer one (which no build writes) is an error,
+/// not a record that holds more than its bound.
+fn at_most<'de, D, T, const N: usize>(d: D) -> Result<ThinVec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    use serde::de::{Error, SeqAccess, Visitor};
+    struct Bounded<T, const N: usize>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>, const N: usize> Visitor<'de> for Bounded<T, N> {
+        type Value = ThinVec<T>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "a list of at most {N} elements")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ThinVec<T>, A::Error> {
+            let mut list = ThinVec::with_capacity(seq.size_hint().unwrap_or(0).min(N));
+            while let Some(x) = seq.next_element()? {
+                if list.len() == N {
+                    return Err(A::Error::invalid_length(N + 1, &self));
+                }
+                list.push(x);
+            }
+            Ok(list)
+        }
+    }
+    d.deserialize_seq(Bounded::<T, N>(std::marker::PhantomData))
 }
 
 /// Which copy of a child wrote a [`Record`]'s version ([`Record::written_by`]): a fingerprint
@@ -211,9 +264,74 @@ impl Record {
             snapshot: None,
             version: Version::INITIAL,
             generation,
-            absorbed: Vec::new(),
+            absorbed: ThinVec::new(),
             written_by: None,
+            forks: ThinVec::new(),
         }
+    }
+
+    /// Whether this record is a later state of the same child than `other`: the same
+    /// generation, and either this record's history continued from `other`'s writer (so
+    /// `other`'s versions past the fork are a branch this history left behind), or, when neither
+    /// history contains the other's writer, a higher version. A copy failed over from a backup
+    /// thus beats the versions its old owner wrote past what the backup held (a restarted
+    /// owner's disk, a cut-off owner's unacknowledged calls), however many they are.
+    pub fn is_later_than(&self, other: &Record) -> bool {
+        if self.generation != other.generation {
+            return false;
+        }
+        if self.written_by != other.written_by {
+            let descends = |a: &Record, b: &Record| {
+                b.written_by
+                    .is_some_and(|w| a.forks.iter().any(|f| f.writer == w))
+            };
+            match (descends(self, other), descends(other, self)) {
+                (true, false) => return true,
+                (false, true) => return false,
+                _ => {}
+            }
+        }
+        self.version > other.version
+    }
+
+    /// This record's state is continued by the copy `writer` at `version`: the state it
+    /// continues from joins [`Record::forks`] when another copy wrote it.
+    pub fn write(&mut self, version: Version, writer: Writer) {
+        if let Some(w) = self.written_by.filter(|w| *w != writer) {
+            self.add_fork(Fork {
+                writer: w,
+                version: self.version,
+            });
+        }
+        self.forks.retain(|f| f.writer != writer);
+        self.version = version;
+        self.written_by = Some(writer);
+    }
+
+    /// `theirs`, another copy's record, was merged into this one: its history (its writer and
+    /// the forks it continued from) is part of this record's.
+    pub fn merge_history(&mut self, theirs: &Record) {
+        let own = self.written_by;
+        let written = theirs.written_by.map(|writer| Fork {
+            writer,
+            version: theirs.version,
+        });
+        for f in theirs.forks.iter().copied().chain(written) {
+            if Some(f.writer) != own {
+                self.add_fork(f);
+            }
+        }
+    }
+
+    /// Adds `fork` (or raises the version of its writer's), dropping the oldest past
+    /// [`MAX_FORKS`].
+    fn add_fork(&mut self, fork: Fork) {
+        match self.forks.iter_mut().find(|f| f.writer == fork.writer) {
+            Some(f) => f.version = f.version.max(fork.version),
+            None => self.forks.push(fork),
+        }
+        let over = self.forks.len().saturating_sub(MAX_FORKS);
+        self.forks.drain(..over);
     }
 
     /// Whether `other` is the same state of the same child: same generation, version, writer

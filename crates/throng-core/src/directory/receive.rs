@@ -146,8 +146,7 @@ impl Directory {
                 // adopted record (as with a quorum). A hand-off copy's hand-off from here is
                 // over: the copies it was to drop are the kept copy's.
                 for b in self.remove_copies(&key, |b| h.names(b)) {
-                    if b.record.generation == record.generation && b.record.version > record.version
-                    {
+                    if b.record.is_later_than(&record) {
                         record = b.record;
                     }
                     if let Some(ho) = self.handoffs.get_mut(&key) {

@@ -138,7 +138,7 @@ impl Directory {
             chasing: Vec::new(),
             chases: 0,
             generation,
-            absorbed: o.record.absorbed.clone(),
+            absorbed: o.record.absorbed.to_vec(),
             reqs: Vec::new(),
             event: false,
             starts: Vec::new(),

@@ -19,7 +19,7 @@ use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
 use serde::{Deserialize, Serialize};
 
 /// Version of the node-to-node protocol, checked in the handshake.
-pub const PROTOCOL_VERSION: u16 = 10;
+pub const PROTOCOL_VERSION: u16 = 11;
 
 /// First bytes of every handshake hello.
 pub const MAGIC: [u8; 4] = *b"THRG";
@@ -1125,8 +1125,8 @@ mod tests {
     }
 
     const GOLDEN: &[&str] = &[
-        "Hello 544852470a026e31070101010101010101010101010101010101010101010101010101010101010101",
-        "HelloAck 0a026e320802020202020202020202020202020202020202020202020202020202020202020303030303030303030303030303030303030303030303030303030303030303",
+        "Hello 544852470b026e31070101010101010101010101010101010101010101010101010101010101010101",
+        "HelloAck 0b026e320802020202020202020202020202020202020202020202020202020202020202020303030303030303030303030303030303030303030303030303030303030303",
         "Auth 0404040404040404040404040404040404040404040404040404040404040404",
         "RemoteFailure 000161",
         "RemoteFailure 0101650166",
@@ -1196,7 +1196,8 @@ mod tests {
         let mut record = Record::new(spec.clone(), g);
         record.snapshot = Some(vec![2]);
         record.version = Version::new(3);
-        record.written_by = Some(Writer::of(&n("a"), e));
+        record.written_by = Some(Writer::of(&n("c"), Epoch(1, 2)));
+        record.write(Version::new(3), Writer::of(&n("a"), e));
         let holder = Holder {
             node: n("b"),
             origin: n("a"),
@@ -1274,8 +1275,8 @@ mod tests {
 
     const DIRECTORY_GOLDEN: &[&str] = &[
         "StartSpec 016b0174010101",
-        "Record 016b017401010101010203ac020001eaf4c2e383bcfce1be01",
-        "DirMsg 00016b017401010101010203ac020001eaf4c2e383bcfce1be010405",
+        "Record 016b017401010101010203ac020001eaf4c2e383bcfce1be0101fbdb9c85f1e8a5e8dc0103",
+        "DirMsg 00016b017401010101010203ac020001eaf4c2e383bcfce1be0101fbdb9c85f1e8a5e8dc01030405",
         "DirMsg 01016b030405",
         "DirMsg 02016b016100040500",
         "DirMsg 02016b01610106040501ac02",
@@ -1284,7 +1285,7 @@ mod tests {
         "DirMsg 05016bac02",
         "DirMsg 0601016bac02",
         "DirMsg 07016b01610600",
-        "DirMsg 08016b017401010101010203ac020001eaf4c2e383bcfce1be01010601016201610106040501",
+        "DirMsg 08016b017401010101010203ac020001eaf4c2e383bcfce1be0101fbdb9c85f1e8a5e8dc0103010601016201610106040501",
         "DirMsg 0901016b0405",
         "DirMsg 0a016b",
         "DirMsg 0b01",
@@ -1332,9 +1333,9 @@ mod tests {
     fn a_zero_generation_or_tag_is_a_decode_error() {
         use throng_core::directory::{DirMsg, Record};
         // A record of generation 0 (what a start request carried before version 6), no
-        // absorbed generations, no writer.
+        // absorbed generations, no writer, no forks.
         let mut record = [
-            0x01, 0x6b, 0x01, 0x74, 0x01, 0x01, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x01, 0x6b, 0x01, 0x74, 0x01, 0x01, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
         ];
         assert!(decode::<Record>(&record).is_err());
         // `Removed` of generation 0, `Chase` of tag 0 (generation 1).
@@ -1343,16 +1344,34 @@ mod tests {
         // The same with a 1 decode.
         record[9] = 0x01;
         assert_eq!(decode::<Record>(&record).map(|r| r.generation.get()), Ok(1));
-        // A writer of fingerprint 0 is no writer.
-        let mut written = record.to_vec();
-        *written.last_mut().unwrap() = 0x01;
-        written.push(0x00);
-        assert!(decode::<Record>(&written).is_err());
-        *written.last_mut().unwrap() = 0x07;
+        // A writer of fingerprint 0 is no writer (nor is a fork's).
+        let written = |writer: u8, forks: &[u8]| {
+            let mut r = record[..11].to_vec();
+            r.extend([0x01, writer]);
+            r.extend(forks);
+            r
+        };
+        assert!(decode::<Record>(&written(0x00, &[0x00])).is_err());
         assert_eq!(
-            decode::<Record>(&written).map(|r| r.written_by.map(|w| w.get())),
+            decode::<Record>(&written(0x07, &[0x00])).map(|r| r.written_by.map(|w| w.get())),
             Ok(Some(7))
         );
+        assert!(decode::<Record>(&written(0x07, &[0x01, 0x00, 0x02])).is_err());
+        assert_eq!(
+            decode::<Record>(&written(0x07, &[0x01, 0x05, 0x02])).map(|r| r
+                .forks
+                .iter()
+                .map(|f| (f.writer.get(), f.version.get()))
+                .collect()),
+            Ok(vec![(5, 2)])
+        );
+        // More forks than a record keeps: refused.
+        let mut five = vec![0x05];
+        five.extend([0x05, 0x02].repeat(5));
+        assert!(decode::<Record>(&written(0x07, &five)).is_err());
+        five[0] = 0x04;
+        five.truncate(9);
+        assert!(decode::<Record>(&written(0x07, &five)).is_ok());
         assert!(decode::<DirMsg>(&[0x05, 0x01, 0x6b, 0x01]).is_ok());
         assert!(decode::<DirMsg>(&[0x04, 0x01, 0x6b, 0x01, 0x61, 0x01, 0x01]).is_ok());
     }

@@ -152,3 +152,113 @@ fn a_late_acknowledgement_from_a_backup_that_was_dropped_and_chosen_again_does_n
     assert_eq!(copies[0].record.snapshot.as_deref(), Some(&b"1"[..]));
     assert!(net.dir("a").unreplicated() == 0);
 }
+
+/// A record at `version` written by `writer`, of generation 5.
+fn written(writer: Writer, version: u64) -> Record {
+    let mut r = record("k");
+    r.generation = generation(5);
+    r.write(Version::new(version), writer);
+    r
+}
+
+#[test]
+fn a_history_that_continued_from_a_writer_is_later_than_that_writers_own_versions() {
+    let wa = Writer::of(&id("a"), Epoch(1, 1));
+    let wb = Writer::of(&id("b"), Epoch(2, 1));
+    let wc = Writer::of(&id("c"), Epoch(3, 1));
+    // `a` wrote up to 12; its backup held 8 when it failed over on `b`, which wrote 9 and 10.
+    let owner = written(wa, 12);
+    let mut failed_over = written(wa, 8);
+    failed_over.write(Version::new(9), wb);
+    failed_over.write(Version::new(10), wb);
+    assert_eq!(
+        failed_over.forks,
+        vec![Fork {
+            writer: wa,
+            version: Version::new(8)
+        }]
+    );
+    assert!(failed_over.is_later_than(&owner));
+    assert!(!owner.is_later_than(&failed_over));
+    // Two steps on (failed over again from `b` to `c`): still later, whatever the versions.
+    let mut again = failed_over.clone();
+    again.write(Version::new(11), wc);
+    assert!(again.is_later_than(&owner) && again.is_later_than(&failed_over));
+    assert!(!failed_over.is_later_than(&again));
+    // Unrelated histories (no fork in common): the higher version.
+    let other = written(wc, 3);
+    assert!(owner.is_later_than(&other) && !other.is_later_than(&owner));
+    // One writer: the higher version; the same state is not later than itself.
+    assert!(owner.is_later_than(&written(wa, 11)));
+    assert!(!owner.is_later_than(&owner.clone()));
+    // Another generation is never later (another child of the key).
+    let mut newer_child = again.clone();
+    newer_child.generation = generation(6);
+    assert!(!newer_child.is_later_than(&owner) && !owner.is_later_than(&newer_child));
+}
+
+#[test]
+fn a_merge_takes_the_other_copys_history_and_forks_are_bounded() {
+    let w = |n: u64| Writer::of(&id("a"), Epoch(n, 0));
+    let mut ours = written(w(1), 4);
+    let theirs = written(w(2), 7);
+    ours.merge_history(&theirs);
+    ours.write(Version::new(8), w(1));
+    assert!(ours.is_later_than(&theirs) && !theirs.is_later_than(&ours));
+    // A writer's own history never names itself, and the oldest forks go first.
+    let mut long = written(w(10), 1);
+    for n in 11..20 {
+        long.write(Version::new(n - 9), w(n));
+    }
+    assert_eq!(long.forks.len(), MAX_FORKS);
+    assert_eq!(long.forks.last().map(|f| f.writer), Some(w(18)));
+    assert!(long.forks.iter().all(|f| Some(f.writer) != long.written_by));
+}
+
+/// The owner `a` took two updates its backup `b` never acknowledged (a partition, or a crash
+/// before they were replicated), then went away; `b` failed over from what it held and took an
+/// update. `a`'s copy coming back (its disk after a restart, or the copy it stopped when it
+/// lost its quorum) has the higher version, but only the failed-over copy carries every
+/// acknowledged state: the default conflict rule keeps it.
+#[test]
+fn a_copy_failed_over_from_the_backup_beats_the_old_owners_unacknowledged_versions() {
+    let nodes = ["a", "b", "c"];
+    let mut net = Net::new(&nodes, 8);
+    let key = key_placed(&nodes, "a", "b");
+    net.call("a", |d| d.start(1, spec(&key)));
+    net.settle();
+    net.call("a", |d| d.snapshot(&key, b"1".to_vec()));
+    net.settle();
+    // Two more updates on `a` whose replications are lost.
+    net.call("a", |d| d.snapshot(&key, b"12".to_vec()));
+    net.call("a", |d| d.snapshot(&key, b"123".to_vec()));
+    net.queue.clear();
+    let stale = net.dir("a").owned()[&key].record.clone();
+    net.crash("a");
+    let rest = [id("b"), id("c")];
+    net.call("b", |d| d.set_view(rest.iter()));
+    net.call("c", |d| d.set_view(rest.iter()));
+    net.settle();
+    assert_eq!(net.runs(&key), vec![id("b")]);
+    net.call("b", |d| d.snapshot(&key, b"1x".to_vec()));
+    net.settle();
+    let ours = net.dir("b").owned()[&key].record.clone();
+    assert!(ours.version < stale.version, "{ours:?} {stale:?}");
+    assert_eq!(ours.forks.first().map(|f| f.writer), stale.written_by);
+    assert!(!net.dir("b").is_newer_copy(&key, &stale));
+    // Met by a restarted `a`'s adoption, or a heal: `b`'s state is the one kept.
+    net.call("b", |d| d.receive(&id("a"), adopt_msg(stale.clone(), 0, 1)));
+    let merge = net
+        .log
+        .iter()
+        .rev()
+        .find_map(|(n, a)| match a {
+            Action::Merge { key: k, theirs } if *n == id("b") && *k == key => Some(theirs.clone()),
+            _ => None,
+        })
+        .expect("merged");
+    assert_eq!(merge.snapshot, stale.snapshot);
+    net.settle();
+    let merged = net.dir("b").owned()[&key].record.clone();
+    assert!(merged.is_later_than(&stale) && merged.is_later_than(&ours));
+}

@@ -16,7 +16,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use throng_core::directory::{Directory, DurableEntry};
+use throng_core::directory::{Directory, DurableEntry, Generation};
 use throng_core::NodeId;
 
 use super::host::Slot;
@@ -443,11 +443,12 @@ impl Persister {
 }
 
 /// The format of the durable entries this build writes: a two-byte header (`0xFF`, the format)
-/// then the entry in postcard. Format 2 (records without
-/// [`Record::written_by`](throng_core::directory::Record::written_by)) and format 1 (no header,
+/// then the entry in postcard. Formats 3 (records without
+/// [`Record::forks`](throng_core::directory::Record::forks)), 2 (without
+/// [`Record::written_by`](throng_core::directory::Record::written_by) either) and 1 (no header,
 /// records without [`Record::absorbed`](throng_core::directory::Record::absorbed) either) are
-/// still read.
-pub(super) const ENTRY_FORMAT: u8 = 3;
+/// still read ([`old`]).
+pub(super) const ENTRY_FORMAT: u8 = 4;
 
 /// Why a durable entry could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -465,90 +466,42 @@ pub(crate) fn encode_entry(entry: &DurableEntry) -> Result<Vec<u8>, postcard::Er
     postcard::to_extend(entry, vec![0xFF, ENTRY_FORMAT])
 }
 
-/// A stored durable entry, of this format or of formats 2 and 1 (a damaged store gives any
-/// bytes: an error, never a panic).
+/// A stored durable entry, of this format or of an older one (a damaged store gives any bytes:
+/// an error, never a panic).
 pub(crate) fn decode_entry(bytes: &[u8]) -> Result<DurableEntry, EntryError> {
     if let [0xFF, format, rest @ ..] = bytes {
-        if *format == ENTRY_FORMAT {
-            if let Ok(e) = postcard::from_bytes(rest) {
-                return Ok(e);
-            }
-        } else if *format == 2 {
-            if let Ok(e) = postcard::from_bytes::<v2::Entry>(rest) {
-                return Ok(e.into());
-            }
-        } else if *format > ENTRY_FORMAT {
-            return Err(EntryError::Newer(*format));
+        let read = match *format {
+            ENTRY_FORMAT => postcard::from_bytes(rest).ok(),
+            3 => old::read::<old::Format3>(rest),
+            2 => old::read::<Vec<Generation>>(rest),
+            f if f > ENTRY_FORMAT => return Err(EntryError::Newer(f)),
+            _ => None,
+        };
+        if let Some(e) = read {
+            return Ok(e);
         }
     }
-    // Format 1 (a varint count of records first: never `0xFF 0x02` for a real entry).
-    let v1: v1::Entry = postcard::from_bytes(bytes)?;
-    Ok(v2::Entry::from(v1).into())
+    // Format 1 (a varint count of records first: never `0xFF` then a format for a real entry).
+    Ok(postcard::from_bytes::<old::Entry<()>>(bytes)?.into())
 }
 
-/// Format 2 of the durable entries (before [`Record::written_by`](throng_core::directory::Record::written_by)).
-mod v2 {
+/// The older formats of the durable entries: the record fields of format 1, then what each later
+/// format added before this one ([`Tail`]: nothing for format 1, the absorbed generations for
+/// format 2, and the writer for format 3).
+mod old {
     use serde::Deserialize;
-    use throng_core::directory::{DurableEntry, Generation, Record, Version};
+    use throng_core::directory::{DurableEntry, Generation, Record, Version, Writer};
     use throng_core::RestartPolicy;
 
+    /// An entry of an older format.
     #[derive(Deserialize)]
-    pub(super) struct Entry {
-        pub(super) records: Vec<Rec>,
-        pub(super) buried: Vec<Generation>,
-    }
-
-    #[derive(Deserialize)]
-    pub(super) struct Rec {
-        pub(super) key: String,
-        pub(super) actor_type: String,
-        pub(super) args: Vec<u8>,
-        pub(super) policy: RestartPolicy,
-        pub(super) snapshot: Option<Vec<u8>>,
-        pub(super) version: Version,
-        pub(super) generation: Generation,
-        pub(super) absorbed: Vec<Generation>,
-    }
-
-    impl From<Entry> for DurableEntry {
-        fn from(e: Entry) -> Self {
-            DurableEntry {
-                records: e
-                    .records
-                    .into_iter()
-                    .map(|r| Record {
-                        key: r.key,
-                        actor_type: r.actor_type,
-                        args: r.args,
-                        policy: r.policy,
-                        snapshot: r.snapshot,
-                        version: r.version,
-                        generation: r.generation,
-                        absorbed: r.absorbed,
-                        written_by: None,
-                    })
-                    .collect(),
-                buried: e.buried,
-            }
-        }
-    }
-}
-
-/// Format 1 of the durable entries (before [`Record::absorbed`](throng_core::directory::Record::absorbed)):
-/// read as format 2 without absorbed generations.
-mod v1 {
-    use serde::Deserialize;
-    use throng_core::directory::{Generation, Version};
-    use throng_core::RestartPolicy;
-
-    #[derive(Deserialize)]
-    pub(super) struct Entry {
-        records: Vec<Rec>,
+    pub(super) struct Entry<T> {
+        records: Vec<Rec<T>>,
         buried: Vec<Generation>,
     }
 
     #[derive(Deserialize)]
-    struct Rec {
+    struct Rec<T> {
         key: String,
         actor_type: String,
         args: Vec<u8>,
@@ -556,15 +509,49 @@ mod v1 {
         snapshot: Option<Vec<u8>>,
         version: Version,
         generation: Generation,
+        tail: T,
     }
 
-    impl From<Entry> for super::v2::Entry {
-        fn from(e: Entry) -> Self {
-            super::v2::Entry {
-                records: e
-                    .records
-                    .into_iter()
-                    .map(|r| super::v2::Rec {
+    /// What a format's records carry after format 1's fields.
+    pub(super) trait Tail {
+        /// Fills those fields of `r`.
+        fn fill(self, r: &mut Record);
+    }
+
+    impl Tail for () {
+        fn fill(self, _: &mut Record) {}
+    }
+
+    /// Format 2: the absorbed generations.
+    impl Tail for Vec<Generation> {
+        fn fill(self, r: &mut Record) {
+            r.absorbed = self.into();
+        }
+    }
+
+    /// Format 3: the absorbed generations and the writer.
+    pub(super) type Format3 = (Vec<Generation>, Option<Writer>);
+
+    impl Tail for Format3 {
+        fn fill(self, r: &mut Record) {
+            let (absorbed, written_by) = self;
+            r.absorbed = absorbed.into();
+            r.written_by = written_by;
+        }
+    }
+
+    /// An entry of the older format whose tail is `T`, if `bytes` is one.
+    pub(super) fn read<T: Tail + for<'de> Deserialize<'de>>(bytes: &[u8]) -> Option<DurableEntry> {
+        postcard::from_bytes::<Entry<T>>(bytes).ok().map(Into::into)
+    }
+
+    impl<T: Tail> From<Entry<T>> for DurableEntry {
+        fn from(e: Entry<T>) -> Self {
+            let records = e
+                .records
+                .into_iter()
+                .map(|r| {
+                    let mut record = Record {
                         key: r.key,
                         actor_type: r.actor_type,
                         args: r.args,
@@ -572,9 +559,16 @@ mod v1 {
                         snapshot: r.snapshot,
                         version: r.version,
                         generation: r.generation,
-                        absorbed: Vec::new(),
-                    })
-                    .collect(),
+                        absorbed: Default::default(),
+                        written_by: None,
+                        forks: Default::default(),
+                    };
+                    r.tail.fill(&mut record);
+                    record
+                })
+                .collect();
+            DurableEntry {
+                records,
                 buried: e.buried,
             }
         }
@@ -584,7 +578,7 @@ mod v1 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use throng_core::directory::{Epoch, Generation, Record, StartSpec, Version, Writer};
+    use throng_core::directory::{Epoch, Record, StartSpec, Version, Writer};
     use throng_core::RestartPolicy;
 
     fn entry() -> DurableEntry {
@@ -596,9 +590,14 @@ mod tests {
         };
         let mut r = Record::new(spec, Generation::new(7).expect("not 0"));
         r.snapshot = Some(vec![9, 9]);
-        r.absorbed = vec![Generation::new(3).expect("not 0")];
-        r.version = Version::new(4);
-        r.written_by = Some(Writer::of(&NodeId::new("n2").expect("valid"), Epoch(11, 3)));
+        r.absorbed = vec![Generation::new(3).expect("not 0")].into();
+        r.version = Version::new(2);
+        r.written_by = Some(Writer::of(&NodeId::new("n1").expect("valid"), Epoch(10, 1)));
+        r.write(
+            Version::new(4),
+            Writer::of(&NodeId::new("n2").expect("valid"), Epoch(11, 3)),
+        );
+        assert_eq!(r.forks.len(), 1);
         DurableEntry {
             records: vec![r],
             buried: vec![Generation::new(5).expect("not 0")],
@@ -651,12 +650,24 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_of_format_3_is_read_without_its_forks() {
+        // Written by the build before `forks`: header `0xFF 3`, records with their writer.
+        let writer = entry().records[0].written_by.map(|w| w.get());
+        let old = old_entry(4, (vec![3u64], writer));
+        let bytes = postcard::to_extend(&old, vec![0xFF, 3]).expect("encodes");
+        let mut want = entry();
+        want.records[0].forks.clear();
+        assert_eq!(decode_entry(&bytes).expect("decodes"), want);
+    }
+
+    #[test]
     fn an_entry_of_format_2_is_read_without_its_writer() {
         // Written by the build before `written_by`: header `0xFF 2`, records with `absorbed`.
         let old = old_entry(4, vec![3u64]);
         let bytes = postcard::to_extend(&old, vec![0xFF, 2]).expect("encodes");
         let mut want = entry();
         want.records[0].written_by = None;
+        want.records[0].forks.clear();
         assert_eq!(decode_entry(&bytes).expect("decodes"), want);
     }
 
@@ -668,6 +679,7 @@ mod tests {
         want.records[0].absorbed.clear();
         want.records[0].version = Version::INITIAL;
         want.records[0].written_by = None;
+        want.records[0].forks.clear();
         assert_eq!(decode_entry(&bytes).expect("decodes"), want);
     }
 

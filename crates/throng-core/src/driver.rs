@@ -65,6 +65,14 @@ pub trait Host {
     /// coalesced (called only with [`DirConfig::durable`](crate::directory::DirConfig::durable)).
     fn touched(&mut self, keys: BTreeSet<String>);
 
+    /// Two copies of the child `key` are about to be merged ([`Host::merge`]): `ours`, the
+    /// record of the copy that runs here, and `theirs`, the other copy's; `theirs_later` tells
+    /// which one's state is the newer ([`Directory::is_newer_copy`]). For logs; ignored by
+    /// default.
+    fn merging(&mut self, key: &str, ours: &Record, theirs: &Record, theirs_later: bool) {
+        let _ = (key, ours, theirs, theirs_later);
+    }
+
     /// Merge two states of the child `key` (of type `actor_type`) that met: `ours` is the newer
     /// copy's state (the winning copy's, unless the other is a later version of the same child:
     /// [`Directory::is_newer_copy`]), `theirs` the other's. `None` keeps `ours`.
@@ -242,7 +250,11 @@ impl<R> Driver<R> {
                     .get(key)
                     .and_then(|o| o.record.snapshot.clone())
             });
-            let (ours, theirs_state) = if self.dir.is_newer_copy(key, &theirs) {
+            let later = self.dir.is_newer_copy(key, &theirs);
+            if let Some(o) = self.dir.owned().get(key) {
+                host.merging(key, &o.record, &theirs, later);
+            }
+            let (ours, theirs_state) = if later {
                 (theirs.snapshot.as_deref(), ours.as_deref())
             } else {
                 (ours.as_deref(), theirs.snapshot.as_deref())

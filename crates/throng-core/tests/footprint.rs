@@ -89,8 +89,9 @@ fn directory_bytes_per_child() {
         (both - before) as f64 / N as f64,
     );
     // A guard against regressions: 2,029 B today (2,089 B before a record's absorbed
-    // generations and forks were thin vectors, 8 bytes each when empty instead of 24; 2,029 B
-    // before records named their writer, eight bytes per record; the directory's indexes by backup, origin and wait added ~300 B
+    // generations were a thin vector, 8 bytes when empty instead of 24, which paid for its
+    // acknowledged version; 2,029 B before records named their writer, eight bytes per record;
+    // the directory's indexes by backup, origin and wait added ~300 B
     // to the ~1.7 KB before them). Most of it is the key, held as a `String` by every index:
     // the target is a few hundred bytes.
     assert!(total < 2150.0, "{total} B per child");

@@ -888,9 +888,15 @@ impl Lab {
                         self.lost[m.key] += missing;
                         lost += missing;
                     }
+                    let which: Vec<String> = v
+                        .missing
+                        .iter()
+                        .map(|m| format!("#{} {} of {}", m.key, m.value, m.acked))
+                        .collect();
                     self.note(&format!(
-                        "LOST {lost} acknowledged increments of {} counters after {after}",
-                        v.missing.len()
+                        "LOST {lost} acknowledged increments of {} counters after {after} ({})",
+                        v.missing.len(),
+                        which.join(", ")
                     ));
                     self.lossy.push(format!("{after}: {lost}"));
                     return Ok(v.extra);

@@ -240,13 +240,16 @@ impl Directory {
         // of the child (the owner's disk and this one's disagree), merged into the owner's.
         let other_state = self.backups.get(&key).is_some_and(|list| {
             list.iter()
-                .any(|c| c.awaiting && c.from == *from && c.record != record)
+                .any(|c| c.awaiting && c.from == *from && !c.record.same_state(&record))
         });
         if other_state {
             let within = BTreeSet::from([key.clone()]);
             self.release_awaiting(Some(&within), |c| c.from == *from, out);
         }
         self.keep_orphan(&key, from, epoch);
+        // Held here, hence acknowledged: a copy failed over from it starts from there.
+        let mut record = record;
+        record.acknowledged(version);
         self.put_copy(
             &key,
             Backup {
@@ -287,6 +290,7 @@ impl Directory {
         }
         if let Some(o) = self.owned.get_mut(&key) {
             if o.backup.as_ref() == Some(from) && o.epoch == epoch {
+                o.record.acknowledged(version);
                 out.push(Action::Replicated {
                     key: key.clone(),
                     version,

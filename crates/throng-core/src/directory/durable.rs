@@ -67,7 +67,7 @@ impl Directory {
             // Copies waiting to be merged into it are its state too until merged (one may be
             // newer than the record that runs).
             for r in o.merging.as_deref().into_iter().chain(&o.merges) {
-                if !records.contains(r) {
+                if !records.iter().any(|k| k.same_state(r)) {
                     records.push(r.clone());
                 }
             }
@@ -80,7 +80,7 @@ impl Directory {
             .flatten()
             .map(|b| &b.record);
         for r in held.chain(preloaded.into_iter().flat_map(|e| &e.records)) {
-            if !records.contains(r) {
+            if !records.iter().any(|k| k.same_state(r)) {
                 records.push(r.clone());
             }
         }
@@ -146,13 +146,17 @@ impl Directory {
             }
             let mut records: Vec<Record> = Vec::new();
             for r in entry.records {
-                if r.key != key || self.buried(&key, r.generation) || records.contains(&r) {
+                if r.key != key
+                    || self.buried(&key, r.generation)
+                    || records.iter().any(|k| k.same_state(&r))
+                {
                     continue;
                 }
                 records.push(r);
             }
-            // The newest first: the copy the others meet (they are merged into it).
-            records.sort_by_key(|r| std::cmp::Reverse(r.version));
+            // The latest first ([`Record::is_later_than`]): the copy the others meet (they
+            // are merged into it).
+            records.sort_by_key(|r| std::cmp::Reverse((r.acked, r.version)));
             if let [r] = records.as_slice() {
                 if let Some(owner) = self.awaited_owner(&key) {
                     recovered += 1;
@@ -162,7 +166,7 @@ impl Directory {
                     });
                     match held_from_owner {
                         // The owner replicated it here already (its messages came first).
-                        Some(b) if b.record == *r => continue,
+                        Some(b) if b.record.same_state(r) => continue,
                         // Another state of it: an orphan, merged into the owner's.
                         Some(_) => {}
                         None => {
@@ -602,8 +606,17 @@ mod tests {
                 buried: Vec::new(),
             },
         )]);
-        assert!(d.is_newer_copy("k", &record("k", 5, 4, 4)));
-        assert!(!d.is_newer_copy("k", &record("k", 5, 3, 3)));
+        // Alone, the recovered copy needs no backup: all of it counts as acknowledged.
+        assert_eq!(d.owned()["k"].record.acked, Version::new(3));
+        let acked = |version, acked| {
+            let mut r = record("k", 5, version, version as u8);
+            r.acknowledged(Version::new(acked));
+            r
+        };
+        assert!(d.is_newer_copy("k", &acked(4, 4)));
+        assert!(!d.is_newer_copy("k", &acked(3, 3)));
+        // A higher version of which less was acknowledged is not the newer state.
+        assert!(!d.is_newer_copy("k", &acked(9, 2)));
         assert!(
             !d.is_newer_copy("k", &record("k", 6, 9, 9)),
             "another child"

@@ -60,7 +60,7 @@ impl Directory {
         let others: Vec<Record> = self
             .remove_copies(&key, |_| true)
             .into_iter()
-            .filter(|b| b.record.snapshot.is_some() && b.record != record)
+            .filter(|b| b.record.snapshot.is_some() && !b.record.same_state(&record))
             .map(|b| b.record)
             .collect();
         let backup = self.backup_of(&key).filter(|b| *b != self.config.me);
@@ -126,6 +126,7 @@ impl Directory {
         if let Some(o) = self.owned.get_mut(key) {
             if o.backup.is_none() {
                 o.acked = true;
+                o.record.acknowledged(o.record.version);
                 out.push(Action::Replicated {
                     key: key.to_owned(),
                     version: o.record.version,
@@ -243,10 +244,13 @@ impl Directory {
                     out.push(send(b, o.replicate()));
                 }
                 // No other node to back it up.
-                None => out.push(Action::Replicated {
-                    key: key.to_owned(),
-                    version: o.record.version,
-                }),
+                None => {
+                    o.record.acknowledged(o.record.version);
+                    out.push(Action::Replicated {
+                        key: key.to_owned(),
+                        version: o.record.version,
+                    });
+                }
             }
         }
         self.checked(out)
@@ -365,13 +369,15 @@ impl Directory {
         };
         let theirs = o.merging.take();
         let theirs_version = theirs.as_ref().map_or(Version::INITIAL, |r| r.version);
-        if let Some(r) = &theirs {
-            o.record.merge_history(r);
-        }
         if let Some(s) = merged {
             o.record.snapshot = Some(s);
         }
         o.write(o.record.version.max(theirs_version).next(), &self.config.me);
+        // The merged state holds what was acknowledged of the other copy's history too (it is
+        // later than that copy, should a stale copy of it come back).
+        if let Some(r) = &theirs {
+            o.record.acknowledged(r.acked);
+        }
         match o.phase {
             Phase::Merging => {
                 if self.owner(key).is_some_and(|n| n != self.config.me) {

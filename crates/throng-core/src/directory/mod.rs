@@ -115,8 +115,7 @@ use removal::{Removal, Source};
 pub use check::Broken;
 pub use durable::DurableEntry;
 pub use msg::{
-    DirMsg, Epoch, Fork, Generation, Holder, Record, StartSpec, Tag, Version, Writer, MAX_ABSORBED,
-    MAX_FORKS,
+    DirMsg, Epoch, Generation, Holder, Record, StartSpec, Tag, Version, Writer, MAX_ABSORBED,
 };
 
 /// Where a key lives, given the eligible nodes. The ring ([`Uniform`]) is the default.

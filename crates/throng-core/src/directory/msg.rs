@@ -163,30 +163,16 @@ pub struct Record {
     /// same version with the same bytes; only the writer tells that these are two states (two
     /// updates to merge), not one kept twice.
     pub written_by: Option<Writer>,
-    /// The states of other copies this record's history continued from, the newest last, at
-    /// most [`MAX_FORKS`]: when a copy writes its first version after taking another copy's
-    /// record (a failover from a backup, a recovery from disk, a hand-off, a merge), the state it
-    /// took is kept here. A copy whose history contains another's writer carries that copy's
-    /// history up to the fork and continued it elsewhere; the other copy's later versions never
-    /// reached it (a failover takes what the backup held: a reply that waits for the backup was
-    /// never sent for them), so they lose to it whatever their version
-    /// ([`Record::is_later_than`]).
-    #[serde(deserialize_with = "at_most::<_, _, MAX_FORKS>")]
-    pub forks: ThinVec<Fork>,
+    /// The newest version of this record's history that a backup acknowledged holding (or that
+    /// needed no backup: no other node to hold one) — the newest state a reply that waits for
+    /// the backup ([`Action::Replicated`]) may have told a caller about. A backup's copy is
+    /// acknowledged as it is stored, so its `acked` is its version, and a copy failed over from
+    /// it starts there; an owner's versions past it were never acknowledged. When two copies of
+    /// a child diverged (a failover while the owner was cut off, or the owner's disk after a
+    /// restart), the one with the higher `acked` carries acknowledged states the other lacks:
+    /// it is the later state ([`Record::is_later_than`]), whatever the versions.
+    pub acked: Version,
 }
-
-/// A state a [`Record`]'s history continued from on another copy ([`Record::forks`]): the
-/// version that copy's writer had written when another copy took it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Fork {
-    /// The copy that wrote the state.
-    pub writer: Writer,
-    /// Its version then.
-    pub version: Version,
-}
-
-/// How many forks a [`Record`] remembers ([`Record::forks`]).
-pub const MAX_FORKS: usize = 4;
 
 /// Decodes a list of at most `N` elements: a longer one (which no build writes) is an error,
 /// not a record that holds more than its bound.
@@ -266,72 +252,36 @@ impl Record {
             generation,
             absorbed: ThinVec::new(),
             written_by: None,
-            forks: ThinVec::new(),
+            acked: Version::INITIAL,
         }
     }
 
     /// Whether this record is a later state of the same child than `other`: the same
-    /// generation, and either this record's history continued from `other`'s writer (so
-    /// `other`'s versions past the fork are a branch this history left behind), or, when neither
-    /// history contains the other's writer, a higher version. A copy failed over from a backup
-    /// thus beats the versions its old owner wrote past what the backup held (a restarted
-    /// owner's disk, a cut-off owner's unacknowledged calls), however many they are.
+    /// generation, and a higher version of the same copy's writing ([`Record::written_by`]: one
+    /// history, of which `other` is a prefix); of two histories, the one with more of it
+    /// acknowledged ([`Record::acked`]) or, as much, the higher version. A copy failed over from a backup that took acknowledged calls thus beats
+    /// the versions its old owner wrote past what the backup held (a restarted owner's disk, a
+    /// cut-off owner's unacknowledged calls), however many they are; and a copy that a cut-off
+    /// minority failed over, which no backup acknowledged, beats none of the majority's.
     pub fn is_later_than(&self, other: &Record) -> bool {
         if self.generation != other.generation {
             return false;
         }
-        if self.written_by != other.written_by {
-            let descends = |a: &Record, b: &Record| {
-                b.written_by
-                    .is_some_and(|w| a.forks.iter().any(|f| f.writer == w))
-            };
-            match (descends(self, other), descends(other, self)) {
-                (true, false) => return true,
-                (false, true) => return false,
-                _ => {}
-            }
+        if self.written_by.is_some() && self.written_by == other.written_by {
+            return self.version > other.version;
         }
-        self.version > other.version
+        (self.acked, self.version) > (other.acked, other.version)
     }
 
-    /// This record's state is continued by the copy `writer` at `version`: the state it
-    /// continues from joins [`Record::forks`] when another copy wrote it.
+    /// This record's state is now `version`, written by the copy `writer`.
     pub fn write(&mut self, version: Version, writer: Writer) {
-        if let Some(w) = self.written_by.filter(|w| *w != writer) {
-            self.add_fork(Fork {
-                writer: w,
-                version: self.version,
-            });
-        }
-        self.forks.retain(|f| f.writer != writer);
         self.version = version;
         self.written_by = Some(writer);
     }
 
-    /// `theirs`, another copy's record, was merged into this one: its history (its writer and
-    /// the forks it continued from) is part of this record's.
-    pub fn merge_history(&mut self, theirs: &Record) {
-        let own = self.written_by;
-        let written = theirs.written_by.map(|writer| Fork {
-            writer,
-            version: theirs.version,
-        });
-        for f in theirs.forks.iter().copied().chain(written) {
-            if Some(f.writer) != own {
-                self.add_fork(f);
-            }
-        }
-    }
-
-    /// Adds `fork` (or raises the version of its writer's), dropping the oldest past
-    /// [`MAX_FORKS`].
-    fn add_fork(&mut self, fork: Fork) {
-        match self.forks.iter_mut().find(|f| f.writer == fork.writer) {
-            Some(f) => f.version = f.version.max(fork.version),
-            None => self.forks.push(fork),
-        }
-        let over = self.forks.len().saturating_sub(MAX_FORKS);
-        self.forks.drain(..over);
+    /// A backup holds this record's state up to `version` (or it needs none).
+    pub fn acknowledged(&mut self, version: Version) {
+        self.acked = self.acked.max(version.min(self.version));
     }
 
     /// Whether `other` is the same state of the same child: same generation, version, writer

@@ -9,8 +9,18 @@ use crate::NodeId;
 
 impl Directory {
     /// A message from the directory on `from`.
-    pub fn receive(&mut self, from: &NodeId, msg: DirMsg) -> Vec<Action> {
+    pub fn receive(&mut self, from: &NodeId, mut msg: DirMsg) -> Vec<Action> {
         let mut out = Vec::new();
+        if let DirMsg::Adopt {
+            record,
+            moved: true,
+            ..
+        } = &mut msg
+        {
+            // A graceful move: the sender's running copy, all of whose state is now held here
+            // too (as a backup holds what it acknowledges).
+            record.acknowledged(record.version);
+        }
         if self.quorum_lost && self.refused_without_quorum(from, &msg, &mut out) {
             return self.checked(out);
         }

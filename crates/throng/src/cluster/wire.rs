@@ -1195,9 +1195,8 @@ mod tests {
         };
         let mut record = Record::new(spec.clone(), g);
         record.snapshot = Some(vec![2]);
-        record.version = Version::new(3);
-        record.written_by = Some(Writer::of(&n("c"), Epoch(1, 2)));
         record.write(Version::new(3), Writer::of(&n("a"), e));
+        record.acknowledged(Version::new(2));
         let holder = Holder {
             node: n("b"),
             origin: n("a"),
@@ -1275,8 +1274,8 @@ mod tests {
 
     const DIRECTORY_GOLDEN: &[&str] = &[
         "StartSpec 016b0174010101",
-        "Record 016b017401010101010203ac020001eaf4c2e383bcfce1be0101fbdb9c85f1e8a5e8dc0103",
-        "DirMsg 00016b017401010101010203ac020001eaf4c2e383bcfce1be0101fbdb9c85f1e8a5e8dc01030405",
+        "Record 016b017401010101010203ac020001eaf4c2e383bcfce1be0102",
+        "DirMsg 00016b017401010101010203ac020001eaf4c2e383bcfce1be01020405",
         "DirMsg 01016b030405",
         "DirMsg 02016b016100040500",
         "DirMsg 02016b01610106040501ac02",
@@ -1285,7 +1284,7 @@ mod tests {
         "DirMsg 05016bac02",
         "DirMsg 0601016bac02",
         "DirMsg 07016b01610600",
-        "DirMsg 08016b017401010101010203ac020001eaf4c2e383bcfce1be0101fbdb9c85f1e8a5e8dc0103010601016201610106040501",
+        "DirMsg 08016b017401010101010203ac020001eaf4c2e383bcfce1be0102010601016201610106040501",
         "DirMsg 0901016b0405",
         "DirMsg 0a016b",
         "DirMsg 0b01",
@@ -1333,7 +1332,7 @@ mod tests {
     fn a_zero_generation_or_tag_is_a_decode_error() {
         use throng_core::directory::{DirMsg, Record};
         // A record of generation 0 (what a start request carried before version 6), no
-        // absorbed generations, no writer, no forks.
+        // absorbed generations, no writer, nothing acknowledged.
         let mut record = [
             0x01, 0x6b, 0x01, 0x74, 0x01, 0x01, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
         ];
@@ -1344,34 +1343,30 @@ mod tests {
         // The same with a 1 decode.
         record[9] = 0x01;
         assert_eq!(decode::<Record>(&record).map(|r| r.generation.get()), Ok(1));
-        // A writer of fingerprint 0 is no writer (nor is a fork's).
-        let written = |writer: u8, forks: &[u8]| {
+        // A writer of fingerprint 0 is no writer.
+        let written = |writer: u8| {
             let mut r = record[..11].to_vec();
-            r.extend([0x01, writer]);
-            r.extend(forks);
+            r.extend([0x01, writer, 0x00]);
             r
         };
-        assert!(decode::<Record>(&written(0x00, &[0x00])).is_err());
+        assert!(decode::<Record>(&written(0x00)).is_err());
         assert_eq!(
-            decode::<Record>(&written(0x07, &[0x00])).map(|r| r.written_by.map(|w| w.get())),
+            decode::<Record>(&written(0x07)).map(|r| r.written_by.map(|w| w.get())),
             Ok(Some(7))
         );
-        assert!(decode::<Record>(&written(0x07, &[0x01, 0x00, 0x02])).is_err());
+        // More absorbed generations than a record keeps: refused.
+        let absorbing = |n: u8| {
+            let mut r = record[..10].to_vec();
+            r.push(n);
+            r.extend(std::iter::repeat_n(0x01, n.into()));
+            r.extend([0x00, 0x00]);
+            r
+        };
         assert_eq!(
-            decode::<Record>(&written(0x07, &[0x01, 0x05, 0x02])).map(|r| r
-                .forks
-                .iter()
-                .map(|f| (f.writer.get(), f.version.get()))
-                .collect()),
-            Ok(vec![(5, 2)])
+            decode::<Record>(&absorbing(8)).map(|r| r.absorbed.len()),
+            Ok(8)
         );
-        // More forks than a record keeps: refused.
-        let mut five = vec![0x05];
-        five.extend([0x05, 0x02].repeat(5));
-        assert!(decode::<Record>(&written(0x07, &five)).is_err());
-        five[0] = 0x04;
-        five.truncate(9);
-        assert!(decode::<Record>(&written(0x07, &five)).is_ok());
+        assert!(decode::<Record>(&absorbing(9)).is_err());
         assert!(decode::<DirMsg>(&[0x05, 0x01, 0x6b, 0x01]).is_ok());
         assert!(decode::<DirMsg>(&[0x04, 0x01, 0x6b, 0x01, 0x61, 0x01, 0x01]).is_ok());
     }

@@ -153,66 +153,44 @@ fn a_late_acknowledgement_from_a_backup_that_was_dropped_and_chosen_again_does_n
     assert!(net.dir("a").unreplicated() == 0);
 }
 
-/// A record at `version` written by `writer`, of generation 5.
-fn written(writer: Writer, version: u64) -> Record {
+/// A record of generation 5 written by a copy on `node` at `version`, of which a backup
+/// acknowledged `acked`.
+fn held(node: &str, version: u64, acked: u64) -> Record {
     let mut r = record("k");
     r.generation = generation(5);
-    r.write(Version::new(version), writer);
+    r.write(Version::new(version), Writer::of(&id(node), Epoch(1, 1)));
+    r.acknowledged(Version::new(acked));
     r
 }
 
 #[test]
-fn a_history_that_continued_from_a_writer_is_later_than_that_writers_own_versions() {
-    let wa = Writer::of(&id("a"), Epoch(1, 1));
-    let wb = Writer::of(&id("b"), Epoch(2, 1));
-    let wc = Writer::of(&id("c"), Epoch(3, 1));
-    // `a` wrote up to 12; its backup held 8 when it failed over on `b`, which wrote 9 and 10.
-    let owner = written(wa, 12);
-    let mut failed_over = written(wa, 8);
-    failed_over.write(Version::new(9), wb);
-    failed_over.write(Version::new(10), wb);
-    assert_eq!(
-        failed_over.forks,
-        vec![Fork {
-            writer: wa,
-            version: Version::new(8)
-        }]
-    );
-    assert!(failed_over.is_later_than(&owner));
-    assert!(!owner.is_later_than(&failed_over));
-    // Two steps on (failed over again from `b` to `c`): still later, whatever the versions.
-    let mut again = failed_over.clone();
-    again.write(Version::new(11), wc);
-    assert!(again.is_later_than(&owner) && again.is_later_than(&failed_over));
-    assert!(!failed_over.is_later_than(&again));
-    // Unrelated histories (no fork in common): the higher version.
-    let other = written(wc, 3);
-    assert!(owner.is_later_than(&other) && !other.is_later_than(&owner));
-    // One writer: the higher version; the same state is not later than itself.
-    assert!(owner.is_later_than(&written(wa, 11)));
+fn a_record_with_more_of_its_history_acknowledged_is_the_later_state() {
+    // The owner wrote up to 12, its backup acknowledged 8; failed over from the backup, a copy
+    // took calls up to 10, all acknowledged: it is later, though its version is lower.
+    let owner = held("a", 12, 8);
+    let failed_over = held("b", 10, 10);
+    assert!(failed_over.is_later_than(&owner) && !owner.is_later_than(&failed_over));
+    // A cut-off minority failed over from a backup of version 234 and wrote 235 (its final
+    // snapshot as it stopped for the quorum), never acknowledged; the majority's copy went on
+    // to 1,724, acknowledged up to 1,723: the majority's is later, though the minority's copy
+    // continued from it.
+    let minority = held("c", 235, 234);
+    let majority = held("a", 1724, 1723);
+    assert!(majority.is_later_than(&minority) && !minority.is_later_than(&majority));
+    // As much acknowledged: the higher version; a state is not later than itself.
+    assert!(held("a", 11, 8).is_later_than(&held("b", 9, 8)));
     assert!(!owner.is_later_than(&owner.clone()));
+    // One copy's history: its later version, whatever was acknowledged of it (a hand-off's
+    // final snapshot beside the backup's copy of the state before).
+    let backup_copy = held("a", 2, 2);
+    let handed_off = held("a", 3, 1);
+    assert!(handed_off.is_later_than(&backup_copy) && !backup_copy.is_later_than(&handed_off));
+    // Acknowledged is never past the version written.
+    assert_eq!(held("a", 3, 7).acked, Version::new(3));
     // Another generation is never later (another child of the key).
-    let mut newer_child = again.clone();
+    let mut newer_child = held("b", 20, 20);
     newer_child.generation = generation(6);
     assert!(!newer_child.is_later_than(&owner) && !owner.is_later_than(&newer_child));
-}
-
-#[test]
-fn a_merge_takes_the_other_copys_history_and_forks_are_bounded() {
-    let w = |n: u64| Writer::of(&id("a"), Epoch(n, 0));
-    let mut ours = written(w(1), 4);
-    let theirs = written(w(2), 7);
-    ours.merge_history(&theirs);
-    ours.write(Version::new(8), w(1));
-    assert!(ours.is_later_than(&theirs) && !theirs.is_later_than(&ours));
-    // A writer's own history never names itself, and the oldest forks go first.
-    let mut long = written(w(10), 1);
-    for n in 11..20 {
-        long.write(Version::new(n - 9), w(n));
-    }
-    assert_eq!(long.forks.len(), MAX_FORKS);
-    assert_eq!(long.forks.last().map(|f| f.writer), Some(w(18)));
-    assert!(long.forks.iter().all(|f| Some(f.writer) != long.written_by));
 }
 
 /// The owner `a` took two updates its backup `b` never acknowledged (a partition, or a crash
@@ -244,7 +222,8 @@ fn a_copy_failed_over_from_the_backup_beats_the_old_owners_unacknowledged_versio
     net.settle();
     let ours = net.dir("b").owned()[&key].record.clone();
     assert!(ours.version < stale.version, "{ours:?} {stale:?}");
-    assert_eq!(ours.forks.first().map(|f| f.writer), stale.written_by);
+    // `a` knew its backup held version 1; `b`'s copy started there and `c` acknowledged 2.
+    assert_eq!((stale.acked.get(), ours.acked.get()), (1, 2));
     assert!(!net.dir("b").is_newer_copy(&key, &stale));
     // Met by a restarted `a`'s adoption, or a heal: `b`'s state is the one kept.
     net.call("b", |d| d.receive(&id("a"), adopt_msg(stale.clone(), 0, 1)));
@@ -261,4 +240,7 @@ fn a_copy_failed_over_from_the_backup_beats_the_old_owners_unacknowledged_versio
     net.settle();
     let merged = net.dir("b").owned()[&key].record.clone();
     assert!(merged.is_later_than(&stale) && merged.is_later_than(&ours));
+    // The backup's copy is acknowledged as stored.
+    let copy = &net.dir("c").backups()[&key][0].record;
+    assert_eq!((copy.version, copy.acked), (merged.version, merged.version));
 }

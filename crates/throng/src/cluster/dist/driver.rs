@@ -352,6 +352,26 @@ impl Host for Runtime {
         }
     }
 
+    fn merging(&mut self, key: &str, ours: &Record, theirs: &Record, theirs_later: bool) {
+        let show = |r: &Record| {
+            format!(
+                "v{} (acknowledged {}) by {:x}",
+                r.version.get(),
+                r.acked.get(),
+                r.written_by.map_or(0, |w| w.get()),
+            )
+        };
+        let supervisor = self.dist.upgrade().map(|d| d.name.clone());
+        tracing::debug!(
+            supervisor = supervisor.as_deref().unwrap_or_default(),
+            key,
+            ours = %show(ours),
+            theirs = %show(theirs),
+            kept = if theirs_later { "theirs" } else { "ours" },
+            "merging two copies"
+        );
+    }
+
     fn merge(
         &mut self,
         key: &str,

@@ -444,7 +444,7 @@ impl Persister {
 
 /// The format of the durable entries this build writes: a two-byte header (`0xFF`, the format)
 /// then the entry in postcard. Formats 3 (records without
-/// [`Record::forks`](throng_core::directory::Record::forks)), 2 (without
+/// [`Record::acked`](throng_core::directory::Record::acked)), 2 (without
 /// [`Record::written_by`](throng_core::directory::Record::written_by) either) and 1 (no header,
 /// records without [`Record::absorbed`](throng_core::directory::Record::absorbed) either) are
 /// still read ([`old`]).
@@ -561,9 +561,12 @@ mod old {
                         generation: r.generation,
                         absorbed: Default::default(),
                         written_by: None,
-                        forks: Default::default(),
+                        acked: Version::INITIAL,
                     };
                     r.tail.fill(&mut record);
+                    // What a backup acknowledged was not kept: taken as the version, which
+                    // orders these records as the build that wrote them did (by version).
+                    record.acked = record.version;
                     record
                 })
                 .collect();
@@ -591,13 +594,11 @@ mod tests {
         let mut r = Record::new(spec, Generation::new(7).expect("not 0"));
         r.snapshot = Some(vec![9, 9]);
         r.absorbed = vec![Generation::new(3).expect("not 0")].into();
-        r.version = Version::new(2);
-        r.written_by = Some(Writer::of(&NodeId::new("n1").expect("valid"), Epoch(10, 1)));
         r.write(
             Version::new(4),
             Writer::of(&NodeId::new("n2").expect("valid"), Epoch(11, 3)),
         );
-        assert_eq!(r.forks.len(), 1);
+        r.acknowledged(Version::new(3));
         DurableEntry {
             records: vec![r],
             buried: vec![Generation::new(5).expect("not 0")],
@@ -650,13 +651,13 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_of_format_3_is_read_without_its_forks() {
-        // Written by the build before `forks`: header `0xFF 3`, records with their writer.
+    fn an_entry_of_format_3_is_read_as_acknowledged_up_to_its_version() {
+        // Written by the build before `acked`: header `0xFF 3`, records with their writer.
         let writer = entry().records[0].written_by.map(|w| w.get());
         let old = old_entry(4, (vec![3u64], writer));
         let bytes = postcard::to_extend(&old, vec![0xFF, 3]).expect("encodes");
         let mut want = entry();
-        want.records[0].forks.clear();
+        want.records[0].acked = want.records[0].version;
         assert_eq!(decode_entry(&bytes).expect("decodes"), want);
     }
 
@@ -667,7 +668,7 @@ mod tests {
         let bytes = postcard::to_extend(&old, vec![0xFF, 2]).expect("encodes");
         let mut want = entry();
         want.records[0].written_by = None;
-        want.records[0].forks.clear();
+        want.records[0].acked = want.records[0].version;
         assert_eq!(decode_entry(&bytes).expect("decodes"), want);
     }
 
@@ -679,7 +680,7 @@ mod tests {
         want.records[0].absorbed.clear();
         want.records[0].version = Version::INITIAL;
         want.records[0].written_by = None;
-        want.records[0].forks.clear();
+        want.records[0].acked = want.records[0].version;
         assert_eq!(decode_entry(&bytes).expect("decodes"), want);
     }
 

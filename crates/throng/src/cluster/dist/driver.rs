@@ -370,6 +370,14 @@ impl Host for Runtime {
             kept = if theirs_later { "theirs" } else { "ours" },
             "merging two copies"
         );
+        if theirs_later {
+            // The other copy's state is the merge's `ours`: the states of this copy that the
+            // backup has not acknowledged may not be kept (they are not, with the default
+            // `resolve_conflict`), so the replies that wait for them are not sent.
+            for s in self.replicating.get(key).into_iter().flatten() {
+                s.abandoned();
+            }
+        }
     }
 
     fn merge(
@@ -879,11 +887,17 @@ impl Task {
                 };
                 self.driver.exited(rt, &key, exit, self.epoch.elapsed());
                 // The final state is in the record: its replies wait for the backup to hold it
-                // if the record stays here; if it left (handed off, removed, stopped for a lost
-                // quorum), for the disk only.
-                match self.driver.directory().owned().get(&*key) {
+                // if the record stays here; if it left (handed off, removed), for the disk only;
+                // if it was stopped for a lost quorum, they are not sent (see `Slot::abandoned`).
+                let dir = self.driver.directory();
+                match dir.owned().get(&*key) {
                     Some(o) if holds => r.slot.final_as(o.record.version),
                     Some(_) => {}
+                    None if !dir.has_quorum() => {
+                        for s in rt.replicating.remove(&key).into_iter().flatten() {
+                            s.abandoned();
+                        }
+                    }
                     None => {
                         for s in rt.replicating.remove(&key).into_iter().flatten() {
                             s.exited();

@@ -175,8 +175,19 @@ impl Slot {
         });
     }
 
-    /// The child exited and its record left this node (handed off, removed, stopped for a lost
-    /// quorum): replies no longer wait for its backup.
+    /// The child was stopped for a lost quorum with replies still waiting for its backup: the
+    /// other side fails the child over from that backup, which may lack the states they saw, so
+    /// they are not sent (each caller gets an error: the call's effect may or may not be kept).
+    pub(crate) fn abandoned(&self) {
+        let Some(held) = &self.held else {
+            return;
+        };
+        let dropped = std::mem::take(&mut lock(held).waiting);
+        drop(dropped);
+    }
+
+    /// The child exited and its record left this node (handed off, with the state the replies
+    /// saw; or removed): replies no longer wait for its backup.
     pub(crate) fn exited(&self) {
         self.release(|h| {
             h.replicated = u64::MAX;
@@ -465,5 +476,39 @@ mod tests {
         assert!(!done.load(Ordering::SeqCst));
         slot.durable(u64::MAX);
         assert!(done.load(Ordering::SeqCst));
+    }
+    /// A child stopped for a lost quorum (or whose copy lost a merge to a later one) with
+    /// replies waiting for its backup: they are never sent, whatever is acknowledged or made
+    /// durable later, and their senders are dropped (each caller gets an error, not a hang).
+    #[test]
+    fn replies_of_an_abandoned_copy_are_dropped_not_sent() {
+        let slot = Slot::new(true);
+        produce(&slot, 1);
+        let done = reply(&slot);
+        // A second reply holding a sender (standing for the reply channel).
+        let sender = Arc::new(AtomicBool::new(false));
+        {
+            let s = sender.clone();
+            let mut h = lock(slot.held.as_ref().expect("sync"));
+            let seq = h.produced;
+            h.waiting
+                .push_back((seq, Box::new(move || s.store(true, Ordering::SeqCst))));
+        }
+        slot.take_pending();
+        slot.taken_as(Version::new(2));
+        slot.abandoned();
+        slot.durable(u64::MAX);
+        slot.replicated(Version::new(9));
+        slot.exited();
+        assert!(
+            !done.load(Ordering::SeqCst),
+            "an unacknowledged state's reply was sent"
+        );
+        assert_eq!(
+            Arc::strong_count(&sender),
+            1,
+            "the reply was kept, not dropped"
+        );
+        assert!(!slot.holds());
     }
 }

@@ -119,7 +119,11 @@ proptest! {
         }
     }
 
-    /// (d) With 128 vnodes and 3 to 10 nodes, every node owns between 0.6/n and 1.5/n of the keys.
+    /// (d) With 128 vnodes and 3 to 10 nodes, every node owns between 0.5/n and 1.75/n of the keys.
+    /// The spread is the ring's own, not the hash's: over 2,000 random sets of 8 names the most
+    /// loaded node's arc averaged 1.13x its fair share and reached 1.54x (1.59x with
+    /// `xxh3_64_with_seed(name, i)` points instead), so a bound of 1.5x failed a case in a few
+    /// thousand (`j-` among 8 names: 1.50x of the ring, 1.54x of 10,000 keys).
     #[test]
     fn load_is_balanced(nodes in names(3..=10), salt in any::<u64>()) {
         let ring = ring_of(&nodes);
@@ -133,7 +137,7 @@ proptest! {
         for (node, count) in ring.nodes().iter().zip(owned) {
             let share = count as f64 / keys.len() as f64;
             prop_assert!(
-                (0.6 * fair..=1.5 * fair).contains(&share),
+                (0.5 * fair..=1.75 * fair).contains(&share),
                 "{node} owns {share:.4} of the keys; fair share is {fair:.4}"
             );
         }

@@ -149,6 +149,13 @@ pub struct Context<A: Actor> {
     observer: Option<Box<dyn Observer<A>>>,
 }
 
+/// Why a held reply failed ([`Observer::hold`]): the call was handled, but the copy of the
+/// distributed child that handled it stopped before the state it produced was safe (it lost its
+/// quorum, or lost a conflict to a later copy). Its effect may or may not be kept; the caller
+/// sees [`CallError::Failed`](crate::CallError::Failed) and the call is not sent again.
+pub(crate) const UNCONFIRMED: &str =
+    "the copy that handled the call stopped before its state was safe; its effect may or may not be kept";
+
 /// Watches an actor from inside its task: after each handled message and once when it stops.
 /// Used by the runtime (not by users) to snapshot the state of distributed children.
 pub(crate) trait Observer<A>: Send + Sync {
@@ -160,9 +167,11 @@ pub(crate) trait Observer<A>: Send + Sync {
         false
     }
     /// Called after [`Observer::after_message`] of a call when [`Observer::holds_replies`]:
-    /// `release` sends the reply; the observer runs it when the reply may go.
-    fn hold(&mut self, release: Box<dyn FnOnce() + Send>) {
-        release()
+    /// `release(true)` sends the reply; the observer runs it when the reply may go, or runs
+    /// `release(false)` when the state the call produced may not be kept (the caller gets
+    /// [`UNCONFIRMED`] as the call's failure, never sent again).
+    fn hold(&mut self, release: Box<dyn FnOnce(bool) + Send>) {
+        release(true)
     }
     /// The actor stopped (after `stopped` ran) with `reason`.
     fn on_stop(&mut self, actor: &A, reason: &ExitReason);
@@ -501,7 +510,13 @@ async fn serve<A: Actor>(actor: &mut A, ctx: &mut Context<A>) -> ExitReason {
             Ok(value) => match (reply, ctx.observer.as_mut()) {
                 (Some(reply), Some(o)) if o.holds_replies() => {
                     o.after_message(actor);
-                    o.hold(Box::new(move || reply.send(Ok(value))));
+                    o.hold(Box::new(move |kept| {
+                        reply.send(if kept {
+                            Ok(value)
+                        } else {
+                            Err(ExitReason::Error(UNCONFIRMED.into()))
+                        })
+                    }));
                 }
                 (reply, o) => {
                     if let Some(reply) = reply {

@@ -27,7 +27,7 @@ pub(crate) struct Slot {
 }
 
 /// A reply that waits for the state it saw to be durable.
-pub(crate) type Release = Box<dyn FnOnce() + Send>;
+pub(crate) type Release = Box<dyn FnOnce(bool) + Send>;
 
 /// The replies of a `Sync` child waiting for durability, and how far its snapshots got. A
 /// snapshot's sequence number counts the snapshots the child produced; a reply waits for the
@@ -138,7 +138,7 @@ impl Slot {
             h.ready()
         };
         for release in ready {
-            release();
+            release(true);
         }
     }
 
@@ -175,15 +175,18 @@ impl Slot {
         });
     }
 
-    /// The child was stopped for a lost quorum with replies still waiting for its backup: the
-    /// other side fails the child over from that backup, which may lack the states they saw, so
-    /// they are not sent (each caller gets an error: the call's effect may or may not be kept).
+    /// The child was stopped for a lost quorum (or its copy lost a merge to a later one) with
+    /// replies still waiting for its backup: the other side fails the child over from that
+    /// backup, which may lack the states they saw, so they fail instead (each caller gets an
+    /// error that is not retried: the call's effect may or may not be kept).
     pub(crate) fn abandoned(&self) {
         let Some(held) = &self.held else {
             return;
         };
-        let dropped = std::mem::take(&mut lock(held).waiting);
-        drop(dropped);
+        let waiting = std::mem::take(&mut lock(held).waiting);
+        for (_, release) in waiting {
+            release(false);
+        }
     }
 
     /// The child exited and its record left this node (handed off, with the state the replies
@@ -265,13 +268,13 @@ impl<A: Keyed> Observer<A> for SnapObserver<A> {
 
     fn hold(&mut self, release: Release) {
         let Some(held) = &self.slot.held else {
-            return release();
+            return release(true);
         };
         let mut h = lock(held);
         let seq = h.produced;
         if seq <= h.durable.min(h.replicated) {
             drop(h);
-            release();
+            release(true);
         } else {
             h.waiting.push_back((seq, release));
         }
@@ -395,7 +398,7 @@ mod tests {
         let mut h = lock(slot.held.as_ref().expect("sync"));
         let seq = h.produced;
         h.waiting
-            .push_back((seq, Box::new(move || d.store(true, Ordering::SeqCst))));
+            .push_back((seq, Box::new(move |ok| d.store(ok, Ordering::SeqCst))));
         done
     }
 
@@ -479,20 +482,20 @@ mod tests {
     }
     /// A child stopped for a lost quorum (or whose copy lost a merge to a later one) with
     /// replies waiting for its backup: they are never sent, whatever is acknowledged or made
-    /// durable later, and their senders are dropped (each caller gets an error, not a hang).
+    /// durable later; each fails at once (its caller gets an error, not a hang).
     #[test]
     fn replies_of_an_abandoned_copy_are_dropped_not_sent() {
         let slot = Slot::new(true);
         produce(&slot, 1);
         let done = reply(&slot);
-        // A second reply holding a sender (standing for the reply channel).
-        let sender = Arc::new(AtomicBool::new(false));
+        // A second reply that notes it failed.
+        let failed = Arc::new(AtomicBool::new(false));
         {
-            let s = sender.clone();
+            let f = failed.clone();
             let mut h = lock(slot.held.as_ref().expect("sync"));
             let seq = h.produced;
             h.waiting
-                .push_back((seq, Box::new(move || s.store(true, Ordering::SeqCst))));
+                .push_back((seq, Box::new(move |ok| f.store(!ok, Ordering::SeqCst))));
         }
         slot.take_pending();
         slot.taken_as(Version::new(2));
@@ -504,11 +507,8 @@ mod tests {
             !done.load(Ordering::SeqCst),
             "an unacknowledged state's reply was sent"
         );
-        assert_eq!(
-            Arc::strong_count(&sender),
-            1,
-            "the reply was kept, not dropped"
-        );
+        assert!(failed.load(Ordering::SeqCst), "a reply kept, not failed");
+        assert_eq!(Arc::strong_count(&failed), 1, "a reply kept, not failed");
         assert!(!slot.holds());
     }
 }

@@ -288,15 +288,13 @@ impl Directory {
             out.push(h.drop_msg(&key, None));
             return;
         }
+        let mut current = false;
         if let Some(o) = self.owned.get_mut(&key) {
-            if o.backup.as_ref() == Some(from) && o.epoch == epoch {
+            current = o.backup.as_ref() == Some(from) && o.epoch == epoch;
+            if current {
                 o.record.acknowledged(version);
-                out.push(Action::Replicated {
-                    key: key.clone(),
-                    version,
-                });
             }
-            if o.backup.as_ref() == Some(from) && o.epoch == epoch && o.record.version == version {
+            if current && o.record.version == version {
                 o.acked = true;
                 let olds = if o.merges.is_empty() && o.merging.is_none() {
                     std::mem::take(&mut o.old_backups)
@@ -310,6 +308,25 @@ impl Directory {
                 }
                 self.drop_copies(&key, olds, out);
             }
+        }
+        if current {
+            self.replicated_if_alone(&key, out);
+        }
+    }
+
+    /// The running child `key`'s backup holds its state up to [`Record::acked`]: that state is
+    /// replicated ([`Action::Replicated`]) once no other copy of the child waits to be dropped
+    /// (an old backup, a copy met and merged): such a copy, failed over on the far side of a
+    /// partition, would run without the states a `Sync` reply would then have acknowledged.
+    pub(super) fn replicated_if_alone(&self, key: &str, out: &mut Vec<Action>) {
+        let Some(o) = self.owned.get(key) else {
+            return;
+        };
+        if o.backup.is_some() && o.old_backups.is_empty() && !self.dropping.contains_key(key) {
+            out.push(Action::Replicated {
+                key: key.to_owned(),
+                version: o.record.acked,
+            });
         }
     }
 
@@ -394,6 +411,8 @@ impl Directory {
             list.retain(|w| *w != h);
             if list.is_empty() {
                 self.dropping.remove(&key);
+                // The last other copy is gone: what the backup holds is the only other state.
+                self.replicated_if_alone(&key, out);
             }
         }
         if remove {

@@ -596,6 +596,55 @@ mod tests {
         assert!(replicated(&actions).is_empty(), "{actions:?}");
     }
 
+    /// The backup moves (b → c): c acknowledging the new state does not make it replicated while
+    /// b's older copy is still to be dropped — failed over on the far side of a partition, that
+    /// copy would run without it, and a `Sync` reply would have acknowledged it.
+    #[test]
+    fn a_state_is_replicated_only_once_the_old_backups_copy_is_dropped() {
+        let two = durable_dir("a", &["a", "b"]);
+        let three = durable_dir("a", &["a", "b", "c"]);
+        let key = (0..1000)
+            .map(|i| format!("k{i}"))
+            .find(|k| {
+                two.owner(k) == Some(id("a"))
+                    && three.owner(k) == Some(id("a"))
+                    && two.backup_of(k) == Some(id("b"))
+                    && three.backup_of(k) == Some(id("c"))
+            })
+            .expect("a key whose backup moves from b to c");
+        let mut d = two;
+        d.start(1, spec(&key));
+        d.spawned(&key, Ok(()));
+        d.snapshot(&key, vec![1]);
+        let ack = |d: &Directory, version| DirMsg::Ack {
+            key: key.clone(),
+            version: Version::new(version),
+            epoch: d.owned()[&key].epoch,
+        };
+        let actions = d.receive(&id("b"), ack(&d, 1));
+        assert_eq!(replicated(&actions), [Version::new(1)], "{actions:?}");
+        let view = [id("a"), id("b"), id("c")];
+        d.set_view(view.iter());
+        d.snapshot(&key, vec![2]);
+        let actions = d.receive(&id("c"), ack(&d, 2));
+        assert!(
+            actions.iter().any(|a| matches!(a,
+                Action::Send { to, msg: DirMsg::Drop { .. } } if *to == id("b"))),
+            "{actions:?}"
+        );
+        assert!(replicated(&actions).is_empty(), "{actions:?}");
+        let dropped = DirMsg::Dropped {
+            key: key.clone(),
+            origin: id("a"),
+            tag: None,
+            epoch: d.owned()[&key].epoch,
+            remove: false,
+            next: None,
+        };
+        let actions = d.receive(&id("b"), dropped);
+        assert_eq!(replicated(&actions), [Version::new(2)], "{actions:?}");
+    }
+
     #[test]
     fn a_later_version_of_the_same_child_is_the_newer_copy() {
         let mut d = durable_dir("a", &["a"]);

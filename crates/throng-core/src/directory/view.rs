@@ -302,6 +302,7 @@ impl Directory {
                 list.retain(|h| waits(&h.node));
                 if list.is_empty() {
                     self.dropping.remove(key);
+                    self.replicated_if_alone(key, out);
                 }
             }
             if let Some(r) = self.removing.get_mut(key) {

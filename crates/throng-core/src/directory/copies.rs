@@ -261,6 +261,14 @@ impl Directory {
                 awaiting: false,
             },
         );
+        if self.owned.contains_key(&key) {
+            // A copy runs here too (a failover while the sender was down, and the sender back
+            // with its own copy): two copies take calls until one is handed to the other, and
+            // the merge keeps one side's state. Not acknowledged until the copy here is gone
+            // (`ack_held`), so the sender's `Sync` replies wait instead of acknowledging states
+            // the merge may drop.
+            return;
+        }
         out.push(send(
             from,
             DirMsg::Ack {
@@ -269,6 +277,27 @@ impl Directory {
                 epoch,
             },
         ));
+    }
+
+    /// The copy of `key` that ran here is gone (handed off, removed): the replications of it
+    /// that other nodes sent meanwhile, kept unacknowledged ([`Directory::on_replicate`]), are
+    /// acknowledged now.
+    pub(super) fn ack_held(&self, key: &str, out: &mut Vec<Action>) {
+        if self.quorum_lost || self.owned.contains_key(key) {
+            return;
+        }
+        let me = &self.config.me;
+        let held = self.backups.get(key).into_iter().flatten();
+        for c in held.filter(|c| c.handoff.is_none() && !c.orphan && !c.awaiting && c.from != *me) {
+            out.push(send(
+                &c.from,
+                DirMsg::Ack {
+                    key: key.to_owned(),
+                    version: c.record.version,
+                    epoch: c.epoch,
+                },
+            ));
+        }
     }
 
     /// [`DirMsg::Ack`] from `from`: the backup there holds `version` of lineage `epoch` of `key`;

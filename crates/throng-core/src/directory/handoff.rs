@@ -337,6 +337,7 @@ impl Directory {
         let Some(o) = self.take_owned(key) else {
             return;
         };
+        self.ack_held(key, out);
         let current = o.backup_holder(&self.config.me);
         match self.owner(key) {
             Some(to) if to != self.config.me && o.merges.is_empty() => {

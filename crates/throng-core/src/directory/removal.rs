@@ -115,6 +115,7 @@ impl Directory {
         let Some(o) = self.take_owned(key) else {
             return;
         };
+        self.ack_held(key, out);
         let current = o.backup_holder(&self.config.me);
         for req in o.waiting {
             out.push(reply(req, Err(StartError::Failed("child exited".into()))));

@@ -244,3 +244,35 @@ fn a_copy_failed_over_from_the_backup_beats_the_old_owners_unacknowledged_versio
     let copy = &net.dir("c").backups()[&key][0].record;
     assert_eq!((copy.version, copy.acked), (merged.version, merged.version));
 }
+
+/// `a` restarts and runs its own copy of a child that `b` failed over meanwhile; `a` replicates
+/// to `b`, its backup. `b` keeps that copy but does not acknowledge it while its own copy runs —
+/// or `a`'s `Sync` replies would acknowledge states that the merge of the two copies may drop —
+/// and acknowledges it once its copy is handed to `a`.
+#[test]
+fn a_replication_is_not_acknowledged_while_a_copy_of_the_child_runs_here() {
+    let nodes = ["a", "b"];
+    let key = key_placed(&nodes, "a", "b");
+    let mut b = Directory::new(DirConfig::new(id("b")));
+    b.set_view([&id("b")]);
+    b.start(1, spec(&key));
+    b.spawned(&key, Ok(()));
+    let mut theirs = b.owned()[&key].record.clone();
+    theirs.write(Version::new(7), Writer::of(&id("a"), Epoch(3, 1)));
+    let replicate = DirMsg::Replicate {
+        record: theirs,
+        epoch: Epoch(3, 1),
+    };
+    let is_ack = |a: &Action| matches!(a, Action::Send { to, msg: DirMsg::Ack { key: k, .. } } if *to == id("a") && *k == key);
+    let actions = b.receive(&id("a"), replicate);
+    assert!(!actions.iter().any(is_ack), "{actions:?}");
+    // `a` joins `b`'s view: `b` hands its copy to `a`, and acknowledges `a`'s replication.
+    let both = [id("a"), id("b")];
+    let mut actions = b.set_view(both.iter());
+    let stopping = actions
+        .iter()
+        .any(|a| matches!(a, Action::Stop { key: k, .. } if *k == key));
+    assert!(stopping, "{actions:?}");
+    actions.extend(b.exited(&key, ExitClass::Shutdown, None, Duration::ZERO));
+    assert!(actions.iter().any(is_ack), "{actions:?}");
+}

@@ -67,8 +67,10 @@ pub trait Host {
 
     /// Two copies of the child `key` are about to be merged ([`Host::merge`]): `ours`, the
     /// record of the copy that runs here, and `theirs`, the other copy's; `theirs_later` tells
-    /// which one's state is the newer ([`Directory::is_newer_copy`]). For logs; ignored by
-    /// default.
+    /// which one's state is the newer ([`Directory::is_newer_copy`]). When `theirs_later`, this
+    /// copy's states that its backup has not acknowledged may not survive the merge (the default
+    /// `resolve_conflict` keeps the other state): a runtime holding replies for them fails them
+    /// here. Ignored by default.
     fn merging(&mut self, key: &str, ours: &Record, theirs: &Record, theirs_later: bool) {
         let _ = (key, ours, theirs, theirs_later);
     }

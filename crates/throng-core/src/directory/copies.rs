@@ -289,12 +289,14 @@ impl Directory {
         let me = &self.config.me;
         let held = self.backups.get(key).into_iter().flatten();
         for c in held.filter(|c| c.handoff.is_none() && !c.orphan && !c.awaiting && c.from != *me) {
+            // The acknowledgement `on_replicate` held back.
+            let (key, version, epoch) = (key.to_owned(), c.record.version, c.epoch);
             out.push(send(
                 &c.from,
                 DirMsg::Ack {
-                    key: key.to_owned(),
-                    version: c.record.version,
-                    epoch: c.epoch,
+                    key,
+                    version,
+                    epoch,
                 },
             ));
         }

@@ -602,7 +602,16 @@ const ROWS: &[(&str, &str, &str)] = &[
         "final_sweep_ms",
         "full sweep of N from one node (ms, the old check's unit)",
     ),
-    ("graceful", "leave_ms", "graceful: leave() returned (ms)"),
+    (
+        "graceful",
+        "owner_events_last_ms",
+        "graceful: last Adopted event on the new owners: all its children run there (ms)",
+    ),
+    (
+        "graceful",
+        "leave_ms",
+        "graceful: leave() returned: each child also has its new backup (ms)",
+    ),
     (
         "graceful",
         "victim_recovered_ms",

@@ -350,6 +350,9 @@ impl Directory {
     /// (an old backup, a copy met and merged): such a copy, failed over on the far side of a
     /// partition, would run without the states a `Sync` reply would then have acknowledged.
     pub(super) fn replicated_if_alone(&self, key: &str, out: &mut Vec<Action>) {
+        if !self.config.replies_wait_for_backup {
+            return;
+        }
         let Some(o) = self.owned.get(key) else {
             return;
         };

@@ -596,6 +596,35 @@ mod tests {
         assert!(replicated(&actions).is_empty(), "{actions:?}");
     }
 
+    #[test]
+    fn replication_is_not_reported_when_no_reply_waits_for_it() {
+        let mut config = DirConfig::new(id("a"));
+        config.replies_wait_for_backup = false;
+        let mut d = Directory::new(config);
+        d.set_view([&id("a"), &id("b")]);
+        let key = key_owned_by(&d, "a");
+        d.start(1, spec(&key));
+        let mut actions = d.spawned(&key, Ok(()));
+        actions.extend(d.snapshot(&key, vec![1]));
+        let epoch = d.owned()[&key].epoch;
+        actions.extend(d.receive(
+            &id("b"),
+            DirMsg::Ack {
+                key: key.clone(),
+                version: Version::new(1),
+                epoch,
+            },
+        ));
+        // Acknowledged all the same (the conflict rule counts it), only not reported.
+        assert_eq!(d.owned()[&key].record.acked, Version::new(1));
+        // Alone, too.
+        d.start(2, spec("alone"));
+        actions.extend(d.set_view([&id("a")]));
+        actions.extend(d.spawned("alone", Ok(())));
+        actions.extend(d.snapshot("alone", vec![1]));
+        assert!(replicated(&actions).is_empty(), "{actions:?}");
+    }
+
     /// The backup moves (b → c): c acknowledging the new state does not make it replicated while
     /// b's older copy is still to be dropped — failed over on the far side of a partition, that
     /// copy would run without it, and a `Sync` reply would have acknowledged it.

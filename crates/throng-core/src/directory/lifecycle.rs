@@ -127,10 +127,12 @@ impl Directory {
             if o.backup.is_none() {
                 o.acked = true;
                 o.record.acknowledged(o.record.version);
-                out.push(Action::Replicated {
-                    key: key.to_owned(),
-                    version: o.record.version,
-                });
+                if self.config.replies_wait_for_backup {
+                    out.push(Action::Replicated {
+                        key: key.to_owned(),
+                        version: o.record.version,
+                    });
+                }
                 if !o.merges.is_empty() || o.merging.is_some() {
                     // The other copies' senders keep them until the merge is replicated.
                     return;
@@ -246,10 +248,12 @@ impl Directory {
                 // No other node to back it up.
                 None => {
                     o.record.acknowledged(o.record.version);
-                    out.push(Action::Replicated {
-                        key: key.to_owned(),
-                        version: o.record.version,
-                    });
+                    if self.config.replies_wait_for_backup {
+                        out.push(Action::Replicated {
+                            key: key.to_owned(),
+                            version: o.record.version,
+                        });
+                    }
                 }
             }
         }

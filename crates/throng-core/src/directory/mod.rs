@@ -387,7 +387,8 @@ pub enum Action {
     Event(ChildEvent),
     /// The running child `key`'s state up to `version` is held by its backup (acknowledged),
     /// or needs none (no other node to back it up): a `Sync` reply that waits for a state of
-    /// that version or older may go once the state is also durable.
+    /// that version or older may go once the state is also durable. Reported only with
+    /// [`DirConfig::replies_wait_for_backup`].
     Replicated {
         /// The key.
         key: String,
@@ -422,6 +423,10 @@ pub struct DirConfig {
     /// Whether the node keeps this supervisor's records on disk: the directory then tracks the
     /// keys whose durable entry changed ([`Directory::take_touched`], [`Directory::durable`]).
     pub durable: bool,
+    /// Whether the runtime holds replies until the backup acknowledged the state they produced
+    /// (`Durability::Sync`): only then does the directory report [`Action::Replicated`] (it
+    /// costs two lookups per acknowledgement, which nothing else needs). Default: `true`.
+    pub replies_wait_for_backup: bool,
 }
 
 impl std::fmt::Debug for DirConfig {
@@ -434,6 +439,7 @@ impl std::fmt::Debug for DirConfig {
             .field("max_moves", &self.max_moves)
             .field("incarnation", &self.incarnation)
             .field("durable", &self.durable)
+            .field("replies_wait_for_backup", &self.replies_wait_for_backup)
             .finish_non_exhaustive()
     }
 }
@@ -450,6 +456,7 @@ impl DirConfig {
             max_moves: DEFAULT_MAX_MOVES,
             incarnation: 0,
             durable: false,
+            replies_wait_for_backup: true,
         }
     }
 }

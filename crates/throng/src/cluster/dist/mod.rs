@@ -457,6 +457,7 @@ impl Supervisors {
             config.intensity = opts.intensity;
             config.quorum = opts.quorum;
             config.max_moves = opts.max_moves.max(1);
+            config.replies_wait_for_backup = opts.durability == Durability::Sync;
             // Copies made by this run are told apart from those of earlier runs of this node.
             config.incarnation = self.t.incarnation.get();
             let takeover = store

@@ -1043,3 +1043,110 @@ async fn hand_offs_that_arrive_before_the_supervisor_starts_are_taken_when_it_st
         assert!(late.hosts(k), "{k} runs on its owner");
     }
 }
+
+/// A counter that takes a while to stop: its hand-offs are slow.
+struct SlowStop(u32);
+
+impl Actor for SlowStop {
+    type Msg = ();
+    type Reply = u32;
+    async fn handle(&mut self, _: (), _ctx: &mut Context<Self>) -> ActorResult<u32> {
+        self.0 += 1;
+        Ok(self.0)
+    }
+    async fn stopped(&mut self, _reason: &ExitReason, _ctx: &mut Context<Self>) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+impl RemoteActor for SlowStop {
+    const TYPE: &'static str = "test.SlowStop";
+}
+
+impl Keyed for SlowStop {
+    type Args = ();
+    type State = u32;
+    fn start(_: &str, _: ()) -> Self {
+        SlowStop(0)
+    }
+    fn snapshot(&self) -> Option<u32> {
+        Some(self.0)
+    }
+    fn restore(_: &str, _: (), n: u32) -> Self {
+        SlowStop(n)
+    }
+}
+
+/// Keys moving to a node that joined are answered by their old holder until it hands them off:
+/// one move at a time of children that take 250 ms to stop makes the newcomer run its last key
+/// seconds after the join, and a call to it does not wait for that. (Before, the newcomer
+/// answered "no such actor" until then, and a call with a shorter deadline failed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_moving_to_a_joiner_is_answered_by_its_old_holder_until_it_moves() {
+    let opts = || DistOptions {
+        max_moves: 1,
+        ..DistOptions::default()
+    };
+    let nodes = common::cluster_of(&["m1", "m2"], SECRET).await;
+    for n in &nodes {
+        n.register::<SlowStop>();
+    }
+    let sups: Vec<_> = nodes.iter().map(|n| n.supervisor("slow", opts())).collect();
+    let keys: Vec<String> = (0..48).map(|i| format!("m-{i}")).collect();
+    for k in &keys {
+        sups[0].start_child::<SlowStop>(k, ()).await.unwrap();
+    }
+    let mut c = NodeConfig::local("m3", SECRET).unwrap();
+    c.membership.seeds = vec![nodes[0].gossip_addr().unwrap().to_string()];
+    let newcomer = Node::join(c).await.unwrap();
+    newcomer.register::<SlowStop>();
+    let new_sup = newcomer.supervisor("slow", opts());
+    eventually(
+        "every node places keys on m3",
+        Duration::from_secs(15),
+        || sups.iter().all(|s| s.nodes().len() == 3),
+    )
+    .await;
+    let theirs: Vec<&String> = keys
+        .iter()
+        .filter(|k| sups[0].node_for(k).as_ref() == Some(newcomer.id()))
+        .collect();
+    assert!(theirs.len() >= 8, "only {} keys move to m3", theirs.len());
+    // Each moving key called once from each old node, at once, with a deadline far shorter
+    // than the time the moves take (one at a time, 250 ms each).
+    let mut acked = vec![0u32; theirs.len()];
+    let calls = theirs.iter().enumerate().flat_map(|(i, k)| {
+        sups.iter().map(move |s| async move {
+            (
+                i,
+                s.call_timeout::<SlowStop>(k, (), Duration::from_millis(1500))
+                    .await,
+            )
+        })
+    });
+    let mut failed = Vec::new();
+    for (i, r) in futures_util::future::join_all(calls).await {
+        match r {
+            Ok(_) => acked[i] += 1,
+            Err(e) => failed.push(format!("{}: {e}", theirs[i])),
+        }
+    }
+    let unmoved = theirs.iter().filter(|k| !new_sup.hosts(k)).count();
+    assert!(
+        unmoved > 0,
+        "every key had moved already: the test proves nothing"
+    );
+    assert!(failed.is_empty(), "calls failed: {failed:?}");
+    // Every key ends on m3, each call counted once.
+    for (i, k) in theirs.iter().enumerate() {
+        eventually("the key runs on m3", Duration::from_secs(30), || {
+            new_sup.hosts(k)
+        })
+        .await;
+        let n = new_sup
+            .call_timeout::<SlowStop>(k, (), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(n, acked[i] + 1, "{k}: calls counted vs acknowledged");
+    }
+}

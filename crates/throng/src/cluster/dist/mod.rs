@@ -12,6 +12,7 @@
 mod driver;
 mod early;
 mod host;
+mod joins;
 mod persist;
 mod takeover;
 
@@ -196,6 +197,8 @@ pub(crate) struct Dist {
     view: RwLock<Ring>,
     /// Woken at every view change (for [`DistSupervisor::wait_for_quorum`]).
     view_changed: tokio::sync::Notify,
+    /// The recent joiners of `view`: where a key that moves to one may still run.
+    joins: Mutex<joins::Joins>,
     /// Whether this node hosts children of this supervisor.
     member: bool,
     cmds: mpsc::Sender<Cmd>,
@@ -313,6 +316,10 @@ impl Dist {
         {
             let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
             if let Ok(r) = Ring::from_nodes(view.config(), nodes.iter().cloned()) {
+                self.joins
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .changed(&r, std::time::Instant::now());
                 *view = r;
             }
         }
@@ -323,6 +330,20 @@ impl Dist {
     fn owner(&self, key: &str) -> Option<NodeId> {
         let view = self.view.read().unwrap_or_else(|p| p.into_inner());
         self.opts.distribution.owner(key.as_bytes(), &view)
+    }
+
+    /// Where the child `key`, which `owner` does not run, may still run: its owner before the
+    /// nodes that joined lately (see `joins`).
+    fn owner_before_joins(&self, key: &str, owner: &NodeId) -> Option<NodeId> {
+        self.joins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .owner_before(
+                self.opts.distribution.as_ref(),
+                key,
+                owner,
+                std::time::Instant::now(),
+            )
     }
 
     fn export_name(&self, key: &str) -> String {
@@ -443,6 +464,7 @@ impl Supervisors {
             name: Arc::from(name),
             view: RwLock::new(Ring::new(ring_config)),
             view_changed: tokio::sync::Notify::new(),
+            joins: Mutex::new(joins::Joins::new(self.t.id.clone(), Ring::new(ring_config))),
             member,
             cmds,
             input,
@@ -733,26 +755,18 @@ impl DistSupervisor {
             let owner = self
                 .node_for(key)
                 .ok_or_else(|| CallError::NodeDown("(no node owns keys)".into()))?;
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let result = if owner == self.shared.t.id {
-                let msg = match first.take() {
-                    Some(m) => m,
-                    None => {
-                        postcard::from_bytes(&body).map_err(|e| CallError::Codec(e.to_string()))?
-                    }
-                };
-                match self.shared.t.local_export::<A>(&name) {
-                    Some(child) => child.call_timeout(msg, left).await,
-                    None => Err(CallError::NoSuchActor(ExportId::describe(&name))),
+            let mut result = self
+                .call_on::<A>(&owner, &name, &mut first, &body, deadline)
+                .await;
+            if matches!(result, Err(CallError::NoSuchActor(_))) {
+                // Not there (yet): a key that moves to a node that joined lately runs on its old
+                // holder until the hand-off; nothing was delivered, so it may be asked instead.
+                if let Some(before) = self.dist.owner_before_joins(key, &owner) {
+                    result = self
+                        .call_on::<A>(&before, &name, &mut first, &body, deadline)
+                        .await;
                 }
-            } else {
-                first = None;
-                self.shared
-                    .t
-                    .route::<A>(&owner, &name)
-                    .call_body(body.clone(), left)
-                    .await
-            };
+            }
             match result {
                 Err(CallError::Exited(_) | CallError::NoSuchActor(_))
                     if tokio::time::Instant::now() + pause < deadline =>
@@ -762,6 +776,39 @@ impl DistSupervisor {
                 }
                 other => return other,
             }
+        }
+    }
+
+    /// One attempt of a call to the child exported as `name` on `node` (the typed message in
+    /// `first` goes to a local child on a first attempt; `body` is its encoding).
+    async fn call_on<A: Keyed>(
+        &self,
+        node: &NodeId,
+        name: &str,
+        first: &mut Option<A::Msg>,
+        body: &[u8],
+        deadline: tokio::time::Instant,
+    ) -> Result<A::Reply, CallError> {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if *node == self.shared.t.id {
+            match self.shared.t.local_export::<A>(name) {
+                Some(child) => {
+                    let msg = match first.take() {
+                        Some(m) => m,
+                        None => postcard::from_bytes(body)
+                            .map_err(|e| CallError::Codec(e.to_string()))?,
+                    };
+                    child.call_timeout(msg, left).await
+                }
+                None => Err(CallError::NoSuchActor(ExportId::describe(name))),
+            }
+        } else {
+            *first = None;
+            self.shared
+                .t
+                .route::<A>(node, name)
+                .call_body(body.to_vec(), left)
+                .await
         }
     }
 

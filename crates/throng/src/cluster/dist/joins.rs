@@ -4,7 +4,7 @@
 //! holder until that holder's hand-off reaches it (moves are throttled: `max_moves`). Meanwhile
 //! the joiner answers "no such actor" for it. The old holder of a key is, for keys that moved
 //! straight from the nodes that were there before, its owner on the ring without the recent
-//! joiners: a caller refused by the owner asks that node too ([`Joins::owner_before`]). A refused
+//! joiners: a caller refused by the owner asks that node too ([`Joins::owners_before`]). A refused
 //! call was not delivered, so asking another node keeps a call at most once.
 
 use std::time::{Duration, Instant};
@@ -27,6 +27,8 @@ pub(super) struct Joins {
     before: Option<Ring>,
     /// The ring as of the last change.
     ring: Ring,
+    /// The ring before the last change that added nodes, and when that was.
+    previous: Option<(Ring, Instant)>,
 }
 
 impl Joins {
@@ -37,6 +39,7 @@ impl Joins {
             joined: Vec::new(),
             before: None,
             ring,
+            previous: None,
         }
     }
 
@@ -68,6 +71,7 @@ impl Joins {
                 }
             }
             if others {
+                self.previous = Some((old, now));
                 // This node is settled in by the time others join after it: the keys it
                 // took when it joined are mostly here (and the cluster it joined may have
                 // been forming, with no key to take).
@@ -77,15 +81,17 @@ impl Joins {
         self.rebuild();
     }
 
-    /// The owner of `key` on the ring without the recent joiners, if there are any and it is
-    /// another node than `owner` (the key's owner now).
-    pub(super) fn owner_before(
+    /// Where else `key`, which `owner` (its owner now) does not run, may run, at most two nodes:
+    /// its owner on the ring without the recent joiners (a move from the nodes that were there
+    /// not done yet), then its owner on the ring before the last join (a key that moved to an
+    /// earlier joiner, and moves on to a later one).
+    pub(super) fn owners_before(
         &mut self,
         distribution: &dyn Distribution,
         key: &str,
         owner: &NodeId,
         now: Instant,
-    ) -> Option<NodeId> {
+    ) -> Vec<NodeId> {
         if self
             .joined
             .iter()
@@ -95,10 +101,23 @@ impl Joins {
                 .retain(|(_, at)| now.duration_since(*at) < JOIN_WINDOW);
             self.rebuild();
         }
-        let before = self.before.as_ref()?;
-        distribution
-            .owner(key.as_bytes(), before)
-            .filter(|n| n != owner)
+        if self
+            .previous
+            .as_ref()
+            .is_some_and(|(_, at)| now.duration_since(*at) >= JOIN_WINDOW)
+        {
+            self.previous = None;
+        }
+        let mut out: Vec<NodeId> = Vec::with_capacity(2);
+        let rings = [self.before.as_ref(), self.previous.as_ref().map(|(r, _)| r)];
+        for ring in rings.into_iter().flatten() {
+            if let Some(n) = distribution.owner(key.as_bytes(), ring) {
+                if n != *owner && self.ring.contains(&n) && !out.contains(&n) {
+                    out.push(n);
+                }
+            }
+        }
+        out
     }
 
     fn rebuild(&mut self) {
@@ -168,11 +187,7 @@ mod tests {
         );
         assert!(!moved.is_empty());
         for (k, holder) in moved {
-            assert_eq!(
-                j.owner_before(&Uniform, &k, &id("d"), t0),
-                Some(holder),
-                "{k}"
-            );
+            assert_eq!(j.owners_before(&Uniform, &k, &id("d"), t0), [holder], "{k}");
         }
         // A key that did not move has no other place to look.
         let stayed = (0..2000)
@@ -183,13 +198,37 @@ mod tests {
                         == Some(id("b"))
             })
             .expect("some key stays on b");
-        assert_eq!(j.owner_before(&Uniform, &stayed, &id("b"), t0), None);
+        assert!(j.owners_before(&Uniform, &stayed, &id("b"), t0).is_empty());
         // Past the window, nobody is a recent joiner.
-        assert_eq!(
-            j.owner_before(&Uniform, "k1", &id("zz"), t0 + JOIN_WINDOW),
-            None
-        );
+        assert!(j
+            .owners_before(&Uniform, "k1", &id("zz"), t0 + JOIN_WINDOW)
+            .is_empty());
         assert!(j.joined.is_empty());
+    }
+
+    #[test]
+    fn a_key_that_moved_to_an_earlier_joiner_is_looked_for_there_too() {
+        let t0 = Instant::now();
+        let (r0, r1, r2) = (
+            ring(&["a", "b", "c"]),
+            ring(&["a", "b", "c", "d"]),
+            ring(&["a", "b", "c", "d", "e"]),
+        );
+        let mut j = Joins::new(id("a"), r0.clone());
+        j.changed(&r1, t0);
+        j.changed(&r2, t0);
+        let (k, first) = (0..5000)
+            .map(|i| format!("k{i}"))
+            .find_map(|k| {
+                let o = |r: &Ring| Uniform.owner(k.as_bytes(), r);
+                let first = o(&r0)?;
+                (o(&r1) == Some(id("d")) && o(&r2) == Some(id("e"))).then_some((k.clone(), first))
+            })
+            .expect("a key that moves to d, then to e");
+        assert_eq!(
+            j.owners_before(&Uniform, &k, &id("e"), t0),
+            [first, id("d")]
+        );
     }
 
     #[test]
@@ -199,7 +238,7 @@ mod tests {
         j.changed(&ring(&["a", "b", "c", "d"]), t0);
         let moved = moved_keys(&ring(&["a", "b", "c"]), &ring(&["a", "b", "c", "d"]), "d");
         for (k, holder) in moved {
-            assert_eq!(j.owner_before(&Uniform, &k, &id("d"), t0), Some(holder));
+            assert_eq!(j.owners_before(&Uniform, &k, &id("d"), t0), [holder]);
         }
         // A node that left is no joiner any more; one that left and came back is one again.
         j.changed(&ring(&["a", "b", "c"]), t0);

@@ -332,13 +332,13 @@ impl Dist {
         self.opts.distribution.owner(key.as_bytes(), &view)
     }
 
-    /// Where the child `key`, which `owner` does not run, may still run: its owner before the
+    /// Where the child `key`, which `owner` does not run, may still run: its owners before the
     /// nodes that joined lately (see `joins`).
-    fn owner_before_joins(&self, key: &str, owner: &NodeId) -> Option<NodeId> {
+    fn owners_before_joins(&self, key: &str, owner: &NodeId) -> Vec<NodeId> {
         self.joins
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .owner_before(
+            .owners_before(
                 self.opts.distribution.as_ref(),
                 key,
                 owner,
@@ -761,10 +761,13 @@ impl DistSupervisor {
             if matches!(result, Err(CallError::NoSuchActor(_))) {
                 // Not there (yet): a key that moves to a node that joined lately runs on its old
                 // holder until the hand-off; nothing was delivered, so it may be asked instead.
-                if let Some(before) = self.dist.owner_before_joins(key, &owner) {
+                for before in self.dist.owners_before_joins(key, &owner) {
                     result = self
                         .call_on::<A>(&before, &name, &mut first, &body, deadline)
                         .await;
+                    if !matches!(result, Err(CallError::NoSuchActor(_))) {
+                        break;
+                    }
                 }
             }
             match result {

@@ -7,6 +7,7 @@
 //! joiners: a caller refused by the owner asks that node too ([`Joins::owners_before`]). A refused
 //! call was not delivered, so asking another node keeps a call at most once.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use throng_core::directory::Distribution;
@@ -27,9 +28,17 @@ pub(super) struct Joins {
     before: Option<Ring>,
     /// The ring as of the last change.
     ring: Ring,
-    /// The ring before the last change that added nodes, and when that was.
-    previous: Option<(Ring, Instant)>,
+    /// The rings before the last changes that added nodes (at most [`HISTORY`], oldest first),
+    /// with when each change was.
+    history: VecDeque<(Ring, Instant)>,
 }
+
+/// How many rings before recent joins are kept besides the ring without the joiners (each is
+/// 16 bytes per virtual node: 128 per node, so about 55 KB at 27 nodes; kept for [`JOIN_WINDOW`]).
+pub(super) const HISTORY: usize = 16;
+
+/// At most this many other nodes are asked for a key its owner does not run.
+pub(super) const MAX_ASKED: usize = 4;
 
 impl Joins {
     /// No node joined yet; `ring` is the starting ring.
@@ -39,7 +48,7 @@ impl Joins {
             joined: Vec::new(),
             before: None,
             ring,
-            previous: None,
+            history: VecDeque::new(),
         }
     }
 
@@ -71,7 +80,10 @@ impl Joins {
                 }
             }
             if others {
-                self.previous = Some((old, now));
+                self.history.push_back((old, now));
+                if self.history.len() > HISTORY {
+                    self.history.pop_front();
+                }
                 // This node is settled in by the time others join after it: the keys it
                 // took when it joined are mostly here (and the cluster it joined may have
                 // been forming, with no key to take).
@@ -81,10 +93,10 @@ impl Joins {
         self.rebuild();
     }
 
-    /// Where else `key`, which `owner` (its owner now) does not run, may run, at most two nodes:
-    /// its owner on the ring without the recent joiners (a move from the nodes that were there
-    /// not done yet), then its owner on the ring before the last join (a key that moved to an
-    /// earlier joiner, and moves on to a later one).
+    /// Where else `key`, which `owner` (its owner now) does not run, may run (at most
+    /// [`MAX_ASKED`] nodes): its owner on the ring without the recent joiners (a move from the
+    /// nodes that were there not done yet), then its owners before each recent join, the latest
+    /// first (a key that moved to an earlier joiner of a storm, and moves on to a later one).
     pub(super) fn owners_before(
         &mut self,
         distribution: &dyn Distribution,
@@ -92,25 +104,23 @@ impl Joins {
         owner: &NodeId,
         now: Instant,
     ) -> Vec<NodeId> {
-        if self
-            .joined
-            .iter()
-            .any(|(_, at)| now.duration_since(*at) >= JOIN_WINDOW)
-        {
-            self.joined
-                .retain(|(_, at)| now.duration_since(*at) < JOIN_WINDOW);
+        let expired = |at: &Instant| now.duration_since(*at) >= JOIN_WINDOW;
+        if self.joined.iter().any(|(_, at)| expired(at)) {
+            self.joined.retain(|(_, at)| !expired(at));
             self.rebuild();
         }
-        if self
-            .previous
-            .as_ref()
-            .is_some_and(|(_, at)| now.duration_since(*at) >= JOIN_WINDOW)
-        {
-            self.previous = None;
+        while self.history.front().is_some_and(|(_, at)| expired(at)) {
+            self.history.pop_front();
         }
-        let mut out: Vec<NodeId> = Vec::with_capacity(2);
-        let rings = [self.before.as_ref(), self.previous.as_ref().map(|(r, _)| r)];
-        for ring in rings.into_iter().flatten() {
+        let mut out: Vec<NodeId> = Vec::new();
+        let rings = self
+            .before
+            .iter()
+            .chain(self.history.iter().rev().map(|(r, _)| r));
+        for ring in rings {
+            if out.len() == MAX_ASKED {
+                break;
+            }
             if let Some(n) = distribution.owner(key.as_bytes(), ring) {
                 if n != *owner && self.ring.contains(&n) && !out.contains(&n) {
                     out.push(n);
@@ -229,6 +239,55 @@ mod tests {
             j.owners_before(&Uniform, &k, &id("e"), t0),
             [first, id("d")]
         );
+    }
+
+    #[test]
+    fn every_owner_a_key_had_during_a_storm_of_joins_is_looked_at() {
+        let t0 = Instant::now();
+        let names: Vec<String> = (0..24).map(|i| format!("n{i:02}")).collect();
+        let ring_of = |k: usize| {
+            Ring::from_nodes(RingConfig::default(), names[..k].iter().map(|n| id(n))).expect("ring")
+        };
+        // Three nodes, then 21 joins one at a time (more than the history keeps).
+        let mut j = Joins::new(id("n00"), ring_of(3));
+        for k in 4..=24 {
+            j.changed(&ring_of(k), t0);
+        }
+        let last = ring_of(24);
+        for i in 0..500 {
+            let key = format!("k{i}");
+            let owner = Uniform.owner(key.as_bytes(), &last).expect("owner");
+            let mut history: Vec<NodeId> = Vec::new();
+            for k in 3..24 {
+                let o = Uniform.owner(key.as_bytes(), &ring_of(k)).expect("owner");
+                if o != owner && !history.contains(&o) {
+                    history.push(o);
+                }
+            }
+            let asked = j.owners_before(&Uniform, &key, &owner, t0);
+            // Its owner before the storm is asked first; the others its key had within the kept
+            // history are asked too (up to the bound).
+            if let Some(first) = history.first() {
+                assert_eq!(asked.first(), Some(first), "{key}");
+            }
+            // Every node asked was an owner of the key; the owner it had just before it moved to
+            // its owner now is asked too (the last hop of its moves).
+            for n in &asked {
+                assert!(history.contains(n), "{key}: {n} never owned it");
+            }
+            let kept = 24usize.saturating_sub(HISTORY).max(3)..24;
+            if let Some(last_hop) = kept
+                .rev()
+                .map(|k| Uniform.owner(key.as_bytes(), &ring_of(k)).expect("owner"))
+                .find(|o| *o != owner)
+            {
+                assert!(
+                    asked.contains(&last_hop),
+                    "{key}: {last_hop} not asked ({asked:?})"
+                );
+            }
+            assert!(asked.len() <= MAX_ASKED);
+        }
     }
 
     #[test]

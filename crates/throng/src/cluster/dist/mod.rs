@@ -751,7 +751,9 @@ impl DistSupervisor {
         let body = postcard::to_allocvec(&msg).map_err(|e| CallError::Codec(e.to_string()))?;
         let mut first = Some(msg);
         let mut pause = Duration::from_millis(1);
+        let mut attempts = 0u32;
         loop {
+            attempts += 1;
             let owner = self
                 .node_for(key)
                 .ok_or_else(|| CallError::NodeDown("(no node owns keys)".into()))?;
@@ -776,6 +778,13 @@ impl DistSupervisor {
                 {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(20));
+                }
+                Err(e) if attempts > 1 => {
+                    tracing::debug!(
+                        supervisor = %self.dist.name, key, %owner, attempts, error = %e,
+                        "call given up after attempts its owner refused"
+                    );
+                    return Err(e);
                 }
                 other => return other,
             }

@@ -36,7 +36,9 @@
 //! interleaving); `THRONG_SOAK_KEYS` the number of counters (default 16);
 //! `THRONG_SOAK_FAULTS=kill,leave,partition` the kinds of fault; `THRONG_SOAK_AUDIT=0` checks the
 //! counters only at the end; `THRONG_SOAK_COUNT_LOSSES=1` counts lost increments and goes on
-//! (failing at the end); `THRONG_SOAK_LOG_LEVEL` the nodes' log level (default `info`);
+//! (failing at the end); `THRONG_SOAK_LOG_LEVEL` the nodes' log level (default `info`; e.g.
+//! `debug,throng::dir_msgs=trace` also logs every directory message each node sends and
+//! receives, to follow one counter's copies);
 //! `THRONG_SOAK_KEEP=1` keeps the logs of a passing run. A failing run keeps its directory (the
 //! nodes' stderr and stdout, the driver's event trace `events.log`) and prints its path.
 //!

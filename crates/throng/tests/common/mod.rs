@@ -138,12 +138,17 @@ impl GossipRelays {
         use throng::cluster::{Node, NodeConfig};
         let n = names.len();
         // Each node's real gossip port, and the relay in front of it.
-        let mut reals = Vec::new();
+        // (A real port is probed free, then bound by its node: another socket may take it in
+        // between, so a node that cannot bind it is started again on a new one.)
+        let probe_port = || {
+            let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap()
+        };
+        let reals: Arc<Mutex<Vec<std::net::SocketAddr>>> =
+            Arc::new(Mutex::new((0..n).map(|_| probe_port()).collect()));
+        let real = |reals: &Mutex<Vec<std::net::SocketAddr>>, i: usize| reals.lock().unwrap()[i];
         let mut relays = Vec::new();
         for _ in 0..n {
-            let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-            reals.push(probe.local_addr().unwrap());
-            drop(probe);
             relays.push(Arc::new(
                 tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap(),
             ));
@@ -172,11 +177,11 @@ impl GossipRelays {
                 let (reals, blocked) = (reals2, blocked2);
                 let mut buf = vec![0u8; 65_536];
                 while let Ok((len, src)) = relay.recv_from(&mut buf).await {
-                    let Some(from) = reals.iter().position(|r| *r == src) else {
+                    let Some(from) = reals.lock().unwrap().iter().position(|r| *r == src) else {
                         continue;
                     };
                     if allowed(&blocked, to, from) {
-                        let _ = row[from].send_to(&buf[..len], reals[to]).await;
+                        let _ = row[from].send_to(&buf[..len], real(&reals, to)).await;
                     }
                 }
             }));
@@ -186,10 +191,11 @@ impl GossipRelays {
                 tasks.push(tokio::spawn(async move {
                     let mut buf = vec![0u8; 65_536];
                     while let Ok((len, src)) = pipe.recv_from(&mut buf).await {
-                        if src == reals[to] && allowed(&blocked, from, to) {
-                            let _ = pipe.send_to(&buf[..len], reals[from]).await;
-                        } else if src == reals[from] && allowed(&blocked, to, from) {
-                            let _ = pipe.send_to(&buf[..len], reals[to]).await;
+                        let (to_addr, from_addr) = (real(&reals, to), real(&reals, from));
+                        if src == to_addr && allowed(&blocked, from, to) {
+                            let _ = pipe.send_to(&buf[..len], from_addr).await;
+                        } else if src == from_addr && allowed(&blocked, to, from) {
+                            let _ = pipe.send_to(&buf[..len], to_addr).await;
                         }
                     }
                 }));
@@ -197,13 +203,24 @@ impl GossipRelays {
         }
         let mut nodes = Vec::new();
         for (i, name) in names.iter().enumerate() {
-            let mut c = NodeConfig::local(name, secret).unwrap();
-            c.membership.bind_addr = reals[i];
-            c.membership.advertise_addr = Some(addrs[i]);
-            if i > 0 {
-                c.membership.seeds = vec![addrs[0].to_string()];
-            }
-            nodes.push(Node::join(c).await.unwrap());
+            let mut attempt = 0;
+            let node = loop {
+                attempt += 1;
+                let mut c = NodeConfig::local(name, secret).unwrap();
+                c.membership.bind_addr = real(&reals, i);
+                c.membership.advertise_addr = Some(addrs[i]);
+                if i > 0 {
+                    c.membership.seeds = vec![addrs[0].to_string()];
+                }
+                match Node::join(c).await {
+                    Ok(node) => break node,
+                    Err(e) if attempt < 5 && e.to_string().contains("in use") => {
+                        reals.lock().unwrap()[i] = probe_port();
+                    }
+                    Err(e) => panic!("{name} did not start: {e}"),
+                }
+            };
+            nodes.push(node);
         }
         let wait = Duration::from_secs(20);
         for node in &nodes {

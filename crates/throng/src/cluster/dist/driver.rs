@@ -147,6 +147,10 @@ struct Running {
 }
 
 /// The driver's effects on tokio: the children it runs, and the way to peers and listeners.
+/// The tracing target of every directory message sent and received (at `trace`), for following
+/// one key's copies across nodes: `RUST_LOG=info,throng::dir_msgs=trace`.
+const DIR_MSGS: &str = "throng::dir_msgs";
+
 struct Runtime {
     dist: Weak<Dist>,
     shared: Weak<Supervisors>,
@@ -299,6 +303,7 @@ impl Host for Runtime {
     /// Gathered into the peer's batch, sent when full or once the driver has handled what is
     /// ready ([`Runtime::flush`]).
     fn send(&mut self, to: &NodeId, msg: DirMsg) {
+        tracing::trace!(target: DIR_MSGS, peer = %to, dir = "out", ?msg);
         let batch = match self.batches.get_mut(to) {
             Some(b) => b,
             None => self.batches.entry(to.clone()).or_default(),
@@ -779,7 +784,10 @@ impl Task {
     fn on_input(&mut self, input: Input) {
         let rt = &mut self.rt;
         match input {
-            Input::Msg { from, msg } => self.driver.receive(rt, &from, msg),
+            Input::Msg { from, msg } => {
+                tracing::trace!(target: DIR_MSGS, peer = %from, dir = "in", ?msg);
+                self.driver.receive(rt, &from, msg)
+            }
             Input::Reconnected(peer) => self.driver.reconnected(rt, &peer),
             Input::View(owners, leaving) => self.driver.set_members(rt, &owners, &leaving),
             Input::NodeDown(node) => self.driver.node_down(rt, &node),

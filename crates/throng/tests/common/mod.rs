@@ -185,9 +185,8 @@ impl GossipRelays {
                     }
                 }
             }));
-            for from in 0..n {
-                let (reals, blocked, pipe) =
-                    (reals.clone(), blocked.clone(), pipes[to][from].clone());
+            for (from, pipe) in pipes[to].iter().enumerate() {
+                let (reals, blocked, pipe) = (reals.clone(), blocked.clone(), pipe.clone());
                 tasks.push(tokio::spawn(async move {
                     let mut buf = vec![0u8; 65_536];
                     while let Ok((len, src)) = pipe.recv_from(&mut buf).await {

@@ -278,12 +278,40 @@ impl Directory {
             self.discard(&key, b.record.generation, olds, out);
             return;
         }
+        if b.from == *me
+            && self
+                .handoffs
+                .get(&key)
+                .is_some_and(|h| h.to != *me && h.tag.is_some())
+        {
+            // Another copy of its own is on its way to the node that may run the child (see
+            // below): this one waits here, and is merged into the copy that comes back.
+            self.put_copy(&key, b);
+            return;
+        }
         match self.owner(&key) {
             Some(o) if o == *me => {
                 if self.owned.contains_key(&key) {
                     // A copy runs here already: two copies met (views disagreed).
                     self.take_copy(&key, b.record, None, olds, out);
                     return;
+                }
+                if b.from == *me {
+                    // Its own copy, stopped when this node lost its quorum. The node that held
+                    // its backup then may have failed it over meanwhile and run it since, and
+                    // would hand that copy here once it sees this node back: running this one
+                    // first would make two copies acknowledge calls until they meet, and the
+                    // merge keeps one side's. It goes to that node instead, to meet the copy
+                    // running there (merged, then moved here) or, if none runs there, to come
+                    // back here to run.
+                    let holder = olds
+                        .iter()
+                        .map(|h| h.node.clone())
+                        .find(|n| n != me && self.view.contains(n));
+                    if let Some(holder) = holder {
+                        self.hand_off(&holder, b.record, 0, olds, false, Some(source), out);
+                        return;
+                    }
                 }
                 let first = if b.from == *me {
                     // Its own copy, stopped when this node lost its quorum.

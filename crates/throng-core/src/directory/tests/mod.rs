@@ -298,6 +298,57 @@ fn a_quorum_partition_that_heals_loses_no_child() {
     assert!(!removals, "a stop for the quorum is not a removal");
 }
 
+/// A node cut off from the others stops its children for the lost quorum; the others fail them
+/// over and run them. When the node sees the others again, its stopped copies do not run beside
+/// the copies failed over (each would acknowledge calls until they met, and the merge keeps one
+/// side's): they go to the node that held their backup, and meet the copy running there.
+#[test]
+fn a_node_that_regains_its_quorum_runs_no_second_copy_of_a_child_failed_over_meanwhile() {
+    let (mut net, keys) = quorum_net(30);
+    let all = [id("a"), id("b"), id("c")];
+    let on_a: Vec<String> = keys
+        .iter()
+        .filter(|k| net.runs(k) == vec![id("a")])
+        .cloned()
+        .collect();
+    assert!(!on_a.is_empty());
+    net.call("a", |d| d.set_view([&id("a")]));
+    net.call("b", |d| d.set_view([&id("b"), &id("c")]));
+    net.call("c", |d| d.set_view([&id("b"), &id("c")]));
+    net.settle();
+    for key in &on_a {
+        let runs = net.runs(key);
+        assert!(
+            runs.len() == 1 && runs[0] != id("a"),
+            "{key} runs on {runs:?}"
+        );
+    }
+    // `a` sees the others again first: nothing of `on_a` runs twice, at any point.
+    net.call("a", |d| d.set_view(all.iter()));
+    for key in &on_a {
+        assert_eq!(net.runs(key).len(), 1, "{key} runs on {:?}", net.runs(key));
+    }
+    while let Some((from, to, msg)) = net.queue.pop_front() {
+        let actions = net.dir(to.as_str()).receive(&from, msg);
+        net.apply(&to, actions);
+        for key in &on_a {
+            assert!(
+                net.runs(key).len() <= 1,
+                "{key} runs on {:?}",
+                net.runs(key)
+            );
+        }
+    }
+    for n in ["b", "c"] {
+        net.call(n, |d| d.set_view(all.iter()));
+    }
+    net.settle();
+    assert_each_runs_once_with_its_state(&net, &keys);
+    for key in &on_a {
+        assert_eq!(net.runs(key), vec![id("a")], "{key} back on its owner");
+    }
+}
+
 #[test]
 fn a_node_that_alone_loses_its_quorum_runs_its_children_again_when_it_returns() {
     let (mut net, keys) = quorum_net(30);

@@ -547,40 +547,8 @@ mod tests {
         older.version = Version::new(0);
         older.snapshot = None;
         d.recover([(key.clone(), entry(older))]);
-        // Both are kept. When the quorum returns, the newer goes to the node that held its
-        // backup (which may have failed it over and run it meanwhile); nothing runs here from
-        // the older one.
+        // Both are kept; when the quorum returns the newer runs (the older is merged into it).
         let actions = d.set_view(all.iter());
-        assert!(spawned(&actions).is_empty(), "{actions:?}");
-        let (holder, adopt) = actions
-            .iter()
-            .find_map(|a| match a {
-                Action::Send {
-                    to,
-                    msg:
-                        DirMsg::Adopt {
-                            record,
-                            tag,
-                            holders,
-                            moved,
-                            ..
-                        },
-                } => Some((
-                    to.clone(),
-                    DirMsg::Adopt {
-                        record: record.clone(),
-                        hops: 1,
-                        tag: *tag,
-                        holders: holders.clone(),
-                        moved: *moved,
-                    },
-                )),
-                _ => None,
-            })
-            .expect("the newer copy goes to its backup's node");
-        // That node runs no copy of it and passes it back: the newer runs here (the older is
-        // merged into it).
-        let actions = d.receive(&holder, adopt);
         let runs = spawned(&actions);
         assert_eq!(runs.len(), 1, "{actions:?}");
         assert_eq!(runs[0].snapshot.as_deref(), Some(&[9u8][..]), "{actions:?}");

@@ -278,17 +278,6 @@ impl Directory {
             self.discard(&key, b.record.generation, olds, out);
             return;
         }
-        if b.from == *me
-            && self
-                .handoffs
-                .get(&key)
-                .is_some_and(|h| h.to != *me && h.tag.is_some())
-        {
-            // Another copy of its own is on its way to the node that may run the child (see
-            // below): this one waits here, and is merged into the copy that comes back.
-            self.put_copy(&key, b);
-            return;
-        }
         match self.owner(&key) {
             Some(o) if o == *me => {
                 if self.owned.contains_key(&key) {
@@ -296,7 +285,13 @@ impl Directory {
                     self.take_copy(&key, b.record, None, olds, out);
                     return;
                 }
-                if b.from == *me {
+                // (Alone: with another copy of its own beside it — a durable entry recovered
+                // meanwhile — the newer runs here and the other is merged into it, as before.)
+                let alone = !self
+                    .backups
+                    .get(&key)
+                    .is_some_and(|list| list.iter().any(|c| c.from == *me));
+                if b.from == *me && alone {
                     // Its own copy, stopped when this node lost its quorum. The node that held
                     // its backup then may have failed it over meanwhile and run it since, and
                     // would hand that copy here once it sees this node back: running this one

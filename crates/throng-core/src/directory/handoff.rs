@@ -285,29 +285,6 @@ impl Directory {
                     self.take_copy(&key, b.record, None, olds, out);
                     return;
                 }
-                // (Alone: with another copy of its own beside it — a durable entry recovered
-                // meanwhile — the newer runs here and the other is merged into it, as before.)
-                let alone = !self
-                    .backups
-                    .get(&key)
-                    .is_some_and(|list| list.iter().any(|c| c.from == *me));
-                if b.from == *me && alone {
-                    // Its own copy, stopped when this node lost its quorum. The node that held
-                    // its backup then may have failed it over meanwhile and run it since, and
-                    // would hand that copy here once it sees this node back: running this one
-                    // first would make two copies acknowledge calls until they meet, and the
-                    // merge keeps one side's. It goes to that node instead, to meet the copy
-                    // running there (merged, then moved here) or, if none runs there, to come
-                    // back here to run.
-                    let holder = olds
-                        .iter()
-                        .map(|h| h.node.clone())
-                        .find(|n| n != me && self.view.contains(n));
-                    if let Some(holder) = holder {
-                        self.hand_off(&holder, b.record, 0, olds, false, Some(source), out);
-                        return;
-                    }
-                }
                 let first = if b.from == *me {
                     // Its own copy, stopped when this node lost its quorum.
                     ChildEvent::Restarted { key: key.clone() }

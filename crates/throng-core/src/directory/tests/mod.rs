@@ -206,6 +206,15 @@ fn key_placed(nodes: &[&str], owner: &str, backup: &str) -> String {
         .unwrap()
 }
 
+/// Three nodes with quorum 3 and one child, on `a`, backed up by `b`.
+fn child_on_a_backed_up_by_b() -> (Net, String) {
+    let mut net = Net::with_quorum(&["a", "b", "c"], 8, Some(3));
+    let key = key_placed(&["a", "b", "c"], "a", "b");
+    net.call("a", |d| d.start(1, spec(&key)));
+    net.settle();
+    (net, key)
+}
+
 /// A key owned by `owner` in a view of `nodes`.
 fn key_owned_by(nodes: &[&str], owner: &str) -> String {
     let ring = Ring::from_nodes(RingConfig::default(), nodes.iter().map(|n| id(n))).unwrap();
@@ -271,10 +280,7 @@ fn a_copy_from_a_stranger_is_failed_over_when_its_connection_closes() {
 #[test]
 fn a_hand_off_to_a_node_without_quorum_is_kept_and_leaves_no_copy_behind() {
     let owners = [id("b"), id("c")];
-    let mut net = Net::with_quorum(&["a", "b", "c"], 8, Some(3));
-    let key = key_placed(&["a", "b", "c"], "a", "b");
-    net.call("a", |d| d.start(1, spec(&key)));
-    net.settle();
+    let (mut net, key) = child_on_a_backed_up_by_b();
     // `b` sees only itself (no quorum) when `a` leaves and hands the child to it.
     net.call("b", |d| d.set_view([&id("b")]));
     net.settle();

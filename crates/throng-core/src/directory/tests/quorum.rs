@@ -181,10 +181,7 @@ fn a_crash_during_a_partition_that_leaves_no_majority_loses_no_child() {
 #[test]
 fn a_backup_without_quorum_still_takes_its_owners_replications() {
     let all = [id("a"), id("b"), id("c")];
-    let mut net = Net::with_quorum(&["a", "b", "c"], 8, Some(3));
-    let key = key_placed(&["a", "b", "c"], "a", "b");
-    net.call("a", |d| d.start(1, spec(&key)));
-    net.settle();
+    let (mut net, key) = child_on_a_backed_up_by_b();
     // Only `b` loses the others (one-way gossip loss): `a` keeps running the child and
     // replicating its new state to `b`.
     net.call("b", |d| d.set_view([&id("b")]));

@@ -391,13 +391,20 @@ impl Sim {
                     .get(&key)
                     .and_then(|o| state_of(&o.record));
                 if let Some(t) = self.keys.get_mut(&key) {
+                    let state = state.unwrap_or(0);
                     if t.crashed_holders.len() >= 2 || t.sole_copy_lost {
                         // The fault's loss (if any) is behind: the state to keep from now on
                         // is the one replicated again.
-                        t.floor = state.unwrap_or(0);
+                        t.floor = state;
+                        t.crashed_holders.clear();
+                        t.sole_copy_lost = false;
+                    } else if state >= t.floor {
+                        t.crashed_holders.clear();
                     }
-                    t.crashed_holders.clear();
-                    t.sole_copy_lost = false;
+                    // Otherwise an older copy runs replicated (a stale disk copy on the side
+                    // that holds the quorum) while the acknowledged state is held only beside
+                    // a crashed holder (its other holder cut off, say): the crash still counts,
+                    // and a second one makes a double fault.
                 }
             }
         }

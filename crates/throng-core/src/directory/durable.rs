@@ -160,9 +160,10 @@ impl Directory {
             if let [r] = records.as_slice() {
                 if let Some(owner) = self.awaited_owner(&key) {
                     recovered += 1;
+                    // (Orphan or not: a backup from the owner is held once, and a copy of it
+                    // flagged orphan — the owner left the view since — is that one.)
                     let held_from_owner = self.backups.get(&key).and_then(|list| {
-                        list.iter()
-                            .find(|b| b.from == owner && b.handoff.is_none() && !b.orphan)
+                        list.iter().find(|b| b.from == owner && b.handoff.is_none())
                     });
                     match held_from_owner {
                         // The owner replicated it here already (its messages came first).

@@ -4,9 +4,9 @@
 //! child handed to this node.
 
 use super::{
-    add_holder, index, reply, send, stop, unindex, Action, Backup, ChildEvent, DirMsg, Directory,
-    Epoch, Generation, Holder, Phase, Record, Source, StartError, StopReason, Tag, Version,
-    MAX_BURIED_BYTES, MAX_HOPS,
+    add_holder, index, orphan_copy, reply, send, stop, unindex, Action, Backup, ChildEvent, DirMsg,
+    Directory, Epoch, Generation, Holder, Phase, Record, Source, StartError, StopReason, Tag,
+    Version, MAX_BURIED_BYTES, MAX_HOPS,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -285,6 +285,29 @@ impl Directory {
                     self.take_copy(&key, b.record, None, olds, out);
                     return;
                 }
+                // (Alone: with another copy of its own beside it — a durable entry recovered
+                // meanwhile — the newer runs here and the other is merged into it, as before.)
+                let alone = !self
+                    .backups
+                    .get(&key)
+                    .is_some_and(|list| list.iter().any(|c| c.from == *me));
+                if b.from == *me && alone {
+                    // Its own copy, stopped when this node lost its quorum. The node that held
+                    // its backup then may have failed it over meanwhile and run it since, and
+                    // would hand that copy here once it sees this node back: running this one
+                    // first would make two copies acknowledge calls until they meet, and the
+                    // merge keeps one side's. It goes to that node instead, to meet the copy
+                    // running there (merged, then moved here) or, if none runs there, to come
+                    // back here to run.
+                    let holder = olds
+                        .iter()
+                        .map(|h| h.node.clone())
+                        .find(|n| n != me && self.view.contains(n));
+                    if let Some(holder) = holder {
+                        self.hand_off(&holder, b.record, 0, olds, false, Some(source), out);
+                        return;
+                    }
+                }
                 let first = if b.from == *me {
                     // Its own copy, stopped when this node lost its quorum.
                     ChildEvent::Restarted { key: key.clone() }
@@ -398,7 +421,36 @@ impl Directory {
         out: &mut Vec<Action>,
     ) {
         let key = record.key.clone();
-        let (record, copies, bounced) = self.gather_adoption(from, record, tag, &holders);
+        let (record, copies, bounced, kept) = self.gather_adoption(from, record, tag, &holders);
+        self.adopt_gathered(
+            from, record, hops, tag, holders, moved, copies, bounced, out,
+        );
+        if kept {
+            // The copies of another history kept here meet the copy that runs here now (merged
+            // into it), or follow the adopted record to its owner (a hand-off of their own,
+            // merged there into the copy that runs).
+            self.fail_over_orphans_of(&BTreeSet::from([key.clone()]), out);
+            if !self.holds_orphan_copy(&key) {
+                self.orphan_keys.remove(&key);
+            }
+        }
+    }
+
+    /// [`Directory::adopt`] once the copies its record names are gathered.
+    #[allow(clippy::too_many_arguments)]
+    fn adopt_gathered(
+        &mut self,
+        from: &NodeId,
+        record: Record,
+        hops: u8,
+        tag: Tag,
+        holders: Vec<Holder>,
+        moved: bool,
+        copies: Vec<Holder>,
+        bounced: bool,
+        out: &mut Vec<Action>,
+    ) {
+        let key = record.key.clone();
         let source = Source::Adopted {
             from: from.clone(),
             tag,
@@ -432,15 +484,17 @@ impl Directory {
 
     /// The copies an adoption from `from` with `tag` names: the sender's (unless the record is
     /// this node's own hand-off sent back as it was) and the other holders'. A copy of it held
-    /// here goes, and the newer of it and `record` is the one adopted. Returns the record, the
-    /// copies held elsewhere, and whether it was bounced.
+    /// here goes, and the newer of it and `record` is the one adopted; if the two are not one
+    /// history (see [`one_history`]), the other is kept here as an orphan copy held for this
+    /// node, to be merged into the adopted one. Returns the record, the copies held elsewhere,
+    /// whether it was bounced, and whether a copy was kept to merge.
     fn gather_adoption(
         &mut self,
         from: &NodeId,
         mut record: Record,
         tag: Tag,
         holders: &[Holder],
-    ) -> (Record, Vec<Holder>, bool) {
+    ) -> (Record, Vec<Holder>, bool, bool) {
         let key = record.key.clone();
         let me = self.config.me.clone();
         // This node's own hand-off to `from`, sent back as it was (by a node of an earlier
@@ -452,21 +506,39 @@ impl Directory {
             .is_empty();
         let sender = Holder::hand_off_sender(from, &me, tag);
         let mut copies: Vec<Holder> = (!bounced).then_some(sender).into_iter().collect();
+        let mut kept = false;
         for h in holders {
             if h.node == me {
                 // A copy held here: it goes, the newest of it and the adopted record runs (the
                 // adopted one is usually at least as recent, unless it is an older hand-off sent
                 // again after a reconnection).
                 for b in self.remove_copies(&key, |b| h.names(b)) {
-                    if b.record.is_later_than(&record) {
-                        record = b.record;
+                    if let Some(other) = self.newer_of(&mut record, b.record) {
+                        let tag = self.next_hand_off_tag();
+                        self.put_copy(&key, orphan_copy(&me, other, Some(tag), Epoch::default()));
+                        kept = true;
                     }
                 }
             } else {
                 add_holder(&mut copies, h.clone());
             }
         }
-        (record, copies, bounced)
+        (record, copies, bounced, kept)
+    }
+
+    /// Of `record` and `other`, two copies of one key that met: `record` becomes the newer, and
+    /// the older is returned if it must still be merged into it — two histories (two copies
+    /// that may each have taken calls: a copy failed over meanwhile and the copy that came
+    /// back) are both kept, for choosing one would lose what only the other took; of one
+    /// history the older is a prefix of the newer and goes.
+    pub(super) fn newer_of(&self, record: &mut Record, other: Record) -> Option<Record> {
+        let one = one_history(record, &other);
+        let older = if other.is_later_than(record) {
+            std::mem::replace(record, other)
+        } else {
+            other
+        };
+        (!one).then_some(older)
     }
 
     /// The same hand-off sent again (its confirmation was lost, or overtaken by the sender's
@@ -700,4 +772,13 @@ impl Directory {
             },
         ));
     }
+}
+
+/// Whether two copies of one key are one history: the same state, or the same generation
+/// written by the same copy ([`Record::written_by`]), of which the lower version is a prefix of
+/// the higher. Copies of two writers (or generations) are two histories: which holds what
+/// cannot be told, so they are merged, not chosen between.
+pub(super) fn one_history(a: &Record, b: &Record) -> bool {
+    a.same_state(b)
+        || (a.generation == b.generation && a.written_by.is_some() && a.written_by == b.written_by)
 }

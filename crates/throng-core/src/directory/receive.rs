@@ -153,11 +153,13 @@ impl Directory {
         for h in holders {
             if h.node == me {
                 // A copy held here: it goes, and the copy kept is the newest of it and the
-                // adopted record (as with a quorum). A hand-off copy's hand-off from here is
-                // over: the copies it was to drop are the kept copy's.
+                // adopted record (as with a quorum; a copy of another history is kept beside
+                // it, to be merged when the quorum returns). A hand-off copy's hand-off from
+                // here is over: the copies it was to drop are the kept copy's.
                 for b in self.remove_copies(&key, |b| h.names(b)) {
-                    if b.record.is_later_than(&record) {
-                        record = b.record;
+                    if let Some(other) = self.newer_of(&mut record, b.record) {
+                        let tag = self.next_hand_off_tag();
+                        self.put_copy(&key, orphan_copy(&me, other, Some(tag), Epoch::default()));
                     }
                     if let Some(ho) = self.handoffs.get_mut(&key) {
                         if b.handoff.is_some() && b.handoff == ho.tag && b.from == ho.to {

@@ -276,3 +276,59 @@ fn a_replication_is_not_acknowledged_while_a_copy_of_the_child_runs_here() {
     actions.extend(b.exited(&key, ExitClass::Shutdown, None, Duration::ZERO));
     assert!(actions.iter().any(is_ack), "{actions:?}");
 }
+
+/// A copy adopted at a node that holds another copy of the child named among the copies to
+/// drop, the two of different writers (two histories: a copy failed over meanwhile took calls
+/// its owner's copy never saw, and the other way round): the newer by acknowledgement is passed
+/// on, and the other follows it once its owner confirmed, to be merged there — choosing one
+/// lost what only the other held (`throng-sim --seed 380 --durable 1 --quorum 1 --gossip-cuts
+/// 1`, with a regained quorum's copy sent to its backup's node).
+#[test]
+fn an_adopted_copy_and_a_held_copy_of_two_histories_are_both_kept() {
+    let nodes = ["a", "b"];
+    let mut net = Net::new(&nodes, 8);
+    let key = key_owned_by(&nodes, "a");
+    net.call("a", |d| d.start(1, spec(&key)));
+    net.settle();
+    net.running.insert((id("a"), key.clone()), b"<a>".to_vec());
+    net.call("a", |d| d.snapshot(&key, b"<a>".to_vec()));
+    net.settle();
+    let epoch = net.dir("a").owned()[&key].epoch;
+    let held = net.dir("b").backups()[&key][0].record.clone();
+    assert_eq!(held.acked, held.version, "b acknowledged what it holds");
+    // `c` (not in the view) hands `b` a copy of another history: a higher version, none of it
+    // acknowledged, naming `b`'s backup among the copies to drop.
+    let mut theirs = held.clone();
+    theirs.snapshot = Some(b"<c>".to_vec());
+    theirs.version = held.version.next().next();
+    theirs.written_by = Some(Writer::of(&id("c"), Epoch(9, 1)));
+    theirs.acked = Version::INITIAL;
+    assert!(held.is_later_than(&theirs), "the held copy wins a choice");
+    net.call("b", |d| {
+        d.receive(
+            &id("c"),
+            DirMsg::Adopt {
+                record: theirs,
+                hops: 0,
+                tag: tag(1),
+                holders: vec![Holder::backup(id("b"), &id("a"), epoch)],
+                moved: false,
+            },
+        )
+    });
+    net.settle();
+    assert_eq!(net.runs(&key), vec![id("a")], "one copy runs, on its owner");
+    assert_eq!(
+        net.running[&(id("a"), key.clone())],
+        b"<a><c>".to_vec(),
+        "both histories are in the state that runs"
+    );
+    assert!(net.dir("b").owned().is_empty());
+    assert!(
+        net.dir("b").backups().get(&key).is_none_or(|list| list
+            .iter()
+            .all(|c| c.from == id("a") && c.handoff.is_none())),
+        "b keeps only a's backup: {:?}",
+        net.dir("b").backups()
+    );
+}

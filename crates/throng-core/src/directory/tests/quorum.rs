@@ -79,15 +79,13 @@ fn a_quorum_partition_that_heals_loses_no_child() {
 }
 
 /// A node cut off from the others stops its children for the lost quorum; the others fail them
-/// over and run them. When the node sees the others again, its stopped copies should not run
-/// beside the copies failed over (each acknowledges `Sync` calls until they meet, and the merge
-/// keeps one side's: the plain `Sync` soak's partition losses). Known defect: the node runs its
-/// copy at once ("k0 runs on [a, b]"). Sending it first to the node that held its backup was
-/// tried and reverted: there it met that node's older held copy through the adopted-vs-held
-/// choice, which keeps one without merging (simulator, `--durable 1 --quorum 1 --gossip-cuts 1`,
-/// seeds 380, 591, 946: an accepted update lost).
+/// over and run them. When the node sees the others again, its stopped copies do not run beside
+/// the copies failed over (each would acknowledge `Sync` calls until they met, and the merge
+/// keeps one side's: the plain `Sync` soak's partition losses): each goes first to the node that
+/// held its backup, to meet the copy running there (merged into it) or to come back to run.
+/// That node may hold another copy of it from another history; the two are merged, not chosen
+/// between (`lineage.rs::an_adopted_copy_and_a_held_copy_of_two_histories_are_both_kept`).
 #[test]
-#[ignore = "known defect (issue 15): a node that regains its quorum runs its stopped copy beside the copy failed over meanwhile"]
 fn a_node_that_regains_its_quorum_runs_no_second_copy_of_a_child_failed_over_meanwhile() {
     let (mut net, keys) = quorum_net(30);
     let all = [id("a"), id("b"), id("c")];

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use rand::RngExt;
-use throng_core::directory::{Directory, DurableEntry};
+use throng_core::directory::{Directory, DurableEntry, Record};
 
 use crate::config::dir_config;
 use crate::host::state_of;
@@ -140,7 +140,14 @@ impl Sim {
                 }
             }
         }
-        // Copies that survive: run or backed up on a live node, or in flight to one.
+        // Copies that survive: run or backed up on a live node, or in flight to one. A copy held
+        // below the state a backup acknowledged (a stale copy a drop to a node out of view
+        // missed) does not keep that state.
+        let keeps = |k: &str, r: &Record| {
+            self.keys
+                .get(k)
+                .is_none_or(|t| state_of(r).unwrap_or(0) >= t.floor)
+        };
         let mut elsewhere: BTreeSet<&str> = BTreeSet::new();
         for (i, n) in self.nodes.iter().enumerate() {
             if i != j && n.alive {
@@ -149,7 +156,10 @@ impl Sim {
                     n.dir()
                         .backups()
                         .iter()
-                        .filter(|(k, list)| list.iter().any(|b| self.live_copy(k, b)))
+                        .filter(|(k, list)| {
+                            list.iter()
+                                .any(|b| self.live_copy(k, b) && keeps(k, &b.record))
+                        })
                         .map(|(k, _)| k.as_str()),
                 );
             }

@@ -121,6 +121,10 @@ impl Directory {
         // Another child of the key is merged into this one (or, without a state, dropped for
         // it): a removal of this child removes that one too.
         o.record.absorb(&theirs);
+        if same {
+            // The copy runs this very state: what of it a backup acknowledged, this copy holds.
+            o.record.acknowledged(theirs.acked);
+        }
         let merge = theirs.snapshot.is_some() && !same;
         if merge {
             o.merges.push(theirs);
@@ -247,6 +251,7 @@ impl Directory {
             self.release_awaiting(Some(&within), |c| c.from == *from, out);
         }
         self.keep_orphan(&key, from, epoch);
+        let withheld = !self.takes_hand_off(&key, from, epoch, &record);
         // Held here, hence acknowledged: a copy failed over from it starts from there.
         let mut record = record;
         record.acknowledged(version);
@@ -269,6 +274,13 @@ impl Directory {
             // the merge may drop.
             return;
         }
+        if withheld {
+            // The copy that ran here is on its way to the sender, which runs another copy
+            // meanwhile (a restarted node's disk copy, run before the copy failed over here
+            // reached it): the same two copies, one of them in flight. Acknowledged once the
+            // sender took the copy (`confirm_handoff`) or merged it (`DirMsg::Conflict`).
+            return;
+        }
         out.push(send(
             from,
             DirMsg::Ack {
@@ -279,16 +291,74 @@ impl Directory {
         ));
     }
 
+    /// Whether a replication of lineage `epoch` of `key` from `from` (`record`) may be
+    /// acknowledged as far as a hand-off of `key` from here to `from` goes: none is in flight
+    /// to `from`, or `from` runs the copy handed off in that lineage (`record` holds its state:
+    /// the same state, or as much of the child's history acknowledged; remembered in
+    /// [`HandOff::taken`]). A replication of another copy `from` runs is not.
+    fn takes_hand_off(&mut self, key: &str, from: &NodeId, epoch: Epoch, record: &Record) -> bool {
+        let Some(h) = self.handoffs.get(key) else {
+            return true;
+        };
+        if h.to != *from || h.tag.is_none() || h.merged || h.taken == Some(epoch) {
+            return true;
+        }
+        let handed = self.backups.get(key).and_then(|list| {
+            list.iter()
+                .find(|b| b.from == h.to && b.handoff == h.tag)
+                .map(|b| &b.record)
+        });
+        let Some(handed) = handed else {
+            return true;
+        };
+        // A copy run from the one handed off keeps what of it was acknowledged (and states it
+        // writes keep it): a record acknowledged less far is another copy `from` ran before
+        // the hand-off reached it (a restarted node's disk copy), whose new states the merge
+        // may drop.
+        let holds = record.same_state(handed)
+            || record.generation != handed.generation
+            || record.acked >= handed.acked;
+        if holds {
+            if let Some(h) = self.handoffs.get_mut(key) {
+                h.taken = Some(epoch);
+            }
+        }
+        holds
+    }
+
+    /// `from` merged the copy of `key` handed to it from here into the copy it ran
+    /// ([`DirMsg::Conflict`]): its replications of that copy hold this one's state from now
+    /// on, and those held back are acknowledged.
+    pub(super) fn hand_off_merged(&mut self, key: &str, from: &NodeId, out: &mut Vec<Action>) {
+        match self.handoffs.get_mut(key) {
+            Some(h) if h.to == *from && h.tag.is_some() => h.merged = true,
+            _ => return,
+        }
+        self.ack_held(key, out);
+    }
+
     /// The copy of `key` that ran here is gone (handed off, removed): the replications of it
     /// that other nodes sent meanwhile, kept unacknowledged ([`Directory::on_replicate`]), are
-    /// acknowledged now.
+    /// acknowledged now — but not those of the node a hand-off from here is on its way to,
+    /// until it takes it.
     pub(super) fn ack_held(&self, key: &str, out: &mut Vec<Action>) {
         if self.quorum_lost || self.owned.contains_key(key) {
             return;
         }
         let me = &self.config.me;
+        let pending = self
+            .handoffs
+            .get(key)
+            .filter(|h| h.tag.is_some() && h.to != *me);
         let held = self.backups.get(key).into_iter().flatten();
-        for c in held.filter(|c| c.handoff.is_none() && !c.orphan && !c.awaiting && c.from != *me) {
+        let acked = |c: &&Backup| {
+            c.handoff.is_none()
+                && !c.orphan
+                && !c.awaiting
+                && c.from != *me
+                && pending.is_none_or(|h| h.to != c.from || h.merged || h.taken == Some(c.epoch))
+        };
+        for c in held.filter(acked) {
             // The acknowledgement `on_replicate` held back.
             let (key, version, epoch) = (key.to_owned(), c.record.version, c.epoch);
             out.push(send(

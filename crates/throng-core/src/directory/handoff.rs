@@ -26,6 +26,14 @@ pub(super) struct HandOff {
     pub(super) olds: Vec<Holder>,
     /// The copy handed off was made from this one (a removal naming it is chased to `to`).
     pub(super) source: Option<Source>,
+    /// The lineage in which `to` runs the copy handed off (its replication to this node of a
+    /// record that holds the copy's state):
+    /// `to`'s replications of it are acknowledged before the hand-off is confirmed; those of
+    /// another copy of the key `to` runs meanwhile are not ([`Directory::on_replicate`]).
+    pub(super) taken: Option<Epoch>,
+    /// `to` merged the copy handed off into a copy it ran ([`DirMsg::Conflict`]): all its
+    /// replications of the key hold this copy's state from then on.
+    pub(super) merged: bool,
 }
 
 impl Directory {
@@ -360,7 +368,6 @@ impl Directory {
         let Some(o) = self.take_owned(key) else {
             return;
         };
-        self.ack_held(key, out);
         let current = o.backup_holder(&self.config.me);
         match self.owner(key) {
             Some(to) if to != self.config.me && o.merges.is_empty() => {
@@ -402,6 +409,9 @@ impl Directory {
                 }
             }
         }
+        // The replications held back while the copy ran here (but those of the node it was
+        // handed to, until it takes it: see `on_replicate`).
+        self.ack_held(key, out);
         self.pump_moves(out);
     }
 
@@ -702,6 +712,8 @@ impl Directory {
             .filter(|old| old.node != *to && old.node != *me)
             .collect();
         self.drop_copies(key, olds, out);
+        // `to`'s replications held back until it took the copy.
+        self.ack_held(key, out);
     }
 
     /// Copies to drop once the copy of `key` about to be run or handed off from here is safe.
@@ -713,6 +725,8 @@ impl Directory {
             moved: false,
             olds: Vec::new(),
             source: None,
+            taken: None,
+            merged: false,
         });
         for o in olds {
             if o.node != me {
@@ -744,6 +758,8 @@ impl Directory {
         h.tag = Some(tag);
         h.moved = moved;
         h.source = source;
+        h.taken = None;
+        h.merged = false;
         // The receiver drops the copies it holds itself as soon as it gets the record (which is
         // at least as recent): a backup of the child, or a hand-off copy of its own that came
         // back to it (views disagreed, the child was passed around).

@@ -74,6 +74,7 @@ impl Directory {
             }
             DirMsg::Recovered { ask } => self.on_recovered(from, ask, &mut out),
             DirMsg::Conflict { key } => {
+                self.hand_off_merged(&key, from, &mut out);
                 out.push(Action::Event(ChildEvent::Conflict {
                     key,
                     other: from.clone(),

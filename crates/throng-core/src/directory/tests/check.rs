@@ -69,6 +69,8 @@ fn check_finds_copies_out_of_shape() {
             moved: false,
             olds: Vec::new(),
             source: None,
+            taken: None,
+            merged: false,
         },
     );
     assert!(matches!(d.check(), Err(Broken::HandOffTag { .. })));

@@ -248,7 +248,9 @@ fn a_copy_failed_over_from_the_backup_beats_the_old_owners_unacknowledged_versio
 /// `a` restarts and runs its own copy of a child that `b` failed over meanwhile; `a` replicates
 /// to `b`, its backup. `b` keeps that copy but does not acknowledge it while its own copy runs —
 /// or `a`'s `Sync` replies would acknowledge states that the merge of the two copies may drop —
-/// and acknowledges it once its copy is handed to `a`.
+/// nor while its copy is on its way to `a` (the `Sync` soak lost increments so: `b` handed its
+/// copy to `a` and acknowledged `a`'s disk copy's new states before its copy arrived, and the
+/// merge kept `a`'s): it acknowledges once `a` merged the copy handed to it (`Conflict`).
 #[test]
 fn a_replication_is_not_acknowledged_while_a_copy_of_the_child_runs_here() {
     let nodes = ["a", "b"];
@@ -257,16 +259,21 @@ fn a_replication_is_not_acknowledged_while_a_copy_of_the_child_runs_here() {
     b.set_view([&id("b")]);
     b.start(1, spec(&key));
     b.spawned(&key, Ok(()));
+    // `a`'s copy: from the child's first state, none of its own acknowledged by a backup.
     let mut theirs = b.owned()[&key].record.clone();
     theirs.write(Version::new(7), Writer::of(&id("a"), Epoch(3, 1)));
-    let replicate = DirMsg::Replicate {
-        record: theirs,
+    // `b`'s copy took a call, acknowledged (alone, it needs no backup).
+    b.snapshot(&key, b"<b>".to_vec());
+    assert!(b.owned()[&key].record.acked > theirs.acked);
+    let replicate = |record: &Record| DirMsg::Replicate {
+        record: record.clone(),
         epoch: Epoch(3, 1),
     };
     let is_ack = |a: &Action| matches!(a, Action::Send { to, msg: DirMsg::Ack { key: k, .. } } if *to == id("a") && *k == key);
-    let actions = b.receive(&id("a"), replicate);
+    let actions = b.receive(&id("a"), replicate(&theirs));
     assert!(!actions.iter().any(is_ack), "{actions:?}");
-    // `a` joins `b`'s view: `b` hands its copy to `a`, and acknowledges `a`'s replication.
+    // `a` joins `b`'s view: `b` hands its copy to `a`; `a`'s replication is not acknowledged
+    // while that copy is on its way, nor `a`'s next one (another state of `a`'s copy).
     let both = [id("a"), id("b")];
     let mut actions = b.set_view(both.iter());
     let stopping = actions
@@ -274,7 +281,55 @@ fn a_replication_is_not_acknowledged_while_a_copy_of_the_child_runs_here() {
         .any(|a| matches!(a, Action::Stop { key: k, .. } if *k == key));
     assert!(stopping, "{actions:?}");
     actions.extend(b.exited(&key, ExitClass::Shutdown, None, Duration::ZERO));
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Send { to, msg: DirMsg::Adopt { .. } } if *to == id("a"))),
+        "{actions:?}"
+    );
+    assert!(!actions.iter().any(is_ack), "{actions:?}");
+    theirs.write(Version::new(8), Writer::of(&id("a"), Epoch(3, 1)));
+    let actions = b.receive(&id("a"), replicate(&theirs));
+    assert!(!actions.iter().any(is_ack), "{actions:?}");
+    // `a` merged `b`'s copy into its own: its replications hold `b`'s state from now on.
+    let actions = b.receive(&id("a"), DirMsg::Conflict { key: key.clone() });
     assert!(actions.iter().any(is_ack), "{actions:?}");
+}
+
+/// A node that takes a copy handed to it and backs it up on the node it came from: its
+/// replication of the copy (its state, or later states of the copy's writer) is acknowledged at
+/// once, or the two would wait for each other (the hand-off is confirmed once the backup
+/// acknowledged).
+#[test]
+fn the_replication_of_a_copy_handed_off_is_acknowledged_by_its_sender() {
+    let nodes = ["a", "b"];
+    let mut net = Net::new(&nodes, 8);
+    let key = key_owned_by(&nodes, "b");
+    // `a` runs it alone, then sees `b`, the owner, which backs it up on `a`.
+    net.call("a", |d| d.set_view([&id("a")]));
+    net.call("b", |d| d.set_view([&id("b")]));
+    net.settle();
+    net.call("a", |d| d.start(1, spec(&key)));
+    net.settle();
+    net.running.insert((id("a"), key.clone()), b"<a>".to_vec());
+    net.call("a", |d| d.snapshot(&key, b"<a>".to_vec()));
+    net.settle();
+    let both = [id("a"), id("b")];
+    net.call("b", |d| d.set_view(both.iter()));
+    net.call("a", |d| d.set_view(both.iter()));
+    net.settle();
+    assert_eq!(net.runs(&key), vec![id("b")]);
+    assert_eq!(net.running[&(id("b"), key.clone())], b"<a>".to_vec());
+    let o = &net.dir("b").owned()[&key];
+    assert!(o.acked, "b's backup on a acknowledged");
+    assert!(net.dir("a").owned().is_empty());
+    assert!(
+        net.dir("a").backups()[&key]
+            .iter()
+            .all(|c| c.from == id("b") && c.handoff.is_none()),
+        "a holds b's backup only: {:?}",
+        net.dir("a").backups()
+    );
 }
 
 /// A copy adopted at a node that holds another copy of the child named among the copies to

@@ -387,3 +387,38 @@ fn an_adopted_copy_and_a_held_copy_of_two_histories_are_both_kept() {
         net.dir("b").backups()
     );
 }
+
+/// A copy that meets an identical one (same state: a restarted node's record of the state this
+/// copy runs from, or the copy handed to it back) takes its acknowledged mark: a backup held that
+/// state, so this copy's later replications hold as much acknowledged history as the copy that
+/// met it (its sender, holding its acknowledgements back until then, sees they do).
+#[test]
+fn a_copy_that_meets_an_identical_one_takes_its_acknowledged_mark() {
+    let nodes = ["a", "b"];
+    let mut net = Net::new(&nodes, 8);
+    let key = key_owned_by(&nodes, "a");
+    net.call("a", |d| d.start(1, spec(&key)));
+    net.settle();
+    // A new state, not acknowledged yet (its replication to `b` is still in flight).
+    net.call("a", |d| d.snapshot(&key, b"<a>".to_vec()));
+    let ours = net.dir("a").owned()[&key].record.clone();
+    assert!(ours.acked < ours.version);
+    let mut theirs = ours.clone();
+    theirs.acknowledged(theirs.version);
+    assert!(theirs.same_state(&ours));
+    let actions = net.dir("a").receive(
+        &id("c"),
+        DirMsg::Adopt {
+            record: theirs,
+            hops: 0,
+            tag: tag(1),
+            holders: Vec::new(),
+            moved: false,
+        },
+    );
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::Merge { .. })),
+        "nothing to merge: {actions:?}"
+    );
+    assert_eq!(net.dir("a").owned()[&key].record.acked, ours.version);
+}

@@ -27,9 +27,9 @@ pub(super) struct HandOff {
     /// The copy handed off was made from this one (a removal naming it is chased to `to`).
     pub(super) source: Option<Source>,
     /// The lineage in which `to` runs the copy handed off (its replication to this node of a
-    /// record that holds the copy's state):
-    /// `to`'s replications of it are acknowledged before the hand-off is confirmed; those of
-    /// another copy of the key `to` runs meanwhile are not ([`Directory::on_replicate`]).
+    /// record that holds the copy's state): `to`'s replications of it are acknowledged before
+    /// the hand-off is confirmed; those of another copy of the key `to` runs meanwhile are not
+    /// ([`Directory::on_replicate`]).
     pub(super) taken: Option<Epoch>,
     /// `to` merged the copy handed off into a copy it ran ([`DirMsg::Conflict`]): all its
     /// replications of the key hold this copy's state from then on.
@@ -523,9 +523,8 @@ impl Directory {
                 // adopted one is usually at least as recent, unless it is an older hand-off sent
                 // again after a reconnection).
                 for b in self.remove_copies(&key, |b| h.names(b)) {
-                    if let Some(other) = self.newer_of(&mut record, b.record) {
-                        let tag = self.next_hand_off_tag();
-                        self.put_copy(&key, orphan_copy(&me, other, Some(tag), Epoch::default()));
+                    if let Some(other) = newer_of(&mut record, b.record) {
+                        self.keep_to_merge(&key, other);
                         kept = true;
                     }
                 }
@@ -536,19 +535,13 @@ impl Directory {
         (record, copies, bounced, kept)
     }
 
-    /// Of `record` and `other`, two copies of one key that met: `record` becomes the newer, and
-    /// the older is returned if it must still be merged into it — two histories (two copies
-    /// that may each have taken calls: a copy failed over meanwhile and the copy that came
-    /// back) are both kept, for choosing one would lose what only the other took; of one
-    /// history the older is a prefix of the newer and goes.
-    pub(super) fn newer_of(&self, record: &mut Record, other: Record) -> Option<Record> {
-        let one = one_history(record, &other);
-        let older = if other.is_later_than(record) {
-            std::mem::replace(record, other)
-        } else {
-            other
-        };
-        (!one).then_some(older)
+    /// Keeps `record`, a copy of `key` of another history than the one adopted here, as an
+    /// orphan copy held for this node (under a tag of its own): failed over like any, it is
+    /// merged into the copy that runs.
+    pub(super) fn keep_to_merge(&mut self, key: &str, record: Record) {
+        let tag = self.next_hand_off_tag();
+        let me = self.config.me.clone();
+        self.put_copy(key, orphan_copy(&me, record, Some(tag), Epoch::default()));
     }
 
     /// The same hand-off sent again (its confirmation was lost, or overtaken by the sender's
@@ -788,6 +781,21 @@ impl Directory {
             },
         ));
     }
+}
+
+/// Of `record` and `other`, two copies of one key that met: `record` becomes the newer, and the
+/// older is returned if it must still be merged into it — two histories (two copies that may
+/// each have taken calls: a copy failed over meanwhile and the copy that came back) are both
+/// kept, for choosing one would lose what only the other took; of one history the older is a
+/// prefix of the newer and goes.
+pub(super) fn newer_of(record: &mut Record, other: Record) -> Option<Record> {
+    let one = one_history(record, &other);
+    let older = if other.is_later_than(record) {
+        std::mem::replace(record, other)
+    } else {
+        other
+    };
+    (!one).then_some(older)
 }
 
 /// Whether two copies of one key are one history: the same state, or the same generation

@@ -1,6 +1,7 @@
 //! The dispatcher of the messages from peer directories ([`DirMsg`]) to the protocol that handles
 //! each, and what a node without a quorum does with an adoption (it keeps it as an orphan copy).
 
+use super::handoff::newer_of;
 use super::{
     add_holder, orphan_copy, Action, ChildEvent, DirMsg, Directory, Epoch, Holder, Record, Tag,
     MAX_TOMBSTONES,
@@ -158,9 +159,8 @@ impl Directory {
                 // it, to be merged when the quorum returns). A hand-off copy's hand-off from
                 // here is over: the copies it was to drop are the kept copy's.
                 for b in self.remove_copies(&key, |b| h.names(b)) {
-                    if let Some(other) = self.newer_of(&mut record, b.record) {
-                        let tag = self.next_hand_off_tag();
-                        self.put_copy(&key, orphan_copy(&me, other, Some(tag), Epoch::default()));
+                    if let Some(other) = newer_of(&mut record, b.record) {
+                        self.keep_to_merge(&key, other);
                     }
                     if let Some(ho) = self.handoffs.get_mut(&key) {
                         if b.handoff.is_some() && b.handoff == ho.tag && b.from == ho.to {

@@ -37,13 +37,7 @@ fn copies_of_one_version_written_by_different_copies_are_merged() {
         (&theirs.snapshot, theirs.version, theirs.generation),
         (&ours.snapshot, ours.version, ours.generation)
     );
-    let adopt = |record: Record, n| DirMsg::Adopt {
-        record,
-        hops: 0,
-        tag: tag(n),
-        holders: Vec::new(),
-        moved: false,
-    };
+    let adopt = |record: Record, n| failover_msg(record, n, Vec::new());
     let conflict = |actions: &[Action]| {
         actions.iter().any(|a| matches!(a, Action::Merge { .. }))
             && actions
@@ -341,10 +335,8 @@ fn the_replication_of_a_copy_handed_off_is_acknowledged_by_its_sender() {
 #[test]
 fn an_adopted_copy_and_a_held_copy_of_two_histories_are_both_kept() {
     let nodes = ["a", "b"];
-    let mut net = Net::new(&nodes, 8);
     let key = key_owned_by(&nodes, "a");
-    net.call("a", |d| d.start(1, spec(&key)));
-    net.settle();
+    let mut net = Net::running(&nodes, &key);
     net.running.insert((id("a"), key.clone()), b"<a>".to_vec());
     net.call("a", |d| d.snapshot(&key, b"<a>".to_vec()));
     net.settle();
@@ -362,13 +354,7 @@ fn an_adopted_copy_and_a_held_copy_of_two_histories_are_both_kept() {
     net.call("b", |d| {
         d.receive(
             &id("c"),
-            DirMsg::Adopt {
-                record: theirs,
-                hops: 0,
-                tag: tag(1),
-                holders: vec![Holder::backup(id("b"), &id("a"), epoch)],
-                moved: false,
-            },
+            failover_msg(theirs, 1, vec![Holder::backup(id("b"), &id("a"), epoch)]),
         )
     });
     net.settle();
@@ -395,10 +381,8 @@ fn an_adopted_copy_and_a_held_copy_of_two_histories_are_both_kept() {
 #[test]
 fn a_copy_that_meets_an_identical_one_takes_its_acknowledged_mark() {
     let nodes = ["a", "b"];
-    let mut net = Net::new(&nodes, 8);
     let key = key_owned_by(&nodes, "a");
-    net.call("a", |d| d.start(1, spec(&key)));
-    net.settle();
+    let mut net = Net::running(&nodes, &key);
     // A new state, not acknowledged yet (its replication to `b` is still in flight).
     net.call("a", |d| d.snapshot(&key, b"<a>".to_vec()));
     let ours = net.dir("a").owned()[&key].record.clone();
@@ -406,16 +390,9 @@ fn a_copy_that_meets_an_identical_one_takes_its_acknowledged_mark() {
     let mut theirs = ours.clone();
     theirs.acknowledged(theirs.version);
     assert!(theirs.same_state(&ours));
-    let actions = net.dir("a").receive(
-        &id("c"),
-        DirMsg::Adopt {
-            record: theirs,
-            hops: 0,
-            tag: tag(1),
-            holders: Vec::new(),
-            moved: false,
-        },
-    );
+    let actions = net
+        .dir("a")
+        .receive(&id("c"), failover_msg(theirs, 1, Vec::new()));
     assert!(
         !actions.iter().any(|a| matches!(a, Action::Merge { .. })),
         "nothing to merge: {actions:?}"

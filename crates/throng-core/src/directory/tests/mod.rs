@@ -315,6 +315,17 @@ fn b_without_quorum() -> (Net, String) {
     (net, key)
 }
 
+/// A failover's hand-off of `r` (not a graceful move), tag `n`, naming `holders` to drop.
+fn failover_msg(r: Record, n: u64, holders: Vec<Holder>) -> DirMsg {
+    DirMsg::Adopt {
+        record: r,
+        hops: 0,
+        tag: tag(n),
+        holders,
+        moved: false,
+    }
+}
+
 fn adopt_msg(r: Record, hops: u8, n: u64) -> DirMsg {
     DirMsg::Adopt {
         record: r,
@@ -766,16 +777,9 @@ fn an_adopted_copy_of_a_running_child_is_merged_into_it() {
     let mut theirs = record(&key);
     theirs.snapshot = Some(b"+theirs".to_vec());
     theirs.version = Version::new(7);
-    let actions = net.dir("a").receive(
-        &id("b"),
-        DirMsg::Adopt {
-            record: theirs,
-            hops: 0,
-            tag: tag(1),
-            holders: Vec::new(),
-            moved: false,
-        },
-    );
+    let actions = net
+        .dir("a")
+        .receive(&id("b"), failover_msg(theirs, 1, Vec::new()));
     assert!(actions.iter().any(|a| matches!(a, Action::Merge { .. })));
     assert!(actions.iter().any(|a| matches!(
         a,
